@@ -1,0 +1,183 @@
+// GuestMemory: the guest's physical memory, made of non-overlapping regions each backed by a memfd
+// (so that another process, such as a PV backend, can map the same pages later).
+//
+// Every access is bounds-checked: it must lie wholly inside one region (an access that crosses a
+// region's end fails even when the next region starts right there), must not be empty and must
+// not wrap past 2^64. Failures are absl::Status values that name the address and length.
+//
+// Thread-safety: the set of regions is fixed at creation, so every method may be called from any
+// thread at once. Plain reads and writes are byte copies with no ordering: the guest may change the
+// bytes at the same time, so callers copy a request out once and validate the copy (DESIGN.md,
+// "Guest-facing code"). Shared rings and bitmaps use the atomic accessors, which require natural
+// alignment and use the memory order given.
+#ifndef XENKVM_COMPONENTS_MEMORY_GUEST_MEMORY_H_
+#define XENKVM_COMPONENTS_MEMORY_GUEST_MEMORY_H_
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "components/base/fd.h"
+#include "components/memory/guest_address.h"
+
+namespace xenkvm::memory {
+
+// What a caller asks for: `size` bytes of RAM at `start`; both page-aligned, size > 0.
+struct RegionSpec {
+  GuestAddress start;
+  uint64_t size = 0;
+};
+
+// One mapped region. Owned by GuestMemory.
+class GuestRegion {
+ public:
+  GuestRegion(GuestRegion&& other) noexcept;
+  GuestRegion& operator=(GuestRegion&&) = delete;
+  GuestRegion(const GuestRegion&) = delete;
+  ~GuestRegion();
+
+  GuestAddress start() const { return start_; }
+  uint64_t size() const { return size_; }
+  // The last byte's address (start + size - 1): never wraps, unlike start + size.
+  GuestAddress last() const { return start_.Unchecked(size_ - 1); }
+  uint8_t* host_address() const { return host_; }
+  // The memfd holding this region's bytes, from offset 0; for sharing with another process.
+  int memfd() const { return memfd_.get(); }
+
+  bool Contains(GuestAddress address) const { return address >= start_ && address <= last(); }
+
+ private:
+  friend class GuestMemory;
+  GuestRegion(GuestAddress start, uint64_t size, base::Fd memfd, uint8_t* host)
+      : start_(start), size_(size), memfd_(std::move(memfd)), host_(host) {}
+
+  GuestAddress start_;
+  uint64_t size_;
+  base::Fd memfd_;
+  uint8_t* host_;
+};
+
+// Integer types the atomic accessors take.
+template <typename T>
+concept GuestAtomic = std::is_same_v<T, uint16_t> || std::is_same_v<T, uint32_t> ||
+                      std::is_same_v<T, uint64_t>;
+
+class GuestMemory {
+ public:
+  // Regions may be given in any order; they are kept sorted by address. Refuses empty lists,
+  // unaligned or zero sizes, wrapping ends and overlaps, naming the offending region.
+  static absl::StatusOr<GuestMemory> Create(const std::vector<RegionSpec>& regions);
+
+  GuestMemory(GuestMemory&&) = default;
+  GuestMemory& operator=(GuestMemory&&) = default;
+
+  const std::vector<GuestRegion>& regions() const { return regions_; }
+  // Sum of all region sizes.
+  uint64_t total_size() const;
+  // The region holding `address`, or nullptr.
+  const GuestRegion* FindRegion(GuestAddress address) const;
+
+  // The host pointer for [address, address + length), which must lie inside one region.
+  absl::StatusOr<uint8_t*> HostAddress(GuestAddress address, uint64_t length) const;
+  // The same range as a span, for zero-copy I/O.
+  absl::StatusOr<std::span<uint8_t>> Span(GuestAddress address, uint64_t length) const;
+  // True when the range is wholly inside one region.
+  bool IsValidRange(GuestAddress address, uint64_t length) const;
+
+  absl::Status Read(GuestAddress address, std::span<uint8_t> destination) const;
+  absl::Status Write(GuestAddress address, std::span<const uint8_t> source) const;
+  // Fills [address, address + length) with zeros.
+  absl::Status Zero(GuestAddress address, uint64_t length) const;
+
+  template <typename T>
+    requires std::is_trivially_copyable_v<T>
+  absl::StatusOr<T> ReadObject(GuestAddress address) const {
+    T object;
+    absl::Status status =
+        Read(address, std::span<uint8_t>(reinterpret_cast<uint8_t*>(&object), sizeof(T)));
+    if (!status.ok()) return status;
+    return object;
+  }
+
+  template <typename T>
+    requires std::is_trivially_copyable_v<T>
+  absl::Status WriteObject(GuestAddress address, const T& object) const {
+    return Write(address,
+                 std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(&object), sizeof(T)));
+  }
+
+  // Atomic access to naturally aligned 16/32/64-bit words, for rings and bitmaps shared with the
+  // guest or another thread.
+  template <GuestAtomic T>
+  absl::StatusOr<T> AtomicLoad(GuestAddress address,
+                               std::memory_order order = std::memory_order_acquire) const {
+    absl::StatusOr<T*> word = AtomicWord<T>(address);
+    if (!word.ok()) return word.status();
+    return std::atomic_ref<T>(**word).load(order);
+  }
+
+  template <GuestAtomic T>
+  absl::Status AtomicStore(GuestAddress address, T value,
+                           std::memory_order order = std::memory_order_release) const {
+    absl::StatusOr<T*> word = AtomicWord<T>(address);
+    if (!word.ok()) return word.status();
+    std::atomic_ref<T>(**word).store(value, order);
+    return absl::OkStatus();
+  }
+
+  // Stores `desired` if the word equals `expected` and returns true; otherwise loads the word into
+  // `expected` and returns false.
+  template <GuestAtomic T>
+  absl::StatusOr<bool> AtomicCompareExchange(
+      GuestAddress address, T& expected, T desired,
+      std::memory_order order = std::memory_order_acq_rel) const {
+    absl::StatusOr<T*> word = AtomicWord<T>(address);
+    if (!word.ok()) return word.status();
+    return std::atomic_ref<T>(**word).compare_exchange_strong(expected, desired, order);
+  }
+
+  // word |= bits, returning the old value (sets event-channel pending bits and the like).
+  template <GuestAtomic T>
+  absl::StatusOr<T> AtomicFetchOr(GuestAddress address, T bits,
+                                  std::memory_order order = std::memory_order_acq_rel) const {
+    absl::StatusOr<T*> word = AtomicWord<T>(address);
+    if (!word.ok()) return word.status();
+    return std::atomic_ref<T>(**word).fetch_or(bits, order);
+  }
+
+  // word &= bits, returning the old value.
+  template <GuestAtomic T>
+  absl::StatusOr<T> AtomicFetchAnd(GuestAddress address, T bits,
+                                   std::memory_order order = std::memory_order_acq_rel) const {
+    absl::StatusOr<T*> word = AtomicWord<T>(address);
+    if (!word.ok()) return word.status();
+    return std::atomic_ref<T>(**word).fetch_and(bits, order);
+  }
+
+ private:
+  explicit GuestMemory(std::vector<GuestRegion> regions) : regions_(std::move(regions)) {}
+
+  // The region wholly holding the range, or an error naming the range and what is wrong with it.
+  absl::StatusOr<const GuestRegion*> Locate(GuestAddress address, uint64_t length) const;
+
+  template <GuestAtomic T>
+  absl::StatusOr<T*> AtomicWord(GuestAddress address) const {
+    if (address.value() % sizeof(T) != 0) return MisalignedAtomic(address, sizeof(T));
+    absl::StatusOr<uint8_t*> host = HostAddress(address, sizeof(T));
+    if (!host.ok()) return host.status();
+    return reinterpret_cast<T*>(*host);
+  }
+  static absl::Status MisalignedAtomic(GuestAddress address, size_t size);
+
+  std::vector<GuestRegion> regions_;
+};
+
+}  // namespace xenkvm::memory
+
+#endif  // XENKVM_COMPONENTS_MEMORY_GUEST_MEMORY_H_

@@ -1,0 +1,44 @@
+#!/usr/bin/python3
+"""Adds up the gtest XML reports Bazel left under bazel-testlogs and prints one closing line:
+'<label>: N passed, N failed, N skipped'. Exit status 1 if any test case failed or errored."""
+
+import pathlib
+import sys
+import xml.etree.ElementTree as ElementTree
+
+
+def main() -> int:
+    label = sys.argv[1] if len(sys.argv) > 1 else "tests"
+    root = pathlib.Path(sys.argv[2] if len(sys.argv) > 2 else "bazel-testlogs")
+    passed = failed = skipped = 0
+    failed_names = []
+    skipped_names = []
+    for report in sorted(root.rglob("test.xml")):
+        try:
+            tree = ElementTree.parse(report)
+        except ElementTree.ParseError:
+            failed += 1
+            failed_names.append(f"{report.parent.name} (unreadable report)")
+            continue
+        for case in tree.iter("testcase"):
+            name = f"{case.get('classname')}.{case.get('name')}"
+            if case.find("failure") is not None or case.find("error") is not None:
+                failed += 1
+                failed_names.append(name)
+            elif case.find("skipped") is not None or case.get("result") == "skipped" or case.get("status") == "notrun":
+                skipped += 1
+                message = case.find("skipped")
+                reason = message.get("message", "") if message is not None else ""
+                skipped_names.append(f"{name}: {reason.strip()}")
+            else:
+                passed += 1
+    for name in skipped_names:
+        print(f"  skipped {name}")
+    for name in failed_names:
+        print(f"  FAILED {name}")
+    print(f"{label}: {passed} passed, {failed} failed, {skipped} skipped")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
