@@ -72,12 +72,12 @@ absl::StatusOr<std::vector<Entry>> GrowingQuery(int fd, unsigned long request, c
 }  // namespace
 
 absl::StatusOr<std::vector<kvm_cpuid_entry2>> Kvm::SupportedCpuid() const {
-  return GrowingQuery<kvm_cpuid_entry2>(fd(), KVM_GET_SUPPORTED_CPUID, "KVM_GET_SUPPORTED_CPUID",
+  return GrowingQuery<kvm_cpuid_entry2>(fd(), internal::kKvmGetSupportedCpuid, "KVM_GET_SUPPORTED_CPUID",
                                         internal::kCpuid2EntriesOffset);
 }
 
 absl::StatusOr<std::vector<uint32_t>> Kvm::MsrIndexList() const {
-  return GrowingQuery<uint32_t>(fd(), KVM_GET_MSR_INDEX_LIST, "KVM_GET_MSR_INDEX_LIST",
+  return GrowingQuery<uint32_t>(fd(), internal::kKvmGetMsrIndexList, "KVM_GET_MSR_INDEX_LIST",
                                 internal::kMsrListIndicesOffset);
 }
 

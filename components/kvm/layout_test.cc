@@ -99,6 +99,16 @@ TEST(LayoutTest, RoutingAndDeviceStructs) {
   EXPECT_EQ(sizeof(kvm_clock_data), 48u);
 }
 
+TEST(LayoutTest, FlexibleArrayIoctlNumbersUseTheKernelSizes) {
+  EXPECT_EQ(internal::kKvmGetMsrIndexList, 0xc004ae02ul);
+  EXPECT_EQ(internal::kKvmGetSupportedCpuid, 0xc008ae05ul);
+  EXPECT_EQ(internal::kKvmSetGsiRouting, 0x4008ae6aul);
+  EXPECT_EQ(internal::kKvmGetMsrs, 0xc008ae88ul);
+  EXPECT_EQ(internal::kKvmSetMsrs, 0x4008ae89ul);
+  EXPECT_EQ(internal::kKvmSetCpuid2, 0x4008ae90ul);
+  EXPECT_EQ(internal::kKvmGetCpuid2, 0xc008ae91ul);
+}
+
 TEST(LayoutTest, FlexibleArrayOffsetsFollowTheKernelNotTheCxxHeaders) {
   // The kernel reads the first element right after the fixed fields.
   EXPECT_EQ(internal::kIrqRoutingEntriesOffset, sizeof(uint32_t) * 2);  // nr, flags

@@ -212,7 +212,7 @@ absl::StatusOr<std::vector<kvm_msr_entry>> Vcpu::GetMsrs(std::span<const uint32_
   internal::FlexArrayBuffer<kvm_msr_entry> msrs(internal::kMsrsEntriesOffset, indices.size());
   msrs.count() = static_cast<uint32_t>(indices.size());
   for (size_t i = 0; i < indices.size(); ++i) msrs.entries()[i].index = indices[i];
-  XENKVM_ASSIGN_OR_RETURN(int read, XENKVM_KVM_IOCTL(fd(), KVM_GET_MSRS, msrs.data()));
+  XENKVM_ASSIGN_OR_RETURN(int read, internal::Ioctl(fd(), internal::kKvmGetMsrs, "KVM_GET_MSRS", msrs.data()));
   if (static_cast<size_t>(read) < indices.size()) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "KVM_GET_MSRS on vCPU %u: KVM cannot read MSR %#x", id_, indices[read]));
@@ -225,7 +225,7 @@ absl::Status Vcpu::SetMsrs(std::span<const kvm_msr_entry> entries) {
   internal::FlexArrayBuffer<kvm_msr_entry> msrs(internal::kMsrsEntriesOffset, entries.size());
   msrs.count() = static_cast<uint32_t>(entries.size());
   std::memcpy(msrs.entries(), entries.data(), entries.size_bytes());
-  XENKVM_ASSIGN_OR_RETURN(int written, XENKVM_KVM_IOCTL(fd(), KVM_SET_MSRS, msrs.data()));
+  XENKVM_ASSIGN_OR_RETURN(int written, internal::Ioctl(fd(), internal::kKvmSetMsrs, "KVM_SET_MSRS", msrs.data()));
   if (static_cast<size_t>(written) < entries.size()) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "KVM_SET_MSRS on vCPU %u: KVM refused MSR %#x = %#x", id_, entries[written].index,
@@ -238,14 +238,14 @@ absl::Status Vcpu::SetCpuid(std::span<const kvm_cpuid_entry2> entries) {
   internal::FlexArrayBuffer<kvm_cpuid_entry2> cpuid(internal::kCpuid2EntriesOffset, entries.size());
   cpuid.count() = static_cast<uint32_t>(entries.size());
   if (!entries.empty()) std::memcpy(cpuid.entries(), entries.data(), entries.size_bytes());
-  return XENKVM_KVM_IOCTL(fd(), KVM_SET_CPUID2, cpuid.data()).status();
+  return internal::Ioctl(fd(), internal::kKvmSetCpuid2, "KVM_SET_CPUID2", cpuid.data()).status();
 }
 
 absl::StatusOr<std::vector<kvm_cpuid_entry2>> Vcpu::GetCpuid() const {
   for (uint32_t capacity = 64; capacity <= 4096; capacity *= 2) {
     internal::FlexArrayBuffer<kvm_cpuid_entry2> cpuid(internal::kCpuid2EntriesOffset, capacity);
     cpuid.count() = capacity;
-    if (::ioctl(fd(), KVM_GET_CPUID2, cpuid.data()) < 0) {
+    if (::ioctl(fd(), internal::kKvmGetCpuid2, cpuid.data()) < 0) {
       if (errno == E2BIG) continue;
       return base::ErrnoStatus("ioctl(KVM_GET_CPUID2)");
     }

@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "components/base/status.h"
+#include "components/kvm/flex_array.h"
 #include "components/kvm/ioctl.h"
 #include "components/kvm/xen_abi.h"
 
@@ -175,7 +176,7 @@ absl::StatusOr<bool> Vm::SignalMsi(uint64_t address, uint32_t data) {
 
 absl::Status Vm::CommitRoutes(const GsiRoutes& candidate) {
   std::vector<uint64_t> table = candidate.Serialize();
-  XENKVM_RETURN_IF_ERROR(XENKVM_KVM_IOCTL(fd(), KVM_SET_GSI_ROUTING, table.data()).status());
+  XENKVM_RETURN_IF_ERROR(internal::Ioctl(fd(), internal::kKvmSetGsiRouting, "KVM_SET_GSI_ROUTING", table.data()).status());
   routes_ = candidate;
   return absl::OkStatus();
 }
