@@ -29,7 +29,7 @@ def main() -> int:
                 skipped += 1
                 message = case.find("skipped")
                 reason = message.get("message", "") if message is not None else ""
-                skipped_names.append(f"{name}: {reason.strip()}")
+                skipped_names.append(f"{name}: {' '.join(reason.split())}")
             else:
                 passed += 1
     for name in skipped_names:
