@@ -1,0 +1,139 @@
+// The accelerator interface: one way to run guest vCPUs, whatever runs them (KVM, or the Unicorn
+// software CPU). Everything above the CPU (the Xen shim, devices, the VMM) uses only this header.
+//
+// The run protocol: Vcpu::Run() runs the guest until an exit. Exits that ask for a value (a port or
+// MMIO read, a hypercall) are answered with Vcpu::Complete(value) before the next Run(); the value
+// then reaches the guest (the IN destination, the load, RAX).
+#ifndef XENKVM_COMPONENTS_ACCEL_ACCELERATOR_H_
+#define XENKVM_COMPONENTS_ACCEL_ACCELERATOR_H_
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "components/memory/guest_memory.h"
+
+namespace xenkvm::accel {
+
+// ---- Exits
+
+// IN or OUT of `size` (1, 2 or 4) bytes. For IN, answer with Complete(value).
+struct PortIoExit {
+  bool is_write = false;
+  uint16_t port = 0;
+  uint8_t size = 0;
+  uint32_t value = 0;  // the value written (OUT)
+};
+
+// A load or store at a guest-physical address that is not RAM. For a load, Complete(value).
+struct MmioExit {
+  bool is_write = false;
+  uint64_t address = 0;
+  uint8_t size = 0;
+  uint64_t value = 0;  // the value stored
+};
+
+// A Xen hypercall. Answer with Complete(result), which the guest reads in RAX/EAX.
+struct HypercallExit {
+  uint64_t number = 0;
+  // 64-bit ABI: rdi, rsi, rdx, r10, r8, r9; 32-bit ABI: ebx, ecx, edx, esi, edi, ebp.
+  std::array<uint64_t, 6> args{};
+  bool long_mode = false;
+  uint8_t cpl = 0;
+};
+
+// The guest executed HLT with nothing pending to wake it.
+struct HaltExit {};
+// Triple fault or a reset request from the CPU itself.
+struct ShutdownExit {
+  std::string reason;
+};
+// Kick() from another thread (or an interrupt was queued): nothing to do but run again.
+struct KickedExit {};
+// The guest did something the accelerator cannot carry out; the VM cannot continue.
+struct GuestErrorExit {
+  std::string reason;
+};
+
+using Exit = std::variant<PortIoExit, MmioExit, HypercallExit, HaltExit, ShutdownExit, KickedExit,
+                          GuestErrorExit>;
+
+// ---- State
+
+struct Registers {
+  uint64_t rax = 0, rbx = 0, rcx = 0, rdx = 0, rsi = 0, rdi = 0, rsp = 0, rbp = 0;
+  uint64_t r8 = 0, r9 = 0, r10 = 0, r11 = 0, r12 = 0, r13 = 0, r14 = 0, r15 = 0;
+  uint64_t rip = 0, rflags = 0;
+};
+
+struct ControlRegisters {
+  uint64_t cr0 = 0, cr2 = 0, cr3 = 0, cr4 = 0, efer = 0;
+  uint16_t cs_selector = 0;
+  uint8_t cpl = 0;
+  bool long_mode = false;  // EFER.LMA and a 64-bit code segment
+};
+
+// One CPUID answer the caller supplies (the Xen shim owns the hypervisor leaves 0x40000000+).
+struct CpuidLeaf {
+  uint32_t function = 0;
+  std::optional<uint32_t> index;  // only for leaves whose ECX selects a sub-leaf
+  uint32_t eax = 0, ebx = 0, ecx = 0, edx = 0;
+};
+
+// Where a vCPU starts: the PVH entry state (32-bit protected mode, flat segments, paging off,
+// EBX = the hvm_start_info address).
+struct PvhEntry {
+  uint32_t entry = 0;
+  uint32_t start_info = 0;
+};
+
+// What a backend offers beyond the interface's guarantees.
+struct Capabilities {
+  std::string name;                        // "kvm" or "emu"
+  bool in_kernel_lapic = false;            // interrupts go through a LAPIC model
+  bool kernel_delivers_event_channels = false;
+  bool hypercall_page_by_accelerator = true;  // the guest's MSR write fills the page
+};
+
+class Vcpu {
+ public:
+  virtual ~Vcpu() = default;
+  virtual uint32_t id() const = 0;
+
+  // Runs until the next exit. Not reentrant: one run-loop thread per vCPU.
+  virtual absl::StatusOr<Exit> Run() = 0;
+  // Answers the last exit (IN, MMIO load, hypercall). kFailedPrecondition if it asked for nothing.
+  virtual absl::Status Complete(uint64_t value) = 0;
+
+  virtual absl::StatusOr<Registers> GetRegisters() = 0;
+  virtual absl::Status SetRegisters(const Registers& registers) = 0;
+  virtual absl::StatusOr<ControlRegisters> GetControlRegisters() = 0;
+  // Replaces every caller-supplied CPUID leaf; other leaves come from the backend's CPU model.
+  virtual absl::Status SetCpuid(std::vector<CpuidLeaf> leaves) = 0;
+
+  // Queues external interrupt `vector` (>= 0x10) for delivery through the guest IDT; safe from any
+  // thread. The vCPU is kicked so that a halted or running guest takes it promptly.
+  virtual absl::Status InjectInterrupt(uint8_t vector) = 0;
+  // Makes a Run() in progress return KickedExit soon; a kick before Run() makes the next one return
+  // at once. Safe from any thread.
+  virtual void Kick() = 0;
+};
+
+class Accelerator {
+ public:
+  virtual ~Accelerator() = default;
+  virtual const Capabilities& capabilities() const = 0;
+  // A vCPU starting at `boot` (vCPU 0), or halted until the VMM starts it (no boot state).
+  virtual absl::StatusOr<std::unique_ptr<Vcpu>> CreateVcpu(uint32_t id,
+                                                           std::optional<PvhEntry> boot) = 0;
+};
+
+}  // namespace xenkvm::accel
+
+#endif  // XENKVM_COMPONENTS_ACCEL_ACCELERATOR_H_
