@@ -75,6 +75,15 @@ uint32_t Value(std::span<const uint8_t> data) {
   return value;
 }
 
+// Guest code: EVTCHNOP_send(port), then OUT 0x10 with the hypercall's result.
+void LoadEvtchnSend(TestVm& vm, uint32_t port) {
+  ASSERT_TRUE(vm.memory.WriteObject<uint32_t>(GuestAddress(kArgs), port).ok());
+  Code code;
+  code.MovRegImm(0, __HYPERVISOR_event_channel_op).MovRegImm(7, EVTCHNOP_send).MovRegImm(6, kArgs);
+  code.Vmcall().OutImmEax(0x10);
+  ASSERT_TRUE(vm.LoadCode(code).ok());
+}
+
 bool PortBit(const TestVm& vm, uint64_t array, uint32_t port) {
   uint64_t word = *vm.memory.ReadObject<uint64_t>(GuestAddress(kSharedInfo + array + 8 * (port / 64)));
   return (word >> (port % 64)) & 1;
@@ -189,11 +198,7 @@ TEST(XenKvmTest, InKernelLoopbackDeliversAGuestSend) {
                                       XenEvtchnRoute::ToPort{15, 0}})
                   .ok());
   // EVTCHNOP_send(port 127): handled in the kernel, so the next exit is the OUT after it.
-  ASSERT_TRUE(vm->memory.WriteObject<uint32_t>(GuestAddress(kArgs), 127).ok());
-  Code code;
-  code.MovRegImm(0, __HYPERVISOR_event_channel_op).MovRegImm(7, EVTCHNOP_send).MovRegImm(6, kArgs);
-  code.Vmcall().OutImmEax(0x10);
-  ASSERT_TRUE(vm->LoadCode(code).ok());
+  LoadEvtchnSend(*vm, 127);
   IoExit exit = RunUntil<IoExit>(vm->vcpus[0]);
   EXPECT_EQ(exit.port, 0x10);
   EXPECT_EQ(Value(exit.data), 0u);  // the hypercall's result
@@ -213,11 +218,7 @@ TEST(XenKvmTest, SendToAnEventfdSignalsIt) {
   ASSERT_TRUE(vm->vm.AssignXenEvtchn({197, XenEvtchnRoute::Type::kInterdomain,
                                       XenEvtchnRoute::ToEventFd{backend->fd()}})
                   .ok());
-  ASSERT_TRUE(vm->memory.WriteObject<uint32_t>(GuestAddress(kArgs), 197).ok());
-  Code code;
-  code.MovRegImm(0, __HYPERVISOR_event_channel_op).MovRegImm(7, EVTCHNOP_send).MovRegImm(6, kArgs);
-  code.Vmcall().OutImmEax(0x10);
-  ASSERT_TRUE(vm->LoadCode(code).ok());
+  LoadEvtchnSend(*vm, 197);
   EXPECT_EQ(RunUntil<IoExit>(vm->vcpus[0]).port, 0x10);
   EXPECT_EQ(*backend->Read(), 1u);
 }
