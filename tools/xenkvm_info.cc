@@ -1,14 +1,9 @@
 // xenkvm-info: what this host offers xenkvm: library versions, and whether KVM and io_uring are
 // usable. README command (a) prints it before booting the demo guest.
-#include <fcntl.h>
 #include <liburing.h>
-#include <linux/kvm.h>
-#include <sys/ioctl.h>
 #include <unicorn/unicorn.h>
-#include <unistd.h>
 #include <xen/xen-compat.h>
 
-#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -16,26 +11,21 @@
 #include <google/protobuf/stubs/common.h>
 #include <grpcpp/grpcpp.h>
 
+#include "components/kvm/kvm.h"
 #include "spdlog/version.h"
 
 namespace {
 
 std::string KvmState() {
-  int fd = ::open("/dev/kvm", O_RDWR | O_CLOEXEC);
-  if (fd < 0) {
-    return std::string("not usable (open /dev/kvm: ") + std::strerror(errno) +
-           "): the emu accelerator will be used";
+  absl::Status usable = xenkvm::kvm::KvmUsable();
+  if (!usable.ok()) {
+    return std::string("not usable (") + std::string(usable.message()) + ")";
   }
-  int api = ::ioctl(fd, KVM_GET_API_VERSION, 0);
-  int xen = ::ioctl(fd, KVM_CHECK_EXTENSION, KVM_CAP_XEN_HVM);
-  ::close(fd);
-  return "usable (API version " + std::to_string(api) + ", KVM_CAP_XEN_HVM bits 0x" +
-         [&] {
-           char hex[16];
-           std::snprintf(hex, sizeof(hex), "%x", xen < 0 ? 0 : xen);
-           return std::string(hex);
-         }() +
-         ")";
+  absl::StatusOr<xenkvm::kvm::Kvm> kvm = xenkvm::kvm::Kvm::Open();
+  absl::StatusOr<xenkvm::kvm::XenCapabilities> xen = kvm->ProbeXen();
+  if (!xen.ok()) return "usable; Xen capabilities unknown (" + std::string(xen.status().message()) + ")";
+  if (xen->empty()) return "usable, but this kernel has no KVM Xen support (CONFIG_KVM_XEN is off)";
+  return "usable, KVM Xen capabilities " + xen->ToString();
 }
 
 std::string IoUringState() {
