@@ -46,6 +46,19 @@ void Append64(std::vector<uint8_t>& code, uint64_t value) {
 
 class EmuVcpu;
 
+// Unicorn's register ids for the fields of Registers (RIP last, so a write moves it after the rest).
+constexpr std::pair<int, uint64_t Registers::*> kRegisterFields[] = {
+    {UC_X86_REG_RAX, &Registers::rax},    {UC_X86_REG_RBX, &Registers::rbx},
+    {UC_X86_REG_RCX, &Registers::rcx},    {UC_X86_REG_RDX, &Registers::rdx},
+    {UC_X86_REG_RSI, &Registers::rsi},    {UC_X86_REG_RDI, &Registers::rdi},
+    {UC_X86_REG_RSP, &Registers::rsp},    {UC_X86_REG_RBP, &Registers::rbp},
+    {UC_X86_REG_R8, &Registers::r8},      {UC_X86_REG_R9, &Registers::r9},
+    {UC_X86_REG_R10, &Registers::r10},    {UC_X86_REG_R11, &Registers::r11},
+    {UC_X86_REG_R12, &Registers::r12},    {UC_X86_REG_R13, &Registers::r13},
+    {UC_X86_REG_R14, &Registers::r14},    {UC_X86_REG_R15, &Registers::r15},
+    {UC_X86_REG_RFLAGS, &Registers::rflags}, {UC_X86_REG_RIP, &Registers::rip},
+};
+
 // One MMIO window (a hole between RAM regions below 4 GiB) as Unicorn sees it.
 struct MmioWindow {
   EmuVcpu* vcpu;
@@ -104,40 +117,15 @@ class EmuVcpu final : public Vcpu {
   }
 
   absl::StatusOr<Registers> GetRegisters() override {
-    Registers r;
-    r.rax = ReadRegister(UC_X86_REG_RAX);
-    r.rbx = ReadRegister(UC_X86_REG_RBX);
-    r.rcx = ReadRegister(UC_X86_REG_RCX);
-    r.rdx = ReadRegister(UC_X86_REG_RDX);
-    r.rsi = ReadRegister(UC_X86_REG_RSI);
-    r.rdi = ReadRegister(UC_X86_REG_RDI);
-    r.rsp = ReadRegister(UC_X86_REG_RSP);
-    r.rbp = ReadRegister(UC_X86_REG_RBP);
-    r.r8 = ReadRegister(UC_X86_REG_R8);
-    r.r9 = ReadRegister(UC_X86_REG_R9);
-    r.r10 = ReadRegister(UC_X86_REG_R10);
-    r.r11 = ReadRegister(UC_X86_REG_R11);
-    r.r12 = ReadRegister(UC_X86_REG_R12);
-    r.r13 = ReadRegister(UC_X86_REG_R13);
-    r.r14 = ReadRegister(UC_X86_REG_R14);
-    r.r15 = ReadRegister(UC_X86_REG_R15);
-    r.rip = ReadRegister(UC_X86_REG_RIP);
-    r.rflags = ReadRegister(UC_X86_REG_RFLAGS);
-    return r;
+    Registers registers;
+    for (const auto& [reg, field] : kRegisterFields) registers.*field = ReadRegister(reg);
+    return registers;
   }
 
-  absl::Status SetRegisters(const Registers& r) override {
-    const std::pair<int, uint64_t> writes[] = {
-        {UC_X86_REG_RAX, r.rax}, {UC_X86_REG_RBX, r.rbx}, {UC_X86_REG_RCX, r.rcx},
-        {UC_X86_REG_RDX, r.rdx}, {UC_X86_REG_RSI, r.rsi}, {UC_X86_REG_RDI, r.rdi},
-        {UC_X86_REG_RSP, r.rsp}, {UC_X86_REG_RBP, r.rbp}, {UC_X86_REG_R8, r.r8},
-        {UC_X86_REG_R9, r.r9},   {UC_X86_REG_R10, r.r10}, {UC_X86_REG_R11, r.r11},
-        {UC_X86_REG_R12, r.r12}, {UC_X86_REG_R13, r.r13}, {UC_X86_REG_R14, r.r14},
-        {UC_X86_REG_R15, r.r15}, {UC_X86_REG_RFLAGS, r.rflags}, {UC_X86_REG_RIP, r.rip},
-    };
-    for (const auto& [reg, value] : writes) {
-      uint64_t copy = value;
-      if (uc_err err = uc_reg_write(uc_, reg, &copy); err != UC_ERR_OK) return UcError(err, "uc_reg_write");
+  absl::Status SetRegisters(const Registers& registers) override {
+    for (const auto& [reg, field] : kRegisterFields) {
+      uint64_t value = registers.*field;
+      if (uc_err err = uc_reg_write(uc_, reg, &value); err != UC_ERR_OK) return UcError(err, "uc_reg_write");
     }
     return absl::OkStatus();
   }
