@@ -48,7 +48,8 @@ struct HypercallExit {
   uint8_t cpl = 0;
 };
 
-// The guest executed HLT with nothing pending to wake it.
+// The guest executed HLT with interrupts disabled: nothing but the VMM can wake it. (HLT with
+// interrupts enabled waits inside Run() for an interrupt or a kick, as KVM's in-kernel LAPIC does.)
 struct HaltExit {};
 // Triple fault or a reset request from the CPU itself.
 struct ShutdownExit {
@@ -99,7 +100,12 @@ struct Capabilities {
   bool in_kernel_lapic = false;            // interrupts go through a LAPIC model
   bool kernel_delivers_event_channels = false;
   bool hypercall_page_by_accelerator = true;  // the guest's MSR write fills the page
+  bool inline_vmcall = true;               // VMCALL/VMMCALL outside the page reach the VMM
 };
+
+// Each hypercall-page stub is 32 bytes: hypercall n is at page + 32 * n (Xen's layout).
+inline constexpr uint32_t kHypercallStubSize = 32;
+inline constexpr uint32_t kHypercallPageSize = 4096;
 
 class Vcpu {
  public:
@@ -117,8 +123,13 @@ class Vcpu {
   // Replaces every caller-supplied CPUID leaf; other leaves come from the backend's CPU model.
   virtual absl::Status SetCpuid(std::vector<CpuidLeaf> leaves) = 0;
 
+  // Starts a vCPU created without a boot state (a secondary vCPU, which until then blocks in Run()
+  // as an AP waiting for its start-up does). kFailedPrecondition if it already runs.
+  virtual absl::Status Start(const PvhEntry& boot) = 0;
+
   // Queues external interrupt `vector` (>= 0x10) for delivery through the guest IDT; safe from any
-  // thread. The vCPU is kicked so that a halted or running guest takes it promptly.
+  // thread. A guest halted with interrupts enabled wakes; a running one takes it when RFLAGS.IF
+  // allows. (kvm: a fixed-mode MSI to this vCPU's LAPIC, which the guest must have enabled.)
   virtual absl::Status InjectInterrupt(uint8_t vector) = 0;
   // Makes a Run() in progress return KickedExit soon; a kick before Run() makes the next one return
   // at once. Safe from any thread.
@@ -129,6 +140,10 @@ class Accelerator {
  public:
   virtual ~Accelerator() = default;
   virtual const Capabilities& capabilities() const = 0;
+  // From now on, the guest's write of a page's guest-physical address to MSR `msr` (the one CPUID
+  // leaf 0x40000x02 names) fills that page with hypercall stubs that reach the VMM as
+  // HypercallExits, as Xen and KVM do. Repeatable; a write whose page is not RAM is ignored.
+  virtual absl::Status EnableHypercallPage(uint32_t msr) = 0;
   // A vCPU starting at `boot` (vCPU 0), or halted until the VMM starts it (no boot state).
   virtual absl::StatusOr<std::unique_ptr<Vcpu>> CreateVcpu(uint32_t id,
                                                            std::optional<PvhEntry> boot) = 0;

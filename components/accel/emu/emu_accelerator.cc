@@ -3,6 +3,7 @@
 #include <unicorn/unicorn.h>
 
 #include <atomic>
+#include <bitset>
 #include <thread>
 
 #include "absl/base/thread_annotations.h"
@@ -29,6 +30,17 @@ constexpr uint64_t kTrampolineCode32 = kTrampolineBase + 0x4100;
 constexpr uint64_t kFourGiB = uint64_t{1} << 32;
 constexpr uint64_t kNeverReached = ~uint64_t{0};
 constexpr uint32_t kMsrEfer = 0xc0000080;
+constexpr uint64_t kRflagsIf = 1 << 9;
+// Flags an interrupt or exception clears on entry: TF, NT, RF, VM (and IF for interrupt gates).
+constexpr uint64_t kRflagsClearedOnEntry = (1 << 8) | (1 << 14) | (1 << 16) | (1 << 17);
+// While an interrupt is pending but RFLAGS.IF is clear, the guest runs in slices this long (µs) so
+// that the moment it enables interrupts is noticed (Unicorn has no interrupt-window exit).
+constexpr uint64_t kInterruptWindowSliceMicros = 1000;
+// The boot vCPU traces instructions for the hypercall-page WRMSR from its first instruction, for at
+// most this many (Linux writes the MSR within its first few thousand); later writes are caught by
+// arming the trace at CPUID leaf base+2, which the WRMSR follows closely.
+constexpr uint64_t kBootTraceInstructions = 2'000'000;
+constexpr uint64_t kArmedTraceInstructions = 100'000;
 
 absl::Status UcError(uc_err err, absl::string_view call) {
   return absl::InternalError(absl::StrCat("unicorn ", call, ": ", uc_strerror(err)));
@@ -43,6 +55,14 @@ void Append32(std::vector<uint8_t>& code, uint32_t value) {
 void Append64(std::vector<uint8_t>& code, uint64_t value) {
   for (int i = 0; i < 8; ++i) code.push_back(static_cast<uint8_t>(value >> (8 * i)));
 }
+
+
+// What every vCPU of one emu VM shares.
+struct EmuVmState {
+  explicit EmuVmState(const memory::GuestMemory& memory) : memory(memory) {}
+  const memory::GuestMemory& memory;
+  std::atomic<uint32_t> hypercall_msr{0};  // 0: no hypercall page
+};
 
 class EmuVcpu;
 
@@ -65,16 +85,40 @@ struct MmioWindow {
   uint64_t base;
 };
 
+// Exceptions that push an error code; Unicorn does not report it, so they cannot be delivered.
+bool HasErrorCode(uint32_t vector) {
+  return vector == 8 || (vector >= 10 && vector <= 14) || vector == 17 || vector == 21 ||
+         vector == 29 || vector == 30;
+}
+
+// The hypercall stub for `number`: mov $(magic|n), %eax; cpuid; ret, padded with int3.
+std::vector<uint8_t> EmuHypercallPage() {
+  std::vector<uint8_t> page(kHypercallPageSize, 0xcc);
+  for (uint32_t number = 0; number < kHypercallPageSize / kHypercallStubSize; ++number) {
+    std::vector<uint8_t> stub;
+    Append(stub, {0xb8});
+    Append32(stub, kEmuHypercallCpuidMagic | number);
+    Append(stub, {0x0f, 0xa2, 0xc3});
+    std::copy(stub.begin(), stub.end(), page.begin() + number * kHypercallStubSize);
+  }
+  return page;
+}
+
 class EmuVcpu final : public Vcpu {
  public:
-  static absl::StatusOr<std::unique_ptr<EmuVcpu>> Create(uint32_t id,
-                                                         const memory::GuestMemory& memory,
-                                                         const PvhEntry& boot) {
-    auto vcpu = std::unique_ptr<EmuVcpu>(new EmuVcpu(id, memory));
+  static absl::StatusOr<std::unique_ptr<EmuVcpu>> Create(uint32_t id, EmuVmState& vm,
+                                                         std::optional<PvhEntry> boot) {
+    auto vcpu = std::unique_ptr<EmuVcpu>(new EmuVcpu(id, vm));
     XENKVM_RETURN_IF_ERROR(vcpu->Open());
-    XENKVM_RETURN_IF_ERROR(vcpu->Boot(boot));
     XENKVM_RETURN_IF_ERROR(vcpu->MapMmioWindows());
     XENKVM_RETURN_IF_ERROR(vcpu->InstallHooks());
+    if (boot) {
+      if (vm.hypercall_msr.load() != 0) {
+        XENKVM_RETURN_IF_ERROR(vcpu->AddTraceHook(kBootTraceInstructions));
+      }
+      XENKVM_RETURN_IF_ERROR(vcpu->Boot(*boot));
+      vcpu->started_ = true;
+    }
     vcpu->thread_ = std::thread([raw = vcpu.get()] { raw->EmulationLoop(); });
     return vcpu;
   }
@@ -156,18 +200,40 @@ class EmuVcpu final : public Vcpu {
     return absl::OkStatus();
   }
 
+  absl::Status Start(const PvhEntry& boot) override {
+    absl::MutexLock lock(&mutex_);
+    if (started_ || start_request_) {
+      return absl::FailedPreconditionError(absl::StrCat("emu vCPU ", id_, " is already started"));
+    }
+    start_request_ = boot;
+    return absl::OkStatus();
+  }
+
   absl::Status InjectInterrupt(uint8_t vector) override {
-    return absl::UnimplementedError(
-        "emu accelerator: interrupt injection is not implemented yet (components/accel/README.md)");
+    if (vector < 0x10) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "interrupt vector %#x is an exception vector; external interrupts use 0x10..0xff", vector));
+    }
+    {
+      absl::MutexLock lock(&mutex_);
+      pending_interrupts_.set(vector);
+    }
+    stop_requested_.store(true);
+    uc_emu_stop(uc_);
+    return absl::OkStatus();
   }
 
   void Kick() override {
-    kick_.store(true);
+    {
+      absl::MutexLock lock(&mutex_);
+      kick_ = true;
+    }
+    stop_requested_.store(true);
     uc_emu_stop(uc_);
   }
 
  private:
-  EmuVcpu(uint32_t id, const memory::GuestMemory& memory) : id_(id), memory_(memory) {}
+  EmuVcpu(uint32_t id, EmuVmState& vm) : id_(id), vm_(vm), memory_(vm.memory) {}
 
   absl::Status Open() {
     if (uc_err err = uc_open(UC_ARCH_X86, UC_MODE_64, &uc_); err != UC_ERR_OK) {
@@ -175,6 +241,12 @@ class EmuVcpu final : public Vcpu {
       return UcError(err, "uc_open(UC_ARCH_X86, UC_MODE_64)");
     }
     for (const memory::GuestRegion& region : memory_.regions()) {
+      if (region.start().value() < kTrampolineBase + kTrampolineSize &&
+          region.last().value() >= kTrampolineBase) {
+        return absl::FailedPreconditionError(absl::StrFormat(
+            "emu accelerator: guest RAM at %#x overlaps the boot trampoline's window %#x..%#x",
+            region.start().value(), kTrampolineBase, kTrampolineBase + kTrampolineSize - 1));
+      }
       if (uc_err err = uc_mem_map_ptr(uc_, region.start().value(), region.size(), UC_PROT_ALL,
                                       region.host_address());
           err != UC_ERR_OK) {
@@ -188,14 +260,6 @@ class EmuVcpu final : public Vcpu {
   // far-returns to 32-bit code, leaves long mode and clears EFER, loads flat segments, sets EBX and
   // jumps to the PVH entry: the state the PVH boot protocol defines.
   absl::Status Boot(const PvhEntry& boot) {
-    for (const memory::GuestRegion& region : memory_.regions()) {
-      if (region.start().value() < kTrampolineBase + kTrampolineSize &&
-          region.last().value() >= kTrampolineBase) {
-        return absl::FailedPreconditionError(absl::StrFormat(
-            "emu accelerator: guest RAM at %#x overlaps the boot trampoline's window %#x..%#x",
-            region.start().value(), kTrampolineBase, kTrampolineBase + kTrampolineSize - 1));
-      }
-    }
     if (uc_err err = uc_mem_map(uc_, kTrampolineBase, kTrampolineSize, UC_PROT_ALL); err != UC_ERR_OK) {
       return UcError(err, "uc_mem_map(boot trampoline)");
     }
@@ -286,7 +350,8 @@ class EmuVcpu final : public Vcpu {
     return absl::OkStatus();
   }
 
-  // Every page below 4 GiB that is not RAM is MMIO: a load or store there becomes an MmioExit.
+  // Every page below the trampoline's window that is not RAM is MMIO: a load or store there becomes
+  // an MmioExit. (The top 32 KiB below 4 GiB, the legacy BIOS area, stay unmapped.)
   absl::Status MapMmioWindows() {
     uint64_t cursor = 0;
     auto map = [this](uint64_t start, uint64_t end) -> absl::Status {
@@ -301,11 +366,11 @@ class EmuVcpu final : public Vcpu {
       return absl::OkStatus();
     };
     for (const memory::GuestRegion& region : memory_.regions()) {
-      if (region.start().value() >= kFourGiB) break;
+      if (region.start().value() >= kTrampolineBase) break;
       XENKVM_RETURN_IF_ERROR(map(cursor, region.start().value()));
       cursor = region.last().value() + 1;
     }
-    return map(cursor, kFourGiB);
+    return map(cursor, kTrampolineBase);
   }
 
   absl::Status InstallHooks() {
@@ -335,14 +400,45 @@ class EmuVcpu final : public Vcpu {
         err != UC_ERR_OK) {
       return UcError(err, "uc_hook_add(INTR)");
     }
+    if (uc_err err = uc_hook_add(uc_, &hook, UC_HOOK_MEM_UNMAPPED,
+                                 reinterpret_cast<void*>(&EmuVcpu::OnUnmapped), this, 1, 0);
+        err != UC_ERR_OK) {
+      return UcError(err, "uc_hook_add(MEM_UNMAPPED)");
+    }
     return absl::OkStatus();
+  }
+
+  // The hypercall-page trace: a per-instruction hook that looks for WRMSR to the hypercall MSR.
+  // Only code translated after the hook exists calls it. Unicorn's TB flush is not used: the first
+  // one in a process zeroes the whole translation buffer (about 2 s and a gigabyte of RSS here).
+  // So the boot vCPU traces from its first instruction, and a later arming (at CPUID leaf base+2)
+  // traces only code translated from then on, which a first-time WRMSR path is.
+  absl::Status AddTraceHook(uint64_t instruction_budget) {
+    if (trace_hook_) return absl::OkStatus();
+    uc_hook hook;
+    if (uc_err err = uc_hook_add(uc_, &hook, UC_HOOK_CODE,
+                                 reinterpret_cast<void*>(&EmuVcpu::OnTraceInstruction), this, 1, 0);
+        err != UC_ERR_OK) {
+      return UcError(err, "uc_hook_add(CODE, hypercall-page trace)");
+    }
+    trace_hook_ = hook;
+    trace_budget_ = instruction_budget;
+
+    return absl::OkStatus();
+  }
+
+  // Blocks translated while tracing keep a call into Unicorn's (now empty) hook list: a small cost
+  // on code that early boot mostly runs once.
+  void RemoveTraceHook() {
+    if (!trace_hook_) return;
+    uc_hook_del(uc_, *trace_hook_);
+    trace_hook_.reset();
   }
 
   // ---- The emulation thread
 
-  bool Exiting() {
-    absl::MutexLock lock(&mutex_);
-    return exiting_;
+  void Fatal(std::string reason) {
+    if (!fatal_error_) fatal_error_ = std::move(reason);
   }
 
   void EmulationLoop() {
@@ -354,29 +450,116 @@ class EmuVcpu final : public Vcpu {
           },
           this));
     }
-    while (!Exiting()) {
+    while (true) {
+      // Wait, if the vCPU is not started or is halted with interrupts enabled, for what ends it.
+      std::optional<PvhEntry> start;
+      {
+        absl::MutexLock lock(&mutex_);
+        mutex_.Await(absl::Condition(
+            +[](EmuVcpu* self) ABSL_EXCLUSIVE_LOCKS_REQUIRED(self->mutex_) {
+              if (self->exiting_ || self->kick_ || self->fatal_error_) return true;
+              if (!self->started_) return self->start_request_.has_value();
+              return !self->halted_ || self->pending_interrupts_.any();
+            },
+            this));
+        if (exiting_) return;
+        start = std::exchange(start_request_, std::nullopt);
+      }
+      if (start) {
+        if (absl::Status booted = Boot(*start); !booted.ok()) {
+          Fatal(absl::StrCat("emu vCPU ", id_, ": start failed: ", booted.message()));
+        }
+        absl::MutexLock lock(&mutex_);
+        started_ = true;
+      }
       if (fatal_error_) {
         Deliver(GuestErrorExit{*fatal_error_}, false);
         continue;
       }
-      if (kick_.exchange(false)) {
+      if (TakeKick()) {
         Deliver(KickedExit{}, false);
         continue;
       }
-      hook_resumes_ = false;
-      uint64_t rip = ReadRegister(UC_X86_REG_RIP);
-      uc_err err = uc_emu_start(uc_, rip, kNeverReached, 0, 0);
-      if (Exiting()) return;
-      if (fatal_error_) continue;
-      if (err != UC_ERR_OK) {
-        fatal_error_ = absl::StrFormat("emu vCPU %u: %s at RIP %#x", id_, uc_strerror(err),
-                                       ReadRegister(UC_X86_REG_RIP));
+      if (!started_) continue;
+      halted_ = false;
+      if (pending_exception_) {
+        uint32_t vector = *std::exchange(pending_exception_, std::nullopt);
+        if (absl::Status delivered = DeliverVector(vector, /*external=*/false); !delivered.ok()) {
+          Fatal(std::string(delivered.message()));
+        }
         continue;
       }
-      if (hook_resumes_ || kick_.load()) continue;
+      if (trace_remove_requested_) {
+        trace_remove_requested_ = false;
+        RemoveTraceHook();
+      }
+      if (trace_arm_requested_) {
+        trace_arm_requested_ = false;
+        if (absl::Status armed = AddTraceHook(kArmedTraceInstructions); !armed.ok()) {
+          Fatal(std::string(armed.message()));
+          continue;
+        }
+      }
+      bool interrupts_enabled = (ReadRegister(UC_X86_REG_RFLAGS) & kRflagsIf) != 0;
+      std::optional<uint8_t> interrupt;
+      bool interrupt_waiting = false;
+      {
+        absl::MutexLock lock(&mutex_);
+        if (pending_interrupts_.any()) {
+          interrupt_waiting = true;
+          if (interrupts_enabled) {
+            for (int v = 255; v >= 0; --v) {
+              if (pending_interrupts_.test(v)) {
+                interrupt = static_cast<uint8_t>(v);
+                pending_interrupts_.reset(v);
+                break;
+              }
+            }
+          }
+        }
+      }
+      if (interrupt) {
+        if (absl::Status delivered = DeliverVector(*interrupt, /*external=*/true); !delivered.ok()) {
+          Fatal(std::string(delivered.message()));
+        }
+        continue;
+      }
+      stop_requested_.store(false);
+      uint64_t rip = ReadRegister(UC_X86_REG_RIP);
+      uint64_t timeout = interrupt_waiting ? kInterruptWindowSliceMicros : 0;
+      // No instruction count: a count installs a per-instruction hook that stays for the engine's life.
+      uc_err err = uc_emu_start(uc_, rip, kNeverReached, timeout, 0);
+      if (Exiting()) return;
+      if (fatal_error_ || pending_exception_) continue;
+      if (err != UC_ERR_OK) {
+        std::string where = absl::StrFormat("RIP %#x", ReadRegister(UC_X86_REG_RIP));
+        if (unmapped_access_) {
+          absl::StrAppendFormat(&where, ", guest-physical address %#x, which is neither RAM nor MMIO",
+                                *std::exchange(unmapped_access_, std::nullopt));
+        }
+        Fatal(absl::StrFormat("emu vCPU %u: %s at %s", id_, uc_strerror(err), where));
+        continue;
+      }
+      size_t timed_out = 0;
+      uc_query(uc_, UC_QUERY_TIMEOUT, &timed_out);
+      if (stop_requested_.exchange(false) || timed_out) continue;
       // Nothing else ends an unbounded uc_emu_start without an error: the guest executed HLT.
-      Deliver(HaltExit{}, false);
+      if ((ReadRegister(UC_X86_REG_RFLAGS) & kRflagsIf) != 0) {
+        halted_ = true;  // wait for an interrupt inside Run(), as an in-kernel LAPIC does
+      } else {
+        Deliver(HaltExit{}, false);
+      }
     }
+  }
+
+  bool Exiting() {
+    absl::MutexLock lock(&mutex_);
+    return exiting_;
+  }
+
+  bool TakeKick() {
+    absl::MutexLock lock(&mutex_);
+    return std::exchange(kick_, false);
   }
 
   // Hands `exit` to the caller's Run() and waits for the next Run(); returns the Complete() value.
@@ -437,6 +620,143 @@ class EmuVcpu final : public Vcpu {
     WriteRegister(UC_X86_REG_RAX, long_mode ? result : (result & 0xffffffff));
   }
 
+  // ---- Guest-linear access (for IDT, TSS and stack), by walking the guest's page tables.
+
+  emu::PagingState Paging() {
+    return emu::PagingState{ReadRegister(UC_X86_REG_CR0), ReadRegister(UC_X86_REG_CR3),
+                            ReadRegister(UC_X86_REG_CR4), ReadMsr(kMsrEfer)};
+  }
+
+  template <typename Access>
+  absl::Status ForEachPage(uint64_t linear, size_t length, Access access) {
+    emu::PagingState paging = Paging();
+    size_t done = 0;
+    while (done < length) {
+      uint64_t address = linear + done;
+      size_t chunk = std::min<size_t>(length - done, 0x1000 - (address & 0xfff));
+      XENKVM_ASSIGN_OR_RETURN(uint64_t physical, emu::TranslateLinear(memory_, paging, address));
+      XENKVM_RETURN_IF_ERROR(access(memory::GuestAddress(physical), done, chunk));
+      done += chunk;
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status ReadLinear(uint64_t linear, std::span<uint8_t> bytes) {
+    return ForEachPage(linear, bytes.size(), [&](memory::GuestAddress physical, size_t at, size_t n) {
+      return memory_.Read(physical, bytes.subspan(at, n));
+    });
+  }
+
+  absl::Status WriteLinear(uint64_t linear, std::span<const uint8_t> bytes) {
+    return ForEachPage(linear, bytes.size(), [&](memory::GuestAddress physical, size_t at, size_t n) {
+      return memory_.Write(physical, bytes.subspan(at, n));
+    });
+  }
+
+  absl::Status FetchCode(uint64_t rip, std::span<uint8_t> bytes) {
+    return ReadLinear(rip, bytes);  // PVH and Linux guests run with flat code segments (base 0)
+  }
+
+  // Delivers `vector` through the guest's IDT the way the CPU would from CPL 0: an interrupt or
+  // exception without an error code, in 32-bit protected mode or long mode. `external` marks an
+  // injected interrupt: one that lands on a HLT (the STI; HLT idiom) returns past it.
+  absl::Status DeliverVector(uint32_t vector, bool external) {
+    auto refuse = [&](absl::string_view why) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "emu vCPU %u: cannot deliver vector %u at RIP %#x: %s", id_, vector,
+          ReadRegister(UC_X86_REG_RIP), why));
+    };
+    if ((ReadRegister(UC_X86_REG_CR0) & 1) == 0) return refuse("real mode is not supported");
+    if (Cpl() != 0) {
+      return refuse("delivery from CPL > 0 (a privilege change) is not supported by the emu accelerator");
+    }
+    uint64_t rip = ReadRegister(UC_X86_REG_RIP);
+    if (external) {
+      std::array<uint8_t, 1> opcode{};
+      if (FetchCode(rip, opcode).ok() && opcode[0] == 0xf4) rip += 1;
+    }
+    uc_x86_mmr idtr{};
+    uc_reg_read(uc_, UC_X86_REG_IDTR, &idtr);
+    const bool long_mode = LongMode();
+    const uint32_t gate_size = long_mode ? 16 : 8;
+    if (uint64_t{vector} * gate_size + gate_size - 1 > idtr.limit) return refuse("beyond the IDT limit");
+    std::array<uint8_t, 16> gate{};
+    if (absl::Status read = ReadLinear(idtr.base + vector * gate_size, std::span(gate).first(gate_size));
+        !read.ok()) {
+      return refuse(absl::StrCat("IDT entry unreadable: ", read.message()));
+    }
+    auto le = [&gate](int at, int bytes) {
+      uint64_t value = 0;
+      for (int i = bytes - 1; i >= 0; --i) value = (value << 8) | gate[at + i];
+      return value;
+    };
+    const uint8_t type = gate[5] & 0x0f;
+    if ((gate[5] & 0x80) == 0) return refuse("the IDT entry is not present");
+    if (type != 0x0e && type != 0x0f) return refuse("the IDT entry is not a 32/64-bit interrupt or trap gate");
+    const uint16_t selector = static_cast<uint16_t>(le(2, 2));
+    uint64_t target = le(0, 2) | (le(6, 2) << 16);
+    const uint64_t rflags = ReadRegister(UC_X86_REG_RFLAGS);
+    const uint64_t cs = ReadRegister(UC_X86_REG_CS);
+    uint64_t rsp = ReadRegister(UC_X86_REG_RSP);
+    if (long_mode) {
+      target |= le(8, 4) << 32;
+      const uint8_t ist = gate[4] & 7;
+      const uint64_t old_rsp = rsp;
+      if (ist != 0) {
+        uc_x86_mmr tr{};
+        uc_reg_read(uc_, UC_X86_REG_TR, &tr);
+        std::array<uint8_t, 8> stack{};
+        if (absl::Status read = ReadLinear(tr.base + 0x24 + 8 * (ist - 1), stack); !read.ok()) {
+          return refuse(absl::StrCat("TSS IST entry unreadable: ", read.message()));
+        }
+        rsp = 0;
+        for (int i = 7; i >= 0; --i) rsp = (rsp << 8) | stack[i];
+      }
+      rsp &= ~uint64_t{0xf};
+      const uint64_t frame[5] = {rip, cs, rflags, old_rsp, ReadRegister(UC_X86_REG_SS)};
+      rsp -= sizeof(frame);
+      if (absl::Status written =
+              WriteLinear(rsp, std::span(reinterpret_cast<const uint8_t*>(frame), sizeof(frame)));
+          !written.ok()) {
+        return refuse(absl::StrCat("the interrupt stack is not writable RAM: ", written.message()));
+      }
+    } else {
+      const uint32_t frame[3] = {static_cast<uint32_t>(rip), static_cast<uint32_t>(cs),
+                                 static_cast<uint32_t>(rflags)};
+      rsp = (rsp - sizeof(frame)) & 0xffffffff;
+      if (absl::Status written =
+              WriteLinear(rsp, std::span(reinterpret_cast<const uint8_t*>(frame), sizeof(frame)));
+          !written.ok()) {
+        return refuse(absl::StrCat("the interrupt stack is not writable RAM: ", written.message()));
+      }
+    }
+    uint64_t new_rflags = rflags & ~kRflagsClearedOnEntry;
+    if (type == 0x0e) new_rflags &= ~kRflagsIf;
+    WriteRegister(UC_X86_REG_RSP, rsp);
+    WriteRegister(UC_X86_REG_RFLAGS, new_rflags);
+    if ((selector & ~3) != (cs & ~3)) {
+      uint64_t value = selector;
+      if (uc_err err = uc_reg_write(uc_, UC_X86_REG_CS, &value); err != UC_ERR_OK) {
+        return refuse(absl::StrFormat("loading CS %#x: %s", selector, uc_strerror(err)));
+      }
+    }
+    WriteRegister(UC_X86_REG_RIP, target);
+    return absl::OkStatus();
+  }
+
+  // Unicorn 2.0.1 never clears QEMU's record of the last exception (only a delivery it performs
+  // itself would), so a second #DE is reported as a double fault. A "double fault" on a DIV or
+  // IDIV is therefore that #DE.
+  uint32_t CorrectDoubleFault(uint32_t vector) {
+    if (vector != 8) return vector;
+    std::array<uint8_t, 4> code{};
+    if (!FetchCode(ReadRegister(UC_X86_REG_RIP), code).ok()) return vector;
+    size_t at = 0;
+    while (at < 2 && (code[at] == 0x66 || (code[at] & 0xf0) == 0x40)) ++at;  // operand size, REX
+    if ((code[at] == 0xf6 || code[at] == 0xf7) && ((code[at + 1] >> 3) & 7) >= 6) return 0;
+    return vector;
+  }
+
   // ---- Hooks (on the emulation thread)
 
   static uint32_t OnIn(uc_engine*, uint32_t port, int size, void* user) {
@@ -451,7 +771,7 @@ class EmuVcpu final : public Vcpu {
     self->Deliver(PortIoExit{true, static_cast<uint16_t>(port), static_cast<uint8_t>(size), value}, false);
   }
 
-  static int OnCpuid(uc_engine*, void* user) {
+  static int OnCpuid(uc_engine* uc, void* user) {
     auto* self = static_cast<EmuVcpu*>(user);
     uint32_t function = static_cast<uint32_t>(self->ReadRegister(UC_X86_REG_EAX));
     if ((function & 0xffff0000) == kEmuHypercallCpuidMagic) {
@@ -469,13 +789,52 @@ class EmuVcpu final : public Vcpu {
         self->WriteRegister(UC_X86_REG_RBX, leaf.ebx);
         self->WriteRegister(UC_X86_REG_RCX, leaf.ecx);
         self->WriteRegister(UC_X86_REG_RDX, leaf.edx);
+        // The hypervisor leaf that names the hypercall MSR (base + 2): a write to it may follow.
+        uint32_t msr = self->vm_.hypercall_msr.load();
+        if (msr != 0 && (function & 0xffff00ff) == 0x40000002 && leaf.ebx == msr && !self->trace_hook_) {
+          self->trace_arm_requested_ = true;
+          self->stop_requested_.store(true);
+          uc_emu_stop(uc);
+        }
         return 1;
       }
     }
     return 0;  // the CPU model answers
   }
 
-  // VMCALL and VMMCALL are invalid to Unicorn; they are Xen hypercalls (RAX = number).
+  // Per instruction while the hypercall-page trace is on: WRMSR (0f 30) with ECX = the MSR fills
+  // the page named by EDX:EAX (Unicorn then drops the write itself, as it does any unknown MSR).
+  static void OnTraceInstruction(uc_engine* uc, uint64_t address, uint32_t size, void* user) {
+    auto* self = static_cast<EmuVcpu*>(user);
+    if (self->trace_budget_ == 0) {
+      if (!self->trace_remove_requested_) {
+        self->trace_remove_requested_ = true;
+        self->stop_requested_.store(true);
+        uc_emu_stop(uc);
+      }
+      return;
+    }
+    --self->trace_budget_;
+    uint32_t msr = self->vm_.hypercall_msr.load();
+    if (size != 2 || msr == 0 || static_cast<uint32_t>(self->ReadRegister(UC_X86_REG_RCX)) != msr) return;
+    std::array<uint8_t, 2> bytes{};
+    if (!self->FetchCode(address, bytes).ok() || bytes[0] != 0x0f || bytes[1] != 0x30) return;
+    uint64_t value = (self->ReadRegister(UC_X86_REG_RDX) << 32) |
+                     (self->ReadRegister(UC_X86_REG_RAX) & 0xffffffff);
+    // Low 12 bits: the page index within the hypercall area; xenkvm has one page.
+    if ((value & 0xfff) == 0) {
+      static const std::vector<uint8_t> page = EmuHypercallPage();
+      (void)self->memory_.Write(memory::GuestAddress(value), page);  // not RAM: ignored, as KVM does
+    }
+    // WRMSR ends its translation block, so the stop lands right after it: the page is ready before
+    // the guest can call it, and the trace ends.
+    self->trace_remove_requested_ = true;
+    self->stop_requested_.store(true);
+    uc_emu_stop(uc);
+  }
+
+  // VMCALL and VMMCALL are invalid to Unicorn; they are Xen hypercalls (RAX = number). Any other
+  // invalid instruction is #UD for the guest.
   static bool OnInvalidInstruction(uc_engine*, void* user) {
     auto* self = static_cast<EmuVcpu*>(user);
     uint64_t rip = self->ReadRegister(UC_X86_REG_RIP);
@@ -484,27 +843,39 @@ class EmuVcpu final : public Vcpu {
     bool is_vmcall = fetched.ok() && bytes[0] == 0x0f && bytes[1] == 0x01 &&
                      (bytes[2] == 0xc1 || bytes[2] == 0xd9);
     if (!is_vmcall) {
-      self->fatal_error_ = absl::StrFormat(
-          "emu vCPU %u: invalid instruction at RIP %#x (%02x %02x %02x): #UD delivery to the guest "
-          "is not supported by the emu accelerator yet",
-          self->id_, rip, bytes[0], bytes[1], bytes[2]);
-      return false;
+      self->pending_exception_ = 6;  // #UD, a fault: RIP stays at the instruction
+      return true;
     }
     HypercallExit call = self->HypercallFromRegisters(self->ReadRegister(UC_X86_REG_RAX));
     bool long_mode = call.long_mode;
     uint64_t result = self->Deliver(call, true);
     self->WriteHypercallResult(result, long_mode);
     self->WriteRegister(UC_X86_REG_RIP, rip + 3);
-    self->hook_resumes_ = true;  // this hook always ends uc_emu_start; the loop re-enters
+    self->stop_requested_.store(true);  // this hook always ends uc_emu_start; the loop re-enters
     return true;
   }
 
+  // Exceptions and INT n. Faults arrive with RIP at the instruction, traps and INT n past it, which
+  // is what the frame must hold either way.
   static void OnInterrupt(uc_engine* uc, uint32_t vector, void* user) {
     auto* self = static_cast<EmuVcpu*>(user);
-    self->fatal_error_ = absl::StrFormat(
-        "emu vCPU %u: guest exception or INT %u at RIP %#x is not supported by the emu accelerator",
-        self->id_, vector, self->ReadRegister(UC_X86_REG_RIP));
+    vector = self->CorrectDoubleFault(vector);
+    if (HasErrorCode(vector)) {
+      self->Fatal(absl::StrFormat(
+          "emu vCPU %u: guest exception %u at RIP %#x is not supported by the emu accelerator "
+          "(Unicorn does not report exception error codes)",
+          self->id_, vector, self->ReadRegister(UC_X86_REG_RIP)));
+    } else {
+      self->pending_exception_ = vector;
+    }
     uc_emu_stop(uc);
+  }
+
+  // Records the address for the error the failed access ends the vCPU with.
+  static bool OnUnmapped(uc_engine*, uc_mem_type type, uint64_t address, int size, int64_t,
+                         void* user) {
+    static_cast<EmuVcpu*>(user)->unmapped_access_ = address;
+    return false;
   }
 
   static uint64_t OnMmioRead(uc_engine*, uint64_t offset, unsigned size, void* user) {
@@ -518,21 +889,8 @@ class EmuVcpu final : public Vcpu {
     window->vcpu->Deliver(MmioExit{true, window->base + offset, static_cast<uint8_t>(size), value}, false);
   }
 
-  absl::Status FetchCode(uint64_t rip, std::span<uint8_t> bytes) {
-    emu::PagingState paging{ReadRegister(UC_X86_REG_CR0), ReadRegister(UC_X86_REG_CR3),
-                            ReadRegister(UC_X86_REG_CR4), ReadMsr(kMsrEfer)};
-    uint64_t linear = rip;  // PVH and Linux guests run with flat code segments (base 0)
-    for (size_t i = 0; i < bytes.size(); ++i) {
-      absl::StatusOr<uint64_t> physical = emu::TranslateLinear(memory_, paging, linear + i);
-      if (!physical.ok()) return physical.status();
-      absl::StatusOr<uint8_t> byte = memory_.ReadObject<uint8_t>(memory::GuestAddress(*physical));
-      if (!byte.ok()) return byte.status();
-      bytes[i] = *byte;
-    }
-    return absl::OkStatus();
-  }
-
   const uint32_t id_;
+  EmuVmState& vm_;
   const memory::GuestMemory& memory_;
   uc_engine* uc_ = nullptr;
   std::vector<std::unique_ptr<MmioWindow>> mmio_windows_;
@@ -541,37 +899,51 @@ class EmuVcpu final : public Vcpu {
   absl::Mutex mutex_;
   bool caller_turn_ ABSL_GUARDED_BY(mutex_) = true;
   bool exiting_ ABSL_GUARDED_BY(mutex_) = false;
+  bool kick_ ABSL_GUARDED_BY(mutex_) = false;
   std::optional<Exit> exit_ ABSL_GUARDED_BY(mutex_);
   bool awaiting_value_ ABSL_GUARDED_BY(mutex_) = false;
   std::optional<uint64_t> value_ ABSL_GUARDED_BY(mutex_);
+  std::bitset<256> pending_interrupts_ ABSL_GUARDED_BY(mutex_);
+  std::optional<PvhEntry> start_request_ ABSL_GUARDED_BY(mutex_);
+  bool started_ ABSL_GUARDED_BY(mutex_) = false;
 
   absl::Mutex cpuid_mutex_;
   std::vector<CpuidLeaf> cpuid_ ABSL_GUARDED_BY(cpuid_mutex_);
 
-  std::atomic<bool> kick_{false};
-  // Emulation thread only.
-  bool hook_resumes_ = false;
+  // Set by whoever stops the engine on purpose, so that the loop does not take the stop for HLT.
+  std::atomic<bool> stop_requested_{false};
+  // Emulation thread only (read by the Await conditions, which run under mutex_ on any thread, only
+  // while the emulation thread itself waits).
+  bool halted_ = false;
   std::optional<std::string> fatal_error_;
+  std::optional<uint32_t> pending_exception_;
+  std::optional<uint64_t> unmapped_access_;
+  std::optional<uc_hook> trace_hook_;
+  uint64_t trace_budget_ = 0;
+  bool trace_arm_requested_ = false;
+  bool trace_remove_requested_ = false;
 };
 
 class EmuAccelerator final : public Accelerator {
  public:
-  explicit EmuAccelerator(const memory::GuestMemory& memory) : memory_(memory) {
+  explicit EmuAccelerator(const memory::GuestMemory& memory) : vm_(memory) {
     capabilities_.name = "emu";
   }
   const Capabilities& capabilities() const override { return capabilities_; }
 
+  absl::Status EnableHypercallPage(uint32_t msr) override {
+    if (msr == 0) return absl::InvalidArgumentError("the hypercall-page MSR must not be 0");
+    vm_.hypercall_msr.store(msr);
+    return absl::OkStatus();
+  }
+
   absl::StatusOr<std::unique_ptr<Vcpu>> CreateVcpu(uint32_t id, std::optional<PvhEntry> boot) override {
-    if (!boot) {
-      return absl::UnimplementedError(
-          "emu accelerator: vCPUs that start halted (secondary vCPUs) are not supported yet");
-    }
-    XENKVM_ASSIGN_OR_RETURN(std::unique_ptr<EmuVcpu> vcpu, EmuVcpu::Create(id, memory_, *boot));
+    XENKVM_ASSIGN_OR_RETURN(std::unique_ptr<EmuVcpu> vcpu, EmuVcpu::Create(id, vm_, boot));
     return std::unique_ptr<Vcpu>(std::move(vcpu));
   }
 
  private:
-  const memory::GuestMemory& memory_;
+  EmuVmState vm_;
   Capabilities capabilities_;
 };
 

@@ -42,7 +42,10 @@ class EmuTest : public ::testing::Test {
     absl::StatusOr<Exit> exit = vcpu.Run();
     EXPECT_TRUE(exit.ok()) << exit.status();
     if (!exit.ok() || !std::holds_alternative<E>(*exit)) {
-      ADD_FAILURE() << "unexpected exit, variant index " << (exit.ok() ? exit->index() : -1);
+      ADD_FAILURE() << "unexpected exit, variant index " << (exit.ok() ? exit->index() : -1)
+                    << (exit.ok() && std::holds_alternative<GuestErrorExit>(*exit)
+                            ? ": " + std::get<GuestErrorExit>(*exit).reason
+                            : "");
       return E{};
     }
     return std::get<E>(*exit);
@@ -167,20 +170,162 @@ TEST_F(EmuTest, KickStopsASpinningGuest) {
   Next<KickedExit>(*vcpu);
 }
 
-TEST_F(EmuTest, UnsupportedInstructionEndsTheVmWithAClearError) {
-  auto vcpu = Start(emu_test_guests::k_invalid);
+TEST_F(EmuTest, UndeliverableExceptionEndsTheVmWithAClearError) {
+  auto vcpu = Start(emu_test_guests::k_invalid);  // UD2 with no IDT
   ASSERT_NE(vcpu, nullptr);
   GuestErrorExit error = Next<GuestErrorExit>(*vcpu);
-  EXPECT_THAT(error.reason, HasSubstr("invalid instruction"));
-  EXPECT_THAT(error.reason, HasSubstr("0f 0b"));
-  EXPECT_THAT(Next<GuestErrorExit>(*vcpu).reason, HasSubstr("invalid instruction"));  // it stays dead
+  EXPECT_THAT(error.reason, HasSubstr("cannot deliver vector 6"));
+  EXPECT_THAT(error.reason, HasSubstr("IDT limit"));
+  EXPECT_THAT(Next<GuestErrorExit>(*vcpu).reason, HasSubstr("vector 6"));  // it stays dead
 }
 
-TEST_F(EmuTest, RefusesWhatItCannotDoYet) {
-  EXPECT_EQ(accelerator_->CreateVcpu(1, std::nullopt).status().code(), absl::StatusCode::kUnimplemented);
-  auto vcpu = Start(emu_test_guests::k_spin);
+TEST_F(EmuTest, ExceptionsWithoutErrorCodeGoThroughTheGuestIdt) {
+  auto vcpu = Start(emu_test_guests::k_interrupts32);
   ASSERT_NE(vcpu, nullptr);
-  EXPECT_EQ(vcpu->InjectInterrupt(0x30).code(), absl::StatusCode::kUnimplemented);
+  PortIoExit ud = Next<PortIoExit>(*vcpu);  // #UD is a fault: the frame holds the UD2's address
+  EXPECT_EQ(ud.port, 0x19);
+  EXPECT_EQ(ud.value, kLoadAddress + emu_test_guests::k_ud_instruction32);
+  PortIoExit de = Next<PortIoExit>(*vcpu);
+  EXPECT_EQ(de.port, 0x1a);
+  EXPECT_EQ(de.value, kLoadAddress + emu_test_guests::k_de_instruction32);
+  PortIoExit de_again = Next<PortIoExit>(*vcpu);  // a second #DE is not taken for a double fault
+  EXPECT_EQ(de_again.port, 0x1a);
+  EXPECT_EQ(de_again.value, kLoadAddress + emu_test_guests::k_de_instruction32_again);
+  PortIoExit bp = Next<PortIoExit>(*vcpu);  // #BP is a trap: the frame holds the next instruction
+  EXPECT_EQ(bp.port, 0x1b);
+  EXPECT_EQ(bp.value, kLoadAddress + emu_test_guests::k_after_int3_32);
+}
+
+// Runs `vcpu` on another thread, injects `vector` after the guest has had time to settle, and
+// returns the exit the run ended with.
+Exit RunAndInject(Vcpu& vcpu, uint8_t vector) {
+  absl::StatusOr<Exit> exit;
+  std::thread runner([&] { exit = vcpu.Run(); });
+  absl::SleepFor(absl::Milliseconds(30));
+  EXPECT_TRUE(vcpu.InjectInterrupt(vector).ok());
+  runner.join();
+  EXPECT_TRUE(exit.ok()) << exit.status();
+  return exit.ok() ? *exit : Exit{GuestErrorExit{"run failed"}};
+}
+
+TEST_F(EmuTest, InterruptsReachAHaltedAndARunningGuest) {
+  auto vcpu = Start(emu_test_guests::k_interrupts32);
+  ASSERT_NE(vcpu, nullptr);
+  for (int i = 0; i < 4; ++i) Next<PortIoExit>(*vcpu);  // the exceptions
+  EXPECT_EQ(Next<PortIoExit>(*vcpu).port, 0x10);  // about to HLT with IF=1
+  // HLT with interrupts on waits inside Run() until the interrupt arrives.
+  Exit woken = RunAndInject(*vcpu, 0x30);
+  ASSERT_TRUE(std::holds_alternative<PortIoExit>(woken));
+  PortIoExit handler = std::get<PortIoExit>(woken);
+  EXPECT_EQ(handler.port, 0x18);
+  // The frame (EIP, CS, EFLAGS) and the handler's push sit below the stack top.
+  EXPECT_EQ(handler.value, kLoadAddress + emu_test_guests::k_stack_top - 16);
+  EXPECT_EQ(Next<PortIoExit>(*vcpu).port, 0x11);  // the IRET returned past the HLT
+  EXPECT_EQ(Next<PortIoExit>(*vcpu).port, 0x12);  // now spinning, no exits
+  Exit spun = RunAndInject(*vcpu, 0x31);
+  ASSERT_TRUE(std::holds_alternative<PortIoExit>(spun));
+  EXPECT_EQ(std::get<PortIoExit>(spun).port, 0x18);
+  EXPECT_EQ(Next<PortIoExit>(*vcpu).port, 0x13);
+
+  EXPECT_EQ(Next<PortIoExit>(*vcpu).port, 0x14);  // CLI: an interrupt now has to wait
+  ASSERT_TRUE(vcpu->InjectInterrupt(0x30).ok());
+  PortIoExit masked = Next<PortIoExit>(*vcpu);
+  EXPECT_EQ(masked.port, 0x15);
+  EXPECT_EQ(masked.value, 0u);  // not taken while IF=0
+  EXPECT_EQ(Next<PortIoExit>(*vcpu).port, 0x18);  // taken once STI opened the window
+  EXPECT_EQ(Next<PortIoExit>(*vcpu).port, 0x16);
+  Next<HaltExit>(*vcpu);  // CLI; HLT: only the VMM can do something about it
+  EXPECT_EQ(vcpu->InjectInterrupt(0x0e).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(EmuTest, LongModeGuestHypercallsAndInterrupts) {
+  auto vcpu = Start(emu_test_guests::k_long_mode);
+  ASSERT_NE(vcpu, nullptr);
+  HypercallExit call = Next<HypercallExit>(*vcpu);
+  EXPECT_TRUE(call.long_mode);
+  EXPECT_EQ(call.number, 0x18u);
+  EXPECT_EQ(call.args, (std::array<uint64_t, 6>{0x100000001, 2, 3, 4, 5, 0x600000000}));
+  ASSERT_TRUE(vcpu->Complete(0xabcdef0012345678).ok());
+  EXPECT_EQ(Next<PortIoExit>(*vcpu).value, 0x12345678u);
+  EXPECT_EQ(Next<PortIoExit>(*vcpu).value, 0xabcdef00u);  // all 64 bits of RAX
+  absl::StatusOr<ControlRegisters> control = vcpu->GetControlRegisters();
+  ASSERT_TRUE(control.ok());
+  EXPECT_TRUE(control->long_mode);
+  EXPECT_NE(control->cr0 & 0x80000000, 0u);
+
+  PortIoExit ud = Next<PortIoExit>(*vcpu);
+  EXPECT_EQ(ud.port, 0x19);
+  EXPECT_EQ(ud.value, kLoadAddress + emu_test_guests::k_ud_instruction64);
+  EXPECT_EQ(Next<PortIoExit>(*vcpu).port, 0x12);
+  Exit woken = RunAndInject(*vcpu, 0x30);
+  ASSERT_TRUE(std::holds_alternative<PortIoExit>(woken));
+  // 64-bit frame: SS, RSP, RFLAGS, CS, RIP from a 16-byte aligned stack, then the handler's push.
+  EXPECT_EQ(std::get<PortIoExit>(woken).value, kLoadAddress + emu_test_guests::k_stack_top - 48);
+  EXPECT_EQ(Next<PortIoExit>(*vcpu).value, 0x18u);  // saved CS: the 64-bit code segment
+  EXPECT_EQ(Next<PortIoExit>(*vcpu).port, 0x13);
+}
+
+TEST_F(EmuTest, HypercallPageFilledOnTheMsrWrite) {
+  constexpr uint32_t kMsr = 0x40000000;
+  ASSERT_TRUE(accelerator_->EnableHypercallPage(kMsr).ok());
+  for (unsigned entry : {emu_test_guests::k_hypercall_page_adjacent, emu_test_guests::k_hypercall_page_later}) {
+    auto vcpu = Start(entry);
+    ASSERT_NE(vcpu, nullptr);
+    ASSERT_TRUE(vcpu->SetCpuid({{0x40000002, std::nullopt, 1, kMsr, 0, 0}}).ok());
+    HypercallExit call = Next<HypercallExit>(*vcpu);
+    EXPECT_EQ(call.number, 17u);
+    EXPECT_EQ(call.args, (std::array<uint64_t, 6>{1, 2, 3, 4, 5, 6}));
+    ASSERT_TRUE(vcpu->Complete(99).ok());
+    EXPECT_EQ(Next<PortIoExit>(*vcpu).value, 99u);
+    absl::StatusOr<uint8_t> first = memory_->ReadObject<uint8_t>(
+        GuestAddress(kLoadAddress + emu_test_guests::k_hcall_page + 17 * 32));
+    ASSERT_TRUE(first.ok());
+    EXPECT_EQ(*first, 0xb8);  // mov $imm32, %eax
+    ASSERT_TRUE(memory_->Write(GuestAddress(kLoadAddress + emu_test_guests::k_hcall_page),
+                               std::vector<uint8_t>(4096, 0)).ok());
+  }
+}
+
+TEST_F(EmuTest, HypercallPageArmedByTheCpuidLeafAfterTheVcpuStarted) {
+  constexpr uint32_t kMsr = 0x40000200;
+  auto vcpu = Start(emu_test_guests::k_hypercall_page_later);
+  ASSERT_NE(vcpu, nullptr);
+  ASSERT_TRUE(accelerator_->EnableHypercallPage(kMsr).ok());
+  ASSERT_TRUE(vcpu->SetCpuid({{0x40000002, std::nullopt, 1, kMsr, 0, 0}}).ok());
+  EXPECT_EQ(Next<HypercallExit>(*vcpu).number, 17u);
+  EXPECT_EQ(accelerator_->EnableHypercallPage(0).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(EmuTest, SecondaryVcpuWaitsForStartThenRunsBesideTheFirst) {
+  absl::StatusOr<std::unique_ptr<Vcpu>> created = accelerator_->CreateVcpu(1, std::nullopt);
+  ASSERT_TRUE(created.ok()) << created.status();
+  std::unique_ptr<Vcpu> ap = std::move(created).value();
+  ap->Kick();
+  Next<KickedExit>(*ap);  // an unstarted vCPU can still be kicked out of Run()
+
+  auto bsp = Start(emu_test_guests::k_bsp_wait);  // spins until the AP writes the flag
+  ASSERT_NE(bsp, nullptr);
+  absl::StatusOr<Exit> bsp_exit;
+  std::thread bsp_runner([&] { bsp_exit = bsp->Run(); });
+  std::atomic<bool> ap_returned{false};
+  absl::StatusOr<Exit> ap_exit;
+  std::thread ap_runner([&] {
+    ap_exit = ap->Run();
+    ap_returned = true;
+  });
+  absl::SleepFor(absl::Milliseconds(50));
+  EXPECT_FALSE(ap_returned.load());  // blocked until started
+  ASSERT_TRUE(ap->Start(PvhEntry{kLoadAddress + emu_test_guests::k_ap_entry, 0}).ok());
+  ap_runner.join();
+  bsp_runner.join();
+  ASSERT_TRUE(ap_exit.ok());
+  ASSERT_TRUE(std::holds_alternative<PortIoExit>(*ap_exit));
+  EXPECT_EQ(std::get<PortIoExit>(*ap_exit).port, 0x1c);
+  ASSERT_TRUE(bsp_exit.ok());
+  ASSERT_TRUE(std::holds_alternative<PortIoExit>(*bsp_exit));
+  EXPECT_EQ(std::get<PortIoExit>(*bsp_exit).port, 0x10);
+  EXPECT_EQ(ap->id(), 1u);
+  EXPECT_EQ(ap->Start(PvhEntry{kLoadAddress, 0}).code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(accelerator_->capabilities().name, "emu");
 }
 

@@ -80,3 +80,272 @@ spin:
         .globl invalid
 invalid:
         ud2
+
+/* ---- Interrupts and exceptions through a 32-bit IDT. Reports: 0x18 external vector handled,
+ * 0x19 #UD saved EIP, 0x1a #DE saved EIP, 0x1b #BP saved EIP. */
+        .macro GATE32 vector, handler
+        mov     $\handler, %eax
+        mov     %ax, idt32 + \vector * 8
+        movw    $0x08, idt32 + \vector * 8 + 2
+        movw    $0x8e00, idt32 + \vector * 8 + 4
+        shr     $16, %eax
+        mov     %ax, idt32 + \vector * 8 + 6
+        .endm
+
+        .globl interrupts32
+interrupts32:
+        mov     $stack_top, %esp
+        lgdt    gdt64_descriptor        /* PVH leaves GDTR undefined: IRET reloads CS from it */
+        GATE32  0x30, external32
+        GATE32  0x31, external32
+        GATE32  6, ud32
+        GATE32  0, de32
+        GATE32  3, bp32
+        lidt    idt32_descriptor
+        .globl ud_instruction32
+ud_instruction32:
+        ud2
+        xor     %ecx, %ecx
+        xor     %edx, %edx
+        mov     $1, %eax
+        .globl de_instruction32
+de_instruction32:
+        div     %ecx
+        .globl de_instruction32_again
+de_instruction32_again:
+        div     %ecx
+        int3
+        .globl after_int3_32
+after_int3_32:
+        sti
+        out     %al, $0x10              /* about to halt with interrupts on */
+        hlt
+        out     %al, $0x11              /* woken */
+        movl    $0, handled
+        out     %al, $0x12              /* spinning */
+1:      cmpl    $0, handled
+        je      1b
+        out     %al, $0x13
+        cli
+        movl    $0, handled
+        out     %al, $0x14              /* interrupts off */
+        mov     $200000, %ecx
+2:      loop    2b
+        mov     handled, %eax
+        out     %eax, $0x15             /* still 0: a masked interrupt waits */
+        sti
+3:      cmpl    $0, handled
+        je      3b
+        out     %al, $0x16
+        cli
+        hlt                             /* interrupts off: HaltExit */
+        out     %al, $0x17
+        hlt
+
+external32:
+        push    %eax
+        incl    handled
+        mov     %esp, %eax
+        out     %eax, $0x18             /* the handler's stack pointer, to check the frame */
+        pop     %eax
+        iret
+ud32:
+        push    %eax
+        mov     4(%esp), %eax
+        out     %eax, $0x19
+        addl    $2, 4(%esp)
+        pop     %eax
+        iret
+de32:
+        push    %eax
+        mov     4(%esp), %eax
+        out     %eax, $0x1a
+        addl    $2, 4(%esp)
+        pop     %eax
+        iret
+bp32:
+        push    %eax
+        mov     4(%esp), %eax
+        out     %eax, $0x1b
+        pop     %eax
+        iret
+
+/* ---- Hypercall page: read the MSR from CPUID 0x40000002, write the page address to it, call
+ * hypercall 17 through the page. `hypercall_page_adjacent` has CPUID and WRMSR in one block. */
+        .globl hypercall_page_adjacent
+hypercall_page_adjacent:
+        mov     $0x40000002, %eax
+        xor     %ecx, %ecx
+        cpuid
+        mov     %ebx, %ecx
+        mov     $hcall_page, %eax
+        xor     %edx, %edx
+        wrmsr
+        jmp     call_page
+        .globl hypercall_page_later
+hypercall_page_later:
+        mov     $0x40000002, %eax
+        xor     %ecx, %ecx
+        cpuid
+        jmp     1f
+1:      mov     %ebx, %ecx
+        mov     $hcall_page, %eax
+        xor     %edx, %edx
+        wrmsr
+call_page:
+        mov     $stack_top, %esp
+        mov     $1, %ebx
+        mov     $2, %ecx
+        mov     $3, %edx
+        mov     $4, %esi
+        mov     $5, %edi
+        mov     $6, %ebp
+        call    hcall_page + 17 * 32
+        out     %eax, $0x10
+        hlt
+
+/* ---- Two vCPUs: the second writes a flag the first waits for. */
+        .globl ap_entry
+ap_entry:
+        movl    $0x1234, shared_flag
+        out     %al, $0x1c
+        hlt
+        .globl bsp_wait
+bsp_wait:
+1:      cmpl    $0x1234, shared_flag
+        jne     1b
+        out     %al, $0x10
+        hlt
+
+/* ---- Long mode: the guest enters it itself from the PVH state, then makes a 64-bit hypercall,
+ * takes #UD and an external interrupt through a 64-bit IDT. */
+        .globl long_mode
+long_mode:
+        mov     $stack_top, %esp
+        mov     $pml4, %eax
+        mov     %eax, %cr3
+        mov     %cr4, %eax
+        or      $0x20, %eax             /* PAE */
+        mov     %eax, %cr4
+        mov     $0xc0000080, %ecx
+        rdmsr
+        or      $0x100, %eax            /* EFER.LME */
+        wrmsr
+        mov     %cr0, %eax
+        or      $0x80000000, %eax
+        mov     %eax, %cr0
+        lgdt    gdt64_descriptor
+        ljmp    $0x18, $long_mode64
+        .code64
+long_mode64:
+        mov     $0x10, %ax
+        mov     %ax, %ds
+        mov     %ax, %ss
+        mov     $stack_top, %rsp
+        lea     external64(%rip), %rax
+        mov     $0x30, %rdi
+        call    gate64
+        lea     ud64(%rip), %rax
+        mov     $6, %rdi
+        call    gate64
+        lidt    idt64_descriptor
+        mov     $0x18, %rax             /* the 64-bit ABI: rdi rsi rdx r10 r8 r9 */
+        movabs  $0x100000001, %rdi
+        mov     $2, %rsi
+        mov     $3, %rdx
+        mov     $4, %r10
+        mov     $5, %r8
+        movabs  $0x600000000, %r9
+        vmcall
+        out     %eax, $0x10
+        shr     $32, %rax
+        out     %eax, $0x11
+        .globl ud_instruction64
+ud_instruction64:
+        ud2
+        sti
+        out     %al, $0x12
+        hlt
+        out     %al, $0x13
+        cli
+        hlt
+gate64:                                 /* rax = handler, rdi = vector */
+        shl     $4, %rdi
+        lea     idt64(%rip), %rcx
+        add     %rcx, %rdi
+        mov     %ax, (%rdi)
+        movw    $0x18, 2(%rdi)
+        movw    $0x8e00, 4(%rdi)
+        shr     $16, %rax
+        mov     %ax, 6(%rdi)
+        shr     $16, %rax
+        mov     %eax, 8(%rdi)
+        movl    $0, 12(%rdi)
+        ret
+external64:
+        push    %rax
+        mov     %rsp, %rax
+        out     %eax, $0x18             /* the handler's stack pointer */
+        mov     8+8(%rsp), %rax         /* saved CS */
+        out     %eax, $0x1d
+        pop     %rax
+        iretq
+ud64:
+        push    %rax
+        mov     8(%rsp), %rax
+        out     %eax, $0x19
+        addq    $2, 8(%rsp)
+        pop     %rax
+        iretq
+        .code32
+
+/* ---- Loops for the exits-per-second benchmark. */
+        .globl pio_loop
+pio_loop:
+        out     %al, $0x10
+        jmp     pio_loop
+        .globl hypercall_cpuid_loop
+hypercall_cpuid_loop:
+        mov     $0x7a5e0001, %eax
+        cpuid
+        jmp     hypercall_cpuid_loop
+        .globl vmcall_loop
+vmcall_loop:
+        mov     $1, %eax
+        vmcall
+        jmp     vmcall_loop
+
+/* ---- Data (guest RAM is writable, so it lives in .text with the code). */
+        .balign 8
+handled:        .long 0
+shared_flag:    .long 0
+idt32_descriptor:
+        .word   256 * 8 - 1
+        .long   idt32
+        .balign 8
+gdt64:
+        .quad   0, 0x00cf9b000000ffff, 0x00cf93000000ffff, 0x00af9b000000ffff
+gdt64_descriptor:
+        .word   4 * 8 - 1
+        .quad   gdt64
+idt64_descriptor:
+        .word   256 * 16 - 1
+        .quad   idt64
+        .balign 16
+idt32:  .fill   256 * 8, 1, 0
+idt64:  .fill   256 * 16, 1, 0
+        .fill   4096, 1, 0
+stack_top:
+        .balign 4096
+hcall_page:
+        .fill   4096, 1, 0
+pml4:   .quad   pdpt + 3
+        .fill   511, 8, 0
+pdpt:   .quad   pd + 3
+        .fill   511, 8, 0
+pd:
+        .set    large_page, 0
+        .rept   512
+        .quad   (large_page << 21) | 0x83
+        .set    large_page, large_page + 1
+        .endr
