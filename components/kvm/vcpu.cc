@@ -198,6 +198,17 @@ absl::Status Vcpu::SetEvents(const kvm_vcpu_events& events) {
   return SetState(fd(), KVM_SET_VCPU_EVENTS, "KVM_SET_VCPU_EVENTS", events);
 }
 
+absl::StatusOr<uint32_t> Vcpu::GetMpState() const {
+  kvm_mp_state state{};
+  XENKVM_RETURN_IF_ERROR(XENKVM_KVM_IOCTL(fd(), KVM_GET_MP_STATE, &state).status());
+  return state.mp_state;
+}
+
+absl::Status Vcpu::SetMpState(uint32_t state) {
+  kvm_mp_state value{state};
+  return XENKVM_KVM_IOCTL(fd(), KVM_SET_MP_STATE, &value).status();
+}
+
 absl::StatusOr<uint32_t> Vcpu::GetTscKhz() const {
   XENKVM_ASSIGN_OR_RETURN(int khz, XENKVM_KVM_IOCTL(fd(), KVM_GET_TSC_KHZ, 0));
   return static_cast<uint32_t>(khz);

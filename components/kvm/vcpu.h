@@ -146,6 +146,9 @@ class Vcpu {
   absl::StatusOr<std::vector<kvm_cpuid_entry2>> GetCpuid() const;
   absl::StatusOr<kvm_lapic_state> GetLapic() const;
   absl::Status SetLapic(const kvm_lapic_state& lapic);
+  // KVM_MP_STATE_RUNNABLE, _UNINITIALIZED (an AP waiting for INIT/SIPI), _HALTED...
+  absl::StatusOr<uint32_t> GetMpState() const;
+  absl::Status SetMpState(uint32_t state);
   absl::StatusOr<kvm_vcpu_events> GetEvents() const;
   absl::Status SetEvents(const kvm_vcpu_events& events);
   absl::StatusOr<uint32_t> GetTscKhz() const;

@@ -4,7 +4,7 @@
 #include <thread>
 
 #include "absl/time/clock.h"
-#include "components/accel/emu/testdata/guests.h"
+#include "components/accel/testdata/guest_test.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -14,45 +14,15 @@ namespace {
 using memory::GuestAddress;
 using ::testing::HasSubstr;
 
-constexpr uint32_t kLoadAddress = 0x100000;
-constexpr uint32_t kStartInfo = 0x5000;
+using testing::kLoadAddress;
+using testing::kStartInfo;
 
-class EmuTest : public ::testing::Test {
+class EmuTest : public testing::GuestTest {
  protected:
-  void SetUp() override {
-    absl::StatusOr<memory::GuestMemory> created =
-        memory::GuestMemory::Create({{GuestAddress(0), 2 << 20}});
-    ASSERT_TRUE(created.ok());
-    memory_ = std::make_unique<memory::GuestMemory>(std::move(created).value());
-    ASSERT_TRUE(memory_->Write(GuestAddress(kLoadAddress), emu_test_guests::kText).ok());
-    absl::StatusOr<std::unique_ptr<Accelerator>> accelerator = CreateEmuAccelerator(*memory_);
-    ASSERT_TRUE(accelerator.ok());
-    accelerator_ = std::move(accelerator).value();
+  absl::StatusOr<std::unique_ptr<Accelerator>> CreateAccelerator(
+      const memory::GuestMemory& memory) override {
+    return CreateEmuAccelerator(memory);
   }
-
-  std::unique_ptr<Vcpu> Start(unsigned label) {
-    absl::StatusOr<std::unique_ptr<Vcpu>> vcpu =
-        accelerator_->CreateVcpu(0, PvhEntry{kLoadAddress + label, kStartInfo});
-    EXPECT_TRUE(vcpu.ok()) << vcpu.status();
-    return vcpu.ok() ? std::move(vcpu).value() : nullptr;
-  }
-
-  template <typename E>
-  static E Next(Vcpu& vcpu) {
-    absl::StatusOr<Exit> exit = vcpu.Run();
-    EXPECT_TRUE(exit.ok()) << exit.status();
-    if (!exit.ok() || !std::holds_alternative<E>(*exit)) {
-      ADD_FAILURE() << "unexpected exit, variant index " << (exit.ok() ? exit->index() : -1)
-                    << (exit.ok() && std::holds_alternative<GuestErrorExit>(*exit)
-                            ? ": " + std::get<GuestErrorExit>(*exit).reason
-                            : "");
-      return E{};
-    }
-    return std::get<E>(*exit);
-  }
-
-  std::unique_ptr<memory::GuestMemory> memory_;
-  std::unique_ptr<Accelerator> accelerator_;
 };
 
 TEST_F(EmuTest, StartsInThePvhEntryState) {
@@ -196,18 +166,6 @@ TEST_F(EmuTest, ExceptionsWithoutErrorCodeGoThroughTheGuestIdt) {
   EXPECT_EQ(bp.value, kLoadAddress + emu_test_guests::k_after_int3_32);
 }
 
-// Runs `vcpu` on another thread, injects `vector` after the guest has had time to settle, and
-// returns the exit the run ended with.
-Exit RunAndInject(Vcpu& vcpu, uint8_t vector) {
-  absl::StatusOr<Exit> exit;
-  std::thread runner([&] { exit = vcpu.Run(); });
-  absl::SleepFor(absl::Milliseconds(30));
-  EXPECT_TRUE(vcpu.InjectInterrupt(vector).ok());
-  runner.join();
-  EXPECT_TRUE(exit.ok()) << exit.status();
-  return exit.ok() ? *exit : Exit{GuestErrorExit{"run failed"}};
-}
-
 TEST_F(EmuTest, InterruptsReachAHaltedAndARunningGuest) {
   auto vcpu = Start(emu_test_guests::k_interrupts32);
   ASSERT_NE(vcpu, nullptr);
@@ -327,6 +285,21 @@ TEST_F(EmuTest, SecondaryVcpuWaitsForStartThenRunsBesideTheFirst) {
   EXPECT_EQ(ap->id(), 1u);
   EXPECT_EQ(ap->Start(PvhEntry{kLoadAddress, 0}).code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(accelerator_->capabilities().name, "emu");
+}
+
+TEST_F(EmuTest, StringPortIoBecomesOneExitPerItem) {
+  auto vcpu = Start(emu_test_guests::k_string_io);
+  ASSERT_NE(vcpu, nullptr);
+  for (uint32_t expected : {1u, 2u, 3u}) {
+    PortIoExit out = Next<PortIoExit>(*vcpu);
+    EXPECT_EQ(out.port, 0x10);
+    EXPECT_EQ(out.value, expected);
+  }
+  for (uint32_t value : {0xaau, 0xbbu}) {
+    EXPECT_EQ(Next<PortIoExit>(*vcpu).port, 0x11);
+    ASSERT_TRUE(vcpu->Complete(value).ok());
+  }
+  EXPECT_EQ(Next<PortIoExit>(*vcpu).value, 0xbbaau);
 }
 
 TEST_F(EmuTest, RegistersRoundTrip) {

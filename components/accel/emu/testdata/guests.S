@@ -1,5 +1,8 @@
-/* Test guests for the emu accelerator: 32-bit code entered in the PVH state. Each label is an entry
+/* Test guests for the accelerators: 32-bit code entered in the PVH state. Each label is an entry
  * point; the test loads all of .text at one address. Ports used to report: 0x10..0x1f. */
+        .set    OPTION_SKIP_EXCEPTIONS, 1       /* interrupts32: straight to the interrupt part */
+        .set    OPTION_ENABLE_LAPIC, 2          /* long_mode: software-enable the local APIC */
+        .set    OPTION_SKIP_VMCALL, 4           /* long_mode: no inline VMCALL */
         .code32
         .text
 
@@ -95,13 +98,20 @@ invalid:
         .globl interrupts32
 interrupts32:
         mov     $stack_top, %esp
-        lgdt    gdt64_descriptor        /* PVH leaves GDTR undefined: IRET reloads CS from it */
+        lgdt    gdt64_descriptor        /* PVH leaves GDTR and the selectors undefined */
+        ljmp    $0x08, $1f
+1:      mov     $0x10, %ax
+        mov     %ax, %ds
+        mov     %ax, %es
+        mov     %ax, %ss
         GATE32  0x30, external32
         GATE32  0x31, external32
         GATE32  6, ud32
         GATE32  0, de32
         GATE32  3, bp32
         lidt    idt32_descriptor
+        testl   $OPTION_SKIP_EXCEPTIONS, guest_options
+        jnz     after_int3_32
         .globl ud_instruction32
 ud_instruction32:
         ud2
@@ -222,6 +232,10 @@ bsp_wait:
         .globl long_mode
 long_mode:
         mov     $stack_top, %esp
+        testl   $OPTION_ENABLE_LAPIC, guest_options
+        jz      1f
+        movl    $0x1ff, 0xfee000f0      /* before paging: only 1 GiB is mapped */
+1:
         mov     $pml4, %eax
         mov     %eax, %cr3
         mov     %cr4, %eax
@@ -249,6 +263,8 @@ long_mode64:
         mov     $6, %rdi
         call    gate64
         lidt    idt64_descriptor
+        testl   $OPTION_SKIP_VMCALL, guest_options(%rip)
+        jnz     ud_instruction64
         mov     $0x18, %rax             /* the 64-bit ABI: rdi rsi rdx r10 r8 r9 */
         movabs  $0x100000001, %rdi
         mov     $2, %rsi
@@ -299,6 +315,30 @@ ud64:
         iretq
         .code32
 
+/* ---- The same with the local APIC software-enabled first (KVM accepts fixed interrupts only then;
+ * on emu the store is an MMIO exit). */
+        .globl lapic_interrupts32
+lapic_interrupts32:
+        movl    $0x1ff, 0xfee000f0
+        jmp     interrupts32
+
+/* ---- String port I/O: three bytes out, two in. */
+        .globl string_io
+string_io:
+        mov     $stack_top, %esp
+        mov     $string_out, %esi
+        mov     $3, %ecx
+        mov     $0x10, %dx
+        cld
+        rep outsb
+        mov     $string_in, %edi
+        mov     $2, %ecx
+        mov     $0x11, %dx
+        rep insb
+        mov     string_in, %eax
+        out     %eax, $0x12
+        hlt
+
 /* ---- Loops for the exits-per-second benchmark. */
         .globl pio_loop
 pio_loop:
@@ -318,6 +358,10 @@ vmcall_loop:
 /* ---- Data (guest RAM is writable, so it lives in .text with the code). */
         .balign 8
 handled:        .long 0
+        .globl guest_options
+guest_options:  .long 0                 /* OPTION_* bits, set by a test before the vCPU starts */
+string_out:     .byte 1, 2, 3, 0
+string_in:      .long 0
 shared_flag:    .long 0
 idt32_descriptor:
         .word   256 * 8 - 1

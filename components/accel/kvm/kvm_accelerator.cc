@@ -1,0 +1,481 @@
+#include "components/accel/kvm/kvm_accelerator.h"
+
+#include <linux/kvm.h>
+#include <pthread.h>
+#include <signal.h>
+
+#include <cstring>
+#include <mutex>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "components/base/status.h"
+#include "components/kvm/kvm.h"
+
+namespace xenkvm::accel {
+namespace {
+
+constexpr uint64_t kEferLma = 1 << 10;
+constexpr uint64_t kMsiAddressBase = 0xfee00000;
+
+// Kicks interrupt KVM_RUN with this signal; its handler does nothing, so the ioctl returns EINTR.
+int KickSignal() { return SIGRTMIN; }
+
+void InstallKickHandler() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    struct sigaction action{};
+    action.sa_handler = [](int) {};
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = 0;  // no SA_RESTART: KVM_RUN must return
+    sigaction(KickSignal(), &action, nullptr);
+  });
+}
+
+std::vector<uint8_t> PortHypercallPage() {
+  std::vector<uint8_t> page(kHypercallPageSize, 0xcc);
+  for (uint32_t number = 0; number < kHypercallPageSize / kHypercallStubSize; ++number) {
+    uint8_t* stub = page.data() + number * kHypercallStubSize;
+    stub[0] = 0xb8;  // mov $number, %eax
+    std::memcpy(stub + 1, &number, 4);
+    stub[5] = 0xe7;  // out %eax, $port
+    stub[6] = kKvmHypercallPort;
+    stub[7] = 0xc3;  // ret
+  }
+  return page;
+}
+
+kvm_segment FlatSegment(uint16_t selector, uint8_t type) {
+  kvm_segment segment{};
+  segment.base = 0;
+  segment.limit = 0xffffffff;
+  segment.selector = selector;
+  segment.type = type;
+  segment.present = 1;
+  segment.dpl = 0;
+  segment.db = 1;
+  segment.s = 1;
+  segment.g = 1;
+  return segment;
+}
+
+// What every vCPU of one kvm VM shares.
+struct KvmVmState {
+  kvm::Kvm system;
+  kvm::Vm vm;
+  const memory::GuestMemory& memory;
+  std::vector<kvm_cpuid_entry2> host_cpuid;
+  bool user_space_msr = false;
+  std::atomic<uint32_t> port_hypercall_msr{0};  // the fallback: the MSR the guest writes
+};
+
+class KvmVcpu final : public Vcpu {
+ public:
+  KvmVcpu(KvmVmState& vm, kvm::Vcpu vcpu) : vm_(vm), vcpu_(std::move(vcpu)) {}
+
+  uint32_t id() const override { return vcpu_.id(); }
+
+  absl::Status Boot(const PvhEntry& boot) {
+    XENKVM_ASSIGN_OR_RETURN(kvm_sregs sregs, vcpu_.GetSregs());
+    // The selectors the emu trampoline leaves too (PVH leaves them unspecified).
+    sregs.cs = FlatSegment(0x08, 0xb);
+    sregs.ds = sregs.es = sregs.fs = sregs.gs = sregs.ss = FlatSegment(0x10, 0x3);
+    // PVH: a 32-bit TSS in TR (VMX needs a usable one), GDTR/IDTR left for the guest to load.
+    sregs.tr = FlatSegment(0x18, 0xb);
+    sregs.tr.s = 0;
+    sregs.tr.limit = 0x67;
+    sregs.tr.g = 0;
+    sregs.tr.db = 0;
+    sregs.cr0 = 0x11;  // PE, ET
+    sregs.cr3 = sregs.cr4 = sregs.efer = 0;
+    XENKVM_RETURN_IF_ERROR(vcpu_.SetSregs(sregs));
+    kvm_regs regs{};
+    regs.rip = boot.entry;
+    regs.rbx = boot.start_info;
+    regs.rflags = 2;
+    XENKVM_RETURN_IF_ERROR(vcpu_.SetRegs(regs));
+    XENKVM_RETURN_IF_ERROR(vcpu_.SetMpState(KVM_MP_STATE_RUNNABLE));
+    absl::MutexLock lock(&mutex_);
+    started_ = true;
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<Exit> Run() override {
+    if (answer_) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "kvm vCPU ", id(), ": the last exit asks for a value; answer it with Complete() first"));
+    }
+    if (!queued_io_.empty()) return NextQueuedIo();
+    RunThreadScope scope(*this);
+    while (true) {
+      if (TakeKick()) return KickedExit{};
+      XENKVM_RETURN_IF_ERROR(StartIfRequested());
+      if (!Started()) {
+        // An AP before its start waits here (KVM itself would wait for an INIT/SIPI).
+        absl::MutexLock lock(&mutex_);
+        mutex_.Await(absl::Condition(
+            +[](KvmVcpu* self) ABSL_EXCLUSIVE_LOCKS_REQUIRED(self->mutex_) {
+              return self->kick_ || self->start_request_.has_value();
+            },
+            this));
+        continue;
+      }
+      XENKVM_ASSIGN_OR_RETURN(kvm::VcpuExit exit, vcpu_.Run());
+      XENKVM_ASSIGN_OR_RETURN(std::optional<Exit> translated, Translate(exit));
+      if (translated) return std::move(*translated);
+    }
+  }
+
+  absl::Status Complete(uint64_t value) override {
+    if (!answer_) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("kvm vCPU ", id(), ": Complete() but the last exit asked for no value"));
+    }
+    auto answer = std::exchange(answer_, std::nullopt);
+    return (*answer)(value);
+  }
+
+  absl::StatusOr<Registers> GetRegisters() override {
+    XENKVM_ASSIGN_OR_RETURN(kvm_regs regs, vcpu_.GetRegs());
+    Registers r;
+    r.rax = regs.rax, r.rbx = regs.rbx, r.rcx = regs.rcx, r.rdx = regs.rdx;
+    r.rsi = regs.rsi, r.rdi = regs.rdi, r.rsp = regs.rsp, r.rbp = regs.rbp;
+    r.r8 = regs.r8, r.r9 = regs.r9, r.r10 = regs.r10, r.r11 = regs.r11;
+    r.r12 = regs.r12, r.r13 = regs.r13, r.r14 = regs.r14, r.r15 = regs.r15;
+    r.rip = regs.rip, r.rflags = regs.rflags;
+    return r;
+  }
+
+  absl::Status SetRegisters(const Registers& r) override {
+    kvm_regs regs{};
+    regs.rax = r.rax, regs.rbx = r.rbx, regs.rcx = r.rcx, regs.rdx = r.rdx;
+    regs.rsi = r.rsi, regs.rdi = r.rdi, regs.rsp = r.rsp, regs.rbp = r.rbp;
+    regs.r8 = r.r8, regs.r9 = r.r9, regs.r10 = r.r10, regs.r11 = r.r11;
+    regs.r12 = r.r12, regs.r13 = r.r13, regs.r14 = r.r14, regs.r15 = r.r15;
+    regs.rip = r.rip, regs.rflags = r.rflags;
+    return vcpu_.SetRegs(regs);
+  }
+
+  absl::StatusOr<ControlRegisters> GetControlRegisters() override {
+    XENKVM_ASSIGN_OR_RETURN(kvm_sregs sregs, vcpu_.GetSregs());
+    ControlRegisters c;
+    c.cr0 = sregs.cr0, c.cr2 = sregs.cr2, c.cr3 = sregs.cr3, c.cr4 = sregs.cr4, c.efer = sregs.efer;
+    c.cs_selector = sregs.cs.selector;
+    c.cpl = sregs.cs.dpl;
+    c.long_mode = (sregs.efer & kEferLma) != 0;
+    return c;
+  }
+
+  // The host's CPUID with the caller's leaves in place of the host's (and of KVM's own hypervisor
+  // leaves, when the caller supplies any 0x4000xxxx leaf), and this vCPU's APIC ID.
+  absl::Status SetCpuid(std::vector<CpuidLeaf> leaves) override {
+    bool caller_hypervisor_leaves = false;
+    for (const CpuidLeaf& leaf : leaves) {
+      if ((leaf.function & 0xf0000000) == 0x40000000) caller_hypervisor_leaves = true;
+    }
+    std::vector<kvm_cpuid_entry2> entries;
+    for (kvm_cpuid_entry2 entry : vm_.host_cpuid) {
+      if (caller_hypervisor_leaves && (entry.function & 0xf0000000) == 0x40000000) continue;
+      bool replaced = false;
+      for (const CpuidLeaf& leaf : leaves) {
+        if (leaf.function == entry.function && (!leaf.index || *leaf.index == entry.index)) replaced = true;
+      }
+      if (replaced) continue;
+      if (entry.function == 1) entry.ebx = (entry.ebx & 0x00ffffff) | (id() << 24);
+      if (entry.function == 0xb || entry.function == 0x1f) entry.edx = id();
+      entries.push_back(entry);
+    }
+    for (const CpuidLeaf& leaf : leaves) {
+      kvm_cpuid_entry2 entry{};
+      entry.function = leaf.function;
+      entry.index = leaf.index.value_or(0);
+      entry.flags = leaf.index ? KVM_CPUID_FLAG_SIGNIFCANT_INDEX : 0;
+      entry.eax = leaf.eax, entry.ebx = leaf.ebx, entry.ecx = leaf.ecx, entry.edx = leaf.edx;
+      entries.push_back(entry);
+    }
+    return vcpu_.SetCpuid(entries);
+  }
+
+  absl::Status Start(const PvhEntry& boot) override {
+    {
+      absl::MutexLock lock(&mutex_);
+      if (started_ || start_request_) {
+        return absl::FailedPreconditionError(absl::StrCat("kvm vCPU ", id(), " is already started"));
+      }
+      start_request_ = boot;
+    }
+    return absl::OkStatus();
+  }
+
+  // A fixed-mode MSI to this vCPU's LAPIC (physical destination = the vCPU id).
+  absl::Status InjectInterrupt(uint8_t vector) override {
+    if (vector < 0x10) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "interrupt vector %#x is an exception vector; external interrupts use 0x10..0xff", vector));
+    }
+    XENKVM_ASSIGN_OR_RETURN(bool delivered,
+                            vm_.vm.SignalMsi(kMsiAddressBase | (uint64_t{id()} << 12), vector));
+    if (!delivered) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "kvm vCPU %u: interrupt %#x not accepted: the guest has not enabled its local APIC", id(), vector));
+    }
+    return absl::OkStatus();
+  }
+
+  void Kick() override {
+    absl::MutexLock lock(&mutex_);
+    kick_ = true;
+    vcpu_.RequestImmediateExit(true);
+    if (has_run_thread_) pthread_kill(run_thread_, KickSignal());
+  }
+
+ private:
+  // Makes the calling thread the one Kick() signals while Run() is in progress.
+  class RunThreadScope {
+   public:
+    explicit RunThreadScope(KvmVcpu& vcpu) : vcpu_(vcpu) {
+      absl::MutexLock lock(&vcpu_.mutex_);
+      vcpu_.run_thread_ = pthread_self();
+      vcpu_.has_run_thread_ = true;
+    }
+    ~RunThreadScope() {
+      absl::MutexLock lock(&vcpu_.mutex_);
+      vcpu_.has_run_thread_ = false;
+    }
+
+   private:
+    KvmVcpu& vcpu_;
+  };
+
+  bool Started() {
+    absl::MutexLock lock(&mutex_);
+    return started_;
+  }
+
+  bool TakeKick() {
+    absl::MutexLock lock(&mutex_);
+    if (!kick_) return false;
+    kick_ = false;
+    vcpu_.RequestImmediateExit(false);
+    return true;
+  }
+
+  absl::Status StartIfRequested() {
+    std::optional<PvhEntry> start;
+    {
+      absl::MutexLock lock(&mutex_);
+      start = std::exchange(start_request_, std::nullopt);
+    }
+    return start ? Boot(*start) : absl::OkStatus();
+  }
+
+  Exit NextQueuedIo() {
+    QueuedIo io = queued_io_.front();
+    queued_io_.erase(queued_io_.begin());
+    PortIoExit exit{io.is_write, io.port, io.size, 0};
+    if (io.is_write) {
+      std::memcpy(&exit.value, io.data, io.size);
+    } else {
+      answer_ = [data = io.data, size = io.size](uint64_t value) {
+        std::memcpy(data, &value, size);
+        return absl::OkStatus();
+      };
+    }
+    return exit;
+  }
+
+  // KVM's exit as the interface's, or nullopt for an exit handled here (run again).
+  absl::StatusOr<std::optional<Exit>> Translate(kvm::VcpuExit& exit) {
+    if (auto* io = std::get_if<kvm::IoExit>(&exit)) {
+      if (io->port == kKvmHypercallPort && io->is_write && io->size == 4 && io->count == 1 &&
+          vm_.port_hypercall_msr.load() != 0) {
+        return std::optional<Exit>(PortHypercall(Value32(io->data)));
+      }
+      for (uint32_t i = 0; i < io->count; ++i) {
+        queued_io_.push_back(QueuedIo{io->is_write, io->port, io->size, io->data.data() + i * io->size});
+      }
+      return std::optional<Exit>(NextQueuedIo());
+    }
+    if (auto* mmio = std::get_if<kvm::MmioExit>(&exit)) {
+      MmioExit out{mmio->is_write, mmio->address, static_cast<uint8_t>(mmio->data.size()), 0};
+      if (mmio->is_write) {
+        std::memcpy(&out.value, mmio->data.data(), std::min<size_t>(8, mmio->data.size()));
+      } else {
+        answer_ = [data = mmio->data](uint64_t value) {
+          std::memcpy(data.data(), &value, std::min<size_t>(8, data.size()));
+          return absl::OkStatus();
+        };
+      }
+      return std::optional<Exit>(out);
+    }
+    if (auto* call = std::get_if<kvm::XenHypercallExit>(&exit)) {
+      HypercallExit out{call->input, call->params, call->long_mode, static_cast<uint8_t>(call->cpl)};
+      answer_ = [this](uint64_t value) { return vcpu_.CompleteXenHypercall(value); };
+      return std::optional<Exit>(out);
+    }
+    if (auto* msr = std::get_if<kvm::MsrExit>(&exit)) {
+      uint32_t page_msr = vm_.port_hypercall_msr.load();
+      if (msr->is_write && page_msr != 0 && msr->index == page_msr) {
+        // Low 12 bits: the page index within the hypercall area; xenkvm has one page. A page that
+        // is not RAM is ignored, as KVM does.
+        if ((msr->data & 0xfff) == 0) {
+          static const std::vector<uint8_t> page = PortHypercallPage();
+          (void)vm_.memory.Write(memory::GuestAddress(msr->data), page);
+        }
+        XENKVM_RETURN_IF_ERROR(vcpu_.CompleteMsr(false));
+      } else {
+        XENKVM_RETURN_IF_ERROR(vcpu_.CompleteMsr(true));  // what KVM does with an MSR it lacks: #GP
+      }
+      return std::optional<Exit>();
+    }
+    if (std::holds_alternative<kvm::HltExit>(exit)) return std::optional<Exit>(HaltExit{});
+    if (std::holds_alternative<kvm::ShutdownExit>(exit)) {
+      return std::optional<Exit>(ShutdownExit{"triple fault"});
+    }
+    if (auto* event = std::get_if<kvm::SystemEventExit>(&exit)) {
+      return std::optional<Exit>(ShutdownExit{absl::StrCat("KVM system event ", event->type)});
+    }
+    if (std::holds_alternative<kvm::InterruptedExit>(exit)) {
+      if (TakeKick()) return std::optional<Exit>(KickedExit{});
+      return std::optional<Exit>();  // a signal that was not our kick
+    }
+    if (std::holds_alternative<kvm::IoapicEoiExit>(exit)) return std::optional<Exit>();
+    if (auto* fail = std::get_if<kvm::FailEntryExit>(&exit)) {
+      return std::optional<Exit>(GuestErrorExit{absl::StrFormat(
+          "kvm vCPU %u: VM entry failed, hardware reason %#x", id(), fail->hardware_entry_failure_reason)});
+    }
+    if (auto* internal = std::get_if<kvm::InternalErrorExit>(&exit)) {
+      absl::StatusOr<kvm_regs> regs = vcpu_.GetRegs();
+      return std::optional<Exit>(GuestErrorExit{absl::StrFormat(
+          "kvm vCPU %u: KVM internal error, suberror %u%s, at RIP %#x", id(), internal->suberror,
+          internal->suberror == KVM_INTERNAL_ERROR_EMULATION ? " (instruction emulation failed)" : "",
+          regs.ok() ? regs->rip : 0)});
+    }
+    if (auto* unknown = std::get_if<kvm::UnknownExit>(&exit)) {
+      return std::optional<Exit>(GuestErrorExit{absl::StrFormat(
+          "kvm vCPU %u: unexpected exit reason %u (hardware %#x)", id(), unknown->reason,
+          unknown->hardware_exit_reason)});
+    }
+    return std::optional<Exit>(GuestErrorExit{absl::StrFormat("kvm vCPU %u: unexpected debug exit", id())});
+  }
+
+  // The fallback page's stub exited with the number in EAX; the arguments are in the registers.
+  // KVM advances RIP past the OUT only when the vCPU next runs, so the saved registers (RIP at the
+  // OUT) are written back with the result.
+  Exit PortHypercall(uint32_t number) {
+    absl::StatusOr<kvm_regs> regs = vcpu_.GetRegs();
+    absl::StatusOr<kvm_sregs> sregs = vcpu_.GetSregs();
+    if (!regs.ok() || !sregs.ok()) {
+      return GuestErrorExit{absl::StrCat("kvm vCPU ", id(), ": reading hypercall arguments: ",
+                                         (regs.ok() ? sregs.status() : regs.status()).message())};
+    }
+    HypercallExit call;
+    call.number = number;
+    call.long_mode = (sregs->efer & kEferLma) != 0 && sregs->cs.l;
+    call.cpl = sregs->cs.dpl;
+    if (call.long_mode) {
+      call.args = {regs->rdi, regs->rsi, regs->rdx, regs->r10, regs->r8, regs->r9};
+    } else {
+      call.args = {regs->rbx & 0xffffffff, regs->rcx & 0xffffffff, regs->rdx & 0xffffffff,
+                   regs->rsi & 0xffffffff, regs->rdi & 0xffffffff, regs->rbp & 0xffffffff};
+    }
+    answer_ = [this, saved = *regs, long_mode = call.long_mode](uint64_t value) mutable {
+      saved.rax = long_mode ? value : (value & 0xffffffff);
+      return vcpu_.SetRegs(saved);
+    };
+    return call;
+  }
+
+  static uint32_t Value32(std::span<const uint8_t> data) {
+    uint32_t value = 0;
+    std::memcpy(&value, data.data(), std::min<size_t>(4, data.size()));
+    return value;
+  }
+
+  struct QueuedIo {
+    bool is_write;
+    uint16_t port;
+    uint8_t size;
+    uint8_t* data;  // inside kvm_run, valid until the next KVM_RUN
+  };
+
+  KvmVmState& vm_;
+  kvm::Vcpu vcpu_;
+  // Run-loop thread only.
+  std::optional<std::function<absl::Status(uint64_t)>> answer_;
+  std::vector<QueuedIo> queued_io_;  // the items of one string I/O exit, one PortIoExit each
+
+  absl::Mutex mutex_;
+  bool kick_ ABSL_GUARDED_BY(mutex_) = false;
+  bool started_ ABSL_GUARDED_BY(mutex_) = false;
+  std::optional<PvhEntry> start_request_ ABSL_GUARDED_BY(mutex_);
+  pthread_t run_thread_ ABSL_GUARDED_BY(mutex_){};
+  bool has_run_thread_ ABSL_GUARDED_BY(mutex_) = false;
+};
+
+class KvmAccelerator final : public Accelerator {
+ public:
+  explicit KvmAccelerator(std::unique_ptr<KvmVmState> vm) : vm_(std::move(vm)) {
+    const kvm::XenCapabilities& xen = vm_->vm.xen_capabilities();
+    capabilities_.name = "kvm";
+    capabilities_.in_kernel_lapic = true;
+    capabilities_.kernel_delivers_event_channels = xen.Has(kvm::XenCapability::kEvtchnSend);
+    capabilities_.hypercall_page_by_accelerator = true;
+    capabilities_.inline_vmcall = xen.Has(kvm::XenCapability::kInterceptHypercall);
+  }
+
+  const Capabilities& capabilities() const override { return capabilities_; }
+
+  absl::Status EnableHypercallPage(uint32_t msr) override {
+    if (msr == 0) return absl::InvalidArgumentError("the hypercall-page MSR must not be 0");
+    if (vm_->vm.xen_capabilities().Has(kvm::XenCapability::kInterceptHypercall)) {
+      return vm_->vm.ConfigureXenHypercalls(msr);
+    }
+    if (!vm_->user_space_msr) {
+      return absl::FailedPreconditionError(
+          "kvm accelerator: this kernel neither intercepts Xen hypercalls (CONFIG_KVM_XEN, Linux 5.12) "
+          "nor hands MSR writes to userspace (KVM_CAP_X86_USER_SPACE_MSR, Linux 5.10); use --accel emu");
+    }
+    vm_->port_hypercall_msr.store(msr);
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::unique_ptr<Vcpu>> CreateVcpu(uint32_t id, std::optional<PvhEntry> boot) override {
+    XENKVM_ASSIGN_OR_RETURN(kvm::Vcpu created, vm_->vm.CreateVcpu(id));
+    auto vcpu = std::make_unique<KvmVcpu>(*vm_, std::move(created));
+    XENKVM_RETURN_IF_ERROR(vcpu->SetCpuid({}));
+    if (boot) XENKVM_RETURN_IF_ERROR(vcpu->Boot(*boot));
+    return std::unique_ptr<Vcpu>(std::move(vcpu));
+  }
+
+ private:
+  std::unique_ptr<KvmVmState> vm_;
+  Capabilities capabilities_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Accelerator>> CreateKvmAccelerator(const memory::GuestMemory& memory,
+                                                                  const std::string& device) {
+  InstallKickHandler();
+  XENKVM_ASSIGN_OR_RETURN(kvm::Kvm system, kvm::Kvm::Open(device));
+  XENKVM_ASSIGN_OR_RETURN(kvm::Vm vm, system.CreateVm());
+  XENKVM_ASSIGN_OR_RETURN(std::vector<kvm_cpuid_entry2> cpuid, system.SupportedCpuid());
+  XENKVM_RETURN_IF_ERROR(vm.MapGuestMemory(memory));
+  XENKVM_RETURN_IF_ERROR(vm.EnableSplitIrqchip());
+  auto state = std::unique_ptr<KvmVmState>(
+      new KvmVmState{std::move(system), std::move(vm), memory, std::move(cpuid)});
+  if (!state->vm.xen_capabilities().Has(kvm::XenCapability::kInterceptHypercall)) {
+    absl::StatusOr<int> user_msr = state->vm.CheckExtension(KVM_CAP_X86_USER_SPACE_MSR);
+    if (user_msr.ok() && *user_msr != 0) {
+      XENKVM_RETURN_IF_ERROR(
+          state->vm.EnableUserSpaceMsr(KVM_MSR_EXIT_REASON_UNKNOWN | KVM_MSR_EXIT_REASON_INVAL));
+      state->user_space_msr = true;
+    }
+  }
+  return std::unique_ptr<Accelerator>(new KvmAccelerator(std::move(state)));
+}
+
+}  // namespace xenkvm::accel
