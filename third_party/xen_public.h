@@ -6,6 +6,8 @@
 
 #include <stdint.h>
 
+#include <xen/arch-x86/hvm/start_info.h>
+#include <xen/elfnote.h>
 #include <xen/event_channel.h>
 #include <xen/grant_table.h>
 #include <xen/hvm/hvm_op.h>
