@@ -1,0 +1,197 @@
+#include "kit.h"
+
+#define COM1 0x3f8
+#define DEBUGCON 0xe9
+#define EXIT_PORT 0xf4
+
+static int failures;
+
+/* The compiler may emit calls to these even in freestanding code. */
+void *memset(void *d, int c, size_t n) {
+  unsigned char *p = d;
+  while (n--) *p++ = (unsigned char)c;
+  return d;
+}
+void *memcpy(void *d, const void *s, size_t n) {
+  unsigned char *p = d;
+  const unsigned char *q = s;
+  while (n--) *p++ = *q++;
+  return d;
+}
+size_t kit_strlen(const char *s) {
+  size_t n = 0;
+  while (s[n]) n++;
+  return n;
+}
+int kit_memcmp(const void *a, const void *b, size_t n) {
+  const unsigned char *p = a, *q = b;
+  for (size_t i = 0; i < n; i++) {
+    if (p[i] != q[i]) return p[i] < q[i] ? -1 : 1;
+  }
+  return 0;
+}
+
+static void serial_init(void) {
+  kit_outb(COM1 + 1, 0x00); /* no interrupts */
+  kit_outb(COM1 + 3, 0x80); /* DLAB */
+  kit_outb(COM1 + 0, 0x01); /* 115200 baud */
+  kit_outb(COM1 + 1, 0x00);
+  kit_outb(COM1 + 3, 0x03); /* 8N1 */
+  kit_outb(COM1 + 2, 0xc7); /* FIFOs on, cleared */
+}
+
+void kit_putc(char c) {
+  if (c == '\n') kit_putc('\r');
+  for (int spins = 0; spins < 100000 && !(kit_inb(COM1 + 5) & 0x20); spins++) {
+  }
+  kit_outb(COM1, (uint8_t)c);
+}
+
+void kit_puts(const char *s) {
+  while (*s) kit_putc(*s++);
+}
+
+bool kit_debugcon_present(void) { return kit_inb(DEBUGCON) == DEBUGCON; }
+
+void kit_debugcon_puts(const char *s) {
+  while (*s) kit_outb(DEBUGCON, (uint8_t)*s++);
+}
+
+struct out {
+  char *buffer;
+  size_t size;
+  size_t length;
+};
+
+static void emit(struct out *out, char c) {
+  if (out->length + 1 < out->size) out->buffer[out->length] = c;
+  out->length++;
+}
+
+static void emit_number(struct out *out, unsigned long long value, unsigned base, bool upper, bool negative,
+                        int width, char pad) {
+  char digits[24];
+  int n = 0;
+  const char *set = upper ? "0123456789ABCDEF" : "0123456789abcdef";
+  do {
+    digits[n++] = set[value % base];
+    value /= base;
+  } while (value);
+  int length = n + (negative ? 1 : 0);
+  if (negative && pad == '0') emit(out, '-');
+  for (; length < width; length++) emit(out, pad);
+  if (negative && pad != '0') emit(out, '-');
+  while (n) emit(out, digits[--n]);
+}
+
+int kit_vsnprintf(char *buffer, size_t size, const char *format, va_list args) {
+  struct out out = {buffer, size, 0};
+  for (const char *p = format; *p; p++) {
+    if (*p != '%') {
+      emit(&out, *p);
+      continue;
+    }
+    p++;
+    char pad = ' ';
+    int width = 0;
+    if (*p == '0') {
+      pad = '0';
+      p++;
+    }
+    while (*p >= '0' && *p <= '9') width = width * 10 + (*p++ - '0');
+    int longs = 0;
+    while (*p == 'l') {
+      longs++;
+      p++;
+    }
+    switch (*p) {
+      case 'd':
+      case 'i': {
+        long long v = longs >= 2 ? va_arg(args, long long) : longs == 1 ? va_arg(args, long) : va_arg(args, int);
+        emit_number(&out, v < 0 ? -(unsigned long long)v : (unsigned long long)v, 10, false, v < 0, width, pad);
+        break;
+      }
+      case 'u':
+      case 'x':
+      case 'X': {
+        unsigned long long v = longs >= 2   ? va_arg(args, unsigned long long)
+                               : longs == 1 ? va_arg(args, unsigned long)
+                                            : va_arg(args, unsigned int);
+        emit_number(&out, v, *p == 'u' ? 10 : 16, *p == 'X', false, width, pad);
+        break;
+      }
+      case 'p':
+        emit(&out, '0');
+        emit(&out, 'x');
+        emit_number(&out, (uintptr_t)va_arg(args, void *), 16, false, false, width, pad);
+        break;
+      case 'c':
+        emit(&out, (char)va_arg(args, int));
+        break;
+      case 's': {
+        const char *s = va_arg(args, const char *);
+        if (!s) s = "(null)";
+        for (int length = (int)kit_strlen(s); length < width; length++) emit(&out, ' ');
+        while (*s) emit(&out, *s++);
+        break;
+      }
+      case '%':
+        emit(&out, '%');
+        break;
+      case '\0':
+        p--;
+        break;
+      default:
+        emit(&out, '%');
+        emit(&out, *p);
+        break;
+    }
+  }
+  if (size) buffer[out.length < size ? out.length : size - 1] = '\0';
+  return (int)out.length;
+}
+
+int kit_snprintf(char *buffer, size_t size, const char *format, ...) {
+  va_list args;
+  va_start(args, format);
+  int n = kit_vsnprintf(buffer, size, format, args);
+  va_end(args);
+  return n;
+}
+
+int kit_printf(const char *format, ...) {
+  char buffer[512];
+  va_list args;
+  va_start(args, format);
+  int n = kit_vsnprintf(buffer, sizeof buffer, format, args);
+  va_end(args);
+  kit_puts(buffer);
+  return n;
+}
+
+void kit_check(bool ok, const char *what, const char *file, int line) {
+  if (ok) return;
+  failures++;
+  kit_printf("check failed: %s (%s:%d)\n", what, file, line);
+}
+
+int kit_failures(void) { return failures; }
+
+void kit_power_off(uint32_t status) {
+  kit_outl(EXIT_PORT, status);
+  for (;;) __asm__ volatile("cli; hlt");
+}
+
+/* Called by the entry code in long mode. */
+void kit_start(uint32_t start_info_address) {
+  serial_init();
+  const struct hvm_start_info *start_info = (const struct hvm_start_info *)(uintptr_t)start_info_address;
+  int status = guest_main(start_info);
+  if (status == 0 && failures) status = 1;
+  if (status == 0) {
+    kit_puts("PASS\n");
+  } else {
+    kit_printf("FAIL (status %d)\n", status);
+  }
+  kit_power_off((uint32_t)status);
+}

@@ -1,0 +1,98 @@
+/* The test-guest kit's entry: a Xen PVH note naming pvh_start32, which the loader jumps to in 32-bit
+ * protected mode with paging off and EBX = hvm_start_info. It builds page tables identity-mapping
+ * the first 4 GiB with 2 MiB pages, enters long mode, and calls kit_start(start_info). */
+        .set    XEN_ELFNOTE_PHYS32_ENTRY, 18
+
+        .pushsection .note.Xen, "a", @note
+        .balign 4
+        .long   4                       /* name size: "Xen\0" */
+        .long   4                       /* value size */
+        .long   XEN_ELFNOTE_PHYS32_ENTRY
+        .asciz  "Xen"
+        .long   pvh_start32
+        .popsection
+
+        .section .text.entry, "ax"
+        .code32
+        .globl  pvh_start32
+pvh_start32:
+        cli
+        cld
+        mov     %ebx, %esi              /* keep start_info */
+        lgdt    gdt_descriptor
+        ljmp    $0x08, $1f
+1:      mov     $0x10, %ax
+        mov     %ax, %ds
+        mov     %ax, %es
+        mov     %ax, %ss
+        mov     %ax, %fs
+        mov     %ax, %gs
+        mov     $boot_stack_top, %esp
+
+        /* PML4[0] -> PDPT; PDPT[0..3] -> four page directories of 2 MiB pages: 0..4 GiB. */
+        mov     $pdpt + 3, %eax
+        mov     %eax, pml4
+        xor     %ecx, %ecx
+2:      mov     %ecx, %eax
+        shl     $12, %eax
+        add     $page_directories + 3, %eax
+        mov     %eax, pdpt(, %ecx, 8)
+        inc     %ecx
+        cmp     $4, %ecx
+        jne     2b
+        xor     %ecx, %ecx
+3:      mov     %ecx, %eax
+        shl     $21, %eax
+        or      $0x83, %eax             /* present, writable, 2 MiB */
+        mov     %eax, page_directories(, %ecx, 8)
+        mov     %ecx, %eax
+        shr     $11, %eax               /* bits 32+ of the address: entry / 2048 */
+        mov     %eax, page_directories + 4(, %ecx, 8)
+        inc     %ecx
+        cmp     $2048, %ecx
+        jne     3b
+
+        mov     $pml4, %eax
+        mov     %eax, %cr3
+        mov     %cr4, %eax
+        or      $0x620, %eax            /* PAE, OSFXSR, OSXMMEXCPT */
+        mov     %eax, %cr4
+        mov     $0xc0000080, %ecx
+        rdmsr
+        or      $0x100, %eax            /* EFER.LME */
+        wrmsr
+        mov     %cr0, %eax
+        or      $0x80000000, %eax       /* paging on: long mode */
+        mov     %eax, %cr0
+        ljmp    $0x18, $long_mode
+
+        .code64
+long_mode:
+        mov     $boot_stack_top, %rsp
+        mov     %esi, %edi              /* kit_start(start_info) */
+        call    kit_start
+4:      cli
+        hlt
+        jmp     4b
+
+        .section .rodata
+        .balign 8
+gdt:
+        .quad   0
+        .quad   0x00cf9b000000ffff      /* 0x08: flat 32-bit code */
+        .quad   0x00cf93000000ffff      /* 0x10: flat data */
+        .quad   0x00af9b000000ffff      /* 0x18: 64-bit code */
+gdt_end:
+gdt_descriptor:
+        .word   gdt_end - gdt - 1
+        .quad   gdt
+
+        .section .bss
+        .balign 4096
+pml4:   .skip   4096
+pdpt:   .skip   4096
+page_directories:
+        .skip   4 * 4096
+        .skip   16384
+boot_stack_top:
+        .section .note.GNU-stack, "", @progbits

@@ -1,0 +1,136 @@
+// xenkvm-vmm: runs one VM in the foreground, the guest console on stdout, logs on stderr.
+#include <unistd.h>
+
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <thread>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "components/base/log.h"
+#include "vmm/vm.h"
+
+namespace {
+
+// Exit statuses (documented in vmm/README.md).
+constexpr int kExitPoweredOff = 0;
+constexpr int kExitUsage = 1;
+constexpr int kExitSetupFailed = 2;
+constexpr int kExitGuestFailed = 3;
+constexpr int kExitReset = 4;
+constexpr int kExitCrashed = 5;
+constexpr int kExitHalted = 6;
+constexpr int kExitStopped = 7;
+
+constexpr char kUsage[] =
+    "usage: xenkvm-vmm --kernel FILE [--memory MiB] [--vcpus N] [--cmdline STRING]\n"
+    "                  [--accel kvm|emu|auto] [--log-level LEVEL]\n"
+    "\n"
+    "Runs one Xen PVH guest in the foreground; its console goes to stdout, logs to stderr.\n"
+    "  --kernel FILE     ELF kernel with a Xen PVH entry note (required)\n"
+    "  --memory MiB      guest RAM, whole MiB (default 256, at least 2)\n"
+    "  --vcpus N         virtual CPUs, 1 to 32 (default 1)\n"
+    "  --cmdline STRING  kernel command line (default empty)\n"
+    "  --accel NAME      kvm, emu (software CPU) or auto: kvm when /dev/kvm is usable (default)\n"
+    "  --log-level LEVEL trace, debug, info, warn, error, critical, off (default $XENKVM_LOG or info)\n"
+    "\n"
+    "Exit status: 0 the guest powered off; 1 bad usage; 2 the VM could not be built; 3 the guest\n"
+    "powered off reporting failure; 4 the guest asked for a reset; 5 the guest crashed; 6 every vCPU\n"
+    "halted with interrupts off; 7 stopped by a signal.\n";
+
+xenkvm::vmm::Vm* running_vm = nullptr;
+
+int Usage(const std::string& error) {
+  std::fprintf(stderr, "xenkvm-vmm: %s\n\n%s", error.c_str(), kUsage);
+  return kExitUsage;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  xenkvm::vmm::VmConfig config;
+  std::string log_level;
+  for (int i = 1; i < argc; ++i) {
+    std::string flag = argv[i];
+    if (flag == "--help" || flag == "-h") {
+      std::fputs(kUsage, stdout);
+      return 0;
+    }
+    std::string value;
+    if (size_t eq = flag.find('='); eq != std::string::npos && flag.rfind("--", 0) == 0) {
+      value = flag.substr(eq + 1);
+      flag = flag.substr(0, eq);
+    } else if (flag.rfind("--", 0) == 0) {
+      if (i + 1 >= argc) return Usage(absl::StrCat(flag, " needs a value"));
+      value = argv[++i];
+    } else {
+      return Usage(absl::StrCat("unexpected argument \"", flag, "\""));
+    }
+    if (flag == "--kernel") {
+      config.kernel = value;
+    } else if (flag == "--memory") {
+      if (!absl::SimpleAtoi(value, &config.memory_mib)) return Usage(absl::StrCat("--memory: \"", value, "\" is not a number of MiB"));
+    } else if (flag == "--vcpus") {
+      if (!absl::SimpleAtoi(value, &config.vcpus)) return Usage(absl::StrCat("--vcpus: \"", value, "\" is not a number"));
+    } else if (flag == "--cmdline") {
+      config.cmdline = value;
+    } else if (flag == "--accel") {
+      absl::StatusOr<xenkvm::vmm::AcceleratorKind> kind = xenkvm::vmm::ParseAcceleratorKind(value);
+      if (!kind.ok()) return Usage(std::string(kind.status().message()));
+      config.accelerator = *kind;
+    } else if (flag == "--log-level") {
+      log_level = value;
+    } else {
+      return Usage(absl::StrCat("unknown option ", flag));
+    }
+  }
+  if (absl::Status logging = xenkvm::base::InitLogging(log_level); !logging.ok()) {
+    return Usage(std::string(logging.message()));
+  }
+  if (config.kernel.empty()) return Usage("--kernel is required");
+  if (absl::Status valid = xenkvm::vmm::Validate(config); !valid.ok()) return Usage(std::string(valid.message()));
+
+  xenkvm::vmm::ConsoleLog console(STDOUT_FILENO);
+  absl::StatusOr<std::unique_ptr<xenkvm::vmm::Vm>> vm = xenkvm::vmm::Vm::Create(config, console);
+  if (!vm.ok()) {
+    std::fprintf(stderr, "xenkvm-vmm: %s\n", std::string(vm.status().message()).c_str());
+    return kExitSetupFailed;
+  }
+  std::fprintf(stderr, "xenkvm-vmm: %s\n", (*vm)->accelerator_choice().c_str());
+
+  running_vm = vm->get();
+  // SIGINT/SIGTERM end the VM (its vCPU threads are kicked out of the guest); SIGUSR2, sent by
+  // main itself, releases the waiter when the VM ended on its own.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGUSR2);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  std::thread signal_waiter([&stop_signals] {
+    int signal = 0;
+    if (sigwait(&stop_signals, &signal) == 0 && signal != SIGUSR2) {
+      running_vm->End({xenkvm::vmm::VmEnd::Kind::kStopped, 0, absl::StrCat("signal ", signal)});
+    }
+  });
+  xenkvm::vmm::VmEnd end = (*vm)->Run();
+  pthread_kill(signal_waiter.native_handle(), SIGUSR2);
+  signal_waiter.join();
+
+  std::fprintf(stderr, "xenkvm-vmm: %s\n", xenkvm::vmm::Describe(end).c_str());
+  switch (end.kind) {
+    case xenkvm::vmm::VmEnd::Kind::kPoweredOff:
+      return end.status == 0 ? kExitPoweredOff : kExitGuestFailed;
+    case xenkvm::vmm::VmEnd::Kind::kReset:
+      return kExitReset;
+    case xenkvm::vmm::VmEnd::Kind::kCrashed:
+      return kExitCrashed;
+    case xenkvm::vmm::VmEnd::Kind::kHalted:
+      return kExitHalted;
+    case xenkvm::vmm::VmEnd::Kind::kStopped:
+      return kExitStopped;
+  }
+  return kExitCrashed;
+}

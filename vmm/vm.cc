@@ -1,0 +1,220 @@
+#include "vmm/vm.h"
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "components/accel/emu/emu_accelerator.h"
+#include "components/accel/kvm/kvm_accelerator.h"
+#include "components/base/status.h"
+#include "components/devices/legacy.h"
+#include "components/kvm/kvm.h"
+#include "components/loader/layout.h"
+#include "components/loader/pvh_loader.h"
+#include "spdlog/spdlog.h"
+
+namespace xenkvm::vmm {
+namespace {
+
+constexpr uint64_t kMaxKernelBytes = uint64_t{1} << 30;
+constexpr int64_t kEnosys = -38;  // until the Xen shim answers hypercalls
+
+absl::StatusOr<std::vector<uint8_t>> ReadKernel(const std::string& path) {
+  std::ifstream file(path, std::ios::binary | std::ios::ate);
+  if (!file) {
+    return absl::NotFoundError(absl::StrFormat("kernel: cannot open %s: %s", path, std::strerror(errno)));
+  }
+  std::streamoff size = file.tellg();
+  if (size < 0 || static_cast<uint64_t>(size) > kMaxKernelBytes) {
+    return absl::InvalidArgumentError(absl::StrFormat("kernel: %s is not a regular file of at most 1 GiB", path));
+  }
+  std::vector<uint8_t> bytes(static_cast<size_t>(size));
+  file.seekg(0);
+  if (!file.read(reinterpret_cast<char*>(bytes.data()), size)) {
+    return absl::DataLossError(absl::StrFormat("kernel: reading %s failed", path));
+  }
+  return bytes;
+}
+
+}  // namespace
+
+std::string Describe(const VmEnd& end) {
+  switch (end.kind) {
+    case VmEnd::Kind::kPoweredOff:
+      return end.status == 0 ? "the guest powered off"
+                             : absl::StrFormat("the guest powered off reporting failure (status %u)", end.status);
+    case VmEnd::Kind::kReset:
+      return absl::StrCat("the guest asked for a reset (", end.reason, "); xenkvm-vmm does not reboot");
+    case VmEnd::Kind::kCrashed:
+      return absl::StrCat("the guest crashed: ", end.reason);
+    case VmEnd::Kind::kHalted:
+      return "every vCPU halted with interrupts disabled: the guest stopped without powering off";
+    case VmEnd::Kind::kStopped:
+      return absl::StrCat("stopped: ", end.reason);
+  }
+  return "?";
+}
+
+absl::StatusOr<std::unique_ptr<accel::Accelerator>> ChooseAccelerator(AcceleratorKind kind,
+                                                                      const memory::GuestMemory& memory,
+                                                                      std::string* why) {
+  if (kind == AcceleratorKind::kEmu) {
+    *why = "accelerator: emu (as asked)";
+    return accel::CreateEmuAccelerator(memory);
+  }
+  absl::Status usable = kvm::KvmUsable();
+  if (kind == AcceleratorKind::kKvm) {
+    if (!usable.ok()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("accelerator: kvm asked for but not usable: ", usable.message(), "; use --accel emu"));
+    }
+    *why = "accelerator: kvm (as asked)";
+    return accel::CreateKvmAccelerator(memory);
+  }
+  if (!usable.ok()) {
+    *why = absl::StrCat("accelerator: emu (auto: KVM not usable: ", usable.message(), ")");
+    return accel::CreateEmuAccelerator(memory);
+  }
+  absl::StatusOr<std::unique_ptr<accel::Accelerator>> kvm = accel::CreateKvmAccelerator(memory);
+  if (!kvm.ok()) {
+    *why = absl::StrCat("accelerator: emu (auto: creating a KVM VM failed: ", kvm.status().message(), ")");
+    return accel::CreateEmuAccelerator(memory);
+  }
+  *why = "accelerator: kvm (auto: /dev/kvm is usable)";
+  return kvm;
+}
+
+absl::StatusOr<std::unique_ptr<Vm>> Vm::Create(const VmConfig& config, ConsoleLog& console) {
+  XENKVM_RETURN_IF_ERROR(Validate(config));
+  auto vm = std::unique_ptr<Vm>(new Vm(console));
+  XENKVM_RETURN_IF_ERROR(vm->Build(config));
+  return vm;
+}
+
+absl::Status Vm::Build(const VmConfig& config) {
+  XENKVM_ASSIGN_OR_RETURN(std::vector<uint8_t> kernel_file, ReadKernel(config.kernel));
+  XENKVM_ASSIGN_OR_RETURN(std::vector<memory::RegionSpec> regions,
+                          loader::RamRegions(config.memory_mib * loader::kMiB));
+  XENKVM_ASSIGN_OR_RETURN(memory::GuestMemory memory, memory::GuestMemory::Create(regions));
+  memory_ = std::make_unique<memory::GuestMemory>(std::move(memory));
+
+  std::vector<loader::ReservedRange> reserved = loader::ReservedRanges();
+  absl::StatusOr<loader::LoadedKernel> kernel = loader::LoadPvhKernel(kernel_file, *memory_, reserved);
+  if (!kernel.ok()) return absl::InvalidArgumentError(absl::StrCat(config.kernel, ": ", kernel.status().message()));
+  XENKVM_ASSIGN_OR_RETURN(uint32_t start_info, loader::WriteStartInfo(*memory_, *kernel, config.cmdline, {}));
+
+  XENKVM_ASSIGN_OR_RETURN(accelerator_, ChooseAccelerator(config.accelerator, *memory_, &accelerator_choice_));
+
+  auto output = [this](uint8_t byte) { console_.Append(byte); };
+  XENKVM_RETURN_IF_ERROR(pio_bus_.Register(devices::kCom1Base, devices::kCom1Size,
+                                           std::make_shared<devices::Serial>(output), "COM1"));
+  XENKVM_RETURN_IF_ERROR(
+      pio_bus_.Register(devices::kDebugPort, 1, std::make_shared<devices::DebugPort>(output), "debug port"));
+  XENKVM_RETURN_IF_ERROR(pio_bus_.Register(
+      devices::kI8042DataPort, devices::kI8042CommandPort - devices::kI8042DataPort + 1,
+      std::make_shared<devices::I8042>([this] { End({VmEnd::Kind::kReset, 0, "i8042 reset"}); }), "i8042"));
+  XENKVM_RETURN_IF_ERROR(pio_bus_.Register(
+      devices::kExitPort, 4,
+      std::make_shared<devices::ExitPort>([this](uint32_t status) { End({VmEnd::Kind::kPoweredOff, status, ""}); }),
+      "exit port"));
+
+  for (uint32_t id = 0; id < config.vcpus; ++id) {
+    std::optional<accel::PvhEntry> boot;
+    if (id == 0) boot = accel::PvhEntry{kernel->entry, start_info};
+    XENKVM_ASSIGN_OR_RETURN(std::unique_ptr<accel::Vcpu> vcpu, accelerator_->CreateVcpu(id, boot));
+    vcpus_.push_back(std::move(vcpu));
+  }
+  spdlog::info("VM built: {} MiB, {} vCPU(s), kernel {} (entry {:#x})", config.memory_mib, config.vcpus,
+               config.kernel, kernel->entry);
+  return absl::OkStatus();
+}
+
+Vm::~Vm() = default;
+
+void Vm::End(VmEnd end) {
+  {
+    absl::MutexLock lock(&mutex_);
+    if (end_) return;
+    end_ = std::move(end);
+  }
+  ending_.store(true);
+  for (auto& vcpu : vcpus_) vcpu->Kick();
+}
+
+VmEnd Vm::Run() {
+  std::vector<std::thread> threads;
+  for (auto& vcpu : vcpus_) threads.emplace_back([this, raw = vcpu.get()] { VcpuLoop(*raw); });
+  for (std::thread& thread : threads) thread.join();
+  console_.Flush();
+  absl::MutexLock lock(&mutex_);
+  return end_.value_or(VmEnd{VmEnd::Kind::kStopped, 0, "no vCPU is running"});
+}
+
+void Vm::HandlePortIo(accel::Vcpu& vcpu, const accel::PortIoExit& io) {
+  std::array<uint8_t, 4> bytes{};
+  std::span<uint8_t> data(bytes.data(), io.size);
+  if (io.is_write) {
+    devices::StoreLittleEndian(io.value, data);
+    if (!pio_bus_.Write(io.port, data)) ++unclaimed_accesses_;
+    return;
+  }
+  if (!pio_bus_.Read(io.port, data)) {
+    ++unclaimed_accesses_;
+    std::fill(bytes.begin(), bytes.end(), 0xff);  // nothing there: the bus floats high
+  }
+  (void)vcpu.Complete(devices::LoadLittleEndian(data));
+}
+
+void Vm::HandleMmio(accel::Vcpu& vcpu, const accel::MmioExit& mmio) {
+  std::array<uint8_t, 8> bytes{};
+  std::span<uint8_t> data(bytes.data(), std::min<size_t>(mmio.size, bytes.size()));
+  if (mmio.is_write) {
+    devices::StoreLittleEndian(mmio.value, data);
+    if (!mmio_bus_.Write(mmio.address, data)) ++unclaimed_accesses_;
+    return;
+  }
+  if (!mmio_bus_.Read(mmio.address, data)) {
+    ++unclaimed_accesses_;
+    std::fill(bytes.begin(), bytes.end(), 0xff);
+  }
+  (void)vcpu.Complete(devices::LoadLittleEndian(data));
+}
+
+void Vm::VcpuLoop(accel::Vcpu& vcpu) {
+  while (!ending_.load()) {
+    absl::StatusOr<accel::Exit> exit = vcpu.Run();
+    if (!exit.ok()) {
+      End({VmEnd::Kind::kCrashed, 0, absl::StrCat("vCPU ", vcpu.id(), ": ", exit.status().message())});
+      return;
+    }
+    if (auto* io = std::get_if<accel::PortIoExit>(&*exit)) {
+      HandlePortIo(vcpu, *io);
+    } else if (auto* mmio = std::get_if<accel::MmioExit>(&*exit)) {
+      HandleMmio(vcpu, *mmio);
+    } else if (auto* call = std::get_if<accel::HypercallExit>(&*exit)) {
+      spdlog::debug("vCPU {}: hypercall {} before the Xen shim exists: -ENOSYS", vcpu.id(), call->number);
+      (void)vcpu.Complete(static_cast<uint64_t>(kEnosys));
+    } else if (std::holds_alternative<accel::HaltExit>(*exit)) {
+      bool all_halted;
+      {
+        absl::MutexLock lock(&mutex_);
+        all_halted = ++halted_vcpus_ == vcpus_.size();
+      }
+      if (all_halted) End({VmEnd::Kind::kHalted, 0, ""});
+      absl::MutexLock lock(&mutex_);
+      mutex_.Await(absl::Condition(
+          +[](std::optional<VmEnd>* end) { return end->has_value(); }, &end_));
+      return;
+    } else if (auto* shutdown = std::get_if<accel::ShutdownExit>(&*exit)) {
+      End({VmEnd::Kind::kReset, 0, shutdown->reason});
+    } else if (auto* error = std::get_if<accel::GuestErrorExit>(&*exit)) {
+      End({VmEnd::Kind::kCrashed, 0, error->reason});
+    }
+    // KickedExit: look at ending_ and run again.
+  }
+}
+
+}  // namespace xenkvm::vmm

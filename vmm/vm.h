@@ -1,0 +1,85 @@
+// The microVM assembler: from a VmConfig it builds guest memory, loads the kernel, chooses and
+// creates the accelerator and the vCPUs (one thread each), wires the devices to the console log
+// and the VM's lifecycle, runs until the guest powers off, resets or crashes, and says how it ended.
+#ifndef XENKVM_VMM_VM_H_
+#define XENKVM_VMM_VM_H_
+
+#include <atomic>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "components/accel/accelerator.h"
+#include "components/devices/bus.h"
+#include "components/memory/guest_memory.h"
+#include "vmm/console_log.h"
+#include "vmm/vm_config.h"
+
+namespace xenkvm::vmm {
+
+// How a VM ended.
+struct VmEnd {
+  enum class Kind {
+    kPoweredOff,  // the guest powered off; `status` is what it reported (0: success)
+    kReset,       // the guest asked for a reset (i8042, triple fault); xenkvm does not reboot
+    kCrashed,     // the guest did something the VM cannot continue from
+    kHalted,      // every vCPU halted with interrupts off: nothing can wake the guest
+    kStopped,     // the VMM was asked to stop it
+  };
+  Kind kind = Kind::kStopped;
+  uint32_t status = 0;
+  std::string reason;
+};
+std::string Describe(const VmEnd& end);
+
+// The accelerator `kind` names; for kAuto, kvm when /dev/kvm is usable (and can run a Xen guest's
+// hypercalls), else emu. `why` receives a line saying what was chosen and why.
+absl::StatusOr<std::unique_ptr<accel::Accelerator>> ChooseAccelerator(AcceleratorKind kind,
+                                                                      const memory::GuestMemory& memory,
+                                                                      std::string* why);
+
+class Vm {
+ public:
+  // Builds the VM (nothing runs yet). Errors name what is wrong: the config, the kernel file, the
+  // accelerator. `console` receives the guest's console output and must outlive the VM.
+  static absl::StatusOr<std::unique_ptr<Vm>> Create(const VmConfig& config, ConsoleLog& console);
+  ~Vm();
+
+  // Runs the vCPUs until the VM ends; returns how. Call once.
+  VmEnd Run();
+  // Ends the VM from any thread (first end wins).
+  void End(VmEnd end);
+
+  const std::string& accelerator_choice() const { return accelerator_choice_; }
+  const accel::Accelerator& accelerator() const { return *accelerator_; }
+
+ private:
+  Vm(ConsoleLog& console) : console_(console) {}
+  absl::Status Build(const VmConfig& config);
+  void VcpuLoop(accel::Vcpu& vcpu);
+  void HandlePortIo(accel::Vcpu& vcpu, const accel::PortIoExit& io);
+  void HandleMmio(accel::Vcpu& vcpu, const accel::MmioExit& mmio);
+
+  ConsoleLog& console_;
+  std::unique_ptr<memory::GuestMemory> memory_;
+  std::unique_ptr<accel::Accelerator> accelerator_;
+  std::string accelerator_choice_;
+  std::vector<std::unique_ptr<accel::Vcpu>> vcpus_;
+  devices::Bus pio_bus_{"port I/O"};
+  devices::Bus mmio_bus_{"MMIO"};
+
+  absl::Mutex mutex_;
+  std::optional<VmEnd> end_ ABSL_GUARDED_BY(mutex_);
+  uint32_t halted_vcpus_ ABSL_GUARDED_BY(mutex_) = 0;
+  std::atomic<bool> ending_{false};
+  std::atomic<uint64_t> unclaimed_accesses_{0};
+};
+
+}  // namespace xenkvm::vmm
+
+#endif  // XENKVM_VMM_VM_H_

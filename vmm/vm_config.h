@@ -1,0 +1,33 @@
+// What a VM is made of: the input of the microVM assembler.
+#ifndef XENKVM_VMM_VM_CONFIG_H_
+#define XENKVM_VMM_VM_CONFIG_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace xenkvm::vmm {
+
+enum class AcceleratorKind { kAuto, kKvm, kEmu };
+
+// "auto", "kvm" or "emu"; anything else is an error that lists them.
+absl::StatusOr<AcceleratorKind> ParseAcceleratorKind(const std::string& name);
+const char* AcceleratorKindName(AcceleratorKind kind);
+
+inline constexpr uint32_t kMaxVcpus = 32;  // the vcpu_info slots in Xen's shared_info
+
+struct VmConfig {
+  uint64_t memory_mib = 256;
+  uint32_t vcpus = 1;
+  std::string kernel;  // path to an ELF kernel with a PVH note
+  std::string cmdline;
+  AcceleratorKind accelerator = AcceleratorKind::kAuto;
+};
+
+// Checks the values (not the files): memory and vCPU count in range, a kernel named.
+absl::Status Validate(const VmConfig& config);
+
+}  // namespace xenkvm::vmm
+
+#endif  // XENKVM_VMM_VM_CONFIG_H_
