@@ -56,9 +56,11 @@ class ElfBuilder {
     }
     const size_t note_at = cursor;
     std::vector<uint8_t> file(note_at + note.size(), 0);
-    std::memcpy(file.data() + note_at, note.data(), note.size());
+    if (!note.empty()) std::memcpy(file.data() + note_at, note.data(), note.size());
     for (size_t i = 0; i < segments.size(); ++i) {
-      std::memcpy(file.data() + offsets[i], segments[i].bytes.data(), segments[i].bytes.size());
+      if (!segments[i].bytes.empty()) {
+        std::memcpy(file.data() + offsets[i], segments[i].bytes.data(), segments[i].bytes.size());
+      }
     }
     const size_t shoff = ehsize + phnum * phsize;
     if (elf64) {
