@@ -92,6 +92,7 @@ struct CpuidLeaf {
 struct PvhEntry {
   uint32_t entry = 0;
   uint32_t start_info = 0;
+  uint32_t stack_pointer = 0;  // ESP (PVH leaves it undefined; a secondary vCPU's start may set it)
 };
 
 // What a backend offers beyond the interface's guarantees.
@@ -102,6 +103,9 @@ struct Capabilities {
   bool hypercall_page_by_accelerator = true;  // the guest's MSR write fills the page
   bool inline_vmcall = true;               // VMCALL/VMMCALL outside the page reach the VMM
 };
+
+// This host's TSC frequency, measured once against CLOCK_MONOTONIC (both backends run guests at it).
+uint64_t HostTscKhz();
 
 // Each hypercall-page stub is 32 bytes: hypercall n is at page + 32 * n (Xen's layout).
 inline constexpr uint32_t kHypercallStubSize = 32;
@@ -120,6 +124,13 @@ class Vcpu {
   virtual absl::StatusOr<Registers> GetRegisters() = 0;
   virtual absl::Status SetRegisters(const Registers& registers) = 0;
   virtual absl::StatusOr<ControlRegisters> GetControlRegisters() = 0;
+  // Guest-linear -> guest-physical through the vCPU's current paging mode (flat segments, as PVH
+  // and Linux use). Call from the vCPU's run-loop thread between Run()s: the Xen shim translates
+  // hypercall arguments, which HVM guests pass as linear addresses. kNotFound if not mapped.
+  virtual absl::StatusOr<uint64_t> TranslateLinear(uint64_t linear) = 0;
+  // The guest's TSC minus this host's RDTSC: what pvclock needs to turn guest TSC into time.
+  virtual absl::StatusOr<int64_t> TscOffset() = 0;
+
   // Replaces every caller-supplied CPUID leaf; other leaves come from the backend's CPU model.
   virtual absl::Status SetCpuid(std::vector<CpuidLeaf> leaves) = 0;
 
@@ -140,6 +151,8 @@ class Accelerator {
  public:
   virtual ~Accelerator() = default;
   virtual const Capabilities& capabilities() const = 0;
+  // The guest TSC's frequency.
+  virtual uint64_t tsc_khz() const = 0;
   // From now on, the guest's write of a page's guest-physical address to MSR `msr` (the one CPUID
   // leaf 0x40000x02 names) fills that page with hypercall stubs that reach the VMM as
   // HypercallExits, as Xen and KVM do. Repeatable; a write whose page is not RAM is ignored.

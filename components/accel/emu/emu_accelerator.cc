@@ -10,7 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
-#include "components/accel/emu/page_walk.h"
+#include "components/accel/page_walk.h"
 #include "components/base/status.h"
 
 namespace xenkvm::accel {
@@ -187,6 +187,12 @@ class EmuVcpu final : public Vcpu {
     return c;
   }
 
+  absl::StatusOr<uint64_t> TranslateLinear(uint64_t linear) override {
+    return accel::TranslateLinear(memory_, Paging(), linear);
+  }
+
+  absl::StatusOr<int64_t> TscOffset() override { return 0; }  // RDTSC is the host's
+
   absl::Status SetCpuid(std::vector<CpuidLeaf> leaves) override {
     for (const CpuidLeaf& leaf : leaves) {
       if ((leaf.function & 0xffff0000) == kEmuHypercallCpuidMagic) {
@@ -313,7 +319,9 @@ class EmuVcpu final : public Vcpu {
     Append(code32, {0xbb});
     Append32(code32, boot.start_info);              // mov ebx, start_info
     Append(code32, {0x31, 0xc0, 0x31, 0xc9, 0x31, 0xd2});  // xor eax, ecx, edx
-    Append(code32, {0x31, 0xf6, 0x31, 0xff, 0x31, 0xed, 0x31, 0xe4});  // xor esi, edi, ebp, esp
+    Append(code32, {0x31, 0xf6, 0x31, 0xff, 0x31, 0xed});  // xor esi, edi, ebp
+    Append(code32, {0xbc});
+    Append32(code32, boot.stack_pointer);           // mov esp, stack_pointer
     Append(code32, {0xb8});
     Append32(code32, boot.entry);                   // mov eax, entry
     Append(code32, {0xff, 0xe0});                   // jmp eax
@@ -330,7 +338,7 @@ class EmuVcpu final : public Vcpu {
         return UcError(err, "uc_mem_write(boot trampoline)");
       }
     }
-    uint64_t stack = kTrampolineBase + kTrampolineSize - 16;
+    uint64_t stack = kTrampolineBase + kTrampolineSize - 16;  // the trampoline's own
     uc_reg_write(uc_, UC_X86_REG_RSP, &stack);
     // No instruction count: a count installs a per-instruction hook that stays for the engine's life.
     if (uc_err err = uc_emu_start(uc_, kTrampolineCode64, boot.entry, 0, 0); err != UC_ERR_OK) {
@@ -622,19 +630,19 @@ class EmuVcpu final : public Vcpu {
 
   // ---- Guest-linear access (for IDT, TSS and stack), by walking the guest's page tables.
 
-  emu::PagingState Paging() {
-    return emu::PagingState{ReadRegister(UC_X86_REG_CR0), ReadRegister(UC_X86_REG_CR3),
+  PagingState Paging() {
+    return PagingState{ReadRegister(UC_X86_REG_CR0), ReadRegister(UC_X86_REG_CR3),
                             ReadRegister(UC_X86_REG_CR4), ReadMsr(kMsrEfer)};
   }
 
   template <typename Access>
   absl::Status ForEachPage(uint64_t linear, size_t length, Access access) {
-    emu::PagingState paging = Paging();
+    PagingState paging = Paging();
     size_t done = 0;
     while (done < length) {
       uint64_t address = linear + done;
       size_t chunk = std::min<size_t>(length - done, 0x1000 - (address & 0xfff));
-      XENKVM_ASSIGN_OR_RETURN(uint64_t physical, emu::TranslateLinear(memory_, paging, address));
+      XENKVM_ASSIGN_OR_RETURN(uint64_t physical, accel::TranslateLinear(memory_, paging, address));
       XENKVM_RETURN_IF_ERROR(access(memory::GuestAddress(physical), done, chunk));
       done += chunk;
     }
@@ -930,6 +938,7 @@ class EmuAccelerator final : public Accelerator {
     capabilities_.name = "emu";
   }
   const Capabilities& capabilities() const override { return capabilities_; }
+  uint64_t tsc_khz() const override { return HostTscKhz(); }
 
   absl::Status EnableHypercallPage(uint32_t msr) override {
     if (msr == 0) return absl::InvalidArgumentError("the hypercall-page MSR must not be 0");

@@ -210,6 +210,11 @@ TEST_F(EmuTest, LongModeGuestHypercallsAndInterrupts) {
   ASSERT_TRUE(control.ok());
   EXPECT_TRUE(control->long_mode);
   EXPECT_NE(control->cr0 & 0x80000000, 0u);
+  // The guest's tables identity-map the first 1 GiB and nothing else.
+  EXPECT_EQ(*vcpu->TranslateLinear(0x123456), 0x123456u);
+  EXPECT_EQ(vcpu->TranslateLinear(uint64_t{1} << 31).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(*vcpu->TscOffset(), 0);
+  EXPECT_GT(accelerator_->tsc_khz(), 100'000u);
 
   PortIoExit ud = Next<PortIoExit>(*vcpu);
   EXPECT_EQ(ud.port, 0x19);

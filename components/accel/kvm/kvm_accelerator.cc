@@ -3,6 +3,7 @@
 #include <linux/kvm.h>
 #include <pthread.h>
 #include <signal.h>
+#include <x86intrin.h>
 
 #include <cstring>
 #include <mutex>
@@ -11,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
+#include "components/accel/page_walk.h"
 #include "components/base/status.h"
 #include "components/kvm/kvm.h"
 
@@ -94,6 +96,7 @@ class KvmVcpu final : public Vcpu {
     kvm_regs regs{};
     regs.rip = boot.entry;
     regs.rbx = boot.start_info;
+    regs.rsp = boot.stack_pointer;
     regs.rflags = 2;
     XENKVM_RETURN_IF_ERROR(vcpu_.SetRegs(regs));
     XENKVM_RETURN_IF_ERROR(vcpu_.SetMpState(KVM_MP_STATE_RUNNABLE));
@@ -166,6 +169,19 @@ class KvmVcpu final : public Vcpu {
     c.cpl = sregs.cs.dpl;
     c.long_mode = (sregs.efer & kEferLma) != 0;
     return c;
+  }
+
+  absl::StatusOr<uint64_t> TranslateLinear(uint64_t linear) override {
+    XENKVM_ASSIGN_OR_RETURN(kvm_sregs sregs, vcpu_.GetSregs());
+    return accel::TranslateLinear(vm_.memory, PagingState{sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer}, linear);
+  }
+
+  absl::StatusOr<int64_t> TscOffset() override {
+    constexpr uint32_t kMsrTsc = 0x10;
+    const uint64_t before = __rdtsc();
+    XENKVM_ASSIGN_OR_RETURN(std::vector<kvm_msr_entry> tsc, vcpu_.GetMsrs(std::span(&kMsrTsc, 1)));
+    const uint64_t after = __rdtsc();
+    return static_cast<int64_t>(tsc[0].data - (before + (after - before) / 2));
   }
 
   // The host's CPUID with the caller's leaves in place of the host's (and of KVM's own hypervisor
@@ -427,6 +443,7 @@ class KvmAccelerator final : public Accelerator {
   }
 
   const Capabilities& capabilities() const override { return capabilities_; }
+  uint64_t tsc_khz() const override { return HostTscKhz(); }
 
   absl::Status EnableHypercallPage(uint32_t msr) override {
     if (msr == 0) return absl::InvalidArgumentError("the hypercall-page MSR must not be 0");

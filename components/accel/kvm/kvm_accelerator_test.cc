@@ -174,6 +174,9 @@ TEST_F(KvmAccelTest, LongModeExceptionAndInterruptThroughA64BitIdt) {
   EXPECT_EQ(ud.port, 0x19);
   EXPECT_EQ(ud.value, kLoadAddress + emu_test_guests::k_ud_instruction64);
   EXPECT_EQ(Next<PortIoExit>(*vcpu).port, 0x12);
+  EXPECT_EQ(*vcpu->TranslateLinear(0x123456), 0x123456u);
+  EXPECT_EQ(vcpu->TranslateLinear(uint64_t{1} << 31).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(vcpu->TscOffset().ok());
   Exit woken = RunAndInject(*vcpu, 0x30);
   ASSERT_TRUE(std::holds_alternative<PortIoExit>(woken));
   EXPECT_EQ(std::get<PortIoExit>(woken).value, kLoadAddress + emu_test_guests::k_stack_top - 48);

@@ -1,8 +1,8 @@
-#include "components/accel/emu/page_walk.h"
+#include "components/accel/page_walk.h"
 
 #include "absl/strings/str_format.h"
 
-namespace xenkvm::accel::emu {
+namespace xenkvm::accel {
 namespace {
 
 constexpr uint64_t kPresent = 1;
@@ -57,4 +57,4 @@ absl::StatusOr<uint64_t> TranslateLinear(const memory::GuestMemory& memory, cons
   return absl::InternalError("TranslateLinear: walk ended without a page");
 }
 
-}  // namespace xenkvm::accel::emu
+}  // namespace xenkvm::accel

@@ -1,8 +1,8 @@
-#include "components/accel/emu/page_walk.h"
+#include "components/accel/page_walk.h"
 
 #include "gtest/gtest.h"
 
-namespace xenkvm::accel::emu {
+namespace xenkvm::accel {
 namespace {
 
 using memory::GuestAddress;
@@ -43,4 +43,4 @@ TEST(PageWalkTest, ThirtyTwoBitPaging) {
 }
 
 }  // namespace
-}  // namespace xenkvm::accel::emu
+}  // namespace xenkvm::accel

@@ -1,0 +1,29 @@
+#include <x86intrin.h>
+
+#include <ctime>
+
+#include "components/accel/accelerator.h"
+
+namespace xenkvm::accel {
+
+uint64_t HostTscKhz() {
+  static const uint64_t khz = [] {
+    auto now_ns = [] {
+      timespec ts{};
+      clock_gettime(CLOCK_MONOTONIC_RAW, &ts);
+      return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+    };
+    const uint64_t start_ns = now_ns();
+    const uint64_t start_tsc = __rdtsc();
+    timespec wait{0, 20'000'000};  // 20 ms: about 50 ppm of error from the clock reads
+    while (nanosleep(&wait, &wait) != 0) {
+    }
+    const uint64_t tsc = __rdtsc() - start_tsc;
+    const uint64_t ns = now_ns() - start_ns;
+    // Round to the nearest MHz, as CPUs' nominal TSC rates are whole MHz.
+    return (tsc * 1'000'000 / ns + 500) / 1000 * 1000;
+  }();
+  return khz;
+}
+
+}  // namespace xenkvm::accel
