@@ -7,10 +7,14 @@
 #include <stdint.h>
 
 #include <xen/arch-x86/hvm/start_info.h>
+#include <xen/arch-x86/cpuid.h>
 #include <xen/elfnote.h>
+#include <xen/errno.h>
 #include <xen/event_channel.h>
+#include <xen/features.h>
 #include <xen/grant_table.h>
 #include <xen/hvm/hvm_op.h>
+#include <xen/hvm/hvm_vcpu.h>
 #include <xen/hvm/params.h>
 #include <xen/memory.h>
 #include <xen/sched.h>

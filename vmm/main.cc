@@ -26,7 +26,8 @@ constexpr int kExitStopped = 7;
 
 constexpr char kUsage[] =
     "usage: xenkvm-vmm --kernel FILE [--memory MiB] [--vcpus N] [--cmdline STRING]\n"
-    "                  [--accel kvm|emu|auto] [--log-level LEVEL]\n"
+    "                  [--accel kvm|emu|auto] [--xen-version VERSION|off] [--xen-max-evtchn N]\n"
+    "                  [--log-level LEVEL]\n"
     "\n"
     "Runs one Xen PVH guest in the foreground; its console goes to stdout, logs to stderr.\n"
     "  --kernel FILE     ELF kernel with a Xen PVH entry note (required)\n"
@@ -34,6 +35,9 @@ constexpr char kUsage[] =
     "  --vcpus N         virtual CPUs, 1 to 32 (default 1)\n"
     "  --cmdline STRING  kernel command line (default empty)\n"
     "  --accel NAME      kvm, emu (software CPU) or auto: kvm when /dev/kvm is usable (default)\n"
+    "  --xen-version V   the Xen version shown to the guest, major << 16 | minor, e.g. 0x40011 for\n"
+    "                    4.17 (default); \"off\" runs the guest without the Xen interface\n"
+    "  --xen-max-evtchn N  event channels the guest may open, 64 to 4096 (default 4096)\n"
     "  --log-level LEVEL trace, debug, info, warn, error, critical, off (default $XENKVM_LOG or info)\n"
     "\n"
     "Exit status: 0 the guest powered off; 1 bad usage; 2 the VM could not be built; 3 the guest\n"
@@ -80,6 +84,16 @@ int main(int argc, char** argv) {
       absl::StatusOr<xenkvm::vmm::AcceleratorKind> kind = xenkvm::vmm::ParseAcceleratorKind(value);
       if (!kind.ok()) return Usage(std::string(kind.status().message()));
       config.accelerator = *kind;
+    } else if (flag == "--xen-version") {
+      if (value == "off") {
+        config.xen_version = 0;
+      } else if (!absl::SimpleHexAtoi(value, &config.xen_version) && !absl::SimpleAtoi(value, &config.xen_version)) {
+        return Usage(absl::StrCat("--xen-version: \"", value, "\" is not a version like 0x40011, or off"));
+      }
+    } else if (flag == "--xen-max-evtchn") {
+      if (!absl::SimpleAtoi(value, &config.xen_max_event_channels)) {
+        return Usage(absl::StrCat("--xen-max-evtchn: \"", value, "\" is not a number"));
+      }
     } else if (flag == "--log-level") {
       log_level = value;
     } else {
@@ -92,6 +106,16 @@ int main(int argc, char** argv) {
   if (config.kernel.empty()) return Usage("--kernel is required");
   if (absl::Status valid = xenkvm::vmm::Validate(config); !valid.ok()) return Usage(std::string(valid.message()));
 
+  // SIGINT/SIGTERM end the VM (its vCPU threads are kicked out of the guest); SIGUSR2, sent by
+  // main itself, releases the waiter when the VM ended on its own. Blocked before any thread
+  // exists, so that every thread inherits the mask and only the waiter takes them.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGUSR2);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
   xenkvm::vmm::ConsoleLog console(STDOUT_FILENO);
   absl::StatusOr<std::unique_ptr<xenkvm::vmm::Vm>> vm = xenkvm::vmm::Vm::Create(config, console);
   if (!vm.ok()) {
@@ -101,14 +125,6 @@ int main(int argc, char** argv) {
   std::fprintf(stderr, "xenkvm-vmm: %s\n", (*vm)->accelerator_choice().c_str());
 
   running_vm = vm->get();
-  // SIGINT/SIGTERM end the VM (its vCPU threads are kicked out of the guest); SIGUSR2, sent by
-  // main itself, releases the waiter when the VM ended on its own.
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGINT);
-  sigaddset(&stop_signals, SIGTERM);
-  sigaddset(&stop_signals, SIGUSR2);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   std::thread signal_waiter([&stop_signals] {
     int signal = 0;
     if (sigwait(&stop_signals, &signal) == 0 && signal != SIGUSR2) {

@@ -20,7 +20,7 @@ namespace xenkvm::vmm {
 namespace {
 
 constexpr uint64_t kMaxKernelBytes = uint64_t{1} << 30;
-constexpr int64_t kEnosys = -38;  // until the Xen shim answers hypercalls
+constexpr int64_t kEnosys = -38;  // hypercalls of a VM without the Xen interface
 
 absl::StatusOr<std::vector<uint8_t>> ReadKernel(const std::string& path) {
   std::ifstream file(path, std::ios::binary | std::ios::ate);
@@ -121,14 +121,46 @@ absl::Status Vm::Build(const VmConfig& config) {
       std::make_shared<devices::ExitPort>([this](uint32_t status) { End({VmEnd::Kind::kPoweredOff, status, ""}); }),
       "exit port"));
 
+  if (config.xen_version != 0) {
+    xen::XenConfig xen_config;
+    xen_config.version = config.xen_version;
+    xen_config.vcpus = config.vcpus;
+    xen_config.max_event_channels = config.xen_max_event_channels;
+    xen_config.gnttab_max_frames = config.xen_gnttab_max_frames;
+    xen::Shim::Callbacks callbacks;
+    callbacks.console = output;
+    callbacks.shutdown = [this](xen::ShutdownReason reason) {
+      switch (reason) {
+        case xen::ShutdownReason::kPoweroff:
+          End({VmEnd::Kind::kPoweredOff, 0, ""});
+          break;
+        case xen::ShutdownReason::kReboot:
+        case xen::ShutdownReason::kSoftReset:
+          End({VmEnd::Kind::kReset, 0, absl::StrCat("SCHEDOP_shutdown ", xen::ShutdownReasonName(reason))});
+          break;
+        case xen::ShutdownReason::kCrash:
+        case xen::ShutdownReason::kWatchdog:
+          End({VmEnd::Kind::kCrashed, 0,
+               absl::StrCat("the guest reported it (SCHEDOP_shutdown ", xen::ShutdownReasonName(reason), ")")});
+          break;
+      }
+    };
+    XENKVM_ASSIGN_OR_RETURN(xen_, xen::Shim::Create(xen_config, *memory_, *accelerator_, std::move(callbacks)));
+    // Before vCPU 0 exists: emu traces the boot vCPU for the hypercall-page write from its start.
+    XENKVM_RETURN_IF_ERROR(xen_->EnableHypercallPage());
+  }
+
   for (uint32_t id = 0; id < config.vcpus; ++id) {
     std::optional<accel::PvhEntry> boot;
     if (id == 0) boot = accel::PvhEntry{kernel->entry, start_info};
     XENKVM_ASSIGN_OR_RETURN(std::unique_ptr<accel::Vcpu> vcpu, accelerator_->CreateVcpu(id, boot));
+    if (xen_) XENKVM_RETURN_IF_ERROR(xen_->AttachVcpu(*vcpu));
     vcpus_.push_back(std::move(vcpu));
   }
-  spdlog::info("VM built: {} MiB, {} vCPU(s), kernel {} (entry {:#x})", config.memory_mib, config.vcpus,
-               config.kernel, kernel->entry);
+  spdlog::info("VM built: {} MiB, {} vCPU(s), kernel {} (entry {:#x}), Xen {}", config.memory_mib, config.vcpus,
+               config.kernel, kernel->entry,
+               config.xen_version ? absl::StrFormat("%u.%u", config.xen_version >> 16, config.xen_version & 0xffff)
+                                  : std::string("off"));
   return absl::OkStatus();
 }
 
@@ -141,6 +173,7 @@ void Vm::End(VmEnd end) {
     end_ = std::move(end);
   }
   ending_.store(true);
+  if (xen_) xen_->Stop();  // vCPUs blocked in SCHEDOP_block/poll return
   for (auto& vcpu : vcpus_) vcpu->Kick();
 }
 
@@ -195,8 +228,7 @@ void Vm::VcpuLoop(accel::Vcpu& vcpu) {
     } else if (auto* mmio = std::get_if<accel::MmioExit>(&*exit)) {
       HandleMmio(vcpu, *mmio);
     } else if (auto* call = std::get_if<accel::HypercallExit>(&*exit)) {
-      spdlog::debug("vCPU {}: hypercall {} before the Xen shim exists: -ENOSYS", vcpu.id(), call->number);
-      (void)vcpu.Complete(static_cast<uint64_t>(kEnosys));
+      (void)vcpu.Complete(xen_ ? xen_->Hypercall(vcpu, *call) : static_cast<uint64_t>(kEnosys));
     } else if (std::holds_alternative<accel::HaltExit>(*exit)) {
       bool all_halted;
       {
@@ -214,6 +246,10 @@ void Vm::VcpuLoop(accel::Vcpu& vcpu) {
       End({VmEnd::Kind::kCrashed, 0, error->reason});
     }
     // KickedExit: look at ending_ and run again.
+  }
+  if (absl::StatusOr<accel::Registers> registers = vcpu.GetRegisters(); registers.ok()) {
+    spdlog::debug("vCPU {} stopped at RIP {:#x} RSP {:#x} RFLAGS {:#x}", vcpu.id(), registers->rip, registers->rsp,
+                  registers->rflags);
   }
 }
 

@@ -17,6 +17,7 @@
 #include "components/accel/accelerator.h"
 #include "components/devices/bus.h"
 #include "components/memory/guest_memory.h"
+#include "components/xen/shim.h"
 #include "vmm/console_log.h"
 #include "vmm/vm_config.h"
 
@@ -56,6 +57,8 @@ class Vm {
   void End(VmEnd end);
 
   const std::string& accelerator_choice() const { return accelerator_choice_; }
+  // The Xen shim, or nullptr when the VM runs without the Xen interface.
+  xen::Shim* xen() const { return xen_.get(); }
   const accel::Accelerator& accelerator() const { return *accelerator_; }
 
  private:
@@ -69,6 +72,7 @@ class Vm {
   std::unique_ptr<memory::GuestMemory> memory_;
   std::unique_ptr<accel::Accelerator> accelerator_;
   std::string accelerator_choice_;
+  std::unique_ptr<xen::Shim> xen_;
   std::vector<std::unique_ptr<accel::Vcpu>> vcpus_;
   devices::Bus pio_bus_{"port I/O"};
   devices::Bus mmio_bus_{"MMIO"};

@@ -23,6 +23,10 @@ struct VmConfig {
   std::string kernel;  // path to an ELF kernel with a PVH note
   std::string cmdline;
   AcceleratorKind accelerator = AcceleratorKind::kAuto;
+  // Xen: XENVER_version form (major << 16 | minor); 0 runs the guest without the Xen interface.
+  uint32_t xen_version = 0x40011;  // 4.17
+  uint32_t xen_max_event_channels = 4096;
+  uint32_t xen_gnttab_max_frames = 64;
 };
 
 // Checks the values (not the files): memory and vCPU count in range, a kernel named.

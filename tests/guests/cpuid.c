@@ -19,6 +19,7 @@ int guest_main(const struct hvm_start_info *start_info) {
   uint32_t regs[4];
   kit_cpuid(1, 0, regs);
   kit_printf("cpuid 1: hypervisor bit %u\n", (regs[2] >> 31) & 1);
+  KIT_CHECK((regs[2] >> 31) & 1);
   kit_cpuid(0x40000000, 0, regs);
   print_signature("cpuid 0x40000000: max leaf", regs);
   kit_printf("cpuid 0x40000000: eax=%08x\n", regs[0]);

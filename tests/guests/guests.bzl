@@ -1,6 +1,14 @@
 """test_guest(): a freestanding test kernel built by the host's gcc with the tests/guests kit."""
 
-_KIT = ["//tests/guests:kit/pvh_entry.S", "//tests/guests:kit/kit.c", "//tests/guests:kit/kit.h", "//tests/guests:kit/kit.ld"]
+_KIT = [
+    "//tests/guests:kit/pvh_entry.S",
+    "//tests/guests:kit/interrupts.S",
+    "//tests/guests:kit/kit.c",
+    "//tests/guests:kit/kit.h",
+    "//tests/guests:kit/kit.ld",
+    "//tests/guests:kit/xen.c",
+    "//tests/guests:kit/xen.h",
+]
 
 _FLAGS = " ".join([
     "-m64", "-O2", "-g0", "-std=gnu11", "-Wall", "-Wextra", "-Werror",
@@ -17,7 +25,8 @@ def test_guest(name, srcs):
         outs = [name + ".elf"],
         cmd = ("gcc " + _FLAGS + " -I$$(dirname $(location //tests/guests:kit/kit.h))/.. " +
                "-T $(location //tests/guests:kit/kit.ld) -o $@ " +
-               "$(location //tests/guests:kit/pvh_entry.S) $(location //tests/guests:kit/kit.c) " +
+               "$(location //tests/guests:kit/pvh_entry.S) $(location //tests/guests:kit/interrupts.S) " +
+               "$(location //tests/guests:kit/kit.c) $(location //tests/guests:kit/xen.c) " +
                " ".join(["$(location %s)" % s for s in srcs])),
         visibility = ["//visibility:public"],
     )

@@ -33,9 +33,6 @@ constexpr uint32_t kMsrEfer = 0xc0000080;
 constexpr uint64_t kRflagsIf = 1 << 9;
 // Flags an interrupt or exception clears on entry: TF, NT, RF, VM (and IF for interrupt gates).
 constexpr uint64_t kRflagsClearedOnEntry = (1 << 8) | (1 << 14) | (1 << 16) | (1 << 17);
-// While an interrupt is pending but RFLAGS.IF is clear, the guest runs in slices this long (µs) so
-// that the moment it enables interrupts is noticed (Unicorn has no interrupt-window exit).
-constexpr uint64_t kInterruptWindowSliceMicros = 1000;
 // The boot vCPU traces instructions for the hypercall-page WRMSR from its first instruction, for at
 // most this many (Linux writes the MSR within its first few thousand); later writes are caught by
 // arming the trace at CPUID leaf base+2, which the WRMSR follows closely.
@@ -110,6 +107,7 @@ class EmuVcpu final : public Vcpu {
                                                          std::optional<PvhEntry> boot) {
     auto vcpu = std::unique_ptr<EmuVcpu>(new EmuVcpu(id, vm));
     XENKVM_RETURN_IF_ERROR(vcpu->Open());
+    XENKVM_RETURN_IF_ERROR(vcpu->ProbeModelLeaf1());
     XENKVM_RETURN_IF_ERROR(vcpu->MapMmioWindows());
     XENKVM_RETURN_IF_ERROR(vcpu->InstallHooks());
     if (boot) {
@@ -128,7 +126,7 @@ class EmuVcpu final : public Vcpu {
       absl::MutexLock lock(&mutex_);
       exiting_ = true;
     }
-    uc_emu_stop(uc_);
+    stop_wanted_.store(true);
     if (thread_.joinable()) thread_.join();
     if (uc_ != nullptr) uc_close(uc_);
   }
@@ -224,8 +222,7 @@ class EmuVcpu final : public Vcpu {
       absl::MutexLock lock(&mutex_);
       pending_interrupts_.set(vector);
     }
-    stop_requested_.store(true);
-    uc_emu_stop(uc_);
+    stop_wanted_.store(true);
     return absl::OkStatus();
   }
 
@@ -234,8 +231,7 @@ class EmuVcpu final : public Vcpu {
       absl::MutexLock lock(&mutex_);
       kick_ = true;
     }
-    stop_requested_.store(true);
-    uc_emu_stop(uc_);
+    stop_wanted_.store(true);
   }
 
  private:
@@ -259,6 +255,29 @@ class EmuVcpu final : public Vcpu {
         return UcError(err, absl::StrFormat("uc_mem_map_ptr(guest RAM at %#x)", region.start().value()));
       }
     }
+    return absl::OkStatus();
+  }
+
+  // Runs CPUID leaf 1 on the bare engine (before any hook) to learn the CPU model's answer, which
+  // OnCpuid then gives with the hypervisor bit (ECX[31], as KVM shows it) and this vCPU's APIC ID.
+  absl::Status ProbeModelLeaf1() {
+    if (uc_err err = uc_mem_map(uc_, kTrampolineBase, kTrampolineSize, UC_PROT_ALL); err != UC_ERR_OK) {
+      return UcError(err, "uc_mem_map(CPUID probe)");
+    }
+    const uint8_t probe[] = {0x0f, 0xa2};  // cpuid
+    uc_mem_write(uc_, kTrampolineCode64, probe, sizeof(probe));
+    uint64_t leaf = 1, subleaf = 0;
+    uc_reg_write(uc_, UC_X86_REG_RAX, &leaf);
+    uc_reg_write(uc_, UC_X86_REG_RCX, &subleaf);
+    uc_err err = uc_emu_start(uc_, kTrampolineCode64, kTrampolineCode64 + sizeof(probe), 0, 0);
+    model_leaf1_ = CpuidLeaf{1,
+                             std::nullopt,
+                             static_cast<uint32_t>(ReadRegister(UC_X86_REG_RAX)),
+                             (static_cast<uint32_t>(ReadRegister(UC_X86_REG_RBX)) & 0x00ffffff) | (id_ << 24),
+                             static_cast<uint32_t>(ReadRegister(UC_X86_REG_RCX)) | (1u << 31),
+                             static_cast<uint32_t>(ReadRegister(UC_X86_REG_RDX))};
+    uc_mem_unmap(uc_, kTrampolineBase, kTrampolineSize);
+    if (err != UC_ERR_OK) return UcError(err, "uc_emu_start(CPUID probe)");
     return absl::OkStatus();
   }
 
@@ -408,6 +427,10 @@ class EmuVcpu final : public Vcpu {
         err != UC_ERR_OK) {
       return UcError(err, "uc_hook_add(INTR)");
     }
+    if (uc_err err = uc_hook_add(uc_, &hook, UC_HOOK_BLOCK, reinterpret_cast<void*>(&EmuVcpu::OnBlock), this, 1, 0);
+        err != UC_ERR_OK) {
+      return UcError(err, "uc_hook_add(BLOCK)");
+    }
     if (uc_err err = uc_hook_add(uc_, &hook, UC_HOOK_MEM_UNMAPPED,
                                  reinterpret_cast<void*>(&EmuVcpu::OnUnmapped), this, 1, 0);
         err != UC_ERR_OK) {
@@ -510,7 +533,7 @@ class EmuVcpu final : public Vcpu {
       }
       bool interrupts_enabled = (ReadRegister(UC_X86_REG_RFLAGS) & kRflagsIf) != 0;
       std::optional<uint8_t> interrupt;
-      bool interrupt_waiting = false;
+      bool interrupt_waiting = false;  // pending while IF = 0: stop when the guest sets IF
       {
         absl::MutexLock lock(&mutex_);
         if (pending_interrupts_.any()) {
@@ -532,11 +555,12 @@ class EmuVcpu final : public Vcpu {
         }
         continue;
       }
-      stop_requested_.store(false);
+      stop_requested_ = false;
+      interrupt_window_wanted_.store(interrupt_waiting);
       uint64_t rip = ReadRegister(UC_X86_REG_RIP);
-      uint64_t timeout = interrupt_waiting ? kInterruptWindowSliceMicros : 0;
-      // No instruction count: a count installs a per-instruction hook that stays for the engine's life.
-      uc_err err = uc_emu_start(uc_, rip, kNeverReached, timeout, 0);
+      // No instruction count (it installs a per-instruction hook for the engine's life), no timeout
+      // (Unicorn's timer stops the engine from another thread: see OnBlock).
+      uc_err err = uc_emu_start(uc_, rip, kNeverReached, 0, 0);
       if (Exiting()) return;
       if (fatal_error_ || pending_exception_) continue;
       if (err != UC_ERR_OK) {
@@ -548,9 +572,7 @@ class EmuVcpu final : public Vcpu {
         Fatal(absl::StrFormat("emu vCPU %u: %s at %s", id_, uc_strerror(err), where));
         continue;
       }
-      size_t timed_out = 0;
-      uc_query(uc_, UC_QUERY_TIMEOUT, &timed_out);
-      if (stop_requested_.exchange(false) || timed_out) continue;
+      if (std::exchange(stop_requested_, false)) continue;
       // Nothing else ends an unbounded uc_emu_start without an error: the guest executed HLT.
       if ((ReadRegister(UC_X86_REG_RFLAGS) & kRflagsIf) != 0) {
         halted_ = true;  // wait for an interrupt inside Run(), as an in-kernel LAPIC does
@@ -585,7 +607,7 @@ class EmuVcpu final : public Vcpu {
     uint64_t value = value_.value_or(0);
     awaiting_value_ = false;
     value_.reset();
-    if (exiting_) uc_emu_stop(uc_);
+    if (exiting_) stop_wanted_.store(true);
     return value;
   }
 
@@ -791,21 +813,27 @@ class EmuVcpu final : public Vcpu {
     }
     uint32_t index = static_cast<uint32_t>(self->ReadRegister(UC_X86_REG_ECX));
     absl::MutexLock lock(&self->cpuid_mutex_);
+    auto answer = [self](const CpuidLeaf& leaf) {
+      self->WriteRegister(UC_X86_REG_RAX, leaf.eax);
+      self->WriteRegister(UC_X86_REG_RBX, leaf.ebx);
+      self->WriteRegister(UC_X86_REG_RCX, leaf.ecx);
+      self->WriteRegister(UC_X86_REG_RDX, leaf.edx);
+    };
     for (const CpuidLeaf& leaf : self->cpuid_) {
       if (leaf.function == function && (!leaf.index || *leaf.index == index)) {
-        self->WriteRegister(UC_X86_REG_RAX, leaf.eax);
-        self->WriteRegister(UC_X86_REG_RBX, leaf.ebx);
-        self->WriteRegister(UC_X86_REG_RCX, leaf.ecx);
-        self->WriteRegister(UC_X86_REG_RDX, leaf.edx);
+        answer(leaf);
         // The hypervisor leaf that names the hypercall MSR (base + 2): a write to it may follow.
         uint32_t msr = self->vm_.hypercall_msr.load();
         if (msr != 0 && (function & 0xffff00ff) == 0x40000002 && leaf.ebx == msr && !self->trace_hook_) {
           self->trace_arm_requested_ = true;
-          self->stop_requested_.store(true);
-          uc_emu_stop(uc);
+          self->stop_wanted_.store(true);
         }
         return 1;
       }
+    }
+    if (function == 1) {
+      answer(self->model_leaf1_);
+      return 1;
     }
     return 0;  // the CPU model answers
   }
@@ -817,8 +845,7 @@ class EmuVcpu final : public Vcpu {
     if (self->trace_budget_ == 0) {
       if (!self->trace_remove_requested_) {
         self->trace_remove_requested_ = true;
-        self->stop_requested_.store(true);
-        uc_emu_stop(uc);
+        self->stop_wanted_.store(true);
       }
       return;
     }
@@ -834,11 +861,9 @@ class EmuVcpu final : public Vcpu {
       static const std::vector<uint8_t> page = EmuHypercallPage();
       (void)self->memory_.Write(memory::GuestAddress(value), page);  // not RAM: ignored, as KVM does
     }
-    // WRMSR ends its translation block, so the stop lands right after it: the page is ready before
-    // the guest can call it, and the trace ends.
+    // The page is ready before the WRMSR even executes; the trace ends at the next block.
     self->trace_remove_requested_ = true;
-    self->stop_requested_.store(true);
-    uc_emu_stop(uc);
+    self->stop_wanted_.store(true);
   }
 
   // VMCALL and VMMCALL are invalid to Unicorn; they are Xen hypercalls (RAX = number). Any other
@@ -859,8 +884,24 @@ class EmuVcpu final : public Vcpu {
     uint64_t result = self->Deliver(call, true);
     self->WriteHypercallResult(result, long_mode);
     self->WriteRegister(UC_X86_REG_RIP, rip + 3);
-    self->stop_requested_.store(true);  // this hook always ends uc_emu_start; the loop re-enters
+    self->stop_requested_ = true;  // this hook always ends uc_emu_start; the loop re-enters
     return true;
+  }
+
+  // At the start of every translation block: the one place where stopping the engine is exact.
+  // Unicorn 2.0.1 mishandles a uc_emu_stop that lands while a hook (IN, OUT, CPUID, MMIO) runs: it
+  // resumes at a stale RIP, re-executing or skipping instructions. So other threads (Kick,
+  // InjectInterrupt) only set stop_wanted_, and this hook stops the engine between blocks.
+  static void OnBlock(uc_engine* uc, uint64_t, uint32_t, void* user) {
+    auto* self = static_cast<EmuVcpu*>(user);
+    bool stop = self->stop_wanted_.load(std::memory_order_relaxed) && self->stop_wanted_.exchange(false);
+    if (!stop && self->interrupt_window_wanted_.load(std::memory_order_relaxed)) {
+      stop = (self->ReadRegister(UC_X86_REG_RFLAGS) & kRflagsIf) != 0;  // the guest opened the window
+    }
+    if (stop) {
+      self->stop_requested_ = true;
+      uc_emu_stop(uc);
+    }
   }
 
   // Exceptions and INT n. Faults arrive with RIP at the instruction, traps and INT n past it, which
@@ -916,13 +957,17 @@ class EmuVcpu final : public Vcpu {
   bool started_ ABSL_GUARDED_BY(mutex_) = false;
 
   absl::Mutex cpuid_mutex_;
+  CpuidLeaf model_leaf1_;  // set before the emulation thread starts
   std::vector<CpuidLeaf> cpuid_ ABSL_GUARDED_BY(cpuid_mutex_);
 
-  // Set by whoever stops the engine on purpose, so that the loop does not take the stop for HLT.
-  std::atomic<bool> stop_requested_{false};
+  // Other threads ask for a stop; OnBlock carries it out between translation blocks.
+  std::atomic<bool> stop_wanted_{false};
+  // An interrupt waits for RFLAGS.IF: OnBlock stops the engine once the guest sets it.
+  std::atomic<bool> interrupt_window_wanted_{false};
   // Emulation thread only (read by the Await conditions, which run under mutex_ on any thread, only
   // while the emulation thread itself waits).
   bool halted_ = false;
+  bool stop_requested_ = false;  // the engine was stopped on purpose (not by HLT)
   std::optional<std::string> fatal_error_;
   std::optional<uint32_t> pending_exception_;
   std::optional<uint64_t> unmapped_access_;

@@ -182,9 +182,76 @@ void kit_power_off(uint32_t status) {
   for (;;) __asm__ volatile("cli; hlt");
 }
 
+/* ---- Interrupts */
+
+#define LAPIC_BASE 0xfee00000ul
+
+struct idt_gate {
+  uint16_t offset_low, selector;
+  uint8_t ist, type;
+  uint16_t offset_mid;
+  uint32_t offset_high, reserved;
+};
+static struct idt_gate idt[256] __attribute__((aligned(16)));
+static kit_interrupt_handler handlers[256];
+extern char kit_interrupt_stubs[];
+
+void kit_set_interrupt_handler(uint32_t vector, kit_interrupt_handler handler) {
+  if (vector < 256) handlers[vector] = handler;
+}
+
+void kit_dispatch_interrupt(uint64_t vector, struct kit_interrupt_frame *frame) {
+  if (vector < 256 && handlers[vector]) {
+    handlers[vector]((uint32_t)vector, frame);
+    return;
+  }
+  kit_printf("unexpected interrupt %lu at RIP %lx (error code %lx)\n", (unsigned long)vector,
+             (unsigned long)frame->rip, (unsigned long)frame->error_code);
+  kit_puts("FAIL (status 99)\n");
+  kit_power_off(99);
+}
+
+static void idt_init(void) {
+  for (int v = 0; v < 256; v++) {
+    uint64_t target = (uint64_t)(uintptr_t)(kit_interrupt_stubs + 16 * v);
+    idt[v].offset_low = (uint16_t)target;
+    idt[v].selector = 0x18; /* the kit's 64-bit code segment */
+    idt[v].ist = 0;
+    idt[v].type = 0x8e; /* present, interrupt gate */
+    idt[v].offset_mid = (uint16_t)(target >> 16);
+    idt[v].offset_high = (uint32_t)(target >> 32);
+    idt[v].reserved = 0;
+  }
+  struct {
+    uint16_t limit;
+    uint64_t base;
+  } __attribute__((packed)) descriptor = {sizeof(idt) - 1, (uint64_t)(uintptr_t)idt};
+  __asm__ volatile("lidt %0" ::"m"(descriptor));
+}
+
+void kit_lapic_eoi(void) { *(volatile uint32_t *)(LAPIC_BASE + 0xb0) = 0; }
+uint32_t kit_lapic_id(void) { return *(volatile uint32_t *)(LAPIC_BASE + 0x20) >> 24; }
+
+static void lapic_enable(void) { *(volatile uint32_t *)(LAPIC_BASE + 0xf0) = 0x1ff; }
+
+/* A secondary vCPU in long mode: the IDT and LAPIC, then the main xen_start_vcpu gave. */
+extern void (*volatile kit_ap_main)(uint32_t vcpu);
+void kit_ap_entry(uint32_t vcpu) {
+  struct {
+    uint16_t limit;
+    uint64_t base;
+  } __attribute__((packed)) descriptor = {sizeof(idt) - 1, (uint64_t)(uintptr_t)idt};
+  __asm__ volatile("lidt %0" ::"m"(descriptor));
+  lapic_enable();
+  if (kit_ap_main) kit_ap_main(vcpu);
+  for (;;) __asm__ volatile("cli; hlt");
+}
+
 /* Called by the entry code in long mode. */
 void kit_start(uint32_t start_info_address) {
   serial_init();
+  idt_init();
+  lapic_enable();
   const struct hvm_start_info *start_info = (const struct hvm_start_info *)(uintptr_t)start_info_address;
   int status = guest_main(start_info);
   if (status == 0 && failures) status = 1;

@@ -69,3 +69,30 @@ void *memset(void *d, int c, size_t n);
 void *memcpy(void *d, const void *s, size_t n);
 
 #endif  /* XENKVM_TESTS_GUESTS_KIT_KIT_H_ */
+
+/* ---- Interrupts (64-bit IDT, installed by kit_start). */
+/* The CPU's frame as the handler sees it. */
+struct kit_interrupt_frame {
+  uint64_t error_code;
+  uint64_t rip, cs, rflags, rsp, ss;
+};
+typedef void (*kit_interrupt_handler)(uint32_t vector, struct kit_interrupt_frame *frame);
+/* Installs `handler` for `vector`; an unhandled exception prints itself and fails the guest. */
+void kit_set_interrupt_handler(uint32_t vector, kit_interrupt_handler handler);
+static inline void kit_sti(void) { __asm__ volatile("sti" ::: "memory"); }
+static inline void kit_cli(void) { __asm__ volatile("cli" ::: "memory"); }
+/* Waits for an interrupt with interrupts enabled (STI; HLT), leaving them enabled. */
+static inline void kit_wait_for_interrupt(void) { __asm__ volatile("sti; hlt" ::: "memory"); }
+/* The local APIC (software-enabled by kit_start; KVM accepts fixed interrupts only then). An
+ * interrupt that came through it needs an EOI; on emu these are MMIO stores the VMM ignores. */
+void kit_lapic_eoi(void);
+uint32_t kit_lapic_id(void);
+
+static inline uint64_t kit_rdtsc(void) {
+  uint32_t lo, hi;
+  __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+  return ((uint64_t)hi << 32) | lo;
+}
+static inline void kit_wrmsr(uint32_t msr, uint64_t value) {
+  __asm__ volatile("wrmsr" ::"c"(msr), "a"((uint32_t)value), "d"((uint32_t)(value >> 32)));
+}

@@ -66,7 +66,41 @@ pvh_start32:
         mov     %eax, %cr0
         ljmp    $0x18, $long_mode
 
+/* A secondary vCPU (started by VCPUOP_initialise + VCPUOP_up): EBX = its id, ESP = its stack. It
+ * reuses the page tables vCPU 0 built. */
+        .code32
+        .globl  kit_ap_start32
+kit_ap_start32:
+        cli
+        lgdt    gdt_descriptor
+        ljmp    $0x08, $1f
+1:      mov     $0x10, %ax
+        mov     %ax, %ds
+        mov     %ax, %es
+        mov     %ax, %ss
+        mov     $pml4, %eax
+        mov     %eax, %cr3
+        mov     %cr4, %eax
+        or      $0x620, %eax
+        mov     %eax, %cr4
+        mov     $0xc0000080, %ecx
+        rdmsr
+        or      $0x100, %eax
+        wrmsr
+        mov     %cr0, %eax
+        or      $0x80000000, %eax
+        mov     %eax, %cr0
+        ljmp    $0x18, $ap_long_mode
+
         .code64
+ap_long_mode:
+        mov     %esp, %esp              /* zero-extends the 32-bit stack pointer */
+        mov     %ebx, %edi
+        call    kit_ap_entry
+2:      cli
+        hlt
+        jmp     2b
+
 long_mode:
         mov     $boot_stack_top, %rsp
         mov     %esi, %edi              /* kit_start(start_info) */

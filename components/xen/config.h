@@ -1,0 +1,44 @@
+// What a Xen guest is told about its hypervisor, and the shim's limits.
+#ifndef XENKVM_COMPONENTS_XEN_CONFIG_H_
+#define XENKVM_COMPONENTS_XEN_CONFIG_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "components/accel/accelerator.h"
+
+namespace xenkvm::xen {
+
+inline constexpr uint32_t kMaxPorts64 = 4096;  // 2-level ABI: 64 words of 64 bits
+inline constexpr uint32_t kMaxPorts32 = 1024;  // 32 words of 32 bits
+inline constexpr uint32_t kMaxLegacyVcpus = 32;  // vcpu_info slots in shared_info
+
+struct XenConfig {
+  // XENVER_version form: major << 16 | minor. Decides the CPUID features shown (VCPU_ID_PRESENT
+  // from 4.6, UPCALL_VECTOR from 4.17).
+  uint32_t version = 0x40011;
+  // Advertise APIC and x2APIC access virtualisation (QEMU's +xen-vapic).
+  bool xen_vapic = false;
+  // Hyper-V's leaves are also shown: Xen's move to 0x40000100 and the MSR to 0x40000200.
+  bool hyperv_leaves = false;
+  // Event channels, a lower limit than the ABI's 4096 (64-bit) / 1024 (32-bit) if smaller.
+  uint32_t max_event_channels = kMaxPorts64;
+  // Grant-table frames the guest may map (add_to_physmap of XENMAPSPACE_grant_table).
+  uint32_t gnttab_max_frames = 64;
+  uint16_t domid = 1;
+  uint32_t vcpus = 1;
+};
+
+absl::Status Validate(const XenConfig& config);
+
+// The first hypervisor CPUID leaf (0x40000000, or 0x40000100 beside Hyper-V's).
+uint32_t CpuidBase(const XenConfig& config);
+// The MSR the guest writes the hypercall page's address to (CPUID base + 2 names it).
+uint32_t HypercallMsr(const XenConfig& config);
+// Xen's hypervisor leaves for `vcpu_id`, for Vcpu::SetCpuid.
+std::vector<accel::CpuidLeaf> CpuidLeaves(const XenConfig& config, uint32_t vcpu_id, uint64_t tsc_khz);
+
+}  // namespace xenkvm::xen
+
+#endif  // XENKVM_COMPONENTS_XEN_CONFIG_H_
