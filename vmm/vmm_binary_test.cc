@@ -141,11 +141,43 @@ TEST_P(VmmTest, TwoVcpusAndMoreMemory) {
   EXPECT_THAT(result.out, HasSubstr("MiB of RAM"));
 }
 
-TEST_P(VmmTest, CpuidGuestPrintsTheHypervisorLeaves) {
-  Result result = Run({"--kernel", Runfile("tests/guests/cpuid.elf")});
-  EXPECT_EQ(result.status, 0) << result.err;
-  EXPECT_THAT(result.out, HasSubstr("cpuid 0x40000000: max leaf"));
-  EXPECT_THAT(result.out, HasSubstr("cpuid 40000004: eax="));
+TEST_P(VmmTest, CpuidGuestSeesXenOrNot) {
+  Result xen = Run({"--kernel", Runfile("tests/guests/cpuid.elf"), "--xen-version", "0x4000a"});
+  EXPECT_EQ(xen.status, 0) << xen.err;
+  EXPECT_THAT(xen.out, HasSubstr("cpuid 0x40000000: max leaf \"XenVMMXenVMM\""));
+  EXPECT_THAT(xen.out, HasSubstr("cpuid 40000001: eax=0004000a"));  // the version asked for
+  EXPECT_THAT(xen.out, HasSubstr("cpuid 40000002: eax=00000001 ebx=40000000"));  // one page, the MSR
+  Result plain = Run({"--kernel", Runfile("tests/guests/cpuid.elf"), "--xen-version", "off"});
+  EXPECT_EQ(plain.status, 0) << plain.err;
+  EXPECT_THAT(plain.out, Not(HasSubstr("XenVMMXenVMM")));
+}
+
+TEST_P(VmmTest, XenCoreGuestPasses) {
+  Result result = Run({"--kernel", Runfile("tests/guests/xen_core.elf")});
+  EXPECT_EQ(result.status, 0) << result.out << result.err;
+  EXPECT_THAT(result.out, HasSubstr("console_io: hello from the guest"));  // CONSOLEIO_write
+  EXPECT_THAT(result.out, HasSubstr("loopback events delivered: 2"));
+  EXPECT_THAT(result.out, HasSubstr("VIRQ_TIMER after"));
+  EXPECT_THAT(result.out, HasSubstr("SCHEDOP_poll woken by the timer"));
+  EXPECT_THAT(result.out, HasSubstr("ports exhausted after 4091 more: -28"));  // -ENOSPC
+  EXPECT_THAT(result.out, Not(HasSubstr("check failed")));
+}
+
+TEST_P(VmmTest, ShutdownReasonsReachTheExitStatus) {
+  const std::string core = Runfile("tests/guests/xen_core.elf");
+  Result reboot = Run({"--kernel", core, "--cmdline", "reason=reboot"});
+  EXPECT_EQ(reboot.status, 4);
+  EXPECT_THAT(reboot.err, HasSubstr("SCHEDOP_shutdown reboot"));
+  Result crash = Run({"--kernel", core, "--cmdline", "reason=crash"});
+  EXPECT_EQ(crash.status, 5);
+  EXPECT_THAT(crash.err, HasSubstr("the guest reported it (SCHEDOP_shutdown crash)"));
+}
+
+TEST_P(VmmTest, XenSmpGuestSendsIpisToItsSecondVcpu) {
+  Result result = Run({"--kernel", Runfile("tests/guests/xen_smp.elf"), "--vcpus", "2"});
+  EXPECT_EQ(result.status, 0) << result.out << result.err;
+  EXPECT_THAT(result.out, HasSubstr("IPIs handled on vCPU 1: 3"));
+  EXPECT_THAT(result.out, HasSubstr("events handled on vCPU 1: 4, on vCPU 0: 0"));
 }
 
 TEST_P(VmmTest, EachWayAGuestEndsHasItsStatus) {

@@ -276,5 +276,5 @@ long xen_start_vcpu(uint32_t vcpu, void (*main)(uint32_t vcpu), void *stack_top)
   kit_ap_main = main;
   long rc = xen_hypercall(XEN_vcpu_op, 0 /* VCPUOP_initialise */, vcpu, (uint64_t)(uintptr_t)&context, 0, 0);
   if (rc) return rc;
-  return xen_hypercall(XEN_vcpu_op, 2 /* VCPUOP_up */, vcpu, 0, 0, 0);
+  return xen_hypercall(XEN_vcpu_op, 1 /* VCPUOP_up */, vcpu, 0, 0, 0);
 }
