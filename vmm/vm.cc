@@ -186,30 +186,18 @@ VmEnd Vm::Run() {
   return end_.value_or(VmEnd{VmEnd::Kind::kStopped, 0, "no vCPU is running"});
 }
 
-void Vm::HandlePortIo(accel::Vcpu& vcpu, const accel::PortIoExit& io) {
-  std::array<uint8_t, 4> bytes{};
-  std::span<uint8_t> data(bytes.data(), io.size);
-  if (io.is_write) {
-    devices::StoreLittleEndian(io.value, data);
-    if (!pio_bus_.Write(io.port, data)) ++unclaimed_accesses_;
-    return;
-  }
-  if (!pio_bus_.Read(io.port, data)) {
-    ++unclaimed_accesses_;
-    std::fill(bytes.begin(), bytes.end(), 0xff);  // nothing there: the bus floats high
-  }
-  (void)vcpu.Complete(devices::LoadLittleEndian(data));
-}
-
-void Vm::HandleMmio(accel::Vcpu& vcpu, const accel::MmioExit& mmio) {
+// One guest access on `bus`: a store goes to the device; a load's value goes back to the vCPU.
+// Nobody at the address: stores are dropped and loads read all-ones, as on a PC's floating bus.
+void Vm::HandleBusAccess(accel::Vcpu& vcpu, const devices::Bus& bus, uint64_t address, uint8_t size, bool is_write,
+                         uint64_t value) {
   std::array<uint8_t, 8> bytes{};
-  std::span<uint8_t> data(bytes.data(), std::min<size_t>(mmio.size, bytes.size()));
-  if (mmio.is_write) {
-    devices::StoreLittleEndian(mmio.value, data);
-    if (!mmio_bus_.Write(mmio.address, data)) ++unclaimed_accesses_;
+  std::span<uint8_t> data(bytes.data(), std::min<size_t>(size, bytes.size()));
+  if (is_write) {
+    devices::StoreLittleEndian(value, data);
+    if (!bus.Write(address, data)) ++unclaimed_accesses_;
     return;
   }
-  if (!mmio_bus_.Read(mmio.address, data)) {
+  if (!bus.Read(address, data)) {
     ++unclaimed_accesses_;
     std::fill(bytes.begin(), bytes.end(), 0xff);
   }
@@ -224,9 +212,9 @@ void Vm::VcpuLoop(accel::Vcpu& vcpu) {
       return;
     }
     if (auto* io = std::get_if<accel::PortIoExit>(&*exit)) {
-      HandlePortIo(vcpu, *io);
+      HandleBusAccess(vcpu, pio_bus_, io->port, io->size, io->is_write, io->value);
     } else if (auto* mmio = std::get_if<accel::MmioExit>(&*exit)) {
-      HandleMmio(vcpu, *mmio);
+      HandleBusAccess(vcpu, mmio_bus_, mmio->address, mmio->size, mmio->is_write, mmio->value);
     } else if (auto* call = std::get_if<accel::HypercallExit>(&*exit)) {
       (void)vcpu.Complete(xen_ ? xen_->Hypercall(vcpu, *call) : static_cast<uint64_t>(kEnosys));
     } else if (std::holds_alternative<accel::HaltExit>(*exit)) {

@@ -65,8 +65,8 @@ class Vm {
   Vm(ConsoleLog& console) : console_(console) {}
   absl::Status Build(const VmConfig& config);
   void VcpuLoop(accel::Vcpu& vcpu);
-  void HandlePortIo(accel::Vcpu& vcpu, const accel::PortIoExit& io);
-  void HandleMmio(accel::Vcpu& vcpu, const accel::MmioExit& mmio);
+  void HandleBusAccess(accel::Vcpu& vcpu, const devices::Bus& bus, uint64_t address, uint8_t size, bool is_write,
+                       uint64_t value);
 
   ConsoleLog& console_;
   std::unique_ptr<memory::GuestMemory> memory_;

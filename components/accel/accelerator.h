@@ -104,6 +104,9 @@ struct Capabilities {
   bool inline_vmcall = true;               // VMCALL/VMMCALL outside the page reach the VMM
 };
 
+// kInvalidArgument for an exception vector (below 0x10), which InjectInterrupt refuses.
+absl::Status CheckExternalVector(uint8_t vector);
+
 // This host's TSC frequency, measured once against CLOCK_MONOTONIC (both backends run guests at it).
 uint64_t HostTscKhz();
 

@@ -214,10 +214,7 @@ class EmuVcpu final : public Vcpu {
   }
 
   absl::Status InjectInterrupt(uint8_t vector) override {
-    if (vector < 0x10) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "interrupt vector %#x is an exception vector; external interrupts use 0x10..0xff", vector));
-    }
+    XENKVM_RETURN_IF_ERROR(CheckExternalVector(vector));
     {
       absl::MutexLock lock(&mutex_);
       pending_interrupts_.set(vector);
@@ -360,9 +357,15 @@ class EmuVcpu final : public Vcpu {
     uint64_t stack = kTrampolineBase + kTrampolineSize - 16;  // the trampoline's own
     uc_reg_write(uc_, UC_X86_REG_RSP, &stack);
     // No instruction count: a count installs a per-instruction hook that stays for the engine's life.
-    if (uc_err err = uc_emu_start(uc_, kTrampolineCode64, boot.entry, 0, 0); err != UC_ERR_OK) {
-      return UcError(err, "uc_emu_start(boot trampoline)");
-    }
+    // A kick may stop the trampoline between blocks (OnBlock): carry on from where it stopped.
+    uint64_t from = kTrampolineCode64;
+    do {
+      stop_requested_ = false;
+      if (uc_err err = uc_emu_start(uc_, from, boot.entry, 0, 0); err != UC_ERR_OK) {
+        return UcError(err, "uc_emu_start(boot trampoline)");
+      }
+      from = ReadRegister(UC_X86_REG_RIP);
+    } while (from != boot.entry && stop_requested_);
     if (uint64_t rip = ReadRegister(UC_X86_REG_RIP); rip != boot.entry) {
       return absl::InternalError(absl::StrFormat(
           "emu accelerator: boot trampoline stopped at %#x instead of the entry %#x", rip, boot.entry));
@@ -523,13 +526,6 @@ class EmuVcpu final : public Vcpu {
       if (trace_remove_requested_) {
         trace_remove_requested_ = false;
         RemoveTraceHook();
-      }
-      if (trace_arm_requested_) {
-        trace_arm_requested_ = false;
-        if (absl::Status armed = AddTraceHook(kArmedTraceInstructions); !armed.ok()) {
-          Fatal(std::string(armed.message()));
-          continue;
-        }
       }
       bool interrupts_enabled = (ReadRegister(UC_X86_REG_RFLAGS) & kRflagsIf) != 0;
       std::optional<uint8_t> interrupt;
@@ -824,9 +820,12 @@ class EmuVcpu final : public Vcpu {
         answer(leaf);
         // The hypervisor leaf that names the hypercall MSR (base + 2): a write to it may follow.
         uint32_t msr = self->vm_.hypercall_msr.load();
+        // Armed at once, without a stop: the blocks after this one are not translated yet, so the
+        // trace reaches them.
         if (msr != 0 && (function & 0xffff00ff) == 0x40000002 && leaf.ebx == msr && !self->trace_hook_) {
-          self->trace_arm_requested_ = true;
-          self->stop_wanted_.store(true);
+          if (absl::Status armed = self->AddTraceHook(kArmedTraceInstructions); !armed.ok()) {
+            self->Fatal(std::string(armed.message()));
+          }
         }
         return 1;
       }
@@ -973,7 +972,6 @@ class EmuVcpu final : public Vcpu {
   std::optional<uint64_t> unmapped_access_;
   std::optional<uc_hook> trace_hook_;
   uint64_t trace_budget_ = 0;
-  bool trace_arm_requested_ = false;
   bool trace_remove_requested_ = false;
 };
 

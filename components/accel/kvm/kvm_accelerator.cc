@@ -227,10 +227,7 @@ class KvmVcpu final : public Vcpu {
 
   // A fixed-mode MSI to this vCPU's LAPIC (physical destination = the vCPU id).
   absl::Status InjectInterrupt(uint8_t vector) override {
-    if (vector < 0x10) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "interrupt vector %#x is an exception vector; external interrupts use 0x10..0xff", vector));
-    }
+    XENKVM_RETURN_IF_ERROR(CheckExternalVector(vector));
     XENKVM_ASSIGN_OR_RETURN(bool delivered,
                             vm_.vm.SignalMsi(kMsiAddressBase | (uint64_t{id()} << 12), vector));
     if (!delivered) {

@@ -12,13 +12,8 @@
         .long   pvh_start32
         .popsection
 
-        .section .text.entry, "ax"
-        .code32
-        .globl  pvh_start32
-pvh_start32:
-        cli
-        cld
-        mov     %ebx, %esi              /* keep start_info */
+/* Loads the kit's GDT and flat 32-bit segments (PVH leaves GDTR and the selectors undefined). */
+        .macro LOAD_FLAT_SEGMENTS
         lgdt    gdt_descriptor
         ljmp    $0x08, $1f
 1:      mov     $0x10, %ax
@@ -27,6 +22,33 @@ pvh_start32:
         mov     %ax, %ss
         mov     %ax, %fs
         mov     %ax, %gs
+        .endm
+
+/* With the page tables built: PAE, OSFXSR, OSXMMEXCPT, EFER.LME, paging on, into 64-bit code. */
+        .macro ENTER_LONG_MODE target
+        mov     $pml4, %eax
+        mov     %eax, %cr3
+        mov     %cr4, %eax
+        or      $0x620, %eax
+        mov     %eax, %cr4
+        mov     $0xc0000080, %ecx
+        rdmsr
+        or      $0x100, %eax
+        wrmsr
+        mov     %cr0, %eax
+        or      $0x80000000, %eax
+        mov     %eax, %cr0
+        ljmp    $0x18, $\target
+        .endm
+
+        .section .text.entry, "ax"
+        .code32
+        .globl  pvh_start32
+pvh_start32:
+        cli
+        cld
+        mov     %ebx, %esi              /* keep start_info */
+        LOAD_FLAT_SEGMENTS
         mov     $boot_stack_top, %esp
 
         /* PML4[0] -> PDPT; PDPT[0..3] -> four page directories of 2 MiB pages: 0..4 GiB. */
@@ -52,19 +74,7 @@ pvh_start32:
         cmp     $2048, %ecx
         jne     3b
 
-        mov     $pml4, %eax
-        mov     %eax, %cr3
-        mov     %cr4, %eax
-        or      $0x620, %eax            /* PAE, OSFXSR, OSXMMEXCPT */
-        mov     %eax, %cr4
-        mov     $0xc0000080, %ecx
-        rdmsr
-        or      $0x100, %eax            /* EFER.LME */
-        wrmsr
-        mov     %cr0, %eax
-        or      $0x80000000, %eax       /* paging on: long mode */
-        mov     %eax, %cr0
-        ljmp    $0x18, $long_mode
+        ENTER_LONG_MODE long_mode
 
 /* A secondary vCPU (started by VCPUOP_initialise + VCPUOP_up): EBX = its id, ESP = its stack. It
  * reuses the page tables vCPU 0 built. */
@@ -72,25 +82,8 @@ pvh_start32:
         .globl  kit_ap_start32
 kit_ap_start32:
         cli
-        lgdt    gdt_descriptor
-        ljmp    $0x08, $1f
-1:      mov     $0x10, %ax
-        mov     %ax, %ds
-        mov     %ax, %es
-        mov     %ax, %ss
-        mov     $pml4, %eax
-        mov     %eax, %cr3
-        mov     %cr4, %eax
-        or      $0x620, %eax
-        mov     %eax, %cr4
-        mov     $0xc0000080, %ecx
-        rdmsr
-        or      $0x100, %eax
-        wrmsr
-        mov     %cr0, %eax
-        or      $0x80000000, %eax
-        mov     %eax, %cr0
-        ljmp    $0x18, $ap_long_mode
+        LOAD_FLAT_SEGMENTS
+        ENTER_LONG_MODE ap_long_mode
 
         .code64
 ap_long_mode:

@@ -2,9 +2,16 @@
 
 #include <ctime>
 
+#include "absl/strings/str_format.h"
 #include "components/accel/accelerator.h"
 
 namespace xenkvm::accel {
+
+absl::Status CheckExternalVector(uint8_t vector) {
+  if (vector >= 0x10) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrFormat(
+      "interrupt vector %#x is an exception vector; external interrupts use 0x10..0xff", vector));
+}
 
 uint64_t HostTscKhz() {
   static const uint64_t khz = [] {
