@@ -10,6 +10,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "components/base/log.h"
+#include "vmm/control_server.h"
 #include "vmm/vm.h"
 
 namespace {
@@ -27,7 +28,7 @@ constexpr int kExitStopped = 7;
 constexpr char kUsage[] =
     "usage: xenkvm-vmm --kernel FILE [--memory MiB] [--vcpus N] [--cmdline STRING]\n"
     "                  [--accel kvm|emu|auto] [--xen-version VERSION|off] [--xen-max-evtchn N]\n"
-    "                  [--log-level LEVEL]\n"
+    "                  [--control-socket PATH] [--log-level LEVEL]\n"
     "\n"
     "Runs one Xen PVH guest in the foreground; its console goes to stdout, logs to stderr.\n"
     "  --kernel FILE     ELF kernel with a Xen PVH entry note (required)\n"
@@ -38,6 +39,7 @@ constexpr char kUsage[] =
     "  --xen-version V   the Xen version shown to the guest, major << 16 | minor, e.g. 0x40011 for\n"
     "                    4.17 (default); \"off\" runs the guest without the Xen interface\n"
     "  --xen-max-evtchn N  event channels the guest may open, 64 to 4096 (default 4096)\n"
+    "  --control-socket PATH  serve the VMM control service there (xenkvmd uses it)\n"
     "  --log-level LEVEL trace, debug, info, warn, error, critical, off (default $XENKVM_LOG or info)\n"
     "\n"
     "Exit status: 0 the guest powered off; 1 bad usage; 2 the VM could not be built; 3 the guest\n"
@@ -56,6 +58,7 @@ int Usage(const std::string& error) {
 int main(int argc, char** argv) {
   xenkvm::vmm::VmConfig config;
   std::string log_level;
+  std::string control_socket;
   for (int i = 1; i < argc; ++i) {
     std::string flag = argv[i];
     if (flag == "--help" || flag == "-h") {
@@ -94,6 +97,8 @@ int main(int argc, char** argv) {
       if (!absl::SimpleAtoi(value, &config.xen_max_event_channels)) {
         return Usage(absl::StrCat("--xen-max-evtchn: \"", value, "\" is not a number"));
       }
+    } else if (flag == "--control-socket") {
+      control_socket = value;
     } else if (flag == "--log-level") {
       log_level = value;
     } else {
@@ -125,6 +130,16 @@ int main(int argc, char** argv) {
   std::fprintf(stderr, "xenkvm-vmm: %s\n", (*vm)->accelerator_choice().c_str());
 
   running_vm = vm->get();
+  std::unique_ptr<xenkvm::vmm::ControlServer> control;
+  if (!control_socket.empty()) {
+    absl::StatusOr<std::unique_ptr<xenkvm::vmm::ControlServer>> started =
+        xenkvm::vmm::ControlServer::Start(control_socket, **vm);
+    if (!started.ok()) {
+      std::fprintf(stderr, "xenkvm-vmm: %s\n", std::string(started.status().message()).c_str());
+      return kExitSetupFailed;
+    }
+    control = std::move(started).value();
+  }
   std::thread signal_waiter([&stop_signals] {
     int signal = 0;
     if (sigwait(&stop_signals, &signal) == 0 && signal != SIGUSR2) {

@@ -177,6 +177,25 @@ void Vm::End(VmEnd end) {
   for (auto& vcpu : vcpus_) vcpu->Kick();
 }
 
+void Vm::Pause() {
+  {
+    absl::MutexLock lock(&mutex_);
+    if (end_ || paused_) return;
+    paused_ = true;
+  }
+  for (auto& vcpu : vcpus_) vcpu->Kick();
+}
+
+void Vm::Resume() {
+  absl::MutexLock lock(&mutex_);
+  paused_ = false;
+}
+
+bool Vm::paused() const {
+  absl::MutexLock lock(&mutex_);
+  return paused_;
+}
+
 VmEnd Vm::Run() {
   std::vector<std::thread> threads;
   for (auto& vcpu : vcpus_) threads.emplace_back([this, raw = vcpu.get()] { VcpuLoop(*raw); });
@@ -233,7 +252,10 @@ void Vm::VcpuLoop(accel::Vcpu& vcpu) {
     } else if (auto* error = std::get_if<accel::GuestErrorExit>(&*exit)) {
       End({VmEnd::Kind::kCrashed, 0, error->reason});
     }
-    // KickedExit: look at ending_ and run again.
+    // KickedExit: the VM is ending, pausing, or someone wanted this vCPU's attention.
+    absl::MutexLock lock(&mutex_);
+    mutex_.Await(absl::Condition(
+        +[](Vm* vm) ABSL_EXCLUSIVE_LOCKS_REQUIRED(vm->mutex_) { return !vm->paused_ || vm->end_.has_value(); }, this));
   }
   if (absl::StatusOr<accel::Registers> registers = vcpu.GetRegisters(); registers.ok()) {
     spdlog::debug("vCPU {} stopped at RIP {:#x} RSP {:#x} RFLAGS {:#x}", vcpu.id(), registers->rip, registers->rsp,

@@ -55,6 +55,10 @@ class Vm {
   VmEnd Run();
   // Ends the VM from any thread (first end wins).
   void End(VmEnd end);
+  // Stops every vCPU (they wait outside the guest) until Resume(); the guest's Xen time goes on.
+  void Pause();
+  void Resume();
+  bool paused() const;
 
   const std::string& accelerator_choice() const { return accelerator_choice_; }
   // The Xen shim, or nullptr when the VM runs without the Xen interface.
@@ -77,8 +81,9 @@ class Vm {
   devices::Bus pio_bus_{"port I/O"};
   devices::Bus mmio_bus_{"MMIO"};
 
-  absl::Mutex mutex_;
+  mutable absl::Mutex mutex_;
   std::optional<VmEnd> end_ ABSL_GUARDED_BY(mutex_);
+  bool paused_ ABSL_GUARDED_BY(mutex_) = false;
   uint32_t halted_vcpus_ ABSL_GUARDED_BY(mutex_) = 0;
   std::atomic<bool> ending_{false};
   std::atomic<uint64_t> unclaimed_accesses_{0};

@@ -1,0 +1,140 @@
+// xenkvmd: serves xenkvm's VmService on a Unix socket and runs each VM in its own xenkvm-vmm.
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <limits.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <thread>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "api/daemon.h"
+#include "components/base/log.h"
+#include "spdlog/spdlog.h"
+
+namespace {
+
+constexpr char kDefaultSocket[] = "/run/xenkvm/xenkvmd.sock";
+constexpr char kDefaultStateDir[] = "/var/lib/xenkvm";
+constexpr int kMaxRequestBytes = 1 << 20;
+
+constexpr char kUsage[] =
+    "usage: xenkvmd [--socket PATH] [--state-dir DIR] [--vmm PATH] [--max-vms N] [--log-level LEVEL]\n"
+    "\n"
+    "Serves xenkvm's VmService (gRPC) on a Unix socket and runs each VM in its own xenkvm-vmm process.\n"
+    "  --socket PATH     the API socket, mode 0600 (default /run/xenkvm/xenkvmd.sock)\n"
+    "  --state-dir DIR   VM definitions, logs and per-VM sockets (default /var/lib/xenkvm)\n"
+    "  --vmm PATH        the xenkvm-vmm binary (default: beside xenkvmd, or ../vmm/xenkvm-vmm)\n"
+    "  --max-vms N       VMs this daemon defines at most (default 64)\n"
+    "  --log-level LEVEL trace, debug, info, warn, error, critical, off (default $XENKVM_LOG or info)\n"
+    "SIGTERM or SIGINT shuts the running VMs down (30 s deadline), then stops the daemon.\n";
+
+int Usage(const std::string& error) {
+  std::fprintf(stderr, "xenkvmd: %s\n\n%s", error.c_str(), kUsage);
+  return 1;
+}
+
+std::string DefaultVmmPath() {
+  char self[PATH_MAX] = {};
+  ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  if (n <= 0) return "xenkvm-vmm";
+  std::filesystem::path dir = std::filesystem::path(std::string(self, n)).parent_path();
+  for (const std::filesystem::path& candidate : {dir / "xenkvm-vmm", dir / ".." / "vmm" / "xenkvm-vmm"}) {
+    if (access(candidate.c_str(), X_OK) == 0) return candidate.lexically_normal().string();
+  }
+  return (dir / "xenkvm-vmm").string();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  xenkvm::api::Daemon::Options options;
+  options.state_dir = kDefaultStateDir;
+  std::string socket = kDefaultSocket;
+  std::string log_level;
+  for (int i = 1; i < argc; ++i) {
+    std::string flag = argv[i];
+    if (flag == "--help" || flag == "-h") {
+      std::fputs(kUsage, stdout);
+      return 0;
+    }
+    std::string value;
+    if (size_t eq = flag.find('='); eq != std::string::npos) {
+      value = flag.substr(eq + 1);
+      flag = flag.substr(0, eq);
+    } else if (i + 1 < argc) {
+      value = argv[++i];
+    } else {
+      return Usage(absl::StrCat(flag, " needs a value"));
+    }
+    if (flag == "--socket") {
+      socket = value;
+    } else if (flag == "--state-dir") {
+      options.state_dir = value;
+    } else if (flag == "--vmm") {
+      options.vmm_path = value;
+    } else if (flag == "--max-vms") {
+      if (!absl::SimpleAtoi(value, &options.max_vms) || options.max_vms == 0) return Usage("--max-vms: a positive number");
+    } else if (flag == "--log-level") {
+      log_level = value;
+    } else {
+      return Usage(absl::StrCat("unknown option ", flag));
+    }
+  }
+  if (absl::Status logging = xenkvm::base::InitLogging(log_level); !logging.ok()) {
+    return Usage(std::string(logging.message()));
+  }
+  if (options.vmm_path.empty()) options.vmm_path = DefaultVmmPath();
+  if (socket.size() > 107) return Usage(absl::StrCat("--socket: ", socket, " is longer than a Unix socket path can be"));
+
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  absl::StatusOr<std::unique_ptr<xenkvm::api::Daemon>> daemon = xenkvm::api::Daemon::Create(options);
+  if (!daemon.ok()) {
+    std::fprintf(stderr, "xenkvmd: %s\n", std::string(daemon.status().message()).c_str());
+    return 2;
+  }
+  std::error_code error;
+  std::filesystem::create_directories(std::filesystem::path(socket).parent_path(), error);
+  unlink(socket.c_str());
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(absl::StrCat("unix:", socket), grpc::InsecureServerCredentials());
+  builder.SetMaxReceiveMessageSize(kMaxRequestBytes);
+  builder.RegisterService(daemon->get());
+  mode_t old_umask = umask(0077);  // the socket is created 0600
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  umask(old_umask);
+  if (server == nullptr) {
+    std::fprintf(stderr, "xenkvmd: cannot listen on %s (is another xenkvmd running?)\n", socket.c_str());
+    return 2;
+  }
+  chmod(socket.c_str(), 0600);
+  spdlog::info("xenkvmd: serving on {}, state in {}, VMMs from {}", socket, options.state_dir, options.vmm_path);
+  std::fprintf(stderr, "xenkvmd: listening on %s\n", socket.c_str());
+
+  std::thread stopper([&] {
+    int signal = 0;
+    sigwait(&stop_signals, &signal);
+    spdlog::info("xenkvmd: signal {}: shutting the VMs down", signal);
+    (*daemon)->ShutdownAll(absl::Seconds(30));
+    server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  });
+  server->Wait();
+  stopper.join();
+  unlink(socket.c_str());
+  std::fprintf(stderr, "xenkvmd: stopped\n");
+  return 0;
+}

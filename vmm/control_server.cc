@@ -1,0 +1,113 @@
+#include "vmm/control_server.h"
+
+#include <grpcpp/grpcpp.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "absl/strings/str_cat.h"
+#include "proto/xenkvm/v1/vmm_control.grpc.pb.h"
+
+namespace xenkvm::vmm {
+namespace {
+
+const char* HypercallName(uint32_t number) {
+  static const char* const kNames[] = {
+      "set_trap_table", "mmu_update", "set_gdt", "stack_switch", "set_callbacks", "fpu_taskswitch",
+      "sched_op_compat", "platform_op", "set_debugreg", "get_debugreg", "update_descriptor", "ignore",
+      "memory_op", "multicall", "update_va_mapping", "set_timer_op", "event_channel_op_compat",
+      "xen_version", "console_io", "physdev_op_compat", "grant_table_op", "vm_assist",
+      "update_va_mapping_otherdomain", "iret", "vcpu_op", "set_segment_base", "mmuext_op", "xsm_op",
+      "nmi_op", "sched_op", "callback_op", "xenoprof_op", "event_channel_op", "physdev_op", "hvm_op",
+      "sysctl", "domctl", "kexec_op", "tmem_op", "argo_op", "xenpmu_op", "dm_op", "hypfs_op"};
+  return number < std::size(kNames) ? kNames[number] : "unknown";
+}
+
+}  // namespace
+
+v1::EventChannelList EventChannelListFrom(const xen::ShimStatistics& statistics) {
+  v1::EventChannelList list;
+  for (const xen::PortSnapshot& port : statistics.ports) {
+    v1::EventChannel* out = list.add_ports();
+    out->set_port(port.port);
+    out->set_vcpu(port.vcpu);
+    out->set_type(xen::PortTypeName(port.type));
+    out->set_remote(port.remote);
+    out->set_remote_domain(port.remote_domain);
+    out->set_target(port.target);
+    out->set_pending(port.pending);
+    out->set_masked(port.masked);
+    out->set_sends(port.counters.sends);
+    out->set_deliveries(port.counters.deliveries);
+    out->set_upcalls(port.counters.upcalls);
+    out->set_masked_deliveries(port.counters.masked);
+  }
+  for (uint32_t number = 0; number < statistics.hypercalls.size(); ++number) {
+    if (statistics.hypercalls[number] == 0) continue;
+    v1::HypercallCount* count = list.add_hypercalls();
+    count->set_number(number);
+    count->set_name(HypercallName(number));
+    count->set_count(statistics.hypercalls[number]);
+  }
+  list.set_unknown_hypercalls(statistics.unknown_hypercalls);
+  list.set_refused_user_hypercalls(statistics.refused_cpl);
+  return list;
+}
+
+class ControlServer::Service final : public v1::VmmControl::Service {
+ public:
+  explicit Service(Vm& vm) : vm_(vm) {}
+
+  grpc::Status Status(grpc::ServerContext*, const v1::VmmStatusRequest*, v1::VmmStatus* reply) override {
+    reply->set_paused(vm_.paused());
+    reply->set_accelerator(vm_.accelerator().capabilities().name);
+    return grpc::Status::OK;
+  }
+  grpc::Status Pause(grpc::ServerContext*, const v1::VmmPauseRequest*, v1::VmmReply*) override {
+    vm_.Pause();
+    return grpc::Status::OK;
+  }
+  grpc::Status Resume(grpc::ServerContext*, const v1::VmmResumeRequest*, v1::VmmReply*) override {
+    vm_.Resume();
+    return grpc::Status::OK;
+  }
+  grpc::Status RequestShutdown(grpc::ServerContext*, const v1::VmmShutdownRequest*, v1::VmmReply*) override {
+    // A Xen guest hears "shut down" through XenStore's control/shutdown node, which comes with the
+    // XenStore issue; until then there is no way to ask.
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                        "this VM has no channel to ask its guest to shut down (XenStore is not implemented yet)");
+  }
+  grpc::Status EventChannels(grpc::ServerContext*, const v1::VmmEventChannelsRequest*,
+                             v1::EventChannelList* reply) override {
+    if (vm_.xen() == nullptr) {
+      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "this VM runs without the Xen interface");
+    }
+    *reply = EventChannelListFrom(vm_.xen()->Statistics());
+    return grpc::Status::OK;
+  }
+
+ private:
+  Vm& vm_;
+};
+
+absl::StatusOr<std::unique_ptr<ControlServer>> ControlServer::Start(const std::string& socket_path, Vm& vm) {
+  auto server = std::unique_ptr<ControlServer>(new ControlServer());
+  server->service_ = std::make_unique<Service>(vm);
+  server->socket_path_ = socket_path;
+  unlink(socket_path.c_str());
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(absl::StrCat("unix:", socket_path), grpc::InsecureServerCredentials());
+  builder.RegisterService(server->service_.get());
+  server->server_ = builder.BuildAndStart();
+  if (server->server_ == nullptr) {
+    return absl::UnavailableError(absl::StrCat("control socket: cannot listen on ", socket_path));
+  }
+  chmod(socket_path.c_str(), 0600);
+  return server;
+}
+
+ControlServer::~ControlServer() {
+  if (server_) server_->Shutdown();
+  if (!socket_path_.empty()) unlink(socket_path_.c_str());
+}
+
+}  // namespace xenkvm::vmm

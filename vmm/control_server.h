@@ -1,0 +1,38 @@
+// The VMM's private control service (proto/xenkvm/v1/vmm_control.proto), served to xenkvmd on a
+// Unix socket only the VMM's owner can open.
+#ifndef XENKVM_VMM_CONTROL_SERVER_H_
+#define XENKVM_VMM_CONTROL_SERVER_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "proto/xenkvm/v1/vm.pb.h"
+#include "vmm/vm.h"
+
+namespace grpc {
+class Server;
+}
+
+namespace xenkvm::vmm {
+
+// The shim's statistics as the API reports them.
+v1::EventChannelList EventChannelListFrom(const xen::ShimStatistics& statistics);
+
+class ControlServer {
+ public:
+  // Listens on `socket_path` (replacing a stale socket file), mode 0600. `vm` must outlive it.
+  static absl::StatusOr<std::unique_ptr<ControlServer>> Start(const std::string& socket_path, Vm& vm);
+  ~ControlServer();
+
+ private:
+  class Service;
+  ControlServer() = default;
+  std::unique_ptr<Service> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::string socket_path_;
+};
+
+}  // namespace xenkvm::vmm
+
+#endif  // XENKVM_VMM_CONTROL_SERVER_H_
