@@ -283,6 +283,7 @@ grpc::Status Daemon::Start(Record& record) {
   }
   record.pid = pid;
   record.destroying = false;
+  record.started_emitted = false;
   const uint64_t run = ++record.run;
   record.console = std::make_shared<ConsoleBuffer>();
   record.vm.set_state(v1::VM_STATE_RUNNING);
@@ -310,6 +311,7 @@ grpc::Status Daemon::Start(Record& record) {
     if (record.run != run || !Running(record.vm)) break;  // it ended meanwhile
     if (answered.ok()) {
       record.vm.set_accelerator(status.accelerator());
+      record.started_emitted = true;
       Emit(v1::VmEvent::STARTED, name, absl::StrCat("pid ", pid, ", accelerator ", status.accelerator()));
       return grpc::Status::OK;
     }
@@ -319,6 +321,7 @@ grpc::Status Daemon::Start(Record& record) {
     return Error(grpc::StatusCode::DEADLINE_EXCEEDED, absl::StrCat("VM \"", name, "\": the VMM did not answer in time"));
   }
   WaitForRunEnd(record, run, absl::Seconds(5));
+  if (record.vm.state() != v1::VM_STATE_CREATED) return grpc::Status::OK;  // it ran, and has ended already
   return Error(grpc::StatusCode::FAILED_PRECONDITION,
                absl::StrCat("VM \"", name, "\" did not start: ", record.vm.end_reason()));
 }
@@ -370,6 +373,8 @@ void Daemon::Supervise(std::string name, uint64_t run, pid_t pid, int console_fd
     }
     record->vm.set_end_reason(record->destroying ? "destroyed" : (said.empty() ? absl::StrCat("exit status ", code) : said));
   }
+  if (record->vm.state() == v1::VM_STATE_CREATED) return;  // it never ran: StartVm reports why
+  if (!record->started_emitted) Emit(v1::VmEvent::STARTED, name, absl::StrCat("pid ", pid));
   Emit(record->vm.state() == v1::VM_STATE_CRASHED ? v1::VmEvent::CRASHED : v1::VmEvent::SHUT_DOWN, name,
        record->vm.end_reason());
 }

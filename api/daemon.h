@@ -78,6 +78,7 @@ class Daemon final : public v1::VmService::Service {
     std::string control_socket;
     pid_t pid = 0;
     bool destroying = false;
+    bool started_emitted = false;
     uint64_t run = 0;  // bumped per start, so waiters know which run ended
     std::shared_ptr<ConsoleBuffer> console = std::make_shared<ConsoleBuffer>();
     std::unique_ptr<v1::VmmControl::Stub> control;

@@ -1,11 +1,6 @@
 // xenkvm-vmm as a user runs it: the test guests boot, print and power off; every way a VM ends
 // gives its exit status and message; bad kernels and bad options are refused with a clear error.
 #include <elf.h>
-#include <fcntl.h>
-#include <poll.h>
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <cstring>
 #include <fstream>
@@ -17,8 +12,7 @@
 #include "components/kvm/kvm.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-
-extern char** environ;
+#include "tests/testing/subprocess.h"
 
 namespace xenkvm::vmm {
 namespace {
@@ -26,68 +20,13 @@ namespace {
 using ::testing::HasSubstr;
 using ::testing::Not;
 
-std::string Runfile(const std::string& path) {
-  return absl::StrCat(std::getenv("TEST_SRCDIR"), "/xenkvm/", path);
-}
+using testing::Runfile;
+using Result = testing::ProcessResult;
 
-struct Result {
-  int status = -1;  // exit status, or -1 if killed
-  std::string out, err;
-};
-
-// Runs xenkvm-vmm with `args`, collecting stdout and stderr; kills it after `timeout`.
-Result RunVmm(const std::vector<std::string>& args, absl::Duration timeout = absl::Seconds(60)) {
-  std::vector<std::string> argv = {Runfile("vmm/xenkvm-vmm")};
-  argv.insert(argv.end(), args.begin(), args.end());
-  std::vector<char*> raw;
-  for (std::string& arg : argv) raw.push_back(arg.data());
-  raw.push_back(nullptr);
-  int out[2], err[2];
-  EXPECT_EQ(pipe2(out, O_CLOEXEC), 0);
-  EXPECT_EQ(pipe2(err, O_CLOEXEC), 0);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_adddup2(&actions, out[1], 1);
-  posix_spawn_file_actions_adddup2(&actions, err[1], 2);
-  pid_t pid = 0;
-  Result result;
-  if (posix_spawn(&pid, raw[0], &actions, nullptr, raw.data(), environ) != 0) {
-    ADD_FAILURE() << "cannot run " << raw[0];
-    return result;
-  }
-  posix_spawn_file_actions_destroy(&actions);
-  close(out[1]);
-  close(err[1]);
-  absl::Time deadline = absl::Now() + timeout;
-  pollfd fds[2] = {{out[0], POLLIN, 0}, {err[0], POLLIN, 0}};
-  int open_fds = 2;
-  while (open_fds > 0) {
-    int left = static_cast<int>(absl::ToInt64Milliseconds(deadline - absl::Now()));
-    if (left <= 0) {
-      kill(pid, SIGKILL);
-      ADD_FAILURE() << "xenkvm-vmm did not finish in time";
-      break;
-    }
-    if (poll(fds, 2, left) <= 0) continue;
-    for (int i = 0; i < 2; ++i) {
-      if (fds[i].fd < 0 || !(fds[i].revents & (POLLIN | POLLHUP))) continue;
-      char buffer[4096];
-      ssize_t n = read(fds[i].fd, buffer, sizeof buffer);
-      if (n <= 0) {
-        close(fds[i].fd);
-        fds[i].fd = -1;
-        --open_fds;
-      } else {
-        (i == 0 ? result.out : result.err).append(buffer, n);
-      }
-    }
-  }
-  for (pollfd& fd : fds) {
-    if (fd.fd >= 0) close(fd.fd);
-  }
-  int wait_status = 0;
-  waitpid(pid, &wait_status, 0);
-  result.status = WIFEXITED(wait_status) ? WEXITSTATUS(wait_status) : -1;
+Result RunVmm(std::vector<std::string> args, absl::Duration timeout = absl::Seconds(60)) {
+  args.insert(args.begin(), Runfile("vmm/xenkvm-vmm"));
+  Result result = testing::RunProcess(args, timeout);
+  EXPECT_FALSE(result.timed_out) << "xenkvm-vmm did not finish in time";
   return result;
 }
 

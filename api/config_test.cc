@@ -1,0 +1,108 @@
+#include "api/config.h"
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace xenkvm::api {
+namespace {
+
+using ::testing::HasSubstr;
+
+TEST(ConfigTest, JsonConfigWithDefaults) {
+  absl::StatusOr<v1::VmConfig> config = ParseConfigText(
+      R"({"name": "web1", "memoryMib": 512, "vcpus": 2, "kernel": "/boot/vmlinux", "cmdline": "console=hvc0",
+          "xen_version": "4.10"})",
+      "web1.json");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->memory_mib(), 512u);
+  EXPECT_TRUE(ValidateVmConfig(*config).ok());
+  v1::VmConfig full = WithDefaults(*config);
+  EXPECT_EQ(full.accelerator(), "auto");
+  EXPECT_EQ(full.xen_max_event_channels(), 4096u);
+  std::vector<std::string> args = VmmArguments(full, "/run/x.sock");
+  EXPECT_THAT(args, ::testing::Contains("0x4000a"));
+  EXPECT_THAT(args, ::testing::Contains("/run/x.sock"));
+  EXPECT_THAT(ParseConfigText(R"({"name": "x", "colour": "red"})", "bad.json").status().message(),
+              HasSubstr("bad.json: not a valid VM config"));
+}
+
+TEST(ConfigTest, XlConfigKeysAndDisks) {
+  absl::StatusOr<v1::VmConfig> config = ParseConfigText(R"(
+# a guest from a Xen host
+name = "db"
+type = "pvh"
+memory = 1024
+vcpus = 4
+kernel = "/boot/vmlinux-6.1"
+extra = "root=/dev/xvda ro"
+disk = [ 'target=/images/db.img,vdev=xvda,access=rw', '/images/data.img,raw,xvdb,ro' ]
+)",
+                                                         "db.cfg");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->name(), "db");
+  EXPECT_EQ(config->memory_mib(), 1024u);
+  EXPECT_EQ(config->vcpus(), 4u);
+  EXPECT_EQ(config->cmdline(), "root=/dev/xvda ro");
+  ASSERT_EQ(config->disks_size(), 2);
+  EXPECT_EQ(config->disks(0).path(), "/images/db.img");
+  EXPECT_EQ(config->disks(0).vdev(), "xvda");
+  EXPECT_FALSE(config->disks(0).read_only());
+  EXPECT_EQ(config->disks(1).vdev(), "xvdb");
+  EXPECT_TRUE(config->disks(1).read_only());
+  EXPECT_TRUE(ValidateVmConfig(*config).ok());
+}
+
+TEST(ConfigTest, XlUnsupportedKeysAreReportedNotIgnored) {
+  absl::StatusOr<v1::VmConfig> config =
+      ParseConfigText("name='a'\nkernel='/k'\nvif=['bridge=xenbr0']\non_crash='restart'\n", "a.cfg");
+  ASSERT_FALSE(config.ok());
+  EXPECT_THAT(config.status().message(), HasSubstr("unsupported xl.cfg keys: vif, on_crash"));
+  EXPECT_THAT(ParseConfigText("name='a'\ntype='pv'\n", "a.cfg").status().message(), HasSubstr("not PV"));
+  EXPECT_THAT(ParseConfigText("name='a'\nmemory='lots'\n", "a.cfg").status().message(), HasSubstr("memory: \"lots\""));
+  EXPECT_THAT(ParseConfigText("name='a\n", "a.cfg").status().message(), HasSubstr("unterminated string"));
+  EXPECT_THAT(ParseConfigText("disk=['/x.qcow2,qcow2,xvda,rw']\n", "a.cfg").status().message(),
+              HasSubstr("only raw images"));
+}
+
+TEST(ConfigTest, ValidationNamesTheField) {
+  v1::VmConfig config;
+  config.set_name("ok");
+  config.set_kernel("/boot/k");
+  EXPECT_TRUE(ValidateVmConfig(config).ok());
+  auto error = [](v1::VmConfig c) { return std::string(ValidateVmConfig(c).message()); };
+  v1::VmConfig c = config;
+  c.set_name("bad name!");
+  EXPECT_THAT(error(c), HasSubstr("name:"));
+  c = config;
+  c.set_memory_mib(1);
+  EXPECT_THAT(error(c), HasSubstr("memory_mib: 1 is out of range"));
+  c = config;
+  c.set_vcpus(33);
+  EXPECT_THAT(error(c), HasSubstr("vcpus: 33"));
+  c = config;
+  c.set_kernel("relative/k");
+  EXPECT_THAT(error(c), HasSubstr("kernel:"));
+  c = config;
+  c.set_accelerator("xen");
+  EXPECT_THAT(error(c), HasSubstr("accelerator:"));
+  c = config;
+  c.set_xen_version("four");
+  EXPECT_THAT(error(c), HasSubstr("xen_version:"));
+  c = config;
+  c.set_xen_max_event_channels(5000);
+  EXPECT_THAT(error(c), HasSubstr("xen_max_event_channels:"));
+  c = config;
+  c.add_disks()->set_path("img");
+  EXPECT_THAT(error(c), HasSubstr("disks[0].path"));
+}
+
+TEST(ConfigTest, XenVersions) {
+  EXPECT_EQ(*ParseXenVersion("4.17"), 0x40011u);
+  EXPECT_EQ(*ParseXenVersion("0x4000a"), 0x4000au);
+  EXPECT_EQ(*ParseXenVersion("off"), 0u);
+  EXPECT_FALSE(ParseXenVersion("2.0").ok());
+  EXPECT_FALSE(ParseXenVersion("4").ok());
+}
+
+}  // namespace
+}  // namespace xenkvm::api

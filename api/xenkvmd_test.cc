@@ -1,0 +1,254 @@
+// xenkvmd end to end: the daemon runs as a process with its own socket and state directory; the
+// tests drive it with xenkvmctl (the real CLI) and with a gRPC stub, with emu guests.
+#include <grpcpp/grpcpp.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "proto/xenkvm/v1/vm.grpc.pb.h"
+#include "tests/testing/subprocess.h"
+
+namespace xenkvm::api {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+using testing::ProcessResult;
+using testing::Runfile;
+
+class XenkvmdTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    // Unix socket paths must stay short: not under TEST_TMPDIR.
+    char dir[] = "/tmp/xenkvmd-test-XXXXXX";
+    ASSERT_NE(mkdtemp(dir), nullptr);
+    dir_ = new std::string(dir);
+    socket_ = new std::string(*dir_ + "/d.sock");
+    daemon_ = testing::StartProcess({Runfile("api/xenkvmd"), "--socket", *socket_, "--state-dir", *dir_ + "/state",
+                                     "--vmm", Runfile("vmm/xenkvm-vmm"), "--max-vms", "8"},
+                                    *dir_ + "/daemon.log");
+    ASSERT_GT(daemon_, 0);
+    for (int i = 0; i < 100 && access(socket_->c_str(), F_OK) != 0; ++i) absl::SleepFor(absl::Milliseconds(50));
+    ASSERT_EQ(access(socket_->c_str(), F_OK), 0) << "xenkvmd did not create its socket";
+  }
+  static void TearDownTestSuite() {
+    kill(daemon_, SIGTERM);
+    int status = 0;
+    waitpid(daemon_, &status, 0);
+    std::error_code error;
+    std::filesystem::remove_all(*dir_, error);
+  }
+
+  static ProcessResult Ctl(std::vector<std::string> args) {
+    args.insert(args.begin(), {Runfile("tools/xenkvmctl"), "--socket", *socket_});
+    return testing::RunProcess(args, absl::Seconds(60));
+  }
+  static std::unique_ptr<v1::VmService::Stub> Stub() {
+    return v1::VmService::NewStub(grpc::CreateChannel(absl::StrCat("unix:", *socket_), grpc::InsecureChannelCredentials()));
+  }
+  static std::string WriteConfig(const std::string& name, const std::string& json) {
+    std::string path = absl::StrCat(*dir_, "/", name);
+    std::ofstream(path) << json;
+    return path;
+  }
+  static std::string TickerConfig(const std::string& name, const std::string& cmdline = "") {
+    return WriteConfig(name + ".json", absl::StrCat(R"({"name": ")", name, R"(", "memory_mib": 32, "kernel": ")",
+                                                    Runfile("tests/guests/xen_ticker.elf"), R"(", "accelerator": "emu", "cmdline": ")",
+                                                    cmdline, R"("})"));
+  }
+  static v1::Vm Get(const std::string& name) {
+    grpc::ClientContext context;
+    v1::VmRef ref;
+    ref.set_name(name);
+    v1::Vm vm;
+    EXPECT_TRUE(Stub()->GetVm(&context, ref, &vm).ok());
+    return vm;
+  }
+  static v1::EventChannelList EventChannels(const std::string& name) {
+    grpc::ClientContext context;
+    v1::VmRef ref;
+    ref.set_name(name);
+    v1::EventChannelList list;
+    grpc::Status status = Stub()->ListEventChannels(&context, ref, &list);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    return list;
+  }
+  static uint64_t TimerDeliveries(const std::string& name) {
+    const v1::EventChannelList list = EventChannels(name);
+    for (const v1::EventChannel& port : list.ports()) {
+      if (port.type() == "virq" && port.target() == 0) return port.deliveries();
+    }
+    return 0;
+  }
+
+  static std::string* dir_;
+  static std::string* socket_;
+  static pid_t daemon_;
+};
+
+std::string* XenkvmdTest::dir_ = nullptr;
+std::string* XenkvmdTest::socket_ = nullptr;
+pid_t XenkvmdTest::daemon_ = 0;
+
+TEST_F(XenkvmdTest, LifecycleThroughTheCli) {
+  ProcessResult created = Ctl({"create", TickerConfig("tick1")});
+  ASSERT_EQ(created.status, 0) << created.err;
+  EXPECT_THAT(created.out, HasSubstr("tick1: running (pid "));
+  ProcessResult listed = Ctl({"list"});
+  EXPECT_THAT(listed.out, HasSubstr("NAME"));
+  EXPECT_THAT(listed.out, HasSubstr("tick1"));
+  EXPECT_THAT(listed.out, HasSubstr("running"));
+
+  // The console: replayed, without following.
+  absl::SleepFor(absl::Milliseconds(400));
+  ProcessResult console = Ctl({"console", "tick1", "--no-follow"});
+  EXPECT_EQ(console.status, 0) << console.err;
+  EXPECT_THAT(console.out, HasSubstr("ticker: VIRQ_TIMER on port 1"));
+
+  // Event channels: the timer's port, its counters moving.
+  ProcessResult table = Ctl({"evtchn", "tick1"});
+  EXPECT_EQ(table.status, 0) << table.err;
+  EXPECT_THAT(table.out, HasSubstr("PORT  VCPU  TYPE"));
+  EXPECT_THAT(table.out, HasSubstr("virq 0"));
+  EXPECT_THAT(table.out, HasSubstr("hypercalls: "));
+  ProcessResult json = Ctl({"--json", "evtchn", "tick1"});
+  EXPECT_THAT(json.out, HasSubstr("\"type\": \"virq\""));
+  uint64_t before = TimerDeliveries("tick1");
+  absl::SleepFor(absl::Milliseconds(300));
+  uint64_t after = TimerDeliveries("tick1");
+  EXPECT_GT(after, before);
+
+  // Paused, the guest's vCPU takes no events: its upcall count stands still.
+  ASSERT_EQ(Ctl({"pause", "tick1"}).status, 0);
+  EXPECT_EQ(Get("tick1").state(), v1::VM_STATE_PAUSED);
+  auto upcalls = [&] {
+    const v1::EventChannelList list = EventChannels("tick1");
+    for (const v1::EventChannel& port : list.ports()) {
+      if (port.type() == "virq") return port.upcalls();
+    }
+    return uint64_t{0};
+  };
+  absl::SleepFor(absl::Milliseconds(100));
+  uint64_t paused_upcalls = upcalls();
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_EQ(upcalls(), paused_upcalls);
+  EXPECT_EQ(Ctl({"pause", "tick1"}).status, 1);  // already paused
+  ASSERT_EQ(Ctl({"unpause", "tick1"}).status, 0);
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_GT(upcalls(), paused_upcalls);
+
+  ProcessResult info = Ctl({"info", "tick1"});
+  EXPECT_THAT(info.out, HasSubstr("accelerator:  emu"));
+  ProcessResult shutdown = Ctl({"shutdown", "tick1", "--timeout", "5"});
+  EXPECT_EQ(shutdown.status, 0) << shutdown.err;
+  EXPECT_THAT(shutdown.out, HasSubstr("tick1: shutdown"));
+  EXPECT_EQ(Get("tick1").state(), v1::VM_STATE_SHUTDOWN);
+
+  ASSERT_EQ(Ctl({"start", "tick1"}).status, 0);  // an ended VM starts again
+  EXPECT_EQ(Get("tick1").state(), v1::VM_STATE_RUNNING);
+  ProcessResult destroyed = Ctl({"destroy", "tick1"});
+  EXPECT_EQ(destroyed.status, 0);
+  EXPECT_EQ(Get("tick1").end_reason(), "destroyed");
+  ASSERT_EQ(Ctl({"delete", "tick1"}).status, 0);
+  EXPECT_THAT(Ctl({"list"}).out, Not(HasSubstr("tick1")));
+}
+
+TEST_F(XenkvmdTest, AGuestThatPowersOffIsShutDownWithEvents) {
+  grpc::ClientContext watch_context;
+  v1::WatchEventsRequest watch;
+  watch.set_name("tick2");
+  auto events = Stub()->WatchEvents(&watch_context, watch);
+  absl::SleepFor(absl::Milliseconds(100));  // the watch is in place
+  ProcessResult created = Ctl({"create", TickerConfig("tick2", "ticks=20")});
+  ASSERT_EQ(created.status, 0) << created.err;
+  std::vector<v1::VmEvent::Kind> kinds;
+  v1::VmEvent event;
+  while (kinds.size() < 3 && events->Read(&event)) kinds.push_back(event.kind());
+  EXPECT_EQ(kinds, (std::vector<v1::VmEvent::Kind>{v1::VmEvent::CREATED, v1::VmEvent::STARTED, v1::VmEvent::SHUT_DOWN}));
+  EXPECT_EQ(event.detail(), "the guest powered off");
+  watch_context.TryCancel();
+  v1::Vm vm = Get("tick2");
+  EXPECT_EQ(vm.state(), v1::VM_STATE_SHUTDOWN);
+  EXPECT_EQ(vm.exit_status(), 0);
+  ProcessResult console = Ctl({"console", "tick2"});  // ended: replays and returns
+  EXPECT_THAT(console.out, HasSubstr("ticker: 20 ticks, powering off"));
+  ASSERT_EQ(Ctl({"delete", "tick2"}).status, 0);
+}
+
+TEST_F(XenkvmdTest, AKilledVmmIsReportedCrashed) {
+  ASSERT_EQ(Ctl({"create", TickerConfig("tick3")}).status, 0);
+  v1::Vm vm = Get("tick3");
+  ASSERT_GT(vm.pid(), 0);
+  kill(static_cast<pid_t>(vm.pid()), SIGKILL);
+  for (int i = 0; i < 100 && Get("tick3").state() == v1::VM_STATE_RUNNING; ++i) absl::SleepFor(absl::Milliseconds(50));
+  vm = Get("tick3");
+  EXPECT_EQ(vm.state(), v1::VM_STATE_CRASHED);
+  EXPECT_EQ(vm.end_reason(), "the VMM was killed by signal 9");
+  EXPECT_THAT(Ctl({"list"}).out, HasSubstr("crashed"));  // the daemon keeps serving
+  ASSERT_EQ(Ctl({"delete", "tick3"}).status, 0);
+}
+
+TEST_F(XenkvmdTest, BadInputGetsTheRightCodeAndMessage) {
+  ProcessResult unknown = Ctl({"info", "nosuchvm"});
+  EXPECT_EQ(unknown.status, 1);
+  EXPECT_THAT(unknown.err, HasSubstr("no VM named \"nosuchvm\" (NOT_FOUND)"));
+
+  ASSERT_EQ(Ctl({"create", "-p", TickerConfig("dup")}).status, 0);
+  EXPECT_EQ(Get("dup").state(), v1::VM_STATE_CREATED);
+  EXPECT_EQ(Ctl({"create", "-p", TickerConfig("dup")}).status, 0);  // the same again: idempotent
+  ProcessResult duplicate = Ctl({"create", "-p", TickerConfig("dup", "other")});
+  EXPECT_THAT(duplicate.err, HasSubstr("(ALREADY_EXISTS)"));
+  ProcessResult not_running = Ctl({"pause", "dup"});
+  EXPECT_THAT(not_running.err, HasSubstr("is created, not running (FAILED_PRECONDITION)"));
+  EXPECT_THAT(Ctl({"evtchn", "dup"}).err, HasSubstr("(FAILED_PRECONDITION)"));
+  EXPECT_THAT(Ctl({"block-attach", "dup", "/tmp/disk.img", "xvda"}).err, HasSubstr("(UNIMPLEMENTED)"));
+
+  ProcessResult missing = Ctl({"create", WriteConfig("missing.json", R"({"name": "m", "kernel": "/no/such/vmlinux"})")});
+  EXPECT_THAT(missing.err, HasSubstr("kernel: cannot open /no/such/vmlinux: No such file or directory (INVALID_ARGUMENT)"));
+  std::string text_kernel = WriteConfig("text-kernel", "not a kernel\n");
+  ProcessResult malformed =
+      Ctl({"create", WriteConfig("bad.json", absl::StrCat(R"({"name": "b", "kernel": ")", text_kernel, R"("})"))});
+  EXPECT_THAT(malformed.err, HasSubstr("not an ELF file"));
+  EXPECT_THAT(malformed.err, HasSubstr("(INVALID_ARGUMENT)"));
+  ProcessResult bad_key = Ctl({"create", WriteConfig("key.json", R"({"name": "k", "colour": "red"})")});
+  EXPECT_EQ(bad_key.status, 1);
+  EXPECT_THAT(bad_key.err, HasSubstr("not a valid VM config"));
+  ProcessResult bad_value = Ctl({"create", WriteConfig("value.json", R"({"name": "v", "vcpus": 99, "kernel": "/k"})")});
+  EXPECT_THAT(bad_value.err, HasSubstr("vcpus: 99 is out of range (1 to 32) (INVALID_ARGUMENT)"));
+  ProcessResult xl = Ctl({"create", WriteConfig("x.cfg", "name='x'\nkernel='/k'\nvif=['bridge=br0']\n")});
+  EXPECT_THAT(xl.err, HasSubstr("unsupported xl.cfg keys: vif"));
+
+  // An oversized request: RESOURCE_EXHAUSTED from gRPC itself.
+  grpc::ClientContext context;
+  v1::CreateVmRequest huge;
+  huge.mutable_config()->set_name("huge");
+  huge.mutable_config()->set_cmdline(std::string(2 << 20, 'x'));
+  v1::Vm vm;
+  EXPECT_EQ(Stub()->CreateVm(&context, huge, &vm).error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+
+  EXPECT_EQ(Ctl({"delete", "dup"}).status, 0);
+  EXPECT_EQ(Ctl({"list"}).status, 0);  // the daemon is unharmed
+  EXPECT_EQ(Ctl({"frobnicate"}).status, 2);
+}
+
+TEST_F(XenkvmdTest, HelpDocumentsEveryVerb) {
+  ProcessResult help = Ctl({"--help"});
+  EXPECT_EQ(help.status, 0);
+  for (const char* verb : {"create", "list", "info", "pause", "unpause", "shutdown", "destroy", "delete", "block-attach",
+                           "block-detach", "block-list", "console", "evtchn", "events", "--json"}) {
+    EXPECT_THAT(help.out, HasSubstr(verb));
+  }
+}
+
+}  // namespace
+}  // namespace xenkvm::api
