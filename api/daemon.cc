@@ -291,8 +291,14 @@ grpc::Status Daemon::Start(Record& record) {
   record.vm.set_end_reason("");
   record.vm.set_exit_status(-1);
   record.vm.set_started_unix_ms(NowMs());
-  record.control = v1::VmmControl::NewStub(
-      grpc::CreateChannel(absl::StrCat("unix:", record.control_socket), grpc::InsecureChannelCredentials()));
+  // The VMM creates its socket a few milliseconds from now: retry connecting quickly, not with
+  // gRPC's default one-second backoff.
+  grpc::ChannelArguments channel_args;
+  channel_args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 5);
+  channel_args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 5);
+  channel_args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 100);
+  record.control = v1::VmmControl::NewStub(grpc::CreateCustomChannel(
+      absl::StrCat("unix:", record.control_socket), grpc::InsecureChannelCredentials(), channel_args));
   supervisors_.emplace_back([this, name, run, pid, fd = pipe_fds[0], console = record.console] {
     Supervise(name, run, pid, fd, console);
   });
@@ -303,7 +309,7 @@ grpc::Status Daemon::Start(Record& record) {
   while (absl::Now() < deadline) {
     mutex_.Unlock();
     grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(200));
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(50));
     context.set_wait_for_ready(true);
     v1::VmmStatus status;
     grpc::Status answered = control->Status(&context, v1::VmmStatusRequest(), &status);

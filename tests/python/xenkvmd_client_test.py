@@ -14,22 +14,8 @@ import unittest
 
 import grpc
 
-RUNFILES = os.path.join(os.environ.get("TEST_SRCDIR", os.path.dirname(__file__)), "xenkvm")
-
-
-def runfile(path):
-    return os.path.join(RUNFILES, path)
-
-
-def generate_stubs(out_dir):
-    protos = ["proto/xenkvm/v1/vm.proto"]
-    subprocess.run(["protoc", "-I", RUNFILES, "--python_out", out_dir, "--grpc_out", out_dir,
-                    "--plugin=protoc-gen-grpc=" + shutil.which("grpc_python_plugin")] + protos, check=True)
-    local = os.path.join(RUNFILES, "tests/python/protos")
-    subprocess.run(["protoc", "-I", local, "--python_out", out_dir, "--grpc_out", out_dir,
-                    "--plugin=protoc-gen-grpc=" + shutil.which("grpc_python_plugin"),
-                    "health.proto", "reflection.proto"], check=True)
-    sys.path.insert(0, out_dir)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from xenkvm_stubs import generate_stubs, runfile  # noqa: E402
 
 
 class XenkvmdClientTest(unittest.TestCase):
