@@ -298,6 +298,23 @@ v1::VmConfig WithDefaults(v1::VmConfig config) {
   return config;
 }
 
+const char* VmStateName(v1::VmState state) {
+  switch (state) {
+    case v1::VM_STATE_CREATED:
+      return "created";
+    case v1::VM_STATE_RUNNING:
+      return "running";
+    case v1::VM_STATE_PAUSED:
+      return "paused";
+    case v1::VM_STATE_SHUTDOWN:
+      return "shutdown";
+    case v1::VM_STATE_CRASHED:
+      return "crashed";
+    default:
+      return "unknown";
+  }
+}
+
 std::vector<std::string> VmmArguments(const v1::VmConfig& config, const std::string& control_socket) {
   uint32_t version = ParseXenVersion(config.xen_version()).value_or(0x40011);
   std::vector<std::string> args = {

@@ -26,6 +26,9 @@ v1::VmConfig WithDefaults(v1::VmConfig config);
 // "4.17", "0x40011" or "off" (0).
 absl::StatusOr<uint32_t> ParseXenVersion(const std::string& text);
 
+// "created", "running", "paused", "shutdown", "crashed".
+const char* VmStateName(v1::VmState state);
+
 // xenkvm-vmm's command line for `config` (after defaults), without the program name.
 std::vector<std::string> VmmArguments(const v1::VmConfig& config, const std::string& control_socket);
 

@@ -45,23 +45,6 @@ grpc::Status FromAbsl(const absl::Status& status) {
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
 
-const char* StateName(v1::VmState state) {
-  switch (state) {
-    case v1::VM_STATE_CREATED:
-      return "created";
-    case v1::VM_STATE_RUNNING:
-      return "running";
-    case v1::VM_STATE_PAUSED:
-      return "paused";
-    case v1::VM_STATE_SHUTDOWN:
-      return "shut down";
-    case v1::VM_STATE_CRASHED:
-      return "crashed";
-    default:
-      return "unknown";
-  }
-}
-
 bool Running(const v1::Vm& vm) {
   return vm.state() == v1::VM_STATE_RUNNING || vm.state() == v1::VM_STATE_PAUSED;
 }
@@ -250,7 +233,7 @@ grpc::Status Daemon::CreateVm(grpc::ServerContext*, const v1::CreateVmRequest* r
 grpc::Status Daemon::Start(Record& record) {
   const std::string& name = record.vm.config().name();
   if (Running(record.vm)) {
-    return Error(grpc::StatusCode::FAILED_PRECONDITION, absl::StrCat("VM \"", name, "\" is already ", StateName(record.vm.state())));
+    return Error(grpc::StatusCode::FAILED_PRECONDITION, absl::StrCat("VM \"", name, "\" is already ", VmStateName(record.vm.state())));
   }
   if (record.vm.config().disks_size() > 0) {
     return Error(grpc::StatusCode::UNIMPLEMENTED,
@@ -428,44 +411,36 @@ grpc::Status Daemon::StartVm(grpc::ServerContext*, const v1::VmRef* request, v1:
   return started;
 }
 
-grpc::Status Daemon::PauseVm(grpc::ServerContext*, const v1::VmRef* request, v1::Vm* reply) {
+grpc::Status Daemon::SetPaused(const std::string& name, bool pause, v1::Vm* reply) {
   absl::MutexLock lock(&mutex_);
   Record* record;
-  if (grpc::Status found = Lookup(request->name(), &record); !found.ok()) return found;
-  if (record->vm.state() != v1::VM_STATE_RUNNING) {
-    return Error(grpc::StatusCode::FAILED_PRECONDITION,
-                 absl::StrCat("VM \"", request->name(), "\" is ", StateName(record->vm.state()), ", not running"));
+  if (grpc::Status found = Lookup(name, &record); !found.ok()) return found;
+  const v1::VmState from = pause ? v1::VM_STATE_RUNNING : v1::VM_STATE_PAUSED;
+  if (record->vm.state() != from) {
+    return Error(grpc::StatusCode::FAILED_PRECONDITION, absl::StrCat("VM \"", name, "\" is ", VmStateName(record->vm.state()),
+                                                                     pause ? ", not running" : ", not paused"));
   }
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
   v1::VmmReply ignored;
-  if (grpc::Status paused = record->control->Pause(&context, v1::VmmPauseRequest(), &ignored); !paused.ok()) {
-    return Error(grpc::StatusCode::UNAVAILABLE, absl::StrCat("the VMM did not pause: ", paused.error_message()));
+  grpc::Status done = pause ? record->control->Pause(&context, v1::VmmPauseRequest(), &ignored)
+                            : record->control->Resume(&context, v1::VmmResumeRequest(), &ignored);
+  if (!done.ok()) {
+    return Error(grpc::StatusCode::UNAVAILABLE,
+                 absl::StrCat("the VMM did not ", pause ? "pause" : "resume", ": ", done.error_message()));
   }
-  record->vm.set_state(v1::VM_STATE_PAUSED);
-  Emit(v1::VmEvent::PAUSED, request->name(), "");
+  record->vm.set_state(pause ? v1::VM_STATE_PAUSED : v1::VM_STATE_RUNNING);
+  Emit(pause ? v1::VmEvent::PAUSED : v1::VmEvent::RESUMED, name, "");
   *reply = record->vm;
   return grpc::Status::OK;
 }
 
+grpc::Status Daemon::PauseVm(grpc::ServerContext*, const v1::VmRef* request, v1::Vm* reply) {
+  return SetPaused(request->name(), true, reply);
+}
+
 grpc::Status Daemon::ResumeVm(grpc::ServerContext*, const v1::VmRef* request, v1::Vm* reply) {
-  absl::MutexLock lock(&mutex_);
-  Record* record;
-  if (grpc::Status found = Lookup(request->name(), &record); !found.ok()) return found;
-  if (record->vm.state() != v1::VM_STATE_PAUSED) {
-    return Error(grpc::StatusCode::FAILED_PRECONDITION,
-                 absl::StrCat("VM \"", request->name(), "\" is ", StateName(record->vm.state()), ", not paused"));
-  }
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-  v1::VmmReply ignored;
-  if (grpc::Status resumed = record->control->Resume(&context, v1::VmmResumeRequest(), &ignored); !resumed.ok()) {
-    return Error(grpc::StatusCode::UNAVAILABLE, absl::StrCat("the VMM did not resume: ", resumed.error_message()));
-  }
-  record->vm.set_state(v1::VM_STATE_RUNNING);
-  Emit(v1::VmEvent::RESUMED, request->name(), "");
-  *reply = record->vm;
-  return grpc::Status::OK;
+  return SetPaused(request->name(), false, reply);
 }
 
 grpc::Status Daemon::ShutdownVm(grpc::ServerContext*, const v1::ShutdownVmRequest* request, v1::Vm* reply) {
@@ -474,7 +449,7 @@ grpc::Status Daemon::ShutdownVm(grpc::ServerContext*, const v1::ShutdownVmReques
   if (grpc::Status found = Lookup(request->name(), &record); !found.ok()) return found;
   if (!Running(record->vm)) {
     return Error(grpc::StatusCode::FAILED_PRECONDITION,
-                 absl::StrCat("VM \"", request->name(), "\" is ", StateName(record->vm.state()), ", not running"));
+                 absl::StrCat("VM \"", request->name(), "\" is ", VmStateName(record->vm.state()), ", not running"));
   }
   Shutdown(*record, absl::Seconds(request->timeout_seconds() == 0 ? 30 : request->timeout_seconds()));
   *reply = record->vm;
@@ -487,7 +462,7 @@ grpc::Status Daemon::DestroyVm(grpc::ServerContext*, const v1::VmRef* request, v
   if (grpc::Status found = Lookup(request->name(), &record); !found.ok()) return found;
   if (!Running(record->vm)) {
     return Error(grpc::StatusCode::FAILED_PRECONDITION,
-                 absl::StrCat("VM \"", request->name(), "\" is ", StateName(record->vm.state()), ", not running"));
+                 absl::StrCat("VM \"", request->name(), "\" is ", VmStateName(record->vm.state()), ", not running"));
   }
   Kill(*record, "destroyed");
   *reply = record->vm;
@@ -500,7 +475,7 @@ grpc::Status Daemon::DeleteVm(grpc::ServerContext*, const v1::VmRef* request, v1
   if (grpc::Status found = Lookup(request->name(), &record); !found.ok()) return found;
   if (Running(record->vm)) {
     return Error(grpc::StatusCode::FAILED_PRECONDITION,
-                 absl::StrCat("VM \"", request->name(), "\" is ", StateName(record->vm.state()), ": destroy it first"));
+                 absl::StrCat("VM \"", request->name(), "\" is ", VmStateName(record->vm.state()), ": destroy it first"));
   }
   std::error_code error;
   fs::remove_all(record->dir, error);
@@ -559,7 +534,7 @@ grpc::Status Daemon::ListEventChannels(grpc::ServerContext*, const v1::VmRef* re
     if (grpc::Status found = Lookup(name, &record); !found.ok()) return found;
     if (!Running(record->vm) || !record->control) {
       return Error(grpc::StatusCode::FAILED_PRECONDITION,
-                   absl::StrCat("VM \"", name, "\" is ", StateName(record->vm.state()), ", not running"));
+                   absl::StrCat("VM \"", name, "\" is ", VmStateName(record->vm.state()), ", not running"));
     }
     control = record->control.get();
     grpc::ClientContext context;

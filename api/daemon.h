@@ -89,6 +89,7 @@ class Daemon final : public v1::VmService::Service {
   Record* Find(const std::string& name) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   grpc::Status Lookup(const std::string& name, Record** record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   grpc::Status Start(Record& record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  grpc::Status SetPaused(const std::string& name, bool pause, v1::Vm* reply);
   // Asks the guest to power off; destroys the VM after `timeout`, or at once when it cannot be asked.
   void Shutdown(Record& record, absl::Duration timeout) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // Ends the VMM process (SIGTERM, then SIGKILL after a grace period) and waits for the supervisor.

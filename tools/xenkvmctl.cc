@@ -83,22 +83,7 @@ std::string Json(const google::protobuf::Message& message) {
   return out;
 }
 
-std::string State(v1::VmState state) {
-  switch (state) {
-    case v1::VM_STATE_CREATED:
-      return "created";
-    case v1::VM_STATE_RUNNING:
-      return "running";
-    case v1::VM_STATE_PAUSED:
-      return "paused";
-    case v1::VM_STATE_SHUTDOWN:
-      return "shutdown";
-    case v1::VM_STATE_CRASHED:
-      return "crashed";
-    default:
-      return "?";
-  }
-}
+std::string State(v1::VmState state) { return xenkvm::api::VmStateName(state); }
 
 // Prints rows as columns padded to their widest cell.
 void PrintTable(const std::vector<std::vector<std::string>>& rows) {

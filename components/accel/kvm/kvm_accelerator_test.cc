@@ -78,17 +78,7 @@ TEST_F(KvmAccelTest, PortIoAndMmioExitsAndCompletion) {
 TEST_F(KvmAccelTest, StringPortIoBecomesOneExitPerItem) {
   auto vcpu = Start(emu_test_guests::k_string_io);
   ASSERT_NE(vcpu, nullptr);
-  for (uint32_t expected : {1u, 2u, 3u}) {
-    PortIoExit out = Next<PortIoExit>(*vcpu);
-    EXPECT_EQ(out.port, 0x10);
-    EXPECT_EQ(out.value, expected);
-  }
-  for (uint32_t value : {0xaau, 0xbbu}) {
-    PortIoExit in = Next<PortIoExit>(*vcpu);
-    EXPECT_EQ(in.port, 0x11);
-    ASSERT_TRUE(vcpu->Complete(value).ok());
-  }
-  EXPECT_EQ(Next<PortIoExit>(*vcpu).value, 0xbbaau);
+  ExpectStringPortIo(*vcpu);
 }
 
 TEST_F(KvmAccelTest, CpuidLeavesComeFromTheCallerAndHideKvms) {

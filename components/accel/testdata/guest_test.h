@@ -69,6 +69,20 @@ class GuestTest : public ::testing::Test {
     return exit.ok() ? *exit : Exit{GuestErrorExit{"run failed"}};
   }
 
+  // The string_io guest: `rep outsb` of three bytes and `rep insb` of two, one exit per item.
+  static void ExpectStringPortIo(Vcpu& vcpu) {
+    for (uint32_t expected : {1u, 2u, 3u}) {
+      PortIoExit out = Next<PortIoExit>(vcpu);
+      EXPECT_EQ(out.port, 0x10);
+      EXPECT_EQ(out.value, expected);
+    }
+    for (uint32_t value : {0xaau, 0xbbu}) {
+      EXPECT_EQ(Next<PortIoExit>(vcpu).port, 0x11);
+      ASSERT_TRUE(vcpu.Complete(value).ok());
+    }
+    EXPECT_EQ(Next<PortIoExit>(vcpu).value, 0xbbaau);
+  }
+
   std::unique_ptr<memory::GuestMemory> memory_;
   std::unique_ptr<Accelerator> accelerator_;
 };
