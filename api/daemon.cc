@@ -142,7 +142,7 @@ absl::Status Daemon::LoadState() {
       spdlog::warn("skipping {}: {}", entry.path().string(), std::string(config.status().message()));
       continue;
     }
-    auto record = std::make_unique<Record>();
+    auto record = std::make_shared<Record>();
     *record->vm.mutable_config() = *config;
     record->vm.set_state(v1::VM_STATE_CREATED);
     record->vm.set_exit_status(-1);
@@ -155,21 +155,21 @@ absl::Status Daemon::LoadState() {
 
 Daemon::~Daemon() {
   ShutdownAll(absl::Seconds(5));
-  std::vector<std::thread> threads;
+  std::vector<Supervisor> supervisors;
   {
     absl::MutexLock lock(&mutex_);
     stopping_ = true;
-    threads.swap(supervisors_);
+    supervisors.swap(supervisors_);
   }
-  for (std::thread& thread : threads) thread.join();
+  for (Supervisor& supervisor : supervisors) supervisor.thread.join();
 }
 
-Daemon::Record* Daemon::Find(const std::string& name) {
+std::shared_ptr<Daemon::Record> Daemon::Find(const std::string& name) {
   auto it = vms_.find(name);
-  return it == vms_.end() ? nullptr : it->second.get();
+  return it == vms_.end() ? nullptr : it->second;
 }
 
-grpc::Status Daemon::Lookup(const std::string& name, Record** record) {
+grpc::Status Daemon::Lookup(const std::string& name, std::shared_ptr<Record>* record) {
   *record = Find(name);
   if (*record == nullptr) return Error(grpc::StatusCode::NOT_FOUND, absl::StrCat("no VM named \"", name, "\""));
   return grpc::Status::OK;
@@ -192,7 +192,7 @@ grpc::Status Daemon::CreateVm(grpc::ServerContext*, const v1::CreateVmRequest* r
   v1::VmConfig config = WithDefaults(request->config());
   if (absl::Status kernel = CheckKernel(config); !kernel.ok()) return FromAbsl(kernel);
   absl::MutexLock lock(&mutex_);
-  if (Record* existing = Find(config.name())) {
+  if (std::shared_ptr<Record> existing = Find(config.name())) {
     if (existing->vm.config().SerializeAsString() != config.SerializeAsString()) {
       return Error(grpc::StatusCode::ALREADY_EXISTS,
                    absl::StrCat("a VM named \"", config.name(), "\" exists with another config (delete it first)"));
@@ -204,7 +204,7 @@ grpc::Status Daemon::CreateVm(grpc::ServerContext*, const v1::CreateVmRequest* r
     return Error(grpc::StatusCode::RESOURCE_EXHAUSTED,
                  absl::StrFormat("this daemon holds at most %u VMs (--max-vms); delete one first", options_.max_vms));
   }
-  auto record = std::make_unique<Record>();
+  auto record = std::make_shared<Record>();
   record->dir = (fs::path(options_.state_dir) / "vms" / config.name()).string();
   record->control_socket = record->dir + "/vmm.sock";
   std::error_code error;
@@ -220,13 +220,12 @@ grpc::Status Daemon::CreateVm(grpc::ServerContext*, const v1::CreateVmRequest* r
   record->vm.set_state(v1::VM_STATE_CREATED);
   record->vm.set_exit_status(-1);
   record->vm.set_created_unix_ms(NowMs());
-  Record& added = *record;
-  vms_[config.name()] = std::move(record);
+  vms_[config.name()] = record;
   Emit(v1::VmEvent::CREATED, config.name(), "");
   if (request->start()) {
-    if (grpc::Status started = Start(added); !started.ok()) return started;
+    if (grpc::Status started = Start(*record); !started.ok()) return started;
   }
-  *reply = added.vm;
+  *reply = record->vm;
   return grpc::Status::OK;
 }
 
@@ -282,9 +281,18 @@ grpc::Status Daemon::Start(Record& record) {
   channel_args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 100);
   record.control = v1::VmmControl::NewStub(grpc::CreateCustomChannel(
       absl::StrCat("unix:", record.control_socket), grpc::InsecureChannelCredentials(), channel_args));
-  supervisors_.emplace_back([this, name, run, pid, fd = pipe_fds[0], console = record.console] {
-    Supervise(name, run, pid, fd, console);
+  // Join the supervisors of earlier runs that have finished, then add this run's.
+  std::erase_if(supervisors_, [](Supervisor& old) {
+    if (!old.done->load()) return false;
+    old.thread.join();
+    return true;
   });
+  auto done = std::make_shared<std::atomic<bool>>(false);
+  supervisors_.push_back(Supervisor{std::thread([this, name, run, pid, fd = pipe_fds[0], console = record.console, done] {
+                                      Supervise(name, run, pid, fd, console);
+                                      done->store(true);
+                                    }),
+                                    done});
 
   // Wait (without the lock) until the VMM answers on its control socket, or ends.
   v1::VmmControl::Stub* control = record.control.get();
@@ -329,7 +337,7 @@ void Daemon::Supervise(std::string name, uint64_t run, pid_t pid, int console_fd
   while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
   absl::MutexLock lock(&mutex_);
-  Record* record = Find(name);
+  std::shared_ptr<Record> record = Find(name);
   if (record == nullptr || record->run != run) return;
   record->pid = 0;
   record->vm.set_pid(0);
@@ -404,7 +412,7 @@ void Daemon::Shutdown(Record& record, absl::Duration timeout) {
 
 grpc::Status Daemon::StartVm(grpc::ServerContext*, const v1::VmRef* request, v1::Vm* reply) {
   absl::MutexLock lock(&mutex_);
-  Record* record;
+  std::shared_ptr<Record> record;
   if (grpc::Status found = Lookup(request->name(), &record); !found.ok()) return found;
   grpc::Status started = Start(*record);
   *reply = record->vm;
@@ -413,7 +421,7 @@ grpc::Status Daemon::StartVm(grpc::ServerContext*, const v1::VmRef* request, v1:
 
 grpc::Status Daemon::SetPaused(const std::string& name, bool pause, v1::Vm* reply) {
   absl::MutexLock lock(&mutex_);
-  Record* record;
+  std::shared_ptr<Record> record;
   if (grpc::Status found = Lookup(name, &record); !found.ok()) return found;
   const v1::VmState from = pause ? v1::VM_STATE_RUNNING : v1::VM_STATE_PAUSED;
   if (record->vm.state() != from) {
@@ -445,7 +453,7 @@ grpc::Status Daemon::ResumeVm(grpc::ServerContext*, const v1::VmRef* request, v1
 
 grpc::Status Daemon::ShutdownVm(grpc::ServerContext*, const v1::ShutdownVmRequest* request, v1::Vm* reply) {
   absl::MutexLock lock(&mutex_);
-  Record* record;
+  std::shared_ptr<Record> record;
   if (grpc::Status found = Lookup(request->name(), &record); !found.ok()) return found;
   if (!Running(record->vm)) {
     return Error(grpc::StatusCode::FAILED_PRECONDITION,
@@ -458,7 +466,7 @@ grpc::Status Daemon::ShutdownVm(grpc::ServerContext*, const v1::ShutdownVmReques
 
 grpc::Status Daemon::DestroyVm(grpc::ServerContext*, const v1::VmRef* request, v1::Vm* reply) {
   absl::MutexLock lock(&mutex_);
-  Record* record;
+  std::shared_ptr<Record> record;
   if (grpc::Status found = Lookup(request->name(), &record); !found.ok()) return found;
   if (!Running(record->vm)) {
     return Error(grpc::StatusCode::FAILED_PRECONDITION,
@@ -471,7 +479,7 @@ grpc::Status Daemon::DestroyVm(grpc::ServerContext*, const v1::VmRef* request, v
 
 grpc::Status Daemon::DeleteVm(grpc::ServerContext*, const v1::VmRef* request, v1::DeleteVmResponse*) {
   absl::MutexLock lock(&mutex_);
-  Record* record;
+  std::shared_ptr<Record> record;
   if (grpc::Status found = Lookup(request->name(), &record); !found.ok()) return found;
   if (Running(record->vm)) {
     return Error(grpc::StatusCode::FAILED_PRECONDITION,
@@ -486,7 +494,7 @@ grpc::Status Daemon::DeleteVm(grpc::ServerContext*, const v1::VmRef* request, v1
 
 grpc::Status Daemon::GetVm(grpc::ServerContext*, const v1::VmRef* request, v1::Vm* reply) {
   absl::MutexLock lock(&mutex_);
-  Record* record;
+  std::shared_ptr<Record> record;
   if (grpc::Status found = Lookup(request->name(), &record); !found.ok()) return found;
   *reply = record->vm;
   return grpc::Status::OK;
@@ -500,21 +508,21 @@ grpc::Status Daemon::ListVms(grpc::ServerContext*, const v1::ListVmsRequest*, v1
 
 grpc::Status Daemon::AttachDisk(grpc::ServerContext*, const v1::AttachDiskRequest* request, v1::Device*) {
   absl::MutexLock lock(&mutex_);
-  Record* record;
+  std::shared_ptr<Record> record;
   if (grpc::Status found = Lookup(request->name(), &record); !found.ok()) return found;
   return Error(grpc::StatusCode::UNIMPLEMENTED, "xen-disk is not implemented yet (the xen-disk issue)");
 }
 
 grpc::Status Daemon::DetachDisk(grpc::ServerContext*, const v1::DetachDiskRequest* request, v1::DetachDiskResponse*) {
   absl::MutexLock lock(&mutex_);
-  Record* record;
+  std::shared_ptr<Record> record;
   if (grpc::Status found = Lookup(request->name(), &record); !found.ok()) return found;
   return Error(grpc::StatusCode::UNIMPLEMENTED, "xen-disk is not implemented yet (the xen-disk issue)");
 }
 
 grpc::Status Daemon::ListDevices(grpc::ServerContext*, const v1::VmRef* request, v1::ListDevicesResponse* reply) {
   absl::MutexLock lock(&mutex_);
-  Record* record;
+  std::shared_ptr<Record> record;
   if (grpc::Status found = Lookup(request->name(), &record); !found.ok()) return found;
   // The emulated devices every VM has; xen-disk devices join them with the xen-disk issue.
   for (const char* kind : {"serial", "debug-port"}) {
@@ -530,7 +538,7 @@ grpc::Status Daemon::ListEventChannels(grpc::ServerContext*, const v1::VmRef* re
   v1::VmmControl::Stub* control = nullptr;
   {
     absl::MutexLock lock(&mutex_);
-    Record* record;
+    std::shared_ptr<Record> record;
     if (grpc::Status found = Lookup(name, &record); !found.ok()) return found;
     if (!Running(record->vm) || !record->control) {
       return Error(grpc::StatusCode::FAILED_PRECONDITION,
@@ -551,7 +559,7 @@ grpc::Status Daemon::StreamConsole(grpc::ServerContext* context, const v1::Strea
   uint64_t run = 0;
   {
     absl::MutexLock lock(&mutex_);
-    Record* record;
+    std::shared_ptr<Record> record;
     if (grpc::Status found = Lookup(request->name(), &record); !found.ok()) return found;
     console = record->console;
     run = record->run;
@@ -567,7 +575,7 @@ grpc::Status Daemon::StreamConsole(grpc::ServerContext* context, const v1::Strea
     if (request->no_follow()) break;
     {
       absl::MutexLock lock(&mutex_);
-      Record* record = Find(request->name());
+      std::shared_ptr<Record> record = Find(request->name());
       if (record == nullptr || record->run != run || !Running(record->vm)) {
         // The run ended: send what is left, then end the stream.
         std::string rest = console->ReadFrom(offset);

@@ -6,6 +6,7 @@
 
 #include <sys/types.h>
 
+#include <atomic>
 #include <deque>
 #include <map>
 #include <memory>
@@ -86,8 +87,10 @@ class Daemon final : public v1::VmService::Service {
 
   explicit Daemon(const Options& options) : options_(options) {}
   absl::Status LoadState();
-  Record* Find(const std::string& name) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
-  grpc::Status Lookup(const std::string& name, Record** record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Records are shared: an operation that waits (unlocking) keeps its record alive even if a
+  // concurrent DeleteVm removes it from the map.
+  std::shared_ptr<Record> Find(const std::string& name) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  grpc::Status Lookup(const std::string& name, std::shared_ptr<Record>* record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   grpc::Status Start(Record& record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   grpc::Status SetPaused(const std::string& name, bool pause, v1::Vm* reply);
   // Asks the guest to power off; destroys the VM after `timeout`, or at once when it cannot be asked.
@@ -101,11 +104,15 @@ class Daemon final : public v1::VmService::Service {
 
   const Options options_;
   absl::Mutex mutex_;
-  std::map<std::string, std::unique_ptr<Record>> vms_ ABSL_GUARDED_BY(mutex_);
+  std::map<std::string, std::shared_ptr<Record>> vms_ ABSL_GUARDED_BY(mutex_);
   std::deque<v1::VmEvent> events_ ABSL_GUARDED_BY(mutex_);
   uint64_t events_emitted_ ABSL_GUARDED_BY(mutex_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
-  std::vector<std::thread> supervisors_ ABSL_GUARDED_BY(mutex_);
+  struct Supervisor {
+    std::thread thread;
+    std::shared_ptr<std::atomic<bool>> done;
+  };
+  std::vector<Supervisor> supervisors_ ABSL_GUARDED_BY(mutex_);
 };
 
 }  // namespace xenkvm::api

@@ -121,6 +121,8 @@ int main(int argc, char** argv) {
   sigaddset(&stop_signals, SIGUSR2);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
+  // A closed stdout (xenkvmd gone) must not kill the VM: console writes then just fail.
+  signal(SIGPIPE, SIG_IGN);
   xenkvm::vmm::ConsoleLog console(STDOUT_FILENO);
   absl::StatusOr<std::unique_ptr<xenkvm::vmm::Vm>> vm = xenkvm::vmm::Vm::Create(config, console);
   if (!vm.ok()) {
