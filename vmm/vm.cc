@@ -20,6 +20,22 @@ namespace xenkvm::vmm {
 namespace {
 
 constexpr uint64_t kMaxKernelBytes = uint64_t{1} << 30;
+constexpr uint64_t kLocalApicBase = 0xfee00000;
+constexpr uint64_t kLocalApicSize = 0x1000;
+
+// On emu there is no local APIC model; of its registers the VMM needs only the EOI (0xb0), which
+// tells the IOAPIC that a level-triggered interrupt was handled. Other registers read 0.
+class LocalApicEoi final : public devices::Device {
+ public:
+  explicit LocalApicEoi(std::function<void()> eoi) : eoi_(std::move(eoi)) {}
+  void Read(uint64_t, std::span<uint8_t> data) override { std::fill(data.begin(), data.end(), 0); }
+  void Write(uint64_t offset, std::span<const uint8_t>) override {
+    if (offset == 0xb0) eoi_();
+  }
+
+ private:
+  std::function<void()> eoi_;
+};
 constexpr int64_t kEnosys = -38;  // hypercalls of a VM without the Xen interface
 
 absl::StatusOr<std::vector<uint8_t>> ReadKernel(const std::string& path) {
@@ -121,6 +137,25 @@ absl::Status Vm::Build(const VmConfig& config) {
       std::make_shared<devices::ExitPort>([this](uint32_t status) { End({VmEnd::Kind::kPoweredOff, status, ""}); }),
       "exit port"));
 
+  // The IOAPIC: with the kvm backend the local APIC is in the kernel and reports no EOIs, so
+  // level-triggered pins deliver on each assertion there; emu reports EOIs (the LAPIC's EOI
+  // register is an MMIO store the VMM sees).
+  const bool lapic_in_kernel = accelerator_->capabilities().in_kernel_lapic;
+  ioapic_ = std::make_shared<devices::Ioapic>(
+      [this](uint8_t destination, uint8_t vector) {
+        if (destination < vcpus_.size()) (void)vcpus_[destination]->InjectInterrupt(vector);
+      },
+      /*eoi_tracking=*/!lapic_in_kernel);
+  XENKVM_RETURN_IF_ERROR(mmio_bus_.Register(devices::kIoapicBase, devices::kIoapicSize, ioapic_, "IOAPIC"));
+  if (!lapic_in_kernel) {
+    XENKVM_RETURN_IF_ERROR(mmio_bus_.Register(
+        kLocalApicBase, kLocalApicSize, std::make_shared<LocalApicEoi>([this] {
+          if (xen_) xen_->RefreshCallbackGsi();
+          ioapic_->EndOfInterrupt(std::nullopt);
+        }),
+        "local APIC (EOI only)"));
+  }
+
   if (config.xen_version != 0) {
     xen::XenConfig xen_config;
     xen_config.version = config.xen_version;
@@ -129,6 +164,7 @@ absl::Status Vm::Build(const VmConfig& config) {
     xen_config.gnttab_max_frames = config.xen_gnttab_max_frames;
     xen::Shim::Callbacks callbacks;
     callbacks.console = output;
+    callbacks.set_gsi = [this](uint32_t gsi, bool asserted) { ioapic_->SetLevel(gsi, asserted); };
     callbacks.shutdown = [this](xen::ShutdownReason reason) {
       switch (reason) {
         case xen::ShutdownReason::kPoweroff:

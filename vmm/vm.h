@@ -16,6 +16,7 @@
 #include "absl/synchronization/mutex.h"
 #include "components/accel/accelerator.h"
 #include "components/devices/bus.h"
+#include "components/devices/ioapic.h"
 #include "components/memory/guest_memory.h"
 #include "components/xen/shim.h"
 #include "vmm/console_log.h"
@@ -80,6 +81,7 @@ class Vm {
   std::vector<std::unique_ptr<accel::Vcpu>> vcpus_;
   devices::Bus pio_bus_{"port I/O"};
   devices::Bus mmio_bus_{"MMIO"};
+  std::shared_ptr<devices::Ioapic> ioapic_;
 
   mutable absl::Mutex mutex_;
   std::optional<VmEnd> end_ ABSL_GUARDED_BY(mutex_);

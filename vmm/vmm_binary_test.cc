@@ -91,8 +91,14 @@ TEST_P(VmmTest, CpuidGuestSeesXenOrNot) {
   EXPECT_THAT(plain.out, Not(HasSubstr("XenVMMXenVMM")));
 }
 
-TEST_P(VmmTest, XenCoreGuestPasses) {
-  Result result = Run({"--kernel", Runfile("tests/guests/xen_core.elf")});
+TEST_P(VmmTest, XenCoreGuestPassesWithEveryUpcallRoute) {
+  for (const char* route : {"callback=vector", "callback=gsi"}) {
+    Result result = Run({"--kernel", Runfile("tests/guests/xen_core.elf"), "--cmdline", route});
+    EXPECT_EQ(result.status, 0) << route << result.out << result.err;
+    EXPECT_THAT(result.out, HasSubstr("VIRQ_TIMER after")) << route;
+    EXPECT_THAT(result.out, Not(HasSubstr("check failed"))) << route;
+  }
+  Result result = Run({"--kernel", Runfile("tests/guests/xen_core.elf")});  // the per-vCPU upcall vector
   EXPECT_EQ(result.status, 0) << result.out << result.err;
   EXPECT_THAT(result.out, HasSubstr("console_io: hello from the guest"));  // CONSOLEIO_write
   EXPECT_THAT(result.out, HasSubstr("loopback events delivered: 2"));

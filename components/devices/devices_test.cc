@@ -2,6 +2,7 @@
 #include <vector>
 
 #include "components/devices/bus.h"
+#include "components/devices/ioapic.h"
 #include "components/devices/legacy.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -139,6 +140,96 @@ TEST(LegacyDevicesTest, DebugPortI8042ResetAndExitPort) {
   const uint8_t status[4] = {0x2a, 0, 0, 0};
   EXPECT_TRUE(bus.Write(kExitPort, status));
   EXPECT_EQ(exits, std::vector<uint32_t>{42});
+}
+
+}  // namespace
+}  // namespace xenkvm::devices
+
+namespace xenkvm::devices {
+namespace {
+
+class IoapicTest : public ::testing::Test {
+ protected:
+  void Build(bool eoi_tracking) {
+    ioapic_ = std::make_shared<Ioapic>(
+        [this](uint8_t destination, uint8_t vector) { delivered_.push_back({destination, vector}); }, eoi_tracking);
+    bus_ = std::make_unique<Bus>("MMIO");
+    ASSERT_TRUE(bus_->Register(kIoapicBase, kIoapicSize, ioapic_, "IOAPIC").ok());
+  }
+  void SetUp() override { Build(true); }
+  void WriteRegister(uint32_t index, uint32_t value) {
+    uint8_t select[4], window[4];
+    StoreLittleEndian(index, select);
+    StoreLittleEndian(value, window);
+    ASSERT_TRUE(bus_->Write(kIoapicBase, select));
+    ASSERT_TRUE(bus_->Write(kIoapicBase + 0x10, window));
+  }
+  uint32_t ReadRegister(uint32_t index) {
+    uint8_t select[4], window[4];
+    StoreLittleEndian(index, select);
+    EXPECT_TRUE(bus_->Write(kIoapicBase, select));
+    EXPECT_TRUE(bus_->Read(kIoapicBase + 0x10, window));
+    return static_cast<uint32_t>(LoadLittleEndian(window));
+  }
+  // Pin `pin` to `vector` at APIC `destination`; level-triggered unless `edge`.
+  void Route(uint32_t pin, uint8_t vector, uint8_t destination, bool edge = false, bool masked = false) {
+    WriteRegister(0x11 + 2 * pin, uint32_t{destination} << 24);
+    WriteRegister(0x10 + 2 * pin, vector | (edge ? 0 : 1 << 15) | (masked ? 1 << 16 : 0));
+  }
+  std::shared_ptr<Ioapic> ioapic_;
+  std::unique_ptr<Bus> bus_;
+  std::vector<std::pair<uint8_t, uint8_t>> delivered_;
+};
+
+TEST_F(IoapicTest, RegistersAndRedirectionTable) {
+  EXPECT_EQ(ReadRegister(1), 0x00170020u);  // 24 entries, version 0x20
+  Route(9, 0xf1, 1);
+  EXPECT_EQ(ReadRegister(0x10 + 18) & 0xff, 0xf1u);
+  EXPECT_EQ(ReadRegister(0x11 + 18) >> 24, 1u);
+  EXPECT_EQ(ReadRegister(0x10 + 18) & (1 << 16), 0u);
+  // Read-only bits (remote IRR) cannot be written.
+  WriteRegister(0x10 + 18, 0xf1 | (1 << 15) | (1 << 14));
+  EXPECT_EQ(ReadRegister(0x10 + 18) & (1 << 14), 0u);
+}
+
+TEST_F(IoapicTest, LevelPinsWaitForTheEoiAndFireAgainIfStillAsserted) {
+  Route(9, 0xf1, 1);
+  ioapic_->SetLevel(9, true);
+  ioapic_->SetLevel(9, true);  // still in service: nothing new
+  EXPECT_EQ(delivered_, (std::vector<std::pair<uint8_t, uint8_t>>{{1, 0xf1}}));
+  EXPECT_NE(ioapic_->redirection(9) & (1 << 14), 0u);  // remote IRR
+  ioapic_->EndOfInterrupt(0xf1);
+  EXPECT_EQ(delivered_.size(), 2u);  // the line is still high
+  ioapic_->SetLevel(9, false);
+  ioapic_->EndOfInterrupt(std::nullopt);
+  EXPECT_EQ(delivered_.size(), 2u);
+  ioapic_->EndOfInterrupt(0x33);  // another vector's EOI changes nothing
+  EXPECT_EQ(delivered_.size(), 2u);
+}
+
+TEST_F(IoapicTest, MaskedPinsFireWhenUnmaskedEdgesOnlyOnRising) {
+  Route(4, 0x30, 0, /*edge=*/false, /*masked=*/true);
+  ioapic_->SetLevel(4, true);
+  EXPECT_TRUE(delivered_.empty());
+  Route(4, 0x30, 0);  // unmasked with the line high
+  EXPECT_EQ(delivered_.size(), 1u);
+  Route(5, 0x31, 2, /*edge=*/true);
+  ioapic_->SetLevel(5, true);
+  ioapic_->SetLevel(5, true);
+  EXPECT_EQ(delivered_.size(), 2u);  // one edge
+  ioapic_->SetLevel(5, false);
+  ioapic_->SetLevel(5, true);
+  EXPECT_EQ(delivered_.size(), 3u);
+  ioapic_->SetLevel(99, true);  // beyond the table: ignored
+}
+
+TEST_F(IoapicTest, WithoutEoiReportsEachAssertionDelivers) {
+  Build(/*eoi_tracking=*/false);
+  Route(9, 0xf1, 0);
+  ioapic_->SetLevel(9, true);
+  ioapic_->SetLevel(9, false);
+  ioapic_->SetLevel(9, true);
+  EXPECT_EQ(delivered_.size(), 2u);
 }
 
 }  // namespace

@@ -148,6 +148,13 @@ absl::Status Shim::AttachVcpu(accel::Vcpu& vcpu) {
 
 absl::Status Shim::EnableHypercallPage() { return accelerator_.EnableHypercallPage(HypercallMsr(config_)); }
 
+void Shim::RefreshCallbackGsi() {
+  absl::MutexLock lock(&mutex_);
+  if ((callback_via_ >> 56) != HVM_PARAM_CALLBACK_TYPE_GSI || callback_via_ == 0 || !callbacks_.set_gsi) return;
+  std::optional<VcpuInfo> info = VcpuInfoLocked(0);
+  callbacks_.set_gsi(static_cast<uint32_t>(callback_via_ & 0xffffffff), info && info->upcall_pending());
+}
+
 void Shim::Stop() {
   absl::MutexLock lock(&mutex_);
   stopping_ = true;
@@ -341,6 +348,9 @@ int64_t Shim::HvmOp(Caller& caller, uint64_t command, uint64_t arg) {
         const uint64_t type = param->value >> 56;
         if (type == HVM_PARAM_CALLBACK_TYPE_VECTOR && (param->value & 0xff) < 0x10) return Error(XEN_EINVAL);
         if (type > HVM_PARAM_CALLBACK_TYPE_VECTOR) return Error(XEN_EINVAL);
+        if (type == HVM_PARAM_CALLBACK_TYPE_GSI && param->value != 0 && (!callbacks_.set_gsi || param->value >= 24)) {
+          return Error(XEN_EINVAL);  // no such GSI (the IOAPIC has 24)
+        }
         callback_via_ = param->value;
         LatchLongModeLocked(caller.long_mode);
         RaisePendingUpcallsLocked();
@@ -702,10 +712,15 @@ void Shim::RaiseUpcallLocked(uint32_t vcpu) {
   if (vector == 0) {
     const uint64_t type = callback_via_ >> 56;
     if (callback_via_ == 0) return;  // no upcall configured: the guest polls
+    if (type == HVM_PARAM_CALLBACK_TYPE_GSI) {
+      // The line follows vCPU 0's upcall_pending; other vCPUs' events wait for vCPU 0 (as Xen).
+      if (vcpu == 0 && callbacks_.set_gsi) callbacks_.set_gsi(static_cast<uint32_t>(callback_via_ & 0xffffffff), true);
+      return;
+    }
     if (type != HVM_PARAM_CALLBACK_TYPE_VECTOR) {
       if (!gsi_callback_warned_) {
-        spdlog::warn("Xen shim: the guest asked for a GSI/PCI-INTx event callback ({:#x}); xenkvm delivers "
-                     "events by vector only so far, so this guest gets no upcalls",
+        spdlog::warn("Xen shim: the guest asked for a PCI INTx event callback ({:#x}); xenkvm has no PCI "
+                     "bus yet, so this guest gets no upcalls",
                      callback_via_);
         gsi_callback_warned_ = true;
       }

@@ -69,6 +69,9 @@ class Shim {
   struct Callbacks {
     std::function<void(uint8_t)> console;  // CONSOLEIO_write bytes
     std::function<void(ShutdownReason)> shutdown;
+    // Drives a GSI (HVM_PARAM_CALLBACK_IRQ of the GSI type): asserted while vCPU 0's upcall is
+    // pending. Unset: GSI callbacks are refused.
+    std::function<void(uint32_t gsi, bool asserted)> set_gsi;
   };
 
   // `backend_loop` runs backend event handlers (nullptr: they run on the thread that raised them).
@@ -85,6 +88,10 @@ class Shim {
 
   // Answers `vcpu`'s hypercall exit, on its run-loop thread; give the result to Complete().
   uint64_t Hypercall(accel::Vcpu& vcpu, const accel::HypercallExit& call);
+
+  // Re-reads vCPU 0's upcall_pending into the GSI callback line (the VMM calls it at the local
+  // APIC's EOI, so that a handled upcall lowers the line and a new one keeps it up).
+  void RefreshCallbackGsi();
 
   // The VM is ending: vCPUs blocked in SCHEDOP_block/poll return, timers stop.
   void Stop();

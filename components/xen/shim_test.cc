@@ -406,6 +406,9 @@ TEST_F(ShimTest, HvmParamsAndUpcallVector) {
   param.value = (uint64_t{HVM_PARAM_CALLBACK_TYPE_VECTOR} << 56) | 0xf3;
   Put(param);
   EXPECT_EQ(Call(__HYPERVISOR_hvm_op, {HVMOP_set_param, kArg}), 0);
+  param.value = 9;  // a GSI: refused here, where the shim has no line to drive
+  Put(param);
+  EXPECT_EQ(Call(__HYPERVISOR_hvm_op, {HVMOP_set_param, kArg}), E(XEN_EINVAL));
   param.index = HVM_PARAM_STORE_PFN;
   Put(param);
   EXPECT_EQ(Call(__HYPERVISOR_hvm_op, {HVMOP_set_param, kArg}), E(XEN_EPERM));  // the toolstack's

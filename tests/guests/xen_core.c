@@ -10,20 +10,21 @@ static volatile uint32_t events_seen[4096];
 
 static void count_event(uint32_t port) { events_seen[port]++; }
 
-/* Waits (STI; HLT) until `port`'s handler ran `count` times, or `spins` wake-ups passed. */
-static bool wait_for_event(uint32_t port, uint32_t count) {
-  for (int spins = 0; spins < 100000 && events_seen[port] < count; spins++) {
-    kit_wait_for_interrupt();
-  }
-  return events_seen[port] >= count;
-}
-
 static bool has_word(const char *cmdline, const char *word) {
   size_t n = kit_strlen(word);
   for (const char *p = cmdline; *p; p++) {
     if ((p == cmdline || p[-1] == ' ') && kit_memcmp(p, word, n) == 0 && (p[n] == ' ' || p[n] == '\0')) return true;
   }
   return false;
+}
+
+
+/* Waits (STI; HLT) until `port`'s handler ran `count` times, or `spins` wake-ups passed. */
+static bool wait_for_event(uint32_t port, uint32_t count) {
+  for (int spins = 0; spins < 100000 && events_seen[port] < count; spins++) {
+    kit_wait_for_interrupt();
+  }
+  return events_seen[port] >= count;
 }
 
 static void version_and_console(void) {
@@ -60,8 +61,22 @@ static void shared_info_and_time(void) {
   KIT_CHECK(t2 > t1);
 }
 
+/* How upcalls arrive: the per-vCPU upcall vector (default), "callback=vector" (the HVM-wide
+ * callback vector) or "callback=gsi" (IOAPIC pin 9, level-triggered). */
+static void route_upcalls(const char *cmdline) {
+  if (has_word(cmdline, "callback=gsi")) {
+    KIT_CHECK(xen_set_callback_gsi(9, UPCALL_VECTOR) == 0);
+    kit_printf("upcalls by GSI 9\n");
+  } else if (has_word(cmdline, "callback=vector")) {
+    KIT_CHECK(xen_set_callback_vector(UPCALL_VECTOR) == 0);
+    kit_printf("upcalls by the callback vector\n");
+  } else {
+    KIT_CHECK(xen_enable_upcalls(0, UPCALL_VECTOR) == 0);
+    kit_printf("upcalls by the per-vCPU upcall vector\n");
+  }
+}
+
 static void loopback_and_masking(void) {
-  KIT_CHECK(xen_enable_upcalls(0, UPCALL_VECTOR) == 0);
   uint32_t a = 0, b = 0;
   KIT_CHECK(xen_evtchn_alloc_unbound(DOMID_SELF, &a) == 0);
   KIT_CHECK(xen_evtchn_bind_interdomain(DOMID_SELF, a, &b) == 0);
@@ -175,6 +190,7 @@ int guest_main(const struct hvm_start_info *start_info) {
   }
   version_and_console();
   shared_info_and_time();
+  route_upcalls(cmdline);
   loopback_and_masking();
   timer_and_poll();
   hostile_arguments();

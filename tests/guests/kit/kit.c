@@ -232,6 +232,17 @@ static void idt_init(void) {
 void kit_lapic_eoi(void) { *(volatile uint32_t *)(LAPIC_BASE + 0xb0) = 0; }
 uint32_t kit_lapic_id(void) { return *(volatile uint32_t *)(LAPIC_BASE + 0x20) >> 24; }
 
+#define IOAPIC_BASE 0xfec00000ul
+
+void kit_ioapic_route(uint32_t pin, uint8_t vector, uint8_t destination, bool level) {
+  volatile uint32_t *select = (volatile uint32_t *)IOAPIC_BASE;
+  volatile uint32_t *window = (volatile uint32_t *)(IOAPIC_BASE + 0x10);
+  *select = 0x11 + 2 * pin;
+  *window = (uint32_t)destination << 24;
+  *select = 0x10 + 2 * pin;
+  *window = vector | (level ? 1u << 15 : 0);
+}
+
 static void lapic_enable(void) { *(volatile uint32_t *)(LAPIC_BASE + 0xf0) = 0x1ff; }
 
 /* A secondary vCPU in long mode: the IDT and LAPIC, then the main xen_start_vcpu gave. */

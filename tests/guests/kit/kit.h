@@ -86,6 +86,8 @@ static inline void kit_wait_for_interrupt(void) { __asm__ volatile("sti; hlt" ::
 /* The local APIC (software-enabled by kit_start; KVM accepts fixed interrupts only then). An
  * interrupt that came through it needs an EOI; on emu these are MMIO stores the VMM ignores. */
 void kit_lapic_eoi(void);
+/* Routes IOAPIC input `pin` to `vector` on APIC `destination`, level-triggered active-high or edge. */
+void kit_ioapic_route(uint32_t pin, uint8_t vector, uint8_t destination, bool level);
 uint32_t kit_lapic_id(void);
 
 static inline uint64_t kit_rdtsc(void) {

@@ -113,6 +113,17 @@ long xen_enable_upcalls(uint32_t vcpu, uint8_t vector) {
   return xen_hypercall(XEN_hvm_op, 23 /* HVMOP_set_evtchn_upcall_vector */, (uint64_t)(uintptr_t)&op, 0, 0, 0);
 }
 
+long xen_set_callback_gsi(uint32_t gsi, uint8_t vector) {
+  struct {
+    uint16_t domid, pad;
+    uint32_t index;
+    uint64_t value;
+  } param = {DOMID_SELF, 0, 0 /* HVM_PARAM_CALLBACK_IRQ */, gsi /* type 0: GSI */};
+  kit_set_interrupt_handler(vector, upcall);
+  kit_ioapic_route(gsi, vector, 0, true);
+  return xen_hypercall(XEN_hvm_op, 0 /* HVMOP_set_param */, (uint64_t)(uintptr_t)&param, 0, 0, 0);
+}
+
 long xen_set_callback_vector(uint8_t vector) {
   struct {
     uint16_t domid, pad;

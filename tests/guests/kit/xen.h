@@ -78,6 +78,8 @@ long xen_register_vcpu_info(uint32_t vcpu);
 typedef void (*xen_event_handler)(uint32_t port);
 /* Routes upcalls for `vcpu` to `vector` (HVMOP_set_evtchn_upcall_vector) and handles them. */
 long xen_enable_upcalls(uint32_t vcpu, uint8_t vector);
+/* Upcalls through IOAPIC pin `gsi` (HVM_PARAM_CALLBACK_IRQ, GSI type), level-triggered to `vector`. */
+long xen_set_callback_gsi(uint32_t gsi, uint8_t vector);
 /* The HVM-wide callback vector (HVM_PARAM_CALLBACK_IRQ, vector type). */
 long xen_set_callback_vector(uint8_t vector);
 void xen_set_event_handler(uint32_t port, xen_event_handler handler);
