@@ -278,6 +278,12 @@ absl::Status ValidateVmConfig(const v1::VmConfig& config) {
     return absl::InvalidArgumentError(
         absl::StrFormat("xen_evtchn_max_pirq: %u is out of range (16 to 65535)", config.xen_evtchn_max_pirq()));
   }
+  for (int i = 0; i < config.consoles_size(); ++i) {
+    const std::string& kind = config.consoles(i).kind();
+    if (kind != "serial" && kind != "xen") {
+      return absl::InvalidArgumentError(absl::StrFormat("consoles[%d].kind: \"%s\" is not serial or xen", i, kind));
+    }
+  }
   for (int i = 0; i < config.disks_size(); ++i) {
     const v1::DiskConfig& disk = config.disks(i);
     if (disk.path().empty() || disk.path()[0] != '/') {
@@ -295,6 +301,7 @@ v1::VmConfig WithDefaults(v1::VmConfig config) {
   if (config.xen_max_event_channels() == 0) config.set_xen_max_event_channels(4096);
   if (config.xen_gnttab_max_frames() == 0) config.set_xen_gnttab_max_frames(64);
   if (config.xen_evtchn_max_pirq() == 0) config.set_xen_evtchn_max_pirq(256);
+  if (config.consoles_size() == 0) config.add_consoles()->set_kind("serial");
   return config;
 }
 

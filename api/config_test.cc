@@ -19,6 +19,8 @@ TEST(ConfigTest, JsonConfigWithDefaults) {
   v1::VmConfig full = WithDefaults(*config);
   EXPECT_EQ(full.accelerator(), "auto");
   EXPECT_EQ(full.xen_max_event_channels(), 4096u);
+  ASSERT_EQ(full.consoles_size(), 1);
+  EXPECT_EQ(full.consoles(0).kind(), "serial");
   std::vector<std::string> args = VmmArguments(full, "/run/x.sock");
   EXPECT_THAT(args, ::testing::Contains("0x4000a"));
   EXPECT_THAT(args, ::testing::Contains("/run/x.sock"));
@@ -91,6 +93,9 @@ TEST(ConfigTest, ValidationNamesTheField) {
   c = config;
   c.set_xen_max_event_channels(5000);
   EXPECT_THAT(error(c), HasSubstr("xen_max_event_channels:"));
+  c = config;
+  c.add_consoles()->set_kind("vga");
+  EXPECT_THAT(error(c), HasSubstr("consoles[0].kind"));
   c = config;
   c.add_disks()->set_path("img");
   EXPECT_THAT(error(c), HasSubstr("disks[0].path"));
