@@ -150,6 +150,21 @@ class Vcpu {
   virtual void Kick() = 0;
 };
 
+// The kernel's own Xen event delivery (kvm, when KVM_CAP_XEN_HVM has EVTCHN_SEND): the Xen shim
+// tells it where shared_info and each vcpu_info live and how upcalls arrive, then raises ports
+// through it; the kernel sets the pending bits and injects the upcall (re-injecting the HVM-wide
+// vector while upcall_pending stays set, as Xen does).
+class KernelXenEvents {
+ public:
+  virtual ~KernelXenEvents() = default;
+  virtual absl::Status SetLongMode(bool long_mode) = 0;
+  virtual absl::Status SetSharedInfo(uint64_t gfn) = 0;
+  virtual absl::Status SetVcpuInfo(uint32_t vcpu, uint64_t gpa) = 0;
+  // `vcpu`: a per-vCPU upcall vector (HVMOP_set_evtchn_upcall_vector); nullopt: the HVM-wide one.
+  virtual absl::Status SetUpcallVector(std::optional<uint32_t> vcpu, uint8_t vector) = 0;
+  virtual absl::Status Send(uint32_t port, uint32_t vcpu) = 0;
+};
+
 class Accelerator {
  public:
   virtual ~Accelerator() = default;
@@ -160,6 +175,8 @@ class Accelerator {
   // leaf 0x40000x02 names) fills that page with hypercall stubs that reach the VMM as
   // HypercallExits, as Xen and KVM do. Repeatable; a write whose page is not RAM is ignored.
   virtual absl::Status EnableHypercallPage(uint32_t msr) = 0;
+  // The kernel's Xen event delivery, or nullptr where there is none (emu; kvm without EVTCHN_SEND).
+  virtual KernelXenEvents* kernel_xen_events() { return nullptr; }
   // A vCPU starting at `boot` (vCPU 0), or halted until the VMM starts it (no boot state).
   virtual absl::StatusOr<std::unique_ptr<Vcpu>> CreateVcpu(uint32_t id,
                                                            std::optional<PvhEntry> boot) = 0;

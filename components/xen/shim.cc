@@ -110,6 +110,7 @@ Shim::Shim(const XenConfig& config, const memory::GuestMemory& memory, accel::Ac
       accelerator_(accelerator),
       callbacks_(std::move(callbacks)),
       backend_loop_(backend_loop),
+      kernel_(accelerator.kernel_xen_events()),
       start_monotonic_ns_(MonotonicNs()),
       tsc_khz_(accelerator.tsc_khz()),
       time_scale_(TimeScale(accelerator.tsc_khz())) {
@@ -278,7 +279,15 @@ int64_t Shim::AddToPhysmap(Caller& caller, uint16_t domid, uint32_t space, uint6
       absl::MutexLock lock(&mutex_);
       LatchLongModeLocked(caller.long_mode);
       shared_info_.MapAt(*host, gpfn << 12);
-      for (uint32_t v = 0; v < vcpus_.size(); ++v) UpdateTimeLocked(v);
+      if (kernel_ != nullptr) {
+        if (absl::Status set = kernel_->SetSharedInfo(gpfn); !set.ok()) {
+          spdlog::warn("Xen shim: kernel SHARED_INFO: {}", std::string(set.message()));
+        }
+      }
+      for (uint32_t v = 0; v < vcpus_.size(); ++v) {
+        KernelSetVcpuInfoLocked(v);
+        UpdateTimeLocked(v);
+      }
       return 0;
     }
     case XENMAPSPACE_grant_table:
@@ -353,6 +362,7 @@ int64_t Shim::HvmOp(Caller& caller, uint64_t command, uint64_t arg) {
         }
         callback_via_ = param->value;
         LatchLongModeLocked(caller.long_mode);
+        KernelSetUpcallRouteLocked();
         RaisePendingUpcallsLocked();
         return 0;
       }
@@ -381,6 +391,11 @@ int64_t Shim::HvmOp(Caller& caller, uint64_t command, uint64_t arg) {
       absl::MutexLock lock(&mutex_);
       if (upcall->vcpu >= vcpus_.size()) return Error(XEN_ENOENT);
       vcpus_[upcall->vcpu].upcall_vector = upcall->vector;
+      if (kernel_ != nullptr) {
+        if (absl::Status set = kernel_->SetUpcallVector(upcall->vcpu, upcall->vector); !set.ok()) {
+          spdlog::warn("Xen shim: kernel per-vCPU UPCALL_VECTOR: {}", std::string(set.message()));
+        }
+      }
       RaisePendingUpcallsLocked();
       return 0;
     }
@@ -411,9 +426,11 @@ int64_t Shim::VcpuOp(Caller& caller, uint64_t command, uint64_t vcpu_id, uint64_
       // Carry the current contents over, then make the guest rescan everything, as Xen does.
       if (uint8_t* old = shared_info_.DefaultVcpuInfo(target); old != nullptr) std::memcpy(*host, old, kVcpuInfoSize);
       state.vcpu_info = *host;
+      state.vcpu_info_gpa = (info->mfn << 12) + info->offset;
       VcpuInfo moved(state.vcpu_info, shared_info_.long_mode());
       for (uint32_t word = 0; word < (shared_info_.long_mode() ? 64u : 32u); ++word) moved.TestAndSetPendingSelector(word);
       moved.TestAndSetUpcallPending();
+      KernelSetVcpuInfoLocked(target);
       RaiseUpcallLocked(target);
       UpdateTimeLocked(target);
       return 0;
@@ -659,6 +676,11 @@ std::optional<uint32_t> Shim::AllocatePortLocked() {
 
 void Shim::LatchLongModeLocked(bool long_mode) {
   long_mode_latched_ = true;
+  if (kernel_ != nullptr) {
+    if (absl::Status set = kernel_->SetLongMode(long_mode); !set.ok()) {
+      spdlog::warn("Xen shim: kernel LONG_MODE: {}", std::string(set.message()));
+    }
+  }
   if (shared_info_.long_mode() == long_mode) return;
   // The layout changes (Xen latches it the same way); ports the other layout cannot hold are closed.
   shared_info_.set_long_mode(long_mode);
@@ -677,6 +699,7 @@ std::optional<VcpuInfo> Shim::VcpuInfoLocked(uint32_t vcpu) {
 void Shim::SetPendingLocked(uint32_t port) {
   Port& p = ports_[port];
   ++event_generation_;
+  if (KernelSendLocked(port)) return;
   if (shared_info_.TestAndSetPending(port)) return;  // already pending: nothing new to tell
   ++p.counters.deliveries;
   if (shared_info_.IsMasked(port)) {
@@ -705,9 +728,64 @@ void Shim::RaisePendingUpcallsLocked() {
   }
 }
 
+bool Shim::KernelSendLocked(uint32_t port) {
+  if (kernel_ == nullptr || !shared_info_.gpa()) return false;
+  Port& p = ports_[port];
+  // The kernel sets pending, selector and upcall_pending and injects the upcall; the shim can
+  // still count what it sees before and after (the upcall itself is the kernel's).
+  const bool was_pending = shared_info_.IsPending(port);
+  if (absl::Status sent = kernel_->Send(port, p.vcpu); !sent.ok()) {
+    spdlog::debug("Xen shim: kernel EVTCHN_SEND of port {}: {}; delivering in userspace", port,
+                  std::string(sent.message()));
+    return false;
+  }
+  if (!was_pending) {
+    ++p.counters.deliveries;
+    if (shared_info_.IsMasked(port)) ++p.counters.masked;
+  }
+  // A GSI callback is the VMM's line, not the kernel's.
+  if ((callback_via_ >> 56) == HVM_PARAM_CALLBACK_TYPE_GSI && callback_via_ != 0 && p.vcpu == 0) {
+    std::optional<VcpuInfo> info = VcpuInfoLocked(0);
+    if (info && info->upcall_pending() && callbacks_.set_gsi) {
+      callbacks_.set_gsi(static_cast<uint32_t>(callback_via_ & 0xffffffff), true);
+    }
+  }
+  return true;
+}
+
+void Shim::KernelSetVcpuInfoLocked(uint32_t vcpu) {
+  if (kernel_ == nullptr || vcpus_[vcpu].vcpu == nullptr || !shared_info_.gpa()) return;
+  uint64_t gpa = 0;
+  if (vcpus_[vcpu].vcpu_info != nullptr) {
+    gpa = vcpus_[vcpu].vcpu_info_gpa;
+  } else if (vcpu < kMaxLegacyVcpus) {
+    gpa = *shared_info_.gpa() + vcpu * kVcpuInfoSize;
+  } else {
+    return;
+  }
+  if (absl::Status set = kernel_->SetVcpuInfo(vcpu, gpa); !set.ok()) {
+    spdlog::warn("Xen shim: kernel VCPU_INFO for vCPU {}: {}", vcpu, std::string(set.message()));
+  }
+}
+
+void Shim::KernelSetUpcallRouteLocked() {
+  if (kernel_ == nullptr) return;
+  const bool vector = (callback_via_ >> 56) == HVM_PARAM_CALLBACK_TYPE_VECTOR;
+  if (absl::Status set = kernel_->SetUpcallVector(std::nullopt, vector ? callback_via_ & 0xff : 0); !set.ok()) {
+    spdlog::warn("Xen shim: kernel UPCALL_VECTOR: {}", std::string(set.message()));
+  }
+}
+
 void Shim::RaiseUpcallLocked(uint32_t vcpu) {
   VcpuState& state = vcpus_[vcpu];
   if (state.vcpu == nullptr) return;
+  // With the kernel's HVM-wide vector, the kernel injects while upcall_pending is set, at the
+  // vCPU's next entry: make it enter. (A per-vCPU vector is a LAPIC interrupt either way.)
+  if (kernel_ != nullptr && state.upcall_vector == 0 && (callback_via_ >> 56) == HVM_PARAM_CALLBACK_TYPE_VECTOR &&
+      callback_via_ != 0) {
+    state.vcpu->Kick();
+    return;
+  }
   uint8_t vector = state.upcall_vector;
   if (vector == 0) {
     const uint64_t type = callback_via_ >> 56;
@@ -941,9 +1019,15 @@ int64_t Shim::EventChannelOp(Caller& caller, uint64_t command, uint64_t arg) {
       if (!op) return Error(XEN_EFAULT);
       absl::MutexLock lock(&mutex_);
       if (!ValidPortLocked(op->port)) return Error(XEN_EINVAL);
-      // An event that arrived while masked is delivered now.
+      // An event that arrived while masked is delivered now (through the kernel: cleared and sent
+      // again, since the kernel raises nothing for a port already pending).
       if (shared_info_.TestAndClearMask(op->port) && shared_info_.IsPending(op->port)) {
         ++event_generation_;
+        if (kernel_ != nullptr && shared_info_.gpa()) {
+          shared_info_.TestAndClearPending(op->port);
+          if (KernelSendLocked(op->port)) return 0;
+          shared_info_.TestAndSetPending(op->port);
+        }
         MarkVcpuPendingLocked(ports_[op->port].vcpu, op->port);
       }
       return 0;

@@ -113,6 +113,8 @@ class Shim {
 
   // ---- Statistics and debugging
   ShimStatistics Statistics() const;
+  // True when events go through the kernel (kvm's Xen support) rather than the shim's own path.
+  bool kernel_delivery() const { return kernel_ != nullptr; }
   // Raises `port` as if its remote end had sent (QEMU's xen-event-inject): kInvalidArgument for a
   // port outside the ABI's range, kNotFound for a closed one.
   absl::Status InjectEvent(uint32_t port);
@@ -135,6 +137,7 @@ class Shim {
     accel::Vcpu* vcpu = nullptr;
     int64_t tsc_offset = 0;
     uint8_t* vcpu_info = nullptr;  // registered (VCPUOP_register_vcpu_info); nullptr: in shared_info
+    uint64_t vcpu_info_gpa = 0;
     uint8_t upcall_vector = 0;     // HVMOP_set_evtchn_upcall_vector
     std::optional<uint64_t> runstate_gpa;
     std::optional<uint64_t> time_area_gpa;
@@ -173,6 +176,10 @@ class Shim {
   void MarkVcpuPendingLocked(uint32_t vcpu, uint32_t port) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void RaiseUpcallLocked(uint32_t vcpu) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void RaisePendingUpcallsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // With kernel delivery: hands `port` to the kernel; false if it refused (use the userspace path).
+  bool KernelSendLocked(uint32_t port) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  void KernelSetVcpuInfoLocked(uint32_t vcpu) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  void KernelSetUpcallRouteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   int64_t SendLocked(uint32_t port) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void ClosePortLocked(uint32_t port) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void SendVirqLocked(uint32_t vcpu, uint32_t virq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
@@ -189,6 +196,8 @@ class Shim {
   accel::Accelerator& accelerator_;
   const Callbacks callbacks_;
   base::EventLoop* const backend_loop_;
+  // The kernel's event delivery (kvm with EVTCHN_SEND), or nullptr: the userspace path.
+  accel::KernelXenEvents* const kernel_;
   const uint64_t start_monotonic_ns_;
   const uint64_t tsc_khz_;
   const TimeInfo time_scale_;

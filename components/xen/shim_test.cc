@@ -425,3 +425,47 @@ TEST_F(ShimTest, HvmParamsAndUpcallVector) {
 
 }  // namespace
 }  // namespace xenkvm::xen
+
+// The kernel's event delivery (kvm with KVM_CAP_XEN_HVM EVTCHN_SEND, Linux 5.19+): skipped where the
+// kernel lacks it, as on the development machines.
+#include "components/accel/kvm/kvm_accelerator.h"
+#include "components/kvm/kvm.h"
+
+namespace xenkvm::xen {
+namespace {
+
+TEST(ShimKvmTest, KernelDeliveryRaisesPortsInGuestMemory) {
+  if (absl::Status usable = kvm::KvmUsable(); !usable.ok()) GTEST_SKIP() << "needs a usable /dev/kvm: " << usable.message();
+  auto memory = memory::GuestMemory::Create({{GuestAddress(0), 16 << 20}});
+  ASSERT_TRUE(memory.ok());
+  auto accelerator = accel::CreateKvmAccelerator(*memory);
+  ASSERT_TRUE(accelerator.ok()) << accelerator.status();
+  if ((*accelerator)->kernel_xen_events() == nullptr) {
+    GTEST_SKIP() << "needs KVM's Xen event delivery (KVM_CAP_XEN_HVM EVTCHN_SEND, Linux 5.19+, CONFIG_KVM_XEN)";
+  }
+  auto shim = Shim::Create(XenConfig{}, *memory, **accelerator, {});
+  ASSERT_TRUE(shim.ok());
+  EXPECT_TRUE((*shim)->kernel_delivery());
+  auto vcpu = (*accelerator)->CreateVcpu(0, accel::PvhEntry{0x100000, 0, 0});
+  ASSERT_TRUE(vcpu.ok());
+  ASSERT_TRUE((*shim)->AttachVcpu(**vcpu).ok());
+  auto call = [&](uint64_t number, std::array<uint64_t, 6> args) {
+    return static_cast<int64_t>((*shim)->Hypercall(**vcpu, accel::HypercallExit{number, args, true, 0}));
+  };
+  struct {
+    uint16_t domid, size;
+    uint32_t space;
+    uint64_t idx, gpfn;
+  } add = {DOMID_SELF, 0, XENMAPSPACE_shared_info, 0, kSharedInfo >> 12};
+  ASSERT_TRUE(memory->WriteObject(GuestAddress(kArg), add).ok());
+  ASSERT_EQ(call(__HYPERVISOR_memory_op, {XENMEM_add_to_physmap, kArg}), 0);
+  ASSERT_TRUE(memory->WriteObject(GuestAddress(kArg), evtchn_alloc_unbound_t{DOMID_SELF, DOMID_SELF, 0}).ok());
+  ASSERT_EQ(call(__HYPERVISOR_event_channel_op, {EVTCHNOP_alloc_unbound, kArg}), 0);
+  uint32_t port = memory->ReadObject<evtchn_alloc_unbound_t>(GuestAddress(kArg))->port;
+  ASSERT_TRUE((*shim)->InjectEvent(port).ok());
+  EXPECT_EQ(*memory->ReadObject<uint64_t>(GuestAddress(kSharedInfo + 0x800)) >> port & 1, 1u);
+  EXPECT_EQ(*memory->ReadObject<uint8_t>(GuestAddress(kSharedInfo)), 1);  // vcpu_info[0] upcall_pending
+}
+
+}  // namespace
+}  // namespace xenkvm::xen

@@ -6,6 +6,7 @@
 #include <x86intrin.h>
 
 #include <cstring>
+#include <map>
 #include <mutex>
 
 #include "absl/base/thread_annotations.h"
@@ -64,6 +65,8 @@ kvm_segment FlatSegment(uint16_t selector, uint8_t type) {
 }
 
 // What every vCPU of one kvm VM shares.
+class KvmVcpu;
+
 struct KvmVmState {
   kvm::Kvm system;
   kvm::Vm vm;
@@ -71,13 +74,24 @@ struct KvmVmState {
   std::vector<kvm_cpuid_entry2> host_cpuid;
   bool user_space_msr = false;
   std::atomic<uint32_t> port_hypercall_msr{0};  // the fallback: the MSR the guest writes
+  absl::Mutex vcpus_mutex;
+  std::map<uint32_t, KvmVcpu*> vcpus ABSL_GUARDED_BY(vcpus_mutex);  // for per-vCPU Xen attributes
 };
 
 class KvmVcpu final : public Vcpu {
  public:
-  KvmVcpu(KvmVmState& vm, kvm::Vcpu vcpu) : vm_(vm), vcpu_(std::move(vcpu)) {}
+  KvmVcpu(KvmVmState& vm, kvm::Vcpu vcpu) : vm_(vm), vcpu_(std::move(vcpu)) {
+    absl::MutexLock lock(&vm_.vcpus_mutex);
+    vm_.vcpus[vcpu_.id()] = this;
+  }
+  ~KvmVcpu() override {
+    absl::MutexLock lock(&vm_.vcpus_mutex);
+    vm_.vcpus.erase(vcpu_.id());
+  }
 
   uint32_t id() const override { return vcpu_.id(); }
+  // Per-vCPU Xen attributes, set from the shim's thread (KVM serialises them with KVM_RUN).
+  kvm::Vcpu& kvm_vcpu() { return vcpu_; }
 
   absl::Status Boot(const PvhEntry& boot) {
     XENKVM_ASSIGN_OR_RETURN(kvm_sregs sregs, vcpu_.GetSregs());
@@ -428,6 +442,34 @@ class KvmVcpu final : public Vcpu {
   bool has_run_thread_ ABSL_GUARDED_BY(mutex_) = false;
 };
 
+// KVM's Xen event delivery (Linux 5.19+: EVTCHN_SEND and the per-vCPU attributes).
+class KvmXenEvents final : public KernelXenEvents {
+ public:
+  explicit KvmXenEvents(KvmVmState& vm) : vm_(vm) {}
+  absl::Status SetLongMode(bool long_mode) override { return vm_.vm.SetXenLongMode(long_mode); }
+  absl::Status SetSharedInfo(uint64_t gfn) override { return vm_.vm.SetXenSharedInfoGfn(gfn); }
+  absl::Status SetVcpuInfo(uint32_t vcpu, uint64_t gpa) override {
+    absl::MutexLock lock(&vm_.vcpus_mutex);
+    auto it = vm_.vcpus.find(vcpu);
+    if (it == vm_.vcpus.end()) return absl::NotFoundError(absl::StrCat("kvm: no vCPU ", vcpu));
+    it->second->Kick();  // a vCPU ioctl waits while that vCPU is inside KVM_RUN
+    XENKVM_RETURN_IF_ERROR(it->second->kvm_vcpu().SetXenVcpuId(vcpu));
+    return it->second->kvm_vcpu().SetXenVcpuInfo(gpa);
+  }
+  absl::Status SetUpcallVector(std::optional<uint32_t> vcpu, uint8_t vector) override {
+    if (!vcpu) return vm_.vm.SetXenUpcallVector(vector);
+    absl::MutexLock lock(&vm_.vcpus_mutex);
+    auto it = vm_.vcpus.find(*vcpu);
+    if (it == vm_.vcpus.end()) return absl::NotFoundError(absl::StrCat("kvm: no vCPU ", *vcpu));
+    it->second->Kick();
+    return it->second->kvm_vcpu().SetXenUpcallVector(vector);
+  }
+  absl::Status Send(uint32_t port, uint32_t vcpu) override { return vm_.vm.XenEvtchnSend(port, vcpu); }
+
+ private:
+  KvmVmState& vm_;
+};
+
 class KvmAccelerator final : public Accelerator {
  public:
   explicit KvmAccelerator(std::unique_ptr<KvmVmState> vm) : vm_(std::move(vm)) {
@@ -437,7 +479,10 @@ class KvmAccelerator final : public Accelerator {
     capabilities_.kernel_delivers_event_channels = xen.Has(kvm::XenCapability::kEvtchnSend);
     capabilities_.hypercall_page_by_accelerator = true;
     capabilities_.inline_vmcall = xen.Has(kvm::XenCapability::kInterceptHypercall);
+    if (xen.Has(kvm::XenCapability::kEvtchnSend)) xen_events_ = std::make_unique<KvmXenEvents>(*vm_);
   }
+
+  KernelXenEvents* kernel_xen_events() override { return xen_events_.get(); }
 
   const Capabilities& capabilities() const override { return capabilities_; }
   uint64_t tsc_khz() const override { return HostTscKhz(); }
@@ -467,6 +512,7 @@ class KvmAccelerator final : public Accelerator {
  private:
   std::unique_ptr<KvmVmState> vm_;
   Capabilities capabilities_;
+  std::unique_ptr<KvmXenEvents> xen_events_;
 };
 
 }  // namespace
