@@ -244,6 +244,7 @@ grpc::Status Daemon::Start(Record& record) {
     return Error(grpc::StatusCode::UNIMPLEMENTED,
                  "xen-disk is not implemented yet (the xen-disk issue): define the VM without disks");
   }
+  unlink(record.control_socket.c_str());  // a previous run's: the wait below looks for the new one
   int pipe_fds[2];
   if (pipe2(pipe_fds, O_CLOEXEC) != 0) return Error(grpc::StatusCode::INTERNAL, "pipe failed");
   const std::string log_path = record.dir + "/vmm.log";
@@ -300,11 +301,15 @@ grpc::Status Daemon::Start(Record& record) {
                                     }),
                                     done});
 
-  // Wait (without the lock) until the VMM answers on its control socket, or ends.
+  // Wait (without the lock) until the VMM answers on its control socket, or ends. Connecting
+  // before the socket exists costs a reconnect backoff, so first wait for the file.
   v1::VmmControl::Stub* control = record.control.get();
   const absl::Time deadline = absl::Now() + kVmmStartTimeout;
   while (absl::Now() < deadline) {
     mutex_.Unlock();
+    for (int i = 0; i < 100 && access(record.control_socket.c_str(), F_OK) != 0; ++i) {
+      absl::SleepFor(absl::Milliseconds(1));
+    }
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(50));
     context.set_wait_for_ready(true);
