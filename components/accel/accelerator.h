@@ -163,6 +163,14 @@ class KernelXenEvents {
   // `vcpu`: a per-vCPU upcall vector (HVMOP_set_evtchn_upcall_vector); nullopt: the HVM-wide one.
   virtual absl::Status SetUpcallVector(std::optional<uint32_t> vcpu, uint8_t vector) = 0;
   virtual absl::Status Send(uint32_t port, uint32_t vcpu) = 0;
+  // The guest's EVTCHNOP_send on `send_port` handled in the kernel: it raises `to_port` on
+  // `to_vcpu` without leaving the guest (an IPI: to_port == send_port). Assigns or updates.
+  virtual absl::Status RouteSend(uint32_t send_port, bool ipi, uint32_t to_port, uint32_t to_vcpu) = 0;
+  virtual absl::Status Unroute(uint32_t send_port) = 0;
+  virtual absl::Status ResetRoutes() = 0;
+  // The vCPU's singleshot timer (VCPUOP_set_singleshot_timer, set_timer_op) handled in the kernel,
+  // raising `port` (its VIRQ_TIMER port); 0 gives the timer back to the VMM.
+  virtual absl::Status SetTimerPort(uint32_t vcpu, uint32_t port) = 0;
 };
 
 class Accelerator {

@@ -753,6 +753,20 @@ bool Shim::KernelSendLocked(uint32_t port) {
   return true;
 }
 
+void Shim::KernelRouteLocked(uint32_t port) {
+  if (kernel_ == nullptr || port == 0 || port >= ports_.size()) return;
+  const Port& p = ports_[port];
+  absl::Status routed;
+  if (p.type == PortType::kIpi) {
+    routed = kernel_->RouteSend(port, /*ipi=*/true, port, p.vcpu);
+  } else if (p.type == PortType::kInterdomain && !p.backend) {
+    routed = kernel_->RouteSend(port, /*ipi=*/false, p.remote_port, ports_[p.remote_port].vcpu);
+  } else {
+    routed = kernel_->Unroute(port);  // closed, unbound, VIRQ, backend: the shim's
+  }
+  if (!routed.ok()) spdlog::warn("Xen shim: kernel route for port {}: {}", port, std::string(routed.message()));
+}
+
 void Shim::KernelSetVcpuInfoLocked(uint32_t vcpu) {
   if (kernel_ == nullptr || vcpus_[vcpu].vcpu == nullptr || !shared_info_.gpa()) return;
   uint64_t gpa = 0;
@@ -845,25 +859,30 @@ int64_t Shim::SendLocked(uint32_t port) {
 
 void Shim::ClosePortLocked(uint32_t port) {
   Port& p = ports_[port];
+  uint32_t peer = 0;
   switch (p.type) {
     case PortType::kVirq: {
       const uint32_t owner = PerVcpuVirq(p.virq) ? p.vcpu : 0;
       if (owner < vcpus_.size() && vcpus_[owner].virq_ports[p.virq] == port) vcpus_[owner].virq_ports[p.virq] = 0;
+      if (kernel_ != nullptr && p.virq == VIRQ_TIMER) (void)kernel_->SetTimerPort(p.vcpu, 0);
       break;
     }
     case PortType::kInterdomain:
       if (!p.backend && p.remote_port < ports_.size() && ports_[p.remote_port].type == PortType::kInterdomain) {
         // The loopback peer goes back to waiting for a binding from this domain.
-        Port& peer = ports_[p.remote_port];
-        peer.type = PortType::kUnbound;
-        peer.remote_domain = config_.domid;
-        peer.remote_port = 0;
+        Port& other = ports_[p.remote_port];
+        other.type = PortType::kUnbound;
+        other.remote_domain = config_.domid;
+        other.remote_port = 0;
+        peer = p.remote_port;
       }
       break;
     default:
       break;
   }
   p = Port{};
+  KernelRouteLocked(port);
+  if (peer != 0) KernelRouteLocked(peer);
 }
 
 void Shim::SendVirqLocked(uint32_t vcpu, uint32_t virq) {
@@ -917,6 +936,8 @@ int64_t Shim::EventChannelOp(Caller& caller, uint64_t command, uint64_t arg) {
         ClosePortLocked(*port);
         return Error(XEN_EFAULT);
       }
+      KernelRouteLocked(*port);
+      KernelRouteLocked(remote);
       // Xen raises the new local port, so that events sent before the bind are not lost.
       SetPendingLocked(*port);
       return 0;
@@ -941,6 +962,11 @@ int64_t Shim::EventChannelOp(Caller& caller, uint64_t command, uint64_t arg) {
         ClosePortLocked(*port);
         return Error(XEN_EFAULT);
       }
+      if (kernel_ != nullptr && op->virq == VIRQ_TIMER) {
+        if (absl::Status set = kernel_->SetTimerPort(op->vcpu, *port); !set.ok()) {
+          spdlog::warn("Xen shim: kernel TIMER for vCPU {}: {}", op->vcpu, std::string(set.message()));
+        }
+      }
       return 0;
     }
     case EVTCHNOP_bind_ipi: {
@@ -957,6 +983,7 @@ int64_t Shim::EventChannelOp(Caller& caller, uint64_t command, uint64_t arg) {
         ClosePortLocked(*port);
         return Error(XEN_EFAULT);
       }
+      KernelRouteLocked(*port);
       return 0;
     }
     case EVTCHNOP_close: {
@@ -1012,6 +1039,7 @@ int64_t Shim::EventChannelOp(Caller& caller, uint64_t command, uint64_t arg) {
         return Error(XEN_EINVAL);
       }
       p.vcpu = op->vcpu;
+      if (p.type == PortType::kInterdomain && !p.backend) KernelRouteLocked(p.remote_port);  // delivers here
       return 0;
     }
     case EVTCHNOP_unmask: {
@@ -1040,6 +1068,7 @@ int64_t Shim::EventChannelOp(Caller& caller, uint64_t command, uint64_t arg) {
       for (uint32_t port = 1; port < ports_.size(); ++port) {
         if (ports_[port].type != PortType::kClosed && !ports_[port].backend) ClosePortLocked(port);
       }
+      if (kernel_ != nullptr) (void)kernel_->ResetRoutes();
       return 0;
     }
     default:

@@ -180,6 +180,9 @@ class Shim {
   bool KernelSendLocked(uint32_t port) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void KernelSetVcpuInfoLocked(uint32_t vcpu) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void KernelSetUpcallRouteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // With kernel delivery: lets the kernel handle the guest's sends on `port` (IPIs and loopback),
+  // or takes them back (any other state).
+  void KernelRouteLocked(uint32_t port) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   int64_t SendLocked(uint32_t port) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void ClosePortLocked(uint32_t port) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void SendVirqLocked(uint32_t vcpu, uint32_t virq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);

@@ -7,6 +7,7 @@
 
 #include <cstring>
 #include <map>
+#include <set>
 #include <mutex>
 
 #include "absl/base/thread_annotations.h"
@@ -466,8 +467,42 @@ class KvmXenEvents final : public KernelXenEvents {
   }
   absl::Status Send(uint32_t port, uint32_t vcpu) override { return vm_.vm.XenEvtchnSend(port, vcpu); }
 
+  absl::Status RouteSend(uint32_t send_port, bool ipi, uint32_t to_port, uint32_t to_vcpu) override {
+    kvm::XenEvtchnRoute::ToPort to{};
+    to.port = to_port;
+    to.vcpu = to_vcpu;
+    const kvm::XenEvtchnRoute route{
+        send_port, ipi ? kvm::XenEvtchnRoute::Type::kIpi : kvm::XenEvtchnRoute::Type::kInterdomain, to};
+    absl::MutexLock lock(&mutex_);
+    if (routed_.contains(send_port)) return vm_.vm.UpdateXenEvtchn(route);
+    XENKVM_RETURN_IF_ERROR(vm_.vm.AssignXenEvtchn(route));
+    routed_.insert(send_port);
+    return absl::OkStatus();
+  }
+  absl::Status Unroute(uint32_t send_port) override {
+    absl::MutexLock lock(&mutex_);
+    if (routed_.erase(send_port) == 0) return absl::OkStatus();
+    return vm_.vm.DeassignXenEvtchn(send_port);
+  }
+  absl::Status ResetRoutes() override {
+    absl::MutexLock lock(&mutex_);
+    routed_.clear();
+    return vm_.vm.ResetXenEvtchns();
+  }
+  absl::Status SetTimerPort(uint32_t vcpu, uint32_t port) override {
+    absl::MutexLock lock(&vm_.vcpus_mutex);
+    auto it = vm_.vcpus.find(vcpu);
+    if (it == vm_.vcpus.end()) return absl::NotFoundError(absl::StrCat("kvm: no vCPU ", vcpu));
+    it->second->Kick();
+    kvm::XenTimer timer;
+    timer.port = port;
+    return it->second->kvm_vcpu().SetXenTimer(timer);
+  }
+
  private:
   KvmVmState& vm_;
+  absl::Mutex mutex_;
+  std::set<uint32_t> routed_ ABSL_GUARDED_BY(mutex_);  // send ports the kernel handles
 };
 
 class KvmAccelerator final : public Accelerator {
