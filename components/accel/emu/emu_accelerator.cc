@@ -38,9 +38,6 @@ constexpr uint64_t kRflagsClearedOnEntry = (1 << 8) | (1 << 14) | (1 << 16) | (1
 // arming the trace at CPUID leaf base+2, which the WRMSR follows closely.
 constexpr uint64_t kBootTraceInstructions = 2'000'000;
 constexpr uint64_t kArmedTraceInstructions = 100'000;
-// How long (PAUSE instructions, about 10-40 ns each) a side of the exit hand-off spins before it
-// sleeps: long enough for the VMM's usual answer, short enough not to burn a core.
-constexpr int kHandOffSpins = 2000;
 
 absl::Status UcError(uc_err err, absl::string_view call) {
   return absl::InternalError(absl::StrCat("unicorn ", call, ": ", uc_strerror(err)));
@@ -142,10 +139,7 @@ class EmuVcpu final : public Vcpu {
       return absl::FailedPreconditionError(absl::StrCat(
           "emu vCPU ", id_, ": the last exit asks for a value; answer it with Complete() first"));
     }
-    SetCallerTurn(false);
-    mutex_.Unlock();
-    SpinUntilCallerTurnIs(true);
-    mutex_.Lock();
+    caller_turn_ = false;
     mutex_.Await(absl::Condition(
         +[](EmuVcpu* self) ABSL_EXCLUSIVE_LOCKS_REQUIRED(self->mutex_) { return self->caller_turn_; },
         this));
@@ -589,20 +583,6 @@ class EmuVcpu final : public Vcpu {
     return exiting_;
   }
 
-  // The exit hand-off between the emulation thread and Run()'s caller: each side spins briefly
-  // for the other's answer before sleeping on the mutex. Both usually sit on their own core, and
-  // a futex sleep and wake-up costs tens of microseconds here, most of an exit's cost.
-  void SetCallerTurn(bool caller) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
-    caller_turn_ = caller;
-    caller_turn_spin_.store(caller, std::memory_order_release);
-  }
-  void SpinUntilCallerTurnIs(bool caller) {
-    for (int i = 0; i < kHandOffSpins; ++i) {
-      if (caller_turn_spin_.load(std::memory_order_acquire) == caller) return;
-      __builtin_ia32_pause();
-    }
-  }
-
   bool TakeKick() {
     absl::MutexLock lock(&mutex_);
     return std::exchange(kick_, false);
@@ -614,10 +594,7 @@ class EmuVcpu final : public Vcpu {
     exit_ = std::move(exit);
     awaiting_value_ = wants_value;
     value_.reset();
-    SetCallerTurn(true);
-    mutex_.Unlock();
-    SpinUntilCallerTurnIs(false);
-    mutex_.Lock();
+    caller_turn_ = true;
     mutex_.Await(absl::Condition(
         +[](EmuVcpu* self) ABSL_EXCLUSIVE_LOCKS_REQUIRED(self->mutex_) {
           return !self->caller_turn_ || self->exiting_;
@@ -969,7 +946,6 @@ class EmuVcpu final : public Vcpu {
 
   absl::Mutex mutex_;
   bool caller_turn_ ABSL_GUARDED_BY(mutex_) = true;
-  std::atomic<bool> caller_turn_spin_{true};  // caller_turn_, readable without the mutex
   bool exiting_ ABSL_GUARDED_BY(mutex_) = false;
   bool kick_ ABSL_GUARDED_BY(mutex_) = false;
   std::optional<Exit> exit_ ABSL_GUARDED_BY(mutex_);
