@@ -339,6 +339,26 @@ string_io:
         out     %eax, $0x12
         hlt
 
+/* ---- Interrupts taken while a loop reports a counter (an instruction run twice shows as a gap). */
+        .globl stress_loop
+stress_loop:
+        mov     $stack_top, %esp
+        lgdt    gdt64_descriptor
+        ljmp    $0x08, $1f
+1:      mov     $0x10, %ax
+        mov     %ax, %ds
+        mov     %ax, %es
+        mov     %ax, %ss
+        GATE32  0x30, stress_handler
+        lidt    idt32_descriptor
+        sti
+2:      incl    handled
+        mov     handled, %eax
+        out     %eax, $0x10
+        jmp     2b
+stress_handler:
+        iret
+
 /* ---- Loops for the exits-per-second benchmark. */
         .globl pio_loop
 pio_loop:
