@@ -352,8 +352,9 @@ stress_loop:
         GATE32  0x30, stress_handler
         lidt    idt32_descriptor
         sti
-2:      incl    handled
-        mov     handled, %eax
+        movl    $0, 0x180000            /* the counter lives away from the code's pages (a page */
+2:      incl    0x180000                /* of code written to often makes Unicorn track writes to */
+        mov     0x180000, %eax          /* it, in memory it never frees) */
         out     %eax, $0x10
         jmp     2b
 stress_handler:
