@@ -31,6 +31,14 @@ class ElfBuilder {
   bool note_as_section = false;  // the note in an SHT_NOTE section instead of a PT_NOTE segment
 
   std::vector<uint8_t> Build() const {
+    return elf64 ? BuildAs<Elf64_Ehdr, Elf64_Phdr, Elf64_Shdr>(ELFCLASS64)
+                 : BuildAs<Elf32_Ehdr, Elf32_Phdr, Elf32_Shdr>(ELFCLASS32);
+  }
+
+ private:
+  // One layout for both classes: the headers, each PT_LOAD's bytes, then the note.
+  template <typename Ehdr, typename Phdr, typename Shdr>
+  std::vector<uint8_t> BuildAs(uint8_t elf_class) const {
     std::vector<uint8_t> note;
     if (entry) {
       Put32(note, 4);
@@ -43,95 +51,55 @@ class ElfBuilder {
         Put32(note, static_cast<uint32_t>(*entry));
       }
     }
-    const size_t ehsize = elf64 ? sizeof(Elf64_Ehdr) : sizeof(Elf32_Ehdr);
-    const size_t phsize = elf64 ? sizeof(Elf64_Phdr) : sizeof(Elf32_Phdr);
-    const size_t shsize = elf64 ? sizeof(Elf64_Shdr) : sizeof(Elf32_Shdr);
     const size_t phnum = segments.size() + (note_as_section ? 0 : 1);
-    size_t data_at = ehsize + phnum * phsize + (note_as_section ? shsize : 0);
+    const size_t shoff = sizeof(Ehdr) + phnum * sizeof(Phdr);
+    size_t cursor = shoff + (note_as_section ? sizeof(Shdr) : 0);
     std::vector<uint64_t> offsets;
-    size_t cursor = data_at;
-    for (const SegmentSpec& s : segments) {
+    for (const SegmentSpec& segment : segments) {
       offsets.push_back(cursor);
-      cursor += s.bytes.size();
+      cursor += segment.bytes.size();
     }
     const size_t note_at = cursor;
     std::vector<uint8_t> file(note_at + note.size(), 0);
+    auto put = [&file](size_t at, const auto& object) { std::memcpy(file.data() + at, &object, sizeof(object)); };
     if (!note.empty()) std::memcpy(file.data() + note_at, note.data(), note.size());
+    Ehdr h{};
+    Ident(h.e_ident, elf_class);
+    h.e_type = ET_EXEC;
+    h.e_machine = machine;
+    h.e_version = EV_CURRENT;
+    h.e_phoff = sizeof(Ehdr);
+    h.e_ehsize = sizeof(Ehdr);
+    h.e_phentsize = sizeof(Phdr);
+    h.e_phnum = phnum;
+    if (note_as_section) {
+      h.e_shoff = shoff, h.e_shentsize = sizeof(Shdr), h.e_shnum = 1;
+    }
+    put(0, h);
     for (size_t i = 0; i < segments.size(); ++i) {
       if (!segments[i].bytes.empty()) {
         std::memcpy(file.data() + offsets[i], segments[i].bytes.data(), segments[i].bytes.size());
       }
+      Phdr p{};
+      p.p_type = PT_LOAD;
+      p.p_offset = offsets[i];
+      p.p_paddr = p.p_vaddr = segments[i].paddr;
+      p.p_filesz = segments[i].bytes.size();
+      p.p_memsz = segments[i].memsz;
+      put(sizeof(Ehdr) + i * sizeof(Phdr), p);
     }
-    const size_t shoff = ehsize + phnum * phsize;
-    if (elf64) {
-      Elf64_Ehdr h{};
-      Ident(h.e_ident, ELFCLASS64);
-      h.e_type = ET_EXEC;
-      h.e_machine = machine;
-      h.e_version = EV_CURRENT;
-      h.e_phoff = ehsize;
-      h.e_ehsize = ehsize;
-      h.e_phentsize = phsize;
-      h.e_phnum = phnum;
-      if (note_as_section) {
-        h.e_shoff = shoff, h.e_shentsize = shsize, h.e_shnum = 1;
-      }
-      std::memcpy(file.data(), &h, sizeof(h));
-      for (size_t i = 0; i < segments.size(); ++i) {
-        Elf64_Phdr p{};
-        p.p_type = PT_LOAD;
-        p.p_offset = offsets[i];
-        p.p_paddr = p.p_vaddr = segments[i].paddr;
-        p.p_filesz = segments[i].bytes.size();
-        p.p_memsz = segments[i].memsz;
-        std::memcpy(file.data() + ehsize + i * phsize, &p, sizeof(p));
-      }
-      if (note_as_section) {
-        Elf64_Shdr s{};
-        s.sh_type = SHT_NOTE, s.sh_offset = note_at, s.sh_size = note.size();
-        std::memcpy(file.data() + shoff, &s, sizeof(s));
-      } else {
-        Elf64_Phdr p{};
-        p.p_type = PT_NOTE, p.p_offset = note_at, p.p_filesz = p.p_memsz = note.size();
-        std::memcpy(file.data() + ehsize + segments.size() * phsize, &p, sizeof(p));
-      }
+    if (note_as_section) {
+      Shdr section{};
+      section.sh_type = SHT_NOTE, section.sh_offset = note_at, section.sh_size = note.size();
+      put(shoff, section);
     } else {
-      Elf32_Ehdr h{};
-      Ident(h.e_ident, ELFCLASS32);
-      h.e_type = ET_EXEC;
-      h.e_machine = machine;
-      h.e_version = EV_CURRENT;
-      h.e_phoff = ehsize;
-      h.e_ehsize = ehsize;
-      h.e_phentsize = phsize;
-      h.e_phnum = phnum;
-      if (note_as_section) {
-        h.e_shoff = shoff, h.e_shentsize = shsize, h.e_shnum = 1;
-      }
-      std::memcpy(file.data(), &h, sizeof(h));
-      for (size_t i = 0; i < segments.size(); ++i) {
-        Elf32_Phdr p{};
-        p.p_type = PT_LOAD;
-        p.p_offset = offsets[i];
-        p.p_paddr = p.p_vaddr = static_cast<uint32_t>(segments[i].paddr);
-        p.p_filesz = segments[i].bytes.size();
-        p.p_memsz = static_cast<uint32_t>(segments[i].memsz);
-        std::memcpy(file.data() + ehsize + i * phsize, &p, sizeof(p));
-      }
-      if (note_as_section) {
-        Elf32_Shdr s{};
-        s.sh_type = SHT_NOTE, s.sh_offset = note_at, s.sh_size = note.size();
-        std::memcpy(file.data() + shoff, &s, sizeof(s));
-      } else {
-        Elf32_Phdr p{};
-        p.p_type = PT_NOTE, p.p_offset = note_at, p.p_filesz = p.p_memsz = note.size();
-        std::memcpy(file.data() + ehsize + segments.size() * phsize, &p, sizeof(p));
-      }
+      Phdr p{};
+      p.p_type = PT_NOTE, p.p_offset = note_at, p.p_filesz = p.p_memsz = note.size();
+      put(sizeof(Ehdr) + segments.size() * sizeof(Phdr), p);
     }
     return file;
   }
 
- private:
   static void Ident(unsigned char* ident, uint8_t cls) {
     std::memcpy(ident, ELFMAG, SELFMAG);
     ident[EI_CLASS] = cls;
