@@ -1,0 +1,37 @@
+// The toolstack's part of XenStore for one guest (what libxl writes when it builds a domain and
+// when `xl shutdown` asks it to stop), done with a privileged client of the store.
+#ifndef XENKVM_COMPONENTS_XEN_XENSTORE_DOMAIN_H_
+#define XENKVM_COMPONENTS_XEN_XENSTORE_DOMAIN_H_
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "components/xen/xenstore/store.h"
+
+namespace xenkvm::xen::xenstore {
+
+struct DomainInfo {
+  uint32_t domid = 1;
+  std::string name;
+  uint32_t vcpus = 1;
+  uint64_t memory_kib = 0;
+};
+
+// Introduces the domain and writes its home, /local/domain/<domid>: name, domid, cpu/N/availability,
+// memory/{static-max,target}, and control/ (shutdown, feature-*, sysrq), data/, device/, drivers/,
+// error/, feature/, attr/ with libxl's permissions: the home and control/ read-only to the guest,
+// the rest its own.
+absl::Status CreateDomain(Store& store, const DomainInfo& domain);
+
+// Writes `reason` ("poweroff", "reboot", "halt", "suspend", "s3") to control/shutdown, where the
+// guest's shutdown watch sees it. kInvalidArgument for another reason.
+absl::Status RequestShutdown(Store& store, uint32_t domid, std::string_view reason);
+
+// Whether the guest's PV drivers advertise the control/feature-<feature> ("poweroff", "reboot"...).
+bool GuestAdvertises(Store& store, uint32_t domid, std::string_view feature);
+
+}  // namespace xenkvm::xen::xenstore
+
+#endif  // XENKVM_COMPONENTS_XEN_XENSTORE_DOMAIN_H_
