@@ -322,9 +322,11 @@ const char* VmStateName(v1::VmState state) {
   }
 }
 
-std::vector<std::string> VmmArguments(const v1::VmConfig& config, const std::string& control_socket) {
+std::vector<std::string> VmmArguments(const v1::VmConfig& config, const std::string& control_socket,
+                                      const std::string& xenstore_socket) {
   uint32_t version = ParseXenVersion(config.xen_version()).value_or(0x40011);
   std::vector<std::string> args = {
+      "--name", config.name(),
       "--kernel", config.kernel(),
       "--memory", absl::StrCat(config.memory_mib()),
       "--vcpus", absl::StrCat(config.vcpus()),
@@ -334,6 +336,10 @@ std::vector<std::string> VmmArguments(const v1::VmConfig& config, const std::str
       "--xen-max-evtchn", absl::StrCat(config.xen_max_event_channels()),
       "--control-socket", control_socket,
   };
+  if (version != 0 && !xenstore_socket.empty()) {
+    args.push_back("--xenstore-socket");
+    args.push_back(xenstore_socket);
+  }
   return args;
 }
 

@@ -29,8 +29,10 @@ absl::StatusOr<uint32_t> ParseXenVersion(const std::string& text);
 // "created", "running", "paused", "shutdown", "crashed".
 const char* VmStateName(v1::VmState state);
 
-// xenkvm-vmm's command line for `config` (after defaults), without the program name.
-std::vector<std::string> VmmArguments(const v1::VmConfig& config, const std::string& control_socket);
+// xenkvm-vmm's command line for `config` (after defaults), without the program name. The VM's
+// XenStore is served on `xenstore_socket` too when it has the Xen interface and the path is set.
+std::vector<std::string> VmmArguments(const v1::VmConfig& config, const std::string& control_socket,
+                                      const std::string& xenstore_socket = "");
 
 }  // namespace xenkvm::api
 

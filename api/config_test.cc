@@ -21,9 +21,12 @@ TEST(ConfigTest, JsonConfigWithDefaults) {
   EXPECT_EQ(full.xen_max_event_channels(), 4096u);
   ASSERT_EQ(full.consoles_size(), 1);
   EXPECT_EQ(full.consoles(0).kind(), "serial");
-  std::vector<std::string> args = VmmArguments(full, "/run/x.sock");
+  std::vector<std::string> args = VmmArguments(full, "/run/x.sock", "/run/xs.sock");
   EXPECT_THAT(args, ::testing::Contains("0x4000a"));
   EXPECT_THAT(args, ::testing::Contains("/run/x.sock"));
+  EXPECT_THAT(args, ::testing::Contains("/run/xs.sock"));
+  full.set_xen_version("off");  // no Xen interface: no XenStore to serve
+  EXPECT_THAT(VmmArguments(full, "/run/x.sock", "/run/xs.sock"), ::testing::Not(::testing::Contains("/run/xs.sock")));
   EXPECT_THAT(ParseConfigText(R"({"name": "x", "colour": "red"})", "bad.json").status().message(),
               HasSubstr("bad.json: not a valid VM config"));
 }

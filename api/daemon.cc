@@ -117,9 +117,9 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(const Options& options) {
         absl::StrCat("state directory ", options.state_dir, ": ", error.message(), " (choose another with --state-dir)"));
   }
   chmod(options.state_dir.c_str(), 0700);
-  if ((fs::path(options.state_dir) / "vms" / std::string(63, 'x') / "vmm.sock").string().size() > kMaxSocketPath) {
+  if ((fs::path(options.state_dir) / "vms" / std::string(63, 'x') / "xenstore.sock").string().size() > kMaxSocketPath) {
     return absl::InvalidArgumentError(absl::StrCat("state directory ", options.state_dir,
-                                                   ": too long for the per-VM Unix sockets under it (keep it under 40 characters)"));
+                                                   ": too long for the per-VM Unix sockets under it (keep it under 35 characters)"));
   }
   if (access(options.vmm_path.c_str(), X_OK) != 0) {
     return absl::NotFoundError(absl::StrCat("xenkvm-vmm not found or not executable at ", options.vmm_path,
@@ -251,7 +251,10 @@ grpc::Status Daemon::Start(Record& record) {
   int log_fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
   std::vector<std::string> args = {options_.vmm_path};
-  for (std::string& arg : VmmArguments(record.vm.config(), record.control_socket)) args.push_back(std::move(arg));
+  const std::string xenstore_socket = record.dir + "/xenstore.sock";
+  for (std::string& arg : VmmArguments(record.vm.config(), record.control_socket, xenstore_socket)) {
+    args.push_back(std::move(arg));
+  }
   std::vector<char*> argv;
   for (std::string& arg : args) argv.push_back(arg.data());
   argv.push_back(nullptr);
@@ -280,6 +283,8 @@ grpc::Status Daemon::Start(Record& record) {
   record.vm.set_end_reason("");
   record.vm.set_exit_status(-1);
   record.vm.set_started_unix_ms(NowMs());
+  record.vm.set_xenstore_socket(ParseXenVersion(record.vm.config().xen_version()).value_or(1) != 0 ? xenstore_socket
+                                                                                                  : "");
   // The VMM creates its socket a few milliseconds from now: retry connecting quickly, not with
   // gRPC's default one-second backoff.
   grpc::ChannelArguments channel_args;
@@ -352,6 +357,7 @@ void Daemon::Supervise(std::string name, uint64_t run, pid_t pid, int console_fd
   if (record == nullptr || record->run != run) return;
   record->pid = 0;
   record->vm.set_pid(0);
+  record->vm.set_xenstore_socket("");
   record->control.reset();
   const std::string said = LastVmmMessage(record->dir + "/vmm.log");
   if (WIFSIGNALED(status)) {
@@ -405,20 +411,37 @@ void Daemon::Kill(Record& record, const std::string& why) {
   if (!why.empty()) record.vm.set_end_reason(why);
 }
 
-void Daemon::Shutdown(Record& record, absl::Duration timeout) {
-  const uint64_t run = record.run;
+grpc::Status Daemon::AskShutdown(Record& record, const std::string& reason) {
+  if (!record.control) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the VMM has no control channel");
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-  v1::VmmReply ignored;
-  grpc::Status asked = record.control ? record.control->RequestShutdown(&context, v1::VmmShutdownRequest(), &ignored)
-                                      : grpc::Status(grpc::StatusCode::UNAVAILABLE, "no control channel");
-  if (asked.ok()) {
-    WaitForRunEnd(record, run, timeout);
-    if (record.run == run && record.pid != 0) Kill(record, "shut down: the guest did not power off in time; destroyed");
+  v1::VmmShutdownRequest request;
+  request.set_reason(reason);
+  v1::VmmShutdownReply reply;
+  grpc::Status asked = record.control->RequestShutdown(&context, request, &reply);
+  if (asked.ok()) record.guest_advertised_shutdown = reply.guest_advertises();
+  return asked;
+}
+
+void Daemon::FinishShutdown(Record& record, uint64_t run, const grpc::Status& asked) {
+  if (record.run != run || record.pid == 0) return;  // it powered off
+  if (!asked.ok()) {
+    Kill(record, absl::StrCat("shut down: the guest could not be asked (", asked.error_message(), "); destroyed"));
   } else {
-    // Nobody to ask (no XenStore yet): stop it now rather than wait for nothing.
-    Kill(record, absl::StrCat("shut down: ", asked.error_message(), "; destroyed"));
+    Kill(record, record.guest_advertised_shutdown
+                     ? "shut down: the guest did not power off in time; destroyed"
+                     : "shut down: the guest did not power off in time (it never advertised "
+                       "control/feature-poweroff: no Xen PV drivers?); destroyed");
   }
+}
+
+grpc::Status Daemon::Shutdown(Record& record, const std::string& reason, absl::Duration timeout) {
+  const uint64_t run = record.run;
+  grpc::Status asked = AskShutdown(record, reason);
+  if (asked.error_code() == grpc::StatusCode::INVALID_ARGUMENT) return asked;
+  if (asked.ok()) WaitForRunEnd(record, run, timeout);
+  FinishShutdown(record, run, asked);
+  return grpc::Status::OK;
 }
 
 grpc::Status Daemon::StartVm(grpc::ServerContext*, const v1::VmRef* request, v1::Vm* reply) {
@@ -470,7 +493,9 @@ grpc::Status Daemon::ShutdownVm(grpc::ServerContext*, const v1::ShutdownVmReques
     return Error(grpc::StatusCode::FAILED_PRECONDITION,
                  absl::StrCat("VM \"", request->name(), "\" is ", VmStateName(record->vm.state()), ", not running"));
   }
-  Shutdown(*record, absl::Seconds(request->timeout_seconds() == 0 ? 30 : request->timeout_seconds()));
+  grpc::Status done = Shutdown(*record, request->reason().empty() ? "poweroff" : request->reason(),
+                               absl::Seconds(request->timeout_seconds() == 0 ? 30 : request->timeout_seconds()));
+  if (!done.ok()) return Error(done.error_code(), done.error_message());
   *reply = record->vm;
   return grpc::Status::OK;
 }
@@ -631,8 +656,20 @@ grpc::Status Daemon::WatchEvents(grpc::ServerContext* context, const v1::WatchEv
 
 void Daemon::ShutdownAll(absl::Duration deadline) {
   absl::MutexLock lock(&mutex_);
+  // Ask every guest first, then give them the deadline together.
+  struct Asked {
+    std::shared_ptr<Record> record;
+    uint64_t run;
+    grpc::Status status;
+  };
+  std::vector<Asked> asked;
   for (auto& [name, record] : vms_) {
-    if (Running(record->vm)) Shutdown(*record, deadline);
+    if (Running(record->vm)) asked.push_back({record, record->run, AskShutdown(*record, "poweroff")});
+  }
+  const absl::Time end = absl::Now() + deadline;
+  for (Asked& vm : asked) {
+    if (vm.status.ok()) WaitForRunEnd(*vm.record, vm.run, std::max(end - absl::Now(), absl::ZeroDuration()));
+    FinishShutdown(*vm.record, vm.run, vm.status);
   }
 }
 

@@ -80,6 +80,7 @@ class Daemon final : public v1::VmService::Service {
     pid_t pid = 0;
     bool destroying = false;
     bool started_emitted = false;
+    bool guest_advertised_shutdown = false;  // the last RequestShutdown's answer
     uint64_t run = 0;  // bumped per start, so waiters know which run ended
     std::shared_ptr<ConsoleBuffer> console = std::make_shared<ConsoleBuffer>();
     std::unique_ptr<v1::VmmControl::Stub> control;
@@ -94,7 +95,13 @@ class Daemon final : public v1::VmService::Service {
   grpc::Status Start(Record& record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   grpc::Status SetPaused(const std::string& name, bool pause, v1::Vm* reply);
   // Asks the guest to power off; destroys the VM after `timeout`, or at once when it cannot be asked.
-  void Shutdown(Record& record, absl::Duration timeout) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Asks the guest to shut down for `reason` through its XenStore, waits up to `timeout` for it to
+  // end, then destroys it. Not OK only for a reason the VMM refuses.
+  grpc::Status Shutdown(Record& record, const std::string& reason, absl::Duration timeout)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  grpc::Status AskShutdown(Record& record, const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // After asking: destroys the run if it has not ended, with an end reason saying why.
+  void FinishShutdown(Record& record, uint64_t run, const grpc::Status& asked) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // Ends the VMM process (SIGTERM, then SIGKILL after a grace period) and waits for the supervisor.
   void Kill(Record& record, const std::string& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void Supervise(std::string name, uint64_t run, pid_t pid, int console_fd, std::shared_ptr<ConsoleBuffer> console);

@@ -70,11 +70,17 @@ class ControlServer::Service final : public v1::VmmControl::Service {
     vm_.Resume();
     return grpc::Status::OK;
   }
-  grpc::Status RequestShutdown(grpc::ServerContext*, const v1::VmmShutdownRequest*, v1::VmmReply*) override {
-    // A Xen guest hears "shut down" through XenStore's control/shutdown node, which comes with the
-    // XenStore issue; until then there is no way to ask.
-    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                        "this VM has no channel to ask its guest to shut down (XenStore is not implemented yet)");
+  grpc::Status RequestShutdown(grpc::ServerContext*, const v1::VmmShutdownRequest* request,
+                               v1::VmmShutdownReply* reply) override {
+    absl::StatusOr<bool> advertised = vm_.RequestShutdown(request->reason().empty() ? "poweroff" : request->reason());
+    if (!advertised.ok()) {
+      grpc::StatusCode code = advertised.status().code() == absl::StatusCode::kInvalidArgument
+                                  ? grpc::StatusCode::INVALID_ARGUMENT
+                                  : grpc::StatusCode::FAILED_PRECONDITION;
+      return grpc::Status(code, std::string(advertised.status().message()));
+    }
+    reply->set_guest_advertises(*advertised);
+    return grpc::Status::OK;
   }
   grpc::Status EventChannels(grpc::ServerContext*, const v1::VmmEventChannelsRequest*,
                              v1::EventChannelList* reply) override {

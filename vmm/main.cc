@@ -26,12 +26,13 @@ constexpr int kExitHalted = 6;
 constexpr int kExitStopped = 7;
 
 constexpr char kUsage[] =
-    "usage: xenkvm-vmm --kernel FILE [--memory MiB] [--vcpus N] [--cmdline STRING]\n"
+    "usage: xenkvm-vmm --kernel FILE [--name NAME] [--memory MiB] [--vcpus N] [--cmdline STRING]\n"
     "                  [--accel kvm|emu|auto] [--xen-version VERSION|off] [--xen-max-evtchn N]\n"
-    "                  [--control-socket PATH] [--log-level LEVEL]\n"
+    "                  [--xenstore-socket PATH] [--control-socket PATH] [--log-level LEVEL]\n"
     "\n"
     "Runs one Xen PVH guest in the foreground; its console goes to stdout, logs to stderr.\n"
     "  --kernel FILE     ELF kernel with a Xen PVH entry note (required)\n"
+    "  --name NAME       the domain's name in XenStore (default guest)\n"
     "  --memory MiB      guest RAM, whole MiB (default 256, at least 2)\n"
     "  --vcpus N         virtual CPUs, 1 to 32 (default 1)\n"
     "  --cmdline STRING  kernel command line (default empty)\n"
@@ -39,6 +40,8 @@ constexpr char kUsage[] =
     "  --xen-version V   the Xen version shown to the guest, major << 16 | minor, e.g. 0x40011 for\n"
     "                    4.17 (default); \"off\" runs the guest without the Xen interface\n"
     "  --xen-max-evtchn N  event channels the guest may open, 64 to 4096 (default 4096)\n"
+    "  --xenstore-socket PATH  also serve the guest's XenStore on this Unix socket (mode 0600), for\n"
+    "                    xenstore-utils: XENSTORED_PATH=PATH xenstore-ls /local/domain\n"
     "  --control-socket PATH  serve the VMM control service there (xenkvmd uses it)\n"
     "  --log-level LEVEL trace, debug, info, warn, error, critical, off (default $XENKVM_LOG or info)\n"
     "\n"
@@ -77,6 +80,10 @@ int main(int argc, char** argv) {
     }
     if (flag == "--kernel") {
       config.kernel = value;
+    } else if (flag == "--name") {
+      config.name = value;
+    } else if (flag == "--xenstore-socket") {
+      config.xenstore_socket = value;
     } else if (flag == "--memory") {
       if (!absl::SimpleAtoi(value, &config.memory_mib)) return Usage(absl::StrCat("--memory: \"", value, "\" is not a number of MiB"));
     } else if (flag == "--vcpus") {

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/synchronization/notification.h"
 #include "components/accel/emu/emu_accelerator.h"
 #include "components/accel/kvm/kvm_accelerator.h"
 #include "components/base/status.h"
@@ -14,6 +15,8 @@
 #include "components/kvm/kvm.h"
 #include "components/loader/layout.h"
 #include "components/loader/pvh_loader.h"
+#include "components/xen/xenstore/domain.h"
+#include "xen/hvm/params.h"
 #include "spdlog/spdlog.h"
 
 namespace xenkvm::vmm {
@@ -181,9 +184,14 @@ absl::Status Vm::Build(const VmConfig& config) {
           break;
       }
     };
-    XENKVM_ASSIGN_OR_RETURN(xen_, xen::Shim::Create(xen_config, *memory_, *accelerator_, std::move(callbacks)));
+    XENKVM_ASSIGN_OR_RETURN(backend_loop_, base::EventLoop::Create());
+    XENKVM_RETURN_IF_ERROR(backend_loop_->Start());
+    XENKVM_ASSIGN_OR_RETURN(xen_, xen::Shim::Create(xen_config, *memory_, *accelerator_, std::move(callbacks),
+                                                    backend_loop_.get()));
+    domid_ = xen_config.domid;
     // Before vCPU 0 exists: emu traces the boot vCPU for the hypercall-page write from its start.
     XENKVM_RETURN_IF_ERROR(xen_->EnableHypercallPage());
+    XENKVM_RETURN_IF_ERROR(BuildXenStore(config));
   }
 
   for (uint32_t id = 0; id < config.vcpus; ++id) {
@@ -200,7 +208,62 @@ absl::Status Vm::Build(const VmConfig& config) {
   return absl::OkStatus();
 }
 
-Vm::~Vm() = default;
+// The guest's XenStore: a ring in the reserved page QEMU also uses (pfn 0xfeff9) and an event
+// channel bound to the VMM, both announced through HVM parameters, and the domain's nodes.
+absl::Status Vm::BuildXenStore(const VmConfig& config) {
+  constexpr uint64_t kStoreRingGpa = loader::kXenReservedBase + loader::kPageSize;
+  store_ = std::make_unique<xen::xenstore::Store>();
+  XENKVM_RETURN_IF_ERROR(xen::xenstore::CreateDomain(
+      *store_, {domid_, config.name, config.vcpus, config.memory_mib * 1024}));
+  auto process = [this] {
+    if (store_ring_) store_ring_->Process();
+  };
+  XENKVM_ASSIGN_OR_RETURN(uint32_t port, xen_->AllocateBackendPort(process));
+  XENKVM_ASSIGN_OR_RETURN(
+      store_ring_, xen::xenstore::RingServer::Create(
+                       *store_, *memory_, kStoreRingGpa, domid_, [this, port] { (void)xen_->NotifyGuest(port); },
+                       [this, process] { (void)backend_loop_->Post(process); }));
+  xen_->SetHvmParam(HVM_PARAM_STORE_PFN, kStoreRingGpa >> 12);
+  xen_->SetHvmParam(HVM_PARAM_STORE_EVTCHN, port);
+  if (!config.xenstore_socket.empty()) {
+    XENKVM_ASSIGN_OR_RETURN(store_socket_,
+                            xen::xenstore::SocketServer::Start(*store_, *backend_loop_, config.xenstore_socket));
+  }
+  return absl::OkStatus();
+}
+
+Vm::~Vm() {
+  // Stop the backends' thread first: nothing may run on what is destroyed next.
+  if (backend_loop_) {
+    backend_loop_->Stop();
+    backend_loop_->Join();
+  }
+  store_socket_.reset();
+  store_ring_.reset();
+}
+
+absl::StatusOr<bool> Vm::RequestShutdown(const std::string& reason) {
+  if (store_ == nullptr) {
+    return absl::FailedPreconditionError("this VM runs without the Xen interface: it has no XenStore to ask through");
+  }
+  // The store belongs to the backend loop's thread.
+  auto result = std::make_shared<std::optional<absl::StatusOr<bool>>>();
+  auto done = std::make_shared<absl::Notification>();
+  absl::Status posted = backend_loop_->Post([this, reason, result, done] {
+    absl::Status asked = xen::xenstore::RequestShutdown(*store_, domid_, reason);
+    if (asked.ok()) {
+      *result = xen::xenstore::GuestAdvertises(*store_, domid_, reason);
+    } else {
+      *result = asked;
+    }
+    done->Notify();
+  });
+  if (!posted.ok()) return absl::FailedPreconditionError("the VM is ending");
+  if (!done->WaitForNotificationWithTimeout(absl::Seconds(5))) {
+    return absl::DeadlineExceededError("XenStore did not take the request within 5 s");
+  }
+  return **result;
+}
 
 void Vm::End(VmEnd end) {
   {

@@ -18,7 +18,11 @@
 #include "components/devices/bus.h"
 #include "components/devices/ioapic.h"
 #include "components/memory/guest_memory.h"
+#include "components/base/event_loop.h"
 #include "components/xen/shim.h"
+#include "components/xen/xenstore/ring_server.h"
+#include "components/xen/xenstore/socket_server.h"
+#include "components/xen/xenstore/store.h"
 #include "vmm/console_log.h"
 #include "vmm/vm_config.h"
 
@@ -60,6 +64,11 @@ class Vm {
   void Pause();
   void Resume();
   bool paused() const;
+  // Asks the guest to shut down through XenStore's control/shutdown ("poweroff", "reboot"...), as
+  // `xl shutdown` does; the guest's PV drivers act on it. kFailedPrecondition without the Xen
+  // interface. Returns whether the guest advertises control/feature-<reason> (a guest without PV
+  // drivers never answers).
+  absl::StatusOr<bool> RequestShutdown(const std::string& reason);
 
   const std::string& accelerator_choice() const { return accelerator_choice_; }
   // The Xen shim, or nullptr when the VM runs without the Xen interface.
@@ -69,6 +78,7 @@ class Vm {
  private:
   Vm(ConsoleLog& console) : console_(console) {}
   absl::Status Build(const VmConfig& config);
+  absl::Status BuildXenStore(const VmConfig& config);
   void VcpuLoop(accel::Vcpu& vcpu);
   void HandleBusAccess(accel::Vcpu& vcpu, const devices::Bus& bus, uint64_t address, uint8_t size, bool is_write,
                        uint64_t value);
@@ -77,7 +87,13 @@ class Vm {
   std::unique_ptr<memory::GuestMemory> memory_;
   std::unique_ptr<accel::Accelerator> accelerator_;
   std::string accelerator_choice_;
+  // Backends (XenStore) run on this loop; declared before what runs on it, so it outlives them.
+  std::unique_ptr<base::EventLoop> backend_loop_;
+  std::unique_ptr<xen::xenstore::Store> store_;
   std::unique_ptr<xen::Shim> xen_;
+  std::unique_ptr<xen::xenstore::RingServer> store_ring_;
+  std::unique_ptr<xen::xenstore::SocketServer> store_socket_;
+  uint32_t domid_ = 1;
   std::vector<std::unique_ptr<accel::Vcpu>> vcpus_;
   devices::Bus pio_bus_{"port I/O"};
   devices::Bus mmio_bus_{"MMIO"};

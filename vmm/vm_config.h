@@ -18,6 +18,7 @@ const char* AcceleratorKindName(AcceleratorKind kind);
 inline constexpr uint32_t kMaxVcpus = 32;  // the vcpu_info slots in Xen's shared_info
 
 struct VmConfig {
+  std::string name = "guest";  // the domain's name in XenStore
   uint64_t memory_mib = 256;
   uint32_t vcpus = 1;
   std::string kernel;  // path to an ELF kernel with a PVH note
@@ -27,6 +28,8 @@ struct VmConfig {
   uint32_t xen_version = 0x40011;  // 4.17
   uint32_t xen_max_event_channels = 4096;
   uint32_t xen_gnttab_max_frames = 64;
+  // Serve the VM's XenStore on this Unix socket too (xenstore-utils with XENSTORED_PATH); empty: no.
+  std::string xenstore_socket;
 };
 
 // Checks the values (not the files): memory and vCPU count in range, a kernel named.

@@ -8,6 +8,8 @@ _KIT = [
     "//tests/guests:kit/kit.ld",
     "//tests/guests:kit/xen.c",
     "//tests/guests:kit/xen.h",
+    "//tests/guests:kit/xenstore.c",
+    "//tests/guests:kit/xenstore.h",
 ]
 
 _FLAGS = " ".join([
@@ -27,6 +29,7 @@ def test_guest(name, srcs):
                "-T $(location //tests/guests:kit/kit.ld) -o $@ " +
                "$(location //tests/guests:kit/pvh_entry.S) $(location //tests/guests:kit/interrupts.S) " +
                "$(location //tests/guests:kit/kit.c) $(location //tests/guests:kit/xen.c) " +
+               "$(location //tests/guests:kit/xenstore.c) " +
                " ".join(["$(location %s)" % s for s in srcs])),
         visibility = ["//visibility:public"],
     )

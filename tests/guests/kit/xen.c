@@ -124,6 +124,17 @@ long xen_set_callback_gsi(uint32_t gsi, uint8_t vector) {
   return xen_hypercall(XEN_hvm_op, 0 /* HVMOP_set_param */, (uint64_t)(uintptr_t)&param, 0, 0, 0);
 }
 
+long xen_hvm_get_param(uint32_t index, uint64_t *value) {
+  struct {
+    uint16_t domid, pad;
+    uint32_t index;
+    uint64_t value;
+  } param = {DOMID_SELF, 0, index, 0};
+  long result = xen_hypercall(XEN_hvm_op, 1 /* HVMOP_get_param */, (uint64_t)(uintptr_t)&param, 0, 0, 0);
+  *value = param.value;
+  return result;
+}
+
 long xen_set_callback_vector(uint8_t vector) {
   struct {
     uint16_t domid, pad;
