@@ -1,3 +1,4 @@
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -190,6 +191,20 @@ TEST_F(IoapicTest, RegistersAndRedirectionTable) {
   // Read-only bits (remote IRR) cannot be written.
   WriteRegister(0x10 + 18, 0xf1 | (1 << 15) | (1 << 14));
   EXPECT_EQ(ReadRegister(0x10 + 18) & (1 << 14), 0u);
+}
+
+// The reset state, even over memory that held something else: every pin masked, nothing in service
+// (an uninitialised table once left a pin with remote IRR set, and its first interrupt never came).
+TEST(IoapicResetTest, StartsWithEveryPinMaskedAndIdle) {
+  alignas(Ioapic) unsigned char storage[sizeof(Ioapic)];
+  std::memset(storage, 0xff, sizeof(storage));
+  int delivered = 0;
+  auto* ioapic = new (storage) Ioapic([&](uint8_t, uint8_t) { ++delivered; }, /*eoi_tracking=*/true);
+  for (uint32_t pin = 0; pin < kIoapicPins; ++pin) {
+    EXPECT_EQ(ioapic->redirection(pin), uint64_t{1} << 16) << "pin " << pin;
+  }
+  ioapic->~Ioapic();
+  EXPECT_EQ(delivered, 0);
 }
 
 TEST_F(IoapicTest, LevelPinsWaitForTheEoiAndFireAgainIfStillAsserted) {

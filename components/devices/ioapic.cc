@@ -34,6 +34,10 @@ uint32_t Ioapic::ReadRegisterLocked(uint32_t index) const {
   return 0;
 }
 
+Ioapic::Ioapic(Deliver deliver, bool eoi_tracking) : deliver_(std::move(deliver)), eoi_tracking_(eoi_tracking) {
+  table_.fill(kMasked);  // the reset state: every pin masked
+}
+
 void Ioapic::WriteRegisterLocked(uint32_t index, uint32_t value) {
   if (index == 0) {
     id_ = (value >> 24) & 0xf;

@@ -27,7 +27,7 @@ class Ioapic final : public Device {
   using Deliver = std::function<void(uint8_t destination, uint8_t vector)>;
   // `eoi_tracking`: the VMM reports EOIs (EndOfInterrupt). Without it (the local APIC is in the
   // kernel and says nothing), level-triggered pins hold no remote IRR: each assertion delivers.
-  Ioapic(Deliver deliver, bool eoi_tracking) : deliver_(std::move(deliver)), eoi_tracking_(eoi_tracking) {}
+  Ioapic(Deliver deliver, bool eoi_tracking);
 
   void Read(uint64_t offset, std::span<uint8_t> data) override;
   void Write(uint64_t offset, std::span<const uint8_t> data) override;
