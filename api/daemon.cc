@@ -117,9 +117,9 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(const Options& options) {
         absl::StrCat("state directory ", options.state_dir, ": ", error.message(), " (choose another with --state-dir)"));
   }
   chmod(options.state_dir.c_str(), 0700);
-  if ((fs::path(options.state_dir) / "vms" / std::string(63, 'x') / "xenstore.sock").string().size() > kMaxSocketPath) {
+  if ((fs::path(options.state_dir) / "vms" / std::string(63, 'x') / "vmm.sock").string().size() > kMaxSocketPath) {
     return absl::InvalidArgumentError(absl::StrCat("state directory ", options.state_dir,
-                                                   ": too long for the per-VM Unix sockets under it (keep it under 35 characters)"));
+                                                   ": too long for the per-VM Unix sockets under it (keep it under 40 characters)"));
   }
   if (access(options.vmm_path.c_str(), X_OK) != 0) {
     return absl::NotFoundError(absl::StrCat("xenkvm-vmm not found or not executable at ", options.vmm_path,
@@ -251,7 +251,7 @@ grpc::Status Daemon::Start(Record& record) {
   int log_fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
   std::vector<std::string> args = {options_.vmm_path};
-  const std::string xenstore_socket = record.dir + "/xenstore.sock";
+  const std::string xenstore_socket = record.dir + "/xs.sock";
   for (std::string& arg : VmmArguments(record.vm.config(), record.control_socket, xenstore_socket)) {
     args.push_back(std::move(arg));
   }

@@ -113,13 +113,14 @@ TEST_F(XenkvmdTest, LifecycleThroughTheCli) {
   absl::SleepFor(absl::Milliseconds(400));
   ProcessResult console = Ctl({"console", "tick1", "--no-follow"});
   EXPECT_EQ(console.status, 0) << console.err;
-  EXPECT_THAT(console.out, HasSubstr("ticker: VIRQ_TIMER on port 1"));
+  EXPECT_THAT(console.out, HasSubstr("ticker: VIRQ_TIMER on port 2"));  // port 1: XenStore's
 
   // Event channels: the timer's port, its counters moving.
   ProcessResult table = Ctl({"evtchn", "tick1"});
   EXPECT_EQ(table.status, 0) << table.err;
   EXPECT_THAT(table.out, HasSubstr("PORT  VCPU  TYPE"));
   EXPECT_THAT(table.out, HasSubstr("virq 0"));
+  EXPECT_THAT(table.out, HasSubstr("backend"));  // XenStore's port, bound to the VMM
   EXPECT_THAT(table.out, HasSubstr("hypercalls: "));
   ProcessResult json = Ctl({"--json", "evtchn", "tick1"});
   EXPECT_THAT(json.out, HasSubstr("\"type\": \"virq\""));
@@ -149,9 +150,11 @@ TEST_F(XenkvmdTest, LifecycleThroughTheCli) {
 
   ProcessResult info = Ctl({"info", "tick1"});
   EXPECT_THAT(info.out, HasSubstr("accelerator:  emu"));
-  ProcessResult shutdown = Ctl({"shutdown", "tick1", "--timeout", "5"});
+  // The ticker has no PV drivers: it never answers control/shutdown, and is destroyed after the timeout.
+  ProcessResult shutdown = Ctl({"shutdown", "tick1", "--timeout", "2"});
   EXPECT_EQ(shutdown.status, 0) << shutdown.err;
   EXPECT_THAT(shutdown.out, HasSubstr("tick1: shutdown"));
+  EXPECT_THAT(shutdown.out, HasSubstr("never advertised control/feature-poweroff"));
   EXPECT_EQ(Get("tick1").state(), v1::VM_STATE_SHUTDOWN);
 
   ASSERT_EQ(Ctl({"start", "tick1"}).status, 0);  // an ended VM starts again
@@ -183,6 +186,38 @@ TEST_F(XenkvmdTest, AGuestThatPowersOffIsShutDownWithEvents) {
   ProcessResult console = Ctl({"console", "tick2"});  // ended: replays and returns
   EXPECT_THAT(console.out, HasSubstr("ticker: 20 ticks, powering off"));
   ASSERT_EQ(Ctl({"delete", "tick2"}).status, 0);
+}
+
+// `xenkvmctl shutdown` as `xl shutdown`: XenStore's control/shutdown reaches the guest's watch,
+// the guest powers off well before the deadline. The VM's store is open to xenstore-utils meanwhile.
+TEST_F(XenkvmdTest, ShutdownIsGracefulThroughXenStore) {
+  ASSERT_EQ(Ctl({"create", WriteConfig("store.json", absl::StrCat(R"({"name": "store1", "memory_mib": 32, "kernel": ")",
+                                                                   Runfile("tests/guests/xen_store.elf"),
+                                                                   R"(", "accelerator": "emu"})"))})
+                .status,
+            0);
+  std::string console;
+  for (int i = 0; i < 200 && console.find("ready for control/shutdown") == std::string::npos; ++i) {
+    absl::SleepFor(absl::Milliseconds(50));
+    console = Ctl({"console", "store1", "--no-follow"}).out;
+  }
+  ASSERT_THAT(console, HasSubstr("ready for control/shutdown"));
+  const v1::Vm vm = Get("store1");
+  ASSERT_FALSE(vm.xenstore_socket().empty());
+  EXPECT_THAT(Ctl({"info", "store1"}).out, HasSubstr(vm.xenstore_socket()));
+  if (access("/usr/bin/xenstore-read", X_OK) == 0) {
+    ProcessResult name = testing::RunProcess({"/usr/bin/env", "XENSTORED_PATH=" + vm.xenstore_socket(),
+                                              "/usr/bin/xenstore-read", "/local/domain/1/name"});
+    EXPECT_EQ(name.out, "store1\n") << name.err;
+  }
+  const absl::Time asked = absl::Now();
+  ProcessResult shutdown = Ctl({"shutdown", "store1", "--timeout", "30"});
+  EXPECT_EQ(shutdown.status, 0) << shutdown.err;
+  EXPECT_LT(absl::Now() - asked, absl::Seconds(20));  // it did not wait for the deadline
+  EXPECT_THAT(shutdown.out, HasSubstr("store1: shutdown (the guest powered off)"));
+  EXPECT_THAT(Ctl({"console", "store1"}).out, HasSubstr("xenstore: asked to poweroff"));
+  EXPECT_EQ(Get("store1").xenstore_socket(), "");
+  ASSERT_EQ(Ctl({"delete", "store1"}).status, 0);
 }
 
 TEST_F(XenkvmdTest, AKilledVmmIsReportedCrashed) {

@@ -33,7 +33,8 @@ constexpr char kUsage[] =
     "  list                            every VM: name, state, vCPUs, memory, accelerator, pid\n"
     "  info NAME                       one VM in detail\n"
     "  pause NAME | unpause NAME       stop or resume the vCPUs\n"
-    "  shutdown NAME [--timeout S]     ask the guest to power off; destroy it after S seconds (30)\n"
+    "  shutdown NAME [--timeout S]     ask the guest to power off (XenStore control/shutdown, as xl);\n"
+    "                                  destroy it if it has not after S seconds (30)\n"
     "  destroy NAME                    end the VM at once\n"
     "  delete NAME                     forget a VM that is not running\n"
     "  block-attach NAME PATH [VDEV] [--ro]      hot-plug a xen-disk\n"
@@ -114,6 +115,7 @@ void PrintVm(const v1::Vm& vm) {
               {"kernel:", c.kernel()},
               {"cmdline:", c.cmdline()},
               {"xen version:", c.xen_version()},
+              {"xenstore:", vm.xenstore_socket().empty() ? "-" : vm.xenstore_socket()},
               {"last end:", vm.end_reason().empty() ? "-" : vm.end_reason()}});
 }
 
