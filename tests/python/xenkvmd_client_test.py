@@ -64,6 +64,7 @@ class XenkvmdClientTest(unittest.TestCase):
         self.assertEqual(vm.state, vm_pb2.VM_STATE_RUNNING)
         self.assertEqual(vm.accelerator, "emu")
         self.assertGreater(vm.pid, 0)
+        self.assertTrue(vm.xenstore_socket.endswith("/xs.sock"), vm.xenstore_socket)
         time.sleep(0.3)
         listed = self.vms.ListVms(vm_pb2.ListVmsRequest(), timeout=10)
         self.assertIn("py1", [v.config.name for v in listed.vms])
@@ -75,7 +76,7 @@ class XenkvmdClientTest(unittest.TestCase):
         chunks = self.vms.StreamConsole(vm_pb2.StreamConsoleRequest(name="py1", replay=True, no_follow=True),
                                         timeout=10)
         text = b"".join(chunk.data for chunk in chunks).decode()
-        self.assertIn("ticker: VIRQ_TIMER on port 1", text)
+        self.assertIn("ticker: VIRQ_TIMER on port 2", text)  # port 1 is XenStore's
         vm = self.vms.DestroyVm(vm_pb2.VmRef(name="py1"), timeout=30)
         self.assertEqual(vm.state, vm_pb2.VM_STATE_SHUTDOWN)
         self.vms.DeleteVm(vm_pb2.VmRef(name="py1"), timeout=10)

@@ -524,7 +524,10 @@ bool Store::IsDomainIntroduced(uint32_t domid) const { return introduced_.contai
 void Store::ReleaseDomain(uint32_t domid) {
   Context context{&toolstack_, nullptr, &tree_};
   const std::string home = DomainPath(domid);
-  if (auto found = tree_.find(home); found != tree_.end()) (void)RemoveSubtree(context, home, found->second);
+  if (auto found = tree_.find(home); found != tree_.end()) {
+    const NodePtr node = found->second;  // a copy: the removal erases the map's
+    (void)RemoveSubtree(context, home, node);
+  }
   // What the domain still owned or was named in passes to domain 0, so that a later domain with
   // the same id inherits nothing (XSA-322).
   std::vector<std::string> paths;
