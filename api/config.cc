@@ -283,6 +283,10 @@ absl::Status ValidateVmConfig(const v1::VmConfig& config) {
     if (kind != "serial" && kind != "xen") {
       return absl::InvalidArgumentError(absl::StrFormat("consoles[%d].kind: \"%s\" is not serial or xen", i, kind));
     }
+    if (kind == "xen" && ParseXenVersion(config.xen_version()).value_or(1) == 0) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("consoles[%d].kind: xen needs the Xen interface, and xen_version is \"off\"", i));
+    }
   }
   for (int i = 0; i < config.disks_size(); ++i) {
     const v1::DiskConfig& disk = config.disks(i);

@@ -100,6 +100,11 @@ TEST(ConfigTest, ValidationNamesTheField) {
   c.add_consoles()->set_kind("vga");
   EXPECT_THAT(error(c), HasSubstr("consoles[0].kind"));
   c = config;
+  c.add_consoles()->set_kind("xen");
+  EXPECT_TRUE(ValidateVmConfig(c).ok());
+  c.set_xen_version("off");
+  EXPECT_THAT(error(c), HasSubstr("consoles[0].kind: xen needs the Xen interface"));
+  c = config;
   c.add_disks()->set_path("img");
   EXPECT_THAT(error(c), HasSubstr("disks[0].path"));
 }

@@ -234,12 +234,6 @@ grpc::Status Daemon::Start(Record& record) {
   if (Running(record.vm)) {
     return Error(grpc::StatusCode::FAILED_PRECONDITION, absl::StrCat("VM \"", name, "\" is already ", VmStateName(record.vm.state())));
   }
-  for (const v1::ConsoleConfig& console : record.vm.config().consoles()) {
-    if (console.kind() == "xen") {
-      return Error(grpc::StatusCode::UNIMPLEMENTED,
-                   "the Xen PV console is not implemented yet (it comes with XenStore): use a serial console");
-    }
-  }
   if (record.vm.config().disks_size() > 0) {
     return Error(grpc::StatusCode::UNIMPLEMENTED,
                  "xen-disk is not implemented yet (the xen-disk issue): define the VM without disks");

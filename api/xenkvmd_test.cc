@@ -113,7 +113,7 @@ TEST_F(XenkvmdTest, LifecycleThroughTheCli) {
   absl::SleepFor(absl::Milliseconds(400));
   ProcessResult console = Ctl({"console", "tick1", "--no-follow"});
   EXPECT_EQ(console.status, 0) << console.err;
-  EXPECT_THAT(console.out, HasSubstr("ticker: VIRQ_TIMER on port 2"));  // port 1: XenStore's
+  EXPECT_THAT(console.out, HasSubstr("ticker: VIRQ_TIMER on port 3"));  // 1, 2: XenStore, PV console
 
   // Event channels: the timer's port, its counters moving.
   ProcessResult table = Ctl({"evtchn", "tick1"});

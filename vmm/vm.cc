@@ -191,7 +191,7 @@ absl::Status Vm::Build(const VmConfig& config) {
     domid_ = xen_config.domid;
     // Before vCPU 0 exists: emu traces the boot vCPU for the hypercall-page write from its start.
     XENKVM_RETURN_IF_ERROR(xen_->EnableHypercallPage());
-    XENKVM_RETURN_IF_ERROR(BuildXenStore(config));
+    XENKVM_RETURN_IF_ERROR(BuildXenBackends(config));
   }
 
   for (uint32_t id = 0; id < config.vcpus; ++id) {
@@ -208,23 +208,38 @@ absl::Status Vm::Build(const VmConfig& config) {
   return absl::OkStatus();
 }
 
-// The guest's XenStore: a ring in the reserved page QEMU also uses (pfn 0xfeff9) and an event
-// channel bound to the VMM, both announced through HVM parameters, and the domain's nodes.
-absl::Status Vm::BuildXenStore(const VmConfig& config) {
+// The toolstack's part for a Xen guest: its XenStore and its PV console, each a ring in a reserved
+// page (QEMU's choice of pages too: the console at pfn 0xfeff8, XenStore at 0xfeff9) and an event
+// channel bound to the VMM, announced by HVM parameters; then the domain's XenStore nodes.
+absl::Status Vm::BuildXenBackends(const VmConfig& config) {
+  constexpr uint64_t kConsoleRingGpa = loader::kXenReservedBase;
   constexpr uint64_t kStoreRingGpa = loader::kXenReservedBase + loader::kPageSize;
   store_ = std::make_unique<xen::xenstore::Store>();
-  XENKVM_RETURN_IF_ERROR(xen::xenstore::CreateDomain(
-      *store_, {domid_, config.name, config.vcpus, config.memory_mib * 1024}));
-  auto process = [this] {
+  auto process_store = [this] {
     if (store_ring_) store_ring_->Process();
   };
-  XENKVM_ASSIGN_OR_RETURN(uint32_t port, xen_->AllocateBackendPort(process));
+  XENKVM_ASSIGN_OR_RETURN(uint32_t store_port, xen_->AllocateBackendPort(process_store));
+  XENKVM_ASSIGN_OR_RETURN(store_ring_, xen::xenstore::RingServer::Create(
+                                           *store_, *memory_, kStoreRingGpa, domid_,
+                                           [this, store_port] { (void)xen_->NotifyGuest(store_port); },
+                                           [this, process_store] { (void)backend_loop_->Post(process_store); }));
+  XENKVM_ASSIGN_OR_RETURN(uint32_t console_port, xen_->AllocateBackendPort([this] {
+    if (pv_console_) pv_console_->Process();
+  }));
   XENKVM_ASSIGN_OR_RETURN(
-      store_ring_, xen::xenstore::RingServer::Create(
-                       *store_, *memory_, kStoreRingGpa, domid_, [this, port] { (void)xen_->NotifyGuest(port); },
-                       [this, process] { (void)backend_loop_->Post(process); }));
+      pv_console_, xenbus::ConsoleBackend::Create(
+                       *memory_, kConsoleRingGpa,
+                       [this](std::span<const uint8_t> bytes) {
+                         for (uint8_t byte : bytes) console_.Append(byte);
+                       },
+                       [this, console_port] { (void)xen_->NotifyGuest(console_port); }));
   xen_->SetHvmParam(HVM_PARAM_STORE_PFN, kStoreRingGpa >> 12);
-  xen_->SetHvmParam(HVM_PARAM_STORE_EVTCHN, port);
+  xen_->SetHvmParam(HVM_PARAM_STORE_EVTCHN, store_port);
+  xen_->SetHvmParam(HVM_PARAM_CONSOLE_PFN, kConsoleRingGpa >> 12);
+  xen_->SetHvmParam(HVM_PARAM_CONSOLE_EVTCHN, console_port);
+  xen::xenstore::DomainInfo domain{domid_, config.name, config.vcpus, config.memory_mib * 1024};
+  domain.console = xen::xenstore::DomainInfo::Console{kConsoleRingGpa >> 12, console_port};
+  XENKVM_RETURN_IF_ERROR(xen::xenstore::CreateDomain(*store_, domain));
   if (!config.xenstore_socket.empty()) {
     XENKVM_ASSIGN_OR_RETURN(store_socket_,
                             xen::xenstore::SocketServer::Start(*store_, *backend_loop_, config.xenstore_socket));
@@ -240,6 +255,7 @@ Vm::~Vm() {
   }
   store_socket_.reset();
   store_ring_.reset();
+  pv_console_.reset();
 }
 
 absl::StatusOr<bool> Vm::RequestShutdown(const std::string& reason) {

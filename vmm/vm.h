@@ -23,6 +23,7 @@
 #include "components/xen/xenstore/ring_server.h"
 #include "components/xen/xenstore/socket_server.h"
 #include "components/xen/xenstore/store.h"
+#include "components/xenbus/console.h"
 #include "vmm/console_log.h"
 #include "vmm/vm_config.h"
 
@@ -78,7 +79,7 @@ class Vm {
  private:
   Vm(ConsoleLog& console) : console_(console) {}
   absl::Status Build(const VmConfig& config);
-  absl::Status BuildXenStore(const VmConfig& config);
+  absl::Status BuildXenBackends(const VmConfig& config);
   void VcpuLoop(accel::Vcpu& vcpu);
   void HandleBusAccess(accel::Vcpu& vcpu, const devices::Bus& bus, uint64_t address, uint8_t size, bool is_write,
                        uint64_t value);
@@ -87,12 +88,13 @@ class Vm {
   std::unique_ptr<memory::GuestMemory> memory_;
   std::unique_ptr<accel::Accelerator> accelerator_;
   std::string accelerator_choice_;
-  // Backends (XenStore) run on this loop; declared before what runs on it, so it outlives them.
+  // Backends (XenStore, the PV console) run on this loop; declared before what runs on it, so it outlives them.
   std::unique_ptr<base::EventLoop> backend_loop_;
   std::unique_ptr<xen::xenstore::Store> store_;
   std::unique_ptr<xen::Shim> xen_;
   std::unique_ptr<xen::xenstore::RingServer> store_ring_;
   std::unique_ptr<xen::xenstore::SocketServer> store_socket_;
+  std::unique_ptr<xenbus::ConsoleBackend> pv_console_;
   uint32_t domid_ = 1;
   std::vector<std::unique_ptr<accel::Vcpu>> vcpus_;
   devices::Bus pio_bus_{"port I/O"};

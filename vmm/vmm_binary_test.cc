@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "components/kvm/kvm.h"
 #include "gmock/gmock.h"
@@ -106,7 +107,7 @@ TEST_P(VmmTest, XenCoreGuestPassesWithEveryUpcallRoute) {
   EXPECT_THAT(result.out, HasSubstr("loopback events delivered: 2"));
   EXPECT_THAT(result.out, HasSubstr("VIRQ_TIMER after"));
   EXPECT_THAT(result.out, HasSubstr("SCHEDOP_poll woken by the timer"));
-  EXPECT_THAT(result.out, HasSubstr("ports exhausted after 4090 more: -28"));  // -ENOSPC (port 1 is XenStore's)
+  EXPECT_THAT(result.out, HasSubstr("ports exhausted after 4089 more: -28"));  // -ENOSPC (ports 1, 2: XenStore, console)
   EXPECT_THAT(result.out, Not(HasSubstr("check failed")));
 }
 
@@ -135,6 +136,16 @@ TEST_P(VmmTest, XenStoreGuestUsesItsStore) {
   EXPECT_THAT(result.out, HasSubstr("oversized payload -> ring error 3"));
   EXPECT_THAT(result.out, HasSubstr("reconnected, served again"));
   EXPECT_THAT(result.out, HasSubstr("PASS"));
+}
+
+TEST_P(VmmTest, XenConsoleGuestWritesThroughItsRing) {
+  Result result = Run({"--kernel", Runfile("tests/guests/xen_console.elf")});
+  EXPECT_EQ(result.status, 0) << result.out << result.err;
+  EXPECT_THAT(result.out, HasSubstr("hvc0: hello through the Xen PV console"));
+  for (int n = 0; n < 40; ++n) EXPECT_THAT(result.out, HasSubstr(absl::StrFormat("hvc0: line %02d ", n)));
+  EXPECT_THAT(result.out, HasSubstr("console/port in XenStore: 2"));
+  EXPECT_THAT(result.out, HasSubstr("hvc0: still served after a bad index"));
+  EXPECT_THAT(result.out, HasSubstr("PASS: PV console"));
 }
 
 // `xl shutdown` done with xenstore-utils on the VMM's XenStore socket: the guest's watch on

@@ -76,7 +76,7 @@ class XenkvmdClientTest(unittest.TestCase):
         chunks = self.vms.StreamConsole(vm_pb2.StreamConsoleRequest(name="py1", replay=True, no_follow=True),
                                         timeout=10)
         text = b"".join(chunk.data for chunk in chunks).decode()
-        self.assertIn("ticker: VIRQ_TIMER on port 2", text)  # port 1 is XenStore's
+        self.assertIn("ticker: VIRQ_TIMER on port 3", text)  # 1, 2: XenStore, PV console
         vm = self.vms.DestroyVm(vm_pb2.VmRef(name="py1"), timeout=30)
         self.assertEqual(vm.state, vm_pb2.VM_STATE_SHUTDOWN)
         self.vms.DeleteVm(vm_pb2.VmRef(name="py1"), timeout=10)

@@ -1,5 +1,7 @@
 #include "components/xen/xenstore/domain.h"
 
+#include <vector>
+
 #include "absl/strings/str_cat.h"
 
 namespace xenkvm::xen::xenstore {
@@ -33,30 +35,43 @@ class Toolstack {
 }  // namespace
 
 absl::Status CreateDomain(Store& store, const DomainInfo& domain) {
-  Toolstack toolstack(store);
-  const std::string home = Store::DomainPath(domain.domid);
   const Permissions read_only{{0, Access::kNone}, {domain.domid, Access::kRead}};
   const Permissions guest_owned{{domain.domid, Access::kNone}};
-  auto write = [&](std::string_view relative, std::string_view value, const Permissions& permissions) {
-    return toolstack.Write(relative.empty() ? home : absl::StrCat(home, "/", std::string(relative)), value, permissions);
+  struct Entry {
+    std::string path;  // relative to the home; "" is the home
+    std::string value;
+    const Permissions* permissions;
   };
-  if (absl::Status s = write("", "", read_only); !s.ok()) return s;
-  if (absl::Status s = write("name", domain.name, read_only); !s.ok()) return s;
-  if (absl::Status s = write("domid", absl::StrCat(domain.domid), read_only); !s.ok()) return s;
+  std::vector<Entry> entries = {
+      {"", "", &read_only},
+      {"name", domain.name, &read_only},
+      {"domid", absl::StrCat(domain.domid), &read_only},
+      {"memory/static-max", absl::StrCat(domain.memory_kib), &read_only},
+      {"memory/target", absl::StrCat(domain.memory_kib), &read_only},
+      {"control", "", &read_only},
+      {"control/platform-feature-multiprocessor-suspend", "1", &read_only},
+      {"device", "", &read_only},
+  };
   for (uint32_t cpu = 0; cpu < domain.vcpus; ++cpu) {
-    if (absl::Status s = write(absl::StrCat("cpu/", cpu, "/availability"), "online", read_only); !s.ok()) return s;
+    entries.push_back({absl::StrCat("cpu/", cpu, "/availability"), "online", &read_only});
   }
-  if (absl::Status s = write("memory/static-max", absl::StrCat(domain.memory_kib), read_only); !s.ok()) return s;
-  if (absl::Status s = write("memory/target", absl::StrCat(domain.memory_kib), read_only); !s.ok()) return s;
-  if (absl::Status s = write("control", "", read_only); !s.ok()) return s;
-  if (absl::Status s = write("control/platform-feature-multiprocessor-suspend", "1", read_only); !s.ok()) return s;
   for (const char* node : {"control/shutdown", "control/sysrq", "control/feature-poweroff", "control/feature-reboot",
-                           "control/feature-suspend", "control/feature-s3", "control/feature-s4"}) {
-    if (absl::Status s = write(node, "", guest_owned); !s.ok()) return s;
+                           "control/feature-suspend", "control/feature-s3", "control/feature-s4", "data", "drivers",
+                           "error", "feature", "attr"}) {
+    entries.push_back({node, "", &guest_owned});
   }
-  if (absl::Status s = write("device", "", read_only); !s.ok()) return s;
-  for (const char* node : {"data", "drivers", "error", "feature", "attr"}) {
-    if (absl::Status s = write(node, "", guest_owned); !s.ok()) return s;
+  if (domain.console) {
+    entries.push_back({"console", "", &read_only});
+    entries.push_back({"console/ring-ref", absl::StrCat(domain.console->ring_gfn), &read_only});
+    entries.push_back({"console/port", absl::StrCat(domain.console->port), &read_only});
+    entries.push_back({"console/type", "xenconsoled", &read_only});
+    entries.push_back({"console/limit", "1048576", &read_only});
+  }
+  Toolstack toolstack(store);
+  const std::string home = Store::DomainPath(domain.domid);
+  for (const Entry& entry : entries) {
+    const std::string path = entry.path.empty() ? home : absl::StrCat(home, "/", entry.path);
+    if (absl::Status written = toolstack.Write(path, entry.value, *entry.permissions); !written.ok()) return written;
   }
   store.IntroduceDomain(domain.domid);
   return absl::OkStatus();

@@ -4,6 +4,7 @@
 #define XENKVM_COMPONENTS_XEN_XENSTORE_DOMAIN_H_
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -17,12 +18,18 @@ struct DomainInfo {
   std::string name;
   uint32_t vcpus = 1;
   uint64_t memory_kib = 0;
+  // The primary PV console the VMM serves (its ring's frame and event channel), if any.
+  struct Console {
+    uint64_t ring_gfn = 0;
+    uint32_t port = 0;
+  };
+  std::optional<Console> console;
 };
 
 // Introduces the domain and writes its home, /local/domain/<domid>: name, domid, cpu/N/availability,
 // memory/{static-max,target}, and control/ (shutdown, feature-*, sysrq), data/, device/, drivers/,
 // error/, feature/, attr/ with libxl's permissions: the home and control/ read-only to the guest,
-// the rest its own.
+// the rest its own; with a console, console/{ring-ref,port,type,limit} (read-only) too.
 absl::Status CreateDomain(Store& store, const DomainInfo& domain);
 
 // Writes `reason` ("poweroff", "reboot", "halt", "suspend", "s3") to control/shutdown, where the

@@ -80,7 +80,7 @@ typedef void (*xen_event_handler)(uint32_t port);
 long xen_enable_upcalls(uint32_t vcpu, uint8_t vector);
 /* Upcalls through IOAPIC pin `gsi` (HVM_PARAM_CALLBACK_IRQ, GSI type), level-triggered to `vector`. */
 long xen_set_callback_gsi(uint32_t gsi, uint8_t vector);
-/* HVMOP_get_param: the toolstack's parameters (HVM_PARAM_STORE_PFN 1, STORE_EVTCHN 2...). */
+/* HVMOP_get_param: the toolstack's parameters (HVM_PARAM_STORE_PFN 1, STORE_EVTCHN 2, CONSOLE_PFN 17, CONSOLE_EVTCHN 18). */
 long xen_hvm_get_param(uint32_t index, uint64_t *value);
 /* The HVM-wide callback vector (HVM_PARAM_CALLBACK_IRQ, vector type). */
 long xen_set_callback_vector(uint8_t vector);
