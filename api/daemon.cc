@@ -554,12 +554,16 @@ grpc::Status Daemon::ListDevices(grpc::ServerContext*, const v1::VmRef* request,
   absl::MutexLock lock(&mutex_);
   std::shared_ptr<Record> record;
   if (grpc::Status found = Lookup(request->name(), &record); !found.ok()) return found;
-  // The emulated devices every VM has; xen-disk devices join them with the xen-disk issue.
-  for (const char* kind : {"serial", "debug-port"}) {
+  // The emulated devices every VM has, and with the Xen interface its PV console (served by the VMM
+  // from boot, as xenconsoled does); xen-disk devices join them with the xen-disk issue.
+  auto add = [reply](const char* kind, const char* id) {
     v1::Device* device = reply->add_devices();
     device->set_kind(kind);
-    device->set_id(std::string(kind) == "serial" ? "com1" : "0xe9");
-  }
+    device->set_id(id);
+  };
+  add("serial", "com1");
+  add("debug-port", "0xe9");
+  if (ParseXenVersion(record->vm.config().xen_version()).value_or(1) != 0) add("xen-console", "0");
   return grpc::Status::OK;
 }
 

@@ -148,6 +148,9 @@ TEST_F(XenkvmdTest, LifecycleThroughTheCli) {
   absl::SleepFor(absl::Milliseconds(300));
   EXPECT_GT(upcalls(), paused_upcalls);
 
+  ProcessResult devices = Ctl({"block-list", "tick1"});
+  EXPECT_EQ(devices.status, 0) << devices.err;
+  EXPECT_THAT(devices.out, HasSubstr("xen-console"));
   ProcessResult info = Ctl({"info", "tick1"});
   EXPECT_THAT(info.out, HasSubstr("accelerator:  emu"));
   // The ticker has no PV drivers: it never answers control/shutdown, and is destroyed after the timeout.
