@@ -16,7 +16,7 @@
 #include "components/loader/layout.h"
 #include "components/loader/pvh_loader.h"
 #include "components/xen/xenstore/domain.h"
-#include "xen/hvm/params.h"
+#include "third_party/xen_public.h"
 #include "spdlog/spdlog.h"
 
 namespace xenkvm::vmm {
@@ -237,6 +237,7 @@ absl::Status Vm::BuildXenBackends(const VmConfig& config) {
   xen_->SetHvmParam(HVM_PARAM_STORE_EVTCHN, store_port);
   xen_->SetHvmParam(HVM_PARAM_CONSOLE_PFN, kConsoleRingGpa >> 12);
   xen_->SetHvmParam(HVM_PARAM_CONSOLE_EVTCHN, console_port);
+  xen_->grant_table().SetReservedEntries(kConsoleRingGpa >> 12, kStoreRingGpa >> 12);
   xen::xenstore::DomainInfo domain{domid_, config.name, config.vcpus, config.memory_mib * 1024};
   domain.console = xen::xenstore::DomainInfo::Console{kConsoleRingGpa >> 12, console_port};
   XENKVM_RETURN_IF_ERROR(xen::xenstore::CreateDomain(*store_, domain));

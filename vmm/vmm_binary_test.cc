@@ -138,6 +138,15 @@ TEST_P(VmmTest, XenStoreGuestUsesItsStore) {
   EXPECT_THAT(result.out, HasSubstr("PASS"));
 }
 
+TEST_P(VmmTest, XenGrantGuestMapsItsTable) {
+  Result result = Run({"--kernel", Runfile("tests/guests/xen_grant.elf")});
+  EXPECT_EQ(result.status, 0) << result.out << result.err;
+  EXPECT_THAT(result.out, HasSubstr("grant table: 0 of at most 64 frames"));
+  EXPECT_THAT(result.out, HasSubstr("reserved entries: console frame feff8, xenstore frame feff9"));
+  EXPECT_THAT(result.out, HasSubstr("grant table now 2 frames"));
+  EXPECT_THAT(result.out, HasSubstr("PASS"));
+}
+
 TEST_P(VmmTest, XenConsoleGuestWritesThroughItsRing) {
   Result result = Run({"--kernel", Runfile("tests/guests/xen_console.elf")});
   EXPECT_EQ(result.status, 0) << result.out << result.err;

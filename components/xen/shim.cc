@@ -113,7 +113,8 @@ Shim::Shim(const XenConfig& config, const memory::GuestMemory& memory, accel::Ac
       kernel_(accelerator.kernel_xen_events()),
       start_monotonic_ns_(MonotonicNs()),
       tsc_khz_(accelerator.tsc_khz()),
-      time_scale_(TimeScale(accelerator.tsc_khz())) {
+      time_scale_(TimeScale(accelerator.tsc_khz())),
+      grant_table_(memory, config.gnttab_max_frames) {
   absl::MutexLock lock(&mutex_);
   vcpus_.resize(config.vcpus);
   ports_.resize(kMaxPorts64);
@@ -202,6 +203,8 @@ int64_t Shim::Dispatch(Caller& caller, uint64_t number, const std::array<uint64_
       return EventChannelOp(caller, args[0], args[1]);
     case __HYPERVISOR_hvm_op:
       return HvmOp(caller, args[0], args[1]);
+    case __HYPERVISOR_grant_table_op:
+      return GrantTableOp(caller, args[0], args[1], args[2]);
     default:
       return Error(XEN_ENOSYS);
   }
@@ -291,10 +294,9 @@ int64_t Shim::AddToPhysmap(Caller& caller, uint16_t domid, uint32_t space, uint6
       return 0;
     }
     case XENMAPSPACE_grant_table:
-      // Grant tables are the next issue: frames within the limit are accepted but not yet backed.
-      if ((index & ~uint64_t{XENMAPIDX_grant_table_status}) >= config_.gnttab_max_frames) return Error(XEN_EINVAL);
       if (index & XENMAPIDX_grant_table_status) return Error(XEN_EINVAL);  // v1 has no status frames
-      return Error(XEN_ENOSYS);
+      if (index >= config_.gnttab_max_frames) return Error(XEN_EINVAL);
+      return grant_table_.MapFrame(static_cast<uint32_t>(index), gpfn);
     case XENMAPSPACE_gmfn:
     case XENMAPSPACE_gmfn_range:
       return Error(XEN_EOPNOTSUPP);
@@ -339,6 +341,75 @@ int64_t Shim::MemoryOp(Caller& caller, uint64_t command, uint64_t arg) {
     }
     default:
       return Error(XEN_ENOSYS);
+  }
+}
+
+// ---- grant_table_op (version 1; the guest's own table: mapping and copying grants is the
+// backends' business, through GrantTable)
+
+int64_t Shim::GrantTableOp(Caller& caller, uint64_t command, uint64_t arg, uint64_t count) {
+  auto own_domain = [this](uint16_t domid) { return domid == DOMID_SELF || domid == config_.domid; };
+  switch (command) {
+    case GNTTABOP_query_size: {
+      if (count != 1) return Error(XEN_EINVAL);
+      std::optional<gnttab_query_size_t> op = caller.access.ReadObject<gnttab_query_size_t>(arg);
+      if (!op) return Error(XEN_EFAULT);
+      if (!own_domain(op->dom)) {
+        op->status = GNTST_bad_domain;
+      } else {
+        op->nr_frames = grant_table_.frames();
+        op->max_nr_frames = grant_table_.max_frames();
+        op->status = GNTST_okay;
+      }
+      return caller.access.WriteObject(arg, *op) ? 0 : Error(XEN_EFAULT);
+    }
+    case GNTTABOP_setup_table: {
+      // {domid_t dom; uint32_t nr_frames; int16_t status; handle frame_list}: the handle and the
+      // frame numbers are the caller's word size.
+      const uint64_t size = caller.long_mode ? 24 : 16;
+      if (count > 16) return Error(XEN_EINVAL);
+      for (uint64_t i = 0; i < count; ++i) {
+        const uint64_t at = arg + i * size;
+        std::optional<uint16_t> dom = caller.access.ReadObject<uint16_t>(at);
+        std::optional<uint32_t> nr_frames = caller.access.ReadObject<uint32_t>(at + 4);
+        std::optional<uint64_t> frame_list = caller.ReadWord(at + (caller.long_mode ? 16 : 12));
+        if (!dom || !nr_frames || !frame_list) return Error(XEN_EFAULT);
+        int16_t status = GNTST_bad_domain;
+        if (own_domain(*dom)) {
+          std::vector<uint64_t> gfns;
+          status = grant_table_.Setup(*nr_frames, &gfns);
+          for (size_t f = 0; status == GNTST_okay && f < gfns.size(); ++f) {
+            const uint64_t where = *frame_list + f * caller.word_size();
+            const bool written = caller.long_mode ? caller.access.WriteObject<uint64_t>(where, gfns[f])
+                                                  : caller.access.WriteObject<uint32_t>(where, static_cast<uint32_t>(gfns[f]));
+            if (!written) return Error(XEN_EFAULT);
+          }
+        }
+        if (!caller.access.WriteObject<int16_t>(at + 8, status)) return Error(XEN_EFAULT);
+      }
+      return 0;
+    }
+    case GNTTABOP_set_version: {
+      if (count != 1) return Error(XEN_EINVAL);
+      std::optional<gnttab_set_version_t> op = caller.access.ReadObject<gnttab_set_version_t>(arg);
+      if (!op) return Error(XEN_EFAULT);
+      const uint32_t asked = op->version;
+      op->version = 1;  // what is in use, either way
+      if (!caller.access.WriteObject(arg, *op)) return Error(XEN_EFAULT);
+      return asked == 1 ? 0 : Error(XEN_EOPNOTSUPP);  // version 2 is not offered
+    }
+    case GNTTABOP_get_version: {
+      if (count != 1) return Error(XEN_EINVAL);
+      std::optional<gnttab_get_version_t> op = caller.access.ReadObject<gnttab_get_version_t>(arg);
+      if (!op) return Error(XEN_EFAULT);
+      if (!own_domain(op->dom)) return Error(XEN_ESRCH);
+      op->version = 1;
+      return caller.access.WriteObject(arg, *op) ? 0 : Error(XEN_EFAULT);
+    }
+    case GNTTABOP_get_status_frames:
+      return Error(XEN_EINVAL);  // version 1 has no status frames
+    default:
+      return Error(XEN_ENOSYS);  // map/unmap/copy/transfer of other domains' grants: a guest has none to use
   }
 }
 

@@ -25,6 +25,7 @@
 #include "components/base/event_loop.h"
 #include "components/memory/guest_memory.h"
 #include "components/xen/config.h"
+#include "components/xen/grant_table.h"
 #include "components/xen/shared_info.h"
 
 namespace xenkvm::xen {
@@ -108,6 +109,9 @@ class Shim {
   // Raises `guest_port` in the guest.
   absl::Status NotifyGuest(uint32_t guest_port);
 
+  // The guest's grant table, for backends (Map/Unmap) and the toolstack (SetReservedEntries).
+  GrantTable& grant_table() { return grant_table_; }
+
   // HVM parameters the VMM provides (HVM_PARAM_STORE_PFN, _STORE_EVTCHN, _CONSOLE_PFN, _CONSOLE_EVTCHN).
   void SetHvmParam(uint32_t index, uint64_t value);
 
@@ -165,6 +169,7 @@ class Shim {
   int64_t SetTimerOp(Caller& caller, uint64_t timeout_ns);
   int64_t ConsoleIo(Caller& caller, uint64_t command, uint64_t count, uint64_t buffer);
   int64_t EventChannelOp(Caller& caller, uint64_t command, uint64_t arg);
+  int64_t GrantTableOp(Caller& caller, uint64_t command, uint64_t arg, uint64_t count);
   int64_t AddToPhysmap(Caller& caller, uint16_t domid, uint32_t space, uint64_t index, uint64_t gpfn);
   int64_t WaitForEvents(Caller& caller, const std::vector<uint32_t>& ports, std::optional<uint64_t> deadline_ns);
 
@@ -204,6 +209,7 @@ class Shim {
   const uint64_t start_monotonic_ns_;
   const uint64_t tsc_khz_;
   const TimeInfo time_scale_;
+  GrantTable grant_table_;
 
   mutable absl::Mutex mutex_;
   SharedInfo shared_info_ ABSL_GUARDED_BY(mutex_);

@@ -200,6 +200,83 @@ TEST_F(ShimTest, AddToPhysmapChecksSpaceIndexAndDomain) {
   EXPECT_EQ(Call(__HYPERVISOR_memory_op, {XENMEM_add_to_physmap, 0xd0000000}), E(XEN_EFAULT));
 }
 
+TEST_F(ShimTest, GrantTableOpsOfVersionOne) {
+  // query_size before any frame is mapped, then after mapping frames 0 and 2 (1 comes with them).
+  Put(gnttab_query_size_t{DOMID_SELF, 0, 0, 0});
+  ASSERT_EQ(Call(__HYPERVISOR_grant_table_op, {GNTTABOP_query_size, kArg, 1}), 0);
+  EXPECT_EQ(Get<gnttab_query_size_t>().nr_frames, 0u);
+  EXPECT_EQ(Get<gnttab_query_size_t>().max_nr_frames, 64u);
+  struct Add64 {
+    uint16_t domid, size;
+    uint32_t space;
+    uint64_t idx, gpfn;
+  };
+  Put(Add64{DOMID_SELF, 0, XENMAPSPACE_grant_table, 0, 0x40});
+  ASSERT_EQ(Call(__HYPERVISOR_memory_op, {XENMEM_add_to_physmap, kArg}), 0);
+  Put(Add64{DOMID_SELF, 0, XENMAPSPACE_grant_table, 2, 0x42});
+  ASSERT_EQ(Call(__HYPERVISOR_memory_op, {XENMEM_add_to_physmap, kArg}), 0);
+  Put(Add64{DOMID_SELF, 0, XENMAPSPACE_grant_table, 1 | XENMAPIDX_grant_table_status, 0x41});
+  EXPECT_EQ(Call(__HYPERVISOR_memory_op, {XENMEM_add_to_physmap, kArg}), E(XEN_EINVAL));  // v1: no status frames
+  Put(gnttab_query_size_t{DOMID_SELF, 0, 0, 0});
+  ASSERT_EQ(Call(__HYPERVISOR_grant_table_op, {GNTTABOP_query_size, kArg, 1}), 0);
+  EXPECT_EQ(Get<gnttab_query_size_t>().nr_frames, 3u);
+  EXPECT_EQ(Get<gnttab_query_size_t>().status, GNTST_okay);
+  Put(gnttab_query_size_t{5, 0, 0, 0});
+  ASSERT_EQ(Call(__HYPERVISOR_grant_table_op, {GNTTABOP_query_size, kArg, 1}), 0);
+  EXPECT_EQ(Get<gnttab_query_size_t>().status, GNTST_bad_domain);
+  EXPECT_EQ(Call(__HYPERVISOR_grant_table_op, {GNTTABOP_query_size, kArg, 2}), E(XEN_EINVAL));
+
+  // setup_table: where each frame is (64-bit: 8-byte handle at 16 and 8-byte frames; 32-bit: 12, 4).
+  constexpr uint64_t kList = kArg + 0x100;
+  uint8_t setup[24] = {};
+  uint16_t self = DOMID_SELF;
+  uint32_t frames = 4;
+  uint64_t list = kList;
+  std::memcpy(setup, &self, 2);
+  std::memcpy(setup + 4, &frames, 4);
+  std::memcpy(setup + 16, &list, 8);
+  ASSERT_TRUE(memory_->Write(GuestAddress(kArg), setup).ok());
+  ASSERT_EQ(Call(__HYPERVISOR_grant_table_op, {GNTTABOP_setup_table, kArg, 1}), 0);
+  EXPECT_EQ(Get<int16_t>(kArg + 8), GNTST_okay);
+  EXPECT_EQ(Get<uint64_t>(kList), 0x40u);
+  EXPECT_EQ(Get<uint64_t>(kList + 8), ~uint64_t{0});  // not mapped
+  EXPECT_EQ(Get<uint64_t>(kList + 16), 0x42u);
+  std::memset(setup, 0, sizeof(setup));
+  std::memcpy(setup, &self, 2);
+  std::memcpy(setup + 4, &frames, 4);
+  std::memcpy(setup + 12, &list, 4);
+  ASSERT_TRUE(memory_->Write(GuestAddress(kArg), setup).ok());
+  ASSERT_EQ(Call(__HYPERVISOR_grant_table_op, {GNTTABOP_setup_table, kArg, 1}, /*long_mode=*/false), 0);
+  EXPECT_EQ(Get<uint32_t>(kList + 8), 0x42u);
+  frames = 65;  // beyond the limit
+  std::memcpy(setup + 4, &frames, 4);
+  ASSERT_TRUE(memory_->Write(GuestAddress(kArg), setup).ok());
+  ASSERT_EQ(Call(__HYPERVISOR_grant_table_op, {GNTTABOP_setup_table, kArg, 1}, false), 0);
+  EXPECT_EQ(Get<int16_t>(kArg + 8), GNTST_general_error);
+
+  Put(gnttab_set_version_t{1});
+  EXPECT_EQ(Call(__HYPERVISOR_grant_table_op, {GNTTABOP_set_version, kArg, 1}), 0);
+  Put(gnttab_set_version_t{2});
+  EXPECT_EQ(Call(__HYPERVISOR_grant_table_op, {GNTTABOP_set_version, kArg, 1}), E(XEN_EOPNOTSUPP));
+  EXPECT_EQ(Get<gnttab_set_version_t>().version, 1u);
+  Put(gnttab_get_version_t{DOMID_SELF, 0});
+  EXPECT_EQ(Call(__HYPERVISOR_grant_table_op, {GNTTABOP_get_version, kArg, 1}), 0);
+  EXPECT_EQ(Get<gnttab_get_version_t>().version, 1u);
+  Put(gnttab_get_version_t{9, 0});
+  EXPECT_EQ(Call(__HYPERVISOR_grant_table_op, {GNTTABOP_get_version, kArg, 1}), E(XEN_ESRCH));
+  EXPECT_EQ(Call(__HYPERVISOR_grant_table_op, {GNTTABOP_get_status_frames, kArg, 1}), E(XEN_EINVAL));
+  EXPECT_EQ(Call(__HYPERVISOR_grant_table_op, {GNTTABOP_map_grant_ref, kArg, 1}), E(XEN_ENOSYS));
+  EXPECT_EQ(Call(__HYPERVISOR_grant_table_op, {GNTTABOP_query_size, 0xd0000000, 1}), E(XEN_EFAULT));
+
+  // A backend maps what the guest granted in its table.
+  grant_entry_v1_t entry{GTF_permit_access, 0, 0x50};
+  Put(entry, (0x42 << 12) + 3 * 8);  // ref 1027: frame 2, entry 3
+  GrantTable::Mapping mapping;
+  ASSERT_EQ(shim_->grant_table().Map(2 * kGrantEntriesPerFrame + 3, false, &mapping), GNTST_okay);
+  EXPECT_EQ(mapping.gfn, 0x50u);
+  shim_->grant_table().Unmap(mapping);
+}
+
 TEST_F(ShimTest, LoopbackSendRaisesTheUpcallAndCountsIt) {
   MapSharedInfo();
   int64_t a = AllocUnbound();
