@@ -150,6 +150,40 @@ absl::Status GuestMemory::Zero(GuestAddress address, uint64_t length) const {
   return absl::OkStatus();
 }
 
+namespace {
+
+// Calls copy(offset in the ring, offset in the buffer, length) for the one or two pieces `length`
+// bytes from free-running `index` take in a ring of `ring_size` bytes.
+template <typename Copy>
+absl::Status ForRingPieces(uint32_t ring_size, uint32_t index, size_t length, Copy copy) {
+  if (ring_size == 0 || length > ring_size) {
+    return absl::InvalidArgumentError(absl::StrCat(length, " bytes do not fit a ", ring_size, "-byte ring"));
+  }
+  for (size_t done = 0; done < length;) {
+    const uint32_t position = static_cast<uint32_t>((index + done) % ring_size);
+    const size_t piece = std::min<size_t>(length - done, ring_size - position);
+    if (absl::Status copied = copy(position, done, piece); !copied.ok()) return copied;
+    done += piece;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status GuestMemory::ReadRing(GuestAddress ring, uint32_t ring_size, uint32_t index,
+                                   std::span<uint8_t> destination) const {
+  return ForRingPieces(ring_size, index, destination.size(), [&](uint32_t position, size_t done, size_t piece) {
+    return Read(ring.Unchecked(position), destination.subspan(done, piece));
+  });
+}
+
+absl::Status GuestMemory::WriteRing(GuestAddress ring, uint32_t ring_size, uint32_t index,
+                                    std::span<const uint8_t> source) const {
+  return ForRingPieces(ring_size, index, source.size(), [&](uint32_t position, size_t done, size_t piece) {
+    return Write(ring.Unchecked(position), source.subspan(done, piece));
+  });
+}
+
 absl::Status GuestMemory::MisalignedAtomic(GuestAddress address, size_t size) {
   return absl::InvalidArgumentError(absl::StrCat("atomic ", size * 8, "-bit access at guest address ",
                                                  address.ToString(), " is not naturally aligned"));

@@ -95,6 +95,12 @@ class GuestMemory {
   // Fills [address, address + length) with zeros.
   absl::Status Zero(GuestAddress address, uint64_t length) const;
 
+  // A byte ring of `ring_size` bytes at `ring` (a shared-memory ring's data area): copies
+  // destination.size() bytes starting at free-running index `index`, wrapping at the end. The
+  // size of the copy must not exceed the ring's.
+  absl::Status ReadRing(GuestAddress ring, uint32_t ring_size, uint32_t index, std::span<uint8_t> destination) const;
+  absl::Status WriteRing(GuestAddress ring, uint32_t ring_size, uint32_t index, std::span<const uint8_t> source) const;
+
   template <typename T>
     requires std::is_trivially_copyable_v<T>
   absl::StatusOr<T> ReadObject(GuestAddress address) const {

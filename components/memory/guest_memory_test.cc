@@ -89,6 +89,24 @@ TEST(GuestMemoryTest, ReadWriteRoundTrip) {
   EXPECT_EQ(in, (std::array<uint8_t, 5>{}));
 }
 
+TEST(GuestMemoryTest, RingAccessWrapsAtTheRingsEnd) {
+  GuestMemory memory = TwoRegions();
+  const GuestAddress ring(0x1000);
+  const std::array<uint8_t, 6> out = {1, 2, 3, 4, 5, 6};
+  // Free-running index 0xfffffffe in an 8-byte ring: position 6, so 2 bytes at the end, 4 at the start.
+  ASSERT_TRUE(memory.WriteRing(ring, 8, 0xfffffffeu, out).ok());
+  std::array<uint8_t, 8> raw{};
+  ASSERT_TRUE(memory.Read(ring, raw).ok());
+  EXPECT_EQ(raw, (std::array<uint8_t, 8>{3, 4, 5, 6, 0, 0, 1, 2}));
+  std::array<uint8_t, 6> in{};
+  ASSERT_TRUE(memory.ReadRing(ring, 8, 0xfffffffeu, in).ok());
+  EXPECT_EQ(in, out);
+  std::array<uint8_t, 9> too_long{};
+  EXPECT_FALSE(memory.ReadRing(ring, 8, 0, too_long).ok());
+  EXPECT_FALSE(memory.WriteRing(ring, 0, 0, out).ok());
+  EXPECT_FALSE(memory.ReadRing(GuestAddress(kMiB - 4), 8, 2, in).ok());  // runs off the region
+}
+
 TEST(GuestMemoryTest, AccessCrossingTheEndOfARegionIsRefused) {
   GuestMemory memory = TwoRegions();
   std::array<uint8_t, 8> buffer{};

@@ -50,14 +50,10 @@ void ConsoleBackend::Process() {
   }
   // Copied once, then handed on.
   std::array<uint8_t, kOutSize> bytes;
-  for (uint32_t done = 0; done < available;) {
-    const uint32_t position = (*consumer + done) % kOutSize;
-    const uint32_t chunk = std::min(available - done, kOutSize - position);
-    if (!memory_.Read(memory::GuestAddress(ring_gpa_ + kOut + position), std::span<uint8_t>(bytes.data() + done, chunk))
-             .ok()) {
-      return;
-    }
-    done += chunk;
+  if (!memory_.ReadRing(memory::GuestAddress(ring_gpa_ + kOut), kOutSize, *consumer,
+                        std::span<uint8_t>(bytes.data(), available))
+           .ok()) {
+    return;
   }
   Store(kOutCons, *consumer + available);
   statistics_.output_bytes += available;
@@ -75,13 +71,8 @@ size_t ConsoleBackend::Send(std::span<const uint8_t> bytes) {
     return 0;
   }
   const uint32_t count = std::min<uint32_t>(kInSize - used, static_cast<uint32_t>(bytes.size()));
-  for (uint32_t done = 0; done < count;) {
-    const uint32_t position = (*producer + done) % kInSize;
-    const uint32_t chunk = std::min(count - done, kInSize - position);
-    if (!memory_.Write(memory::GuestAddress(ring_gpa_ + kIn + position), bytes.subspan(done, chunk)).ok()) return 0;
-    done += chunk;
-  }
   if (count == 0) return 0;
+  if (!memory_.WriteRing(memory::GuestAddress(ring_gpa_ + kIn), kInSize, *producer, bytes.first(count)).ok()) return 0;
   Store(kInProd, *producer + count);  // release: the bytes first
   statistics_.input_bytes += count;
   notify_();

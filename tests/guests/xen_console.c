@@ -56,13 +56,7 @@ static bool console_drained(void) {
 
 int guest_main(const struct hvm_start_info *start_info) {
   (void)start_info;
-  if (!xen_init()) {
-    kit_printf("no Xen here\n");
-    return 2;
-  }
-  KIT_CHECK(xen_map_shared_info() == 0);
-  KIT_CHECK(xen_enable_upcalls(0, UPCALL_VECTOR) == 0);
-  kit_sti();
+  if (!xen_start_events(UPCALL_VECTOR)) return 2;
   uint64_t pfn = 0, evtchn = 0;
   KIT_CHECK(xen_hvm_get_param(17 /* HVM_PARAM_CONSOLE_PFN */, &pfn) == 0 && pfn != 0);
   KIT_CHECK(xen_hvm_get_param(18 /* HVM_PARAM_CONSOLE_EVTCHN */, &evtchn) == 0 && evtchn != 0);

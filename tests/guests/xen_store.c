@@ -116,13 +116,7 @@ static uint32_t wait_for_shutdown_request(void) {
 
 int guest_main(const struct hvm_start_info *start_info) {
   const char *cmdline = (const char *)(uintptr_t)start_info->cmdline_paddr;
-  if (!xen_init()) {
-    kit_printf("no Xen here\n");
-    return 2;
-  }
-  KIT_CHECK(xen_map_shared_info() == 0);
-  KIT_CHECK(xen_enable_upcalls(0, UPCALL_VECTOR) == 0);
-  kit_sti();
+  if (!xen_start_events(UPCALL_VECTOR)) return 2;
   if (!xs_init()) return 2;
   own_nodes();
   transaction();

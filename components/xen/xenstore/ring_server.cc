@@ -77,15 +77,12 @@ bool RingServer::MoveReplies() {
     return false;
   }
   const uint32_t count = std::min<uint32_t>(kRingSize - used, static_cast<uint32_t>(output.size()));
-  for (uint32_t done = 0; done < count;) {
-    const uint32_t position = (reply_producer_ + done) % kRingSize;
-    const uint32_t chunk = std::min(count - done, kRingSize - position);
-    if (!memory_.Write(memory::GuestAddress(ring_gpa_ + kReplyOffset + position), output.subspan(done, chunk)).ok()) {
-      return false;
-    }
-    done += chunk;
-  }
   if (count == 0) return false;
+  if (!memory_.WriteRing(memory::GuestAddress(ring_gpa_ + kReplyOffset), kRingSize, reply_producer_,
+                         output.first(count))
+           .ok()) {
+    return false;
+  }
   reply_producer_ += count;
   (void)StoreIndex(kReplyProducer, reply_producer_);  // release: the bytes are visible first
   connection_->Consume(count);
@@ -104,15 +101,10 @@ bool RingServer::MoveRequests() {
   if (available == 0) return false;
   // Copied once; the connection parses only this copy.
   std::array<uint8_t, kRingSize> bytes;
-  for (uint32_t done = 0; done < available;) {
-    const uint32_t position = (request_consumer_ + done) % kRingSize;
-    const uint32_t chunk = std::min(available - done, kRingSize - position);
-    if (!memory_.Read(memory::GuestAddress(ring_gpa_ + kRequestOffset + position),
-                      std::span<uint8_t>(bytes.data() + done, chunk))
-             .ok()) {
-      return false;
-    }
-    done += chunk;
+  if (!memory_.ReadRing(memory::GuestAddress(ring_gpa_ + kRequestOffset), kRingSize, request_consumer_,
+                        std::span<uint8_t>(bytes.data(), available))
+           .ok()) {
+    return false;
   }
   absl::StatusOr<size_t> taken = connection_->Receive(std::span<const uint8_t>(bytes.data(), available));
   if (!taken.ok()) {

@@ -241,42 +241,47 @@ Status Store::Create(Context& context, const std::string& path, std::string_view
   return Ok{};
 }
 
-Result<std::string> Store::Read(ClientId client, uint32_t transaction, std::string_view path) {
+Result<Store::Target> Store::Lookup(ClientId client, uint32_t transaction, std::string_view path) {
   Result<Context> context = MakeContext(client, transaction);
   if (!context.ok()) return context.error();
   Result<std::string> absolute = Resolve(*context.value().client, path);
   if (!absolute.ok()) return absolute.error();
   Result<NodePtr> node = Get(context.value(), absolute.value());
   if (!node.ok()) return node.error();
-  if (!node.value()) return Error::kENOENT;
-  if (!CanRead(*context.value().client, *node.value())) return Error::kEACCES;
-  return node.value()->value;
+  return Target{context.value(), std::move(absolute.value()), std::move(node.value())};
+}
+
+Result<Store::Target> Store::LookupReadable(ClientId client, uint32_t transaction, std::string_view path) {
+  Result<Target> target = Lookup(client, transaction, path);
+  if (!target.ok()) return target.error();
+  if (!target.value().node) return Error::kENOENT;
+  if (!CanRead(*target.value().context.client, *target.value().node)) return Error::kEACCES;
+  return target;
+}
+
+Result<std::string> Store::Read(ClientId client, uint32_t transaction, std::string_view path) {
+  Result<Target> target = LookupReadable(client, transaction, path);
+  if (!target.ok()) return target.error();
+  return target.value().node->value;
 }
 
 Status Store::Write(ClientId client, uint32_t transaction, std::string_view path, std::string_view value) {
-  Result<Context> context = MakeContext(client, transaction);
-  if (!context.ok()) return context.error();
-  Result<std::string> absolute = Resolve(*context.value().client, path);
-  if (!absolute.ok()) return absolute.error();
-  if (!context.value().client->privileged && value.size() > limits_.node_size) return Error::kENOSPC;
-  Result<NodePtr> node = Get(context.value(), absolute.value());
-  if (!node.ok()) return node.error();
-  if (!node.value()) return Create(context.value(), absolute.value(), value);
-  if (!CanWrite(*context.value().client, *node.value())) return Error::kEACCES;
-  auto updated = std::make_shared<Node>(*node.value());
+  Result<Target> target = Lookup(client, transaction, path);
+  if (!target.ok()) return target.error();
+  Target& t = target.value();
+  if (!t.context.client->privileged && value.size() > limits_.node_size) return Error::kENOSPC;
+  if (!t.node) return Create(t.context, t.path, value);
+  if (!CanWrite(*t.context.client, *t.node)) return Error::kEACCES;
+  auto updated = std::make_shared<Node>(*t.node);
   updated->value = std::string(value);
-  return Put(context.value(), absolute.value(), updated, true);
+  return Put(t.context, t.path, updated, true);
 }
 
 Status Store::Mkdir(ClientId client, uint32_t transaction, std::string_view path) {
-  Result<Context> context = MakeContext(client, transaction);
-  if (!context.ok()) return context.error();
-  Result<std::string> absolute = Resolve(*context.value().client, path);
-  if (!absolute.ok()) return absolute.error();
-  Result<NodePtr> node = Get(context.value(), absolute.value());
-  if (!node.ok()) return node.error();
-  if (node.value()) return Ok{};  // xenstored: mkdir of an existing node succeeds
-  return Create(context.value(), absolute.value(), "");
+  Result<Target> target = Lookup(client, transaction, path);
+  if (!target.ok()) return target.error();
+  if (target.value().node) return Ok{};  // xenstored: mkdir of an existing node succeeds
+  return Create(target.value().context, target.value().path, "");
 }
 
 Status Store::RemoveSubtree(Context& context, const std::string& path, const NodePtr& node) {
@@ -303,37 +308,28 @@ Status Store::RemoveSubtree(Context& context, const std::string& path, const Nod
 }
 
 Status Store::Remove(ClientId client, uint32_t transaction, std::string_view path) {
-  Result<Context> context = MakeContext(client, transaction);
-  if (!context.ok()) return context.error();
-  Result<std::string> absolute = Resolve(*context.value().client, path);
-  if (!absolute.ok()) return absolute.error();
-  Result<NodePtr> node = Get(context.value(), absolute.value());
-  if (!node.ok()) return node.error();
-  if (!node.value()) {
+  Result<Target> target = Lookup(client, transaction, path);
+  if (!target.ok()) return target.error();
+  Target& t = target.value();
+  if (!t.node) {
     // As xenstored: removing a missing node under an existing parent succeeds.
-    if (absolute.value() == "/") return Error::kENOENT;
-    Result<NodePtr> parent = Get(context.value(), ParentOf(absolute.value()));
+    if (t.path == "/") return Error::kENOENT;
+    Result<NodePtr> parent = Get(t.context, ParentOf(t.path));
     if (!parent.ok()) return parent.error();
     return parent.value() ? Status(Ok{}) : Status(Error::kENOENT);
   }
-  if (!CanWrite(*context.value().client, *node.value())) return Error::kEACCES;  // XSA-353: rm / from a guest
-  if (absolute.value() == "/") return Error::kEINVAL;
-  return RemoveSubtree(context.value(), absolute.value(), node.value());
+  if (!CanWrite(*t.context.client, *t.node)) return Error::kEACCES;  // XSA-353: rm / from a guest
+  if (t.path == "/") return Error::kEINVAL;
+  return RemoveSubtree(t.context, t.path, t.node);
 }
 
 Result<std::pair<uint64_t, std::vector<std::string>>> Store::DirectoryWithGeneration(ClientId client,
                                                                                        uint32_t transaction,
                                                                                        std::string_view path) {
-  Result<Context> context = MakeContext(client, transaction);
-  if (!context.ok()) return context.error();
-  Result<std::string> absolute = Resolve(*context.value().client, path);
-  if (!absolute.ok()) return absolute.error();
-  Result<NodePtr> node = Get(context.value(), absolute.value());
-  if (!node.ok()) return node.error();
-  if (!node.value()) return Error::kENOENT;
-  if (!CanRead(*context.value().client, *node.value())) return Error::kEACCES;
-  const Node& found = *node.value();
-  return std::make_pair(found.generation, std::vector<std::string>(found.children.begin(), found.children.end()));
+  Result<Target> target = LookupReadable(client, transaction, path);
+  if (!target.ok()) return target.error();
+  const Node& node = *target.value().node;
+  return std::make_pair(node.generation, std::vector<std::string>(node.children.begin(), node.children.end()));
 }
 
 Result<std::vector<std::string>> Store::Directory(ClientId client, uint32_t transaction, std::string_view path) {
@@ -343,37 +339,28 @@ Result<std::vector<std::string>> Store::Directory(ClientId client, uint32_t tran
 }
 
 Result<Permissions> Store::GetPermissions(ClientId client, uint32_t transaction, std::string_view path) {
-  Result<Context> context = MakeContext(client, transaction);
-  if (!context.ok()) return context.error();
-  Result<std::string> absolute = Resolve(*context.value().client, path);
-  if (!absolute.ok()) return absolute.error();
-  Result<NodePtr> node = Get(context.value(), absolute.value());
-  if (!node.ok()) return node.error();
-  if (!node.value()) return Error::kENOENT;
-  if (!CanRead(*context.value().client, *node.value())) return Error::kEACCES;
-  return node.value()->permissions;
+  Result<Target> target = LookupReadable(client, transaction, path);
+  if (!target.ok()) return target.error();
+  return target.value().node->permissions;
 }
 
 Status Store::SetPermissions(ClientId client, uint32_t transaction, std::string_view path,
                              const Permissions& permissions) {
-  Result<Context> context = MakeContext(client, transaction);
-  if (!context.ok()) return context.error();
-  const Client& caller = *context.value().client;
-  Result<std::string> absolute = Resolve(caller, path);
-  if (!absolute.ok()) return absolute.error();
+  Result<Target> target = Lookup(client, transaction, path);
+  if (!target.ok()) return target.error();
+  Target& t = target.value();
+  const Client& caller = *t.context.client;
   if (permissions.empty()) return Error::kEINVAL;
   if (!caller.privileged && permissions.size() > limits_.permissions_per_node) return Error::kENOSPC;
-  Result<NodePtr> node = Get(context.value(), absolute.value());
-  if (!node.ok()) return node.error();
-  if (!node.value()) return Error::kENOENT;
-  const uint32_t owner = node.value()->permissions[0].domid;
+  if (!t.node) return Error::kENOENT;
+  const uint32_t owner = t.node->permissions[0].domid;
   if (!caller.privileged) {
     if (owner != caller.domid) return Error::kEACCES;
     if (permissions[0].domid != owner) return Error::kEPERM;  // XSA-352: only domain 0 gives nodes away
   }
-  auto updated = std::make_shared<Node>(*node.value());
+  auto updated = std::make_shared<Node>(*t.node);
   updated->permissions = permissions;
-  return Put(context.value(), absolute.value(), updated, true);
+  return Put(t.context, t.path, updated, true);
 }
 
 Status Store::Watch(ClientId client_id, std::string_view path, std::string_view token) {

@@ -173,7 +173,16 @@ class Store {
     Tree* tree = nullptr;
   };
 
+  // A request's context, its absolute path and the node there (null when there is none).
+  struct Target {
+    Context context;
+    std::string path;
+    NodePtr node;
+  };
   Result<Context> MakeContext(ClientId client, uint32_t transaction);
+  Result<Target> Lookup(ClientId client, uint32_t transaction, std::string_view path);
+  // Lookup, for a node that must exist and be readable (ENOENT, EACCES).
+  Result<Target> LookupReadable(ClientId client, uint32_t transaction, std::string_view path);
   Result<std::string> Resolve(const Client& client, std::string_view path) const;
   // Looks `path` up, recording it in the transaction's read set.
   Result<NodePtr> Get(Context& context, const std::string& path);

@@ -124,6 +124,19 @@ long xen_set_callback_gsi(uint32_t gsi, uint8_t vector) {
   return xen_hypercall(XEN_hvm_op, 0 /* HVMOP_set_param */, (uint64_t)(uintptr_t)&param, 0, 0, 0);
 }
 
+bool xen_start_events(uint8_t vector) {
+  if (!xen_init()) {
+    kit_printf("no Xen here\n");
+    return false;
+  }
+  if (xen_map_shared_info() != 0 || xen_enable_upcalls(0, vector) != 0) {
+    kit_printf("could not map shared_info or set the upcall vector\n");
+    return false;
+  }
+  kit_sti();
+  return true;
+}
+
 long xen_hvm_get_param(uint32_t index, uint64_t *value) {
   struct {
     uint16_t domid, pad;

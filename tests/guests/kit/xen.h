@@ -61,6 +61,9 @@ extern struct xen xen;
 
 /* Finds Xen's CPUID leaves and fills the hypercall page; false when not under Xen. */
 bool xen_init(void);
+/* The usual start of a guest that takes events: xen_init, shared_info mapped, vCPU 0's upcalls on
+ * `vector`, interrupts on. False (having said why) when not under Xen or a step failed. */
+bool xen_start_events(uint8_t vector);
 /* Through the hypercall page. */
 long xen_hypercall(unsigned number, uint64_t a1, uint64_t a2, uint64_t a3, uint64_t a4, uint64_t a5);
 /* Inline VMCALL, without the page (guests that skip it). */
