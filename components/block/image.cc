@@ -1,0 +1,94 @@
+#include "components/block/image.h"
+
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+
+namespace xenkvm::block {
+namespace {
+
+absl::Status Errno(const std::string& what, int error) {
+  std::string message = absl::StrCat(what, ": ", std::strerror(error));
+  switch (error) {
+    case ENOENT: return absl::NotFoundError(message);
+    case EACCES:
+    case EPERM:
+    case EROFS: return absl::PermissionDeniedError(message);
+    case ENOSPC: return absl::ResourceExhaustedError(message);
+    default: return absl::InternalError(message);
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Image>> Image::Open(const std::string& path, bool read_only) {
+  base::Fd fd(open(path.c_str(), (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC));
+  if (!fd.valid()) return Errno(absl::StrCat("disk image ", path), errno);
+  struct stat info {};
+  if (fstat(fd.get(), &info) != 0) return Errno(absl::StrCat("disk image ", path, ": fstat"), errno);
+  uint64_t size = 0;
+  bool discard = false;
+  if (S_ISREG(info.st_mode)) {
+    size = static_cast<uint64_t>(info.st_size);
+    discard = !read_only;
+  } else if (S_ISBLK(info.st_mode)) {
+    if (ioctl(fd.get(), BLKGETSIZE64, &size) != 0) {
+      return Errno(absl::StrCat("disk image ", path, ": BLKGETSIZE64"), errno);
+    }
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat("disk image ", path, ": not a regular file or a block device"));
+  }
+  if (size < kSectorSize) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("disk image ", path, ": ", size, " bytes, smaller than one 512-byte sector"));
+  }
+  return std::unique_ptr<Image>(new Image(path, std::move(fd), size, read_only, discard));
+}
+
+absl::Status Image::Read(uint64_t offset, std::span<uint8_t> buffer) const {
+  size_t done = 0;
+  while (done < buffer.size()) {
+    ssize_t n = pread(fd_.get(), buffer.data() + done, buffer.size() - done, static_cast<off_t>(offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Errno(absl::StrCat(path_, ": read at ", offset + done), errno);
+    if (n == 0) return absl::OutOfRangeError(absl::StrCat(path_, ": read past the end at ", offset + done));
+    done += static_cast<size_t>(n);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Image::Write(uint64_t offset, std::span<const uint8_t> buffer) const {
+  if (read_only_) return absl::PermissionDeniedError(absl::StrCat(path_, ": opened read-only"));
+  size_t done = 0;
+  while (done < buffer.size()) {
+    ssize_t n = pwrite(fd_.get(), buffer.data() + done, buffer.size() - done, static_cast<off_t>(offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return Errno(absl::StrCat(path_, ": write at ", offset + done), n < 0 ? errno : EIO);
+    done += static_cast<size_t>(n);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Image::Flush() const {
+  if (fdatasync(fd_.get()) != 0) return Errno(absl::StrCat(path_, ": fdatasync"), errno);
+  return absl::OkStatus();
+}
+
+absl::Status Image::Discard(uint64_t offset, uint64_t length) const {
+  if (!supports_discard_) return absl::FailedPreconditionError(absl::StrCat(path_, ": discard is not supported"));
+  if (fallocate(fd_.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
+                static_cast<off_t>(length)) != 0) {
+    return Errno(absl::StrCat(path_, ": discard of ", length, " bytes at ", offset), errno);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace xenkvm::block
