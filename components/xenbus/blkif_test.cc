@@ -25,7 +25,9 @@ blkif_request ReadWrite(uint8_t op, uint8_t count, uint64_t sector) {
   request.nr_segments = count;
   request.id = 0x1122334455667788ull;
   request.sector_number = sector;
-  for (uint8_t i = 0; i < count; ++i) request.seg[i] = {static_cast<grant_ref_t>(100 + i), 0, 7};
+  for (uint8_t i = 0; i < count && i < BLKIF_MAX_SEGMENTS_PER_REQUEST; ++i) {
+    request.seg[i] = {static_cast<grant_ref_t>(100 + i), 0, 7};
+  }
   return request;
 }
 

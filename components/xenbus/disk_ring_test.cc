@@ -1,0 +1,234 @@
+#include "components/xenbus/disk_ring.h"
+
+#include <cstdlib>
+#include <fstream>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/frontends/blkfront.h"
+
+namespace xenkvm::xenbus {
+namespace {
+
+using blkif::kOpDiscard;
+using blkif::kOpFlush;
+using blkif::kOpIndirect;
+using blkif::kOpRead;
+using blkif::kOpWrite;
+using blkif::kStatusError;
+using blkif::kStatusNotSupported;
+using blkif::kStatusOkay;
+using testing::Blkfront;
+
+constexpr uint64_t kTableGfn = 0x10;
+constexpr uint64_t kRingGfn = 0x20;
+constexpr uint64_t kDataGfn = 0x30;  // 0x30..0x4f: data pages
+constexpr uint64_t kSectors = 2048;  // a 1 MiB image
+
+class DiskRingTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    memory_ = std::make_unique<memory::GuestMemory>(
+        std::move(memory::GuestMemory::Create({{memory::GuestAddress(0), 1 << 20}})).value());
+    grants_ = std::make_unique<xen::GrantTable>(*memory_, 4);
+    ASSERT_EQ(grants_->MapFrame(0, kTableGfn), 0);
+    // Sector n holds the byte n % 251 throughout.
+    path_ = std::string(std::getenv("TEST_TMPDIR")) + "/disk.img";
+    std::vector<char> data(kSectors * 512);
+    for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<char>((i / 512) % 251);
+    std::ofstream(path_, std::ios::binary).write(data.data(), static_cast<std::streamsize>(data.size()));
+  }
+  void Start(bool read_only = false, DiskRing::Options options = {}) {
+    image_ = std::move(block::Image::Open(path_, read_only)).value();
+    front_ = std::make_unique<Blkfront>(*memory_, kTableGfn, kRingGfn);
+    options.ring_gref = front_->ring_gref();
+    auto ring = DiskRing::Start(*memory_, *grants_, *image_, options, [this] { ++notifications_; });
+    ASSERT_TRUE(ring.ok()) << ring.status();
+    ring_ = std::move(*ring);
+  }
+  // Puts requests, publishes, kicks, and takes as many responses.
+  std::vector<Blkfront::Response> Submit(const std::vector<std::vector<uint8_t>>& requests) {
+    for (const auto& request : requests) front_->Put(request);
+    front_->Publish();
+    ring_->Kick();
+    return front_->Take(requests.size());
+  }
+  uint8_t PageByte(uint64_t gfn, uint32_t offset) {
+    return *memory_->ReadObject<uint8_t>(memory::GuestAddress((gfn << 12) + offset));
+  }
+  void TearDown() override { ring_.reset(); }
+
+  std::unique_ptr<memory::GuestMemory> memory_;
+  std::unique_ptr<xen::GrantTable> grants_;
+  std::string path_;
+  std::unique_ptr<block::Image> image_;
+  std::unique_ptr<Blkfront> front_;
+  std::unique_ptr<DiskRing> ring_;
+  std::atomic<int> notifications_{0};
+};
+
+TEST_F(DiskRingTest, ReadsAndWritesThroughGrantedPages) {
+  Start();
+  const uint32_t page0 = front_->Grant(kDataGfn, false);
+  const uint32_t page1 = front_->Grant(kDataGfn + 1, false);
+  // 8 sectors from 100 into page 0, then sectors 2..4 of page 1 from 300.
+  auto responses = Submit({front_->ReadWrite(kOpRead, 1, 100, {{page0, 0, 7}}),
+                           front_->ReadWrite(kOpRead, 2, 300, {{page1, 2, 4}})});
+  ASSERT_EQ(responses.size(), 2u);
+  EXPECT_EQ(responses[0].id, 1u);
+  EXPECT_EQ(responses[0].status, kStatusOkay);
+  EXPECT_EQ(responses[1].operation, kOpRead);
+  EXPECT_EQ(PageByte(kDataGfn, 0), 100);
+  EXPECT_EQ(PageByte(kDataGfn, 7 * 512 + 511), 107);
+  EXPECT_EQ(PageByte(kDataGfn + 1, 2 * 512), 300 % 251);
+  EXPECT_EQ(PageByte(kDataGfn + 1, 4 * 512 + 10), 302 % 251);
+  EXPECT_GT(notifications_.load(), 0);
+
+  // Write page 1's sector 2 to disk sector 5, read it back into page 2.
+  const uint32_t page2 = front_->Grant(kDataGfn + 2, false);
+  responses = Submit({front_->ReadWrite(kOpWrite, 3, 5, {{page1, 2, 2}}), front_->ReadWrite(kOpFlush, 4, 0, {}),
+                      front_->ReadWrite(kOpRead, 5, 5, {{page2, 0, 0}})});
+  ASSERT_EQ(responses.size(), 3u);
+  for (const auto& response : responses) EXPECT_EQ(response.status, kStatusOkay) << response.id;
+  EXPECT_EQ(PageByte(kDataGfn + 2, 0), 300 % 251);
+  EXPECT_EQ(front_->EntryFlags(page2), 1);  // nothing stays pinned
+  DiskRingStatistics statistics = ring_->Statistics();
+  EXPECT_EQ(statistics.requests, 5u);
+  EXPECT_EQ(statistics.bytes_written, 512u);
+  EXPECT_EQ(statistics.flushes, 1u);
+}
+
+TEST_F(DiskRingTest, OneBadGrantFailsTheRequestAndReleasesTheRest) {  // XSA-361/362/365
+  Start();
+  std::vector<Blkfront::Segment> segments;
+  for (int i = 0; i < 10; ++i) segments.push_back({front_->Grant(kDataGfn + i, false), 0, 7});
+  segments.push_back({4 * 512, 0, 7});  // beyond the mapped table frame
+  auto responses = Submit({front_->ReadWrite(kOpRead, 7, 0, segments)});
+  ASSERT_EQ(responses.size(), 1u);
+  EXPECT_EQ(responses[0].status, kStatusError);
+  for (int i = 0; i < 10; ++i) EXPECT_EQ(front_->EntryFlags(segments[i].gref), 1) << i;  // released
+  EXPECT_EQ(PageByte(kDataGfn, 0), 0);  // nothing was read into them
+  EXPECT_EQ(grants_->Statistics().active, 1u);  // only the ring
+}
+
+TEST_F(DiskRingTest, RefusesWhatTheGrantOrTheDiskDoesNotAllow) {
+  Start(/*read_only=*/true);
+  const uint32_t readonly_grant = front_->Grant(kDataGfn, /*readonly=*/true);
+  const uint32_t other_domain = front_->Grant(kDataGfn + 1, false, /*domid=*/3);
+  const uint32_t fine = front_->Grant(kDataGfn + 2, false);
+  auto responses = Submit({
+      front_->ReadWrite(kOpRead, 1, 0, {{readonly_grant, 0, 7}}),   // the device would write into it
+      front_->ReadWrite(kOpRead, 2, 0, {{other_domain, 0, 7}}),
+      front_->ReadWrite(kOpWrite, 3, 0, {{fine, 0, 7}}),            // a read-only disk
+      front_->ReadWrite(kOpRead, 4, kSectors - 4, {{fine, 0, 7}}),  // past the end
+      front_->ReadWrite(kOpRead, 5, 0, {{fine, 6, 2}}),             // first > last
+      front_->ReadWrite(42, 6, 0, {}),                              // no such operation
+      front_->ReadWrite(kOpDiscard, 7, 0, {}),                      // not offered here
+      front_->ReadWrite(kOpIndirect, 8, 0, {}),                     // not offered here
+      front_->ReadWrite(kOpRead, 9, 0, {{fine, 0, 0}}),             // reading a read-only disk is fine
+      front_->ReadWrite(kOpWrite, 10, 0, {{readonly_grant, 0, 0}}), // writing it is not, whatever the grant
+  });
+  ASSERT_EQ(responses.size(), 10u);
+  const int16_t expected[] = {kStatusError, kStatusError, kStatusError,        kStatusError,        kStatusError,
+                              kStatusNotSupported, kStatusNotSupported, kStatusNotSupported, kStatusOkay, kStatusError};
+  for (size_t i = 0; i < responses.size(); ++i) {
+    EXPECT_EQ(responses[i].id, i + 1);
+    EXPECT_EQ(responses[i].status, expected[i]) << "request " << i + 1;
+  }
+}
+
+TEST_F(DiskRingTest, AProducerTooFarAheadBreaksTheRingHarmlessly) {
+  Start();
+  front_->SetRequestProducer(0x80000000u);
+  ring_->Kick();
+  for (int i = 0; i < 1000 && !ring_->Statistics().broken; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  EXPECT_TRUE(ring_->Statistics().broken);
+  EXPECT_EQ(ring_->Statistics().requests, 0u);
+  EXPECT_EQ(front_->ResponseProducer(), 0u);
+}
+
+TEST_F(DiskRingTest, DiscardIndirectAndPersistentGrants) {
+  DiskRing::Options options;
+  options.persistent_grants = true;
+  options.max_indirect_segments = 256;
+  Start(false, options);
+  // Indirect: 40 one-page segments (more than 11) from sector 16, described in one granted page.
+  const uint64_t kIndirectGfn = 0x60;
+  std::vector<uint32_t> grefs;
+  for (int i = 0; i < 40; ++i) grefs.push_back(front_->Grant(0x70 + i % 16, false));
+  for (int i = 0; i < 40; ++i) {
+    uint8_t segment[8] = {};
+    std::memcpy(segment, &grefs[i], 4);
+    segment[4] = 0;
+    segment[5] = 0;  // one sector each
+    ASSERT_TRUE(memory_->Write(memory::GuestAddress((kIndirectGfn << 12) + 8 * i), segment).ok());
+  }
+  const uint32_t indirect_page = front_->Grant(kIndirectGfn, true);
+  std::vector<uint8_t> indirect(blkif::RequestSize(blkif::Abi::k64), 0);
+  indirect[0] = kOpIndirect;
+  indirect[1] = kOpRead;
+  uint16_t count = 40;
+  uint64_t id = 77, sector = 16;
+  std::memcpy(indirect.data() + 2, &count, 2);
+  std::memcpy(indirect.data() + 8, &id, 8);
+  std::memcpy(indirect.data() + 16, &sector, 8);
+  std::memcpy(indirect.data() + 28, &indirect_page, 4);
+  auto responses = Submit({indirect});
+  ASSERT_EQ(responses.size(), 1u);
+  EXPECT_EQ(responses[0].status, kStatusOkay);
+  EXPECT_EQ(PageByte(0x70 + 39 % 16, 0), (16 + 39) % 251);  // the last segment's sector
+  // Every segment's grant stays mapped for the frontend's next requests.
+  EXPECT_EQ(ring_->Statistics().persistent_grants, 40u);
+  EXPECT_EQ(front_->EntryFlags(grefs[0]) & 0x18, 0x18);  // GTF_reading | GTF_writing held
+  EXPECT_EQ(front_->EntryFlags(indirect_page), 5);        // the indirect page itself was released
+
+  // Discard: zeros afterwards.
+  std::vector<uint8_t> discard(blkif::RequestSize(blkif::Abi::k64), 0);
+  discard[0] = kOpDiscard;
+  uint64_t discard_id = 78, discard_sector = 1024, discard_count = 16;
+  std::memcpy(discard.data() + 8, &discard_id, 8);
+  std::memcpy(discard.data() + 16, &discard_sector, 8);
+  std::memcpy(discard.data() + 24, &discard_count, 8);
+  const uint32_t page = front_->Grant(kDataGfn, false);
+  responses = Submit({discard, front_->ReadWrite(kOpRead, 79, 1024, {{page, 0, 7}})});
+  ASSERT_EQ(responses.size(), 2u);
+  EXPECT_EQ(responses[0].status, kStatusOkay);
+  EXPECT_EQ(PageByte(kDataGfn, 0), 0);
+  EXPECT_EQ(ring_->Statistics().discards, 1u);
+
+  // Tearing the ring down releases every persistent grant.
+  ring_.reset();
+  EXPECT_EQ(front_->EntryFlags(grefs[0]), 1);
+  EXPECT_EQ(grants_->Statistics().active, 0u);
+}
+
+TEST_F(DiskRingTest, ThirtyTwoBitFrontends) {
+  image_ = std::move(block::Image::Open(path_, false)).value();
+  Blkfront front(*memory_, kTableGfn, kRingGfn, blkif::Abi::k32);
+  DiskRing::Options options;
+  options.abi = blkif::Abi::k32;
+  options.ring_gref = front.ring_gref();
+  ring_ = std::move(DiskRing::Start(*memory_, *grants_, *image_, options, [] {})).value();
+  const uint32_t page = front.Grant(kDataGfn, false);
+  front.Put(front.ReadWrite(kOpRead, 0x1234, 250, {{page, 0, 0}}));
+  front.Publish();
+  ring_->Kick();
+  auto responses = front.Take(1);
+  ASSERT_EQ(responses.size(), 1u);
+  EXPECT_EQ(responses[0].id, 0x1234u);
+  EXPECT_EQ(responses[0].status, kStatusOkay);
+  EXPECT_EQ(PageByte(kDataGfn, 0), 250);
+}
+
+TEST_F(DiskRingTest, AnUngrantedRingIsRefused) {
+  image_ = std::move(block::Image::Open(path_, false)).value();
+  DiskRing::Options options;
+  options.ring_gref = 100;  // empty entry
+  auto ring = DiskRing::Start(*memory_, *grants_, *image_, options, [] {});
+  EXPECT_EQ(ring.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(ring.status().message(), ::testing::HasSubstr("ring-ref 100"));
+}
+
+}  // namespace
+}  // namespace xenkvm::xenbus

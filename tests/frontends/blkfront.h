@@ -1,0 +1,134 @@
+// The guest side of a blkif ring, in process, on real guest memory: grants pages in the guest's
+// grant table (frame 0, mapped where the test put it), puts requests in the ring and takes the
+// responses, as Linux's blkfront does. Tests and benchmarks drive xen-disk with it; it can also
+// misbehave on purpose (raw slots, raw indexes).
+#ifndef XENKVM_TESTS_FRONTENDS_BLKFRONT_H_
+#define XENKVM_TESTS_FRONTENDS_BLKFRONT_H_
+
+#include <cstdint>
+#include <cstring>
+#include <span>
+#include <thread>
+#include <vector>
+
+#include "absl/time/clock.h"
+#include "components/memory/guest_memory.h"
+#include "components/xenbus/blkif.h"
+
+namespace xenkvm::testing {
+
+class Blkfront {
+ public:
+  struct Segment {
+    uint32_t gref;
+    uint8_t first_sector, last_sector;
+  };
+  struct Response {
+    uint64_t id;
+    uint8_t operation;
+    int16_t status;
+  };
+
+  // `table_gfn`: where the guest mapped grant-table frame 0; `ring_gfn`: the ring page.
+  Blkfront(const memory::GuestMemory& memory, uint64_t table_gfn, uint64_t ring_gfn,
+           xenbus::blkif::Abi abi = xenbus::blkif::Abi::k64)
+      : memory_(memory), table_gfn_(table_gfn), ring_gfn_(ring_gfn), abi_(abi),
+        slots_(xenbus::blkif::RingSlots(abi, 1)) {
+    // SHARED_RING_INIT: indexes 0, both event indexes 1.
+    (void)memory_.Zero(memory::GuestAddress(ring_gfn << 12), 4096);
+    (void)memory_.AtomicStore<uint32_t>(memory::GuestAddress((ring_gfn << 12) + 4), 1);
+    (void)memory_.AtomicStore<uint32_t>(memory::GuestAddress((ring_gfn << 12) + 12), 1);
+    ring_gref_ = Grant(ring_gfn, false);
+  }
+
+  uint32_t ring_gref() const { return ring_gref_; }
+  uint32_t slots() const { return slots_; }
+
+  // gnttab_grant_foreign_access to domain 0; references from 8 up (0-7 are the toolstack's).
+  uint32_t Grant(uint64_t gfn, bool readonly, uint16_t domid = 0) {
+    const uint32_t ref = next_ref_++;
+    WriteEntry(ref, static_cast<uint16_t>(1 /* permit_access */ | (readonly ? 4 : 0)), domid, static_cast<uint32_t>(gfn));
+    return ref;
+  }
+  void WriteEntry(uint32_t ref, uint16_t flags, uint16_t domid, uint32_t frame) {
+    uint8_t entry[8];
+    std::memcpy(entry, &flags, 2);
+    std::memcpy(entry + 2, &domid, 2);
+    std::memcpy(entry + 4, &frame, 4);
+    (void)memory_.Write(memory::GuestAddress((table_gfn_ << 12) + ref * 8), entry);
+  }
+  uint16_t EntryFlags(uint32_t ref) const {
+    return memory_.ReadObject<uint16_t>(memory::GuestAddress((table_gfn_ << 12) + ref * 8)).value_or(0xffff);
+  }
+
+  // A READ/WRITE request of the 64-bit ABI (the 32-bit one: id at 4, sector at 12, segments at 20).
+  std::vector<uint8_t> ReadWrite(uint8_t operation, uint64_t id, uint64_t sector, const std::vector<Segment>& segments) {
+    std::vector<uint8_t> slot(xenbus::blkif::RequestSize(abi_), 0);
+    const bool wide = abi_ == xenbus::blkif::Abi::k64;
+    slot[0] = operation;
+    slot[1] = static_cast<uint8_t>(segments.size());
+    std::memcpy(slot.data() + (wide ? 8 : 4), &id, 8);
+    std::memcpy(slot.data() + (wide ? 16 : 12), &sector, 8);
+    for (size_t i = 0; i < segments.size() && i < 11; ++i) {
+      uint8_t* at = slot.data() + (wide ? 24 : 20) + 8 * i;
+      std::memcpy(at, &segments[i].gref, 4);
+      at[4] = segments[i].first_sector;
+      at[5] = segments[i].last_sector;
+    }
+    return slot;
+  }
+
+  // Puts `slot` at the next free request slot; Publish() makes everything put visible.
+  void Put(std::span<const uint8_t> slot) {
+    (void)memory_.Write(memory::GuestAddress((ring_gfn_ << 12) + xenbus::blkif::kRingHeaderSize +
+                                             (private_producer_ % slots_) * xenbus::blkif::RequestSize(abi_)),
+                        slot);
+    ++private_producer_;
+  }
+  void Publish() { SetRequestProducer(private_producer_); }
+  void SetRequestProducer(uint32_t value) {
+    (void)memory_.AtomicStore<uint32_t>(memory::GuestAddress(ring_gfn_ << 12), value);
+  }
+  uint32_t ResponseProducer() const {
+    return memory_.AtomicLoad<uint32_t>(memory::GuestAddress((ring_gfn_ << 12) + 8)).value_or(0);
+  }
+
+  // Waits up to `timeout` for `count` new responses and takes them.
+  std::vector<Response> Take(size_t count, absl::Duration timeout = absl::Seconds(10)) {
+    const absl::Time deadline = absl::Now() + timeout;
+    while (ResponseProducer() - response_consumer_ < count && absl::Now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+    std::vector<Response> responses;
+    while (response_consumer_ != ResponseProducer() && responses.size() < count) {
+      std::vector<uint8_t> bytes(xenbus::blkif::ResponseSize(abi_));
+      (void)memory_.Read(memory::GuestAddress((ring_gfn_ << 12) + xenbus::blkif::kRingHeaderSize +
+                                              (response_consumer_ % slots_) * xenbus::blkif::RequestSize(abi_)),
+                         bytes);
+      Response response;
+      std::memcpy(&response.id, bytes.data(), 8);
+      response.operation = bytes[8];
+      std::memcpy(&response.status, bytes.data() + 10, 2);
+      responses.push_back(response);
+      ++response_consumer_;
+    }
+    // Ask for an event at the next response, as RING_FINAL_CHECK_FOR_RESPONSES does.
+    (void)memory_.AtomicStore<uint32_t>(memory::GuestAddress((ring_gfn_ << 12) + 12), response_consumer_ + 1);
+    return responses;
+  }
+
+ private:
+  const memory::GuestMemory& memory_;
+  const uint64_t table_gfn_;
+  const uint64_t ring_gfn_;
+  const xenbus::blkif::Abi abi_;
+  const uint32_t slots_;
+  uint32_t ring_gref_ = 0;
+  uint32_t next_ref_ = 8;
+  uint32_t private_producer_ = 0;
+  uint32_t response_consumer_ = 0;
+};
+
+}  // namespace xenkvm::testing
+
+#endif  // XENKVM_TESTS_FRONTENDS_BLKFRONT_H_
