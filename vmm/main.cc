@@ -28,7 +28,8 @@ constexpr int kExitStopped = 7;
 constexpr char kUsage[] =
     "usage: xenkvm-vmm --kernel FILE [--name NAME] [--memory MiB] [--vcpus N] [--cmdline STRING]\n"
     "                  [--accel kvm|emu|auto] [--xen-version VERSION|off] [--xen-max-evtchn N]\n"
-    "                  [--xenstore-socket PATH] [--control-socket PATH] [--log-level LEVEL]\n"
+    "                  [--disk target=PATH,vdev=xvda,access=rw]... [--xenstore-socket PATH]\n"
+    "                  [--control-socket PATH] [--log-level LEVEL]\n"
     "\n"
     "Runs one Xen PVH guest in the foreground; its console goes to stdout, logs to stderr.\n"
     "  --kernel FILE     ELF kernel with a Xen PVH entry note (required)\n"
@@ -40,6 +41,8 @@ constexpr char kUsage[] =
     "  --xen-version V   the Xen version shown to the guest, major << 16 | minor, e.g. 0x40011 for\n"
     "                    4.17 (default); \"off\" runs the guest without the Xen interface\n"
     "  --xen-max-evtchn N  event channels the guest may open, 64 to 4096 (default 4096)\n"
+    "  --disk SPEC       a xen-disk: target=PATH (an image file or block device), vdev=NAME\n"
+    "                    (xvda, the default; hd*, sd*, d<N>), access=rw|ro; repeat for more disks\n"
     "  --xenstore-socket PATH  also serve the guest's XenStore on this Unix socket (mode 0600), for\n"
     "                    xenstore-utils: XENSTORED_PATH=PATH xenstore-ls /local/domain\n"
     "  --control-socket PATH  serve the VMM control service there (xenkvmd uses it)\n"
@@ -82,6 +85,10 @@ int main(int argc, char** argv) {
       config.kernel = value;
     } else if (flag == "--name") {
       config.name = value;
+    } else if (flag == "--disk") {
+      absl::StatusOr<xenkvm::xenbus::XenDiskConfig> disk = xenkvm::vmm::ParseDiskSpec(value);
+      if (!disk.ok()) return Usage(std::string(disk.status().message()));
+      config.disks.push_back(std::move(*disk));
     } else if (flag == "--xenstore-socket") {
       config.xenstore_socket = value;
     } else if (flag == "--memory") {

@@ -241,6 +241,20 @@ absl::Status Vm::BuildXenBackends(const VmConfig& config) {
   xen::xenstore::DomainInfo domain{domid_, config.name, config.vcpus, config.memory_mib * 1024};
   domain.console = xen::xenstore::DomainInfo::Console{kConsoleRingGpa >> 12, console_port};
   XENKVM_RETURN_IF_ERROR(xen::xenstore::CreateDomain(*store_, domain));
+  // The disks: created on the backend loop, whose thread owns the store from now on.
+  absl::Status disks = absl::OkStatus();
+  XENKVM_RETURN_IF_ERROR(OnBackendLoop([&] {
+    xenbus::XenDisk::Environment environment{store_.get(), memory_.get(), xen_.get(), backend_loop_.get(), domid_};
+    for (const xenbus::XenDiskConfig& disk : config.disks) {
+      absl::StatusOr<std::unique_ptr<xenbus::XenDisk>> created = xenbus::XenDisk::Create(environment, disk);
+      if (!created.ok()) {
+        disks = created.status();
+        return;
+      }
+      disks_.push_back(std::move(*created));
+    }
+  }));
+  XENKVM_RETURN_IF_ERROR(disks);
   if (!config.xenstore_socket.empty()) {
     XENKVM_ASSIGN_OR_RETURN(store_socket_,
                             xen::xenstore::SocketServer::Start(*store_, *backend_loop_, config.xenstore_socket));
@@ -254,9 +268,34 @@ Vm::~Vm() {
     backend_loop_->Stop();
     backend_loop_->Join();
   }
+  disks_.clear();
   store_socket_.reset();
   store_ring_.reset();
   pv_console_.reset();
+}
+
+absl::Status Vm::OnBackendLoop(std::function<void()> work) {
+  auto done = std::make_shared<absl::Notification>();
+  if (!backend_loop_->Post([&work, done] {
+        work();
+        done->Notify();
+      }).ok()) {
+    return absl::FailedPreconditionError("the VM's backends have stopped");
+  }
+  done->WaitForNotification();
+  return absl::OkStatus();
+}
+
+std::vector<Vm::DiskInfo> Vm::Disks() {
+  std::vector<DiskInfo> disks;
+  if (!backend_loop_) return disks;
+  (void)OnBackendLoop([&] {
+    for (const auto& disk : disks_) {
+      disks.push_back({disk->config(), disk->device_id(), disk->backend_state(), disk->frontend_state(),
+                       disk->ring_statistics()});
+    }
+  });
+  return disks;
 }
 
 absl::StatusOr<bool> Vm::RequestShutdown(const std::string& reason) {

@@ -24,6 +24,7 @@
 #include "components/xen/xenstore/socket_server.h"
 #include "components/xen/xenstore/store.h"
 #include "components/xenbus/console.h"
+#include "components/xenbus/xen_disk.h"
 #include "vmm/console_log.h"
 #include "vmm/vm_config.h"
 
@@ -71,6 +72,16 @@ class Vm {
   // drivers never answers).
   absl::StatusOr<bool> RequestShutdown(const std::string& reason);
 
+  // The VM's xen-disk devices as the backend sees them.
+  struct DiskInfo {
+    xenbus::XenDiskConfig config;
+    uint32_t device_id = 0;
+    xenbus::XenbusState backend_state = xenbus::XenbusState::kUnknown;
+    xenbus::XenbusState frontend_state = xenbus::XenbusState::kUnknown;
+    std::optional<xenbus::DiskRingStatistics> statistics;
+  };
+  std::vector<DiskInfo> Disks();
+
   const std::string& accelerator_choice() const { return accelerator_choice_; }
   // The Xen shim, or nullptr when the VM runs without the Xen interface.
   xen::Shim* xen() const { return xen_.get(); }
@@ -80,6 +91,8 @@ class Vm {
   Vm(ConsoleLog& console) : console_(console) {}
   absl::Status Build(const VmConfig& config);
   absl::Status BuildXenBackends(const VmConfig& config);
+  // Runs `work` on the backend loop (which owns XenStore and the PV backends) and waits for it.
+  absl::Status OnBackendLoop(std::function<void()> work);
   void VcpuLoop(accel::Vcpu& vcpu);
   void HandleBusAccess(accel::Vcpu& vcpu, const devices::Bus& bus, uint64_t address, uint8_t size, bool is_write,
                        uint64_t value);
@@ -95,6 +108,7 @@ class Vm {
   std::unique_ptr<xen::xenstore::RingServer> store_ring_;
   std::unique_ptr<xen::xenstore::SocketServer> store_socket_;
   std::unique_ptr<xenbus::ConsoleBackend> pv_console_;
+  std::vector<std::unique_ptr<xenbus::XenDisk>> disks_;  // used on the backend loop only
   uint32_t domid_ = 1;
   std::vector<std::unique_ptr<accel::Vcpu>> vcpus_;
   devices::Bus pio_bus_{"port I/O"};

@@ -1,7 +1,10 @@
 #include "vmm/vm_config.h"
 
+#include <set>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 
 namespace xenkvm::vmm {
 
@@ -43,7 +46,46 @@ absl::Status Validate(const VmConfig& config) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "xen-max-evtchn: %u is out of range (64 to 4096)", config.xen_max_event_channels));
   }
+  if (!config.disks.empty() && config.xen_version == 0) {
+    return absl::InvalidArgumentError("disk: xen-disk devices need the Xen interface (--xen-version is off)");
+  }
+  std::set<uint32_t> devices;
+  for (const xenbus::XenDiskConfig& disk : config.disks) {
+    absl::StatusOr<uint32_t> devid = xenbus::ParseVirtualDevice(disk.vdev);
+    if (!devid.ok()) return absl::InvalidArgumentError(absl::StrCat("disk: ", devid.status().message()));
+    if (!devices.insert(*devid).second) {
+      return absl::InvalidArgumentError(absl::StrCat("disk: vdev ", disk.vdev, " is given twice"));
+    }
+  }
   return absl::OkStatus();
+}
+
+absl::StatusOr<xenbus::XenDiskConfig> ParseDiskSpec(const std::string& spec) {
+  xenbus::XenDiskConfig disk;
+  for (absl::string_view item : absl::StrSplit(spec, ',', absl::SkipEmpty())) {
+    const size_t equals = item.find('=');
+    if (equals == absl::string_view::npos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("disk \"", spec, "\": \"", std::string(item), "\" is not key=value (target=, vdev=, access=)"));
+    }
+    const std::string key(item.substr(0, equals));
+    const std::string value(item.substr(equals + 1));
+    if (key == "target" || key == "path") {
+      disk.path = value;
+    } else if (key == "vdev") {
+      disk.vdev = value;
+    } else if (key == "access") {
+      if (value != "r" && value != "ro" && value != "w" && value != "rw") {
+        return absl::InvalidArgumentError(absl::StrCat("disk \"", spec, "\": access=", value, " is not r, ro, w or rw"));
+      }
+      disk.read_only = value[0] == 'r' && value != "rw";
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat("disk \"", spec, "\": unknown key \"", key, "\" (target, vdev, access)"));
+    }
+  }
+  if (disk.path.empty()) return absl::InvalidArgumentError(absl::StrCat("disk \"", spec, "\": no target=PATH"));
+  return disk;
 }
 
 }  // namespace xenkvm::vmm

@@ -4,8 +4,10 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
+#include "components/xenbus/xen_disk.h"
 
 namespace xenkvm::vmm {
 
@@ -30,10 +32,17 @@ struct VmConfig {
   uint32_t xen_gnttab_max_frames = 64;
   // Serve the VM's XenStore on this Unix socket too (xenstore-utils with XENSTORED_PATH); empty: no.
   std::string xenstore_socket;
+  // xen-disk devices (they need the Xen interface).
+  std::vector<xenbus::XenDiskConfig> disks;
 };
 
-// Checks the values (not the files): memory and vCPU count in range, a kernel named.
+// Checks the values (not the files): memory and vCPU count in range, a kernel named, disks only
+// with the Xen interface and on distinct vdevs.
 absl::Status Validate(const VmConfig& config);
+
+// A --disk value, xl's disk syntax in key=value form: "target=PATH,vdev=xvda,access=rw" (path= for
+// target=; access r, ro, w or rw, default rw). Errors name the key.
+absl::StatusOr<xenbus::XenDiskConfig> ParseDiskSpec(const std::string& spec);
 
 }  // namespace xenkvm::vmm
 

@@ -147,6 +147,60 @@ TEST_P(VmmTest, XenGrantGuestMapsItsTable) {
   EXPECT_THAT(result.out, HasSubstr("PASS"));
 }
 
+// A disk image whose sector N begins with "xenkvm disk sector N".
+std::string MakeDiskImage(const std::string& name, int sectors) {
+  std::vector<uint8_t> bytes(static_cast<size_t>(sectors) * 512, 0);
+  for (int n = 0; n < sectors; ++n) {
+    const std::string text = absl::StrCat("xenkvm disk sector ", n);
+    std::memcpy(bytes.data() + static_cast<size_t>(n) * 512, text.data(), text.size());
+  }
+  return WriteTemp(name, bytes);
+}
+
+TEST_P(VmmTest, XenDiskGuestReadsWritesFlushesAndDiscards) {
+  const std::string image = MakeDiskImage("xvda-" + GetParam() + ".img", 4096);
+  Result result = Run({"--kernel", Runfile("tests/guests/xen_disk.elf"), "--disk",
+                       absl::StrCat("target=", image, ",vdev=xvda,access=rw")});
+  EXPECT_EQ(result.status, 0) << result.out << result.err;
+  EXPECT_THAT(result.out, HasSubstr("xen-disk: device 51712, backend /local/domain/0/backend/vbd/1/51712"));
+  EXPECT_THAT(result.out, HasSubstr("connected, 4096 sectors, discard 1"));
+  EXPECT_THAT(result.out, HasSubstr("read \"xenkvm disk sector 0\" and \"xenkvm disk sector 5\""));
+  EXPECT_THAT(result.out, HasSubstr("wrote, flushed and read back sector 16"));
+  EXPECT_THAT(result.out, HasSubstr("malformed requests refused"));
+  EXPECT_THAT(result.out, HasSubstr("discarded sectors read as zeros"));
+  EXPECT_THAT(result.out, HasSubstr("PASS"));
+  // The guest's write is in the image.
+  std::vector<uint8_t> after = ReadFile(image);
+  ASSERT_GE(after.size(), 17u * 512);
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(after.data()) + 16 * 512, 29), "written by the xen-disk guest");
+
+  // Read-only: the write is refused, the image untouched.
+  const std::string read_only = MakeDiskImage("ro-" + GetParam() + ".img", 64);
+  result = Run({"--kernel", Runfile("tests/guests/xen_disk.elf"), "--disk",
+                absl::StrCat("target=", read_only, ",vdev=xvdb,access=ro")});
+  EXPECT_EQ(result.status, 0) << result.out << result.err;
+  EXPECT_THAT(result.out, HasSubstr("device 51728"));
+  EXPECT_THAT(result.out, HasSubstr("read-only, the write was refused"));
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(ReadFile(read_only).data()) + 16 * 512, 21), "xenkvm disk sector 16");
+}
+
+TEST(VmmRefusalTest, BadDisks) {
+  Result result = RunVmm({"--kernel", HelloKernel(), "--disk", "vdev=xvda"});
+  EXPECT_EQ(result.status, 1);
+  EXPECT_THAT(result.err, HasSubstr("no target=PATH"));
+  result = RunVmm({"--kernel", HelloKernel(), "--disk", "target=/x.img,colour=red"});
+  EXPECT_THAT(result.err, HasSubstr("unknown key \"colour\""));
+  result = RunVmm({"--kernel", HelloKernel(), "--disk", "target=/x.img,vdev=vda"});
+  EXPECT_THAT(result.err, HasSubstr("use xvd<letters>"));
+  result = RunVmm({"--kernel", HelloKernel(), "--disk", "target=/a.img", "--disk", "target=/b.img"});
+  EXPECT_THAT(result.err, HasSubstr("vdev xvda is given twice"));
+  result = RunVmm({"--kernel", HelloKernel(), "--xen-version", "off", "--disk", "target=/a.img"});
+  EXPECT_THAT(result.err, HasSubstr("need the Xen interface"));
+  result = RunVmm({"--kernel", HelloKernel(), "--accel", "emu", "--disk", "target=/no/such.img"});
+  EXPECT_EQ(result.status, 2);
+  EXPECT_THAT(result.err, HasSubstr("xen-disk xvda: disk image /no/such.img: No such file or directory"));
+}
+
 TEST_P(VmmTest, XenConsoleGuestWritesThroughItsRing) {
   Result result = Run({"--kernel", Runfile("tests/guests/xen_console.elf")});
   EXPECT_EQ(result.status, 0) << result.out << result.err;

@@ -8,7 +8,6 @@
 #define GNTTABOP_query_size 6
 #define GNTTABOP_set_version 8
 #define GNTTABOP_get_version 10
-#define XENMAPSPACE_grant_table 1
 #define XENMAPIDX_grant_table_status 0x80000000u
 #define GTF_permit_access 1
 #define XEN_EOPNOTSUPP 95
@@ -20,14 +19,7 @@ struct grant_entry {
 
 static uint8_t table[3][4096] __attribute__((aligned(4096)));
 
-static long map_frame(uint64_t index, void *page) {
-  struct {
-    uint16_t domid, size;
-    uint32_t space;
-    uint64_t idx, gpfn;
-  } add = {DOMID_SELF, 0, XENMAPSPACE_grant_table, index, (uint64_t)(uintptr_t)page >> 12};
-  return xen_hypercall(XEN_memory_op, 7 /* XENMEM_add_to_physmap */, (uint64_t)(uintptr_t)&add, 0, 0, 0);
-}
+static long map_frame(uint32_t index, void *page) { return xen_gnttab_map_frame(index, page); }
 
 int guest_main(const struct hvm_start_info *start_info) {
   (void)start_info;

@@ -137,6 +137,15 @@ bool xen_start_events(uint8_t vector) {
   return true;
 }
 
+long xen_gnttab_map_frame(uint32_t index, void *page) {
+  struct {
+    uint16_t domid, size;
+    uint32_t space;
+    uint64_t idx, gpfn;
+  } add = {DOMID_SELF, 0, 1 /* XENMAPSPACE_grant_table */, index, (uint64_t)(uintptr_t)page >> 12};
+  return xen_hypercall(XEN_memory_op, 7 /* XENMEM_add_to_physmap */, (uint64_t)(uintptr_t)&add, 0, 0, 0);
+}
+
 long xen_hvm_get_param(uint32_t index, uint64_t *value) {
   struct {
     uint16_t domid, pad;

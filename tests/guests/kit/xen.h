@@ -106,6 +106,10 @@ static inline void xen_mask(uint32_t port) { __atomic_or_fetch(&xen.shared_info-
 static inline bool xen_pending(uint32_t port) { return (xen.shared_info->evtchn_pending[port / 64] >> (port % 64)) & 1; }
 static inline void xen_clear_pending(uint32_t port) { __atomic_and_fetch(&xen.shared_info->evtchn_pending[port / 64], ~(1ull << (port % 64)), __ATOMIC_SEQ_CST); }
 
+/* Grant tables v1: frame `index` of the table goes over `page`, a page of the guest's own
+ * (XENMAPSPACE_grant_table, as Linux's PVH code does). */
+long xen_gnttab_map_frame(uint32_t index, void *page);
+
 /* Time: Xen system time (ns) from this vCPU's pvclock. */
 uint64_t xen_system_time(uint32_t vcpu);
 long xen_set_singleshot_timer(uint32_t vcpu, uint64_t deadline_ns, bool future_only);
