@@ -1,6 +1,7 @@
 #include "api/config.h"
 
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include "absl/strings/ascii.h"
@@ -10,6 +11,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "components/xenbus/vdev.h"
 #include "google/protobuf/util/json_util.h"
 
 namespace xenkvm::api {
@@ -293,6 +295,25 @@ absl::Status ValidateVmConfig(const v1::VmConfig& config) {
     if (disk.path().empty() || disk.path()[0] != '/') {
       return absl::InvalidArgumentError(absl::StrFormat("disks[%d].path: \"%s\" must be an absolute path", i, disk.path()));
     }
+    if (!disk.vdev().empty()) {
+      if (absl::StatusOr<uint32_t> devid = xenbus::ParseVirtualDevice(disk.vdev()); !devid.ok()) {
+        return absl::InvalidArgumentError(absl::StrFormat("disks[%d].vdev: %s", i, devid.status().message()));
+      }
+    }
+    for (const std::string& feature : disk.features()) {
+      if (feature != "flush" && feature != "discard" && feature != "persistent" && feature != "indirect") {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "disks[%d].features: \"%s\" is not flush, discard, persistent or indirect", i, feature));
+      }
+    }
+    for (int j = 0; j < i; ++j) {
+      if (!disk.vdev().empty() && config.disks(j).vdev() == disk.vdev()) {
+        return absl::InvalidArgumentError(absl::StrFormat("disks[%d].vdev: %s is given twice", i, disk.vdev()));
+      }
+    }
+  }
+  if (config.disks_size() > 0 && ParseXenVersion(config.xen_version()).value_or(1) == 0) {
+    return absl::InvalidArgumentError("disks: xen-disk devices need the Xen interface, and xen_version is \"off\"");
   }
   return absl::OkStatus();
 }
@@ -306,6 +327,16 @@ v1::VmConfig WithDefaults(v1::VmConfig config) {
   if (config.xen_gnttab_max_frames() == 0) config.set_xen_gnttab_max_frames(64);
   if (config.xen_evtchn_max_pirq() == 0) config.set_xen_evtchn_max_pirq(256);
   if (config.consoles_size() == 0) config.add_consoles()->set_kind("serial");
+  // Disks without a vdev take the next free xvdX, as xl does.
+  std::set<std::string> used;
+  for (const v1::DiskConfig& disk : config.disks()) used.insert(disk.vdev());
+  char next = 'a';
+  for (v1::DiskConfig& disk : *config.mutable_disks()) {
+    while (disk.vdev().empty() && next <= 'z') {
+      const std::string vdev = std::string("xvd") + next++;
+      if (used.insert(vdev).second) disk.set_vdev(vdev);
+    }
+  }
   return config;
 }
 
@@ -340,6 +371,12 @@ std::vector<std::string> VmmArguments(const v1::VmConfig& config, const std::str
       "--xen-max-evtchn", absl::StrCat(config.xen_max_event_channels()),
       "--control-socket", control_socket,
   };
+  for (const v1::DiskConfig& disk : config.disks()) {
+    std::string spec = absl::StrCat("target=", disk.path(), ",vdev=", disk.vdev(), ",access=", disk.read_only() ? "ro" : "rw");
+    if (disk.features_size() > 0) absl::StrAppend(&spec, ",features=", absl::StrJoin(disk.features(), "+"));
+    args.push_back("--disk");
+    args.push_back(spec);
+  }
   if (version != 0 && !xenstore_socket.empty()) {
     args.push_back("--xenstore-socket");
     args.push_back(xenstore_socket);

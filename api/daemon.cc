@@ -1,5 +1,7 @@
 #include "api/daemon.h"
 
+#include <set>
+
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
@@ -233,10 +235,6 @@ grpc::Status Daemon::Start(Record& record) {
   const std::string& name = record.vm.config().name();
   if (Running(record.vm)) {
     return Error(grpc::StatusCode::FAILED_PRECONDITION, absl::StrCat("VM \"", name, "\" is already ", VmStateName(record.vm.state())));
-  }
-  if (record.vm.config().disks_size() > 0) {
-    return Error(grpc::StatusCode::UNIMPLEMENTED,
-                 "xen-disk is not implemented yet (the xen-disk issue): define the VM without disks");
   }
   unlink(record.control_socket.c_str());  // a previous run's: the wait below looks for the new one
   int pipe_fds[2];
@@ -536,26 +534,86 @@ grpc::Status Daemon::ListVms(grpc::ServerContext*, const v1::ListVmsRequest*, v1
   return grpc::Status::OK;
 }
 
-grpc::Status Daemon::AttachDisk(grpc::ServerContext*, const v1::AttachDiskRequest* request, v1::Device*) {
+// The VMM of a running VM, for a call that may take a while: the stub is shared, the lock released.
+grpc::Status Daemon::RunningVmm(const std::string& name, std::shared_ptr<v1::VmmControl::Stub>* control) {
   absl::MutexLock lock(&mutex_);
   std::shared_ptr<Record> record;
-  if (grpc::Status found = Lookup(request->name(), &record); !found.ok()) return found;
-  return Error(grpc::StatusCode::UNIMPLEMENTED, "xen-disk is not implemented yet (the xen-disk issue)");
+  if (grpc::Status found = Lookup(name, &record); !found.ok()) return found;
+  if (!Running(record->vm) || !record->control) {
+    return Error(grpc::StatusCode::FAILED_PRECONDITION,
+                 absl::StrCat("VM \"", name, "\" is ", VmStateName(record->vm.state()),
+                              ", not running (disks in its config are attached when it starts)"));
+  }
+  *control = record->control;
+  return grpc::Status::OK;
+}
+
+grpc::Status Daemon::AttachDisk(grpc::ServerContext*, const v1::AttachDiskRequest* request, v1::Device* reply) {
+  std::shared_ptr<v1::VmmControl::Stub> control;
+  if (grpc::Status running = RunningVmm(request->name(), &control); !running.ok()) return running;
+  if (request->disk().path().empty() || request->disk().path()[0] != '/') {
+    return Error(grpc::StatusCode::INVALID_ARGUMENT,
+                 absl::StrCat("disk.path: \"", request->disk().path(), "\" must be an absolute path"));
+  }
+  v1::VmmAttachDiskRequest attach;
+  *attach.mutable_disk() = request->disk();
+  if (attach.disk().vdev().empty()) {
+    // The next free xvdX, as xl does.
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    v1::ListDevicesResponse devices;
+    if (grpc::Status listed = control->Devices(&context, v1::VmmDevicesRequest(), &devices); !listed.ok()) {
+      return Error(listed.error_code(), listed.error_message());
+    }
+    std::set<std::string> used;
+    for (const v1::Device& device : devices.devices()) used.insert(device.id());
+    for (char letter = 'a'; letter <= 'z' && attach.disk().vdev().empty(); ++letter) {
+      if (!used.contains(std::string("xvd") + letter)) attach.mutable_disk()->set_vdev(std::string("xvd") + letter);
+    }
+  }
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  grpc::Status attached = control->AttachDisk(&context, attach, reply);
+  if (!attached.ok()) {
+    return Error(attached.error_code(), absl::StrCat("VM \"", request->name(), "\": ", attached.error_message()));
+  }
+  absl::MutexLock lock(&mutex_);
+  Emit(v1::VmEvent::DISK_ATTACHED, request->name(), absl::StrCat(reply->id(), " ", reply->disk().path()));
+  return grpc::Status::OK;
 }
 
 grpc::Status Daemon::DetachDisk(grpc::ServerContext*, const v1::DetachDiskRequest* request, v1::DetachDiskResponse*) {
+  std::shared_ptr<v1::VmmControl::Stub> control;
+  if (grpc::Status running = RunningVmm(request->name(), &control); !running.ok()) return running;
+  v1::VmmDetachDiskRequest detach;
+  detach.set_vdev(request->vdev());
+  detach.set_force(request->force());
+  detach.set_timeout_seconds(request->timeout_seconds() ? request->timeout_seconds() : 10);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(detach.timeout_seconds() + 10));
+  v1::VmmDetachDiskReply reply;
+  grpc::Status detached = control->DetachDisk(&context, detach, &reply);
+  if (!detached.ok()) {
+    return Error(detached.error_code(), absl::StrCat("VM \"", request->name(), "\": ", detached.error_message()));
+  }
   absl::MutexLock lock(&mutex_);
-  std::shared_ptr<Record> record;
-  if (grpc::Status found = Lookup(request->name(), &record); !found.ok()) return found;
-  return Error(grpc::StatusCode::UNIMPLEMENTED, "xen-disk is not implemented yet (the xen-disk issue)");
+  Emit(v1::VmEvent::DISK_DETACHED, request->name(),
+       absl::StrCat(request->vdev(), reply.forced() ? " (forced: the guest did not release it)" : " (released by the guest)"));
+  return grpc::Status::OK;
 }
 
 grpc::Status Daemon::ListDevices(grpc::ServerContext*, const v1::VmRef* request, v1::ListDevicesResponse* reply) {
-  absl::MutexLock lock(&mutex_);
-  std::shared_ptr<Record> record;
-  if (grpc::Status found = Lookup(request->name(), &record); !found.ok()) return found;
-  // The emulated devices every VM has, and with the Xen interface its PV console (served by the VMM
-  // from boot, as xenconsoled does); xen-disk devices join them with the xen-disk issue.
+  std::shared_ptr<v1::VmmControl::Stub> control;
+  v1::VmConfig config;
+  {
+    absl::MutexLock lock(&mutex_);
+    std::shared_ptr<Record> record;
+    if (grpc::Status found = Lookup(request->name(), &record); !found.ok()) return found;
+    config = record->vm.config();
+    if (Running(record->vm)) control = record->control;
+  }
+  // The emulated devices every VM has, and with the Xen interface its PV console (served by the
+  // VMM from boot, as xenconsoled does).
   auto add = [reply](const char* kind, const char* id) {
     v1::Device* device = reply->add_devices();
     device->set_kind(kind);
@@ -563,7 +621,24 @@ grpc::Status Daemon::ListDevices(grpc::ServerContext*, const v1::VmRef* request,
   };
   add("serial", "com1");
   add("debug-port", "0xe9");
-  if (ParseXenVersion(record->vm.config().xen_version()).value_or(1) != 0) add("xen-console", "0");
+  if (ParseXenVersion(config.xen_version()).value_or(1) != 0) add("xen-console", "0");
+  // Disks: as the running VMM has them (with their XenBus states), else as configured.
+  if (control) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    v1::ListDevicesResponse disks;
+    if (grpc::Status listed = control->Devices(&context, v1::VmmDevicesRequest(), &disks); !listed.ok()) {
+      return Error(listed.error_code(), absl::StrCat("VM \"", request->name(), "\": ", listed.error_message()));
+    }
+    for (const v1::Device& disk : disks.devices()) *reply->add_devices() = disk;
+  } else {
+    for (const v1::DiskConfig& disk : config.disks()) {
+      v1::Device* device = reply->add_devices();
+      device->set_kind("xen-disk");
+      device->set_id(disk.vdev());
+      *device->mutable_disk() = disk;
+    }
+  }
   return grpc::Status::OK;
 }
 

@@ -83,7 +83,7 @@ class Daemon final : public v1::VmService::Service {
     bool guest_advertised_shutdown = false;  // the last RequestShutdown's answer
     uint64_t run = 0;  // bumped per start, so waiters know which run ended
     std::shared_ptr<ConsoleBuffer> console = std::make_shared<ConsoleBuffer>();
-    std::unique_ptr<v1::VmmControl::Stub> control;
+    std::shared_ptr<v1::VmmControl::Stub> control;  // shared: a long call runs without the daemon lock
   };
 
   explicit Daemon(const Options& options) : options_(options) {}
@@ -100,6 +100,8 @@ class Daemon final : public v1::VmService::Service {
   grpc::Status Shutdown(Record& record, const std::string& reason, absl::Duration timeout)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   grpc::Status AskShutdown(Record& record, const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  grpc::Status RunningVmm(const std::string& name, std::shared_ptr<v1::VmmControl::Stub>* control)
+      ABSL_LOCKS_EXCLUDED(mutex_);
   // After asking: destroys the run if it has not ended, with an end reason saying why.
   void FinishShutdown(Record& record, uint64_t run, const grpc::Status& asked) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // Ends the VMM process (SIGTERM, then SIGKILL after a grace period) and waits for the supervisor.

@@ -223,6 +223,87 @@ TEST_F(XenkvmdTest, ShutdownIsGracefulThroughXenStore) {
   ASSERT_EQ(Ctl({"delete", "store1"}).status, 0);
 }
 
+// An image whose sector N begins with "xenkvm disk sector N".
+std::string MakeDiskImage(const std::string& path, int sectors) {
+  std::string bytes(static_cast<size_t>(sectors) * 512, '\0');
+  for (int n = 0; n < sectors; ++n) {
+    const std::string text = absl::StrCat("xenkvm disk sector ", n);
+    bytes.replace(static_cast<size_t>(n) * 512, text.size(), text);
+  }
+  std::ofstream(path, std::ios::binary) << bytes;
+  return path;
+}
+
+TEST_F(XenkvmdTest, ADiskInTheConfigIsTheGuestsXvda) {
+  const std::string image = MakeDiskImage(*dir_ + "/disk1.img", 4096);
+  ASSERT_EQ(Ctl({"create", WriteConfig("disk1.json", absl::StrCat(R"({"name": "disk1", "memory_mib": 32, "kernel": ")",
+                                                                   Runfile("tests/guests/xen_disk.elf"),
+                                                                   R"(", "accelerator": "emu", "disks": [{"path": ")",
+                                                                   image, R"("}]})"))})
+                .status,
+            0);
+  for (int i = 0; i < 200 && Get("disk1").state() == v1::VM_STATE_RUNNING; ++i) absl::SleepFor(absl::Milliseconds(50));
+  const v1::Vm vm = Get("disk1");
+  EXPECT_EQ(vm.end_reason(), "the guest powered off");
+  EXPECT_EQ(vm.config().disks(0).vdev(), "xvda");  // the next free one
+  std::string console = Ctl({"console", "disk1"}).out;
+  EXPECT_THAT(console, HasSubstr("xen-disk: wrote, flushed and read back sector 16"));
+  EXPECT_THAT(console, HasSubstr("PASS"));
+  ProcessResult devices = Ctl({"block-list", "disk1"});  // not running: as configured
+  EXPECT_THAT(devices.out, HasSubstr("xen-disk"));
+  EXPECT_THAT(devices.out, HasSubstr(image));
+  ASSERT_EQ(Ctl({"delete", "disk1"}).status, 0);
+}
+
+TEST_F(XenkvmdTest, DisksAreHotPluggedAndUnplugged) {
+  const std::string image = MakeDiskImage(*dir_ + "/hot.img", 64);
+  ASSERT_EQ(Ctl({"create", WriteConfig("hp1.json", absl::StrCat(R"({"name": "hp1", "memory_mib": 32, "kernel": ")",
+                                                                 Runfile("tests/guests/xen_store.elf"),
+                                                                 R"(", "accelerator": "emu"})"))})
+                .status,
+            0);
+  std::string console;
+  for (int i = 0; i < 200 && console.find("ready for control/shutdown") == std::string::npos; ++i) {
+    absl::SleepFor(absl::Milliseconds(50));
+    console = Ctl({"console", "hp1", "--no-follow"}).out;
+  }
+  grpc::ClientContext watch_context;
+  watch_context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  v1::WatchEventsRequest watch;
+  watch.set_name("hp1");
+  auto events = Stub()->WatchEvents(&watch_context, watch);
+  absl::SleepFor(absl::Milliseconds(100));  // the watch is in place
+  ProcessResult attached = Ctl({"block-attach", "hp1", image});
+  ASSERT_EQ(attached.status, 0) << attached.err;
+  EXPECT_THAT(attached.out, HasSubstr("hp1: xvda attached"));
+  ProcessResult listed = Ctl({"block-list", "hp1"});
+  EXPECT_THAT(listed.out, HasSubstr("xen-disk"));
+  EXPECT_THAT(listed.out, HasSubstr("InitWait"));      // the backend waits for a frontend
+  EXPECT_THAT(listed.out, HasSubstr("Initialising"));  // which this guest never starts
+  if (access("/usr/bin/xenstore-read", X_OK) == 0) {
+    ProcessResult state = testing::RunProcess({"/usr/bin/env", "XENSTORED_PATH=" + Get("hp1").xenstore_socket(),
+                                               "/usr/bin/xenstore-read", "/local/domain/0/backend/vbd/1/51712/state"});
+    EXPECT_EQ(state.out, "2\n") << state.err;
+  }
+  EXPECT_THAT(Ctl({"block-attach", "hp1", image, "xvda"}).err, HasSubstr("(ALREADY_EXISTS)"));
+  EXPECT_THAT(Ctl({"block-attach", "hp1", *dir_ + "/none.img", "xvdb"}).err, HasSubstr("(NOT_FOUND)"));
+  EXPECT_THAT(Ctl({"block-attach", "hp1", image, "vda"}).err, HasSubstr("use xvd<letters>"));
+  ProcessResult detached = Ctl({"block-detach", "hp1", "xvda"});
+  EXPECT_EQ(detached.status, 0) << detached.err;
+  EXPECT_THAT(Ctl({"block-list", "hp1"}).out, Not(HasSubstr("xen-disk")));
+  EXPECT_THAT(Ctl({"block-detach", "hp1", "xvda"}).err, HasSubstr("(NOT_FOUND)"));
+  v1::VmEvent event;
+  ASSERT_TRUE(events->Read(&event));
+  EXPECT_EQ(event.kind(), v1::VmEvent::DISK_ATTACHED);
+  EXPECT_THAT(event.detail(), HasSubstr("xvda " + image));
+  ASSERT_TRUE(events->Read(&event));
+  EXPECT_EQ(event.kind(), v1::VmEvent::DISK_DETACHED);
+  EXPECT_EQ(event.detail(), "xvda (released by the guest)");
+  watch_context.TryCancel();
+  ASSERT_EQ(Ctl({"destroy", "hp1"}).status, 0);
+  ASSERT_EQ(Ctl({"delete", "hp1"}).status, 0);
+}
+
 TEST_F(XenkvmdTest, AKilledVmmIsReportedCrashed) {
   ASSERT_EQ(Ctl({"create", TickerConfig("tick3")}).status, 0);
   v1::Vm vm = Get("tick3");
@@ -249,7 +330,7 @@ TEST_F(XenkvmdTest, BadInputGetsTheRightCodeAndMessage) {
   ProcessResult not_running = Ctl({"pause", "dup"});
   EXPECT_THAT(not_running.err, HasSubstr("is created, not running (FAILED_PRECONDITION)"));
   EXPECT_THAT(Ctl({"evtchn", "dup"}).err, HasSubstr("(FAILED_PRECONDITION)"));
-  EXPECT_THAT(Ctl({"block-attach", "dup", "/tmp/disk.img", "xvda"}).err, HasSubstr("(UNIMPLEMENTED)"));
+  EXPECT_THAT(Ctl({"block-attach", "dup", "/tmp/disk.img", "xvda"}).err, HasSubstr("(FAILED_PRECONDITION)"));
 
   ProcessResult missing = Ctl({"create", WriteConfig("missing.json", R"({"name": "m", "kernel": "/no/such/vmlinux"})")});
   EXPECT_THAT(missing.err, HasSubstr("kernel: cannot open /no/such/vmlinux: No such file or directory (INVALID_ARGUMENT)"));

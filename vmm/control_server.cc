@@ -1,6 +1,7 @@
 #include "vmm/control_server.h"
 
 #include <grpcpp/grpcpp.h>
+#include <algorithm>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -20,6 +21,53 @@ const char* HypercallName(uint32_t number) {
       "nmi_op", "sched_op", "callback_op", "xenoprof_op", "event_channel_op", "physdev_op", "hvm_op",
       "sysctl", "domctl", "kexec_op", "tmem_op", "argo_op", "xenpmu_op", "dm_op", "hypfs_op"};
   return number < std::size(kNames) ? kNames[number] : "unknown";
+}
+
+xenbus::XenDiskConfig DiskFrom(const v1::DiskConfig& disk) {
+  xenbus::XenDiskConfig config;
+  config.path = disk.path();
+  config.vdev = disk.vdev();
+  config.read_only = disk.read_only();
+  if (disk.features_size() > 0) {  // only what is listed
+    auto has = [&disk](const char* feature) {
+      return std::find(disk.features().begin(), disk.features().end(), feature) != disk.features().end();
+    };
+    config.flush = has("flush");
+    config.discard = has("discard");
+    config.persistent_grants = has("persistent");
+    config.max_indirect_segments = has("indirect") ? config.max_indirect_segments : 0;
+  }
+  return config;
+}
+
+v1::Device DeviceFrom(const Vm::DiskInfo& disk) {
+  v1::Device device;
+  device.set_kind("xen-disk");
+  device.set_id(disk.config.vdev);
+  device.set_backend_state(xenbus::XenbusStateName(disk.backend_state));
+  device.set_frontend_state(xenbus::XenbusStateName(disk.frontend_state));
+  v1::DiskConfig* config = device.mutable_disk();
+  config->set_path(disk.config.path);
+  config->set_vdev(disk.config.vdev);
+  config->set_read_only(disk.config.read_only);
+  if (disk.config.flush) config->add_features("flush");
+  if (disk.config.discard) config->add_features("discard");
+  if (disk.config.persistent_grants) config->add_features("persistent");
+  if (disk.config.max_indirect_segments > 0) config->add_features("indirect");
+  return device;
+}
+
+grpc::Status GrpcError(const absl::Status& status) {
+  grpc::StatusCode code = grpc::StatusCode::INTERNAL;
+  switch (status.code()) {
+    case absl::StatusCode::kInvalidArgument: code = grpc::StatusCode::INVALID_ARGUMENT; break;
+    case absl::StatusCode::kNotFound: code = grpc::StatusCode::NOT_FOUND; break;
+    case absl::StatusCode::kAlreadyExists: code = grpc::StatusCode::ALREADY_EXISTS; break;
+    case absl::StatusCode::kPermissionDenied: code = grpc::StatusCode::PERMISSION_DENIED; break;
+    case absl::StatusCode::kFailedPrecondition: code = grpc::StatusCode::FAILED_PRECONDITION; break;
+    default: break;
+  }
+  return grpc::Status(code, std::string(status.message()));
 }
 
 }  // namespace
@@ -73,12 +121,7 @@ class ControlServer::Service final : public v1::VmmControl::Service {
   grpc::Status RequestShutdown(grpc::ServerContext*, const v1::VmmShutdownRequest* request,
                                v1::VmmShutdownReply* reply) override {
     absl::StatusOr<bool> advertised = vm_.RequestShutdown(request->reason().empty() ? "poweroff" : request->reason());
-    if (!advertised.ok()) {
-      grpc::StatusCode code = advertised.status().code() == absl::StatusCode::kInvalidArgument
-                                  ? grpc::StatusCode::INVALID_ARGUMENT
-                                  : grpc::StatusCode::FAILED_PRECONDITION;
-      return grpc::Status(code, std::string(advertised.status().message()));
-    }
+    if (!advertised.ok()) return GrpcError(advertised.status());
     reply->set_guest_advertises(*advertised);
     return grpc::Status::OK;
   }
@@ -88,6 +131,24 @@ class ControlServer::Service final : public v1::VmmControl::Service {
       return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "this VM runs without the Xen interface");
     }
     *reply = EventChannelListFrom(vm_.xen()->Statistics());
+    return grpc::Status::OK;
+  }
+  grpc::Status AttachDisk(grpc::ServerContext*, const v1::VmmAttachDiskRequest* request, v1::Device* reply) override {
+    absl::StatusOr<Vm::DiskInfo> disk = vm_.AttachDisk(DiskFrom(request->disk()));
+    if (!disk.ok()) return GrpcError(disk.status());
+    *reply = DeviceFrom(*disk);
+    return grpc::Status::OK;
+  }
+  grpc::Status DetachDisk(grpc::ServerContext*, const v1::VmmDetachDiskRequest* request,
+                          v1::VmmDetachDiskReply* reply) override {
+    absl::StatusOr<bool> forced = vm_.DetachDisk(request->vdev(), request->force(),
+                                                 absl::Seconds(request->timeout_seconds() ? request->timeout_seconds() : 10));
+    if (!forced.ok()) return GrpcError(forced.status());
+    reply->set_forced(*forced);
+    return grpc::Status::OK;
+  }
+  grpc::Status Devices(grpc::ServerContext*, const v1::VmmDevicesRequest*, v1::ListDevicesResponse* reply) override {
+    for (const Vm::DiskInfo& disk : vm_.Disks()) *reply->add_devices() = DeviceFrom(disk);
     return grpc::Status::OK;
   }
 

@@ -286,6 +286,42 @@ absl::Status Vm::OnBackendLoop(std::function<void()> work) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<Vm::DiskInfo> Vm::AttachDisk(const xenbus::XenDiskConfig& config) {
+  if (!store_) return absl::FailedPreconditionError("this VM runs without the Xen interface: no xen-disk");
+  absl::StatusOr<DiskInfo> result = absl::InternalError("not run");
+  XENKVM_RETURN_IF_ERROR(OnBackendLoop([&] {
+    xenbus::XenDisk::Environment environment{store_.get(), memory_.get(), xen_.get(), backend_loop_.get(), domid_};
+    absl::StatusOr<std::unique_ptr<xenbus::XenDisk>> disk = xenbus::XenDisk::Create(environment, config);
+    if (!disk.ok()) {
+      result = disk.status();
+      return;
+    }
+    result = DiskInfo{(*disk)->config(), (*disk)->device_id(), (*disk)->backend_state(), (*disk)->frontend_state(),
+                      std::nullopt};
+    disks_.push_back(std::move(*disk));
+  }));
+  return result;
+}
+
+absl::StatusOr<bool> Vm::DetachDisk(const std::string& vdev, bool force, absl::Duration timeout) {
+  if (!store_) return absl::FailedPreconditionError("this VM runs without the Xen interface: no xen-disk");
+  auto closed = std::make_shared<absl::Notification>();
+  bool found = false;
+  XENKVM_RETURN_IF_ERROR(OnBackendLoop([&] {
+    for (auto& disk : disks_) {
+      if (disk->config().vdev != vdev) continue;
+      found = true;
+      if (!force) disk->RequestRemoval([closed] { closed->Notify(); });
+    }
+  }));
+  if (!found) return absl::NotFoundError(absl::StrCat("no xen-disk ", vdev, " in this VM"));
+  const bool graceful = !force && closed->WaitForNotificationWithTimeout(timeout);
+  XENKVM_RETURN_IF_ERROR(OnBackendLoop([&] {
+    std::erase_if(disks_, [&](const auto& disk) { return disk->config().vdev == vdev; });
+  }));
+  return !graceful;
+}
+
 std::vector<Vm::DiskInfo> Vm::Disks() {
   std::vector<DiskInfo> disks;
   if (!backend_loop_) return disks;

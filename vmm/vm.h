@@ -14,6 +14,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "components/accel/accelerator.h"
 #include "components/devices/bus.h"
 #include "components/devices/ioapic.h"
@@ -81,6 +82,11 @@ class Vm {
     std::optional<xenbus::DiskRingStatistics> statistics;
   };
   std::vector<DiskInfo> Disks();
+  // Hot-plug: a new xen-disk (kAlreadyExists for a vdev in use, the image's error otherwise).
+  absl::StatusOr<DiskInfo> AttachDisk(const xenbus::XenDiskConfig& disk);
+  // Hot-unplug: asks the frontend to close and waits up to `timeout` (not with `force`), then
+  // removes the device. Returns whether it had to be forced. kNotFound for an unknown vdev.
+  absl::StatusOr<bool> DetachDisk(const std::string& vdev, bool force, absl::Duration timeout);
 
   const std::string& accelerator_choice() const { return accelerator_choice_; }
   // The Xen shim, or nullptr when the VM runs without the Xen interface.

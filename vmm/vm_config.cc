@@ -79,9 +79,27 @@ absl::StatusOr<xenbus::XenDiskConfig> ParseDiskSpec(const std::string& spec) {
         return absl::InvalidArgumentError(absl::StrCat("disk \"", spec, "\": access=", value, " is not r, ro, w or rw"));
       }
       disk.read_only = value[0] == 'r' && value != "rw";
+    } else if (key == "features") {
+      // What to offer, '+'-separated: flush, discard, persistent, indirect (default: all).
+      disk.flush = disk.discard = disk.persistent_grants = false;
+      disk.max_indirect_segments = 0;
+      for (absl::string_view feature : absl::StrSplit(value, '+', absl::SkipEmpty())) {
+        if (feature == "flush") {
+          disk.flush = true;
+        } else if (feature == "discard") {
+          disk.discard = true;
+        } else if (feature == "persistent") {
+          disk.persistent_grants = true;
+        } else if (feature == "indirect") {
+          disk.max_indirect_segments = 256;
+        } else {
+          return absl::InvalidArgumentError(absl::StrCat("disk \"", spec, "\": feature \"", std::string(feature),
+                                                         "\" is not flush, discard, persistent or indirect"));
+        }
+      }
     } else {
       return absl::InvalidArgumentError(
-          absl::StrCat("disk \"", spec, "\": unknown key \"", key, "\" (target, vdev, access)"));
+          absl::StrCat("disk \"", spec, "\": unknown key \"", key, "\" (target, vdev, access, features)"));
     }
   }
   if (disk.path.empty()) return absl::InvalidArgumentError(absl::StrCat("disk \"", spec, "\": no target=PATH"));

@@ -41,7 +41,8 @@ struct VmConfig {
 absl::Status Validate(const VmConfig& config);
 
 // A --disk value, xl's disk syntax in key=value form: "target=PATH,vdev=xvda,access=rw" (path= for
-// target=; access r, ro, w or rw, default rw). Errors name the key.
+// target=; access r, ro, w or rw, default rw), and features=flush+discard+persistent+indirect to
+// offer only those (default: all). Errors name the key.
 absl::StatusOr<xenbus::XenDiskConfig> ParseDiskSpec(const std::string& spec);
 
 }  // namespace xenkvm::vmm

@@ -36,7 +36,8 @@ DiskRing::DiskRing(const memory::GuestMemory& memory, xen::GrantTable& grants, b
       grants_(grants),
       image_(image),
       options_(options),
-      limits_{image.sectors(), image.read_only(), image.supports_discard(), options.max_indirect_segments},
+      limits_{image.sectors(), image.read_only(), options.discard && image.supports_discard(),
+              options.max_indirect_segments},
       slots_(blkif::RingSlots(options.abi, 1)),
       notify_(std::move(notify)) {}
 
@@ -127,6 +128,7 @@ bool DiskRing::ProcessRing() {
 int16_t DiskRing::Handle(blkif::Request& request) {
   switch (request.operation) {
     case blkif::kOpFlush:
+      if (!options_.flush) return blkif::kStatusNotSupported;
       if (!image_.Flush().ok()) return blkif::kStatusError;
       {
         absl::MutexLock lock(&mutex_);

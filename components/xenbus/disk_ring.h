@@ -46,6 +46,8 @@ class DiskRing {
     uint32_t ring_gref = 0;
     bool persistent_grants = false;
     uint32_t max_indirect_segments = 0;
+    bool flush = true;    // offered: FLUSH_DISKCACHE requests are served, else EOPNOTSUPP
+    bool discard = true;  // offered (and the image can)
     uint32_t max_persistent_grants = 1056;  // 32 slots x 11 segments x 3, as Linux blkback allows
   };
 

@@ -12,17 +12,6 @@ namespace {
 using xen::xenstore::Access;
 using xen::xenstore::Permissions;
 
-// "a" -> 0, "z" -> 25, "aa" -> 26...; nullopt unless lowercase letters.
-std::optional<uint32_t> LetterIndex(const std::string& letters) {
-  if (letters.empty() || letters.size() > 3) return std::nullopt;
-  uint32_t index = 0;
-  for (char c : letters) {
-    if (c < 'a' || c > 'z') return std::nullopt;
-    index = index * 26 + static_cast<uint32_t>(c - 'a' + 1);
-  }
-  return index - 1;
-}
-
 std::optional<XenbusState> ParseState(const std::optional<std::string>& text) {
   int value = 0;
   if (!text || !absl::SimpleAtoi(*text, &value) || value < 0 || value > 8) return std::nullopt;
@@ -36,36 +25,6 @@ const char* XenbusStateName(XenbusState state) {
                                        "Closing", "Closed", "Reconfiguring", "Reconfigured"};
   const int index = static_cast<int>(state);
   return index >= 0 && index < 9 ? kNames[index] : "?";
-}
-
-absl::StatusOr<uint32_t> ParseVirtualDevice(const std::string& vdev) {
-  auto refuse = [&vdev] {
-    return absl::InvalidArgumentError(absl::StrCat("vdev \"", vdev,
-                                                   "\": use xvd<letters> (xvda...), hd<a-d>, sd<letters>, d<N> or a "
-                                                   "device number"));
-  };
-  uint32_t number = 0;
-  if (absl::SimpleAtoi(vdev, &number) && number > 0) return number;
-  if (vdev.size() > 1 && vdev[0] == 'd' && absl::SimpleAtoi(vdev.substr(1), &number)) {
-    if (number > 0xfffff) return refuse();
-    return (1u << 28) | (number << 8);  // the extended form
-  }
-  if (vdev.rfind("xvd", 0) == 0) {
-    std::optional<uint32_t> index = LetterIndex(vdev.substr(3));
-    if (!index) return refuse();
-    return *index < 16 ? (202u << 8) | (*index << 4) : (1u << 28) | (*index << 8);
-  }
-  if (vdev.rfind("hd", 0) == 0) {
-    std::optional<uint32_t> index = LetterIndex(vdev.substr(2));
-    if (!index || *index > 3) return refuse();
-    return ((*index < 2 ? 3u : 22u) << 8) | ((*index % 2) << 6);
-  }
-  if (vdev.rfind("sd", 0) == 0) {
-    std::optional<uint32_t> index = LetterIndex(vdev.substr(2));
-    if (!index || *index > 15) return refuse();
-    return (8u << 8) | (*index << 4);
-  }
-  return refuse();
 }
 
 absl::StatusOr<std::unique_ptr<XenDisk>> XenDisk::Create(const Environment& environment, XenDiskConfig config) {
@@ -141,9 +100,11 @@ absl::Status XenDisk::Announce() {
       {"frontend", frontend_path_}, {"frontend-id", absl::StrCat(domid)}, {"online", "1"},
       {"removable", "0"},           {"bootable", "1"},                    {"dev", config_.vdev},
       {"type", "file"},             {"mode", config_.read_only ? "r" : "w"},
-      {"params", config_.path},     {"device-type", "disk"},
-      {"feature-max-indirect-segments", absl::StrCat(config_.max_indirect_segments)}};
+      {"params", config_.path},     {"device-type", "disk"}};
   for (const auto& [key, value] : backend) Write(absl::StrCat(backend_path_, "/", key), value);
+  if (config_.max_indirect_segments > 0) {
+    Write(absl::StrCat(backend_path_, "/feature-max-indirect-segments"), absl::StrCat(config_.max_indirect_segments));
+  }
   SetBackendState(XenbusState::kInitWait);
   if (!store.Watch(client_, absl::StrCat(frontend_path_, "/state"), "frontend-state").ok()) {
     return absl::InternalError("xenstore: cannot watch the frontend's state");
@@ -223,6 +184,8 @@ absl::Status XenDisk::Connect() {
   options.ring_gref = ring_ref;
   options.persistent_grants = persistent;
   options.max_indirect_segments = config_.max_indirect_segments;
+  options.flush = config_.flush;
+  options.discard = config_.discard;
   xen::Shim* shim = environment_.shim;
   absl::StatusOr<std::unique_ptr<DiskRing>> ring =
       DiskRing::Start(*environment_.memory, shim->grant_table(), *image_, options,
@@ -242,7 +205,7 @@ absl::Status XenDisk::Connect() {
 
   // What the frontend needs, and Connected, in one transaction.
   xen::xenstore::Store& store = *environment_.store;
-  const bool discard = image_->supports_discard();
+  const bool discard = config_.discard && image_->supports_discard();
   for (int attempt = 0; attempt < 5; ++attempt) {
     auto transaction = store.TransactionStart(client_);
     if (!transaction.ok()) break;
@@ -254,7 +217,7 @@ absl::Status XenDisk::Connect() {
     put("info", config_.read_only ? "4" : "0");  // VDISK_READONLY
     put("sector-size", "512");
     put("physical-sector-size", "512");
-    put("feature-flush-cache", "1");
+    put("feature-flush-cache", config_.flush ? "1" : "0");
     put("feature-barrier", "0");
     put("feature-discard", discard ? "1" : "0");
     if (discard) {

@@ -24,6 +24,7 @@
 #include "components/xen/shim.h"
 #include "components/xen/xenstore/store.h"
 #include "components/xenbus/disk_ring.h"
+#include "components/xenbus/vdev.h"
 
 namespace xenkvm::xenbus {
 
@@ -34,17 +35,15 @@ enum class XenbusState : int {
 };
 const char* XenbusStateName(XenbusState state);
 
-// A virtual device name as xl.cfg writes it: xvd<letters> (major 202, and the extended form past
-// xvdp), hd<a-d> (majors 3/22), sd<letters> (major 8), d<N> or a plain device number. Returns the
-// number the frontend sees as virtual-device; kInvalidArgument with the accepted forms otherwise.
-absl::StatusOr<uint32_t> ParseVirtualDevice(const std::string& vdev);
-
 struct XenDiskConfig {
   std::string path;
   std::string vdev = "xvda";
   bool read_only = false;
+  // What the backend offers the frontend.
+  bool flush = true;
+  bool discard = true;  // if the image can (a writable regular file)
   bool persistent_grants = true;
-  uint32_t max_indirect_segments = 256;
+  uint32_t max_indirect_segments = 256;  // 0: no indirect requests
 };
 
 class XenDisk {
