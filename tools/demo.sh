@@ -1,25 +1,38 @@
 #!/usr/bin/env bash
 # README command (a): installs what is missing, builds everything, and boots the demo guests on the
 # default accelerator (kvm where /dev/kvm is usable, else emu):
-#  1. the test kit's Xen core kernel: it finds Xen by CPUID, fills its hypercall page, maps
-#     shared_info, takes event channels (loopback, timer, poll) through the Xen shim, and powers off
-#     with SCHEDOP_shutdown;
-#  2. the XenStore kernel: it talks to its XenStore over the ring, watches control/shutdown, and is
-#     shut down the way `xl shutdown` does it, with Debian's xenstore-utils on the VM's socket.
+#  1. a Xen guest with a xen-disk: the test kit's blkfront kernel finds its disk in XenStore,
+#     connects through the XenBus handshake (grant-table ring, event channel) and reads, writes,
+#     flushes and discards through xenkvm's xen-disk backend; its write lands in the image file;
+#  2. the Xen core kernel: CPUID detection, hypercall page, shared_info, event channels (loopback,
+#     timer, poll) through the Xen shim, SCHEDOP_shutdown;
+#  3. the XenStore kernel, shut down the way `xl shutdown` does it, with Debian's xenstore-utils
+#     on the VM's XenStore socket.
 # Options after the command go to xenkvm-vmm (e.g. --accel emu).
-# xen-disk is an open issue: when it lands, this boots a guest with a xen-disk.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/setup.sh
 bazel build //...
 vmm=bazel-bin/vmm/xenkvm-vmm
 
-echo "== 1. Xen core guest"
-"$vmm" --kernel bazel-bin/tests/guests/xen_core.elf --memory 256 "$@"
-
-echo "== 2. XenStore guest, shut down through XenStore"
 dir=$(mktemp -d /tmp/xenkvm-demo-XXXXXX)
 trap 'rm -rf "$dir"' EXIT
+
+echo "== 1. A Xen guest with a xen-disk"
+# 2 MiB image; sector N begins with "xenkvm disk sector N".
+/usr/bin/python3 -c '
+import sys
+with open(sys.argv[1], "wb") as image:
+    for n in range(4096):
+        text = b"xenkvm disk sector %d" % n
+        image.write(text + bytes(512 - len(text)))' "$dir/xvda.img"
+"$vmm" --kernel bazel-bin/tests/guests/xen_disk.elf --memory 64 --disk "target=$dir/xvda.img,vdev=xvda,access=rw" "$@"
+echo "-- sector 16 of the image now: \"$(dd if="$dir/xvda.img" bs=512 skip=16 count=1 2>/dev/null | tr -d '\0')\""
+
+echo "== 2. Xen core guest"
+"$vmm" --kernel bazel-bin/tests/guests/xen_core.elf --memory 256 "$@"
+
+echo "== 3. XenStore guest, shut down through XenStore"
 "$vmm" --kernel bazel-bin/tests/guests/xen_store.elf --memory 64 --name demo \
   --xenstore-socket "$dir/xs.sock" "$@" >"$dir/console" 2>"$dir/log" &
 pid=$!
