@@ -96,8 +96,13 @@ class Blkfront {
   // Waits up to `timeout` for `count` new responses and takes them.
   std::vector<Response> Take(size_t count, absl::Duration timeout = absl::Seconds(10)) {
     const absl::Time deadline = absl::Now() + timeout;
-    while (ResponseProducer() - response_consumer_ < count && absl::Now() < deadline) {
-      std::this_thread::sleep_for(std::chrono::microseconds(50));
+    // Spin (yielding) first: a response usually comes within microseconds; then sleep.
+    for (int spins = 0; ResponseProducer() - response_consumer_ < count && absl::Now() < deadline; ++spins) {
+      if (spins < 20000) {
+        std::this_thread::yield();
+      } else {
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
+      }
     }
     std::vector<Response> responses;
     while (response_consumer_ != ResponseProducer() && responses.size() < count) {
