@@ -568,7 +568,10 @@ class EmuVcpu final : public Vcpu {
         Fatal(absl::StrFormat("emu vCPU %u: %s at %s", id_, uc_strerror(err), where));
         continue;
       }
-      if (std::exchange(stop_requested_, false)) continue;
+      if (std::exchange(stop_requested_, false)) {
+        RepairBlockStop();
+        continue;
+      }
       // Nothing else ends an unbounded uc_emu_start without an error: the guest executed HLT.
       if ((ReadRegister(UC_X86_REG_RFLAGS) & kRflagsIf) != 0) {
         halted_ = true;  // wait for an interrupt inside Run(), as an in-kernel LAPIC does
@@ -576,6 +579,18 @@ class EmuVcpu final : public Vcpu {
         Deliver(HaltExit{}, false);
       }
     }
+  }
+
+  // A stop asked for in the block hook takes effect before the block runs, but when the block was
+  // entered by a chained jump the engine's RIP was never updated: it still names an earlier
+  // block, and resuming there would run instructions twice (pushes, above all). The hook knows the
+  // block's address; put RIP there.
+  void RepairBlockStop() {
+    std::optional<BlockStop> stop = std::exchange(block_stop_, std::nullopt);
+    if (!stop || ReadRegister(UC_X86_REG_RIP) == stop->address) return;
+    // The stack pointer as the hook saw it says the block did not run (never seen otherwise).
+    if (ReadRegister(UC_X86_REG_RSP) != stop->rsp) return;
+    WriteRegister(UC_X86_REG_RIP, stop->address);
   }
 
   bool Exiting() {
@@ -891,7 +906,7 @@ class EmuVcpu final : public Vcpu {
   // Unicorn 2.0.1 mishandles a uc_emu_stop that lands while a hook (IN, OUT, CPUID, MMIO) runs: it
   // resumes at a stale RIP, re-executing or skipping instructions. So other threads (Kick,
   // InjectInterrupt) only set stop_wanted_, and this hook stops the engine between blocks.
-  static void OnBlock(uc_engine* uc, uint64_t, uint32_t, void* user) {
+  static void OnBlock(uc_engine* uc, uint64_t address, uint32_t, void* user) {
     auto* self = static_cast<EmuVcpu*>(user);
     bool stop = self->stop_wanted_.load(std::memory_order_relaxed) && self->stop_wanted_.exchange(false);
     if (!stop && self->interrupt_window_wanted_.load(std::memory_order_relaxed)) {
@@ -899,6 +914,7 @@ class EmuVcpu final : public Vcpu {
     }
     if (stop) {
       self->stop_requested_ = true;
+      self->block_stop_ = BlockStop{address, self->ReadRegister(UC_X86_REG_RSP)};
       uc_emu_stop(uc);
     }
   }
@@ -966,6 +982,11 @@ class EmuVcpu final : public Vcpu {
   // Emulation thread only (read by the Await conditions, which run under mutex_ on any thread, only
   // while the emulation thread itself waits).
   bool halted_ = false;
+  struct BlockStop {
+    uint64_t address;
+    uint64_t rsp;
+  };
+  std::optional<BlockStop> block_stop_;  // the block hook's stop, for RepairBlockStop
   bool stop_requested_ = false;  // the engine was stopped on purpose (not by HLT)
   std::optional<std::string> fatal_error_;
   std::optional<uint32_t> pending_exception_;
