@@ -66,6 +66,18 @@ class XenkvmdTest : public ::testing::Test {
                                                     Runfile("tests/guests/xen_ticker.elf"), R"(", "accelerator": "emu", "cmdline": ")",
                                                     cmdline, R"("})"));
   }
+  // Creates and starts a VM running the XenStore guest; true once it waits for control/shutdown.
+  static bool StartXenStoreGuest(const std::string& name) {
+    const std::string config = WriteConfig(name + ".json", absl::StrCat(R"({"name": ")", name, R"(", "memory_mib": 32, "kernel": ")",
+                                                                        Runfile("tests/guests/xen_store.elf"),
+                                                                        R"(", "accelerator": "emu"})"));
+    if (Ctl({"create", config}).status != 0) return false;
+    for (int i = 0; i < 200; ++i) {
+      if (Ctl({"console", name, "--no-follow"}).out.find("ready for control/shutdown") != std::string::npos) return true;
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+    return false;
+  }
   static v1::Vm Get(const std::string& name) {
     grpc::ClientContext context;
     v1::VmRef ref;
@@ -194,17 +206,7 @@ TEST_F(XenkvmdTest, AGuestThatPowersOffIsShutDownWithEvents) {
 // `xenkvmctl shutdown` as `xl shutdown`: XenStore's control/shutdown reaches the guest's watch,
 // the guest powers off well before the deadline. The VM's store is open to xenstore-utils meanwhile.
 TEST_F(XenkvmdTest, ShutdownIsGracefulThroughXenStore) {
-  ASSERT_EQ(Ctl({"create", WriteConfig("store.json", absl::StrCat(R"({"name": "store1", "memory_mib": 32, "kernel": ")",
-                                                                   Runfile("tests/guests/xen_store.elf"),
-                                                                   R"(", "accelerator": "emu"})"))})
-                .status,
-            0);
-  std::string console;
-  for (int i = 0; i < 200 && console.find("ready for control/shutdown") == std::string::npos; ++i) {
-    absl::SleepFor(absl::Milliseconds(50));
-    console = Ctl({"console", "store1", "--no-follow"}).out;
-  }
-  ASSERT_THAT(console, HasSubstr("ready for control/shutdown"));
+  ASSERT_TRUE(StartXenStoreGuest("store1"));
   const v1::Vm vm = Get("store1");
   ASSERT_FALSE(vm.xenstore_socket().empty());
   EXPECT_THAT(Ctl({"info", "store1"}).out, HasSubstr(vm.xenstore_socket()));
@@ -257,16 +259,7 @@ TEST_F(XenkvmdTest, ADiskInTheConfigIsTheGuestsXvda) {
 
 TEST_F(XenkvmdTest, DisksAreHotPluggedAndUnplugged) {
   const std::string image = MakeDiskImage(*dir_ + "/hot.img", 64);
-  ASSERT_EQ(Ctl({"create", WriteConfig("hp1.json", absl::StrCat(R"({"name": "hp1", "memory_mib": 32, "kernel": ")",
-                                                                 Runfile("tests/guests/xen_store.elf"),
-                                                                 R"(", "accelerator": "emu"})"))})
-                .status,
-            0);
-  std::string console;
-  for (int i = 0; i < 200 && console.find("ready for control/shutdown") == std::string::npos; ++i) {
-    absl::SleepFor(absl::Milliseconds(50));
-    console = Ctl({"console", "hp1", "--no-follow"}).out;
-  }
+  ASSERT_TRUE(StartXenStoreGuest("hp1"));
   grpc::ClientContext watch_context;
   watch_context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
   v1::WatchEventsRequest watch;
