@@ -274,6 +274,8 @@ Vm::~Vm() {
   pv_console_.reset();
 }
 
+// Callers are the VM's build and the control server, which main stops before the VM (and so
+// before the loop): a posted closure always runs.
 absl::Status Vm::OnBackendLoop(std::function<void()> work) {
   auto done = std::make_shared<absl::Notification>();
   if (!backend_loop_->Post([&work, done] {
@@ -338,23 +340,12 @@ absl::StatusOr<bool> Vm::RequestShutdown(const std::string& reason) {
   if (store_ == nullptr) {
     return absl::FailedPreconditionError("this VM runs without the Xen interface: it has no XenStore to ask through");
   }
-  // The store belongs to the backend loop's thread.
-  auto result = std::make_shared<std::optional<absl::StatusOr<bool>>>();
-  auto done = std::make_shared<absl::Notification>();
-  absl::Status posted = backend_loop_->Post([this, reason, result, done] {
+  absl::StatusOr<bool> result = false;
+  XENKVM_RETURN_IF_ERROR(OnBackendLoop([&] {
     absl::Status asked = xen::xenstore::RequestShutdown(*store_, domid_, reason);
-    if (asked.ok()) {
-      *result = xen::xenstore::GuestAdvertises(*store_, domid_, reason);
-    } else {
-      *result = asked;
-    }
-    done->Notify();
-  });
-  if (!posted.ok()) return absl::FailedPreconditionError("the VM is ending");
-  if (!done->WaitForNotificationWithTimeout(absl::Seconds(5))) {
-    return absl::DeadlineExceededError("XenStore did not take the request within 5 s");
-  }
-  return **result;
+    result = asked.ok() ? absl::StatusOr<bool>(xen::xenstore::GuestAdvertises(*store_, domid_, reason)) : asked;
+  }));
+  return result;
 }
 
 void Vm::End(VmEnd end) {
