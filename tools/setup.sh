@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs every Debian package that xenkvm's build, tests and demo need. Idempotent: when all
 # packages are present it only checks and returns (well under a second). Needs root (or sudo).
+# Unicorn 2.1 is not in Debian 12: tools/fetch_unicorn.sh brings Debian 13's into third_party/unicorn/.
 set -euo pipefail
 
 packages=(
@@ -9,7 +10,7 @@ packages=(
   # libraries wrapped in third_party/
   libgtest-dev libgmock-dev libbenchmark-dev libabsl-dev libprotobuf-dev protobuf-compiler
   libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libspdlog-dev libfmt-dev liburing-dev
-  libunicorn-dev libxen-dev
+  libxen-dev
   # tests and tools
   python3 python3-grpcio python3-protobuf xenstore-utils fio
 )
@@ -22,7 +23,7 @@ for package in "${packages[@]}"; do
 done
 
 if [ ${#missing[@]} -eq 0 ]; then
-  exit 0
+  exec "$(dirname "$0")/fetch_unicorn.sh"
 fi
 
 echo "setup: installing ${missing[*]}" >&2
@@ -35,3 +36,5 @@ export DEBIAN_FRONTEND=noninteractive
 "${sudo_cmd[@]}" apt-get update -qq
 "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 echo "setup: done" >&2
+# Unicorn 2.1 (emu accelerator) comes from Debian 13, outside the machine's apt sources.
+exec "$(dirname "$0")/fetch_unicorn.sh"

@@ -40,9 +40,10 @@ std::string IoUringState() {
 
 int main() {
   unsigned uc_major = 0, uc_minor = 0;
-  uc_version(&uc_major, &uc_minor);
+  const unsigned uc_combined = uc_version(&uc_major, &uc_minor);
   std::printf("xenkvm host report\n");
-  std::printf("  unicorn          %u.%u (emu accelerator)\n", uc_major, uc_minor);
+  std::printf("  unicorn          %u.%u.%u (emu accelerator; linked statically, Debian 13's libunicorn-dev)\n",
+              uc_major, uc_minor, (uc_combined >> 8) & 0xff);
   std::printf("  gRPC             %s\n", grpc::Version().c_str());
   std::printf("  protobuf         %s\n",
               google::protobuf::internal::VersionString(GOOGLE_PROTOBUF_VERSION).c_str());

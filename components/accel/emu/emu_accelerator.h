@@ -1,4 +1,4 @@
-// The emu accelerator: guest vCPUs on Unicorn 2.0.1's software x86 CPU, with the same exits as KVM.
+// The emu accelerator: guest vCPUs on Unicorn 2.1's software x86 CPU, with the same exits as KVM.
 // Slow, but it runs everywhere, so everything above the CPU is tested end to end on every machine.
 #ifndef XENKVM_COMPONENTS_ACCEL_EMU_EMU_ACCELERATOR_H_
 #define XENKVM_COMPONENTS_ACCEL_EMU_EMU_ACCELERATOR_H_

@@ -141,13 +141,14 @@ TEST_F(EmuTest, KickStopsASpinningGuest) {
   Next<KickedExit>(*vcpu);
 }
 
-TEST_F(EmuTest, UndeliverableExceptionEndsTheVmWithAClearError) {
-  auto vcpu = Start(emu_test_guests::k_invalid);  // UD2 with no IDT
+TEST_F(EmuTest, UndeliverableExceptionEscalatesToATripleFault) {
+  auto vcpu = Start(emu_test_guests::k_invalid);  // UD2 with no IDT: #UD, then #GP, #DF, shutdown
   ASSERT_NE(vcpu, nullptr);
-  GuestErrorExit error = Next<GuestErrorExit>(*vcpu);
-  EXPECT_THAT(error.reason, HasSubstr("cannot deliver vector 6"));
-  EXPECT_THAT(error.reason, HasSubstr("IDT limit"));
-  EXPECT_THAT(Next<GuestErrorExit>(*vcpu).reason, HasSubstr("vector 6"));  // it stays dead
+  ShutdownExit shutdown = Next<ShutdownExit>(*vcpu);
+  EXPECT_THAT(shutdown.reason, HasSubstr("triple fault"));
+  EXPECT_THAT(shutdown.reason, HasSubstr("vector 6, then vector 13 (error code 0x33)"));
+  EXPECT_THAT(shutdown.reason, HasSubstr("a double fault, then vector 13 (error code 0x43)"));
+  EXPECT_THAT(Next<ShutdownExit>(*vcpu).reason, HasSubstr("triple fault"));  // it stays down
 }
 
 TEST_F(EmuTest, ExceptionsWithoutErrorCodeGoThroughTheGuestIdt) {

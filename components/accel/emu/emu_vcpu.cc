@@ -1,0 +1,732 @@
+#include "components/accel/emu/emu_vcpu.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "components/accel/emu/emu_accelerator.h"
+#include "components/accel/emu/x86_events.h"
+#include "components/base/status.h"
+
+namespace xenkvm::accel::emu {
+namespace {
+
+constexpr uint64_t kNeverReached = ~uint64_t{0};
+constexpr uint32_t kMsrEfer = 0xc0000080;
+constexpr uint64_t kRflagsIf = 1 << 9;
+// The boot vCPU traces instructions for the hypercall-page WRMSR from its first instruction, for at
+// most this many (Linux writes the MSR within its first few thousand); later writes are caught by
+// arming the trace at CPUID leaf base+2, which the WRMSR follows closely.
+constexpr uint64_t kBootTraceInstructions = 2'000'000;
+constexpr uint64_t kArmedTraceInstructions = 100'000;
+
+absl::Status UcError(uc_err err, absl::string_view call) {
+  return absl::InternalError(absl::StrCat("unicorn ", call, ": ", uc_strerror(err)));
+}
+
+// Unicorn's register ids for the fields of Registers (RIP last, so a write moves it after the rest).
+constexpr std::pair<int, uint64_t Registers::*> kRegisterFields[] = {
+    {UC_X86_REG_RAX, &Registers::rax},    {UC_X86_REG_RBX, &Registers::rbx},
+    {UC_X86_REG_RCX, &Registers::rcx},    {UC_X86_REG_RDX, &Registers::rdx},
+    {UC_X86_REG_RSI, &Registers::rsi},    {UC_X86_REG_RDI, &Registers::rdi},
+    {UC_X86_REG_RSP, &Registers::rsp},    {UC_X86_REG_RBP, &Registers::rbp},
+    {UC_X86_REG_R8, &Registers::r8},      {UC_X86_REG_R9, &Registers::r9},
+    {UC_X86_REG_R10, &Registers::r10},    {UC_X86_REG_R11, &Registers::r11},
+    {UC_X86_REG_R12, &Registers::r12},    {UC_X86_REG_R13, &Registers::r13},
+    {UC_X86_REG_R14, &Registers::r14},    {UC_X86_REG_R15, &Registers::r15},
+    {UC_X86_REG_RFLAGS, &Registers::rflags}, {UC_X86_REG_RIP, &Registers::rip},
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<EmuVcpu>> EmuVcpu::Create(uint32_t id, EmuVmState& vm,
+                                                         std::optional<PvhEntry> boot) {
+  auto vcpu = std::unique_ptr<EmuVcpu>(new EmuVcpu(id, vm));
+  XENKVM_RETURN_IF_ERROR(vcpu->Open());
+  XENKVM_RETURN_IF_ERROR(vcpu->ProbeModelLeaf1());
+  XENKVM_RETURN_IF_ERROR(vcpu->MapMmioWindows());
+  XENKVM_RETURN_IF_ERROR(vcpu->InstallHooks());
+  if (boot) {
+    if (vm.hypercall_msr.load() != 0) {
+      XENKVM_RETURN_IF_ERROR(vcpu->AddTraceHook(kBootTraceInstructions));
+    }
+    XENKVM_RETURN_IF_ERROR(vcpu->Boot(*boot));
+    vcpu->started_ = true;
+  }
+  vcpu->thread_ = std::thread([raw = vcpu.get()] { raw->EmulationLoop(); });
+  return vcpu;
+}
+
+EmuVcpu::~EmuVcpu() {
+  {
+    absl::MutexLock lock(&mutex_);
+    exiting_ = true;
+  }
+  stop_wanted_.store(true);
+  if (thread_.joinable()) thread_.join();
+  if (uc_ != nullptr) uc_close(uc_);
+}
+
+absl::StatusOr<Exit> EmuVcpu::Run() {
+  absl::MutexLock lock(&mutex_);
+  if (awaiting_value_ && !value_.has_value()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "emu vCPU ", id_, ": the last exit asks for a value; answer it with Complete() first"));
+  }
+  caller_turn_ = false;
+  mutex_.Await(absl::Condition(
+      +[](EmuVcpu* self) ABSL_EXCLUSIVE_LOCKS_REQUIRED(self->mutex_) { return self->caller_turn_; }, this));
+  Exit exit = std::move(*exit_);
+  exit_.reset();
+  return exit;
+}
+
+absl::Status EmuVcpu::Complete(uint64_t value) {
+  absl::MutexLock lock(&mutex_);
+  if (!awaiting_value_) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("emu vCPU ", id_, ": Complete() but the last exit asked for no value"));
+  }
+  value_ = value;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Registers> EmuVcpu::GetRegisters() {
+  Registers registers;
+  for (const auto& [reg, field] : kRegisterFields) registers.*field = ReadRegister(reg);
+  return registers;
+}
+
+absl::Status EmuVcpu::SetRegisters(const Registers& registers) {
+  for (const auto& [reg, field] : kRegisterFields) {
+    uint64_t value = registers.*field;
+    if (uc_err err = uc_reg_write(uc_, reg, &value); err != UC_ERR_OK) return UcError(err, "uc_reg_write");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ControlRegisters> EmuVcpu::GetControlRegisters() {
+  ControlRegisters c;
+  c.cr0 = ReadRegister(UC_X86_REG_CR0);
+  c.cr2 = ReadRegister(UC_X86_REG_CR2);
+  c.cr3 = ReadRegister(UC_X86_REG_CR3);
+  c.cr4 = ReadRegister(UC_X86_REG_CR4);
+  c.efer = ReadMsr(kMsrEfer);
+  c.cs_selector = static_cast<uint16_t>(ReadRegister(UC_X86_REG_CS));
+  c.cpl = Cpl();
+  c.long_mode = LongMode();
+  return c;
+}
+
+absl::StatusOr<uint64_t> EmuVcpu::TranslateLinear(uint64_t linear) {
+  return accel::TranslateLinear(memory_, Paging(), linear);
+}
+
+absl::Status EmuVcpu::SetCpuid(std::vector<CpuidLeaf> leaves) {
+  for (const CpuidLeaf& leaf : leaves) {
+    if ((leaf.function & 0xffff0000) == kEmuHypercallCpuidMagic) {
+      return absl::InvalidArgumentError(absl::StrFormat("CPUID leaf %#x is reserved for emu hypercalls (%#x..%#x)",
+                                                        leaf.function, kEmuHypercallCpuidMagic,
+                                                        kEmuHypercallCpuidMagic | 0xffff));
+    }
+  }
+  absl::MutexLock lock(&cpuid_mutex_);
+  cpuid_ = std::move(leaves);
+  return absl::OkStatus();
+}
+
+absl::Status EmuVcpu::Start(const PvhEntry& boot) {
+  absl::MutexLock lock(&mutex_);
+  if (started_ || start_request_) {
+    return absl::FailedPreconditionError(absl::StrCat("emu vCPU ", id_, " is already started"));
+  }
+  start_request_ = boot;
+  return absl::OkStatus();
+}
+
+absl::Status EmuVcpu::InjectInterrupt(uint8_t vector) {
+  XENKVM_RETURN_IF_ERROR(CheckExternalVector(vector));
+  {
+    absl::MutexLock lock(&mutex_);
+    pending_interrupts_.set(vector);
+  }
+  stop_wanted_.store(true);
+  return absl::OkStatus();
+}
+
+void EmuVcpu::Kick() {
+  {
+    absl::MutexLock lock(&mutex_);
+    kick_ = true;
+  }
+  stop_wanted_.store(true);
+}
+
+// ---- Setup
+
+absl::Status EmuVcpu::Open() {
+  if (uc_err err = uc_open(UC_ARCH_X86, UC_MODE_64, &uc_); err != UC_ERR_OK) {
+    uc_ = nullptr;
+    return UcError(err, "uc_open(UC_ARCH_X86, UC_MODE_64)");
+  }
+  for (const memory::GuestRegion& region : memory_.regions()) {
+    if (region.start().value() < kWindowBase + kWindowSize && region.last().value() >= kWindowBase) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "emu accelerator: guest RAM at %#x overlaps the backend's private window %#x..%#x",
+          region.start().value(), kWindowBase, kWindowBase + kWindowSize - 1));
+    }
+    if (uc_err err = uc_mem_map_ptr(uc_, region.start().value(), region.size(), UC_PROT_ALL, region.host_address());
+        err != UC_ERR_OK) {
+      return UcError(err, absl::StrFormat("uc_mem_map_ptr(guest RAM at %#x)", region.start().value()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status EmuVcpu::MapWindow(const std::vector<WindowPiece>& pieces) {
+  if (uc_err err = uc_mem_map(uc_, kWindowBase, kWindowSize, UC_PROT_ALL); err != UC_ERR_OK) {
+    return UcError(err, "uc_mem_map(private window)");
+  }
+  for (const WindowPiece& piece : pieces) {
+    if (uc_err err = uc_mem_write(uc_, piece.address, piece.bytes.data(), piece.bytes.size()); err != UC_ERR_OK) {
+      UnmapWindow();
+      return UcError(err, "uc_mem_write(private window)");
+    }
+  }
+  return absl::OkStatus();
+}
+
+void EmuVcpu::UnmapWindow() { uc_mem_unmap(uc_, kWindowBase, kWindowSize); }
+
+absl::Status EmuVcpu::RunPrivate(uint64_t start, uint64_t until, absl::string_view what) {
+  // No instruction count: a count installs a per-instruction hook that stays for the engine's life.
+  // A kick may stop the code between blocks (OnBlock): carry on from where it stopped.
+  uint64_t from = start;
+  do {
+    stop_requested_ = false;
+    if (uc_err err = uc_emu_start(uc_, from, until, 0, 0); err != UC_ERR_OK) {
+      return UcError(err, absl::StrCat("uc_emu_start(", what, ")"));
+    }
+    from = ReadRegister(UC_X86_REG_RIP);
+  } while (from != until && stop_requested_ && !pending_event_);
+  stop_requested_ = false;
+  block_stop_.reset();
+  if (from != until || pending_event_) {
+    pending_event_.reset();
+    return absl::InternalError(
+        absl::StrFormat("emu accelerator: the %s stopped at %#x instead of %#x", what, from, until));
+  }
+  return absl::OkStatus();
+}
+
+// Runs CPUID leaf 1 on the bare engine (before any hook) to learn the CPU model's answer, which
+// OnCpuid then gives with the hypervisor bit (ECX[31], as KVM shows it) and this vCPU's APIC ID.
+absl::Status EmuVcpu::ProbeModelLeaf1() {
+  XENKVM_RETURN_IF_ERROR(MapWindow({{kWindowBase, {0x0f, 0xa2}}}));  // cpuid
+  uint64_t leaf = 1, subleaf = 0;
+  uc_reg_write(uc_, UC_X86_REG_RAX, &leaf);
+  uc_reg_write(uc_, UC_X86_REG_RCX, &subleaf);
+  uc_err err = uc_emu_start(uc_, kWindowBase, kWindowBase + 2, 0, 0);
+  model_leaf1_ = CpuidLeaf{1,
+                           std::nullopt,
+                           static_cast<uint32_t>(ReadRegister(UC_X86_REG_RAX)),
+                           (static_cast<uint32_t>(ReadRegister(UC_X86_REG_RBX)) & 0x00ffffff) | (id_ << 24),
+                           static_cast<uint32_t>(ReadRegister(UC_X86_REG_RCX)) | (1u << 31),
+                           static_cast<uint32_t>(ReadRegister(UC_X86_REG_RDX))};
+  UnmapWindow();
+  if (err != UC_ERR_OK) return UcError(err, "uc_emu_start(CPUID probe)");
+  return absl::OkStatus();
+}
+
+absl::Status EmuVcpu::Boot(const PvhEntry& boot) {
+  BootTrampoline trampoline = BuildBootTrampoline(boot);
+  XENKVM_RETURN_IF_ERROR(MapWindow(trampoline.pieces));
+  WriteRegister(UC_X86_REG_RSP, trampoline.stack);
+  absl::Status ran = RunPrivate(trampoline.start, boot.entry, "boot trampoline");
+  UnmapWindow();
+  XENKVM_RETURN_IF_ERROR(ran);
+  WriteRegister(UC_X86_REG_RAX, 0);
+  WriteRegister(UC_X86_REG_RFLAGS, 0x2);
+  return absl::OkStatus();
+}
+
+// Every page below the private window that is not RAM is MMIO: a load or store there becomes an
+// MmioExit. (The window itself, the top 32 KiB below 4 GiB, stays unmapped for the guest.)
+absl::Status EmuVcpu::MapMmioWindows() {
+  uint64_t cursor = 0;
+  auto map = [this](uint64_t start, uint64_t end) -> absl::Status {
+    if (start >= end) return absl::OkStatus();
+    auto window = std::make_unique<MmioWindow>(MmioWindow{this, start});
+    if (uc_err err = uc_mmio_map(uc_, start, end - start, &EmuVcpu::OnMmioRead, window.get(),
+                                 &EmuVcpu::OnMmioWrite, window.get());
+        err != UC_ERR_OK) {
+      return UcError(err, absl::StrFormat("uc_mmio_map(%#x..%#x)", start, end - 1));
+    }
+    mmio_windows_.push_back(std::move(window));
+    return absl::OkStatus();
+  };
+  for (const memory::GuestRegion& region : memory_.regions()) {
+    if (region.start().value() >= kWindowBase) break;
+    XENKVM_RETURN_IF_ERROR(map(cursor, region.start().value()));
+    cursor = region.last().value() + 1;
+  }
+  return map(cursor, kWindowBase);
+}
+
+absl::Status EmuVcpu::InstallHooks() {
+  struct HookSpec {
+    int type;
+    void* callback;
+    int instruction;  // UC_HOOK_INSN only
+    const char* name;
+  };
+  const HookSpec hooks[] = {
+      {UC_HOOK_INSN, reinterpret_cast<void*>(&EmuVcpu::OnIn), UC_X86_INS_IN, "IN"},
+      {UC_HOOK_INSN, reinterpret_cast<void*>(&EmuVcpu::OnOut), UC_X86_INS_OUT, "OUT"},
+      {UC_HOOK_INSN, reinterpret_cast<void*>(&EmuVcpu::OnCpuid), UC_X86_INS_CPUID, "CPUID"},
+      {UC_HOOK_INSN, reinterpret_cast<void*>(&EmuVcpu::OnSyscall), UC_X86_INS_SYSCALL, "SYSCALL"},
+      {UC_HOOK_INSN, reinterpret_cast<void*>(&EmuVcpu::OnSysenter), UC_X86_INS_SYSENTER, "SYSENTER"},
+      // #UD reaches this hook before the interrupt hook; catching it lets the interrupt hook see it.
+      {UC_HOOK_INSN_INVALID, reinterpret_cast<void*>(+[](uc_engine*, void*) { return true; }), 0, "INSN_INVALID"},
+      {UC_HOOK_INTR, reinterpret_cast<void*>(&EmuVcpu::OnInterrupt), 0, "INTR"},
+      {UC_HOOK_BLOCK, reinterpret_cast<void*>(&EmuVcpu::OnBlock), 0, "BLOCK"},
+      {UC_HOOK_MEM_UNMAPPED, reinterpret_cast<void*>(&EmuVcpu::OnUnmapped), 0, "MEM_UNMAPPED"},
+  };
+  for (const HookSpec& spec : hooks) {
+    uc_hook hook;
+    uc_err err = spec.type == UC_HOOK_INSN
+                     ? uc_hook_add(uc_, &hook, spec.type, spec.callback, this, 1, 0, spec.instruction)
+                     : uc_hook_add(uc_, &hook, spec.type, spec.callback, this, 1, 0);
+    if (err != UC_ERR_OK) return UcError(err, absl::StrCat("uc_hook_add(", spec.name, ")"));
+  }
+  return absl::OkStatus();
+}
+
+// The hypercall-page trace: a per-instruction hook that looks for WRMSR to the hypercall MSR.
+// Only code translated after the hook exists calls it. Unicorn's TB flush is not used: the first
+// one in a process zeroes the whole translation buffer (about 2 s and a gigabyte of RSS here).
+// So the boot vCPU traces from its first instruction, and a later arming (at CPUID leaf base+2)
+// traces only code translated from then on, which a first-time WRMSR path is.
+absl::Status EmuVcpu::AddTraceHook(uint64_t instruction_budget) {
+  if (trace_hook_) return absl::OkStatus();
+  uc_hook hook;
+  if (uc_err err = uc_hook_add(uc_, &hook, UC_HOOK_CODE, reinterpret_cast<void*>(&EmuVcpu::OnTraceInstruction),
+                               this, 1, 0);
+      err != UC_ERR_OK) {
+    return UcError(err, "uc_hook_add(CODE, hypercall-page trace)");
+  }
+  trace_hook_ = hook;
+  trace_budget_ = instruction_budget;
+  return absl::OkStatus();
+}
+
+// Blocks translated while tracing keep a call into Unicorn's (now empty) hook list: a small cost
+// on code that early boot mostly runs once.
+void EmuVcpu::RemoveTraceHook() {
+  if (!trace_hook_) return;
+  uc_hook_del(uc_, *trace_hook_);
+  trace_hook_.reset();
+}
+
+// ---- The emulation thread
+
+void EmuVcpu::Fatal(std::string reason) {
+  if (!fatal_error_) fatal_error_ = std::move(reason);
+}
+
+void EmuVcpu::EmulationLoop() {
+  {
+    absl::MutexLock lock(&mutex_);
+    mutex_.Await(absl::Condition(
+        +[](EmuVcpu* self) ABSL_EXCLUSIVE_LOCKS_REQUIRED(self->mutex_) {
+          return !self->caller_turn_ || self->exiting_;
+        },
+        this));
+  }
+  while (true) {
+    // Wait, if the vCPU is not started or is halted with interrupts enabled, for what ends it.
+    std::optional<PvhEntry> start;
+    {
+      absl::MutexLock lock(&mutex_);
+      mutex_.Await(absl::Condition(
+          +[](EmuVcpu* self) ABSL_EXCLUSIVE_LOCKS_REQUIRED(self->mutex_) {
+            if (self->exiting_ || self->kick_ || self->fatal_error_ || self->shutdown_reason_) return true;
+            if (!self->started_) return self->start_request_.has_value();
+            return !self->halted_ || self->pending_interrupts_.any();
+          },
+          this));
+      if (exiting_) return;
+      start = std::exchange(start_request_, std::nullopt);
+    }
+    if (start) {
+      if (absl::Status booted = Boot(*start); !booted.ok()) {
+        Fatal(absl::StrCat("emu vCPU ", id_, ": start failed: ", booted.message()));
+      }
+      absl::MutexLock lock(&mutex_);
+      started_ = true;
+    }
+    if (fatal_error_) {  // the vCPU stays dead: every Run() reports it again
+      Deliver(GuestErrorExit{*fatal_error_}, false);
+      continue;
+    }
+    if (shutdown_reason_) {
+      Deliver(ShutdownExit{*shutdown_reason_}, false);
+      continue;
+    }
+    if (TakeKick()) {
+      Deliver(KickedExit{}, false);
+      continue;
+    }
+    if (!started_) continue;
+    halted_ = false;
+    if (DeliverPendingWork()) continue;
+    bool interrupt_waiting = false;  // pending while IF = 0: stop when the guest sets IF
+    std::optional<uint8_t> interrupt;
+    {
+      const bool interrupts_enabled = (ReadRegister(UC_X86_REG_RFLAGS) & kRflagsIf) != 0;
+      absl::MutexLock lock(&mutex_);
+      if (pending_interrupts_.any()) {
+        interrupt_waiting = true;
+        for (int v = 255; interrupts_enabled && v >= 0; --v) {
+          if (pending_interrupts_.test(v)) {
+            interrupt = static_cast<uint8_t>(v);
+            pending_interrupts_.reset(v);
+            break;
+          }
+        }
+      }
+    }
+    if (interrupt) {
+      DeliverEvent(PendingEvent{*interrupt, std::nullopt, std::nullopt, false, /*external=*/true});
+      continue;
+    }
+    RunGuest(interrupt_waiting);
+  }
+}
+
+// What the last run left to do before the guest runs again: an exception or INT n its hooks
+// reported, a SYSCALL/SYSENTER to carry out, the end of the hypercall-page trace.
+bool EmuVcpu::DeliverPendingWork() {
+  if (pending_event_) {
+    PendingEvent event = *std::exchange(pending_event_, std::nullopt);
+    DeliverEvent(event);
+    return true;
+  }
+  if (pending_fast_call_) {
+    CarryOutFastSystemCall(*std::exchange(pending_fast_call_, std::nullopt));
+    return true;
+  }
+  if (trace_remove_requested_) {
+    trace_remove_requested_ = false;
+    RemoveTraceHook();
+  }
+  return false;
+}
+
+void EmuVcpu::RunGuest(bool interrupt_waiting) {
+  stop_requested_ = false;
+  interrupt_window_wanted_.store(interrupt_waiting);
+  const uint64_t rip = ReadRegister(UC_X86_REG_RIP);
+  // No instruction count (it installs a per-instruction hook for the engine's life), no timeout
+  // (Unicorn's timer stops the engine from another thread: see OnBlock).
+  uc_err err = uc_emu_start(uc_, rip, kNeverReached, 0, 0);
+  if (Exiting() || fatal_error_ || pending_event_ || pending_fast_call_) return;
+  if (err != UC_ERR_OK) {
+    std::string where = absl::StrFormat("RIP %#x", ReadRegister(UC_X86_REG_RIP));
+    if (unmapped_access_) {
+      absl::StrAppendFormat(&where, ", guest-physical address %#x, which is neither RAM nor MMIO",
+                            *std::exchange(unmapped_access_, std::nullopt));
+    }
+    Fatal(absl::StrFormat("emu vCPU %u: %s at %s", id_, uc_strerror(err), where));
+    return;
+  }
+  if (std::exchange(stop_requested_, false)) {
+    RepairBlockStop();
+    return;
+  }
+  // Nothing else ends an unbounded uc_emu_start without an error: the guest executed HLT.
+  if ((ReadRegister(UC_X86_REG_RFLAGS) & kRflagsIf) != 0) {
+    halted_ = true;  // wait for an interrupt inside Run(), as an in-kernel LAPIC does
+  } else {
+    Deliver(HaltExit{}, false);
+  }
+}
+
+// A stop asked for in the block hook takes effect before the block runs, but when the block was
+// entered by a chained jump the engine's RIP was never updated: it still names an earlier
+// block, and resuming there would run instructions twice (pushes, above all). The hook knows the
+// block's address; put RIP there.
+void EmuVcpu::RepairBlockStop() {
+  std::optional<BlockStop> stop = std::exchange(block_stop_, std::nullopt);
+  if (!stop || ReadRegister(UC_X86_REG_RIP) == stop->address) return;
+  // The stack pointer as the hook saw it says the block did not run (never seen otherwise).
+  if (ReadRegister(UC_X86_REG_RSP) != stop->rsp) return;
+  WriteRegister(UC_X86_REG_RIP, stop->address);
+}
+
+bool EmuVcpu::Exiting() {
+  absl::MutexLock lock(&mutex_);
+  return exiting_;
+}
+
+bool EmuVcpu::TakeKick() {
+  absl::MutexLock lock(&mutex_);
+  return std::exchange(kick_, false);
+}
+
+// Hands `exit` to the caller's Run() and waits for the next Run(); returns the Complete() value.
+uint64_t EmuVcpu::Deliver(Exit exit, bool wants_value) {
+  absl::MutexLock lock(&mutex_);
+  exit_ = std::move(exit);
+  awaiting_value_ = wants_value;
+  value_.reset();
+  caller_turn_ = true;
+  mutex_.Await(absl::Condition(
+      +[](EmuVcpu* self) ABSL_EXCLUSIVE_LOCKS_REQUIRED(self->mutex_) {
+        return !self->caller_turn_ || self->exiting_;
+      },
+      this));
+  uint64_t value = value_.value_or(0);
+  awaiting_value_ = false;
+  value_.reset();
+  if (exiting_) stop_wanted_.store(true);
+  return value;
+}
+
+// ---- Hooks
+
+uint32_t EmuVcpu::OnIn(uc_engine*, uint32_t port, int size, void* user) {
+  auto* self = static_cast<EmuVcpu*>(user);
+  uint64_t value =
+      self->Deliver(PortIoExit{false, static_cast<uint16_t>(port), static_cast<uint8_t>(size), 0}, true);
+  return static_cast<uint32_t>(size == 4 ? value : value & ((1u << (8 * size)) - 1));
+}
+
+void EmuVcpu::OnOut(uc_engine*, uint32_t port, int size, uint32_t value, void* user) {
+  auto* self = static_cast<EmuVcpu*>(user);
+  self->Deliver(PortIoExit{true, static_cast<uint16_t>(port), static_cast<uint8_t>(size), value}, false);
+}
+
+int EmuVcpu::OnCpuid(uc_engine* uc, void* user) {
+  auto* self = static_cast<EmuVcpu*>(user);
+  uint32_t function = static_cast<uint32_t>(self->ReadRegister(UC_X86_REG_EAX));
+  if ((function & 0xffff0000) == kEmuHypercallCpuidMagic) {
+    HypercallExit call = self->HypercallFromRegisters(function & 0xffff);
+    bool long_mode = call.long_mode;
+    uint64_t result = self->Deliver(call, true);
+    self->WriteHypercallResult(result, long_mode);
+    return 1;
+  }
+  uint32_t index = static_cast<uint32_t>(self->ReadRegister(UC_X86_REG_ECX));
+  absl::MutexLock lock(&self->cpuid_mutex_);
+  auto answer = [self](const CpuidLeaf& leaf) {
+    self->WriteRegister(UC_X86_REG_RAX, leaf.eax);
+    self->WriteRegister(UC_X86_REG_RBX, leaf.ebx);
+    self->WriteRegister(UC_X86_REG_RCX, leaf.ecx);
+    self->WriteRegister(UC_X86_REG_RDX, leaf.edx);
+  };
+  for (const CpuidLeaf& leaf : self->cpuid_) {
+    if (leaf.function == function && (!leaf.index || *leaf.index == index)) {
+      answer(leaf);
+      // The hypervisor leaf that names the hypercall MSR (base + 2): a write to it may follow.
+      uint32_t msr = self->vm_.hypercall_msr.load();
+      // Armed at once, without a stop: the blocks after this one are not translated yet, so the
+      // trace reaches them.
+      if (msr != 0 && (function & 0xffff00ff) == 0x40000002 && leaf.ebx == msr && !self->trace_hook_) {
+        if (absl::Status armed = self->AddTraceHook(kArmedTraceInstructions); !armed.ok()) {
+          self->Fatal(std::string(armed.message()));
+        }
+      }
+      return 1;
+    }
+  }
+  if (function == 1) {
+    answer(self->model_leaf1_);
+    return 1;
+  }
+  return 0;  // the CPU model answers
+}
+
+// Per instruction while the hypercall-page trace is on: WRMSR (0f 30) with ECX = the MSR fills
+// the page named by EDX:EAX (Unicorn then drops the write itself, as it does any unknown MSR).
+void EmuVcpu::OnTraceInstruction(uc_engine* uc, uint64_t address, uint32_t size, void* user) {
+  auto* self = static_cast<EmuVcpu*>(user);
+  if (self->trace_budget_ == 0) {
+    if (!self->trace_remove_requested_) {
+      self->trace_remove_requested_ = true;
+      self->stop_wanted_.store(true);
+    }
+    return;
+  }
+  --self->trace_budget_;
+  uint32_t msr = self->vm_.hypercall_msr.load();
+  if (size != 2 || msr == 0 || static_cast<uint32_t>(self->ReadRegister(UC_X86_REG_RCX)) != msr) return;
+  std::array<uint8_t, 2> bytes{};
+  if (!self->FetchCode(address, bytes).ok() || bytes[0] != 0x0f || bytes[1] != 0x30) return;
+  uint64_t value =
+      (self->ReadRegister(UC_X86_REG_RDX) << 32) | (self->ReadRegister(UC_X86_REG_RAX) & 0xffffffff);
+  // Low 12 bits: the page index within the hypercall area; xenkvm has one page.
+  if ((value & 0xfff) == 0) {
+    static const std::vector<uint8_t> page = EmuHypercallPage();
+    (void)self->memory_.Write(memory::GuestAddress(value), page);  // not RAM: ignored, as KVM does
+  }
+  // The page is ready before the WRMSR even executes; the trace ends at the next block.
+  self->trace_remove_requested_ = true;
+  self->stop_wanted_.store(true);
+}
+
+// Unicorn calls these instead of carrying the instruction out, then skips it; the run loop does
+// what the CPU would (the instruction ends its block, so the stop lands right after it).
+void EmuVcpu::OnSyscall(uc_engine* uc, void* user) {
+  static_cast<EmuVcpu*>(user)->pending_fast_call_ = FastSystemCall::kSyscall;
+  uc_emu_stop(uc);
+}
+
+void EmuVcpu::OnSysenter(uc_engine* uc, void* user) {
+  static_cast<EmuVcpu*>(user)->pending_fast_call_ = FastSystemCall::kSysenter;
+  uc_emu_stop(uc);
+}
+
+// VMCALL and VMMCALL are #UD to Unicorn; they are Xen hypercalls (RAX = number).
+bool EmuVcpu::HandleInlineHypercall() {
+  const uint64_t rip = ReadRegister(UC_X86_REG_RIP);
+  std::array<uint8_t, 3> bytes{};
+  if (!FetchCode(rip, bytes).ok() || bytes[0] != 0x0f || bytes[1] != 0x01 ||
+      (bytes[2] != 0xc1 && bytes[2] != 0xd9)) {
+    return false;
+  }
+  HypercallExit call = HypercallFromRegisters(ReadRegister(UC_X86_REG_RAX));
+  const bool long_mode = call.long_mode;
+  const uint64_t result = Deliver(call, true);
+  WriteHypercallResult(result, long_mode);
+  WriteRegister(UC_X86_REG_RIP, rip + 3);
+  stop_requested_ = true;
+  return true;
+}
+
+// At the start of every translation block: the one place where stopping the engine is exact.
+// Unicorn mishandles a uc_emu_stop that lands while a hook (IN, OUT, CPUID, MMIO) runs: it
+// resumes at a stale RIP, re-executing or skipping instructions. So other threads (Kick,
+// InjectInterrupt) only set stop_wanted_, and this hook stops the engine between blocks.
+void EmuVcpu::OnBlock(uc_engine* uc, uint64_t address, uint32_t, void* user) {
+  auto* self = static_cast<EmuVcpu*>(user);
+  bool stop = self->stop_wanted_.load(std::memory_order_relaxed) && self->stop_wanted_.exchange(false);
+  if (!stop && self->interrupt_window_wanted_.load(std::memory_order_relaxed)) {
+    stop = (self->ReadRegister(UC_X86_REG_RFLAGS) & kRflagsIf) != 0;  // the guest opened the window
+  }
+  if (stop) {
+    self->stop_requested_ = true;
+    self->block_stop_ = BlockStop{address, self->ReadRegister(UC_X86_REG_RSP)};
+    uc_emu_stop(uc);
+  }
+}
+
+// Exceptions and INT n. Faults arrive with RIP at the instruction, traps and INT n past it, which
+// is what the frame must hold either way. CR2 is only right while this hook runs.
+void EmuVcpu::OnInterrupt(uc_engine* uc, uint32_t vector, void* user) {
+  auto* self = static_cast<EmuVcpu*>(user);
+  if (vector == kVectorInvalidOpcode && self->HandleInlineHypercall()) {
+    uc_emu_stop(uc);
+    return;
+  }
+  self->pending_event_ = self->EventFromHook(vector);
+  uc_emu_stop(uc);
+}
+
+// Records the address for the error the failed access ends the vCPU with.
+bool EmuVcpu::OnUnmapped(uc_engine*, uc_mem_type type, uint64_t address, int size, int64_t, void* user) {
+  static_cast<EmuVcpu*>(user)->unmapped_access_ = address;
+  return false;
+}
+
+uint64_t EmuVcpu::OnMmioRead(uc_engine*, uint64_t offset, unsigned size, void* user) {
+  auto* window = static_cast<MmioWindow*>(user);
+  return window->vcpu->Deliver(MmioExit{false, window->base + offset, static_cast<uint8_t>(size), 0}, true);
+}
+
+void EmuVcpu::OnMmioWrite(uc_engine*, uint64_t offset, unsigned size, uint64_t value, void* user) {
+  auto* window = static_cast<MmioWindow*>(user);
+  window->vcpu->Deliver(MmioExit{true, window->base + offset, static_cast<uint8_t>(size), value}, false);
+}
+
+// ---- Registers and guest-linear memory
+
+uint64_t EmuVcpu::ReadRegister(int reg) {
+  uint64_t value = 0;
+  uc_reg_read(uc_, reg, &value);
+  return value;
+}
+
+void EmuVcpu::WriteRegister(int reg, uint64_t value) { uc_reg_write(uc_, reg, &value); }
+
+uint64_t EmuVcpu::ReadMsr(uint32_t index) {
+  uc_x86_msr msr{index, 0};
+  uc_reg_read(uc_, UC_X86_REG_MSR, &msr);
+  return msr.value;
+}
+
+void EmuVcpu::WriteMsr(uint32_t index, uint64_t value) {
+  uc_x86_msr msr{index, value};
+  uc_reg_write(uc_, UC_X86_REG_MSR, &msr);
+}
+
+// EFER.LMA. (A 32-bit compatibility-mode caller is treated as 64-bit: only user space runs there,
+// and hypercalls from user space are refused by CPL anyway.)
+bool EmuVcpu::LongMode() { return (ReadMsr(kMsrEfer) & (1 << 10)) != 0; }
+uint8_t EmuVcpu::Cpl() { return static_cast<uint8_t>(ReadRegister(UC_X86_REG_CS) & 3); }
+
+HypercallExit EmuVcpu::HypercallFromRegisters(uint64_t number) {
+  HypercallExit call;
+  call.number = number;
+  call.long_mode = LongMode();
+  call.cpl = Cpl();
+  if (call.long_mode) {
+    const int regs[6] = {UC_X86_REG_RDI, UC_X86_REG_RSI, UC_X86_REG_RDX, UC_X86_REG_R10, UC_X86_REG_R8, UC_X86_REG_R9};
+    for (int i = 0; i < 6; ++i) call.args[i] = ReadRegister(regs[i]);
+  } else {
+    const int regs[6] = {UC_X86_REG_EBX, UC_X86_REG_ECX, UC_X86_REG_EDX, UC_X86_REG_ESI, UC_X86_REG_EDI, UC_X86_REG_EBP};
+    for (int i = 0; i < 6; ++i) call.args[i] = ReadRegister(regs[i]) & 0xffffffff;
+  }
+  return call;
+}
+
+// Writes the result the way the instruction's operand size does: EAX writes clear RAX's top half
+// in 64-bit mode; a 32-bit guest sees only EAX.
+void EmuVcpu::WriteHypercallResult(uint64_t result, bool long_mode) {
+  WriteRegister(UC_X86_REG_RAX, long_mode ? result : (result & 0xffffffff));
+}
+
+PagingState EmuVcpu::Paging() {
+  return PagingState{ReadRegister(UC_X86_REG_CR0), ReadRegister(UC_X86_REG_CR3), ReadRegister(UC_X86_REG_CR4),
+                     ReadMsr(kMsrEfer)};
+}
+
+template <typename Access>
+absl::Status EmuVcpu::ForEachPage(uint64_t linear, size_t length, Access access) {
+  PagingState paging = Paging();
+  size_t done = 0;
+  while (done < length) {
+    uint64_t address = linear + done;
+    size_t chunk = std::min<size_t>(length - done, 0x1000 - (address & 0xfff));
+    XENKVM_ASSIGN_OR_RETURN(uint64_t physical, accel::TranslateLinear(memory_, paging, address));
+    XENKVM_RETURN_IF_ERROR(access(memory::GuestAddress(physical), done, chunk));
+    done += chunk;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status EmuVcpu::ReadLinear(uint64_t linear, std::span<uint8_t> bytes) {
+  return ForEachPage(linear, bytes.size(), [&](memory::GuestAddress physical, size_t at, size_t n) {
+    return memory_.Read(physical, bytes.subspan(at, n));
+  });
+}
+
+absl::Status EmuVcpu::WriteLinear(uint64_t linear, std::span<const uint8_t> bytes) {
+  return ForEachPage(linear, bytes.size(), [&](memory::GuestAddress physical, size_t at, size_t n) {
+    return memory_.Write(physical, bytes.subspan(at, n));
+  });
+}
+
+absl::Status EmuVcpu::FetchCode(uint64_t rip, std::span<uint8_t> bytes) {
+  return ReadLinear(rip, bytes);  // PVH and Linux guests run with flat code segments (base 0)
+}
+
+}  // namespace xenkvm::accel::emu
