@@ -1,6 +1,6 @@
 /* The lifecycle guest: ends the way its command line says, so that the VMM's handling of each
  * ending can be tested: "end=poweroff" (default), "end=fail", "end=halt" (CLI; HLT),
- * "end=reset" (i8042 reset), "end=crash" (an exception the VM cannot handle: #GP with no IDT). */
+ * "end=reset" (i8042 reset), "end=crash" (an exception the VM cannot handle: INT n with an empty IDT, a triple fault). */
 #include "kit/kit.h"
 
 static bool has_word(const char *cmdline, const char *word) {

@@ -37,18 +37,6 @@ constexpr uint32_t kTssFlags = 0x8900;
 
 }  // namespace
 
-uint32_t EmuVcpu::CorrectDoubleFault(uint32_t vector) {
-  // Unicorn never clears QEMU's record of the last exception (only a delivery it performs itself
-  // would), so a second #DE is reported as a double fault. A "double fault" on DIV/IDIV is #DE.
-  if (vector != kVectorDoubleFault) return vector;
-  std::array<uint8_t, 4> code{};
-  if (!FetchCode(ReadRegister(UC_X86_REG_RIP), code).ok()) return vector;
-  size_t at = 0;
-  while (at < 2 && (code[at] == 0x66 || (code[at] & 0xf0) == 0x40)) ++at;  // operand size, REX
-  if ((code[at] == 0xf6 || code[at] == 0xf7) && ((code[at + 1] >> 3) & 7) >= 6) return kVectorDivideError;
-  return vector;
-}
-
 PendingEvent EmuVcpu::PageFaultEvent(uint64_t cr2) {
   const uint64_t rip = ReadRegister(UC_X86_REG_RIP);
   FaultingAccess access;
@@ -57,15 +45,16 @@ PendingEvent EmuVcpu::PageFaultEvent(uint64_t cr2) {
   access.write_protect = (ReadRegister(UC_X86_REG_CR0) & kCr0Wp) != 0;
   access.report_fetch = (ReadMsr(kMsrEfer) & kEferNxe) || (ReadRegister(UC_X86_REG_CR4) & kCr4Smep);
   absl::StatusOr<PageWalk> walk = WalkLinear(memory_, Paging(), cr2);
-  return PendingEvent{kVectorPageFault, PageFaultErrorCode(walk.ok() ? *walk : PageWalk{}, access), cr2};
+  return PendingEvent{.vector = kVectorPageFault,
+                      .error_code = PageFaultErrorCode(walk.ok() ? *walk : PageWalk{}, access),
+                      .cr2 = cr2};
 }
 
 // What an exception hook reports, as an event: #PF's error code and CR2 (readable only inside the
 // hook), INT n/INT3/INTO told from exceptions by the instruction before RIP (they trap past it).
 std::optional<PendingEvent> EmuVcpu::EventFromHook(uint32_t vector) {
-  vector = CorrectDoubleFault(vector);
   if (vector == kVectorPageFault) return PageFaultEvent(ReadRegister(UC_X86_REG_CR2));
-  PendingEvent event{vector};
+  PendingEvent event{.vector = vector};
   if (HasErrorCode(vector)) {
     event.error_code = 0;  // Unicorn does not report it; 0 is what most causes push
     return event;
@@ -73,15 +62,24 @@ std::optional<PendingEvent> EmuVcpu::EventFromHook(uint32_t vector) {
   const uint64_t rip = ReadRegister(UC_X86_REG_RIP);
   std::array<uint8_t, 2> before{};
   if (rip >= 2 && FetchCode(rip - 2, before).ok()) {
-    event.software = vector >= 32 || (before[0] == 0xcd && before[1] == vector) ||
-                     (vector == kVectorBreakpoint && before[1] == 0xcc) || (vector == 4 && before[1] == 0xce);
+    const bool one_byte = (vector == kVectorBreakpoint && before[1] == 0xcc) || (vector == 4 && before[1] == 0xce);
+    event.software = one_byte || vector >= 32 || (before[0] == 0xcd && before[1] == vector);
+    event.instruction_length = one_byte ? 1 : 2;
   } else {
     event.software = vector >= 32;
+    event.instruction_length = 2;
   }
+  if (!event.software) event.instruction_length = 0;
   return event;
 }
 
 void EmuVcpu::DeliverEvent(PendingEvent event) {
+  if (!event.external) {  // an exception the engine raised: as QEMU would after delivering it
+    if (absl::Status cleared = exception_record_->Clear(uc_); !cleared.ok()) {
+      Fatal(std::string(cleared.message()));
+      return;
+    }
+  }
   std::string history = absl::StrFormat("vector %u", event.vector);
   for (int attempt = 0; attempt < kMaxDeliveryAttempts; ++attempt) {
     absl::StatusOr<std::optional<DeliveryFault>> fault = TryDeliver(event);
@@ -92,15 +90,18 @@ void EmuVcpu::DeliverEvent(PendingEvent event) {
     }
     if (!fault->has_value()) return;
     const DeliveryFault second = **fault;
+    if (event.software) {  // the fault points at the INT instruction, not past it
+      WriteRegister(UC_X86_REG_RIP, ReadRegister(UC_X86_REG_RIP) - event.instruction_length);
+    }
     absl::StrAppendFormat(&history, ", then vector %u (error code %#x) delivering it", second.vector,
                           second.error_code);
     switch (Escalate(event.vector, second.vector)) {
       case Escalation::kDeliverSecond:
-        event = PendingEvent{second.vector, second.error_code, second.cr2};
+        event = PendingEvent{.vector = second.vector, .error_code = second.error_code, .cr2 = second.cr2};
         break;
       case Escalation::kDoubleFault:
         history += ": a double fault";
-        event = PendingEvent{kVectorDoubleFault, 0u};
+        event = PendingEvent{.vector = kVectorDoubleFault, .error_code = 0u};
         break;
       case Escalation::kTripleFault:
         shutdown_reason_ = absl::StrFormat("triple fault on vCPU %u at RIP %#x (%s)", id_,
@@ -229,7 +230,13 @@ absl::StatusOr<std::optional<DeliveryFault>> EmuVcpu::TryDeliver(const PendingEv
   if (gate.type == 0xe) new_rflags &= ~kRflagsIf;
   WriteRegister(UC_X86_REG_RSP, rsp);
   WriteRegister(UC_X86_REG_RFLAGS, new_rflags);
-  if (event.cr2) WriteRegister(UC_X86_REG_CR2, *event.cr2);
+  if (event.cr2) {
+    // Unicorn 2.1.1's register write for CR2 falls through into CR3's (it loads CR3 with the
+    // value): put CR3 back after it.
+    const uint64_t cr3 = ReadRegister(UC_X86_REG_CR3);
+    WriteRegister(UC_X86_REG_CR2, *event.cr2);
+    WriteRegister(UC_X86_REG_CR3, cr3);
+  }
   WriteRegister(UC_X86_REG_RIP, gate.offset);
   return std::optional<DeliveryFault>();
 }
@@ -237,7 +244,7 @@ absl::StatusOr<std::optional<DeliveryFault>> EmuVcpu::TryDeliver(const PendingEv
 absl::Status EmuVcpu::RaisePrivilege(const RingChange& change) {
   XENKVM_ASSIGN_OR_RETURN(RingChangeTrampoline trampoline, BuildRingChangeTrampoline(change));
   const uint64_t cr0 = ReadRegister(UC_X86_REG_CR0), cr3 = ReadRegister(UC_X86_REG_CR3);
-  const uint64_t rflags = ReadRegister(UC_X86_REG_RFLAGS);
+  const uint64_t rflags = ReadRegister(UC_X86_REG_RFLAGS), rax = ReadRegister(UC_X86_REG_RAX);
   uc_x86_mmr gdtr{}, tr{};
   uc_reg_read(uc_, UC_X86_REG_GDTR, &gdtr);
   uc_reg_read(uc_, UC_X86_REG_TR, &tr);
@@ -253,7 +260,9 @@ absl::Status EmuVcpu::RaisePrivilege(const RingChange& change) {
     WriteRegister(UC_X86_REG_CR0, cr0 & ~kCr0Pg);  // the window's addresses are physical ones
   }
   WriteRegister(UC_X86_REG_RFLAGS, rflags & ~(kRflagsTf | kRflagsRf));
+  WriteRegister(UC_X86_REG_RAX, trampoline.far_pointer);
   absl::Status ran = RunPrivate(trampoline.start, trampoline.landing, "ring-change trampoline");
+  WriteRegister(UC_X86_REG_RAX, rax);
   if (change.long_mode) {
     WriteRegister(UC_X86_REG_CR3, cr3);
   } else {
@@ -278,7 +287,7 @@ void EmuVcpu::CarryOutFastSystemCall(FastSystemCall call) {
   if (call == FastSystemCall::kSyscall) {
     if (!(ReadMsr(kMsrEfer) & kEferSce)) {
       WriteRegister(UC_X86_REG_RIP, next_rip - 2);
-      DeliverEvent(PendingEvent{kVectorInvalidOpcode});
+      DeliverEvent(PendingEvent{.vector = kVectorInvalidOpcode});
       return;
     }
     const uint64_t star = ReadMsr(kMsrStar);
@@ -299,7 +308,7 @@ void EmuVcpu::CarryOutFastSystemCall(FastSystemCall call) {
     const uint64_t sysenter_cs = ReadMsr(kMsrSysenterCs);
     if ((sysenter_cs & 0xfffc) == 0) {
       WriteRegister(UC_X86_REG_RIP, next_rip - 2);
-      DeliverEvent(PendingEvent{kVectorGeneralProtection, 0u});
+      DeliverEvent(PendingEvent{.vector = kVectorGeneralProtection, .error_code = 0u});
       return;
     }
     change.cs_selector = static_cast<uint16_t>(sysenter_cs & 0xfffc);

@@ -41,7 +41,7 @@ absl::StatusOr<std::unique_ptr<EmuVcpu>> EmuVcpu::Create(uint32_t id, EmuVmState
                                                          std::optional<PvhEntry> boot) {
   auto vcpu = std::unique_ptr<EmuVcpu>(new EmuVcpu(id, vm));
   XENKVM_RETURN_IF_ERROR(vcpu->Open());
-  XENKVM_RETURN_IF_ERROR(vcpu->ProbeModelLeaf1());
+  XENKVM_RETURN_IF_ERROR(vcpu->ProbeModel());
   XENKVM_RETURN_IF_ERROR(vcpu->MapMmioWindows());
   XENKVM_RETURN_IF_ERROR(vcpu->InstallHooks());
   if (boot) {
@@ -210,16 +210,22 @@ absl::Status EmuVcpu::RunPrivate(uint64_t start, uint64_t until, absl::string_vi
   stop_requested_ = false;
   block_stop_.reset();
   if (from != until || pending_event_) {
+    std::string why;
+    if (pending_event_) {
+      absl::StrAppendFormat(&why, " (exception %u, error code %#x, address %#x)", pending_event_->vector,
+                            pending_event_->error_code.value_or(0), pending_event_->cr2.value_or(0));
+    }
     pending_event_.reset();
     return absl::InternalError(
-        absl::StrFormat("emu accelerator: the %s stopped at %#x instead of %#x", what, from, until));
+        absl::StrFormat("emu accelerator: the %s stopped at %#x instead of %#x%s", what, from, until, why));
   }
   return absl::OkStatus();
 }
 
 // Runs CPUID leaf 1 on the bare engine (before any hook) to learn the CPU model's answer, which
-// OnCpuid then gives with the hypervisor bit (ECX[31], as KVM shows it) and this vCPU's APIC ID.
-absl::Status EmuVcpu::ProbeModelLeaf1() {
+// OnCpuid then gives with the hypervisor bit (ECX[31], as KVM shows it) and this vCPU's APIC ID;
+// and locates the engine's exception-in-flight record (exception_record.h).
+absl::Status EmuVcpu::ProbeModel() {
   XENKVM_RETURN_IF_ERROR(MapWindow({{kWindowBase, {0x0f, 0xa2}}}));  // cpuid
   uint64_t leaf = 1, subleaf = 0;
   uc_reg_write(uc_, UC_X86_REG_RAX, &leaf);
@@ -232,7 +238,10 @@ absl::Status EmuVcpu::ProbeModelLeaf1() {
                            static_cast<uint32_t>(ReadRegister(UC_X86_REG_RCX)) | (1u << 31),
                            static_cast<uint32_t>(ReadRegister(UC_X86_REG_RDX))};
   UnmapWindow();
+  absl::StatusOr<ExceptionRecord> record = ExceptionRecord::For(uc_);
   if (err != UC_ERR_OK) return UcError(err, "uc_emu_start(CPUID probe)");
+  if (!record.ok()) return record.status();
+  exception_record_ = std::move(*record);
   return absl::OkStatus();
 }
 
@@ -395,7 +404,7 @@ void EmuVcpu::EmulationLoop() {
       }
     }
     if (interrupt) {
-      DeliverEvent(PendingEvent{*interrupt, std::nullopt, std::nullopt, false, /*external=*/true});
+      DeliverEvent(PendingEvent{.vector = *interrupt, .external = true});
       continue;
     }
     RunGuest(interrupt_waiting);

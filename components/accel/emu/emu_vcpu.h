@@ -18,6 +18,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "components/accel/accelerator.h"
+#include "components/accel/emu/exception_record.h"
 #include "components/accel/emu/trampolines.h"
 #include "components/accel/page_walk.h"
 #include "components/memory/guest_memory.h"
@@ -45,6 +46,7 @@ struct PendingEvent {
   std::optional<uint32_t> error_code;  // pushed when the vector has one
   std::optional<uint64_t> cr2;         // #PF: the faulting address, for CR2
   bool software = false;               // INT n, INT3, INTO: the gate's DPL is checked
+  uint8_t instruction_length = 0;      // software: RIP is past it; a fault in delivery points back
   bool external = false;               // an injected interrupt (EXT in error codes; skips a HLT)
 };
 
@@ -82,7 +84,7 @@ class EmuVcpu final : public Vcpu {
 
   // ---- Setup (emu_vcpu.cc)
   absl::Status Open();
-  absl::Status ProbeModelLeaf1();
+  absl::Status ProbeModel();
   absl::Status Boot(const PvhEntry& boot);
   absl::Status MapMmioWindows();
   absl::Status InstallHooks();
@@ -115,7 +117,6 @@ class EmuVcpu final : public Vcpu {
   absl::Status RaisePrivilege(const RingChange& change);
   void CarryOutFastSystemCall(FastSystemCall call);
   std::optional<PendingEvent> EventFromHook(uint32_t vector);
-  uint32_t CorrectDoubleFault(uint32_t vector);
   absl::StatusOr<uint64_t> ReadDescriptor(uint16_t selector);
   PendingEvent PageFaultEvent(uint64_t cr2);
 
@@ -153,6 +154,7 @@ class EmuVcpu final : public Vcpu {
   EmuVmState& vm_;
   const memory::GuestMemory& memory_;
   uc_engine* uc_ = nullptr;
+  std::optional<ExceptionRecord> exception_record_;
   std::vector<std::unique_ptr<MmioWindow>> mmio_windows_;
   std::thread thread_;
 

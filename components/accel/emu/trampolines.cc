@@ -153,8 +153,9 @@ absl::StatusOr<RingChangeTrampoline> BuildRingChangeTrampoline(const RingChange&
   }
 
   std::vector<uint8_t> code;
-  Append(code, {0xff, 0x1c, 0x25});  // lcall *far_pointer (absolute disp32; the same in 32- and 64-bit code)
-  Append32(code, static_cast<uint32_t>(kRingFarPointer));
+  // lcall *(%rax), RAX = the far pointer: the same in 32-bit, compatibility and 64-bit code (an
+  // absolute disp32 would be sign-extended in 64-bit code; this window lies above 2 GiB).
+  Append(code, {0xff, 0x18});
   code.resize(kRingFarPointer - kRingUserCode, 0xcc);
   Append32(code, 0);  // the offset: a call gate ignores it
   Append16(code, static_cast<uint16_t>((gate_index << 3) | 3));
@@ -184,6 +185,7 @@ absl::StatusOr<RingChangeTrampoline> BuildRingChangeTrampoline(const RingChange&
               {kRingGdt, std::move(gdt)},
               {kRingTss, std::move(tss)}};
   t.start = kRingUserCode;
+  t.far_pointer = kRingFarPointer;
   t.landing = kRingLanding;
   t.cr3 = kRingPml4;
   t.gdt_base = kRingGdt;

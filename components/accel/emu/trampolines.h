@@ -47,7 +47,8 @@ struct RingChange {
 
 struct RingChangeTrampoline {
   std::vector<WindowPiece> pieces;
-  uint64_t start = 0;    // run from here at the guest's CPL 3 ...
+  uint64_t start = 0;    // run from here at the guest's CPL 3, RAX = far_pointer, ...
+  uint64_t far_pointer = 0;
   uint64_t landing = 0;  // ... until here, reached at CPL 0
   uint64_t cr3 = 0;      // long mode: private tables mapping the window (elsewhere: paging off)
   uint64_t gdt_base = 0;

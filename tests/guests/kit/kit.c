@@ -200,6 +200,12 @@ void kit_set_interrupt_handler(uint32_t vector, kit_interrupt_handler handler) {
   if (vector < 256) handlers[vector] = handler;
 }
 
+void kit_set_gate_options(uint32_t vector, uint8_t dpl, uint8_t ist) {
+  if (vector >= 256) return;
+  idt[vector].type = (uint8_t)((idt[vector].type & 0x9f) | ((dpl & 3) << 5));
+  idt[vector].ist = ist & 7;
+}
+
 void kit_dispatch_interrupt(uint64_t vector, struct kit_interrupt_frame *frame) {
   if (vector < 256 && handlers[vector]) {
     handlers[vector]((uint32_t)vector, frame);

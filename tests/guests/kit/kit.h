@@ -79,6 +79,8 @@ struct kit_interrupt_frame {
 typedef void (*kit_interrupt_handler)(uint32_t vector, struct kit_interrupt_frame *frame);
 /* Installs `handler` for `vector`; an unhandled exception prints itself and fails the guest. */
 void kit_set_interrupt_handler(uint32_t vector, kit_interrupt_handler handler);
+/* The gate's privilege level (3: INT n from user mode may use it) and IST slot (0: none). */
+void kit_set_gate_options(uint32_t vector, uint8_t dpl, uint8_t ist);
 static inline void kit_sti(void) { __asm__ volatile("sti" ::: "memory"); }
 static inline void kit_cli(void) { __asm__ volatile("cli" ::: "memory"); }
 /* Waits for an interrupt with interrupts enabled (STI; HLT), leaving them enabled. */
