@@ -74,12 +74,6 @@ std::optional<PendingEvent> EmuVcpu::EventFromHook(uint32_t vector) {
 }
 
 void EmuVcpu::DeliverEvent(PendingEvent event) {
-  if (!event.external) {  // an exception the engine raised: as QEMU would after delivering it
-    if (absl::Status cleared = exception_record_->Clear(uc_); !cleared.ok()) {
-      Fatal(std::string(cleared.message()));
-      return;
-    }
-  }
   std::string history = absl::StrFormat("vector %u", event.vector);
   for (int attempt = 0; attempt < kMaxDeliveryAttempts; ++attempt) {
     absl::StatusOr<std::optional<DeliveryFault>> fault = TryDeliver(event);

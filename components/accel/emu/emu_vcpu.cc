@@ -436,6 +436,12 @@ void EmuVcpu::RunGuest(bool interrupt_waiting) {
   const uint64_t rip = ReadRegister(UC_X86_REG_RIP);
   // No instruction count (it installs a per-instruction hook for the engine's life), no timeout
   // (Unicorn's timer stops the engine from another thread: see OnBlock).
+  // Every start begins with no exception in flight, as after a delivery on a real CPU (the record
+  // also goes stale without any exception the hooks saw; about 1 us per start).
+  if (absl::Status cleared = exception_record_->Clear(uc_); !cleared.ok()) {
+    Fatal(std::string(cleared.message()));
+    return;
+  }
   uc_err err = uc_emu_start(uc_, rip, kNeverReached, 0, 0);
   if (Exiting() || fatal_error_ || pending_event_ || pending_fast_call_) return;
   if (err != UC_ERR_OK) {
