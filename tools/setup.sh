@@ -13,6 +13,8 @@ packages=(
   libxen-dev
   # tests and tools
   python3 python3-grpcio python3-protobuf xenstore-utils fio
+  # real-guest tests: a kernel package's compressed payload (tests/linux)
+  lz4 xz-utils zstd
 )
 
 missing=()
