@@ -580,7 +580,7 @@ void EmuVcpu::OnTraceInstruction(uc_engine* uc, uint64_t address, uint32_t size,
       (self->ReadRegister(UC_X86_REG_RDX) << 32) | (self->ReadRegister(UC_X86_REG_RAX) & 0xffffffff);
   // Low 12 bits: the page index within the hypercall area; xenkvm has one page.
   if ((value & 0xfff) == 0) {
-    static const std::vector<uint8_t> page = EmuHypercallPage();
+    static const std::vector<uint8_t> page = EmuHypercallPage(kEmuHypercallCpuidMagic);
     (void)self->memory_.Write(memory::GuestAddress(value), page);  // not RAM: ignored, as KVM does
   }
   // The page is ready before the WRMSR even executes; the trace ends at the next block.

@@ -3,7 +3,6 @@
 #include <algorithm>
 
 #include "absl/strings/str_format.h"
-#include "components/accel/emu/emu_accelerator.h"
 #include "components/accel/emu/x86_events.h"
 
 namespace xenkvm::accel::emu {
@@ -195,12 +194,12 @@ absl::StatusOr<RingChangeTrampoline> BuildRingChangeTrampoline(const RingChange&
   return t;
 }
 
-std::vector<uint8_t> EmuHypercallPage() {
+std::vector<uint8_t> EmuHypercallPage(uint32_t cpuid_magic) {
   std::vector<uint8_t> page(kHypercallPageSize, 0xcc);
   for (uint32_t number = 0; number < kHypercallPageSize / kHypercallStubSize; ++number) {
     std::vector<uint8_t> stub;
     Append(stub, {0xb8});
-    Append32(stub, kEmuHypercallCpuidMagic | number);
+    Append32(stub, cpuid_magic | number);
     Append(stub, {0x0f, 0xa2, 0xc3});
     std::copy(stub.begin(), stub.end(), page.begin() + number * kHypercallStubSize);
   }

@@ -60,8 +60,8 @@ struct RingChangeTrampoline {
 // kInvalidArgument for descriptors a ring change cannot load or selectors beyond the private GDT.
 absl::StatusOr<RingChangeTrampoline> BuildRingChangeTrampoline(const RingChange& change);
 
-// The emu hypercall page: stub n is `mov $(kEmuHypercallCpuidMagic | n), %eax; cpuid; ret`.
-std::vector<uint8_t> EmuHypercallPage();
+// The emu hypercall page: stub n is `mov $(cpuid_magic | n), %eax; cpuid; ret`.
+std::vector<uint8_t> EmuHypercallPage(uint32_t cpuid_magic);
 
 }  // namespace xenkvm::accel::emu
 

@@ -126,11 +126,13 @@ TEST(TrampolinesTest, RingChangeBuildsAGateToTheGuestsCodeSegmentAndAPrivateTss)
 }
 
 TEST(TrampolinesTest, HypercallPageStubs) {
-  std::vector<uint8_t> page = EmuHypercallPage();
+  std::vector<uint8_t> page = EmuHypercallPage(0x7a5e0000);
   ASSERT_EQ(page.size(), 4096u);
   // Stub 3: mov $(magic | 3), %eax; cpuid; ret.
   EXPECT_EQ(page[3 * 32], 0xb8);
   EXPECT_EQ(page[3 * 32 + 1], 3);
+  EXPECT_EQ(page[3 * 32 + 3], 0x5e);
+  EXPECT_EQ(page[3 * 32 + 4], 0x7a);
   EXPECT_EQ(page[3 * 32 + 5], 0x0f);
   EXPECT_EQ(page[3 * 32 + 6], 0xa2);
   EXPECT_EQ(page[3 * 32 + 7], 0xc3);
