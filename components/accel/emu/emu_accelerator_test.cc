@@ -151,6 +151,39 @@ TEST_F(EmuTest, UndeliverableExceptionEscalatesToATripleFault) {
   EXPECT_THAT(Next<ShutdownExit>(*vcpu).reason, HasSubstr("triple fault"));  // it stays down
 }
 
+// User mode in 32-bit protected mode with 32-bit paging and with PAE: the ring change runs with
+// paging off there, the stack comes from the TSS's SS0:ESP0, SYSENTER is carried out by the backend.
+TEST_F(EmuTest, UserModeIn32BitAndPaePaging) {
+  for (bool pae : {false, true}) {
+    SCOPED_TRACE(pae ? "PAE" : "32-bit paging");
+    ASSERT_TRUE(memory_->WriteObject<uint32_t>(memory::GuestAddress(kLoadAddress + emu_test_guests::k_guest_options),
+                                               pae ? 8 : 0).ok());
+    auto vcpu = Start(emu_test_guests::k_user32);
+    ASSERT_NE(vcpu, nullptr);
+    auto expect = [&](uint16_t port, uint32_t value) {
+      PortIoExit exit = Next<PortIoExit>(*vcpu);
+      EXPECT_EQ(exit.port, port);
+      EXPECT_EQ(exit.value, value) << "port " << std::hex << port;
+    };
+    expect(0x10, 0x1b);  // INT 0x80 from CPL 3: the frame holds the user's CS and SS
+    expect(0x11, 0x23);
+    PortIoExit stack = Next<PortIoExit>(*vcpu);  // on the TSS's ESP0 stack: five words below its top
+    EXPECT_EQ(stack.port, 0x12);
+    EXPECT_EQ(stack.value, kLoadAddress + emu_test_guests::k_kstack32_top - 5 * 4);
+    expect(0x13, 0x08);
+    expect(0x14, 0x4);  // #PF from CPL 3, not present, a read
+    expect(0x15, 0x40000000);
+    expect(0x18, 0x08);  // SYSENTER: CPL 0 on SYSENTER_ESP
+    expect(0x19, kLoadAddress + emu_test_guests::k_kstack32_top);
+    expect(0x16, 0);  // HLT at CPL 3 (back there by SYSEXIT): #GP(0), a fault at the HLT
+    expect(0x17, kLoadAddress + emu_test_guests::k_user32_hlt);
+    Next<HaltExit>(*vcpu);
+    vcpu.reset();
+    accelerator_.reset();
+    SetUp();  // fresh memory (the guest wrote its tables) and accelerator for the next mode
+  }
+}
+
 TEST_F(EmuTest, ExceptionsWithoutErrorCodeGoThroughTheGuestIdt) {
   auto vcpu = Start(emu_test_guests::k_interrupts32);
   ASSERT_NE(vcpu, nullptr);

@@ -3,6 +3,7 @@
         .set    OPTION_SKIP_EXCEPTIONS, 1       /* interrupts32: straight to the interrupt part */
         .set    OPTION_ENABLE_LAPIC, 2          /* long_mode: software-enable the local APIC */
         .set    OPTION_SKIP_VMCALL, 4           /* long_mode: no inline VMCALL */
+        .set    OPTION_PAE, 8                   /* user32: PAE paging instead of 32-bit paging */
         .code32
         .text
 
@@ -179,6 +180,109 @@ bp32:
         out     %eax, $0x1b
         pop     %eax
         iret
+
+/* ---- User mode in 32-bit protected mode, with 32-bit (4 MiB pages) or PAE (2 MiB pages) paging:
+ * a TSS (SS0:ESP0), INT 0x80 through a DPL-3 gate, a page fault from CPL 3, SYSENTER/SYSEXIT, and
+ * HLT at CPL 3 (#GP). Reports: 0x10 the frame's CS, 0x11 its SS, 0x12 the handler's ESP, 0x13 the
+ * handler's CS; 0x14 the #PF error code, 0x15 CR2; 0x18 CS after SYSENTER, 0x19 its ESP; 0x16 the
+ * #GP error code, 0x17 the #GP frame's EIP; then HLT with interrupts off. */
+        .globl user32
+user32:
+        mov     $stack_top, %esp
+        mov     $tss32, %eax                    /* the TSS descriptor's base */
+        mov     %ax, gdt_user32 + 0x28 + 2
+        shr     $16, %eax
+        mov     %al, gdt_user32 + 0x28 + 4
+        mov     %ah, gdt_user32 + 0x28 + 7
+        lgdt    gdt_user32_descriptor
+        ljmp    $0x08, $1f
+1:      mov     $0x10, %ax
+        mov     %ax, %ds
+        mov     %ax, %es
+        mov     %ax, %ss
+        mov     $0x28, %ax
+        ltr     %ax
+        GATE32  0x80, int80_32
+        movw    $0xee00, idt32 + 0x80 * 8 + 4   /* DPL 3 */
+        GATE32  14, pf32
+        GATE32  13, gp32
+        lidt    idt32_descriptor
+        mov     $0x174, %ecx                    /* SYSENTER_CS: CS 0x08, SS 0x10; SYSEXIT: 0x1b, 0x23 */
+        mov     $0x08, %eax
+        xor     %edx, %edx
+        wrmsr
+        mov     $0x175, %ecx
+        mov     $kstack32_top, %eax
+        wrmsr
+        mov     $0x176, %ecx
+        mov     $sysenter32, %eax
+        wrmsr
+        testl   $OPTION_PAE, guest_options
+        jnz     2f
+        movl    $0x87, pd32                     /* 0..4 MiB: present, writable, user, 4 MiB */
+        mov     %cr4, %eax
+        or      $0x10, %eax                     /* PSE */
+        mov     %eax, %cr4
+        mov     $pd32, %eax
+        jmp     3f
+2:      movl    $pd_pae + 1, pdpt_pae           /* PDPTEs carry no rights */
+        movl    $0x87, pd_pae                   /* 0..2 MiB: present, writable, user, 2 MiB */
+        mov     %cr4, %eax
+        or      $0x20, %eax                     /* PAE */
+        mov     %eax, %cr4
+        mov     $pdpt_pae, %eax
+3:      mov     %eax, %cr3
+        mov     %cr0, %eax
+        or      $0x80000000, %eax
+        mov     %eax, %cr0
+        pushl   $0x23                           /* to CPL 3 */
+        pushl   $ustack32_top
+        pushl   $0x2
+        pushl   $0x1b
+        pushl   $user32_code
+        iret
+user32_code:
+        int     $0x80
+        .globl user32_fault
+user32_fault:
+        mov     0x40000000, %eax                /* not mapped: #PF, skipped by the handler (5 bytes) */
+        mov     %esp, %ecx
+        mov     $1f, %edx
+        sysenter
+1:      .globl user32_hlt
+user32_hlt:
+        hlt                                     /* CPL 3: #GP(0) */
+int80_32:
+        mov     4(%esp), %eax
+        out     %eax, $0x10
+        mov     16(%esp), %eax
+        out     %eax, $0x11
+        mov     %esp, %eax
+        out     %eax, $0x12
+        mov     %cs, %eax
+        out     %eax, $0x13
+        iret
+pf32:
+        mov     (%esp), %eax
+        out     %eax, $0x14
+        mov     %cr2, %eax
+        out     %eax, $0x15
+        add     $4, %esp
+        addl    $5, (%esp)
+        iret
+sysenter32:
+        mov     %cs, %eax
+        out     %eax, $0x18
+        mov     %esp, %eax
+        out     %eax, $0x19
+        sysexit
+gp32:
+        mov     (%esp), %eax
+        out     %eax, $0x16
+        mov     4(%esp), %eax
+        out     %eax, $0x17
+        cli
+        hlt
 
 /* ---- Hypercall page: read the MSR from CPUID 0x40000002, write the page address to it, call
  * hypercall 17 through the page. `hypercall_page_adjacent` has CPUID and WRMSR in one block. */
@@ -397,6 +501,19 @@ idt64_descriptor:
         .word   256 * 16 - 1
         .quad   idt64
         .balign 16
+        .balign 8
+gdt_user32:
+        .quad   0, 0x00cf9b000000ffff, 0x00cf93000000ffff, 0x00cffb000000ffff, 0x00cff3000000ffff
+        .quad   0x0000890000000067              /* 0x28: the TSS (base filled in) */
+gdt_user32_descriptor:
+        .word   6 * 8 - 1
+        .long   gdt_user32
+tss32:  .long   0, kstack32_top, 0x10           /* ESP0, SS0 */
+        .fill   0x68 - 12, 1, 0
+        .fill   1024, 1, 0
+kstack32_top:
+        .fill   1024, 1, 0
+ustack32_top:
 idt32:  .fill   256 * 8, 1, 0
 idt64:  .fill   256 * 16, 1, 0
         .fill   4096, 1, 0
@@ -414,3 +531,9 @@ pd:
         .quad   (large_page << 21) | 0x83
         .set    large_page, large_page + 1
         .endr
+        .balign 4096
+pd32:   .fill   1024, 4, 0                      /* user32: 32-bit paging */
+pdpt_pae:
+        .fill   4, 8, 0                         /* user32: PAE */
+        .balign 4096
+pd_pae: .fill   512, 8, 0
