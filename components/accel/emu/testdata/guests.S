@@ -514,6 +514,7 @@ tss32:  .long   0, kstack32_top, 0x10           /* ESP0, SS0 */
 kstack32_top:
         .fill   1024, 1, 0
 ustack32_top:
+        .balign 16                              /* the 64-bit tests expect stack_top 16-aligned */
 idt32:  .fill   256 * 8, 1, 0
 idt64:  .fill   256 * 16, 1, 0
         .fill   4096, 1, 0
