@@ -173,6 +173,8 @@ absl::StatusOr<v1::VmConfig> FromXl(const std::string& text, const std::string& 
       config.set_vcpus(vcpus);
     } else if (key == "kernel") {
       config.set_kernel(first);
+    } else if (key == "ramdisk") {
+      config.set_initrd(first);
     } else if (key == "extra" || key == "cmdline") {
       config.set_cmdline(config.cmdline().empty() ? first : absl::StrCat(config.cmdline(), " ", first));
     } else if (key == "type" || key == "builder") {
@@ -191,7 +193,7 @@ absl::StatusOr<v1::VmConfig> FromXl(const std::string& text, const std::string& 
   }
   if (!unsupported.empty()) {
     return Invalid(source, absl::StrCat("unsupported xl.cfg keys: ", absl::StrJoin(unsupported, ", "),
-                                        " (xenkvm takes name, memory, vcpus, kernel, extra, cmdline, type, disk)"));
+                                        " (xenkvm takes name, memory, vcpus, kernel, ramdisk, extra, cmdline, type, disk)"));
   }
   return config;
 }
@@ -253,9 +255,12 @@ absl::Status ValidateVmConfig(const v1::VmConfig& config) {
   if (config.vcpus() > 32) {
     return absl::InvalidArgumentError(absl::StrFormat("vcpus: %u is out of range (1 to 32)", config.vcpus()));
   }
-  if (config.kernel().empty()) return absl::InvalidArgumentError("kernel: no kernel given (an ELF file with a PVH note)");
+  if (config.kernel().empty()) return absl::InvalidArgumentError("kernel: no kernel given (an ELF vmlinux or a bzImage with a Xen PVH entry)");
   if (config.kernel()[0] != '/') {
     return absl::InvalidArgumentError(absl::StrCat("kernel: \"", config.kernel(), "\" must be an absolute path"));
+  }
+  if (!config.initrd().empty() && config.initrd()[0] != '/') {
+    return absl::InvalidArgumentError(absl::StrCat("initrd: \"", config.initrd(), "\" must be an absolute path"));
   }
   if (config.cmdline().size() > 4095 || config.cmdline().find('\0') != std::string::npos) {
     return absl::InvalidArgumentError("cmdline: longer than 4095 bytes or contains a NUL");
@@ -366,6 +371,7 @@ std::vector<std::string> VmmArguments(const v1::VmConfig& config, const std::str
       "--memory", absl::StrCat(config.memory_mib()),
       "--vcpus", absl::StrCat(config.vcpus()),
       "--cmdline", config.cmdline(),
+      "--initrd", config.initrd(),
       "--accel", config.accelerator(),
       "--xen-version", version == 0 ? std::string("off") : absl::StrFormat("%#x", version),
       "--xen-max-evtchn", absl::StrCat(config.xen_max_event_channels()),

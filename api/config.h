@@ -12,7 +12,7 @@
 namespace xenkvm::api {
 
 // A config file's text: JSON (first non-blank character '{') or xl.cfg. `source` names the file in
-// errors. xl.cfg keys taken: name, memory, vcpus, kernel, extra, cmdline, type ("pvh" or "hvm"),
+// errors. xl.cfg keys taken: name, memory, vcpus, kernel, ramdisk, extra, cmdline, type ("pvh" or "hvm"),
 // disk (list of 'target=PATH,vdev=xvda,access=rw' or positional 'PATH,FORMAT,VDEV,ACCESS');
 // any other key is refused with the list of them.
 absl::StatusOr<v1::VmConfig> ParseConfigText(const std::string& text, const std::string& source);

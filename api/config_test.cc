@@ -1,5 +1,7 @@
 #include "api/config.h"
 
+#include <algorithm>
+
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -39,6 +41,7 @@ type = "pvh"
 memory = 1024
 vcpus = 4
 kernel = "/boot/vmlinux-6.1"
+ramdisk = "/boot/initrd.img-6.1"
 extra = "root=/dev/xvda ro"
 disk = [ 'target=/images/db.img,vdev=xvda,access=rw', '/images/data.img,raw,xvdb,ro' ]
 )",
@@ -48,6 +51,7 @@ disk = [ 'target=/images/db.img,vdev=xvda,access=rw', '/images/data.img,raw,xvdb
   EXPECT_EQ(config->memory_mib(), 1024u);
   EXPECT_EQ(config->vcpus(), 4u);
   EXPECT_EQ(config->cmdline(), "root=/dev/xvda ro");
+  EXPECT_EQ(config->initrd(), "/boot/initrd.img-6.1");
   ASSERT_EQ(config->disks_size(), 2);
   EXPECT_EQ(config->disks(0).path(), "/images/db.img");
   EXPECT_EQ(config->disks(0).vdev(), "xvda");
@@ -55,6 +59,20 @@ disk = [ 'target=/images/db.img,vdev=xvda,access=rw', '/images/data.img,raw,xvdb
   EXPECT_EQ(config->disks(1).vdev(), "xvdb");
   EXPECT_TRUE(config->disks(1).read_only());
   EXPECT_TRUE(ValidateVmConfig(*config).ok());
+}
+
+TEST(ConfigTest, InitrdMustBeAnAbsolutePathAndReachesTheVmm) {
+  v1::VmConfig config;
+  config.set_name("a");
+  config.set_kernel("/k");
+  config.set_initrd("initrd.img");
+  EXPECT_THAT(ValidateVmConfig(config).message(), HasSubstr("initrd: \"initrd.img\" must be an absolute path"));
+  config.set_initrd("/boot/initrd.img");
+  EXPECT_TRUE(ValidateVmConfig(config).ok());
+  std::vector<std::string> args = VmmArguments(config, "/run/c.sock", "");
+  auto flag = std::find(args.begin(), args.end(), "--initrd");
+  ASSERT_NE(flag, args.end());
+  EXPECT_EQ(*(flag + 1), "/boot/initrd.img");
 }
 
 TEST(ConfigTest, XlUnsupportedKeysAreReportedNotIgnored) {

@@ -10,11 +10,11 @@ packages=(
   # libraries wrapped in third_party/
   libgtest-dev libgmock-dev libbenchmark-dev libabsl-dev libprotobuf-dev protobuf-compiler
   libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libspdlog-dev libfmt-dev liburing-dev
-  libxen-dev
+  libxen-dev zlib1g-dev liblzma-dev libzstd-dev liblz4-dev libbz2-dev
   # tests and tools
   python3 python3-grpcio python3-protobuf xenstore-utils fio
-  # real-guest tests: a kernel package's compressed payload (tests/linux)
-  lz4 xz-utils zstd
+  # real-guest tests (tests/linux): the initramfs and root image built at test time
+  busybox-static cpio e2fsprogs
 )
 
 missing=()

@@ -113,6 +113,7 @@ void PrintVm(const v1::Vm& vm) {
               {"memory:", absl::StrCat(c.memory_mib(), " MiB")},
               {"vcpus:", absl::StrCat(c.vcpus())},
               {"kernel:", c.kernel()},
+              {"initrd:", c.initrd().empty() ? "-" : c.initrd()},
               {"cmdline:", c.cmdline()},
               {"xen version:", c.xen_version()},
               {"xenstore:", vm.xenstore_socket().empty() ? "-" : vm.xenstore_socket()},

@@ -26,13 +26,16 @@ constexpr int kExitHalted = 6;
 constexpr int kExitStopped = 7;
 
 constexpr char kUsage[] =
-    "usage: xenkvm-vmm --kernel FILE [--name NAME] [--memory MiB] [--vcpus N] [--cmdline STRING]\n"
+    "usage: xenkvm-vmm --kernel FILE [--initrd FILE] [--name NAME] [--memory MiB] [--vcpus N]\n"
+    "                  [--cmdline STRING]\n"
     "                  [--accel kvm|emu|auto] [--xen-version VERSION|off] [--xen-max-evtchn N]\n"
     "                  [--disk target=PATH,vdev=xvda,access=rw]... [--xenstore-socket PATH]\n"
     "                  [--control-socket PATH] [--log-level LEVEL]\n"
     "\n"
     "Runs one Xen PVH guest in the foreground; its console goes to stdout, logs to stderr.\n"
-    "  --kernel FILE     ELF kernel with a Xen PVH entry note (required)\n"
+    "  --kernel FILE     the kernel, with a Xen PVH entry note (required): an ELF vmlinux or a\n"
+    "                    bzImage/vmlinuz (gzip, xz, lzma, zstd, lz4 or bzip2 payload)\n"
+    "  --initrd FILE     an initial ramdisk (initramfs), given to the kernel as its first module\n"
     "  --name NAME       the domain's name in XenStore (default guest)\n"
     "  --memory MiB      guest RAM, whole MiB (default 256, at least 2)\n"
     "  --vcpus N         virtual CPUs, 1 to 32 (default 1)\n"
@@ -84,6 +87,8 @@ int main(int argc, char** argv) {
     }
     if (flag == "--kernel") {
       config.kernel = value;
+    } else if (flag == "--initrd") {
+      config.initrd = value;
     } else if (flag == "--name") {
       config.name = value;
     } else if (flag == "--disk") {

@@ -1,5 +1,9 @@
 #include "vmm/vm.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -10,9 +14,11 @@
 #include "absl/synchronization/notification.h"
 #include "components/accel/emu/emu_accelerator.h"
 #include "components/accel/kvm/kvm_accelerator.h"
+#include "components/base/fd.h"
 #include "components/base/status.h"
 #include "components/devices/legacy.h"
 #include "components/kvm/kvm.h"
+#include "components/loader/kernel_image.h"
 #include "components/loader/layout.h"
 #include "components/loader/pvh_loader.h"
 #include "components/xen/xenstore/domain.h"
@@ -22,7 +28,6 @@
 namespace xenkvm::vmm {
 namespace {
 
-constexpr uint64_t kMaxKernelBytes = uint64_t{1} << 30;
 constexpr uint64_t kLocalApicBase = 0xfee00000;
 constexpr uint64_t kLocalApicSize = 0x1000;
 
@@ -41,19 +46,31 @@ class LocalApicEoi final : public devices::Device {
 };
 constexpr int64_t kEnosys = -38;  // hypercalls of a VM without the Xen interface
 
-absl::StatusOr<std::vector<uint8_t>> ReadKernel(const std::string& path) {
-  std::ifstream file(path, std::ios::binary | std::ios::ate);
-  if (!file) {
-    return absl::NotFoundError(absl::StrFormat("kernel: cannot open %s: %s", path, std::strerror(errno)));
+// A boot file (kernel, initrd) read whole: a regular file of at most `limit` bytes. Devices and
+// FIFOs are refused before any read (/dev/zero would never end, a FIFO could block forever).
+absl::StatusOr<std::vector<uint8_t>> ReadBootFile(const char* what, const std::string& path, uint64_t limit) {
+  base::Fd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
+  if (!fd.valid()) {
+    return absl::NotFoundError(absl::StrFormat("%s: cannot open %s: %s", what, path, std::strerror(errno)));
   }
-  std::streamoff size = file.tellg();
-  if (size < 0 || static_cast<uint64_t>(size) > kMaxKernelBytes) {
-    return absl::InvalidArgumentError(absl::StrFormat("kernel: %s is not a regular file of at most 1 GiB", path));
+  struct stat info {};
+  if (fstat(fd.get(), &info) != 0 || !S_ISREG(info.st_mode)) {
+    return absl::InvalidArgumentError(absl::StrFormat("%s: %s is not a regular file", what, path));
   }
-  std::vector<uint8_t> bytes(static_cast<size_t>(size));
-  file.seekg(0);
-  if (!file.read(reinterpret_cast<char*>(bytes.data()), size)) {
-    return absl::DataLossError(absl::StrFormat("kernel: reading %s failed", path));
+  if (static_cast<uint64_t>(info.st_size) > limit) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s: %s has %u bytes; at most %u MiB are taken", what, path, info.st_size, limit >> 20));
+  }
+  std::vector<uint8_t> bytes(static_cast<size_t>(info.st_size));
+  size_t done = 0;
+  while (done < bytes.size()) {
+    const ssize_t got = pread(fd.get(), bytes.data() + done, bytes.size() - done, done);
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) {
+      return absl::DataLossError(absl::StrFormat("%s: reading %s failed: %s", what, path,
+                                                 got == 0 ? "the file shrank" : std::strerror(errno)));
+    }
+    done += got;
   }
   return bytes;
 }
@@ -114,16 +131,28 @@ absl::StatusOr<std::unique_ptr<Vm>> Vm::Create(const VmConfig& config, ConsoleLo
 }
 
 absl::Status Vm::Build(const VmConfig& config) {
-  XENKVM_ASSIGN_OR_RETURN(std::vector<uint8_t> kernel_file, ReadKernel(config.kernel));
+  XENKVM_ASSIGN_OR_RETURN(std::vector<uint8_t> kernel_file,
+                          ReadBootFile("kernel", config.kernel, loader::kMaxKernelBytes));
+  absl::StatusOr<loader::KernelImage> image = loader::ExtractElfKernel(std::move(kernel_file));
+  if (!image.ok()) return absl::InvalidArgumentError(absl::StrCat(config.kernel, ": ", image.status().message()));
+  std::vector<loader::BootModule> modules;
+  if (!config.initrd.empty()) {
+    XENKVM_ASSIGN_OR_RETURN(std::vector<uint8_t> initrd,
+                            ReadBootFile("initrd", config.initrd, config.memory_mib * loader::kMiB));
+    modules.push_back({std::move(initrd), ""});
+  }
   XENKVM_ASSIGN_OR_RETURN(std::vector<memory::RegionSpec> regions,
                           loader::RamRegions(config.memory_mib * loader::kMiB));
   XENKVM_ASSIGN_OR_RETURN(memory::GuestMemory memory, memory::GuestMemory::Create(regions));
   memory_ = std::make_unique<memory::GuestMemory>(std::move(memory));
 
   std::vector<loader::ReservedRange> reserved = loader::ReservedRanges();
-  absl::StatusOr<loader::LoadedKernel> kernel = loader::LoadPvhKernel(kernel_file, *memory_, reserved);
+  absl::StatusOr<loader::LoadedKernel> kernel = loader::LoadPvhKernel(image->elf, *memory_, reserved);
   if (!kernel.ok()) return absl::InvalidArgumentError(absl::StrCat(config.kernel, ": ", kernel.status().message()));
-  XENKVM_ASSIGN_OR_RETURN(uint32_t start_info, loader::WriteStartInfo(*memory_, *kernel, config.cmdline, {}));
+  absl::StatusOr<uint32_t> start_info = loader::WriteStartInfo(*memory_, *kernel, config.cmdline, modules);
+  if (!start_info.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(config.initrd.empty() ? "" : "initrd: ", start_info.status().message()));
+  }
 
   XENKVM_ASSIGN_OR_RETURN(accelerator_, ChooseAccelerator(config.accelerator, *memory_, &accelerator_choice_));
 
@@ -196,13 +225,14 @@ absl::Status Vm::Build(const VmConfig& config) {
 
   for (uint32_t id = 0; id < config.vcpus; ++id) {
     std::optional<accel::PvhEntry> boot;
-    if (id == 0) boot = accel::PvhEntry{kernel->entry, start_info};
+    if (id == 0) boot = accel::PvhEntry{kernel->entry, *start_info};
     XENKVM_ASSIGN_OR_RETURN(std::unique_ptr<accel::Vcpu> vcpu, accelerator_->CreateVcpu(id, boot));
     if (xen_) XENKVM_RETURN_IF_ERROR(xen_->AttachVcpu(*vcpu));
     vcpus_.push_back(std::move(vcpu));
   }
-  spdlog::info("VM built: {} MiB, {} vCPU(s), kernel {} (entry {:#x}), Xen {}", config.memory_mib, config.vcpus,
-               config.kernel, kernel->entry,
+  spdlog::info("VM built: {} MiB, {} vCPU(s), kernel {} ({}, entry {:#x}){}, Xen {}", config.memory_mib,
+               config.vcpus, config.kernel, image->description, kernel->entry,
+               config.initrd.empty() ? "" : absl::StrCat(", initrd ", config.initrd),
                config.xen_version ? absl::StrFormat("%u.%u", config.xen_version >> 16, config.xen_version & 0xffff)
                                   : std::string("off"));
   return absl::OkStatus();

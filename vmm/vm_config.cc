@@ -29,7 +29,7 @@ const char* AcceleratorKindName(AcceleratorKind kind) {
 }
 
 absl::Status Validate(const VmConfig& config) {
-  if (config.kernel.empty()) return absl::InvalidArgumentError("kernel: no kernel given (an ELF file with a PVH note)");
+  if (config.kernel.empty()) return absl::InvalidArgumentError("kernel: no kernel given (an ELF vmlinux or a bzImage with a Xen PVH entry)");
   if (config.memory_mib < 2 || config.memory_mib > 1024 * 1024) {
     return absl::InvalidArgumentError(
         absl::StrFormat("memory: %u MiB is out of range (2 MiB to 1 TiB)", config.memory_mib));

@@ -23,7 +23,8 @@ struct VmConfig {
   std::string name = "guest";  // the domain's name in XenStore
   uint64_t memory_mib = 256;
   uint32_t vcpus = 1;
-  std::string kernel;  // path to an ELF kernel with a PVH note
+  std::string kernel;  // path to a kernel with a PVH note: an ELF or a bzImage
+  std::string initrd;  // path to an initial ramdisk, the first boot module; empty: none
   std::string cmdline;
   AcceleratorKind accelerator = AcceleratorKind::kAuto;
   // Xen: XENVER_version form (major << 16 | minor); 0 runs the guest without the Xen interface.

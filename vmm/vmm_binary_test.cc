@@ -341,8 +341,8 @@ TEST(VmmRefusalTest, MalformedKernels) {
   };
   std::vector<Case> cases;
   cases.push_back({"text.elf", std::vector<uint8_t>{'h', 'e', 'l', 'l', 'o', '\n', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
-                   "not an ELF file (bad magic)"});
-  cases.push_back({"empty.elf", {}, "shorter than an ELF identification"});
+                   "neither an ELF kernel (vmlinux) nor a bzImage"});
+  cases.push_back({"empty.elf", {}, "neither an ELF kernel (vmlinux) nor a bzImage"});
   cases.push_back({"truncated.elf", std::vector<uint8_t>(hello.begin(), hello.begin() + 40), "truncated ELF64 header"});
   cases.push_back({"cut.elf", std::vector<uint8_t>(hello.begin(), hello.begin() + 120), "program headers extend past"});
   std::vector<uint8_t> no_note = hello;
@@ -368,6 +368,46 @@ TEST(VmmRefusalTest, MalformedKernels) {
   Result missing = RunVmm({"--kernel", "/nonexistent/vmlinux"});
   EXPECT_EQ(missing.status, 2);
   EXPECT_THAT(missing.err, HasSubstr("cannot open /nonexistent/vmlinux: No such file or directory"));
+  // Files that are not regular are refused before a read that could never end or block forever.
+  for (const char* special : {"/dev/zero", "/tmp"}) {
+    Result refused = RunVmm({"--kernel", special, "--accel", "emu"});
+    EXPECT_EQ(refused.status, 2) << special;
+    EXPECT_THAT(refused.err, HasSubstr(absl::StrCat("kernel: ", special, " is not a regular file"))) << special;
+  }
+}
+
+TEST(VmmBinaryTest, InitrdReachesTheGuestAsItsFirstModule) {
+  std::vector<uint8_t> initrd(300000);
+  uint32_t hash = 2166136261u;
+  for (size_t i = 0; i < initrd.size(); ++i) {
+    initrd[i] = static_cast<uint8_t>(i * 7 + (i >> 9));
+    hash = (hash ^ initrd[i]) * 16777619u;
+  }
+  std::string path = WriteTemp("test.initrd", initrd);
+  Result result = RunVmm({"--kernel", HelloKernel(), "--accel", "emu", "--initrd", path});
+  EXPECT_EQ(result.status, 0) << result.err;
+  EXPECT_THAT(result.out, HasSubstr("module 0: 300000 bytes at 0x"));
+  EXPECT_THAT(result.out, HasSubstr(absl::StrFormat("fnv1a %08x", hash))) << result.out;
+}
+
+TEST(VmmRefusalTest, BadInitrds) {
+  Result missing = RunVmm({"--kernel", HelloKernel(), "--accel", "emu", "--initrd", "/nonexistent/initrd"});
+  EXPECT_EQ(missing.status, 2);
+  EXPECT_THAT(missing.err, HasSubstr("initrd: cannot open /nonexistent/initrd"));
+  Result device = RunVmm({"--kernel", HelloKernel(), "--accel", "emu", "--initrd", "/dev/zero"});
+  EXPECT_EQ(device.status, 2);
+  EXPECT_THAT(device.err, HasSubstr("initrd: /dev/zero is not a regular file"));
+  // Larger than the guest's RAM: refused with its size before it is read.
+  std::string large = WriteTemp("large.initrd", std::vector<uint8_t>(5 << 20, 0x5a));
+  Result too_large = RunVmm({"--kernel", HelloKernel(), "--accel", "emu", "--memory", "4", "--initrd", large});
+  EXPECT_EQ(too_large.status, 2);
+  EXPECT_THAT(too_large.err, HasSubstr("at most 4 MiB are taken"));
+  // Fits the file limit but not the RAM above the kernel.
+  std::string big = WriteTemp("big.initrd", std::vector<uint8_t>(3 << 20, 0x5a));
+  Result no_room = RunVmm({"--kernel", HelloKernel(), "--accel", "emu", "--memory", "4", "--initrd", big});
+  EXPECT_EQ(no_room.status, 2);
+  EXPECT_THAT(no_room.err, HasSubstr("initrd: boot module 0"));
+  EXPECT_THAT(no_room.err, HasSubstr("give the VM more memory"));
 }
 
 TEST(VmmRefusalTest, BadOptions) {

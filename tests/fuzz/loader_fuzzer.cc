@@ -1,7 +1,9 @@
-// Fuzz target: the PVH ELF loader and start_info writer with an arbitrary kernel file.
+// Fuzz target: the kernel-image reader (ELF, bzImage, compressed payloads), the PVH ELF loader and
+// the start_info writer with an arbitrary kernel file.
 #include <cstddef>
 #include <cstdint>
 
+#include "components/loader/kernel_image.h"
 #include "components/loader/layout.h"
 #include "components/loader/pvh_loader.h"
 
@@ -12,7 +14,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     return new memory::GuestMemory(std::move(memory::GuestMemory::Create(*regions)).value());
   }();
   static const std::vector<loader::ReservedRange> reserved = loader::ReservedRanges();
-  absl::StatusOr<loader::LoadedKernel> kernel = loader::LoadPvhKernel(std::span(data, size), *memory, reserved);
+  absl::StatusOr<loader::KernelImage> image = loader::ExtractElfKernel(std::vector<uint8_t>(data, data + size));
+  if (!image.ok()) return 0;
+  absl::StatusOr<loader::LoadedKernel> kernel = loader::LoadPvhKernel(image->elf, *memory, reserved);
   if (kernel.ok()) {
     // Every accepted image lies inside RAM and clear of the reserved ranges.
     if (kernel->end <= kernel->start || !memory->IsValidRange(memory::GuestAddress(kernel->start), kernel->end - kernel->start)) {
