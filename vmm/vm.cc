@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/notification.h"
+#include "components/acpi/acpi_tables.h"
 #include "components/accel/emu/emu_accelerator.h"
 #include "components/accel/kvm/kvm_accelerator.h"
 #include "components/base/fd.h"
@@ -149,7 +150,12 @@ absl::Status Vm::Build(const VmConfig& config) {
   std::vector<loader::ReservedRange> reserved = loader::ReservedRanges();
   absl::StatusOr<loader::LoadedKernel> kernel = loader::LoadPvhKernel(image->elf, *memory_, reserved);
   if (!kernel.ok()) return absl::InvalidArgumentError(absl::StrCat(config.kernel, ": ", kernel.status().message()));
-  absl::StatusOr<uint32_t> start_info = loader::WriteStartInfo(*memory_, *kernel, config.cmdline, modules);
+  XENKVM_ASSIGN_OR_RETURN(acpi::AcpiTables acpi_tables,
+                          acpi::BuildAcpiTables({.vcpus = config.vcpus}, loader::kAcpiTablesAddress));
+  if (acpi_tables.bytes.size() > loader::kAcpiTablesMax) return absl::InternalError("the ACPI tables outgrew their area");
+  XENKVM_RETURN_IF_ERROR(memory_->Write(memory::GuestAddress(acpi_tables.base), acpi_tables.bytes));
+  absl::StatusOr<uint32_t> start_info =
+      loader::WriteStartInfo(*memory_, *kernel, config.cmdline, modules, acpi_tables.rsdp_address);
   if (!start_info.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(config.initrd.empty() ? "" : "initrd: ", start_info.status().message()));
   }
@@ -164,6 +170,14 @@ absl::Status Vm::Build(const VmConfig& config) {
   XENKVM_RETURN_IF_ERROR(pio_bus_.Register(
       devices::kI8042DataPort, devices::kI8042CommandPort - devices::kI8042DataPort + 1,
       std::make_shared<devices::I8042>([this] { End({VmEnd::Kind::kReset, 0, "i8042 reset"}); }), "i8042"));
+  static_assert(acpi::kSleepStatusPort == acpi::kSleepControlPort + 1 && acpi::kResetPort == acpi::kSleepControlPort + 2);
+  static_assert(acpi::kResetValue == devices::AcpiSleepAndReset::kResetValue &&
+                acpi::kSleepTypeS5 == devices::AcpiSleepAndReset::kSleepTypeS5);
+  XENKVM_RETURN_IF_ERROR(pio_bus_.Register(
+      acpi::kSleepControlPort, 3,
+      std::make_shared<devices::AcpiSleepAndReset>([this] { End({VmEnd::Kind::kPoweredOff, 0, ""}); },
+                                                   [this] { End({VmEnd::Kind::kReset, 0, "ACPI reset register"}); }),
+      "ACPI sleep/reset"));
   XENKVM_RETURN_IF_ERROR(pio_bus_.Register(
       devices::kExitPort, 4,
       std::make_shared<devices::ExitPort>([this](uint32_t status) { End({VmEnd::Kind::kPoweredOff, status, ""}); }),

@@ -143,6 +143,23 @@ TEST(LegacyDevicesTest, DebugPortI8042ResetAndExitPort) {
   EXPECT_EQ(exits, std::vector<uint32_t>{42});
 }
 
+TEST(LegacyDevicesTest, AcpiSleepControlPowersOffAndResetRegisterResets) {
+  Bus bus("port I/O");
+  int power_offs = 0, resets = 0;
+  ASSERT_TRUE(bus.Register(0x600, 3, std::make_shared<AcpiSleepAndReset>([&] { ++power_offs; }, [&] { ++resets; }),
+                           "ACPI").ok());
+  WriteByte(bus, 0x600, 5 << 2);  // SLP_TYP 5 without SLP_EN: nothing yet
+  WriteByte(bus, 0x600, (3 << 2) | (1 << 5));  // S3 is not offered: ignored
+  EXPECT_EQ(power_offs, 0);
+  EXPECT_EQ(ReadByte(bus, 0x601), 0);
+  WriteByte(bus, 0x602, 2);  // not the reset value
+  EXPECT_EQ(resets, 0);
+  WriteByte(bus, 0x600, (5 << 2) | (1 << 5));
+  EXPECT_EQ(power_offs, 1);
+  WriteByte(bus, 0x602, 1);
+  EXPECT_EQ(resets, 1);
+}
+
 }  // namespace
 }  // namespace xenkvm::devices
 

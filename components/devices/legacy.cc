@@ -177,4 +177,16 @@ void ExitPort::Write(uint64_t, std::span<const uint8_t> data) {
   power_off_(static_cast<uint32_t>(LoadLittleEndian(data)));
 }
 
+void AcpiSleepAndReset::Read(uint64_t, std::span<uint8_t> data) { std::fill(data.begin(), data.end(), 0); }
+
+void AcpiSleepAndReset::Write(uint64_t offset, std::span<const uint8_t> data) {
+  if (data.empty()) return;
+  const uint8_t value = data[0];
+  if (offset == 0 && (value & kSleepEnable) && ((value >> 2) & 7) == kSleepTypeS5) {
+    power_off_();
+  } else if (offset == 2 && value == kResetValue) {
+    reset_();
+  }
+}
+
 }  // namespace xenkvm::devices

@@ -98,6 +98,26 @@ class ExitPort final : public Device {
   const std::function<void(uint32_t)> power_off_;
 };
 
+// Hardware-reduced ACPI's sleep and reset registers, three byte-wide ports the FADT points at
+// (components/acpi): offset 0 the sleep control register, where SLP_EN (bit 5) with SLP_TYP 5
+// (bits 2-4, the DSDT's \_S5) powers the VM off; offset 1 the sleep status register (reads 0);
+// offset 2 the reset register, where the FADT's reset value (1) resets the VM. Other writes are
+// ignored, as other sleep states are not offered.
+class AcpiSleepAndReset final : public Device {
+ public:
+  static constexpr uint8_t kSleepEnable = 1 << 5;
+  static constexpr uint8_t kSleepTypeS5 = 5;
+  static constexpr uint8_t kResetValue = 1;
+  AcpiSleepAndReset(std::function<void()> power_off, std::function<void()> reset)
+      : power_off_(std::move(power_off)), reset_(std::move(reset)) {}
+  void Read(uint64_t offset, std::span<uint8_t> data) override;
+  void Write(uint64_t offset, std::span<const uint8_t> data) override;
+
+ private:
+  const std::function<void()> power_off_;
+  const std::function<void()> reset_;
+};
+
 }  // namespace xenkvm::devices
 
 #endif  // XENKVM_COMPONENTS_DEVICES_LEGACY_H_

@@ -23,6 +23,9 @@ inline constexpr uint64_t kCommandLineMax = 4096;
 // The legacy VGA/BIOS hole: backed by RAM but reported reserved, as on a PC.
 inline constexpr uint64_t kLegacyHoleStart = 0xa0000;
 inline constexpr uint64_t kLegacyHoleEnd = 0x100000;
+// The ACPI tables (components/acpi), where a PC's firmware keeps them: in the hole's BIOS area.
+inline constexpr uint64_t kAcpiTablesAddress = 0xe0000;
+inline constexpr uint64_t kAcpiTablesMax = 0x10000;
 // RAM below 4 GiB ends here; the MMIO hole (PCI BARs, IOAPIC, LAPIC) fills the rest.
 inline constexpr uint64_t kMmioHoleStart = 0xc0000000;
 inline constexpr uint64_t kFourGiB = uint64_t{1} << 32;

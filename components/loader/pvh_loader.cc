@@ -241,7 +241,8 @@ absl::StatusOr<LoadedKernel> LoadPvhKernel(std::span<const uint8_t> bytes, const
 }
 
 absl::StatusOr<uint32_t> WriteStartInfo(const memory::GuestMemory& memory, const LoadedKernel& kernel,
-                                        const std::string& cmdline, std::span<const BootModule> modules) {
+                                        const std::string& cmdline, std::span<const BootModule> modules,
+                                        uint64_t rsdp_address) {
   if (cmdline.size() + 1 > kCommandLineMax) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "the kernel command line is %u bytes; at most %u fit", cmdline.size(), kCommandLineMax - 1));
@@ -305,6 +306,7 @@ absl::StatusOr<uint32_t> WriteStartInfo(const memory::GuestMemory& memory, const
   info.cmdline_paddr = kCommandLineAddress;
   info.memmap_paddr = memmap_at;
   info.memmap_entries = static_cast<uint32_t>(map.size());
+  info.rsdp_paddr = rsdp_address;
   XENKVM_RETURN_IF_ERROR(memory.WriteObject(memory::GuestAddress(kBootInfoAddress), info));
   return static_cast<uint32_t>(kBootInfoAddress);
 }

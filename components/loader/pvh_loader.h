@@ -35,9 +35,11 @@ struct BootModule {
 };
 
 // Writes the command line, the modules (page-aligned, from the first page above the kernel) and the
-// hvm_start_info (version 1, with the E820 map) at kBootInfoAddress. Returns that address.
+// hvm_start_info (version 1, with the E820 map and `rsdp_address`, 0 for no ACPI) at
+// kBootInfoAddress. Returns that address.
 absl::StatusOr<uint32_t> WriteStartInfo(const memory::GuestMemory& memory, const LoadedKernel& kernel,
-                                        const std::string& cmdline, std::span<const BootModule> modules);
+                                        const std::string& cmdline, std::span<const BootModule> modules,
+                                        uint64_t rsdp_address = 0);
 
 }  // namespace xenkvm::loader
 

@@ -274,13 +274,14 @@ TEST_F(LoaderTest, StartInfoCarriesCommandLineModulesAndMemoryMap) {
   absl::StatusOr<LoadedKernel> kernel = Load(elf.Build());
   ASSERT_TRUE(kernel.ok());
   std::vector<BootModule> modules = {{{1, 2, 3}, "first"}, {std::vector<uint8_t>(5000, 7), ""}};
-  absl::StatusOr<uint32_t> start_info = WriteStartInfo(*memory_, *kernel, "console=hvc0", modules);
+  absl::StatusOr<uint32_t> start_info = WriteStartInfo(*memory_, *kernel, "console=hvc0", modules, 0xe0000);
   ASSERT_TRUE(start_info.ok()) << start_info.status();
   EXPECT_EQ(*start_info, kBootInfoAddress);
   hvm_start_info info = *memory_->ReadObject<hvm_start_info>(GuestAddress(*start_info));
   EXPECT_EQ(info.magic, XEN_HVM_START_MAGIC_VALUE);
   EXPECT_EQ(info.version, 1u);
   EXPECT_EQ(info.cmdline_paddr, kCommandLineAddress);
+  EXPECT_EQ(info.rsdp_paddr, 0xe0000u);
   char cmdline[16] = {};
   ASSERT_TRUE(memory_->Read(GuestAddress(kCommandLineAddress), std::span(reinterpret_cast<uint8_t*>(cmdline), 13)).ok());
   EXPECT_STREQ(cmdline, "console=hvc0");
