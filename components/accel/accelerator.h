@@ -185,6 +185,12 @@ class Accelerator {
   virtual absl::Status EnableHypercallPage(uint32_t msr) = 0;
   // The kernel's Xen event delivery, or nullptr where there is none (emu; kvm without EVTCHN_SEND).
   virtual KernelXenEvents* kernel_xen_events() { return nullptr; }
+  // Shows the guest one page of host memory at guest-physical `address` (page-aligned, outside
+  // RAM): a GuestMemory extra page (grant-table and shared-info frames at unpopulated addresses).
+  // `host` stays mapped while shown. Every vCPU sees it before it next enters the guest.
+  virtual absl::Status ShowExtraPage(uint64_t address, uint8_t* host) = 0;
+  // Takes such a page away again; the address is what it was before (MMIO, or nothing).
+  virtual absl::Status HideExtraPage(uint64_t address) = 0;
   // A vCPU starting at `boot` (vCPU 0), or halted until the VMM starts it (no boot state).
   virtual absl::StatusOr<std::unique_ptr<Vcpu>> CreateVcpu(uint32_t id,
                                                            std::optional<PvhEntry> boot) = 0;

@@ -1,12 +1,16 @@
 #include "components/memory/guest_memory.h"
 
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/strings/str_format.h"
 #include "components/base/status.h"
 
@@ -21,6 +25,24 @@ std::string RangeText(GuestAddress address, uint64_t length) {
 }
 
 }  // namespace
+
+struct GuestMemory::ExtraPages {
+  ~ExtraPages() {
+    if (host != nullptr) ::munmap(host, uint64_t{kMaxExtraPages} * kPageSize);
+  }
+  base::Fd memfd;
+  uint8_t* host = nullptr;  // kMaxExtraPages pages of the memfd
+  std::atomic<uint32_t> count{0};  // lets the common case (none) skip the lock
+  mutable absl::Mutex mutex;
+  absl::flat_hash_map<uint64_t, uint32_t> slot_of_page ABSL_GUARDED_BY(mutex);  // page number -> slot
+  std::vector<uint32_t> free_slots ABSL_GUARDED_BY(mutex);
+};
+
+GuestMemory::GuestMemory(std::vector<GuestRegion> regions, std::unique_ptr<ExtraPages> extra)
+    : regions_(std::move(regions)), extra_(std::move(extra)) {}
+GuestMemory::GuestMemory(GuestMemory&&) = default;
+GuestMemory& GuestMemory::operator=(GuestMemory&&) = default;
+GuestMemory::~GuestMemory() = default;
 
 GuestRegion::GuestRegion(GuestRegion&& other) noexcept
     : start_(other.start_), size_(other.size_), memfd_(std::move(other.memfd_)), host_(other.host_) {
@@ -74,7 +96,20 @@ absl::StatusOr<GuestMemory> GuestMemory::Create(const std::vector<RegionSpec>& s
     }
     regions.push_back(GuestRegion(spec.start, spec.size, std::move(memfd), static_cast<uint8_t*>(host)));
   }
-  return GuestMemory(std::move(regions));
+  auto extra = std::make_unique<ExtraPages>();
+  extra->memfd = base::Fd(::memfd_create("xenkvm-extra-pages", MFD_CLOEXEC));
+  const uint64_t pool_size = uint64_t{kMaxExtraPages} * kPageSize;
+  if (!extra->memfd.valid() || ::ftruncate(extra->memfd.get(), static_cast<off_t>(pool_size)) < 0) {
+    return base::ErrnoStatus("memfd for extra guest pages");
+  }
+  void* pool = ::mmap(nullptr, pool_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, extra->memfd.get(), 0);
+  if (pool == MAP_FAILED) return base::ErrnoStatus("mmap(extra guest pages)");
+  extra->host = static_cast<uint8_t*>(pool);
+  {
+    absl::MutexLock lock(&extra->mutex);
+    for (uint32_t slot = kMaxExtraPages; slot > 0; --slot) extra->free_slots.push_back(slot - 1);
+  }
+  return GuestMemory(std::move(regions), std::move(extra));
 }
 
 uint64_t GuestMemory::total_size() const {
@@ -115,7 +150,10 @@ absl::StatusOr<const GuestRegion*> GuestMemory::Locate(GuestAddress address, uin
 
 absl::StatusOr<uint8_t*> GuestMemory::HostAddress(GuestAddress address, uint64_t length) const {
   absl::StatusOr<const GuestRegion*> region = Locate(address, length);
-  if (!region.ok()) return region.status();
+  if (!region.ok()) {
+    if (uint8_t* extra = ExtraPageHost(address, length)) return extra;
+    return region.status();
+  }
   return (*region)->host_address() + (address.value() - (*region)->start().value());
 }
 
@@ -126,7 +164,61 @@ absl::StatusOr<std::span<uint8_t>> GuestMemory::Span(GuestAddress address, uint6
 }
 
 bool GuestMemory::IsValidRange(GuestAddress address, uint64_t length) const {
-  return Locate(address, length).ok();
+  return Locate(address, length).ok() || ExtraPageHost(address, length) != nullptr;
+}
+
+uint8_t* GuestMemory::ExtraPageHost(GuestAddress address, uint64_t length) const {
+  if (extra_ == nullptr || extra_->count.load(std::memory_order_acquire) == 0 || length == 0) return nullptr;
+  const uint64_t offset = address.page_offset();
+  if (length > kPageSize - offset) return nullptr;
+  absl::ReaderMutexLock lock(&extra_->mutex);
+  auto found = extra_->slot_of_page.find(address.value() / kPageSize);
+  if (found == extra_->slot_of_page.end()) return nullptr;
+  return extra_->host + uint64_t{found->second} * kPageSize + offset;
+}
+
+absl::StatusOr<uint8_t*> GuestMemory::MapExtraPage(GuestAddress page) {
+  if (page.page_offset() != 0 || FindRegion(page) != nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("extra page at ", page.ToString(), ": not page-aligned or inside guest RAM"));
+  }
+  absl::MutexLock lock(&extra_->mutex);
+  if (auto found = extra_->slot_of_page.find(page.value() / kPageSize); found != extra_->slot_of_page.end()) {
+    return extra_->host + uint64_t{found->second} * kPageSize;
+  }
+  if (extra_->free_slots.empty()) {
+    return absl::ResourceExhaustedError(
+        absl::StrFormat("extra page at %s: all %u extra pages are in use", page.ToString(), kMaxExtraPages));
+  }
+  const uint32_t slot = extra_->free_slots.back();
+  extra_->free_slots.pop_back();
+  uint8_t* host = extra_->host + uint64_t{slot} * kPageSize;
+  std::memset(host, 0, kPageSize);
+  extra_->slot_of_page[page.value() / kPageSize] = slot;
+  extra_->count.fetch_add(1, std::memory_order_release);
+  return host;
+}
+
+absl::Status GuestMemory::UnmapExtraPage(GuestAddress page) {
+  absl::MutexLock lock(&extra_->mutex);
+  auto found = extra_->slot_of_page.find(page.value() / kPageSize);
+  if (page.page_offset() != 0 || found == extra_->slot_of_page.end()) {
+    return absl::NotFoundError(absl::StrCat("no extra page at ", page.ToString()));
+  }
+  const uint32_t slot = found->second;
+  extra_->slot_of_page.erase(found);
+  extra_->count.fetch_sub(1, std::memory_order_release);
+  // Give the bytes back to the host; the pool's mapping stays, reading zeros until reused.
+  (void)::fallocate(extra_->memfd.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                    static_cast<off_t>(uint64_t{slot} * kPageSize), static_cast<off_t>(kPageSize));
+  extra_->free_slots.push_back(slot);
+  return absl::OkStatus();
+}
+
+bool GuestMemory::IsExtraPage(GuestAddress page) const {
+  if (extra_ == nullptr) return false;
+  absl::ReaderMutexLock lock(&extra_->mutex);
+  return page.page_offset() == 0 && extra_->slot_of_page.contains(page.value() / kPageSize);
 }
 
 absl::Status GuestMemory::Read(GuestAddress address, std::span<uint8_t> destination) const {

@@ -16,6 +16,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <type_traits>
@@ -74,8 +75,9 @@ class GuestMemory {
   // unaligned or zero sizes, wrapping ends and overlaps, naming the offending region.
   static absl::StatusOr<GuestMemory> Create(const std::vector<RegionSpec>& regions);
 
-  GuestMemory(GuestMemory&&) = default;
-  GuestMemory& operator=(GuestMemory&&) = default;
+  GuestMemory(GuestMemory&&);
+  GuestMemory& operator=(GuestMemory&&);
+  ~GuestMemory();
 
   const std::vector<GuestRegion>& regions() const { return regions_; }
   // Sum of all region sizes.
@@ -94,6 +96,21 @@ class GuestMemory {
   absl::Status Write(GuestAddress address, std::span<const uint8_t> source) const;
   // Fills [address, address + length) with zeros.
   absl::Status Zero(GuestAddress address, uint64_t length) const;
+
+  // Extra pages: single pages given backing at run time where no region is, as Xen gives a
+  // grant-table or shared-info frame that a guest maps at an unpopulated address
+  // (XENMAPSPACE_*). Every accessor above reaches them too (an access may not cross one's end).
+  // Their bytes come from a pool made with the memory, so a host pointer once handed out stays
+  // valid memory for the GuestMemory's life. At most kMaxExtraPages at a time.
+  static constexpr uint32_t kMaxExtraPages = 4160;
+  // Backs the page at `page` (page-aligned, outside every region) with a zeroed page and returns
+  // it; the page already there if it is one. kInvalidArgument inside a region or unaligned,
+  // kResourceExhausted when the pool is used up.
+  absl::StatusOr<uint8_t*> MapExtraPage(GuestAddress page);
+  // Takes the backing away again (its bytes are discarded). kNotFound when `page` is not one.
+  absl::Status UnmapExtraPage(GuestAddress page);
+  // Whether `page` (page-aligned) is an extra page now.
+  bool IsExtraPage(GuestAddress page) const;
 
   // A byte ring of `ring_size` bytes at `ring` (a shared-memory ring's data area): copies
   // destination.size() bytes starting at free-running index `index`, wrapping at the end. The
@@ -167,7 +184,8 @@ class GuestMemory {
   }
 
  private:
-  explicit GuestMemory(std::vector<GuestRegion> regions) : regions_(std::move(regions)) {}
+  struct ExtraPages;
+  GuestMemory(std::vector<GuestRegion> regions, std::unique_ptr<ExtraPages> extra);
 
   // The region wholly holding the range, or an error naming the range and what is wrong with it.
   absl::StatusOr<const GuestRegion*> Locate(GuestAddress address, uint64_t length) const;
@@ -180,8 +198,11 @@ class GuestMemory {
     return reinterpret_cast<T*>(*host);
   }
   static absl::Status MisalignedAtomic(GuestAddress address, size_t size);
+  // The host pointer for a range inside one extra page, or nullptr.
+  uint8_t* ExtraPageHost(GuestAddress address, uint64_t length) const;
 
   std::vector<GuestRegion> regions_;
+  std::unique_ptr<ExtraPages> extra_;  // behind a pointer: GuestMemory moves, its mutex cannot
 };
 
 }  // namespace xenkvm::memory

@@ -266,3 +266,53 @@ TEST(GuestMemoryTest, ReleaseStoreIsSeenWithAcquireLoad) {
 
 }  // namespace
 }  // namespace xenkvm::memory
+
+namespace xenkvm::memory {
+namespace {
+
+TEST(GuestMemoryExtraPagesTest, PagesOutsideRamGetBackingAndLoseItAgain) {
+  absl::StatusOr<GuestMemory> memory = GuestMemory::Create({{GuestAddress(0), 1 << 20}});
+  ASSERT_TRUE(memory.ok());
+  const GuestAddress page(0x20000000);
+  EXPECT_FALSE(memory->IsValidRange(page, 8));
+  absl::StatusOr<uint8_t*> host = memory->MapExtraPage(page);
+  ASSERT_TRUE(host.ok()) << host.status();
+  EXPECT_TRUE(memory->IsExtraPage(page));
+  EXPECT_EQ(**host, 0);
+  // Every accessor reaches it, within the page.
+  ASSERT_TRUE(memory->WriteObject<uint64_t>(page.Unchecked(8), 0x1122334455667788).ok());
+  EXPECT_EQ(*memory->ReadObject<uint64_t>(page.Unchecked(8)), 0x1122334455667788u);
+  EXPECT_EQ(*memory->AtomicFetchOr<uint32_t>(page.Unchecked(16), 5u), 0u);
+  EXPECT_EQ((*host)[16], 5);
+  EXPECT_TRUE(memory->IsValidRange(page, kPageSize));
+  EXPECT_FALSE(memory->IsValidRange(page.Unchecked(kPageSize - 4), 8)) << "crosses the extra page's end";
+  EXPECT_FALSE(memory->IsValidRange(page.Unchecked(kPageSize), 1));
+  // Mapping it again is the same page; RAM and unaligned pages are refused.
+  EXPECT_EQ(*memory->MapExtraPage(page), *host);
+  EXPECT_EQ(memory->MapExtraPage(GuestAddress(0x1000)).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(memory->MapExtraPage(GuestAddress(0x20000010)).status().code(), absl::StatusCode::kInvalidArgument);
+  // Unmapped: gone, and mapped again it starts zeroed.
+  ASSERT_TRUE(memory->UnmapExtraPage(page).ok());
+  EXPECT_FALSE(memory->IsValidRange(page, 8));
+  EXPECT_FALSE(memory->ReadObject<uint64_t>(page.Unchecked(8)).ok());
+  EXPECT_EQ(memory->UnmapExtraPage(page).code(), absl::StatusCode::kNotFound);
+  absl::StatusOr<uint8_t*> again = memory->MapExtraPage(page);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(*memory->ReadObject<uint64_t>(page.Unchecked(8)), 0u);
+}
+
+TEST(GuestMemoryExtraPagesTest, ThePoolIsBounded) {
+  absl::StatusOr<GuestMemory> memory = GuestMemory::Create({{GuestAddress(0), 1 << 20}});
+  ASSERT_TRUE(memory.ok());
+  const uint64_t base = uint64_t{1} << 32;
+  for (uint32_t i = 0; i < GuestMemory::kMaxExtraPages; ++i) {
+    ASSERT_TRUE(memory->MapExtraPage(GuestAddress(base + i * kPageSize)).ok()) << i;
+  }
+  absl::StatusOr<uint8_t*> one_more = memory->MapExtraPage(GuestAddress(base + GuestMemory::kMaxExtraPages * kPageSize));
+  EXPECT_EQ(one_more.status().code(), absl::StatusCode::kResourceExhausted);
+  ASSERT_TRUE(memory->UnmapExtraPage(GuestAddress(base)).ok());
+  EXPECT_TRUE(memory->MapExtraPage(GuestAddress(base + GuestMemory::kMaxExtraPages * kPageSize)).ok());
+}
+
+}  // namespace
+}  // namespace xenkvm::memory

@@ -1,5 +1,6 @@
 #include "components/xen/grant_table.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "third_party/xen_public.h"
@@ -48,6 +49,11 @@ int16_t GrantTable::Setup(uint32_t count, std::vector<uint64_t>* gfns) {
   gfns->clear();
   for (uint32_t i = 0; i < count; ++i) gfns->push_back(frame_gfns_[i].value_or(kInvalidGfn));
   return GNTST_okay;
+}
+
+bool GrantTable::HoldsFrameAt(uint64_t gfn) const {
+  absl::MutexLock lock(&mutex_);
+  return std::find(frame_gfns_.begin(), frame_gfns_.end(), std::optional<uint64_t>(gfn)) != frame_gfns_.end();
 }
 
 uint32_t GrantTable::frames() const {

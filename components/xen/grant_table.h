@@ -52,6 +52,8 @@ class GrantTable {
   // is (its gfn, or ~0 when the guest has not mapped it).
   int16_t Setup(uint32_t count, std::vector<uint64_t>* gfns);
   uint32_t frames() const;
+  // Whether one of the table's frames is placed at guest frame `gfn`.
+  bool HoldsFrameAt(uint64_t gfn) const;
   uint32_t max_frames() const { return max_frames_; }
 
   // The toolstack's reserved entries: 0 the console ring's frame, 1 XenStore's, both granted to

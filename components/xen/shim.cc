@@ -7,6 +7,7 @@
 #include <cstring>
 #include <ctime>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_format.h"
 #include "components/base/status.h"
 #include "components/xen/guest_access.h"
@@ -94,7 +95,7 @@ struct Shim::Caller {
   }
 };
 
-absl::StatusOr<std::unique_ptr<Shim>> Shim::Create(const XenConfig& config, const memory::GuestMemory& memory,
+absl::StatusOr<std::unique_ptr<Shim>> Shim::Create(const XenConfig& config, memory::GuestMemory& memory,
                                                    accel::Accelerator& accelerator, Callbacks callbacks,
                                                    base::EventLoop* backend_loop) {
   XENKVM_RETURN_IF_ERROR(Validate(config));
@@ -103,7 +104,7 @@ absl::StatusOr<std::unique_ptr<Shim>> Shim::Create(const XenConfig& config, cons
   return shim;
 }
 
-Shim::Shim(const XenConfig& config, const memory::GuestMemory& memory, accel::Accelerator& accelerator,
+Shim::Shim(const XenConfig& config, memory::GuestMemory& memory, accel::Accelerator& accelerator,
            Callbacks callbacks, base::EventLoop* backend_loop)
     : config_(config),
       memory_(memory),
@@ -114,7 +115,8 @@ Shim::Shim(const XenConfig& config, const memory::GuestMemory& memory, accel::Ac
       start_monotonic_ns_(MonotonicNs()),
       tsc_khz_(accelerator.tsc_khz()),
       time_scale_(TimeScale(accelerator.tsc_khz())),
-      grant_table_(memory, config.gnttab_max_frames) {
+      grant_table_(memory, config.gnttab_max_frames),
+      extra_frames_(memory, accelerator) {
   absl::MutexLock lock(&mutex_);
   vcpus_.resize(config.vcpus);
   ports_.resize(kMaxPorts64);
@@ -271,14 +273,28 @@ int64_t Shim::XenVersion(Caller& caller, uint64_t command, uint64_t arg) {
 
 // ---- memory_op
 
+// Extra pages that neither the shared info nor a grant-table frame occupies any more go away.
+void Shim::ReleaseUnusedFrames() {
+  std::optional<uint64_t> shared_info_gpa;
+  {
+    absl::MutexLock lock(&mutex_);
+    shared_info_gpa = shared_info_.gpa();
+  }
+  extra_frames_.ReleaseUnused([&](uint64_t gfn) {
+    return (shared_info_gpa && *shared_info_gpa >> 12 == gfn) || grant_table_.HoldsFrameAt(gfn);
+  });
+}
+
 int64_t Shim::AddToPhysmap(Caller& caller, uint16_t domid, uint32_t space, uint64_t index, uint64_t gpfn) {
   if (domid != DOMID_SELF && domid != config_.domid) return Error(XEN_ESRCH);
   switch (space) {
     case XENMAPSPACE_shared_info: {
       if (index != 0) return Error(XEN_EINVAL);
-      if (gpfn > (~uint64_t{0} >> 12)) return Error(XEN_EINVAL);
+      absl::MutexLock placing(&physmap_mutex_);
+      if (int64_t backed = extra_frames_.Back(gpfn); backed != 0) return backed;
       absl::StatusOr<uint8_t*> host = memory_.HostAddress(memory::GuestAddress(gpfn << 12), kPageSize);
       if (!host.ok()) return Error(XEN_EINVAL);
+      absl::Cleanup release = [this] { ReleaseUnusedFrames(); };
       absl::MutexLock lock(&mutex_);
       LatchLongModeLocked(caller.long_mode);
       shared_info_.MapAt(*host, gpfn << 12);
@@ -296,7 +312,13 @@ int64_t Shim::AddToPhysmap(Caller& caller, uint16_t domid, uint32_t space, uint6
     case XENMAPSPACE_grant_table:
       if (index & XENMAPIDX_grant_table_status) return Error(XEN_EINVAL);  // v1 has no status frames
       if (index >= config_.gnttab_max_frames) return Error(XEN_EINVAL);
-      return grant_table_.MapFrame(static_cast<uint32_t>(index), gpfn);
+      {
+        absl::MutexLock placing(&physmap_mutex_);
+        if (int64_t backed = extra_frames_.Back(gpfn); backed != 0) return backed;
+        const int64_t mapped = grant_table_.MapFrame(static_cast<uint32_t>(index), gpfn);
+        ReleaseUnusedFrames();
+        return mapped;
+      }
     case XENMAPSPACE_gmfn:
     case XENMAPSPACE_gmfn_range:
       return Error(XEN_EOPNOTSUPP);

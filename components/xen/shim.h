@@ -25,6 +25,7 @@
 #include "components/base/event_loop.h"
 #include "components/memory/guest_memory.h"
 #include "components/xen/config.h"
+#include "components/xen/extra_frames.h"
 #include "components/xen/grant_table.h"
 #include "components/xen/shared_info.h"
 
@@ -77,7 +78,7 @@ class Shim {
 
   // `backend_loop` runs backend event handlers (nullptr: they run on the thread that raised them).
   // `memory`, `accelerator` and `backend_loop` must outlive the shim.
-  static absl::StatusOr<std::unique_ptr<Shim>> Create(const XenConfig& config, const memory::GuestMemory& memory,
+  static absl::StatusOr<std::unique_ptr<Shim>> Create(const XenConfig& config, memory::GuestMemory& memory,
                                                       accel::Accelerator& accelerator, Callbacks callbacks,
                                                       base::EventLoop* backend_loop = nullptr);
   ~Shim();
@@ -157,7 +158,7 @@ class Shim {
   };
   struct Caller;
 
-  Shim(const XenConfig& config, const memory::GuestMemory& memory, accel::Accelerator& accelerator,
+  Shim(const XenConfig& config, memory::GuestMemory& memory, accel::Accelerator& accelerator,
        Callbacks callbacks, base::EventLoop* backend_loop);
 
   int64_t Dispatch(Caller& caller, uint64_t number, const std::array<uint64_t, 6>& args);
@@ -171,6 +172,7 @@ class Shim {
   int64_t EventChannelOp(Caller& caller, uint64_t command, uint64_t arg);
   int64_t GrantTableOp(Caller& caller, uint64_t command, uint64_t arg, uint64_t count);
   int64_t AddToPhysmap(Caller& caller, uint16_t domid, uint32_t space, uint64_t index, uint64_t gpfn);
+  void ReleaseUnusedFrames() ABSL_EXCLUSIVE_LOCKS_REQUIRED(physmap_mutex_);
   int64_t WaitForEvents(Caller& caller, const std::vector<uint32_t>& ports, std::optional<uint64_t> deadline_ns);
 
   // Event-channel mechanics (mutex_ held).
@@ -200,7 +202,7 @@ class Shim {
   void TimerLoop();
 
   const XenConfig config_;
-  const memory::GuestMemory& memory_;
+  memory::GuestMemory& memory_;
   accel::Accelerator& accelerator_;
   const Callbacks callbacks_;
   base::EventLoop* const backend_loop_;
@@ -210,6 +212,9 @@ class Shim {
   const uint64_t tsc_khz_;
   const TimeInfo time_scale_;
   GrantTable grant_table_;
+  // Placing frames (add_to_physmap) is serialized; taken before mutex_ and the grant table's.
+  absl::Mutex physmap_mutex_;
+  ExtraFrames extra_frames_;
 
   mutable absl::Mutex mutex_;
   SharedInfo shared_info_ ABSL_GUARDED_BY(mutex_);

@@ -187,8 +187,10 @@ TEST_F(ShimTest, AddToPhysmapChecksSpaceIndexAndDomain) {
   EXPECT_EQ(Call(__HYPERVISOR_memory_op, {XENMEM_add_to_physmap, kArg}), E(XEN_EINVAL));  // idx != 0
   Put(Add64{7, 0, XENMAPSPACE_shared_info, 0, 0x30});
   EXPECT_EQ(Call(__HYPERVISOR_memory_op, {XENMEM_add_to_physmap, kArg}), E(XEN_ESRCH));  // another domain
-  Put(Add64{DOMID_SELF, 0, XENMAPSPACE_shared_info, 0, 0xd0000});
-  EXPECT_EQ(Call(__HYPERVISOR_memory_op, {XENMEM_add_to_physmap, kArg}), E(XEN_EINVAL));  // not RAM
+  Put(Add64{DOMID_SELF, 0, XENMAPSPACE_shared_info, 0, 0xfee00});
+  EXPECT_EQ(Call(__HYPERVISOR_memory_op, {XENMEM_add_to_physmap, kArg}), E(XEN_EINVAL));  // the local APIC
+  Put(Add64{DOMID_SELF, 0, XENMAPSPACE_shared_info, 0, uint64_t{1} << 28});
+  EXPECT_EQ(Call(__HYPERVISOR_memory_op, {XENMEM_add_to_physmap, kArg}), E(XEN_EINVAL));  // beyond 40 bits
   Put(Add64{DOMID_SELF, 0, XENMAPSPACE_shared_info, 0, ~uint64_t{0}});
   EXPECT_EQ(Call(__HYPERVISOR_memory_op, {XENMEM_add_to_physmap, kArg}), E(XEN_EINVAL));
   Put(Add64{DOMID_SELF, 0, XENMAPSPACE_grant_table, 64, 0x30});
@@ -198,6 +200,43 @@ TEST_F(ShimTest, AddToPhysmapChecksSpaceIndexAndDomain) {
   Put(Add64{DOMID_SELF, 0, XENMAPSPACE_gmfn_range, 0, 0x30});
   EXPECT_EQ(Call(__HYPERVISOR_memory_op, {XENMEM_add_to_physmap, kArg}), E(XEN_EOPNOTSUPP));
   EXPECT_EQ(Call(__HYPERVISOR_memory_op, {XENMEM_add_to_physmap, 0xd0000000}), E(XEN_EFAULT));
+}
+
+// Linux PVH places its grant-table frames at unpopulated addresses (XEN_UNPOPULATED_ALLOC): they
+// get an extra page there, and lose it when the frame moves on.
+TEST_F(ShimTest, FramesOutsideRamGetBackingAndLoseItWhenMoved) {
+  MapSharedInfo();
+  struct Add64 {
+    uint16_t domid, size;
+    uint32_t space;
+    uint64_t idx, gpfn;
+  };
+  auto place = [this](uint32_t space, uint64_t index, uint64_t gpfn) {
+    Put(Add64{DOMID_SELF, 0, space, index, gpfn});
+    return Call(__HYPERVISOR_memory_op, {XENMEM_add_to_physmap, kArg});
+  };
+  const uint64_t kOutside = 0x20000;  // 512 MiB, beyond this guest's 16 MiB
+  ASSERT_EQ(place(XENMAPSPACE_grant_table, 0, kOutside), 0);
+  ASSERT_EQ(place(XENMAPSPACE_grant_table, 1, kOutside + 1), 0);
+  EXPECT_TRUE(memory_->IsExtraPage(GuestAddress(kOutside << 12)));
+  EXPECT_TRUE(memory_->IsExtraPage(GuestAddress((kOutside + 1) << 12)));
+  // The table works there: a grant written at its entry is mapped by the backend side.
+  ASSERT_TRUE(memory_->WriteObject(GuestAddress((kOutside << 12) + 8 * 10),
+                                   grant_entry_v1_t{GTF_permit_access, 0, 0x50}).ok());
+  GrantTable::Mapping mapping;
+  ASSERT_EQ(shim_->grant_table().Map(10, false, &mapping), GNTST_okay);
+  EXPECT_EQ(mapping.gfn, 0x50u);
+  shim_->grant_table().Unmap(mapping);
+  // Frame 0 moves: its entries go along, and the page it left is taken away.
+  ASSERT_EQ(place(XENMAPSPACE_grant_table, 0, kOutside + 7), 0);
+  EXPECT_FALSE(memory_->IsExtraPage(GuestAddress(kOutside << 12)));
+  EXPECT_EQ(Get<uint32_t>(((kOutside + 7) << 12) + 8 * 10 + 4), 0x50u);
+  // The shared info can leave RAM too, and come back.
+  ASSERT_EQ(place(XENMAPSPACE_shared_info, 0, kOutside + 9), 0);
+  EXPECT_TRUE(memory_->IsExtraPage(GuestAddress((kOutside + 9) << 12)));
+  ASSERT_EQ(place(XENMAPSPACE_shared_info, 0, kSharedInfo >> 12), 0);
+  EXPECT_FALSE(memory_->IsExtraPage(GuestAddress((kOutside + 9) << 12)));
+  EXPECT_TRUE(memory_->IsExtraPage(GuestAddress((kOutside + 1) << 12)));  // still frame 1's
 }
 
 TEST_F(ShimTest, GrantTableOpsOfVersionOne) {

@@ -1,6 +1,7 @@
 #include "components/accel/emu/emu_accelerator.h"
 
 #include "components/accel/emu/emu_vcpu.h"
+#include "absl/strings/str_format.h"
 #include "components/base/status.h"
 
 namespace xenkvm::accel {
@@ -15,6 +16,22 @@ class EmuAccelerator final : public Accelerator {
   absl::Status EnableHypercallPage(uint32_t msr) override {
     if (msr == 0) return absl::InvalidArgumentError("the hypercall-page MSR must not be 0");
     vm_.hypercall_msr.store(msr);
+    return absl::OkStatus();
+  }
+
+  absl::Status ShowExtraPage(uint64_t address, uint8_t* host) override {
+    absl::MutexLock lock(&vm_.extra_mutex);
+    vm_.extra_pages[address] = host;
+    vm_.extra_generation.fetch_add(1, std::memory_order_release);
+    return absl::OkStatus();
+  }
+
+  absl::Status HideExtraPage(uint64_t address) override {
+    absl::MutexLock lock(&vm_.extra_mutex);
+    if (vm_.extra_pages.erase(address) == 0) {
+      return absl::NotFoundError(absl::StrFormat("emu: no page shown at %#x", address));
+    }
+    vm_.extra_generation.fetch_add(1, std::memory_order_release);
     return absl::OkStatus();
   }
 

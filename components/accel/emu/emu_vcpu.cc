@@ -261,23 +261,24 @@ absl::Status EmuVcpu::Boot(const PvhEntry& boot) {
 // MmioExit. (The window itself, the top 32 KiB below 4 GiB, stays unmapped for the guest.)
 absl::Status EmuVcpu::MapMmioWindows() {
   uint64_t cursor = 0;
-  auto map = [this](uint64_t start, uint64_t end) -> absl::Status {
-    if (start >= end) return absl::OkStatus();
-    auto window = std::make_unique<MmioWindow>(MmioWindow{this, start});
-    if (uc_err err = uc_mmio_map(uc_, start, end - start, &EmuVcpu::OnMmioRead, window.get(),
-                                 &EmuVcpu::OnMmioWrite, window.get());
-        err != UC_ERR_OK) {
-      return UcError(err, absl::StrFormat("uc_mmio_map(%#x..%#x)", start, end - 1));
-    }
-    mmio_windows_.push_back(std::move(window));
-    return absl::OkStatus();
-  };
   for (const memory::GuestRegion& region : memory_.regions()) {
     if (region.start().value() >= kWindowBase) break;
-    XENKVM_RETURN_IF_ERROR(map(cursor, region.start().value()));
+    XENKVM_RETURN_IF_ERROR(MapMmio(cursor, region.start().value()));
     cursor = region.last().value() + 1;
   }
-  return map(cursor, kWindowBase);
+  return MapMmio(cursor, kWindowBase);
+}
+
+absl::Status EmuVcpu::MapMmio(uint64_t start, uint64_t end) {
+  if (start >= end) return absl::OkStatus();
+  auto window = std::make_unique<MmioWindow>(MmioWindow{this, start, end});
+  if (uc_err err = uc_mmio_map(uc_, start, end - start, &EmuVcpu::OnMmioRead, window.get(), &EmuVcpu::OnMmioWrite,
+                               window.get());
+      err != UC_ERR_OK) {
+    return UcError(err, absl::StrFormat("uc_mmio_map(%#x..%#x)", start, end - 1));
+  }
+  mmio_windows_.push_back(std::move(window));
+  return absl::OkStatus();
 }
 
 absl::Status EmuVcpu::InstallHooks() {
@@ -440,6 +441,10 @@ void EmuVcpu::RunGuest(bool interrupt_waiting) {
   // also goes stale without any exception the hooks saw; about 1 us per start).
   if (absl::Status cleared = exception_record_->Clear(uc_); !cleared.ok()) {
     Fatal(std::string(cleared.message()));
+    return;
+  }
+  if (absl::Status synced = SyncExtraPages(); !synced.ok()) {
+    Fatal(absl::StrFormat("emu vCPU %u: %s", id_, synced.message()));
     return;
   }
   uc_err err = uc_emu_start(uc_, rip, kNeverReached, 0, 0);

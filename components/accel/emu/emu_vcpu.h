@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <bitset>
+#include <map>
 #include <optional>
 #include <span>
 #include <string>
@@ -30,6 +31,11 @@ struct EmuVmState {
   explicit EmuVmState(const memory::GuestMemory& memory) : memory(memory) {}
   const memory::GuestMemory& memory;
   std::atomic<uint32_t> hypercall_msr{0};  // 0: no hypercall page
+  // Extra pages shown to the guest (Accelerator::ShowExtraPage): each vCPU applies the set to its
+  // engine before it next enters the guest, when the generation has moved on.
+  absl::Mutex extra_mutex;
+  std::map<uint64_t, uint8_t*> extra_pages ABSL_GUARDED_BY(extra_mutex);
+  std::atomic<uint64_t> extra_generation{0};
 };
 
 class EmuVcpu;
@@ -38,6 +44,7 @@ class EmuVcpu;
 struct MmioWindow {
   EmuVcpu* vcpu;
   uint64_t base;
+  uint64_t end;  // exclusive
 };
 
 // An exception, interrupt or INT n waiting to be delivered through the guest's IDT.
@@ -87,6 +94,11 @@ class EmuVcpu final : public Vcpu {
   absl::Status ProbeModel();
   absl::Status Boot(const PvhEntry& boot);
   absl::Status MapMmioWindows();
+  absl::Status MapMmio(uint64_t start, uint64_t end);
+  // Applies the VM's extra pages to this engine (emu_extra_pages.cc); on the emulation thread.
+  absl::Status SyncExtraPages();
+  absl::Status ShowPage(uint64_t address, uint8_t* host);
+  absl::Status HidePage(uint64_t address);
   absl::Status InstallHooks();
   absl::Status AddTraceHook(uint64_t instruction_budget);
   void RemoveTraceHook();
@@ -156,6 +168,8 @@ class EmuVcpu final : public Vcpu {
   uc_engine* uc_ = nullptr;
   std::optional<ExceptionRecord> exception_record_;
   std::vector<std::unique_ptr<MmioWindow>> mmio_windows_;
+  std::map<uint64_t, uint8_t*> extra_shown_;  // what this engine maps, and at which generation
+  uint64_t extra_generation_ = 0;
   std::thread thread_;
 
   absl::Mutex mutex_;

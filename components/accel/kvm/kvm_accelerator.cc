@@ -23,6 +23,12 @@ namespace {
 
 constexpr uint64_t kEferLma = 1 << 10;
 constexpr uint64_t kMsiAddressBase = 0xfee00000;
+constexpr uint64_t kPageSize = 4096;
+// Guest RAM takes slots 0..2 (below the MMIO hole, the Xen pages, above 4 GiB); extra pages
+// (grant-table and shared-info frames outside RAM) one slot each from here, within the 509 slots
+// every KVM offers.
+constexpr uint32_t kFirstExtraPageSlot = 16;
+constexpr uint32_t kMaxExtraPageSlots = 480;
 
 // Kicks interrupt KVM_RUN with this signal; its handler does nothing, so the ioctl returns EINTR.
 int KickSignal() { return SIGRTMIN; }
@@ -77,6 +83,9 @@ struct KvmVmState {
   std::atomic<uint32_t> port_hypercall_msr{0};  // the fallback: the MSR the guest writes
   absl::Mutex vcpus_mutex;
   std::map<uint32_t, KvmVcpu*> vcpus ABSL_GUARDED_BY(vcpus_mutex);  // for per-vCPU Xen attributes
+  // Extra pages, one memory slot each, from kFirstExtraPageSlot up.
+  absl::Mutex extra_mutex;
+  std::map<uint64_t, uint32_t> extra_slots ABSL_GUARDED_BY(extra_mutex);  // address -> slot
 };
 
 class KvmVcpu final : public Vcpu {
@@ -533,6 +542,35 @@ class KvmAccelerator final : public Accelerator {
           "nor hands MSR writes to userspace (KVM_CAP_X86_USER_SPACE_MSR, Linux 5.10); use --accel emu");
     }
     vm_->port_hypercall_msr.store(msr);
+    return absl::OkStatus();
+  }
+
+  absl::Status ShowExtraPage(uint64_t address, uint8_t* host) override {
+    absl::MutexLock lock(&vm_->extra_mutex);
+    if (vm_->extra_slots.contains(address)) return absl::OkStatus();
+    uint32_t slot = kFirstExtraPageSlot;
+    for (const auto& [shown, used] : vm_->extra_slots) slot = std::max(slot, used + 1);
+    if (slot >= kFirstExtraPageSlot + kMaxExtraPageSlots) {
+      // Reuse a gap left by a page taken away.
+      std::set<uint32_t> used;
+      for (const auto& entry : vm_->extra_slots) used.insert(entry.second);
+      for (slot = kFirstExtraPageSlot; used.contains(slot); ++slot) {
+      }
+      if (slot >= kFirstExtraPageSlot + kMaxExtraPageSlots) {
+        return absl::ResourceExhaustedError(absl::StrFormat("kvm: no memory slot left for a page at %#x", address));
+      }
+    }
+    XENKVM_RETURN_IF_ERROR(vm_->vm.SetUserMemoryRegion(slot, address, kPageSize, host));
+    vm_->extra_slots[address] = slot;
+    return absl::OkStatus();
+  }
+
+  absl::Status HideExtraPage(uint64_t address) override {
+    absl::MutexLock lock(&vm_->extra_mutex);
+    auto found = vm_->extra_slots.find(address);
+    if (found == vm_->extra_slots.end()) return absl::NotFoundError(absl::StrFormat("kvm: no page shown at %#x", address));
+    XENKVM_RETURN_IF_ERROR(vm_->vm.RemoveUserMemoryRegion(found->second));
+    vm_->extra_slots.erase(found);
     return absl::OkStatus();
   }
 
