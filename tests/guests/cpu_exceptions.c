@@ -45,7 +45,7 @@ static volatile int fault_count;
 static volatile uint64_t fixup_rip; /* a #PF with this set resumes there instead of retrying */
 static volatile uint64_t seen_cs, seen_ss, seen_rsp, seen_rip, seen_error, handler_cs, handler_stack;
 static volatile int seen_vector = -1;
-volatile uint64_t syscall_rcx, syscall_cs, syscall_r11;
+volatile uint64_t syscall_rcx, syscall_cs, syscall_r11, syscall_rsp, user_rsp_at_syscall;
 uint64_t saved_kernel_rsp;
 
 static uint64_t *table_at(uint64_t entry) { return (uint64_t *)(uintptr_t)(entry & ADDRESS_MASK); }
@@ -220,6 +220,7 @@ __asm__(
     "  test %rax, %rax\n"
     "  jz 1f\n"
     "  mov %rcx, syscall_rcx(%rip)\n"
+    "  mov %rsp, syscall_rsp(%rip)\n" /* SYSCALL leaves RSP alone */
     "  mov %r11, syscall_r11(%rip)\n"
     "  mov %cs, %rax\n"
     "  mov %rax, syscall_cs(%rip)\n"
@@ -234,7 +235,10 @@ static volatile uint64_t user_results[8];
 
 static uint64_t user_syscall(uint64_t number, uint64_t argument) {
   uint64_t result;
-  __asm__ volatile("syscall" : "=a"(result) : "a"(number), "D"(argument) : "rcx", "r11", "memory");
+  __asm__ volatile("mov %%rsp, %1\n syscall"
+                   : "=a"(result), "=m"(user_rsp_at_syscall)
+                   : "a"(number), "D"(argument)
+                   : "rcx", "r11", "memory");
   return result;
 }
 
@@ -247,6 +251,7 @@ static void user_main(void) {
   user_results[1] = region[0x3000];     /* supervisor page: #PF P|U */
   user_step = 2;
   user_results[2] = user_syscall(7, 41);
+  user_results[5] = user_rsp_at_syscall;
   user_step = 3;
   uint64_t from_int;
   __asm__ volatile("int $0x80" : "=a"(from_int) : "a"(0) : "memory");
@@ -352,6 +357,9 @@ static void check_user_mode(void) {
   KIT_CHECK(user_results[2] == 42);
   KIT_CHECK(syscall_cs == KERNEL_CS);
   KIT_CHECK((syscall_r11 & 0x200) != 0);
+  kit_printf("syscall: RSP %lx at SYSCALL, %lx in the handler\n", (unsigned long)user_results[5],
+             (unsigned long)syscall_rsp);
+  KIT_CHECK(syscall_rsp == user_results[5]);
   kit_printf("syscall: RCX %lx, CS %lx, R11 %lx\n", (unsigned long)syscall_rcx, (unsigned long)syscall_cs,
              (unsigned long)syscall_r11);
   /* INT 0x80 from user mode arrived on the TSS's RSP0 stack with the user's CS and SS. */

@@ -313,6 +313,8 @@ void EmuVcpu::CarryOutFastSystemCall(FastSystemCall call) {
   change.cs_descriptor = long_mode ? kFlatCode64Descriptor : kFlatCode32Descriptor;
   change.ss_selector = static_cast<uint16_t>(change.cs_selector + 8);
   change.ss_descriptor = kFlatDataDescriptor;
+  // SYSCALL keeps RSP; the trampoline's own stack switch must not show.
+  if (!new_rsp) new_rsp = ReadRegister(UC_X86_REG_RSP);
   if (Cpl() != 0) {
     if (absl::Status raised = RaisePrivilege(change); !raised.ok()) {
       Fatal(absl::StrFormat("emu vCPU %u: %s at RIP %#x: %s", id_,
@@ -323,7 +325,7 @@ void EmuVcpu::CarryOutFastSystemCall(FastSystemCall call) {
     WriteRegister(UC_X86_REG_CS, change.cs_selector);
   }
   WriteRegister(UC_X86_REG_SS, change.ss_selector);
-  if (new_rsp) WriteRegister(UC_X86_REG_RSP, long_mode ? *new_rsp : (*new_rsp & 0xffffffff));
+  WriteRegister(UC_X86_REG_RSP, long_mode || call == FastSystemCall::kSyscall ? *new_rsp : (*new_rsp & 0xffffffff));
   WriteRegister(UC_X86_REG_RFLAGS, new_rflags);
   WriteRegister(UC_X86_REG_RIP, target);
 }

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Builds, from an unpacked distribution kernel package, the two images a real-Linux test boots:
+#   OUT/initramfs.cpio.gz  busybox-static plus the kernel's own xen-blkfront module (and ext4's
+#                          modules where ext4 is not built in), whose /init loads them, waits for
+#                          /dev/xvda, mounts it and switch_roots to it, as a distribution boots;
+#   OUT/root.img           an ext4 image made with `mke2fs -d` (no host mount) from busybox-static
+#                          and an /sbin/init that proves from inside the guest where it runs
+#                          (hypervisor type, CPUs, the root's driver), writes /proof, syncs, prints
+#                          the marker XENKVM-LINUX-ROOT-OK and powers off.
+# Usage: build_guest_images.sh KERNEL_TREE OUT   (KERNEL_TREE: dpkg-deb -x of linux-image-*)
+set -euo pipefail
+
+tree=$1
+out=$2
+modules_root=$(ls -d "$tree"/lib/modules/*/ 2>/dev/null | head -n 1)
+[ -n "$modules_root" ] || { echo "build_guest_images: $tree has no lib/modules/VERSION" >&2; exit 1; }
+busybox=$(command -v busybox || true)
+[ -n "$busybox" ] && file -L "$busybox" | grep -q 'statically linked' \
+  || { echo "build_guest_images: a static busybox is needed (apt-get install busybox-static)" >&2; exit 1; }
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$work/initramfs"/{bin,dev,proc,sys,newroot,lib/modules} "$out"
+
+# A module's file by name (xen-blkfront and xen_blkfront are one module), decompressed into the
+# initramfs; its dependencies first. modules.dep is made by depmod at install time, so the
+# dependencies come from each module's own modinfo (depends=).
+declare -A added=()
+load_order=()
+add_module() {
+  local name=${1//_/-}
+  [ -n "${added[$name]:-}" ] && return
+  added[$name]=1
+  local pattern=${name//-/[-_]}
+  local file
+  file=$(find "$modules_root" -regextype posix-extended -regex ".*/${pattern}\.ko(\.(xz|zst|gz))?" | head -n 1)
+  [ -n "$file" ] || { echo "build_guest_images: no module $name in $modules_root" >&2; exit 1; }
+  local plain="$work/initramfs/lib/modules/$name.ko"
+  case "$file" in
+    *.xz) xz -dc "$file" > "$plain" ;;
+    *.zst) zstd -qdc "$file" > "$plain" ;;
+    *.gz) gzip -dc "$file" > "$plain" ;;
+    *) cp "$file" "$plain" ;;
+  esac
+  local depends
+  depends=$(tr '\0' '\n' < "$plain" | sed -n 's/^depends=//p' | head -n 1)
+  local dependency
+  for dependency in ${depends//,/ }; do add_module "$dependency"; done
+  load_order+=("$name")
+}
+builtin() {  # whether kernel/PATH.ko is built in
+  grep -qx "kernel/$1.ko" "$modules_root/modules.builtin" 2>/dev/null
+}
+builtin drivers/block/xen-blkfront || add_module xen-blkfront
+builtin fs/ext4/ext4 || add_module ext4
+
+cp "$busybox" "$work/initramfs/bin/busybox"
+cat > "$work/initramfs/init" <<INIT
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+echo "initramfs: loading ${load_order[*]:-nothing (built in)}"
+for module in ${load_order[*]:-}; do insmod /lib/modules/\$module.ko || echo "initramfs: insmod \$module failed"; done
+tries=0
+while [ ! -b /dev/xvda ] && [ \$tries -lt 300 ]; do sleep 0.1; tries=\$((tries + 1)); done
+[ -b /dev/xvda ] || { echo "initramfs: no /dev/xvda"; poweroff -f; }
+mount -t ext4 /dev/xvda /newroot || { echo "initramfs: mounting /dev/xvda failed"; poweroff -f; }
+umount /proc /sys
+mount --move /dev /newroot/dev
+exec switch_root /newroot /sbin/init
+INIT
+chmod 755 "$work/initramfs/init"
+(cd "$work/initramfs" && find . | cpio -o -H newc --quiet | gzip -1) > "$out/initramfs.cpio.gz"
+
+root=$work/root
+mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp}
+cp "$busybox" "$root/bin/busybox"
+cat > "$root/sbin/init" <<'INIT'
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+echo "xenkvm-root: hypervisor=$(cat /sys/hypervisor/type 2>/dev/null)"
+echo "xenkvm-root: cpus=$(grep -c ^processor /proc/cpuinfo)"
+echo "xenkvm-root: root=$(awk '$2 == "/" && $1 != "rootfs" {print $1 " " $3}' /proc/mounts)"
+echo "xenkvm-root: root-driver=$(basename "$(readlink /sys/block/xvda/device/driver)")"
+echo "written by the guest on $(uname -r)" > /proof
+sync
+echo "XENKVM-LINUX-ROOT-OK"
+poweroff -f
+INIT
+chmod 755 "$root/sbin/init"
+rm -f "$out/root.img"
+mke2fs -q -t ext4 -d "$root" "$out/root.img" 64M
+echo "$out"
