@@ -296,6 +296,11 @@ static void check_kernel_faults(void) {
   KIT_CHECK(region[0x5008] == 0x55);
   kit_printf("kernel write to a missing page: #PF %lx then %lx\n", (unsigned long)fault_codes[0],
              (unsigned long)fault_codes[1]);
+  /* CR2 keeps the last fault's address across the emulator's stops (an interrupt is one). */
+  __asm__ volatile("int $0x40" ::: "memory");
+  uint64_t cr2;
+  __asm__ volatile("mov %%cr2, %0" : "=r"(cr2));
+  KIT_CHECK(cr2 == TEST_REGION + 0x5008);
 
   /* A fetch from a no-execute page: P|I/D, CR2 = the target. */
   fault_count = 0;

@@ -225,11 +225,8 @@ absl::StatusOr<std::optional<DeliveryFault>> EmuVcpu::TryDeliver(const PendingEv
   WriteRegister(UC_X86_REG_RSP, rsp);
   WriteRegister(UC_X86_REG_RFLAGS, new_rflags);
   if (event.cr2) {
-    // Unicorn 2.1.1's register write for CR2 falls through into CR3's (it loads CR3 with the
-    // value): put CR3 back after it.
-    const uint64_t cr3 = ReadRegister(UC_X86_REG_CR3);
-    WriteRegister(UC_X86_REG_CR2, *event.cr2);
-    WriteRegister(UC_X86_REG_CR3, cr3);
+    cr2_ = *event.cr2;
+    RestoreCr2();
   }
   WriteRegister(UC_X86_REG_RIP, gate.offset);
   return std::optional<DeliveryFault>();

@@ -9,7 +9,12 @@
 namespace xenkvm::accel::emu {
 namespace {
 
-constexpr uint64_t kNeverReached = ~uint64_t{0};
+// The end address of every guest run: one the guest can never reach. After each run Unicorn
+// translates end - 1 through the guest's page tables to drop the translated code there, which
+// writes CR2 when that address is unmapped and discards the code of its page when it is mapped (the
+// kernel's top page for ~0). A non-canonical end - 1 fails the translation with #GP before either
+// (and a 32-bit EIP never equals it).
+constexpr uint64_t kNeverReached = 0x8000000000000001;
 constexpr uint32_t kMsrEfer = 0xc0000080;
 constexpr uint64_t kRflagsIf = 1 << 9;
 // The boot vCPU traces instructions for the hypercall-page WRMSR from its first instruction, for at
@@ -106,7 +111,7 @@ absl::Status EmuVcpu::SetRegisters(const Registers& registers) {
 absl::StatusOr<ControlRegisters> EmuVcpu::GetControlRegisters() {
   ControlRegisters c;
   c.cr0 = ReadRegister(UC_X86_REG_CR0);
-  c.cr2 = ReadRegister(UC_X86_REG_CR2);
+  c.cr2 = cr2_;
   c.cr3 = ReadRegister(UC_X86_REG_CR3);
   c.cr4 = ReadRegister(UC_X86_REG_CR4);
   c.efer = ReadMsr(kMsrEfer);
@@ -443,6 +448,7 @@ void EmuVcpu::RunGuest(bool interrupt_waiting) {
     Fatal(std::string(cleared.message()));
     return;
   }
+  RestoreCr2();
   if (absl::Status synced = SyncExtraPages(); !synced.ok()) {
     Fatal(absl::StrFormat("emu vCPU %u: %s", id_, synced.message()));
     return;
@@ -668,6 +674,17 @@ void EmuVcpu::OnMmioWrite(uc_engine*, uint64_t offset, unsigned size, uint64_t v
 }
 
 // ---- Registers and guest-linear memory
+
+// Unicorn 2.1.1 translates end - 1 after each run (see kNeverReached), and a failed translation
+// writes CR2; a guest whose #PF handler is interrupted by an exit before it reads CR2 would then
+// read that. The vCPU keeps the architectural value (the last #PF's address) and puts it back
+// before each start. A CR2 write of the register falls through into CR3's: CR3 is put back after.
+void EmuVcpu::RestoreCr2() {
+  if (ReadRegister(UC_X86_REG_CR2) == cr2_) return;
+  const uint64_t cr3 = ReadRegister(UC_X86_REG_CR3);
+  WriteRegister(UC_X86_REG_CR2, cr2_);
+  WriteRegister(UC_X86_REG_CR3, cr3);
+}
 
 uint64_t EmuVcpu::ReadRegister(int reg) {
   uint64_t value = 0;

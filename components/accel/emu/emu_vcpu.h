@@ -149,6 +149,7 @@ class EmuVcpu final : public Vcpu {
   // ---- Registers and guest-linear memory
   uint64_t ReadRegister(int reg);
   void WriteRegister(int reg, uint64_t value);
+  void RestoreCr2();
   uint64_t ReadMsr(uint32_t index);
   void WriteMsr(uint32_t index, uint64_t value);
   bool LongMode();
@@ -168,6 +169,7 @@ class EmuVcpu final : public Vcpu {
   uc_engine* uc_ = nullptr;
   std::optional<ExceptionRecord> exception_record_;
   std::vector<std::unique_ptr<MmioWindow>> mmio_windows_;
+  uint64_t cr2_ = 0;  // the architectural CR2 (see RestoreCr2)
   std::map<uint64_t, uint8_t*> extra_shown_;  // what this engine maps, and at which generation
   uint64_t extra_generation_ = 0;
   std::thread thread_;
