@@ -9,6 +9,7 @@
 #                          the marker XENKVM-LINUX-ROOT-OK and powers off.
 # Usage: build_guest_images.sh KERNEL_TREE OUT   (KERNEL_TREE: dpkg-deb -x of linux-image-*)
 set -euo pipefail
+export PATH=$PATH:/usr/sbin:/sbin  # mke2fs, under a test runner's minimal PATH
 
 tree=$1
 out=$2
@@ -62,9 +63,11 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 echo "initramfs: loading ${load_order[*]:-nothing (built in)}"
-for module in ${load_order[*]:-}; do insmod /lib/modules/\$module.ko || echo "initramfs: insmod \$module failed"; done
+for module in ${load_order[*]:-}; do
+  insmod /lib/modules/\$module.ko || { echo "initramfs: insmod \$module failed"; poweroff -f; }
+done
 tries=0
-while [ ! -b /dev/xvda ] && [ \$tries -lt 300 ]; do sleep 0.1; tries=\$((tries + 1)); done
+while [ ! -b /dev/xvda ] && [ \$tries -lt 100 ]; do sleep 0.1; tries=\$((tries + 1)); done
 [ -b /dev/xvda ] || { echo "initramfs: no /dev/xvda"; poweroff -f; }
 mount -t ext4 /dev/xvda /newroot || { echo "initramfs: mounting /dev/xvda failed"; poweroff -f; }
 umount /proc /sys
@@ -93,5 +96,5 @@ poweroff -f
 INIT
 chmod 755 "$root/sbin/init"
 rm -f "$out/root.img"
-mke2fs -q -t ext4 -d "$root" "$out/root.img" 64M
+mke2fs -q -t ext4 -d "$root" "$out/root.img" 64M >/dev/null
 echo "$out"

@@ -16,6 +16,8 @@ namespace {
 // (and a 32-bit EIP never equals it).
 constexpr uint64_t kNeverReached = 0x8000000000000001;
 constexpr uint32_t kMsrEfer = 0xc0000080;
+// The most blocks a private run (boot or ring-change trampoline) may take: they take a few.
+constexpr uint32_t kMaxPrivateBlocks = 1000;
 constexpr uint64_t kRflagsIf = 1 << 9;
 // The boot vCPU traces instructions for the hypercall-page WRMSR from its first instruction, for at
 // most this many (Linux writes the MSR within its first few thousand); later writes are caught by
@@ -202,20 +204,20 @@ absl::Status EmuVcpu::MapWindow(const std::vector<WindowPiece>& pieces) {
 void EmuVcpu::UnmapWindow() { uc_mem_unmap(uc_, kWindowBase, kWindowSize); }
 
 absl::Status EmuVcpu::RunPrivate(uint64_t start, uint64_t until, absl::string_view what) {
-  // No instruction count: a count installs a per-instruction hook that stays for the engine's life.
-  // A kick may stop the code between blocks (OnBlock): carry on from where it stopped.
-  uint64_t from = start;
-  do {
-    stop_requested_ = false;
-    if (uc_err err = uc_emu_start(uc_, from, until, 0, 0); err != UC_ERR_OK) {
-      return UcError(err, absl::StrCat("uc_emu_start(", what, ")"));
-    }
-    from = ReadRegister(UC_X86_REG_RIP);
-  } while (from != until && stop_requested_ && !pending_event_);
+  // No instruction count (a count installs a per-instruction hook that stays for the engine's
+  // life) and no kicks (OnBlock leaves them for the guest's run): the code is a few blocks, and
+  // OnBlock stops it as a runaway after kMaxPrivateBlocks, so the vCPU can never hang in it.
+  private_blocks_ = 1;
+  stop_requested_ = false;
+  uc_err err = uc_emu_start(uc_, start, until, 0, 0);
+  const bool runaway = private_blocks_ > kMaxPrivateBlocks;
+  private_blocks_ = 0;
   stop_requested_ = false;
   block_stop_.reset();
-  if (from != until || pending_event_) {
-    std::string why;
+  if (err != UC_ERR_OK) return UcError(err, absl::StrCat("uc_emu_start(", what, ")"));
+  const uint64_t from = ReadRegister(UC_X86_REG_RIP);
+  if (from != until || pending_event_ || runaway) {
+    std::string why = runaway ? absl::StrFormat(" (still running after %u blocks)", kMaxPrivateBlocks) : "";
     if (pending_event_) {
       absl::StrAppendFormat(&why, " (exception %u, error code %#x, address %#x)", pending_event_->vector,
                             pending_event_->error_code.value_or(0), pending_event_->cr2.value_or(0));
@@ -634,6 +636,10 @@ bool EmuVcpu::HandleInlineHypercall() {
 // InjectInterrupt) only set stop_wanted_, and this hook stops the engine between blocks.
 void EmuVcpu::OnBlock(uc_engine* uc, uint64_t address, uint32_t, void* user) {
   auto* self = static_cast<EmuVcpu*>(user);
+  if (self->private_blocks_ != 0) {
+    if (++self->private_blocks_ > kMaxPrivateBlocks) uc_emu_stop(uc);
+    return;
+  }
   bool stop = self->stop_wanted_.load(std::memory_order_relaxed) && self->stop_wanted_.exchange(false);
   if (!stop && self->interrupt_window_wanted_.load(std::memory_order_relaxed)) {
     stop = (self->ReadRegister(UC_X86_REG_RFLAGS) & kRflagsIf) != 0;  // the guest opened the window

@@ -202,6 +202,7 @@ class EmuVcpu final : public Vcpu {
   };
   std::optional<BlockStop> block_stop_;  // the block hook's stop, for RepairBlockStop
   bool stop_requested_ = false;  // the engine was stopped on purpose (not by HLT)
+  uint32_t private_blocks_ = 0;  // blocks run by the current private run, plus one; 0: none
   bool dead_ = false;            // a triple fault or fatal error: the vCPU never runs again
   std::optional<std::string> fatal_error_;
   std::optional<std::string> shutdown_reason_;
