@@ -17,6 +17,18 @@
 namespace xenkvm::xen {
 namespace {
 
+const char* HypercallName(uint64_t number) {
+  static constexpr const char* kNames[] = {
+      "set_trap_table", "mmu_update", "set_gdt", "stack_switch", "set_callbacks", "fpu_taskswitch",
+      "sched_op_compat", "platform_op", "set_debugreg", "get_debugreg", "update_descriptor", "11",
+      "memory_op", "multicall", "update_va_mapping", "set_timer_op", "event_channel_op_compat",
+      "xen_version", "console_io", "physdev_op_compat", "grant_table_op", "vm_assist",
+      "update_va_mapping_otherdomain", "iret", "vcpu_op", "set_segment_base", "mmuext_op", "xsm_op",
+      "nmi_op", "sched_op", "callback_op", "xenoprof_op", "event_channel_op", "physdev_op", "hvm_op",
+      "sysctl", "domctl", "kexec_op", "tmem_op", "argo_op", "xenpmu_op", "dm_op", "hypfs_op"};
+  return number < std::size(kNames) ? kNames[number] : "an unknown hypercall";
+}
+
 constexpr int64_t Error(xen_errno error) { return -static_cast<int64_t>(error); }
 constexpr uint32_t kNrVirqs = 24;
 constexpr uint32_t kMaxPollPorts = 128;
@@ -181,6 +193,11 @@ uint64_t Shim::Hypercall(accel::Vcpu& vcpu, const accel::HypercallExit& call) {
   if (result == Error(XEN_ENOSYS)) {
     absl::MutexLock lock(&mutex_);
     ++unknown_hypercalls_;
+    if (call.number < unknown_logged_.size() && !unknown_logged_[call.number]) {
+      unknown_logged_[call.number] = true;
+      spdlog::info("Xen shim: the guest called {} (hypercall {}, sub-op or first argument {:#x}): -ENOSYS, as Xen without it",
+                   HypercallName(call.number), call.number, call.args[0]);
+    }
   }
   // A 32-bit guest reads EAX: the error survives truncation (sign bits).
   return static_cast<uint64_t>(result);
@@ -207,9 +224,25 @@ int64_t Shim::Dispatch(Caller& caller, uint64_t number, const std::array<uint64_
       return HvmOp(caller, args[0], args[1]);
     case __HYPERVISOR_grant_table_op:
       return GrantTableOp(caller, args[0], args[1], args[2]);
+    case __HYPERVISOR_vm_assist:
+      return VmAssist(args[0], args[1]);
     default:
       return Error(XEN_ENOSYS);
   }
+}
+
+// ---- vm_assist: of the assists, Xen offers HVM guests only the runstate update flag.
+
+int64_t Shim::VmAssist(uint64_t command, uint64_t type) {
+  if (command != VMASST_CMD_enable && command != VMASST_CMD_disable) return Error(XEN_ENOSYS);
+  if (type != VMASST_TYPE_runstate_update_flag) return Error(XEN_EINVAL);
+  absl::MutexLock lock(&mutex_);
+  if (command == VMASST_CMD_enable) {
+    vm_assist_ |= uint64_t{1} << type;
+  } else {
+    vm_assist_ &= ~(uint64_t{1} << type);
+  }
+  return 0;
 }
 
 // ---- xen_version
@@ -1295,9 +1328,23 @@ void Shim::WriteRunstateLocked(uint32_t vcpu) {
   };
   put(&run_state, 4);
   if (shared_info_.long_mode()) bytes.resize(8);  // 64-bit: state_entry_time is 8-aligned
+  const size_t entry_at = bytes.size();
   put(&entry, 8);
   put(times, sizeof(times));
-  (void)memory_.Write(memory::GuestAddress(*state.runstate_gpa), bytes);
+  const memory::GuestAddress area(*state.runstate_gpa);
+  const memory::GuestAddress entry_word = area.Unchecked(entry_at);
+  absl::StatusOr<uint64_t> old_entry = memory_.AtomicLoad<uint64_t>(entry_word);  // fails unaligned
+  if (!(vm_assist_ & (uint64_t{1} << VMASST_TYPE_runstate_update_flag)) || !old_entry.ok()) {
+    (void)memory_.Write(area, bytes);
+    return;
+  }
+  // The guest may read the area while it changes: XEN_RUNSTATE_UPDATE in state_entry_time says so,
+  // set before the update and cleared after it, as Xen does.
+  (void)memory_.AtomicStore<uint64_t>(entry_word, *old_entry | XEN_RUNSTATE_UPDATE);
+  const uint64_t flagged = entry | XEN_RUNSTATE_UPDATE;
+  std::memcpy(bytes.data() + entry_at, &flagged, 8);
+  (void)memory_.Write(area, bytes);
+  (void)memory_.AtomicStore<uint64_t>(entry_word, entry);
 }
 
 void Shim::TimerLoop() {

@@ -9,6 +9,7 @@
 #define XENKVM_COMPONENTS_XEN_SHIM_H_
 
 #include <array>
+#include <bitset>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -171,6 +172,7 @@ class Shim {
   int64_t ConsoleIo(Caller& caller, uint64_t command, uint64_t count, uint64_t buffer);
   int64_t EventChannelOp(Caller& caller, uint64_t command, uint64_t arg);
   int64_t GrantTableOp(Caller& caller, uint64_t command, uint64_t arg, uint64_t count);
+  int64_t VmAssist(uint64_t command, uint64_t type);
   int64_t AddToPhysmap(Caller& caller, uint16_t domid, uint32_t space, uint64_t index, uint64_t gpfn);
   void ReleaseUnusedFrames() ABSL_EXCLUSIVE_LOCKS_REQUIRED(physmap_mutex_);
   int64_t WaitForEvents(Caller& caller, const std::vector<uint32_t>& ports, std::optional<uint64_t> deadline_ns);
@@ -225,6 +227,8 @@ class Shim {
   absl::flat_hash_map<uint32_t, uint64_t> hvm_params_ ABSL_GUARDED_BY(mutex_);
   std::array<uint64_t, 64> hypercall_counts_ ABSL_GUARDED_BY(mutex_){};
   uint64_t unknown_hypercalls_ ABSL_GUARDED_BY(mutex_) = 0;
+  std::bitset<64> unknown_logged_ ABSL_GUARDED_BY(mutex_);  // hypercall numbers named in the log once
+  uint64_t vm_assist_ ABSL_GUARDED_BY(mutex_) = 0;          // VMASST_TYPE_* bits enabled
   uint64_t refused_cpl_ ABSL_GUARDED_BY(mutex_) = 0;
   uint64_t event_generation_ ABSL_GUARDED_BY(mutex_) = 0;  // bumped on every delivery: wakes pollers
   bool timers_changed_ ABSL_GUARDED_BY(mutex_) = false;

@@ -132,6 +132,26 @@ TEST(XenConfigTest, CpuidLeavesFollowTheVersionAndOptions) {
   EXPECT_THAT(Validate(XenConfig{.max_event_channels = 10}).message(), HasSubstr("max event channels"));
 }
 
+// Xen offers HVM guests one assist, the runstate update flag (Linux PVH enables it); the others are
+// -EINVAL, other commands -ENOSYS.
+TEST_F(ShimTest, VmAssistOffersTheRunstateUpdateFlag) {
+  EXPECT_EQ(Call(__HYPERVISOR_vm_assist, {VMASST_CMD_enable, VMASST_TYPE_runstate_update_flag}), 0);
+  EXPECT_EQ(Call(__HYPERVISOR_vm_assist, {VMASST_CMD_disable, VMASST_TYPE_runstate_update_flag}), 0);
+  EXPECT_EQ(Call(__HYPERVISOR_vm_assist, {VMASST_CMD_enable, VMASST_TYPE_writable_pagetables}), E(XEN_EINVAL));
+  EXPECT_EQ(Call(__HYPERVISOR_vm_assist, {VMASST_CMD_enable, 99}), E(XEN_EINVAL));
+  EXPECT_EQ(Call(__HYPERVISOR_vm_assist, {7, VMASST_TYPE_runstate_update_flag}), E(XEN_ENOSYS));
+  // With the flag on, a runstate area ends each update with the flag clear again.
+  MapSharedInfo();
+  EXPECT_EQ(Call(__HYPERVISOR_vm_assist, {VMASST_CMD_enable, VMASST_TYPE_runstate_update_flag}), 0);
+  constexpr uint64_t kRunstate = 0x31000;
+  Put(uint64_t{kRunstate});
+  ASSERT_EQ(Call(__HYPERVISOR_vcpu_op, {VCPUOP_register_runstate_memory_area, 0, kArg}), 0);
+  EXPECT_EQ(Get<uint32_t>(kRunstate), uint32_t{RUNSTATE_running});
+  const uint64_t entry = Get<uint64_t>(kRunstate + 8);
+  EXPECT_NE(entry, 0u);
+  EXPECT_EQ(entry & XEN_RUNSTATE_UPDATE, 0u);
+}
+
 TEST_F(ShimTest, DispatchRefusesUserSpaceAndCountsUnknownCalls) {
   EXPECT_EQ(Call(__HYPERVISOR_xen_version, {XENVER_version}, true, 3), E(XEN_EPERM));
   EXPECT_EQ(Call(__HYPERVISOR_xen_version, {XENVER_version}), 0x40011);
