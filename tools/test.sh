@@ -34,7 +34,8 @@ fuzz() {
   cp "$(bazel info bazel-bin 2>/dev/null)/tests/guests/hello.elf" "$corpus/loader_fuzzer/" 2>/dev/null || true
   cp tests/fuzz/seeds/xenstore_ring_script.bin "$corpus/xenstore_fuzzer/"
   for target in loader_fuzzer shim_fuzzer xenstore_fuzzer blkif_fuzzer; do
-    if "$bin/tests/fuzz/$target" -max_total_time="$seconds" -print_final_stats=1 "$corpus/$target" \
+    if "$bin/tests/fuzz/$target" -max_total_time="$seconds" -print_final_stats=1 \
+        -artifact_prefix="$corpus/$target-" "$corpus/$target" \
         > "$corpus/$target.log" 2>&1; then
       passed=$((passed + 1))
       echo "  $target: $(grep -m1 'stat::number_of_executed_units' "$corpus/$target.log" | awk '{print $2}') inputs, no crash"

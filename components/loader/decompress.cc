@@ -15,6 +15,9 @@ namespace xenkvm::loader {
 namespace {
 
 constexpr uint64_t kFirstOutputChunk = 16 << 20;
+// liblzma's own memory (the dictionary, from the stream's header): kernels use up to 32 MiB; a
+// hostile header must not make the VMM allocate gigabytes.
+constexpr uint64_t kLzmaMemoryLimit = 128 << 20;
 
 absl::Status Corrupt(Compression compression, const std::string& detail) {
   return absl::InvalidArgumentError(
@@ -82,8 +85,8 @@ absl::StatusOr<std::vector<uint8_t>> Gunzip(std::span<const uint8_t> input, uint
 absl::StatusOr<std::vector<uint8_t>> Unxz(Compression compression, std::span<const uint8_t> input,
                                           uint64_t max_output) {
   lzma_stream stream = LZMA_STREAM_INIT;
-  lzma_ret init = compression == Compression::kXz ? lzma_stream_decoder(&stream, UINT64_MAX, 0)
-                                                  : lzma_alone_decoder(&stream, UINT64_MAX);
+  lzma_ret init = compression == Compression::kXz ? lzma_stream_decoder(&stream, kLzmaMemoryLimit, 0)
+                                                  : lzma_alone_decoder(&stream, kLzmaMemoryLimit);
   if (init != LZMA_OK) return absl::InternalError("liblzma: creating a decoder failed");
   stream.next_in = input.data();
   stream.avail_in = input.size();
@@ -101,7 +104,9 @@ absl::StatusOr<std::vector<uint8_t>> Unxz(Compression compression, std::span<con
     output.Produced(before - stream.avail_out);
     if (result != LZMA_OK && result != LZMA_STREAM_END) {
       lzma_end(&stream);
-      return Corrupt(compression, result == LZMA_BUF_ERROR ? "truncated" : absl::StrFormat("liblzma error %d", result));
+      return Corrupt(compression, result == LZMA_BUF_ERROR      ? "truncated"
+                                  : result == LZMA_MEMLIMIT_ERROR ? "its dictionary needs more than 128 MiB"
+                                                                  : absl::StrFormat("liblzma error %d", result));
     }
   }
   lzma_end(&stream);

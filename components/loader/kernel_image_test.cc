@@ -163,6 +163,15 @@ INSTANTIATE_TEST_SUITE_P(Formats, EveryCompression,
                                            Compression::kZstd, Compression::kLz4Legacy, Compression::kBzip2),
                          [](const auto& info) { return std::string(CompressionName(info.param)); });
 
+// Found by the loader fuzzer: an lzma header asking for a ~900 MiB dictionary made liblzma allocate it.
+TEST(KernelImageTest, HugeLzmaDictionaryIsRefusedBeforeItIsAllocated) {
+  const std::vector<uint8_t> header = {0x5d, 0x00, 0x00, 0x2b, 0xfd, 0x37, 0x00, 0xe3, 0x10, 0x00,
+                                       0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xad, 0x00};
+  absl::StatusOr<KernelImage> image = ExtractElfKernel(header);
+  ASSERT_FALSE(image.ok());
+  EXPECT_THAT(image.status().message(), HasSubstr("more than 128 MiB"));
+}
+
 TEST(KernelImageTest, ElfIsTakenAsItIs) {
   const std::vector<uint8_t> elf = FakeElf(5000);
   absl::StatusOr<KernelImage> image = ExtractElfKernel(elf);

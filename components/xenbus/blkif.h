@@ -45,8 +45,10 @@ struct Segment {
 };
 
 struct Request {
-  uint8_t operation = 0;  // as the frontend sent it (for the response)
-  uint8_t data_operation = 0;  // READ or WRITE for indirect requests, else `operation`
+  uint8_t operation = 0;  // as the frontend sent it
+  // READ or WRITE for indirect requests, else `operation`. The response carries this one, as
+  // blkback's does (Linux's blkfront refuses an indirect response that says INDIRECT).
+  uint8_t data_operation = 0;
   uint64_t id = 0;
   uint64_t sector = 0;
   uint64_t discard_sectors = 0;  // DISCARD

@@ -103,7 +103,7 @@ bool DiskRing::ProcessRing() {
         if (status == blkif::kStatusNotSupported) ++statistics_.unsupported;
       }
       const std::vector<uint8_t> response =
-          blkif::EncodeResponse(options_.abi, decoded.request.id, decoded.request.operation, status);
+          blkif::EncodeResponse(options_.abi, decoded.request.id, decoded.request.data_operation, status);
       if (!memory_.Write(At(RingAddress(blkif::kRingHeaderSize + (response_producer_ % slots_) * slot_size)), response)
                .ok()) {
         return false;

@@ -177,6 +177,7 @@ TEST_F(DiskRingTest, DiscardIndirectAndPersistentGrants) {
   auto responses = Submit({indirect});
   ASSERT_EQ(responses.size(), 1u);
   EXPECT_EQ(responses[0].status, kStatusOkay);
+  EXPECT_EQ(responses[0].operation, kOpRead);  // the indirect operation, as blkfront checks
   EXPECT_EQ(PageByte(0x70 + 39 % 16, 0), (16 + 39) % 251);  // the last segment's sector
   // Every segment's grant stays mapped for the frontend's next requests.
   EXPECT_EQ(ring_->Statistics().persistent_grants, 40u);

@@ -234,16 +234,26 @@ absl::Status EmuVcpu::RunPrivate(uint64_t start, uint64_t until, absl::string_vi
 // and locates the engine's exception-in-flight record (exception_record.h).
 absl::Status EmuVcpu::ProbeModel() {
   XENKVM_RETURN_IF_ERROR(MapWindow({{kWindowBase, {0x0f, 0xa2}}}));  // cpuid
-  uint64_t leaf = 1, subleaf = 0;
-  uc_reg_write(uc_, UC_X86_REG_RAX, &leaf);
-  uc_reg_write(uc_, UC_X86_REG_RCX, &subleaf);
-  uc_err err = uc_emu_start(uc_, kWindowBase, kWindowBase + 2, 0, 0);
-  model_leaf1_ = CpuidLeaf{1,
-                           std::nullopt,
-                           static_cast<uint32_t>(ReadRegister(UC_X86_REG_RAX)),
-                           (static_cast<uint32_t>(ReadRegister(UC_X86_REG_RBX)) & 0x00ffffff) | (id_ << 24),
-                           static_cast<uint32_t>(ReadRegister(UC_X86_REG_RCX)) | (1u << 31),
-                           static_cast<uint32_t>(ReadRegister(UC_X86_REG_RDX))};
+  auto probe = [this](uint64_t leaf, uint64_t subleaf) {
+    uc_reg_write(uc_, UC_X86_REG_RAX, &leaf);
+    uc_reg_write(uc_, UC_X86_REG_RCX, &subleaf);
+    uc_err err = uc_emu_start(uc_, kWindowBase, kWindowBase + 2, 0, 0);
+    return std::make_pair(err, CpuidLeaf{static_cast<uint32_t>(leaf), std::nullopt,
+                                         static_cast<uint32_t>(ReadRegister(UC_X86_REG_RAX)),
+                                         static_cast<uint32_t>(ReadRegister(UC_X86_REG_RBX)),
+                                         static_cast<uint32_t>(ReadRegister(UC_X86_REG_RCX)),
+                                         static_cast<uint32_t>(ReadRegister(UC_X86_REG_RDX))});
+  };
+  auto [err, leaf1] = probe(1, 0);
+  model_leaf1_ = leaf1;
+  model_leaf1_.ebx = (leaf1.ebx & 0x00ffffff) | (id_ << 24);
+  model_leaf1_.ecx |= 1u << 31;
+  auto [err7, leaf7] = probe(7, 0);
+  if (err == UC_ERR_OK) err = err7;
+  // SERIALIZE (leaf 7 EDX bit 14) is the backend's own: see HandleSerialize.
+  model_leaf7_ = leaf7;
+  model_leaf7_.index = 0;
+  model_leaf7_.edx |= 1u << 14;
   UnmapWindow();
   absl::StatusOr<ExceptionRecord> record = ExceptionRecord::For(uc_);
   if (err != UC_ERR_OK) return UcError(err, "uc_emu_start(CPUID probe)");
@@ -450,6 +460,14 @@ void EmuVcpu::RunGuest(bool interrupt_waiting) {
     Fatal(std::string(cleared.message()));
     return;
   }
+  // At most one flush a millisecond: Linux serializes after each of its ~50,000 boot-time patches.
+  // A deferred flush still comes before the patched code matters (the patches keep behaviour
+  // until freed init code is reached, seconds later), at the first start a millisecond on.
+  if (flush_translations_ && absl::Now() - last_flush_ >= absl::Milliseconds(1)) {
+    uc_ctl_flush_tb(uc_);
+    flush_translations_ = false;
+    last_flush_ = absl::Now();
+  }
   RestoreCr2();
   if (absl::Status synced = SyncExtraPages(); !synced.ok()) {
     Fatal(absl::StrFormat("emu vCPU %u: %s", id_, synced.message()));
@@ -570,6 +588,10 @@ int EmuVcpu::OnCpuid(uc_engine* uc, void* user) {
     answer(self->model_leaf1_);
     return 1;
   }
+  if (function == 7 && index == 0) {
+    answer(self->model_leaf7_);
+    return 1;
+  }
   return 0;  // the CPU model answers
 }
 
@@ -630,6 +652,20 @@ bool EmuVcpu::HandleInlineHypercall() {
   return true;
 }
 
+// SERIALIZE (0f 01 e8), #UD to Unicorn, is carried out here: the guest serializes after changing
+// code (Linux's sync_core), which is when translated code must go. Unicorn 2.1.1 misses writes to
+// code through most virtual aliases (its write check looks the virtual address up as a physical
+// one), so stale translations of changed code would otherwise run: Linux's boot-time alternatives
+// stayed unpatched for the emulator, and loading a module jumped into freed init memory.
+bool EmuVcpu::HandleSerialize() {
+  const uint64_t rip = ReadRegister(UC_X86_REG_RIP);
+  std::array<uint8_t, 3> bytes{};
+  if (!FetchCode(rip, bytes).ok() || bytes != std::array<uint8_t, 3>{0x0f, 0x01, 0xe8}) return false;
+  flush_translations_ = true;
+  WriteRegister(UC_X86_REG_RIP, rip + 3);
+  return true;
+}
+
 // At the start of every translation block: the one place where stopping the engine is exact.
 // Unicorn mishandles a uc_emu_stop that lands while a hook (IN, OUT, CPUID, MMIO) runs: it
 // resumes at a stale RIP, re-executing or skipping instructions. So other threads (Kick,
@@ -655,6 +691,7 @@ void EmuVcpu::OnBlock(uc_engine* uc, uint64_t address, uint32_t, void* user) {
 // is what the frame must hold either way. CR2 is only right while this hook runs.
 void EmuVcpu::OnInterrupt(uc_engine* uc, uint32_t vector, void* user) {
   auto* self = static_cast<EmuVcpu*>(user);
+  if (vector == kVectorInvalidOpcode && self->HandleSerialize()) return;  // runs on, past it
   if (vector == kVectorInvalidOpcode && self->HandleInlineHypercall()) {
     uc_emu_stop(uc);
     return;

@@ -18,6 +18,8 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "components/accel/accelerator.h"
 #include "components/accel/emu/exception_record.h"
 #include "components/accel/emu/trampolines.h"
@@ -145,6 +147,7 @@ class EmuVcpu final : public Vcpu {
   static uint64_t OnMmioRead(uc_engine*, uint64_t offset, unsigned size, void* user);
   static void OnMmioWrite(uc_engine*, uint64_t offset, unsigned size, uint64_t value, void* user);
   bool HandleInlineHypercall();
+  bool HandleSerialize();
 
   // ---- Registers and guest-linear memory
   uint64_t ReadRegister(int reg);
@@ -187,6 +190,9 @@ class EmuVcpu final : public Vcpu {
 
   absl::Mutex cpuid_mutex_;
   CpuidLeaf model_leaf1_;  // set before the emulation thread starts
+  CpuidLeaf model_leaf7_;  // subleaf 0, with SERIALIZE
+  bool flush_translations_ = false;  // SERIALIZE ran: drop translated code before a next run
+  absl::Time last_flush_ = absl::InfinitePast();
   std::vector<CpuidLeaf> cpuid_ ABSL_GUARDED_BY(cpuid_mutex_);
 
   // Other threads ask for a stop; OnBlock carries it out between translation blocks.
