@@ -20,6 +20,9 @@
 #define TEST_REGION 0x40000000ul /* 1 GiB: remapped with 4 KiB pages below */
 #define HIGH_ALIAS 0xffffffff80000000ul
 
+/* mov $1, %eax; ret: code the test changes while it runs. */
+static uint8_t patch_code[16] __attribute__((aligned(16))) = {0xb8, 0x01, 0x00, 0x00, 0x00, 0xc3};
+
 struct tss64 {
   uint32_t reserved0;
   uint64_t rsp[3];
@@ -328,6 +331,16 @@ static void check_kernel_faults(void) {
       : "rcx", "memory");
   KIT_CHECK(fault_count == 1 && fault_addresses[0] == missing && fault_codes[0] == 0);
   kit_printf("high-half alias: data and code; #PF at %lx\n", (unsigned long)fault_addresses[0]);
+
+  /* Code changed through the alias, then SERIALIZE (as Linux's sync_core): the new code runs. */
+  uint32_t eax, ebx, ecx, edx;
+  __asm__ volatile("cpuid" : "=a"(eax), "=b"(ebx), "=c"(ecx), "=d"(edx) : "a"(7), "c"(0));
+  KIT_CHECK(edx & (1u << 14)); /* SERIALIZE offered */
+  int (*patched)(void) = (int (*)(void))(uintptr_t)patch_code;
+  KIT_CHECK(patched() == 1);
+  ((volatile uint8_t *)(HIGH_ALIAS + (uintptr_t)patch_code))[1] = 2; /* mov $2, %eax */
+  __asm__ volatile(".byte 0x0f, 0x01, 0xe8" ::: "memory");           /* serialize */
+  KIT_CHECK(patched() == 2);
 
   /* INT n through an IST gate from the kernel: the handler runs on the IST stack. */
   seen_vector = -1;
