@@ -131,7 +131,8 @@ absl::StatusOr<std::unique_ptr<Vm>> Vm::Create(const VmConfig& config, ConsoleLo
   return vm;
 }
 
-absl::Status Vm::Build(const VmConfig& config) {
+// Step 1: guest memory with the kernel, the initrd, the ACPI tables and the start info in it.
+absl::StatusOr<Vm::BootPlan> Vm::LoadGuest(const VmConfig& config) {
   XENKVM_ASSIGN_OR_RETURN(std::vector<uint8_t> kernel_file,
                           ReadBootFile("kernel", config.kernel, loader::kMaxKernelBytes));
   absl::StatusOr<loader::KernelImage> image = loader::ExtractElfKernel(std::move(kernel_file));
@@ -159,9 +160,11 @@ absl::Status Vm::Build(const VmConfig& config) {
   if (!start_info.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(config.initrd.empty() ? "" : "initrd: ", start_info.status().message()));
   }
+  return BootPlan{accel::PvhEntry{kernel->entry, *start_info}, image->description};
+}
 
-  XENKVM_ASSIGN_OR_RETURN(accelerator_, ChooseAccelerator(config.accelerator, *memory_, &accelerator_choice_));
-
+// Step 3: the platform's port I/O and MMIO devices.
+absl::Status Vm::RegisterPlatformDevices() {
   auto output = [this](uint8_t byte) { console_.Append(byte); };
   XENKVM_RETURN_IF_ERROR(pio_bus_.Register(devices::kCom1Base, devices::kCom1Size,
                                            std::make_shared<devices::Serial>(output), "COM1"));
@@ -202,6 +205,14 @@ absl::Status Vm::Build(const VmConfig& config) {
         "local APIC (EOI only)"));
   }
 
+  return absl::OkStatus();
+}
+
+absl::Status Vm::Build(const VmConfig& config) {
+  XENKVM_ASSIGN_OR_RETURN(BootPlan boot, LoadGuest(config));
+  XENKVM_ASSIGN_OR_RETURN(accelerator_, ChooseAccelerator(config.accelerator, *memory_, &accelerator_choice_));
+  XENKVM_RETURN_IF_ERROR(RegisterPlatformDevices());
+  auto output = [this](uint8_t byte) { console_.Append(byte); };
   if (config.xen_version != 0) {
     xen::XenConfig xen_config;
     xen_config.version = config.xen_version;
@@ -238,14 +249,14 @@ absl::Status Vm::Build(const VmConfig& config) {
   }
 
   for (uint32_t id = 0; id < config.vcpus; ++id) {
-    std::optional<accel::PvhEntry> boot;
-    if (id == 0) boot = accel::PvhEntry{kernel->entry, *start_info};
-    XENKVM_ASSIGN_OR_RETURN(std::unique_ptr<accel::Vcpu> vcpu, accelerator_->CreateVcpu(id, boot));
+    std::optional<accel::PvhEntry> entry;
+    if (id == 0) entry = boot.entry;
+    XENKVM_ASSIGN_OR_RETURN(std::unique_ptr<accel::Vcpu> vcpu, accelerator_->CreateVcpu(id, entry));
     if (xen_) XENKVM_RETURN_IF_ERROR(xen_->AttachVcpu(*vcpu));
     vcpus_.push_back(std::move(vcpu));
   }
   spdlog::info("VM built: {} MiB, {} vCPU(s), kernel {} ({}, entry {:#x}){}, Xen {}", config.memory_mib,
-               config.vcpus, config.kernel, image->description, kernel->entry,
+               config.vcpus, config.kernel, boot.description, boot.entry.entry,
                config.initrd.empty() ? "" : absl::StrCat(", initrd ", config.initrd),
                config.xen_version ? absl::StrFormat("%u.%u", config.xen_version >> 16, config.xen_version & 0xffff)
                                   : std::string("off"));

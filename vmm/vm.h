@@ -95,6 +95,13 @@ class Vm {
 
  private:
   Vm(ConsoleLog& console) : console_(console) {}
+  // Building a VM, in named steps (vm.cc).
+  struct BootPlan {
+    accel::PvhEntry entry;    // vCPU 0's start
+    std::string description;  // what the kernel file was
+  };
+  absl::StatusOr<BootPlan> LoadGuest(const VmConfig& config);
+  absl::Status RegisterPlatformDevices();
   absl::Status Build(const VmConfig& config);
   absl::Status BuildXenBackends(const VmConfig& config);
   // Runs `work` on the backend loop (which owns XenStore and the PV backends) and waits for it.
