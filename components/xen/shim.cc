@@ -17,6 +17,8 @@
 namespace xenkvm::xen {
 namespace {
 
+constexpr uint64_t kOwedUpcallRetryNs = 1000000;
+
 const char* HypercallName(uint64_t number) {
   static constexpr const char* kNames[] = {
       "set_trap_table", "mmu_update", "set_gdt", "stack_switch", "set_callbacks", "fpu_taskswitch",
@@ -187,6 +189,7 @@ uint64_t Shim::Hypercall(accel::Vcpu& vcpu, const accel::HypercallExit& call) {
     }
     if (call.number < hypercall_counts_.size()) ++hypercall_counts_[call.number];
     if (!long_mode_latched_) LatchLongModeLocked(call.long_mode);
+    if (vcpu.id() < vcpus_.size()) RetryOwedUpcallLocked(vcpu.id());
   }
   Caller caller{vcpu.id(), call.long_mode, vcpu, GuestAccess(memory_, vcpu)};
   int64_t result = Dispatch(caller, call.number, call.args);
@@ -946,9 +949,25 @@ void Shim::RaiseUpcallLocked(uint32_t vcpu) {
     }
     vector = static_cast<uint8_t>(callback_via_ & 0xff);
   }
-  if (absl::Status injected = state.vcpu->InjectInterrupt(vector); !injected.ok()) {
-    spdlog::debug("Xen shim: upcall vector {:#x} to vCPU {} not injected: {}", vector, vcpu, std::string(injected.message()));
+  absl::Status injected = state.vcpu->InjectInterrupt(vector);
+  if (!injected.ok() && !state.upcall_owed) {
+    spdlog::debug("Xen shim: upcall vector {:#x} to vCPU {} not injected ({}); retried while upcall_pending is set",
+                  vector, vcpu, std::string(injected.message()));
   }
+  if (!injected.ok() && !state.upcall_owed) timers_changed_ = true;  // the timer thread retries it
+  state.upcall_owed = !injected.ok();
+}
+
+bool Shim::RetryOwedUpcallLocked(uint32_t vcpu) {
+  VcpuState& state = vcpus_[vcpu];
+  if (!state.upcall_owed) return false;
+  std::optional<VcpuInfo> info = VcpuInfoLocked(vcpu);
+  if (!info || !info->upcall_pending()) {
+    state.upcall_owed = false;  // the guest saw its events another way
+    return false;
+  }
+  RaiseUpcallLocked(vcpu);
+  return state.upcall_owed;
 }
 
 void Shim::RunBackendHandler(const std::shared_ptr<EventHandler>& handler) {
@@ -1358,6 +1377,10 @@ void Shim::TimerLoop() {
     timers_changed_ = false;
     auto wake = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) { return timers_changed_ || stopping_; };
     const uint64_t now = SystemTimeNs();
+    // Owed upcalls are retried every millisecond until taken (or no longer pending).
+    for (uint32_t v = 0; v < vcpus_.size(); ++v) {
+      if (RetryOwedUpcallLocked(v)) next = std::min(next.value_or(~uint64_t{0}), now + kOwedUpcallRetryNs);
+    }
     if (!next) {
       mutex_.Await(absl::Condition(&wake));
       continue;

@@ -156,6 +156,9 @@ class Shim {
     bool blocked = false;
     uint64_t blocked_since_ns = 0;
     uint64_t time_blocked_ns = 0;
+    // An upcall the vCPU could not take (its local APIC not enabled yet): Xen delivers while
+    // upcall_pending is set, so it is retried at the vCPU's hypercalls and by the timer thread.
+    bool upcall_owed = false;
   };
   struct Caller;
 
@@ -185,6 +188,8 @@ class Shim {
   void MarkVcpuPendingLocked(uint32_t vcpu, uint32_t port) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void RaiseUpcallLocked(uint32_t vcpu) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void RaisePendingUpcallsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Raises an owed upcall again while upcall_pending is still set; returns whether one is still owed.
+  bool RetryOwedUpcallLocked(uint32_t vcpu) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // With kernel delivery: hands `port` to the kernel; false if it refused (use the userspace path).
   bool KernelSendLocked(uint32_t port) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void KernelSetVcpuInfoLocked(uint32_t vcpu) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
