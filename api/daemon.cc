@@ -22,6 +22,7 @@
 #include "api/config.h"
 #include "components/base/status.h"
 #include "components/loader/layout.h"
+#include "components/loader/kernel_image.h"
 #include "components/loader/pvh_loader.h"
 #include "google/protobuf/util/json_util.h"
 #include "grpcpp/grpcpp.h"
@@ -61,13 +62,20 @@ std::string LastVmmMessage(const std::string& log_path) {
   return last;
 }
 
-// Checks the kernel the way the VMM will load it, so that CreateVm refuses a bad one.
+// Checks the kernel (and the initrd's file) the way the VMM will load them, so that CreateVm
+// refuses a bad one. The same reader as the VMM's: regular files only, bounded.
 absl::Status CheckKernel(const v1::VmConfig& config) {
-  std::ifstream file(config.kernel(), std::ios::binary);
-  if (!file) {
-    return absl::InvalidArgumentError(absl::StrCat("kernel: cannot open ", config.kernel(), ": ", std::strerror(errno)));
+  absl::StatusOr<std::vector<uint8_t>> file = loader::ReadBootFile("kernel", config.kernel(), loader::kMaxKernelBytes);
+  if (!file.ok()) return absl::InvalidArgumentError(file.status().message());
+  absl::StatusOr<loader::KernelImage> image = loader::ExtractElfKernel(std::move(*file));
+  if (!image.ok()) return absl::InvalidArgumentError(absl::StrCat("kernel: ", config.kernel(), ": ", image.status().message()));
+  if (!config.initrd().empty()) {
+    struct stat info {};
+    if (stat(config.initrd().c_str(), &info) != 0 || !S_ISREG(info.st_mode)) {
+      return absl::InvalidArgumentError(absl::StrCat("initrd: ", config.initrd(), " is not a readable regular file"));
+    }
   }
-  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(file)), {});
+  const std::vector<uint8_t>& bytes = image->elf;
   absl::StatusOr<std::vector<memory::RegionSpec>> regions = loader::RamRegions(config.memory_mib() * loader::kMiB);
   if (!regions.ok()) return absl::InvalidArgumentError(absl::StrCat("memory_mib: ", regions.status().message()));
   absl::StatusOr<memory::GuestMemory> memory = memory::GuestMemory::Create(*regions);

@@ -330,8 +330,15 @@ TEST_F(XenkvmdTest, BadInputGetsTheRightCodeAndMessage) {
   std::string text_kernel = WriteConfig("text-kernel", "not a kernel\n");
   ProcessResult malformed =
       Ctl({"create", WriteConfig("bad.json", absl::StrCat(R"({"name": "b", "kernel": ")", text_kernel, R"("})"))});
-  EXPECT_THAT(malformed.err, HasSubstr("not an ELF file"));
+  EXPECT_THAT(malformed.err, HasSubstr("neither an ELF kernel (vmlinux) nor a bzImage"));
   EXPECT_THAT(malformed.err, HasSubstr("(INVALID_ARGUMENT)"));
+  // A device as the kernel is refused before it is read (it would never end).
+  ProcessResult device = Ctl({"create", WriteConfig("zero.json", R"({"name": "z", "kernel": "/dev/zero"})")});
+  EXPECT_THAT(device.err, HasSubstr("kernel: /dev/zero is not a regular file (INVALID_ARGUMENT)"));
+  ProcessResult no_initrd = Ctl({"create", WriteConfig("noinitrd.json", absl::StrCat(R"({"name": "i", "kernel": ")",
+                                                                                   Runfile("tests/guests/xen_ticker.elf"),
+                                                                                   R"(", "initrd": "/no/initrd"})"))});
+  EXPECT_THAT(no_initrd.err, HasSubstr("initrd: /no/initrd is not a readable regular file (INVALID_ARGUMENT)"));
   ProcessResult bad_key = Ctl({"create", WriteConfig("key.json", R"({"name": "k", "colour": "red"})")});
   EXPECT_EQ(bad_key.status, 1);
   EXPECT_THAT(bad_key.err, HasSubstr("not a valid VM config"));

@@ -1,9 +1,5 @@
 #include "vmm/vm.h"
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -15,7 +11,6 @@
 #include "components/acpi/acpi_tables.h"
 #include "components/accel/emu/emu_accelerator.h"
 #include "components/accel/kvm/kvm_accelerator.h"
-#include "components/base/fd.h"
 #include "components/base/status.h"
 #include "components/devices/legacy.h"
 #include "components/kvm/kvm.h"
@@ -47,34 +42,6 @@ class LocalApicEoi final : public devices::Device {
 };
 constexpr int64_t kEnosys = -38;  // hypercalls of a VM without the Xen interface
 
-// A boot file (kernel, initrd) read whole: a regular file of at most `limit` bytes. Devices and
-// FIFOs are refused before any read (/dev/zero would never end, a FIFO could block forever).
-absl::StatusOr<std::vector<uint8_t>> ReadBootFile(const char* what, const std::string& path, uint64_t limit) {
-  base::Fd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
-  if (!fd.valid()) {
-    return absl::NotFoundError(absl::StrFormat("%s: cannot open %s: %s", what, path, std::strerror(errno)));
-  }
-  struct stat info {};
-  if (fstat(fd.get(), &info) != 0 || !S_ISREG(info.st_mode)) {
-    return absl::InvalidArgumentError(absl::StrFormat("%s: %s is not a regular file", what, path));
-  }
-  if (static_cast<uint64_t>(info.st_size) > limit) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("%s: %s has %u bytes; at most %u MiB are taken", what, path, info.st_size, limit >> 20));
-  }
-  std::vector<uint8_t> bytes(static_cast<size_t>(info.st_size));
-  size_t done = 0;
-  while (done < bytes.size()) {
-    const ssize_t got = pread(fd.get(), bytes.data() + done, bytes.size() - done, done);
-    if (got < 0 && errno == EINTR) continue;
-    if (got <= 0) {
-      return absl::DataLossError(absl::StrFormat("%s: reading %s failed: %s", what, path,
-                                                 got == 0 ? "the file shrank" : std::strerror(errno)));
-    }
-    done += got;
-  }
-  return bytes;
-}
 
 }  // namespace
 
@@ -134,13 +101,13 @@ absl::StatusOr<std::unique_ptr<Vm>> Vm::Create(const VmConfig& config, ConsoleLo
 // Step 1: guest memory with the kernel, the initrd, the ACPI tables and the start info in it.
 absl::StatusOr<Vm::BootPlan> Vm::LoadGuest(const VmConfig& config) {
   XENKVM_ASSIGN_OR_RETURN(std::vector<uint8_t> kernel_file,
-                          ReadBootFile("kernel", config.kernel, loader::kMaxKernelBytes));
+                          loader::ReadBootFile("kernel", config.kernel, loader::kMaxKernelBytes));
   absl::StatusOr<loader::KernelImage> image = loader::ExtractElfKernel(std::move(kernel_file));
   if (!image.ok()) return absl::InvalidArgumentError(absl::StrCat(config.kernel, ": ", image.status().message()));
   std::vector<loader::BootModule> modules;
   if (!config.initrd.empty()) {
     XENKVM_ASSIGN_OR_RETURN(std::vector<uint8_t> initrd,
-                            ReadBootFile("initrd", config.initrd, config.memory_mib * loader::kMiB));
+                            loader::ReadBootFile("initrd", config.initrd, config.memory_mib * loader::kMiB));
     modules.push_back({std::move(initrd), ""});
   }
   XENKVM_ASSIGN_OR_RETURN(std::vector<memory::RegionSpec> regions,

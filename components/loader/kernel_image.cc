@@ -1,9 +1,15 @@
 #include "components/loader/kernel_image.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstring>
 #include <optional>
 
 #include "absl/strings/str_format.h"
+#include "components/base/fd.h"
 
 namespace xenkvm::loader {
 namespace {
@@ -71,6 +77,35 @@ absl::StatusOr<KernelImage> FromBzImage(std::span<const uint8_t> file) {
 }
 
 }  // namespace
+
+// A boot file (kernel, initrd) read whole: a regular file of at most `limit` bytes. Devices and
+// FIFOs are refused before any read (/dev/zero would never end, a FIFO could block forever).
+absl::StatusOr<std::vector<uint8_t>> ReadBootFile(const char* what, const std::string& path, uint64_t limit) {
+  base::Fd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
+  if (!fd.valid()) {
+    return absl::NotFoundError(absl::StrFormat("%s: cannot open %s: %s", what, path, std::strerror(errno)));
+  }
+  struct stat info {};
+  if (fstat(fd.get(), &info) != 0 || !S_ISREG(info.st_mode)) {
+    return absl::InvalidArgumentError(absl::StrFormat("%s: %s is not a regular file", what, path));
+  }
+  if (static_cast<uint64_t>(info.st_size) > limit) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s: %s has %u bytes; at most %u MiB are taken", what, path, info.st_size, limit >> 20));
+  }
+  std::vector<uint8_t> bytes(static_cast<size_t>(info.st_size));
+  size_t done = 0;
+  while (done < bytes.size()) {
+    const ssize_t got = pread(fd.get(), bytes.data() + done, bytes.size() - done, done);
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) {
+      return absl::DataLossError(absl::StrFormat("%s: reading %s failed: %s", what, path,
+                                                 got == 0 ? "the file shrank" : std::strerror(errno)));
+    }
+    done += got;
+  }
+  return bytes;
+}
 
 absl::StatusOr<KernelImage> ExtractElfKernel(std::vector<uint8_t> file) {
   if (IsElf(file)) return KernelImage{std::move(file), "ELF"};

@@ -28,6 +28,11 @@ Compression DetectCompression(std::span<const uint8_t> data);
 absl::StatusOr<std::vector<uint8_t>> Decompress(Compression compression, std::span<const uint8_t> input,
                                                 uint64_t max_output = kMaxKernelBytes);
 
+// A boot file (kernel, initrd) read whole: a regular file of at most `limit` bytes. Devices and
+// FIFOs are refused before any read (/dev/zero would never end, a FIFO could block for ever).
+// Errors start with `what` and name the path.
+absl::StatusOr<std::vector<uint8_t>> ReadBootFile(const char* what, const std::string& path, uint64_t limit);
+
 struct KernelImage {
   std::vector<uint8_t> elf;
   std::string description;  // "ELF" or "bzImage (boot protocol 2.15, lz4 payload)"
