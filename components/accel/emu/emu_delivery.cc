@@ -1,5 +1,6 @@
 // Interrupts, exceptions and fast system calls, delivered as the architecture defines (Unicorn
-// reports an exception's vector to a hook and drops it; SYSCALL and SYSENTER it only reports).
+// reports an exception's vector to a hook and drops it; SYSCALL and SYSENTER it only reports), and
+// the instructions Unicorn takes for invalid that the backend carries out (VMCALL, SERIALIZE).
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "components/accel/emu/emu_vcpu.h"
@@ -325,6 +326,37 @@ void EmuVcpu::CarryOutFastSystemCall(FastSystemCall call) {
   WriteRegister(UC_X86_REG_RSP, long_mode || call == FastSystemCall::kSyscall ? *new_rsp : (*new_rsp & 0xffffffff));
   WriteRegister(UC_X86_REG_RFLAGS, new_rflags);
   WriteRegister(UC_X86_REG_RIP, target);
+}
+
+// VMCALL and VMMCALL are #UD to Unicorn; they are Xen hypercalls (RAX = number).
+bool EmuVcpu::HandleInlineHypercall() {
+  const uint64_t rip = ReadRegister(UC_X86_REG_RIP);
+  std::array<uint8_t, 3> bytes{};
+  if (!FetchCode(rip, bytes).ok() || bytes[0] != 0x0f || bytes[1] != 0x01 ||
+      (bytes[2] != 0xc1 && bytes[2] != 0xd9)) {
+    return false;
+  }
+  HypercallExit call = HypercallFromRegisters(ReadRegister(UC_X86_REG_RAX));
+  const bool long_mode = call.long_mode;
+  const uint64_t result = Deliver(call, true);
+  WriteHypercallResult(result, long_mode);
+  WriteRegister(UC_X86_REG_RIP, rip + 3);
+  stop_requested_ = true;
+  return true;
+}
+
+// SERIALIZE (0f 01 e8), #UD to Unicorn, is carried out here: the guest serializes after changing
+// code (Linux's sync_core), which is when translated code must go. Unicorn 2.1.1 misses writes to
+// code through most virtual aliases (its write check looks the virtual address up as a physical
+// one), so stale translations of changed code would otherwise run: Linux's boot-time alternatives
+// stayed unpatched for the emulator, and loading a module jumped into freed init memory.
+bool EmuVcpu::HandleSerialize() {
+  const uint64_t rip = ReadRegister(UC_X86_REG_RIP);
+  std::array<uint8_t, 3> bytes{};
+  if (!FetchCode(rip, bytes).ok() || bytes != std::array<uint8_t, 3>{0x0f, 0x01, 0xe8}) return false;
+  flush_translations_ = true;
+  WriteRegister(UC_X86_REG_RIP, rip + 3);
+  return true;
 }
 
 }  // namespace xenkvm::accel::emu

@@ -635,37 +635,6 @@ void EmuVcpu::OnSysenter(uc_engine* uc, void* user) {
   uc_emu_stop(uc);
 }
 
-// VMCALL and VMMCALL are #UD to Unicorn; they are Xen hypercalls (RAX = number).
-bool EmuVcpu::HandleInlineHypercall() {
-  const uint64_t rip = ReadRegister(UC_X86_REG_RIP);
-  std::array<uint8_t, 3> bytes{};
-  if (!FetchCode(rip, bytes).ok() || bytes[0] != 0x0f || bytes[1] != 0x01 ||
-      (bytes[2] != 0xc1 && bytes[2] != 0xd9)) {
-    return false;
-  }
-  HypercallExit call = HypercallFromRegisters(ReadRegister(UC_X86_REG_RAX));
-  const bool long_mode = call.long_mode;
-  const uint64_t result = Deliver(call, true);
-  WriteHypercallResult(result, long_mode);
-  WriteRegister(UC_X86_REG_RIP, rip + 3);
-  stop_requested_ = true;
-  return true;
-}
-
-// SERIALIZE (0f 01 e8), #UD to Unicorn, is carried out here: the guest serializes after changing
-// code (Linux's sync_core), which is when translated code must go. Unicorn 2.1.1 misses writes to
-// code through most virtual aliases (its write check looks the virtual address up as a physical
-// one), so stale translations of changed code would otherwise run: Linux's boot-time alternatives
-// stayed unpatched for the emulator, and loading a module jumped into freed init memory.
-bool EmuVcpu::HandleSerialize() {
-  const uint64_t rip = ReadRegister(UC_X86_REG_RIP);
-  std::array<uint8_t, 3> bytes{};
-  if (!FetchCode(rip, bytes).ok() || bytes != std::array<uint8_t, 3>{0x0f, 0x01, 0xe8}) return false;
-  flush_translations_ = true;
-  WriteRegister(UC_X86_REG_RIP, rip + 3);
-  return true;
-}
-
 // At the start of every translation block: the one place where stopping the engine is exact.
 // Unicorn mishandles a uc_emu_stop that lands while a hook (IN, OUT, CPUID, MMIO) runs: it
 // resumes at a stale RIP, re-executing or skipping instructions. So other threads (Kick,
