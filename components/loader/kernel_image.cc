@@ -44,7 +44,9 @@ absl::Status Refuse(const std::string& why) {
 }
 
 absl::StatusOr<KernelImage> FromBzImage(std::span<const uint8_t> file) {
-  const uint16_t version = *ReadAt<uint16_t>(file, kVersionAt);
+  const std::optional<uint16_t> read_version = ReadAt<uint16_t>(file, kVersionAt);
+  if (!read_version) return Refuse("a truncated bzImage setup header");
+  const uint16_t version = *read_version;
   if (version < kPayloadVersion) {
     return Refuse(absl::StrFormat(
         "a bzImage of boot protocol %u.%02u, which does not say where its payload is (2.08 or later needed)",

@@ -193,6 +193,14 @@ TEST(KernelImageTest, OldBootProtocolIsRefused) {
   EXPECT_THAT(image.status().message(), HasSubstr("boot protocol 2.06"));
 }
 
+TEST(KernelImageTest, HeaderCutAfterItsMagicIsRefused) {
+  std::vector<uint8_t> file = BzImage(FakeElf(5000));
+  file.resize(0x206);  // "HdrS" and nothing after it
+  EXPECT_THAT(ExtractElfKernel(file).status().message(), HasSubstr("truncated bzImage setup header"));
+  file.resize(0x207);
+  EXPECT_THAT(ExtractElfKernel(file).status().message(), HasSubstr("truncated bzImage setup header"));
+}
+
 TEST(KernelImageTest, PayloadOutsideTheFileIsRefused) {
   std::vector<uint8_t> file = BzImage(FakeElf(5000));
   const uint32_t huge = 0xfffffff0;
