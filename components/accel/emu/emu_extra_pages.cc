@@ -7,15 +7,8 @@
 #include "components/base/status.h"
 
 namespace xenkvm::accel::emu {
-namespace {
 
-constexpr uint64_t kPageSize = 4096;
-
-absl::Status UcError(uc_err err, const std::string& what) {
-  return absl::InternalError(absl::StrFormat("emu: %s failed: %s", what, uc_strerror(err)));
-}
-
-}  // namespace
+using memory::kPageSize;
 
 absl::Status EmuVcpu::SyncExtraPages() {
   const uint64_t generation = vm_.extra_generation.load(std::memory_order_acquire);

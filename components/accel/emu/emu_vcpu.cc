@@ -25,10 +25,6 @@ constexpr uint64_t kRflagsIf = 1 << 9;
 constexpr uint64_t kBootTraceInstructions = 2'000'000;
 constexpr uint64_t kArmedTraceInstructions = 100'000;
 
-absl::Status UcError(uc_err err, absl::string_view call) {
-  return absl::InternalError(absl::StrCat("unicorn ", call, ": ", uc_strerror(err)));
-}
-
 // Unicorn's register ids for the fields of Registers (RIP last, so a write moves it after the rest).
 constexpr std::pair<int, uint64_t Registers::*> kRegisterFields[] = {
     {UC_X86_REG_RAX, &Registers::rax},    {UC_X86_REG_RBX, &Registers::rbx},
@@ -43,6 +39,10 @@ constexpr std::pair<int, uint64_t Registers::*> kRegisterFields[] = {
 };
 
 }  // namespace
+
+absl::Status UcError(uc_err err, absl::string_view call) {
+  return absl::InternalError(absl::StrCat("unicorn ", call, ": ", uc_strerror(err)));
+}
 
 absl::StatusOr<std::unique_ptr<EmuVcpu>> EmuVcpu::Create(uint32_t id, EmuVmState& vm,
                                                          std::optional<PvhEntry> boot) {

@@ -42,6 +42,9 @@ struct EmuVmState {
 
 class EmuVcpu;
 
+// A Unicorn call's failure as a Status naming the call.
+absl::Status UcError(uc_err err, absl::string_view call);
+
 // One MMIO window (a hole between RAM regions below 4 GiB) as Unicorn sees it.
 struct MmioWindow {
   EmuVcpu* vcpu;

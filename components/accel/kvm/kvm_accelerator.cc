@@ -23,7 +23,7 @@ namespace {
 
 constexpr uint64_t kEferLma = 1 << 10;
 constexpr uint64_t kMsiAddressBase = 0xfee00000;
-constexpr uint64_t kPageSize = 4096;
+using memory::kPageSize;
 // Guest RAM takes slots 0..2 (below the MMIO hole, the Xen pages, above 4 GiB); extra pages
 // (grant-table and shared-info frames outside RAM) one slot each from here, within the 509 slots
 // every KVM offers.
