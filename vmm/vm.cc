@@ -24,22 +24,6 @@
 namespace xenkvm::vmm {
 namespace {
 
-constexpr uint64_t kLocalApicBase = 0xfee00000;
-constexpr uint64_t kLocalApicSize = 0x1000;
-
-// On emu there is no local APIC model; of its registers the VMM needs only the EOI (0xb0), which
-// tells the IOAPIC that a level-triggered interrupt was handled. Other registers read 0.
-class LocalApicEoi final : public devices::Device {
- public:
-  explicit LocalApicEoi(std::function<void()> eoi) : eoi_(std::move(eoi)) {}
-  void Read(uint64_t, std::span<uint8_t> data) override { std::fill(data.begin(), data.end(), 0); }
-  void Write(uint64_t offset, std::span<const uint8_t>) override {
-    if (offset == 0xb0) eoi_();
-  }
-
- private:
-  std::function<void()> eoi_;
-};
 constexpr int64_t kEnosys = -38;  // hypercalls of a VM without the Xen interface
 
 
@@ -153,24 +137,17 @@ absl::Status Vm::RegisterPlatformDevices() {
       std::make_shared<devices::ExitPort>([this](uint32_t status) { End({VmEnd::Kind::kPoweredOff, status, ""}); }),
       "exit port"));
 
-  // The IOAPIC: with the kvm backend the local APIC is in the kernel and reports no EOIs, so
-  // level-triggered pins deliver on each assertion there; emu reports EOIs (the LAPIC's EOI
-  // register is an MMIO store the VMM sees).
-  const bool lapic_in_kernel = accelerator_->capabilities().in_kernel_lapic;
+  // The IOAPIC: a level-triggered pin stays in service until its EOI where the backend reports
+  // EOIs (emu); with the kvm backend the local APIC is in the kernel and says nothing, so each
+  // assertion delivers there.
   ioapic_ = std::make_shared<devices::Ioapic>(
-      [this](uint8_t destination, uint8_t vector) {
-        if (destination < vcpus_.size()) (void)vcpus_[destination]->InjectInterrupt(vector);
+      [this](uint8_t destination, uint8_t vector, bool level) {
+        if (destination >= vcpus_.size()) return false;
+        accel::Vcpu& vcpu = *vcpus_[destination];
+        return (level ? vcpu.InjectLevelInterrupt(vector) : vcpu.InjectInterrupt(vector)).ok();
       },
-      /*eoi_tracking=*/!lapic_in_kernel);
+      /*eoi_tracking=*/accelerator_->capabilities().reports_eoi);
   XENKVM_RETURN_IF_ERROR(mmio_bus_.Register(devices::kIoapicBase, devices::kIoapicSize, ioapic_, "IOAPIC"));
-  if (!lapic_in_kernel) {
-    XENKVM_RETURN_IF_ERROR(mmio_bus_.Register(
-        kLocalApicBase, kLocalApicSize, std::make_shared<LocalApicEoi>([this] {
-          if (xen_) xen_->RefreshCallbackGsi();
-          ioapic_->EndOfInterrupt(std::nullopt);
-        }),
-        "local APIC (EOI only)"));
-  }
 
   return absl::OkStatus();
 }
@@ -438,6 +415,9 @@ void Vm::VcpuLoop(accel::Vcpu& vcpu) {
       HandleBusAccess(vcpu, pio_bus_, io->port, io->size, io->is_write, io->value);
     } else if (auto* mmio = std::get_if<accel::MmioExit>(&*exit)) {
       HandleBusAccess(vcpu, mmio_bus_, mmio->address, mmio->size, mmio->is_write, mmio->value);
+    } else if (auto* eoi = std::get_if<accel::EoiExit>(&*exit)) {
+      if (xen_) xen_->RefreshCallbackGsi();  // lowered first if the guest saw its events
+      ioapic_->EndOfInterrupt(eoi->vector);
     } else if (auto* call = std::get_if<accel::HypercallExit>(&*exit)) {
       (void)vcpu.Complete(xen_ ? xen_->Hypercall(vcpu, *call) : static_cast<uint64_t>(kEnosys));
     } else if (std::holds_alternative<accel::HaltExit>(*exit)) {

@@ -57,13 +57,19 @@ struct ShutdownExit {
 };
 // Kick() from another thread (or an interrupt was queued): nothing to do but run again.
 struct KickedExit {};
+// The guest's local APIC ended a level-triggered interrupt (InjectLevelInterrupt): the IOAPIC
+// drops that vector's remote IRR and delivers again if the line is still asserted. Only from
+// backends whose capabilities().reports_eoi (KVM_EXIT_IOAPIC_EOI's role in a split irqchip).
+struct EoiExit {
+  uint8_t vector = 0;
+};
 // The guest did something the accelerator cannot carry out; the VM cannot continue.
 struct GuestErrorExit {
   std::string reason;
 };
 
 using Exit = std::variant<PortIoExit, MmioExit, HypercallExit, HaltExit, ShutdownExit, KickedExit,
-                          GuestErrorExit>;
+                          GuestErrorExit, EoiExit>;
 
 // ---- State
 
@@ -98,7 +104,9 @@ struct PvhEntry {
 // What a backend offers beyond the interface's guarantees.
 struct Capabilities {
   std::string name;                        // "kvm" or "emu"
-  bool in_kernel_lapic = false;            // interrupts go through a LAPIC model
+  // Level-triggered EOIs come back as EoiExits (emu). Without it (kvm: the LAPIC is in the kernel
+  // and says nothing), the IOAPIC cannot hold a remote IRR for level-triggered pins.
+  bool reports_eoi = false;
   bool kernel_delivers_event_channels = false;
   bool hypercall_page_by_accelerator = true;  // the guest's MSR write fills the page
   bool inline_vmcall = true;               // VMCALL/VMMCALL outside the page reach the VMM
@@ -141,10 +149,20 @@ class Vcpu {
   // as an AP waiting for its start-up does). kFailedPrecondition if it already runs.
   virtual absl::Status Start(const PvhEntry& boot) = 0;
 
-  // Queues external interrupt `vector` (>= 0x10) for delivery through the guest IDT; safe from any
-  // thread. A guest halted with interrupts enabled wakes; a running one takes it when RFLAGS.IF
-  // allows. (kvm: a fixed-mode MSI to this vCPU's LAPIC, which the guest must have enabled.)
+  // Queues external interrupt `vector` (>= 0x10), edge-triggered, fixed mode, at this vCPU's local
+  // APIC, which the guest must have software-enabled (kFailedPrecondition otherwise, the interrupt
+  // lost as on hardware); safe from any thread. The LAPIC's priority rules and the guest's EOI
+  // apply. A guest halted with interrupts enabled wakes; a running one takes it when RFLAGS.IF
+  // allows. (kvm: a fixed-mode MSI to this vCPU's LAPIC.)
   virtual absl::Status InjectInterrupt(uint8_t vector) = 0;
+  // The same, level-triggered (an IOAPIC pin): where capabilities().reports_eoi, its EOI comes back
+  // as an EoiExit. The default is the edge-triggered injection (a backend that cannot tell).
+  virtual absl::Status InjectLevelInterrupt(uint8_t vector) { return InjectInterrupt(vector); }
+  // Xen's HVM-wide event-channel callback vector (HVM_PARAM_CALLBACK_IRQ, vector type), which Xen
+  // delivers beside the local APIC: no IRR or ISR bit, no EOI from the guest (Linux sends none),
+  // taken whenever RFLAGS.IF allows. The default goes through the LAPIC (a backend that cannot
+  // inject beside it).
+  virtual absl::Status InjectXenCallback(uint8_t vector) { return InjectInterrupt(vector); }
   // Makes a Run() in progress return KickedExit soon; a kick before Run() makes the next one return
   // at once. Safe from any thread.
   virtual void Kick() = 0;

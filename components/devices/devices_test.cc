@@ -170,7 +170,12 @@ class IoapicTest : public ::testing::Test {
  protected:
   void Build(bool eoi_tracking) {
     ioapic_ = std::make_shared<Ioapic>(
-        [this](uint8_t destination, uint8_t vector) { delivered_.push_back({destination, vector}); }, eoi_tracking);
+        [this](uint8_t destination, uint8_t vector, bool level) {
+          delivered_.push_back({destination, vector});
+          levels_.push_back(level);
+          return accepting_;
+        },
+        eoi_tracking);
     bus_ = std::make_unique<Bus>("MMIO");
     ASSERT_TRUE(bus_->Register(kIoapicBase, kIoapicSize, ioapic_, "IOAPIC").ok());
   }
@@ -197,6 +202,8 @@ class IoapicTest : public ::testing::Test {
   std::shared_ptr<Ioapic> ioapic_;
   std::unique_ptr<Bus> bus_;
   std::vector<std::pair<uint8_t, uint8_t>> delivered_;
+  std::vector<bool> levels_;
+  bool accepting_ = true;  // what the destination answers
 };
 
 TEST_F(IoapicTest, RegistersAndRedirectionTable) {
@@ -216,7 +223,7 @@ TEST(IoapicResetTest, StartsWithEveryPinMaskedAndIdle) {
   alignas(Ioapic) unsigned char storage[sizeof(Ioapic)];
   std::memset(storage, 0xff, sizeof(storage));
   int delivered = 0;
-  auto* ioapic = new (storage) Ioapic([&](uint8_t, uint8_t) { ++delivered; }, /*eoi_tracking=*/true);
+  auto* ioapic = new (storage) Ioapic([&](uint8_t, uint8_t, bool) { return ++delivered > 0; }, /*eoi_tracking=*/true);
   for (uint32_t pin = 0; pin < kIoapicPins; ++pin) {
     EXPECT_EQ(ioapic->redirection(pin), uint64_t{1} << 16) << "pin " << pin;
   }
@@ -233,10 +240,22 @@ TEST_F(IoapicTest, LevelPinsWaitForTheEoiAndFireAgainIfStillAsserted) {
   ioapic_->EndOfInterrupt(0xf1);
   EXPECT_EQ(delivered_.size(), 2u);  // the line is still high
   ioapic_->SetLevel(9, false);
-  ioapic_->EndOfInterrupt(std::nullopt);
-  EXPECT_EQ(delivered_.size(), 2u);
   ioapic_->EndOfInterrupt(0x33);  // another vector's EOI changes nothing
   EXPECT_EQ(delivered_.size(), 2u);
+  EXPECT_EQ(levels_, (std::vector<bool>{true, true}));
+}
+
+// A LAPIC that refuses the interrupt (not enabled yet) sends no EOI: the pin must not stay in
+// service, or it would never fire again.
+TEST_F(IoapicTest, ARefusedLevelInterruptHoldsNoRemoteIrr) {
+  accepting_ = false;
+  Route(9, 0xf1, 0);
+  ioapic_->SetLevel(9, true);
+  EXPECT_EQ(ioapic_->redirection(9) & (1 << 14), 0u);
+  accepting_ = true;
+  ioapic_->SetLevel(9, true);  // asserted again: delivered now
+  EXPECT_EQ(delivered_.size(), 2u);
+  EXPECT_NE(ioapic_->redirection(9) & (1 << 14), 0u);
 }
 
 TEST_F(IoapicTest, MaskedPinsFireWhenUnmaskedEdgesOnlyOnRising) {

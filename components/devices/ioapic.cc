@@ -82,8 +82,7 @@ void Ioapic::TryDeliverLocked(uint32_t pin) {
   if ((entry & kMasked) || !level_[pin] || (level && (entry & kRemoteIrr))) return;
   uint8_t destination = static_cast<uint8_t>(entry >> 56);
   if (entry & kLogical) destination = destination == 0 ? 0 : static_cast<uint8_t>(__builtin_ctz(destination));
-  if (level && eoi_tracking_) entry |= kRemoteIrr;
-  deliver_(destination, static_cast<uint8_t>(entry & 0xff));
+  if (deliver_(destination, static_cast<uint8_t>(entry & 0xff), level) && level && eoi_tracking_) entry |= kRemoteIrr;
 }
 
 void Ioapic::SetLevel(uint32_t pin, bool asserted) {
@@ -95,11 +94,11 @@ void Ioapic::SetLevel(uint32_t pin, bool asserted) {
   if ((table_[pin] & kLevel) ? asserted : rising) TryDeliverLocked(pin);
 }
 
-void Ioapic::EndOfInterrupt(std::optional<uint8_t> vector) {
+void Ioapic::EndOfInterrupt(uint8_t vector) {
   absl::MutexLock lock(&mutex_);
   for (uint32_t pin = 0; pin < kIoapicPins; ++pin) {
     uint64_t& entry = table_[pin];
-    if (!(entry & kRemoteIrr) || (vector && (entry & 0xff) != *vector)) continue;
+    if (!(entry & kRemoteIrr) || (entry & 0xff) != vector) continue;
     entry &= ~kRemoteIrr;
     TryDeliverLocked(pin);  // still asserted: again
   }

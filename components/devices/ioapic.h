@@ -22,9 +22,10 @@ inline constexpr uint32_t kIoapicPins = 24;
 
 class Ioapic final : public Device {
  public:
-  // `deliver(destination APIC ID, vector)`. Physical destination mode; a logical destination goes
-  // to the lowest APIC ID its mask names.
-  using Deliver = std::function<void(uint8_t destination, uint8_t vector)>;
+  // `deliver(destination APIC ID, vector, level-triggered)`: true when the destination took it (a
+  // refused level interrupt holds no remote IRR). Physical destination mode; a logical destination
+  // goes to the lowest APIC ID its mask names.
+  using Deliver = std::function<bool(uint8_t destination, uint8_t vector, bool level)>;
   // `eoi_tracking`: the VMM reports EOIs (EndOfInterrupt). Without it (the local APIC is in the
   // kernel and says nothing), level-triggered pins hold no remote IRR: each assertion delivers.
   Ioapic(Deliver deliver, bool eoi_tracking);
@@ -34,8 +35,8 @@ class Ioapic final : public Device {
 
   // Drives input `pin`. Pins beyond the table are ignored.
   void SetLevel(uint32_t pin, bool asserted);
-  // The local APIC's EOI for `vector`, or for any vector (std::nullopt) when the VMM cannot tell.
-  void EndOfInterrupt(std::optional<uint8_t> vector);
+  // The local APIC's EOI for level-triggered `vector` (or the guest's write to the EOI register).
+  void EndOfInterrupt(uint8_t vector);
 
   uint64_t redirection(uint32_t pin) const;
 

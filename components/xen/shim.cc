@@ -949,7 +949,9 @@ void Shim::RaiseUpcallLocked(uint32_t vcpu) {
     }
     vector = static_cast<uint8_t>(callback_via_ & 0xff);
   }
-  absl::Status injected = state.vcpu->InjectInterrupt(vector);
+  // The per-vCPU vector is a LAPIC interrupt the guest EOIs; the HVM-wide one bypasses the LAPIC.
+  absl::Status injected = state.upcall_vector != 0 ? state.vcpu->InjectInterrupt(vector)
+                                                   : state.vcpu->InjectXenCallback(vector);
   if (!injected.ok() && !state.upcall_owed) {
     spdlog::debug("Xen shim: upcall vector {:#x} to vCPU {} not injected ({}); retried while upcall_pending is set",
                   vector, vcpu, std::string(injected.message()));

@@ -86,7 +86,10 @@ cat > "$root/sbin/init" <<'INIT'
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 echo "xenkvm-root: hypervisor=$(cat /sys/hypervisor/type 2>/dev/null)"
-echo "xenkvm-root: cpus=$(grep -c ^processor /proc/cpuinfo)"
+echo "xenkvm-root: cpus=$(nproc) online=$(cat /sys/devices/system/cpu/online)"
+# The last CPU really runs code: a process pinned to it reports where it ran (/proc/self/stat field 39).
+last_cpu=$(($(nproc) - 1))
+echo "xenkvm-root: ran-on-cpu$last_cpu=$(taskset -c "$last_cpu" awk '{print $39}' /proc/self/stat)"
 echo "xenkvm-root: root=$(awk '$2 == "/" && $1 != "rootfs" {print $1 " " $3}' /proc/mounts)"
 echo "xenkvm-root: root-driver=$(basename "$(readlink /sys/block/xvda/device/driver)")"
 echo "written by the guest on $(uname -r)" > /proof

@@ -61,7 +61,7 @@ const Boot& BootDebianKernel() {
     boot->result = RunProcess({Runfile("vmm/xenkvm-vmm"), "--kernel", vmlinuz, "--initrd",
                                images + "/initramfs.cpio.gz", "--disk",
                                absl::StrCat("target=", boot->root_image, ",vdev=xvda"), "--accel", "emu",
-                               "--memory", "512", "--cmdline", "console=hvc0 root=/dev/xvda"},
+                               "--vcpus", "2", "--memory", "512", "--cmdline", "console=hvc0 root=/dev/xvda"},
                               absl::Minutes(5));
     return boot;
   }();
@@ -84,7 +84,10 @@ TEST(LinuxBootTest, DebianCloudKernelBootsToItsInitramfsOnEmu) {
   EXPECT_THAT(out, HasSubstr("Booting kernel on Xen PVH")) << boot.Context();
   EXPECT_THAT(out, HasSubstr("ACPI: RSDP 0x00000000000E0000")) << boot.Context();
   EXPECT_THAT(out, HasSubstr("ACPI: PM: (supports S0 S5)")) << boot.Context();
-  EXPECT_THAT(out, HasSubstr("smpboot: Allowing 1 CPUs")) << boot.Context();
+  // Both vCPUs: the MADT names two, the second starts through INIT and start-up IPIs (real mode).
+  EXPECT_THAT(out, HasSubstr("smpboot: Allowing 2 CPUs")) << boot.Context();
+  EXPECT_THAT(out, HasSubstr("smp: Brought up 1 node, 2 CPUs")) << boot.Context();
+  EXPECT_THAT(out, HasSubstr("installing Xen timer for CPU 1")) << boot.Context();
   EXPECT_THAT(out, HasSubstr("Xen HVM callback vector for event delivery is enabled")) << boot.Context();
   EXPECT_THAT(out, HasSubstr("installing Xen timer for CPU 0")) << boot.Context();
   EXPECT_THAT(out, HasSubstr("clocksource: Switched to clocksource xen")) << boot.Context();
@@ -107,6 +110,8 @@ TEST(LinuxBootTest, DebianCloudKernelRunsItsRootFromXenDiskOnEmu) {
   EXPECT_THAT(out, HasSubstr("EXT4-fs (xvda): mounted filesystem")) << boot.Context();
   EXPECT_THAT(out, Not(HasSubstr("Oops"))) << boot.Context();
   EXPECT_THAT(out, HasSubstr("xenkvm-root: hypervisor=xen")) << boot.Context();
+  EXPECT_THAT(out, HasSubstr("xenkvm-root: cpus=2 online=0-1")) << boot.Context();
+  EXPECT_THAT(out, HasSubstr("xenkvm-root: ran-on-cpu1=1")) << boot.Context();
   EXPECT_THAT(out, HasSubstr("xenkvm-root: root=/dev/xvda ext4")) << boot.Context();
   EXPECT_THAT(out, HasSubstr("xenkvm-root: root-driver=vbd")) << boot.Context();
   EXPECT_THAT(out, HasSubstr("XENKVM-LINUX-ROOT-OK")) << boot.Context();

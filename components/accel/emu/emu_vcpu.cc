@@ -46,17 +46,24 @@ absl::Status UcError(uc_err err, absl::string_view call) {
 
 absl::StatusOr<std::unique_ptr<EmuVcpu>> EmuVcpu::Create(uint32_t id, EmuVmState& vm,
                                                          std::optional<PvhEntry> boot) {
+  if (id > 0xfe) {
+    return absl::InvalidArgumentError(absl::StrFormat("emu: vCPU id %u has no xAPIC ID (at most 254)", id));
+  }
   auto vcpu = std::unique_ptr<EmuVcpu>(new EmuVcpu(id, vm));
-  XENKVM_RETURN_IF_ERROR(vcpu->Open());
-  XENKVM_RETURN_IF_ERROR(vcpu->ProbeModel());
-  XENKVM_RETURN_IF_ERROR(vcpu->MapMmioWindows());
-  XENKVM_RETURN_IF_ERROR(vcpu->InstallHooks());
+  XENKVM_RETURN_IF_ERROR(vcpu->ResetEngine());
   if (boot) {
     if (vm.hypercall_msr.load() != 0) {
       XENKVM_RETURN_IF_ERROR(vcpu->AddTraceHook(kBootTraceInstructions));
     }
-    XENKVM_RETURN_IF_ERROR(vcpu->Boot(*boot));
+    XENKVM_RETURN_IF_ERROR(vcpu->Boot(BuildBootTrampoline(*boot)));
     vcpu->started_ = true;
+  } else {
+    vcpu->awaiting_sipi_ = true;  // an application processor after RESET
+  }
+  {
+    absl::MutexLock lock(&vm.vcpus_mutex);
+    if (vm.vcpus.contains(id)) return absl::AlreadyExistsError(absl::StrFormat("emu: vCPU %u exists", id));
+    vm.vcpus[id] = vcpu.get();
   }
   vcpu->thread_ = std::thread([raw = vcpu.get()] { raw->EmulationLoop(); });
   return vcpu;
@@ -64,11 +71,17 @@ absl::StatusOr<std::unique_ptr<EmuVcpu>> EmuVcpu::Create(uint32_t id, EmuVmState
 
 EmuVcpu::~EmuVcpu() {
   {
+    absl::MutexLock lock(&vm_.vcpus_mutex);
+    if (auto it = vm_.vcpus.find(id_); it != vm_.vcpus.end() && it->second == this) vm_.vcpus.erase(it);
+  }
+  {
     absl::MutexLock lock(&mutex_);
     exiting_ = true;
   }
+  exit_requested_.store(true);
   stop_wanted_.store(true);
   if (thread_.joinable()) thread_.join();
+  if (timer_thread_.joinable()) timer_thread_.join();
   if (uc_ != nullptr) uc_close(uc_);
 }
 
@@ -145,17 +158,8 @@ absl::Status EmuVcpu::Start(const PvhEntry& boot) {
   if (started_ || start_request_) {
     return absl::FailedPreconditionError(absl::StrCat("emu vCPU ", id_, " is already started"));
   }
-  start_request_ = boot;
-  return absl::OkStatus();
-}
-
-absl::Status EmuVcpu::InjectInterrupt(uint8_t vector) {
-  XENKVM_RETURN_IF_ERROR(CheckExternalVector(vector));
-  {
-    absl::MutexLock lock(&mutex_);
-    pending_interrupts_.set(vector);
-  }
-  stop_wanted_.store(true);
+  start_request_ = StartRequest{.pvh = boot};
+  awaiting_sipi_ = false;
   return absl::OkStatus();
 }
 
@@ -215,7 +219,8 @@ absl::Status EmuVcpu::RunPrivate(uint64_t start, uint64_t until, absl::string_vi
   stop_requested_ = false;
   block_stop_.reset();
   if (err != UC_ERR_OK) return UcError(err, absl::StrCat("uc_emu_start(", what, ")"));
-  const uint64_t from = ReadRegister(UC_X86_REG_RIP);
+  uint64_t from = ReadRegister(UC_X86_REG_RIP);
+  if (!(ReadRegister(UC_X86_REG_CR0) & 1)) from += ReadRegister(UC_X86_REG_CS) << 4;  // real mode: linear
   if (from != until || pending_event_ || runaway) {
     std::string why = runaway ? absl::StrFormat(" (still running after %u blocks)", kMaxPrivateBlocks) : "";
     if (pending_event_) {
@@ -248,6 +253,10 @@ absl::Status EmuVcpu::ProbeModel() {
   model_leaf1_ = leaf1;
   model_leaf1_.ebx = (leaf1.ebx & 0x00ffffff) | (id_ << 24);
   model_leaf1_.ecx |= 1u << 31;
+  // The local APIC is the backend's xAPIC (emu_lapic.cc): no x2APIC or TSC-deadline timer, whose
+  // MSRs Unicorn cannot hook.
+  model_leaf1_.edx |= 1u << 9;
+  model_leaf1_.ecx &= ~((1u << 21) | (1u << 24));
   auto [err7, leaf7] = probe(7, 0);
   if (err == UC_ERR_OK) err = err7;
   // SERIALIZE (leaf 7 EDX bit 14) is the backend's own: see HandleSerialize.
@@ -262,16 +271,41 @@ absl::Status EmuVcpu::ProbeModel() {
   return absl::OkStatus();
 }
 
-absl::Status EmuVcpu::Boot(const PvhEntry& boot) {
-  BootTrampoline trampoline = BuildBootTrampoline(boot);
+absl::Status EmuVcpu::Boot(const BootTrampoline& trampoline) {
   XENKVM_RETURN_IF_ERROR(MapWindow(trampoline.pieces));
   WriteRegister(UC_X86_REG_RSP, trampoline.stack);
-  absl::Status ran = RunPrivate(trampoline.start, boot.entry, "boot trampoline");
+  absl::Status ran = RunPrivate(trampoline.start, trampoline.until, "boot trampoline");
   UnmapWindow();
   XENKVM_RETURN_IF_ERROR(ran);
   WriteRegister(UC_X86_REG_RAX, 0);
   WriteRegister(UC_X86_REG_RFLAGS, 0x2);
+  engine_used_ = true;
   return absl::OkStatus();
+}
+
+absl::Status EmuVcpu::StartFrom(const StartRequest& start) {
+  if (engine_used_) XENKVM_RETURN_IF_ERROR(ResetEngine());
+  return Boot(start.pvh ? BuildBootTrampoline(*start.pvh) : BuildStartupTrampoline(start.sipi_vector));
+}
+
+// A fresh engine in Unicorn's reset state, with the guest's memory, MMIO windows and hooks.
+absl::Status EmuVcpu::ResetEngine() {
+  if (uc_ != nullptr) uc_close(uc_);
+  uc_ = nullptr;
+  mmio_windows_.clear();
+  extra_shown_.clear();
+  extra_generation_ = 0;
+  exception_record_.reset();
+  trace_hook_.reset();
+  trace_budget_ = 0;
+  trace_remove_requested_ = false;
+  flush_translations_ = false;
+  cr2_ = 0;
+  engine_used_ = false;
+  XENKVM_RETURN_IF_ERROR(Open());
+  XENKVM_RETURN_IF_ERROR(ProbeModel());
+  XENKVM_RETURN_IF_ERROR(MapMmioWindows());
+  return InstallHooks();
 }
 
 // Every page below the private window that is not RAM is MMIO: a load or store there becomes an
@@ -370,21 +404,29 @@ void EmuVcpu::EmulationLoop() {
   }
   while (true) {
     // Wait, if the vCPU is not started or is halted with interrupts enabled, for what ends it.
-    std::optional<PvhEntry> start;
+    std::optional<StartRequest> start;
     {
       absl::MutexLock lock(&mutex_);
       mutex_.Await(absl::Condition(
           +[](EmuVcpu* self) ABSL_EXCLUSIVE_LOCKS_REQUIRED(self->mutex_) {
             if (self->exiting_ || self->kick_ || self->fatal_error_ || self->shutdown_reason_) return true;
+            if (self->init_pending_) return true;
             if (!self->started_) return self->start_request_.has_value();
-            return !self->halted_ || self->pending_interrupts_.any();
+            return !self->halted_ || self->InterruptReadyLocked();
           },
           this));
       if (exiting_) return;
+      if (init_pending_) {
+        CarryOutInitLocked();
+        halted_ = false;
+        pending_event_.reset();
+        pending_fast_call_.reset();
+        continue;
+      }
       start = std::exchange(start_request_, std::nullopt);
     }
     if (start) {
-      if (absl::Status booted = Boot(*start); !booted.ok()) {
+      if (absl::Status booted = StartFrom(*start); !booted.ok()) {
         Fatal(absl::StrCat("emu vCPU ", id_, ": start failed: ", booted.message()));
       }
       absl::MutexLock lock(&mutex_);
@@ -406,23 +448,9 @@ void EmuVcpu::EmulationLoop() {
     halted_ = false;
     if (DeliverPendingWork()) continue;
     bool interrupt_waiting = false;  // pending while IF = 0: stop when the guest sets IF
-    std::optional<uint8_t> interrupt;
-    {
-      const bool interrupts_enabled = (ReadRegister(UC_X86_REG_RFLAGS) & kRflagsIf) != 0;
-      absl::MutexLock lock(&mutex_);
-      if (pending_interrupts_.any()) {
-        interrupt_waiting = true;
-        for (int v = 255; interrupts_enabled && v >= 0; --v) {
-          if (pending_interrupts_.test(v)) {
-            interrupt = static_cast<uint8_t>(v);
-            pending_interrupts_.reset(v);
-            break;
-          }
-        }
-      }
-    }
-    if (interrupt) {
-      DeliverEvent(PendingEvent{.vector = *interrupt, .external = true});
+    const bool interrupts_enabled = (ReadRegister(UC_X86_REG_RFLAGS) & kRflagsIf) != 0;
+    if (std::optional<PendingEvent> interrupt = TakeInterrupt(interrupts_enabled, interrupt_waiting)) {
+      DeliverEvent(*interrupt);
       continue;
     }
     RunGuest(interrupt_waiting);
@@ -502,10 +530,10 @@ void EmuVcpu::RunGuest(bool interrupt_waiting) {
 // block's address; put RIP there.
 void EmuVcpu::RepairBlockStop() {
   std::optional<BlockStop> stop = std::exchange(block_stop_, std::nullopt);
-  if (!stop || ReadRegister(UC_X86_REG_RIP) == stop->address) return;
+  if (!stop || ReadRegister(UC_X86_REG_RIP) == stop->rip) return;
   // The stack pointer as the hook saw it says the block did not run (never seen otherwise).
   if (ReadRegister(UC_X86_REG_RSP) != stop->rsp) return;
-  WriteRegister(UC_X86_REG_RIP, stop->address);
+  WriteRegister(UC_X86_REG_RIP, stop->rip);
 }
 
 bool EmuVcpu::Exiting() {
@@ -649,11 +677,17 @@ void EmuVcpu::OnBlock(uc_engine* uc, uint64_t address, uint32_t, void* user) {
   if (!stop && self->interrupt_window_wanted_.load(std::memory_order_relaxed)) {
     stop = (self->ReadRegister(UC_X86_REG_RFLAGS) & kRflagsIf) != 0;  // the guest opened the window
   }
-  if (stop) {
-    self->stop_requested_ = true;
-    self->block_stop_ = BlockStop{address, self->ReadRegister(UC_X86_REG_RSP)};
-    uc_emu_stop(uc);
+  if (!stop) return;
+  // RepairBlockStop needs the block's offset in CS; where CS's base cannot be known (real mode and
+  // the switches in and out of it, a few instructions in practice) the stop waits for a later block.
+  std::optional<uint64_t> base = self->CodeSegmentBase();
+  if (!base && !self->exit_requested_.load()) {
+    self->stop_wanted_.store(true);
+    return;
   }
+  self->stop_requested_ = true;
+  self->block_stop_ = BlockStop{address - base.value_or(0), self->ReadRegister(UC_X86_REG_RSP)};
+  uc_emu_stop(uc);
 }
 
 // Exceptions and INT n. Faults arrive with RIP at the instruction, traps and INT n past it, which
@@ -675,14 +709,22 @@ bool EmuVcpu::OnUnmapped(uc_engine*, uc_mem_type type, uint64_t address, int siz
   return false;
 }
 
+// The local APIC's page is the vCPU's own; the rest of the MMIO hole belongs to the VMM.
 uint64_t EmuVcpu::OnMmioRead(uc_engine*, uint64_t offset, unsigned size, void* user) {
   auto* window = static_cast<MmioWindow*>(user);
-  return window->vcpu->Deliver(MmioExit{false, window->base + offset, static_cast<uint8_t>(size), 0}, true);
+  const uint64_t address = window->base + offset;
+  if (address - kLocalApicBase < kLocalApicSize) return window->vcpu->ApicRead(address - kLocalApicBase, size);
+  return window->vcpu->Deliver(MmioExit{false, address, static_cast<uint8_t>(size), 0}, true);
 }
 
 void EmuVcpu::OnMmioWrite(uc_engine*, uint64_t offset, unsigned size, uint64_t value, void* user) {
   auto* window = static_cast<MmioWindow*>(user);
-  window->vcpu->Deliver(MmioExit{true, window->base + offset, static_cast<uint8_t>(size), value}, false);
+  const uint64_t address = window->base + offset;
+  if (address - kLocalApicBase < kLocalApicSize) {
+    window->vcpu->ApicWrite(address - kLocalApicBase, size, value);
+    return;
+  }
+  window->vcpu->Deliver(MmioExit{true, address, static_cast<uint8_t>(size), value}, false);
 }
 
 // ---- Registers and guest-linear memory

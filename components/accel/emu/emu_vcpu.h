@@ -1,6 +1,7 @@
 // One emu vCPU: a Unicorn engine on its own emulation thread. Split by concept across
-// emu_vcpu.cc (engine setup, hooks, the run loop and the hand-off to Run()) and emu_delivery.cc
-// (interrupts, exceptions and fast system calls as the architecture delivers them).
+// emu_vcpu.cc (engine setup, hooks, the run loop and the hand-off to Run()), emu_delivery.cc
+// (interrupts, exceptions and fast system calls as the architecture delivers them) and
+// emu_lapic.cc (the vCPU's local APIC: its registers, IPIs, INIT and start-up, its timer).
 #ifndef XENKVM_COMPONENTS_ACCEL_EMU_EMU_VCPU_H_
 #define XENKVM_COMPONENTS_ACCEL_EMU_EMU_VCPU_H_
 
@@ -22,16 +23,22 @@
 #include "absl/time/time.h"
 #include "components/accel/accelerator.h"
 #include "components/accel/emu/exception_record.h"
+#include "components/accel/emu/local_apic.h"
 #include "components/accel/emu/trampolines.h"
 #include "components/accel/page_walk.h"
 #include "components/memory/guest_memory.h"
 
 namespace xenkvm::accel::emu {
 
+class EmuVcpu;
+
 // What every vCPU of one emu VM shares.
 struct EmuVmState {
   explicit EmuVmState(const memory::GuestMemory& memory) : memory(memory) {}
   const memory::GuestMemory& memory;
+  // Every live vCPU, for IPIs. Lock order: vcpus_mutex, then a vCPU's own mutex.
+  absl::Mutex vcpus_mutex;
+  std::map<uint32_t, EmuVcpu*> vcpus ABSL_GUARDED_BY(vcpus_mutex);
   std::atomic<uint32_t> hypercall_msr{0};  // 0: no hypercall page
   // Extra pages shown to the guest (Accelerator::ShowExtraPage): each vCPU applies the set to its
   // engine before it next enters the guest, when the generation has moved on.
@@ -39,8 +46,6 @@ struct EmuVmState {
   std::map<uint64_t, uint8_t*> extra_pages ABSL_GUARDED_BY(extra_mutex);
   std::atomic<uint64_t> extra_generation{0};
 };
-
-class EmuVcpu;
 
 // A Unicorn call's failure as a Status naming the call.
 absl::Status UcError(uc_err err, absl::string_view call);
@@ -72,6 +77,13 @@ struct DeliveryFault {
 // SYSCALL and SYSENTER, which Unicorn only reports to a hook and skips.
 enum class FastSystemCall { kSyscall, kSysenter };
 
+// How a vCPU that is not running starts: at a PVH entry (vCPU 0, VCPUOP_up) or as a start-up IPI
+// starts an application processor, in real mode at sipi_vector:0000.
+struct StartRequest {
+  std::optional<PvhEntry> pvh;
+  uint8_t sipi_vector = 0;
+};
+
 class EmuVcpu final : public Vcpu {
  public:
   static absl::StatusOr<std::unique_ptr<EmuVcpu>> Create(uint32_t id, EmuVmState& vm,
@@ -89,15 +101,23 @@ class EmuVcpu final : public Vcpu {
   absl::Status SetCpuid(std::vector<CpuidLeaf> leaves) override;
   absl::Status Start(const PvhEntry& boot) override;
   absl::Status InjectInterrupt(uint8_t vector) override;
+  absl::Status InjectLevelInterrupt(uint8_t vector) override;
+  absl::Status InjectXenCallback(uint8_t vector) override;
   void Kick() override;
 
  private:
-  EmuVcpu(uint32_t id, EmuVmState& vm) : id_(id), vm_(vm), memory_(vm.memory) {}
+  EmuVcpu(uint32_t id, EmuVmState& vm)
+      : id_(id), vm_(vm), memory_(vm.memory), lapic_(static_cast<uint8_t>(id)) {}
 
   // ---- Setup (emu_vcpu.cc)
   absl::Status Open();
   absl::Status ProbeModel();
-  absl::Status Boot(const PvhEntry& boot);
+  // Runs a boot or start-up trampoline to the guest's first instruction.
+  absl::Status Boot(const BootTrampoline& trampoline);
+  // Starts a vCPU that is not running; an engine that ran before is replaced by a fresh one
+  // (INIT resets the CPU: the trampolines start from Unicorn's reset state).
+  absl::Status StartFrom(const StartRequest& start);
+  absl::Status ResetEngine();
   absl::Status MapMmioWindows();
   absl::Status MapMmio(uint64_t start, uint64_t end);
   // Applies the VM's extra pages to this engine (emu_extra_pages.cc); on the emulation thread.
@@ -109,7 +129,7 @@ class EmuVcpu final : public Vcpu {
   void RemoveTraceHook();
   absl::Status MapWindow(const std::vector<WindowPiece>& pieces);
   void UnmapWindow();
-  // Runs private code in the window from `start` until RIP reaches `until` (kicks may stop it
+  // Runs private code in the window from `start` until it reaches linear address `until` (kicks may stop it
   // between blocks: it carries on). kInternal if it ends anywhere else.
   absl::Status RunPrivate(uint64_t start, uint64_t until, absl::string_view what);
 
@@ -122,6 +142,27 @@ class EmuVcpu final : public Vcpu {
   bool TakeKick();
   uint64_t Deliver(Exit exit, bool wants_value);
   void Fatal(std::string reason);
+
+  // ---- The local APIC (emu_lapic.cc)
+  uint64_t ApicRead(uint64_t offset, unsigned size);
+  void ApicWrite(uint64_t offset, unsigned size, uint64_t value);
+  absl::Status AcceptInterrupt(uint8_t vector, bool level_triggered);
+  // Routes an ICR write to every destination vCPU (this one included).
+  void SendIpi(const IpiRequest& ipi);
+  // An IPI from APIC `sender`; true if this vCPU was a destination (and took it).
+  bool ReceiveIpi(const IpiRequest& ipi, uint8_t sender);
+  // The timer thread: fires the LAPIC timer at its deadlines.
+  void TimerLoop();
+  // An NMI, or the interrupt the vCPU takes now (RFLAGS.IF set): Xen's callback vector before the
+  // LAPIC's, acknowledged. `waiting`: something waits for RFLAGS.IF.
+  std::optional<PendingEvent> TakeInterrupt(bool interrupts_enabled, bool& waiting);
+  bool InterruptReadyLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // INIT: back to waiting for a start-up IPI, with the APIC reset.
+  void CarryOutInitLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // CS's base when it can be known (OnBlock's stops need it to repair RIP): 0 in long mode, the
+  // descriptor's in protected mode; nullopt in real mode (the base may still be a protected-mode
+  // one) and when the GDT does not hold CS (protection just turned on).
+  std::optional<uint64_t> CodeSegmentBase();
 
   // ---- Delivery (emu_delivery.cc)
   // Delivers `event` through the IDT, escalating faults raised on the way as the CPU does; a
@@ -187,9 +228,15 @@ class EmuVcpu final : public Vcpu {
   std::optional<Exit> exit_ ABSL_GUARDED_BY(mutex_);
   bool awaiting_value_ ABSL_GUARDED_BY(mutex_) = false;
   std::optional<uint64_t> value_ ABSL_GUARDED_BY(mutex_);
-  std::bitset<256> pending_interrupts_ ABSL_GUARDED_BY(mutex_);
-  std::optional<PvhEntry> start_request_ ABSL_GUARDED_BY(mutex_);
+  LocalApic lapic_ ABSL_GUARDED_BY(mutex_);
+  std::bitset<256> xen_callbacks_ ABSL_GUARDED_BY(mutex_);  // InjectXenCallback: beside the LAPIC
+  bool nmi_pending_ ABSL_GUARDED_BY(mutex_) = false;
+  bool init_pending_ ABSL_GUARDED_BY(mutex_) = false;
+  bool awaiting_sipi_ ABSL_GUARDED_BY(mutex_) = false;  // a start-up IPI would start it
+  uint64_t timer_generation_ ABSL_GUARDED_BY(mutex_) = 0;  // the LAPIC timer was reprogrammed
+  std::optional<StartRequest> start_request_ ABSL_GUARDED_BY(mutex_);
   bool started_ ABSL_GUARDED_BY(mutex_) = false;
+  std::thread timer_thread_;  // started by the first timer programming (emulation thread)
 
   absl::Mutex cpuid_mutex_;
   CpuidLeaf model_leaf1_;  // set before the emulation thread starts
@@ -200,13 +247,15 @@ class EmuVcpu final : public Vcpu {
 
   // Other threads ask for a stop; OnBlock carries it out between translation blocks.
   std::atomic<bool> stop_wanted_{false};
+  std::atomic<bool> exit_requested_{false};  // the destructor's stop, which OnBlock never defers
   // An interrupt waits for RFLAGS.IF: OnBlock stops the engine once the guest sets it.
   std::atomic<bool> interrupt_window_wanted_{false};
   // Emulation thread only (read by the Await conditions, which run under mutex_ on any thread, only
   // while the emulation thread itself waits).
   bool halted_ = false;
+  bool engine_used_ = false;  // the engine left its reset state (StartFrom replaces it)
   struct BlockStop {
-    uint64_t address;
+    uint64_t rip;  // the block's offset in CS
     uint64_t rsp;
   };
   std::optional<BlockStop> block_stop_;  // the block hook's stop, for RepairBlockStop

@@ -32,6 +32,7 @@ constexpr uint64_t kBootGdt = kWindowBase + 0x3000;
 constexpr uint64_t kBootGdtr = kWindowBase + 0x3100;
 constexpr uint64_t kBootCode64 = kWindowBase + 0x4000;
 constexpr uint64_t kBootCode32 = kWindowBase + 0x4100;
+constexpr uint64_t kBootCode16 = kWindowBase + 0x4200;
 
 // Window layout of the ring-change trampoline: four levels of tables mapping the window's eight
 // pages at their own addresses, user code, the supervisor landing page, the GDT, the TSS and stack.
@@ -49,7 +50,12 @@ constexpr uint32_t kGdtEntries = 0x1000 / 8;
 
 }  // namespace
 
-BootTrampoline BuildBootTrampoline(const PvhEntry& boot) {
+namespace {
+
+// From Unicorn's reset state to flat 32-bit protected mode with paging off, then `tail` (32-bit
+// code) runs. Selectors: 0x08 flat 32-bit code, 0x10 flat data, 0x18 64-bit code, 0x20 16-bit code
+// based at the window, 0x28 16-bit data (64 KiB limits, for the way back to real mode).
+BootTrampoline BuildProtectedModeTrampoline(const std::vector<uint8_t>& tail, std::vector<WindowPiece> extra) {
   std::vector<uint8_t> tables(0x3000, 0);
   Put64(tables, 0, kBootPdpt | 3);
   Put64(tables, 0x1000 + 3 * 8, kBootPd | 3);  // 3..4 GiB
@@ -59,8 +65,11 @@ BootTrampoline BuildBootTrampoline(const PvhEntry& boot) {
   Append64(gdt, 0x00cf9b000000ffffull);  // 0x08: flat 32-bit code
   Append64(gdt, 0x00cf93000000ffffull);  // 0x10: flat data
   Append64(gdt, 0x00af9b000000ffffull);  // 0x18: 64-bit code
+  static_assert(kWindowBase == 0xffff8000, "the 16-bit code descriptor below holds the window's base");
+  Append64(gdt, 0xff009bff8000ffffull);  // 0x20: 16-bit code, base = the window, limit 64 KiB
+  Append64(gdt, 0x000093000000ffffull);  // 0x28: 16-bit data, base 0, limit 64 KiB
   std::vector<uint8_t> gdtr;
-  Append16(gdtr, 4 * 8 - 1);
+  Append16(gdtr, static_cast<uint16_t>(gdt.size() - 1));
   Append64(gdtr, kBootGdt);
 
   std::vector<uint8_t> code64;
@@ -93,15 +102,7 @@ BootTrampoline BuildBootTrampoline(const PvhEntry& boot) {
   Append(code32, {0x0f, 0x22, 0xd8});             // mov cr3, eax
   Append(code32, {0x66, 0xb8, 0x10, 0x00});       // mov ax, 0x10
   Append(code32, {0x8e, 0xd8, 0x8e, 0xc0, 0x8e, 0xd0, 0x8e, 0xe0, 0x8e, 0xe8});  // ds es ss fs gs
-  Append(code32, {0xbb});
-  Append32(code32, boot.start_info);              // mov ebx, start_info
-  Append(code32, {0x31, 0xc0, 0x31, 0xc9, 0x31, 0xd2});  // xor eax, ecx, edx
-  Append(code32, {0x31, 0xf6, 0x31, 0xff, 0x31, 0xed});  // xor esi, edi, ebp
-  Append(code32, {0xbc});
-  Append32(code32, boot.stack_pointer);           // mov esp, stack_pointer
-  Append(code32, {0xb8});
-  Append32(code32, boot.entry);                   // mov eax, entry
-  Append(code32, {0xff, 0xe0});                   // jmp eax
+  code32.insert(code32.end(), tail.begin(), tail.end());
 
   BootTrampoline trampoline;
   trampoline.pieces = {{kBootPml4, std::move(tables)},
@@ -109,8 +110,49 @@ BootTrampoline BuildBootTrampoline(const PvhEntry& boot) {
                        {kBootGdtr, std::move(gdtr)},
                        {kBootCode64, std::move(code64)},
                        {kBootCode32, std::move(code32)}};
+  for (WindowPiece& piece : extra) trampoline.pieces.push_back(std::move(piece));
   trampoline.start = kBootCode64;
   trampoline.stack = kWindowBase + kWindowSize - 16;
+  return trampoline;
+}
+
+}  // namespace
+
+BootTrampoline BuildBootTrampoline(const PvhEntry& boot) {
+  std::vector<uint8_t> tail;
+  Append(tail, {0xbb});
+  Append32(tail, boot.start_info);              // mov ebx, start_info
+  Append(tail, {0x31, 0xc0, 0x31, 0xc9, 0x31, 0xd2});  // xor eax, ecx, edx
+  Append(tail, {0x31, 0xf6, 0x31, 0xff, 0x31, 0xed});  // xor esi, edi, ebp
+  Append(tail, {0xbc});
+  Append32(tail, boot.stack_pointer);           // mov esp, stack_pointer
+  Append(tail, {0xb8});
+  Append32(tail, boot.entry);                   // mov eax, entry
+  Append(tail, {0xff, 0xe0});                   // jmp eax
+  BootTrampoline trampoline = BuildProtectedModeTrampoline(tail, {});
+  trampoline.until = boot.entry;
+  return trampoline;
+}
+
+BootTrampoline BuildStartupTrampoline(uint8_t vector) {
+  std::vector<uint8_t> tail;
+  Append(tail, {0xea});
+  Append32(tail, static_cast<uint32_t>(kBootCode16 - kWindowBase));
+  Append16(tail, 0x20);                         // ljmp 0x20:code16 (16-bit protected mode)
+  std::vector<uint8_t> code16;
+  Append(code16, {0xb8, 0x28, 0x00});           // mov ax, 0x28: 64 KiB data limits, as real mode's
+  Append(code16, {0x8e, 0xd8, 0x8e, 0xc0, 0x8e, 0xd0, 0x8e, 0xe0, 0x8e, 0xe8});  // ds es ss fs gs
+  Append(code16, {0x0f, 0x20, 0xc0});           // mov eax, cr0
+  Append(code16, {0x66, 0x83, 0xe0, 0xfe});     // and eax, ~PE
+  Append(code16, {0x0f, 0x22, 0xc0});           // mov cr0, eax: real mode
+  Append(code16, {0x31, 0xc0});                 // xor ax, ax
+  Append(code16, {0x8e, 0xd8, 0x8e, 0xc0, 0x8e, 0xd0, 0x8e, 0xe0, 0x8e, 0xe8});  // real-mode 0 segments
+  for (uint8_t reg : {0xc0, 0xdb, 0xc9, 0xd2, 0xf6, 0xff, 0xed, 0xe4}) {
+    Append(code16, {0x66, 0x31, reg});          // xor e?x: eax ebx ecx edx esi edi ebp esp
+  }
+  Append(code16, {0xea, 0x00, 0x00, 0x00, vector});  // ljmp vector:0000 (CS = vector << 8)
+  BootTrampoline trampoline = BuildProtectedModeTrampoline(tail, {{kBootCode16, std::move(code16)}});
+  trampoline.until = uint64_t{vector} << 12;
   return trampoline;
 }
 

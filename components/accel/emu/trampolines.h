@@ -3,6 +3,7 @@
 // the backend runs them.
 // - The boot trampoline takes Unicorn's paging-less long mode (its reset state) to the PVH entry
 //   state: real long mode, a far return to 32-bit code, long mode left, flat segments, EBX = start_info.
+//   The start-up trampoline goes on from there to real mode, as an application processor starts.
 // - The ring-change trampoline raises the privilege level. Unicorn never delivers an interrupt or
 //   SYSCALL itself and its register interface cannot load a segment's hidden state in 64-bit mode,
 //   so the backend lets the CPU model do it architecturally: user code in the window makes a far
@@ -32,8 +33,12 @@ struct BootTrampoline {
   std::vector<WindowPiece> pieces;
   uint64_t start = 0;  // where to begin (64-bit code)
   uint64_t stack = 0;  // RSP while it runs
+  uint64_t until = 0;  // the linear address it ends at, the guest's first instruction
 };
 BootTrampoline BuildBootTrampoline(const PvhEntry& boot);
+// To the state a start-up IPI leaves: real mode at `vector`:0000 (CS = vector << 8, base
+// vector << 12), other segments 0 with 64 KiB limits, general registers 0, paging and protection off.
+BootTrampoline BuildStartupTrampoline(uint8_t vector);
 
 // Where a ring change lands: CPL 0 with these selectors, their hidden state loaded from these
 // descriptors. `ss_*` matter outside long mode only (64-bit gates load a null SS).

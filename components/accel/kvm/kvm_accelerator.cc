@@ -519,7 +519,6 @@ class KvmAccelerator final : public Accelerator {
   explicit KvmAccelerator(std::unique_ptr<KvmVmState> vm) : vm_(std::move(vm)) {
     const kvm::XenCapabilities& xen = vm_->vm.xen_capabilities();
     capabilities_.name = "kvm";
-    capabilities_.in_kernel_lapic = true;
     capabilities_.kernel_delivers_event_channels = xen.Has(kvm::XenCapability::kEvtchnSend);
     capabilities_.hypercall_page_by_accelerator = true;
     capabilities_.inline_vmcall = xen.Has(kvm::XenCapability::kInterceptHypercall);

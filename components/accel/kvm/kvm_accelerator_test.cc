@@ -45,7 +45,7 @@ TEST_F(KvmAccelTest, StartsInThePvhEntryState) {
   EXPECT_EQ(control->efer, 0u);
   EXPECT_FALSE(control->long_mode);
   EXPECT_EQ(accelerator_->capabilities().name, "kvm");
-  EXPECT_TRUE(accelerator_->capabilities().in_kernel_lapic);
+  EXPECT_FALSE(accelerator_->capabilities().reports_eoi);  // the LAPIC is in the kernel
 }
 
 TEST_F(KvmAccelTest, PortIoAndMmioExitsAndCompletion) {
@@ -123,7 +123,6 @@ TEST_F(KvmAccelTest, LongModeGuestHypercallThroughThePage) {
   EXPECT_EQ(call.args, (std::array<uint64_t, 6>{0x100000001, 2, 3, 4, 5, 0x600000000}));
 }
 
-constexpr uint32_t kOptionEnableLapic = 2;
 constexpr uint32_t kOptionSkipVmcall = 4;
 
 // KVM-PVM (a software virtualisation KVM module, found on the development machines) cannot emulate
@@ -132,7 +131,7 @@ bool KvmIsPvm() { return access("/sys/module/kvm_pvm", F_OK) == 0; }
 
 TEST_F(KvmAccelTest, ExceptionsAndInterruptsThroughA32BitIdt) {
   if (KvmIsPvm()) GTEST_SKIP() << "KVM-PVM cannot emulate IRET in 32-bit protected mode";
-  auto vcpu = Start(emu_test_guests::k_lapic_interrupts32);
+  auto vcpu = Start(emu_test_guests::k_interrupts32);
   ASSERT_NE(vcpu, nullptr);
   EXPECT_EQ(Next<PortIoExit>(*vcpu).value, kLoadAddress + emu_test_guests::k_ud_instruction32);
   EXPECT_EQ(Next<PortIoExit>(*vcpu).value, kLoadAddress + emu_test_guests::k_de_instruction32);
@@ -157,7 +156,7 @@ TEST_F(KvmAccelTest, ExceptionsAndInterruptsThroughA32BitIdt) {
 
 TEST_F(KvmAccelTest, LongModeExceptionAndInterruptThroughA64BitIdt) {
   ASSERT_TRUE(memory_->WriteObject<uint32_t>(
-      GuestAddress(kLoadAddress + emu_test_guests::k_guest_options), kOptionEnableLapic | kOptionSkipVmcall).ok());
+      GuestAddress(kLoadAddress + emu_test_guests::k_guest_options), kOptionSkipVmcall).ok());
   auto vcpu = Start(emu_test_guests::k_long_mode);
   ASSERT_NE(vcpu, nullptr);
   PortIoExit ud = Next<PortIoExit>(*vcpu);

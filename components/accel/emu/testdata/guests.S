@@ -1,7 +1,6 @@
 /* Test guests for the accelerators: 32-bit code entered in the PVH state. Each label is an entry
  * point; the test loads all of .text at one address. Ports used to report: 0x10..0x1f. */
         .set    OPTION_SKIP_EXCEPTIONS, 1       /* interrupts32: straight to the interrupt part */
-        .set    OPTION_ENABLE_LAPIC, 2          /* long_mode: software-enable the local APIC */
         .set    OPTION_SKIP_VMCALL, 4           /* long_mode: no inline VMCALL */
         .set    OPTION_PAE, 8                   /* user32: PAE paging instead of 32-bit paging */
         .code32
@@ -98,6 +97,7 @@ invalid:
 
         .globl interrupts32
 interrupts32:
+        movl    $0x1ff, 0xfee000f0      /* software-enable the local APIC: fixed interrupts need it */
         mov     $stack_top, %esp
         lgdt    gdt64_descriptor        /* PVH leaves GDTR and the selectors undefined */
         ljmp    $0x08, $1f
@@ -158,6 +158,7 @@ external32:
         incl    handled
         mov     %esp, %eax
         out     %eax, $0x18             /* the handler's stack pointer, to check the frame */
+        movl    $0, 0xfee000b0          /* EOI */
         pop     %eax
         iret
 ud32:
@@ -336,10 +337,7 @@ bsp_wait:
         .globl long_mode
 long_mode:
         mov     $stack_top, %esp
-        testl   $OPTION_ENABLE_LAPIC, guest_options
-        jz      1f
-        movl    $0x1ff, 0xfee000f0      /* before paging: only 1 GiB is mapped */
-1:
+        movl    $0x1ff, 0xfee000f0      /* the local APIC, before paging (only 1 GiB is mapped) */
         mov     $pml4, %eax
         mov     %eax, %cr3
         mov     %cr4, %eax
@@ -407,7 +405,7 @@ external64:
         mov     %rsp, %rax
         out     %eax, $0x18             /* the handler's stack pointer */
         mov     8+8(%rsp), %rax         /* saved CS */
-        out     %eax, $0x1d
+        out     %eax, $0x1d                 /* (no EOI: the LAPIC is not mapped; one interrupt is all) */
         pop     %rax
         iretq
 ud64:
@@ -418,13 +416,6 @@ ud64:
         pop     %rax
         iretq
         .code32
-
-/* ---- The same with the local APIC software-enabled first (KVM accepts fixed interrupts only then;
- * on emu the store is an MMIO exit). */
-        .globl lapic_interrupts32
-lapic_interrupts32:
-        movl    $0x1ff, 0xfee000f0
-        jmp     interrupts32
 
 /* ---- String port I/O: three bytes out, two in. */
         .globl string_io
@@ -446,6 +437,7 @@ string_io:
 /* ---- Interrupts taken while a loop reports a counter (an instruction run twice shows as a gap). */
         .globl stress_loop
 stress_loop:
+        movl    $0x1ff, 0xfee000f0
         mov     $stack_top, %esp
         lgdt    gdt64_descriptor
         ljmp    $0x08, $1f
@@ -462,6 +454,7 @@ stress_loop:
         out     %eax, $0x10
         jmp     2b
 stress_handler:
+        movl    $0, 0xfee000b0
         iret
 
 /* ---- Loops for the exits-per-second benchmark. */
