@@ -327,6 +327,56 @@ TEST_F(EmuTest, SecondaryVcpuWaitsForStartThenRunsBesideTheFirst) {
   EXPECT_EQ(accelerator_->capabilities().name, "emu");
 }
 
+TEST_F(EmuTest, LocalApicTimerOneShotThenPeriodic) {
+  const absl::Time start = absl::Now();
+  auto vcpu = Start(emu_test_guests::k_lapic_timer);
+  ASSERT_NE(vcpu, nullptr);
+  const uint32_t counting = Next<PortIoExit>(*vcpu).value;
+  EXPECT_GT(counting, 0u);
+  EXPECT_LE(counting, 2'000'000u);
+  PortIoExit fired = Next<PortIoExit>(*vcpu);  // woken from HLT by the timer alone
+  EXPECT_EQ(fired.port, 0x11);
+  EXPECT_EQ(fired.value, 0u);  // a one-shot timer stays at 0
+  PortIoExit ticks = Next<PortIoExit>(*vcpu);
+  EXPECT_EQ(ticks.port, 0x12);
+  EXPECT_EQ(ticks.value, 4u);
+  EXPECT_GE(absl::Now() - start, absl::Microseconds(2000 + 3 * 500));  // the timer never fires early
+  Next<HaltExit>(*vcpu);
+}
+
+// The way Linux starts its other CPUs: INIT and start-up IPIs through the local APIC, the
+// application processor in real mode at the vector's page; then a fixed IPI between the two.
+TEST_F(EmuTest, StartupIpiStartsTheSecondVcpuInRealModeAndIpisFlowBack) {
+  absl::StatusOr<std::unique_ptr<Vcpu>> created = accelerator_->CreateVcpu(1, std::nullopt);
+  ASSERT_TRUE(created.ok()) << created.status();
+  std::unique_ptr<Vcpu> ap = std::move(created).value();
+  auto bsp = Start(emu_test_guests::k_smp_bsp);
+  ASSERT_NE(bsp, nullptr);
+  std::vector<PortIoExit> ap_exits;
+  std::thread ap_runner([&] {
+    for (int i = 0; i < 2; ++i) ap_exits.push_back(Next<PortIoExit>(*ap));
+  });
+  PortIoExit bsp_exit = Next<PortIoExit>(*bsp);
+  ap_runner.join();
+  EXPECT_EQ(bsp_exit.port, 0x10);  // the AP's IPI reached the BSP's handler
+  ASSERT_EQ(ap_exits.size(), 2u);
+  EXPECT_EQ(ap_exits[0].port, 0x1e);
+  EXPECT_EQ(ap_exits[0].size, 2);
+  EXPECT_EQ(ap_exits[0].value, 0x0800u);  // CS = vector << 8, in real mode
+  EXPECT_EQ(ap_exits[1].port, 0x1c);
+  Next<HaltExit>(*ap);
+  Next<HaltExit>(*bsp);
+  // Started by the IPI, the AP takes no PVH start any more.
+  EXPECT_EQ(ap->Start(PvhEntry{kLoadAddress, 0}).code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(EmuTest, NmiIsTakenWithInterruptsOff) {
+  auto vcpu = Start(emu_test_guests::k_nmi_self);
+  ASSERT_NE(vcpu, nullptr);
+  EXPECT_EQ(Next<PortIoExit>(*vcpu).port, 0x10);
+  Next<HaltExit>(*vcpu);
+}
+
 TEST_F(EmuTest, StringPortIoBecomesOneExitPerItem) {
   auto vcpu = Start(emu_test_guests::k_string_io);
   ASSERT_NE(vcpu, nullptr);

@@ -417,6 +417,130 @@ ud64:
         iretq
         .code32
 
+/* ---- The local APIC timer: one-shot (2 ms), then periodic (0.5 ms) for three more ticks.
+ * Reports: 0x10 the current count while counting, 0x11 after the one-shot fired, 0x12 ticks taken. */
+        .globl lapic_timer
+lapic_timer:
+        movl    $0x1ff, 0xfee000f0
+        mov     $stack_top, %esp
+        lgdt    gdt64_descriptor
+        ljmp    $0x08, $1f
+1:      mov     $0x10, %ax
+        mov     %ax, %ds
+        mov     %ax, %es
+        mov     %ax, %ss
+        GATE32  0x40, timer32
+        lidt    idt32_descriptor
+        movl    $0xb, 0xfee003e0                /* divide by 1: 1 GHz */
+        movl    $0x40, 0xfee00320               /* one-shot, vector 0x40 */
+        movl    $2000000, 0xfee00380
+        mov     0xfee00390, %eax
+        out     %eax, $0x10
+        sti
+2:      hlt
+        cmpl    $1, handled
+        jb      2b
+        mov     0xfee00390, %eax
+        out     %eax, $0x11
+        movl    $0x20040, 0xfee00320            /* periodic */
+        movl    $500000, 0xfee00380
+3:      hlt
+        cmpl    $4, handled
+        jb      3b
+        movl    $0, 0xfee00380                  /* stopped */
+        cli
+        mov     handled, %eax
+        out     %eax, $0x12
+        hlt
+timer32:
+        incl    handled
+        movl    $0, 0xfee000b0
+        iret
+
+/* ---- INIT and start-up IPIs: vCPU 0 copies a real-mode payload to 0x8000 and starts vCPU 1 there
+ * (INIT, INIT de-assert, two start-up IPIs with vector 0x08, as Linux sends them); vCPU 1 reports
+ * its CS (0x1e), enters protected mode, sends a fixed IPI (0x31) back and reports 0x1c; vCPU 0
+ * reports 0x10 once its handler ran. */
+        .globl smp_bsp
+smp_bsp:
+        movl    $0x1ff, 0xfee000f0
+        mov     $stack_top, %esp
+        lgdt    gdt64_descriptor
+        ljmp    $0x08, $1f
+1:      mov     $0x10, %ax
+        mov     %ax, %ds
+        mov     %ax, %es
+        mov     %ax, %ss
+        GATE32  0x31, ipi32
+        lidt    idt32_descriptor
+        mov     $rm_payload, %esi
+        mov     $0x8000, %edi
+        mov     $(rm_payload_end - rm_payload), %ecx
+        cld
+        rep movsb
+        movl    $0x01000000, 0xfee00310         /* destination: APIC 1 */
+        movl    $0x0000c500, 0xfee00300         /* INIT, level, assert */
+        movl    $0x00008500, 0xfee00300         /* INIT, level, de-assert: nothing */
+        movl    $0x00000608, 0xfee00300         /* start-up, vector 0x08 */
+        movl    $0x00000608, 0xfee00300         /* the second is ignored */
+        sti
+2:      hlt
+        cmpl    $0, handled
+        je      2b
+        out     %al, $0x10
+        cli
+        hlt
+ipi32:
+        incl    handled
+        movl    $0, 0xfee000b0
+        iret
+
+        .code16
+rm_payload:                                     /* runs at 0x0800:0000 */
+        mov     %cs, %ax
+        out     %ax, $0x1e
+        mov     %ax, %ds
+        lgdtl   rm_gdt_descriptor - rm_payload
+        mov     %cr0, %eax
+        or      $1, %eax
+        mov     %eax, %cr0
+        ljmpl   $0x08, $(0x8000 + rm_pm32 - rm_payload)
+        .code32
+rm_pm32:
+        mov     $0x10, %ax
+        mov     %ax, %ds
+        movl    $0, 0xfee00310                  /* to APIC 0 */
+        movl    $0x00004031, 0xfee00300         /* fixed, vector 0x31 */
+        out     %al, $0x1c
+        cli
+        hlt
+        .balign 8
+rm_gdt: .quad   0, 0x00cf9b000000ffff, 0x00cf93000000ffff
+rm_gdt_descriptor:
+        .word   3 * 8 - 1
+        .long   0x8000 + rm_gdt - rm_payload
+rm_payload_end:
+
+/* ---- An NMI to itself (the ICR's self shorthand) is taken with interrupts off. Reports 0x10. */
+        .globl nmi_self
+nmi_self:
+        movl    $0x1ff, 0xfee000f0
+        mov     $stack_top, %esp
+        lgdt    gdt64_descriptor
+        ljmp    $0x08, $1f
+1:      mov     $0x10, %ax
+        mov     %ax, %ds
+        mov     %ax, %es
+        mov     %ax, %ss
+        GATE32  2, ipi32
+        lidt    idt32_descriptor
+        cli
+        movl    $0x00040400, 0xfee00300         /* NMI, to self */
+2:      cmpl    $0, handled
+        je      2b
+        out     %al, $0x10
+        hlt
+
 /* ---- String port I/O: three bytes out, two in. */
         .globl string_io
 string_io:
