@@ -13,6 +13,7 @@
 #include "absl/strings/strip.h"
 #include "components/xenbus/vdev.h"
 #include "google/protobuf/util/json_util.h"
+#include "components/xen/version.h"
 
 namespace xenkvm::api {
 namespace {
@@ -209,17 +210,9 @@ bool ValidName(const std::string& name) {
 }  // namespace
 
 absl::StatusOr<uint32_t> ParseXenVersion(const std::string& text) {
-  if (text == "off") return 0;
-  uint32_t value = 0;
-  if (absl::StartsWith(text, "0x") && absl::SimpleHexAtoi(text, &value) && value >= 0x30000) return value;
-  std::vector<std::string> parts = absl::StrSplit(text, '.');
-  uint32_t major = 0, minor = 0;
-  if (parts.size() == 2 && absl::SimpleAtoi(parts[0], &major) && absl::SimpleAtoi(parts[1], &minor) && major >= 3 &&
-      major <= 255 && minor <= 0xffff) {
-    return major << 16 | minor;
-  }
-  return absl::InvalidArgumentError(
-      absl::StrCat("xen_version: \"", text, "\" is not a version like \"4.17\" or \"0x40011\", or \"off\""));
+  absl::StatusOr<uint32_t> version = xen::ParseXenVersion(text);
+  if (!version.ok()) return absl::InvalidArgumentError(absl::StrCat("xen_version: ", version.status().message()));
+  return version;
 }
 
 absl::StatusOr<v1::VmConfig> ParseConfigText(const std::string& text, const std::string& source) {

@@ -308,7 +308,7 @@ grpc::Status Daemon::Start(Record& record) {
 
   // Wait (without the lock) until the VMM answers on its control socket, or ends. Connecting
   // before the socket exists costs a reconnect backoff, so first wait for the file.
-  v1::VmmControl::Stub* control = record.control.get();
+  const std::shared_ptr<v1::VmmControl::Stub> control = record.control;  // Supervise may reset the record's
   const absl::Time deadline = absl::Now() + kVmmStartTimeout;
   while (absl::Now() < deadline) {
     mutex_.Unlock();

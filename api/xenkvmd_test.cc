@@ -310,6 +310,42 @@ TEST_F(XenkvmdTest, AKilledVmmIsReportedCrashed) {
   ASSERT_EQ(Ctl({"delete", "tick3"}).status, 0);
 }
 
+// VMMs that end while the daemon waits for them to start (each config makes xenkvm-vmm refuse
+// the VM): the daemon reports each as it ended and stays up, with every other VM still served.
+TEST_F(XenkvmdTest, VmmsThatDieDuringTheirStartLeaveTheDaemonUnharmed) {
+  ASSERT_EQ(Ctl({"create", TickerConfig("bystander")}).status, 0);
+  const std::string kernel = Runfile("tests/guests/xen_ticker.elf");
+  const std::string tiny = WriteConfig("tiny.img", "abc");
+  const std::vector<std::string> disks = {
+      R"([{"target": "/no/such/image"}])",
+      R"([{"target": "/dev/zero"}])",
+      absl::StrCat(R"([{"target": ")", *dir_, R"("}])"),
+      absl::StrCat(R"([{"target": ")", tiny, R"("}])"),
+      absl::StrCat(R"([{"target": ")", tiny, R"(", "vdev": "xvda"}, {"target": ")", tiny, R"(", "vdev": "51712"}])"),
+  };
+  for (int round = 0; round < 3; ++round) {
+    for (size_t i = 0; i < disks.size(); ++i) {
+      const std::string name = absl::StrCat("dies", round, "-", i);
+      const std::string config = WriteConfig(name + ".json", absl::StrCat(R"({"name": ")", name, R"(", "memory_mib": 32, "kernel": ")",
+                                                                         kernel, R"(", "accelerator": "emu", "disks": )",
+                                                                         disks[i], "}"));
+      ProcessResult created = Ctl({"create", config});
+      EXPECT_EQ(created.status, 1) << name << ": " << created.out;
+      EXPECT_THAT(created.err, Not(HasSubstr("UNKNOWN"))) << name;
+      ASSERT_EQ(waitpid(daemon_, nullptr, WNOHANG), 0) << "xenkvmd died on " << name << ": " << created.err;
+      (void)Ctl({"delete", name});
+    }
+    ProcessResult bad_version = Ctl({"create", WriteConfig("v.json", absl::StrCat(R"({"name": "badversion", "kernel": ")", kernel,
+                                                                                 R"(", "accelerator": "emu", "xen_version": "0xffffffff"})"))});
+    EXPECT_EQ(bad_version.status, 1);
+    ASSERT_EQ(waitpid(daemon_, nullptr, WNOHANG), 0) << "xenkvmd died: " << bad_version.err;
+    (void)Ctl({"delete", "badversion"});
+  }
+  EXPECT_EQ(Get("bystander").state(), v1::VM_STATE_RUNNING);
+  EXPECT_EQ(Ctl({"destroy", "bystander"}).status, 0);
+  EXPECT_EQ(Ctl({"delete", "bystander"}).status, 0);
+}
+
 TEST_F(XenkvmdTest, BadInputGetsTheRightCodeAndMessage) {
   ProcessResult unknown = Ctl({"info", "nosuchvm"});
   EXPECT_EQ(unknown.status, 1);

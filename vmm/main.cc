@@ -10,6 +10,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "components/base/log.h"
+#include "components/xen/version.h"
 #include "vmm/control_server.h"
 #include "vmm/vm.h"
 
@@ -41,8 +42,8 @@ constexpr char kUsage[] =
     "  --vcpus N         virtual CPUs, 1 to 32 (default 1)\n"
     "  --cmdline STRING  kernel command line (default empty)\n"
     "  --accel NAME      kvm, emu (software CPU) or auto: kvm when /dev/kvm is usable (default)\n"
-    "  --xen-version V   the Xen version shown to the guest, major << 16 | minor, e.g. 0x40011 for\n"
-    "                    4.17 (default); \"off\" runs the guest without the Xen interface\n"
+    "  --xen-version V   the Xen version shown to the guest: 4.17 (default) or major << 16 | minor\n"
+    "                    (0x40011); \"off\" runs the guest without the Xen interface\n"
     "  --xen-max-evtchn N  event channels the guest may open, 64 to 4096 (default 4096)\n"
     "  --disk SPEC       a xen-disk: target=PATH (an image file or block device), vdev=NAME\n"
     "                    (xvda, the default; hd*, sd*, d<N>), access=rw|ro, features=flush+discard+\n"
@@ -108,11 +109,9 @@ int main(int argc, char** argv) {
       if (!kind.ok()) return Usage(std::string(kind.status().message()));
       config.accelerator = *kind;
     } else if (flag == "--xen-version") {
-      if (value == "off") {
-        config.xen_version = 0;
-      } else if (!absl::SimpleHexAtoi(value, &config.xen_version) && !absl::SimpleAtoi(value, &config.xen_version)) {
-        return Usage(absl::StrCat("--xen-version: \"", value, "\" is not a version like 0x40011, or off"));
-      }
+      absl::StatusOr<uint32_t> version = xenkvm::xen::ParseXenVersion(value);
+      if (!version.ok()) return Usage(absl::StrCat("--xen-version: ", version.status().message()));
+      config.xen_version = *version;
     } else if (flag == "--xen-max-evtchn") {
       if (!absl::SimpleAtoi(value, &config.xen_max_event_channels)) {
         return Usage(absl::StrCat("--xen-max-evtchn: \"", value, "\" is not a number"));

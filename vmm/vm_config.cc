@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "components/xen/version.h"
 
 namespace xenkvm::vmm {
 
@@ -38,9 +39,8 @@ absl::Status Validate(const VmConfig& config) {
     return absl::InvalidArgumentError(
         absl::StrFormat("vcpus: %u is out of range (1 to %u)", config.vcpus, kMaxVcpus));
   }
-  if (config.xen_version != 0 && (config.xen_version < 0x30000 || (config.xen_version >> 16) > 0xff)) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "xen-version: %#x is not major << 16 | minor (e.g. 0x40011 for 4.17)", config.xen_version));
+  if (absl::Status version = xen::CheckXenVersion(config.xen_version); !version.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("xen-version: ", version.message()));
   }
   if (config.xen_max_event_channels < 64 || config.xen_max_event_channels > 4096) {
     return absl::InvalidArgumentError(absl::StrFormat(
