@@ -11,6 +11,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -38,6 +39,9 @@ namespace fs = std::filesystem;
 constexpr size_t kMaxSocketPath = 107;  // sun_path, less the NUL
 constexpr absl::Duration kVmmStartTimeout = absl::Seconds(10);
 constexpr absl::Duration kKillGrace = absl::Seconds(3);
+// Every call to a VMM ends by then: a VMM that does not answer (stopped, hung) fails only its own
+// VM's calls, with DEADLINE_EXCEEDED, and never while the daemon-wide lock is held.
+constexpr std::chrono::seconds kVmmCallTimeout{5};
 constexpr size_t kEventHistory = 1000;
 
 int64_t NowMs() { return absl::ToUnixMillis(absl::Now()); }
@@ -412,13 +416,16 @@ void Daemon::Kill(Record& record, const std::string& why) {
 }
 
 grpc::Status Daemon::AskShutdown(Record& record, const std::string& reason) {
-  if (!record.control) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the VMM has no control channel");
+  const std::shared_ptr<v1::VmmControl::Stub> control = record.control;
+  if (!control) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the VMM has no control channel");
   grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  context.set_deadline(std::chrono::system_clock::now() + kVmmCallTimeout);
   v1::VmmShutdownRequest request;
   request.set_reason(reason);
   v1::VmmShutdownReply reply;
-  grpc::Status asked = record.control->RequestShutdown(&context, request, &reply);
+  mutex_.Unlock();  // a VMM that does not answer must not stall the other VMs
+  grpc::Status asked = control->RequestShutdown(&context, request, &reply);
+  mutex_.Lock();
   if (asked.ok()) record.guest_advertised_shutdown = reply.guest_advertises();
   return asked;
 }
@@ -458,17 +465,25 @@ grpc::Status Daemon::SetPaused(const std::string& name, bool pause, v1::Vm* repl
   std::shared_ptr<Record> record;
   if (grpc::Status found = Lookup(name, &record); !found.ok()) return found;
   const v1::VmState from = pause ? v1::VM_STATE_RUNNING : v1::VM_STATE_PAUSED;
-  if (record->vm.state() != from) {
+  if (record->vm.state() != from || !record->control) {
     return Error(grpc::StatusCode::FAILED_PRECONDITION, absl::StrCat("VM \"", name, "\" is ", VmStateName(record->vm.state()),
                                                                      pause ? ", not running" : ", not paused"));
   }
+  const std::shared_ptr<v1::VmmControl::Stub> control = record->control;
+  const uint64_t run = record->run;
   grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  context.set_deadline(std::chrono::system_clock::now() + kVmmCallTimeout);
   v1::VmmReply ignored;
-  grpc::Status done = pause ? record->control->Pause(&context, v1::VmmPauseRequest(), &ignored)
-                            : record->control->Resume(&context, v1::VmmResumeRequest(), &ignored);
+  mutex_.Unlock();  // a VMM that does not answer must not stall the other VMs
+  grpc::Status done = pause ? control->Pause(&context, v1::VmmPauseRequest(), &ignored)
+                            : control->Resume(&context, v1::VmmResumeRequest(), &ignored);
+  mutex_.Lock();
+  if (record->run != run || record->vm.state() != from) {
+    return Error(grpc::StatusCode::ABORTED, absl::StrCat("VM \"", name, "\" became ", VmStateName(record->vm.state()),
+                                                         " meanwhile"));
+  }
   if (!done.ok()) {
-    return Error(grpc::StatusCode::UNAVAILABLE,
+    return Error(done.error_code(),
                  absl::StrCat("the VMM did not ", pause ? "pause" : "resume", ": ", done.error_message()));
   }
   record->vm.set_state(pause ? v1::VM_STATE_PAUSED : v1::VM_STATE_RUNNING);
@@ -568,7 +583,7 @@ grpc::Status Daemon::AttachDisk(grpc::ServerContext*, const v1::AttachDiskReques
   if (attach.disk().vdev().empty()) {
     // The next free xvdX, as xl does.
     grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    context.set_deadline(std::chrono::system_clock::now() + kVmmCallTimeout);
     v1::ListDevicesResponse devices;
     if (grpc::Status listed = control->Devices(&context, v1::VmmDevicesRequest(), &devices); !listed.ok()) {
       return Error(listed.error_code(), listed.error_message());
@@ -633,7 +648,7 @@ grpc::Status Daemon::ListDevices(grpc::ServerContext*, const v1::VmRef* request,
   // Disks: as the running VMM has them (with their XenBus states), else as configured.
   if (control) {
     grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    context.set_deadline(std::chrono::system_clock::now() + kVmmCallTimeout);
     v1::ListDevicesResponse disks;
     if (grpc::Status listed = control->Devices(&context, v1::VmmDevicesRequest(), &disks); !listed.ok()) {
       return Error(listed.error_code(), absl::StrCat("VM \"", request->name(), "\": ", listed.error_message()));
@@ -651,8 +666,8 @@ grpc::Status Daemon::ListDevices(grpc::ServerContext*, const v1::VmRef* request,
 }
 
 grpc::Status Daemon::ListEventChannels(grpc::ServerContext*, const v1::VmRef* request, v1::EventChannelList* reply) {
-  std::string name = request->name();
-  v1::VmmControl::Stub* control = nullptr;
+  const std::string& name = request->name();
+  std::shared_ptr<v1::VmmControl::Stub> control;
   {
     absl::MutexLock lock(&mutex_);
     std::shared_ptr<Record> record;
@@ -661,12 +676,12 @@ grpc::Status Daemon::ListEventChannels(grpc::ServerContext*, const v1::VmRef* re
       return Error(grpc::StatusCode::FAILED_PRECONDITION,
                    absl::StrCat("VM \"", name, "\" is ", VmStateName(record->vm.state()), ", not running"));
     }
-    control = record->control.get();
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-    grpc::Status listed = control->EventChannels(&context, v1::VmmEventChannelsRequest(), reply);
-    if (!listed.ok()) return Error(listed.error_code(), absl::StrCat("VM \"", name, "\": ", listed.error_message()));
+    control = record->control;
   }
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + kVmmCallTimeout);
+  grpc::Status listed = control->EventChannels(&context, v1::VmmEventChannelsRequest(), reply);
+  if (!listed.ok()) return Error(listed.error_code(), absl::StrCat("VM \"", name, "\": ", listed.error_message()));
   return grpc::Status::OK;
 }
 

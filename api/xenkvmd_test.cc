@@ -346,6 +346,36 @@ TEST_F(XenkvmdTest, VmmsThatDieDuringTheirStartLeaveTheDaemonUnharmed) {
   EXPECT_EQ(Ctl({"delete", "bystander"}).status, 0);
 }
 
+// A stopped VMM (SIGSTOP) fails only its own VM's calls, by their deadline; the daemon keeps
+// serving every other VM at once.
+TEST_F(XenkvmdTest, AStoppedVmmStallsOnlyItsOwnCalls) {
+  ASSERT_EQ(Ctl({"create", TickerConfig("frozen")}).status, 0);
+  ASSERT_EQ(Ctl({"create", TickerConfig("lively")}).status, 0);
+  const pid_t frozen = static_cast<pid_t>(Get("frozen").pid());
+  ASSERT_GT(frozen, 0);
+  ASSERT_EQ(kill(frozen, SIGSTOP), 0);
+  std::vector<ProcessResult> stalled(2);
+  std::thread evtchn([&] { stalled[0] = Ctl({"evtchn", "frozen"}); });
+  std::thread pause([&] { stalled[1] = Ctl({"pause", "frozen"}); });
+  absl::SleepFor(absl::Milliseconds(200));  // both calls now wait on the stopped VMM
+  for (int i = 0; i < 3; ++i) {
+    const absl::Time start = absl::Now();
+    EXPECT_EQ(Ctl({"list"}).status, 0);
+    EXPECT_EQ(Ctl({"evtchn", "lively"}).status, 0);
+    EXPECT_LT(absl::Now() - start, absl::Seconds(1)) << "the other VM waited for the stopped VMM";
+  }
+  evtchn.join();
+  pause.join();
+  EXPECT_THAT(stalled[0].err, HasSubstr("(DEADLINE_EXCEEDED)"));
+  EXPECT_THAT(stalled[1].err, HasSubstr("(DEADLINE_EXCEEDED)"));
+  kill(frozen, SIGCONT);
+  EXPECT_EQ(Ctl({"evtchn", "frozen"}).status, 0);  // it answers again
+  for (const char* name : {"frozen", "lively"}) {
+    EXPECT_EQ(Ctl({"destroy", name}).status, 0);
+    EXPECT_EQ(Ctl({"delete", name}).status, 0);
+  }
+}
+
 TEST_F(XenkvmdTest, BadInputGetsTheRightCodeAndMessage) {
   ProcessResult unknown = Ctl({"info", "nosuchvm"});
   EXPECT_EQ(unknown.status, 1);
