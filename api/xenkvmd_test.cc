@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <thread>
@@ -279,6 +280,24 @@ TEST_F(XenkvmdTest, DisksAreHotPluggedAndUnplugged) {
     EXPECT_EQ(state.out, "2\n") << state.err;
   }
   EXPECT_THAT(Ctl({"block-attach", "hp1", image, "xvda"}).err, HasSubstr("(ALREADY_EXISTS)"));
+  EXPECT_THAT(Ctl({"block-attach", "hp1", image, "51712"}).err, HasSubstr("(ALREADY_EXISTS)"));  // xvda by number
+  // A refused attach changes nothing: the live disk keeps its XenStore nodes.
+  EXPECT_THAT(Ctl({"block-list", "hp1"}).out, HasSubstr("InitWait"));
+  if (access("/usr/bin/xenstore-read", X_OK) == 0) {
+    ProcessResult state = testing::RunProcess({"/usr/bin/env", "XENSTORED_PATH=" + Get("hp1").xenstore_socket(),
+                                               "/usr/bin/xenstore-read", "/local/domain/0/backend/vbd/1/51712/state"});
+    EXPECT_EQ(state.out, "2\n") << state.err;
+  }
+  // Concurrent attaches of one vdev: exactly one wins.
+  std::vector<ProcessResult> racers(8);
+  std::vector<std::thread> threads;
+  for (ProcessResult& racer : racers) threads.emplace_back([&] { racer = Ctl({"block-attach", "hp1", image, "xvdb"}); });
+  for (std::thread& thread : threads) thread.join();
+  EXPECT_EQ(std::count_if(racers.begin(), racers.end(), [](const ProcessResult& r) { return r.status == 0; }), 1);
+  const std::string with_xvdb = Ctl({"block-list", "hp1"}).out;
+  const std::vector<std::string> pieces = absl::StrSplit(with_xvdb, "xen-disk");
+  EXPECT_EQ(pieces.size(), 3u) << with_xvdb;  // xvda and one xvdb
+  ASSERT_EQ(Ctl({"block-detach", "hp1", "xvdb"}).status, 0);  // the VMM is unharmed
   EXPECT_THAT(Ctl({"block-attach", "hp1", *dir_ + "/none.img", "xvdb"}).err, HasSubstr("(NOT_FOUND)"));
   EXPECT_THAT(Ctl({"block-attach", "hp1", image, "vda"}).err, HasSubstr("use xvd<letters>"));
   ProcessResult detached = Ctl({"block-detach", "hp1", "xvda"});
@@ -289,6 +308,12 @@ TEST_F(XenkvmdTest, DisksAreHotPluggedAndUnplugged) {
   ASSERT_TRUE(events->Read(&event));
   EXPECT_EQ(event.kind(), v1::VmEvent::DISK_ATTACHED);
   EXPECT_THAT(event.detail(), HasSubstr("xvda " + image));
+  ASSERT_TRUE(events->Read(&event));
+  EXPECT_EQ(event.kind(), v1::VmEvent::DISK_ATTACHED);  // xvdb, once
+  EXPECT_THAT(event.detail(), HasSubstr("xvdb " + image));
+  ASSERT_TRUE(events->Read(&event));
+  EXPECT_EQ(event.kind(), v1::VmEvent::DISK_DETACHED);
+  EXPECT_EQ(event.detail(), "xvdb (released by the guest)");
   ASSERT_TRUE(events->Read(&event));
   EXPECT_EQ(event.kind(), v1::VmEvent::DISK_DETACHED);
   EXPECT_EQ(event.detail(), "xvda (released by the guest)");

@@ -18,6 +18,7 @@
 #include "components/loader/layout.h"
 #include "components/loader/pvh_loader.h"
 #include "components/xen/xenstore/domain.h"
+#include "components/xenbus/vdev.h"
 #include "third_party/xen_public.h"
 #include "spdlog/spdlog.h"
 
@@ -289,8 +290,18 @@ absl::Status Vm::OnBackendLoop(std::function<void()> work) {
 
 absl::StatusOr<Vm::DiskInfo> Vm::AttachDisk(const xenbus::XenDiskConfig& config) {
   if (!store_) return absl::FailedPreconditionError("this VM runs without the Xen interface: no xen-disk");
+  XENKVM_ASSIGN_OR_RETURN(const uint32_t devid, xenbus::ParseVirtualDevice(config.vdev));
   absl::StatusOr<DiskInfo> result = absl::InternalError("not run");
+  // On the backend loop, one at a time: of concurrent attaches of one vdev exactly one wins, and a
+  // refused attach changes nothing.
   XENKVM_RETURN_IF_ERROR(OnBackendLoop([&] {
+    for (const auto& disk : disks_) {
+      if (disk->device_id() != devid) continue;
+      result = absl::AlreadyExistsError(absl::StrCat("xen-disk ", config.vdev, ": device ", devid, " is attached already (",
+                                                     disk->config().vdev, ", ", disk->config().path,
+                                                     "): detach it first"));
+      return;
+    }
     xenbus::XenDisk::Environment environment{store_.get(), memory_.get(), xen_.get(), backend_loop_.get(), domid_};
     absl::StatusOr<std::unique_ptr<xenbus::XenDisk>> disk = xenbus::XenDisk::Create(environment, config);
     if (!disk.ok()) {
@@ -306,19 +317,28 @@ absl::StatusOr<Vm::DiskInfo> Vm::AttachDisk(const xenbus::XenDiskConfig& config)
 
 absl::StatusOr<bool> Vm::DetachDisk(const std::string& vdev, bool force, absl::Duration timeout) {
   if (!store_) return absl::FailedPreconditionError("this VM runs without the Xen interface: no xen-disk");
+  XENKVM_ASSIGN_OR_RETURN(const uint32_t devid, xenbus::ParseVirtualDevice(vdev));
   auto closed = std::make_shared<absl::Notification>();
-  bool found = false;
+  xenbus::XenDisk* target = nullptr;
+  absl::Status found = absl::NotFoundError(absl::StrCat("no xen-disk ", vdev, " in this VM"));
   XENKVM_RETURN_IF_ERROR(OnBackendLoop([&] {
     for (auto& disk : disks_) {
-      if (disk->config().vdev != vdev) continue;
-      found = true;
+      if (disk->device_id() != devid) continue;
+      if (!force && disk->removal_requested()) {
+        found = absl::FailedPreconditionError(
+            absl::StrCat("xen-disk ", vdev, " is being detached already (force ends it at once)"));
+        break;
+      }
+      target = disk.get();
+      found = absl::OkStatus();
       if (!force) disk->RequestRemoval([closed] { closed->Notify(); });
+      break;
     }
   }));
-  if (!found) return absl::NotFoundError(absl::StrCat("no xen-disk ", vdev, " in this VM"));
+  XENKVM_RETURN_IF_ERROR(found);
   const bool graceful = !force && closed->WaitForNotificationWithTimeout(timeout);
   XENKVM_RETURN_IF_ERROR(OnBackendLoop([&] {
-    std::erase_if(disks_, [&](const auto& disk) { return disk->config().vdev == vdev; });
+    std::erase_if(disks_, [&](const auto& disk) { return disk.get() == target; });
   }));
   return !graceful;
 }

@@ -60,8 +60,10 @@ XenDisk::~XenDisk() {
   *alive_ = false;
   Disconnect();
   xen::xenstore::Store& store = *environment_.store;
-  (void)store.Remove(client_, 0, backend_path_);
-  (void)store.Remove(client_, 0, frontend_path_);
+  if (owns_nodes_) {  // a refused disk leaves the device that was there alone
+    (void)store.Remove(client_, 0, backend_path_);
+    (void)store.Remove(client_, 0, frontend_path_);
+  }
   store.Disconnect(client_);
 }
 
@@ -81,6 +83,7 @@ absl::Status XenDisk::Announce() {
     return absl::AlreadyExistsError(absl::StrCat("xen-disk ", config_.vdev, ": the guest has a device ", devid_,
                                                  " already"));
   }
+  owns_nodes_ = true;
   // Directories first, with their owners: what is created below inherits them.
   const Permissions guest_reads{{0, Access::kNone}, {domid, Access::kRead}};
   const Permissions guest_owns{{domid, Access::kNone}, {0, Access::kRead}};

@@ -65,6 +65,7 @@ class XenDisk {
   // Hot-unplug, gracefully: online = 0 and Closing, as libxl does; `closed` runs once the
   // frontend has closed (the device is then disconnected; destroy it to remove its nodes).
   void RequestRemoval(std::function<void()> closed);
+  bool removal_requested() const { return removing_; }
 
   uint32_t device_id() const { return devid_; }
   const XenDiskConfig& config() const { return config_; }
@@ -97,6 +98,7 @@ class XenDisk {
   std::function<void()> removal_done_;
   bool removing_ = false;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  bool owns_nodes_ = false;  // Announce created this device's XenStore nodes (the destructor removes them)
 };
 
 }  // namespace xenkvm::xenbus
