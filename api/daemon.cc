@@ -1,19 +1,18 @@
 #include "api/daemon.h"
 
-#include <set>
-
 #include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
+#include <sys/file.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
-#include <cstring>
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
@@ -28,8 +27,6 @@
 #include "google/protobuf/util/json_util.h"
 #include "grpcpp/grpcpp.h"
 #include "spdlog/spdlog.h"
-
-extern char** environ;
 
 namespace xenkvm::api {
 namespace {
@@ -56,16 +53,6 @@ bool Running(const v1::Vm& vm) {
   return vm.state() == v1::VM_STATE_RUNNING || vm.state() == v1::VM_STATE_PAUSED;
 }
 
-// The last "xenkvm-vmm: ..." line of the VMM's log: how it says it ended or failed.
-std::string LastVmmMessage(const std::string& log_path) {
-  std::ifstream log(log_path);
-  std::string line, last;
-  while (std::getline(log, line)) {
-    if (absl::StartsWith(line, "xenkvm-vmm: ")) last = line.substr(12);
-  }
-  return last;
-}
-
 // Checks the kernel (and the initrd's file) the way the VMM will load them, so that CreateVm
 // refuses a bad one. The same reader as the VMM's: regular files only, bounded.
 absl::Status CheckKernel(const v1::VmConfig& config) {
@@ -90,36 +77,33 @@ absl::Status CheckKernel(const v1::VmConfig& config) {
   return absl::OkStatus();
 }
 
+// The VM's state after a run's end. xenkvm-vmm's statuses (vmm/README.md): 0 powered off, 2 could
+// not build the VM, 3 powered off reporting failure, 4 reset, 5 crashed, 6 halted, 7 stopped.
+void ApplyRunEnd(const RunEnd& end, v1::Vm& vm) {
+  vm.set_exit_status(end.exit_status.value_or(-1));
+  vm.set_end_reason(end.destroyed ? "destroyed" : end.message);
+  if (end.destroyed) {
+    vm.set_state(v1::VM_STATE_SHUTDOWN);
+  } else if (end.signal || !end.exit_status) {
+    vm.set_state(v1::VM_STATE_CRASHED);
+  } else {
+    switch (*end.exit_status) {
+      case 0:
+      case 3:
+      case 4:
+      case 7:
+        vm.set_state(v1::VM_STATE_SHUTDOWN);
+        break;
+      case 2:
+        vm.set_state(v1::VM_STATE_CREATED);
+        break;
+      default:
+        vm.set_state(v1::VM_STATE_CRASHED);
+    }
+  }
+}
+
 }  // namespace
-
-// ---- ConsoleBuffer
-
-void ConsoleBuffer::Append(const char* data, size_t size) {
-  absl::MutexLock lock(&mutex_);
-  bytes_.insert(bytes_.end(), data, data + size);
-  while (bytes_.size() > limit_) bytes_.pop_front();
-  total_ += size;
-}
-
-std::string ConsoleBuffer::ReadFrom(uint64_t& offset) const {
-  absl::MutexLock lock(&mutex_);
-  const uint64_t first = total_ - bytes_.size();
-  if (offset < first) offset = first;
-  std::string out(bytes_.begin() + static_cast<std::ptrdiff_t>(offset - first), bytes_.end());
-  offset = total_;
-  return out;
-}
-
-uint64_t ConsoleBuffer::total() const {
-  absl::MutexLock lock(&mutex_);
-  return total_;
-}
-
-void ConsoleBuffer::WaitBeyond(uint64_t offset, absl::Duration timeout) const {
-  absl::MutexLock lock(&mutex_);
-  auto more = [this, offset]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) { return total_ > offset; };
-  mutex_.AwaitWithTimeout(absl::Condition(&more), timeout);
-}
 
 // ---- Daemon
 
@@ -140,8 +124,29 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(const Options& options) {
                                             " (give its path with --vmm)"));
   }
   auto daemon = std::unique_ptr<Daemon>(new Daemon(options));
+  XENKVM_RETURN_IF_ERROR(daemon->LockStateDir());
   XENKVM_RETURN_IF_ERROR(daemon->LoadState());
   return daemon;
+}
+
+// flock on STATE_DIR/xenkvmd.lock, with the holder's pid in it: two daemons on one directory
+// would start two VMMs for one VM and delete each other's sockets.
+absl::Status Daemon::LockStateDir() {
+  const std::string path = (fs::path(options_.state_dir) / "xenkvmd.lock").string();
+  lock_fd_ = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (lock_fd_ < 0) return absl::FailedPreconditionError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
+  if (flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+    char holder[32] = {};
+    (void)!pread(lock_fd_, holder, sizeof holder - 1, 0);
+    return absl::FailedPreconditionError(absl::StrCat(
+        "state directory ", options_.state_dir, " is in use by another xenkvmd (pid ",
+        absl::StripAsciiWhitespace(holder), "): stop that one first, or give this one another --state-dir"));
+  }
+  const std::string pid = absl::StrCat(getpid(), "\n");
+  if (ftruncate(lock_fd_, 0) != 0 || pwrite(lock_fd_, pid.data(), pid.size(), 0) < 0) {
+    spdlog::warn("cannot record the daemon's pid in {}: {}", path, std::strerror(errno));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Daemon::LoadState() {
@@ -156,19 +161,49 @@ absl::Status Daemon::LoadState() {
       spdlog::warn("skipping {}: {}", entry.path().string(), std::string(config.status().message()));
       continue;
     }
-    auto record = std::make_shared<Record>();
+    auto record = std::make_shared<Record>(entry.path().string());
     *record->vm.mutable_config() = *config;
     record->vm.set_state(v1::VM_STATE_CREATED);
     record->vm.set_exit_status(-1);
-    record->dir = entry.path().string();
-    record->control_socket = (entry.path() / "vmm.sock").string();
+    Recover(*record);
     vms_[config->name()] = std::move(record);
   }
   return absl::OkStatus();
 }
 
+void Daemon::Recover(Record& record) {
+  const std::string& name = record.vm.config().name();
+  if (std::optional<pid_t> pid = FindRunningVmm(record.files)) {
+    Watch(record, *pid);
+    // Paused or running, and on which accelerator: the VMM knows.
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + kVmmCallTimeout);
+    v1::VmmStatus status;
+    if (record.control->Status(&context, v1::VmmStatusRequest(), &status).ok()) {
+      record.vm.set_accelerator(status.accelerator());
+      if (status.paused()) record.vm.set_state(v1::VM_STATE_PAUSED);
+    }
+    record.started_emitted = true;
+    Emit(v1::VmEvent::STARTED, name, absl::StrCat("pid ", *pid, ", running since before this daemon started: taken over"));
+    return;
+  }
+  std::optional<RunEnd> end;
+  if (access(record.files.pid.c_str(), F_OK) == 0) {
+    end = CollectRunEnd(0, record.files, false);  // it ended while no daemon watched it
+  } else {
+    end = ReadRunEnd(record.files);
+  }
+  if (!end) return;
+  ApplyRunEnd(*end, record.vm);
+  if (record.vm.state() == v1::VM_STATE_CRASHED) Emit(v1::VmEvent::CRASHED, name, record.vm.end_reason());
+}
+
 Daemon::~Daemon() {
-  ShutdownAll(absl::Seconds(5));
+  if (options_.keep_vms) {
+    detaching_.store(true);  // supervisors leave; a restarted daemon takes the VMMs over
+  } else {
+    ShutdownAll(absl::Seconds(5));
+  }
   std::vector<Supervisor> supervisors;
   {
     absl::MutexLock lock(&mutex_);
@@ -176,6 +211,12 @@ Daemon::~Daemon() {
     supervisors.swap(supervisors_);
   }
   for (Supervisor& supervisor : supervisors) supervisor.thread.join();
+  if (lock_fd_ >= 0) close(lock_fd_);
+}
+
+size_t Daemon::RunningVms() {
+  absl::MutexLock lock(&mutex_);
+  return std::count_if(vms_.begin(), vms_.end(), [](const auto& entry) { return Running(entry.second->vm); });
 }
 
 std::shared_ptr<Daemon::Record> Daemon::Find(const std::string& name) {
@@ -218,18 +259,21 @@ grpc::Status Daemon::CreateVm(grpc::ServerContext*, const v1::CreateVmRequest* r
     return Error(grpc::StatusCode::RESOURCE_EXHAUSTED,
                  absl::StrFormat("this daemon holds at most %u VMs (--max-vms); delete one first", options_.max_vms));
   }
-  auto record = std::make_shared<Record>();
-  record->dir = (fs::path(options_.state_dir) / "vms" / config.name()).string();
-  record->control_socket = record->dir + "/vmm.sock";
+  auto record = std::make_shared<Record>((fs::path(options_.state_dir) / "vms" / config.name()).string());
   std::error_code error;
-  fs::create_directories(record->dir, error);
+  fs::create_directories(record->files.dir, error);
+  if (error) {
+    return Error(grpc::StatusCode::INTERNAL, absl::StrCat("cannot create ", record->files.dir, ": ", error.message()));
+  }
   std::string json;
   google::protobuf::util::JsonPrintOptions print;
   print.add_whitespace = true;
   print.preserve_proto_field_names = true;
   (void)google::protobuf::util::MessageToJsonString(config, &json, print);
-  std::ofstream(record->dir + "/config.json") << json;
-  if (error) return Error(grpc::StatusCode::INTERNAL, absl::StrCat("cannot create ", record->dir, ": ", error.message()));
+  if (absl::Status saved = WriteFileAtomically(record->files.config, json); !saved.ok()) {
+    fs::remove_all(record->files.dir, error);  // no half-defined VM comes back after a restart
+    return Error(grpc::StatusCode::INTERNAL, absl::StrCat("the VM was not created: ", saved.message()));
+  }
   *record->vm.mutable_config() = config;
   record->vm.set_state(v1::VM_STATE_CREATED);
   record->vm.set_exit_status(-1);
@@ -248,67 +292,21 @@ grpc::Status Daemon::Start(Record& record) {
   if (Running(record.vm)) {
     return Error(grpc::StatusCode::FAILED_PRECONDITION, absl::StrCat("VM \"", name, "\" is already ", VmStateName(record.vm.state())));
   }
-  unlink(record.control_socket.c_str());  // a previous run's: the wait below looks for the new one
-  int pipe_fds[2];
-  if (pipe2(pipe_fds, O_CLOEXEC) != 0) return Error(grpc::StatusCode::INTERNAL, "pipe failed");
-  const std::string log_path = record.dir + "/vmm.log";
-  int log_fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  unlink(record.files.control_socket.c_str());  // a previous run's: the wait below looks for the new one
   std::vector<std::string> args = {options_.vmm_path};
-  const std::string xenstore_socket = record.dir + "/xs.sock";
-  for (std::string& arg : VmmArguments(record.vm.config(), record.control_socket, xenstore_socket)) {
+  for (std::string& arg : VmmArguments(record.vm.config(), record.files.control_socket, record.files.xenstore_socket)) {
     args.push_back(std::move(arg));
   }
-  std::vector<char*> argv;
-  for (std::string& arg : args) argv.push_back(arg.data());
-  argv.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_adddup2(&actions, null_fd, 0);
-  posix_spawn_file_actions_adddup2(&actions, pipe_fds[1], 1);
-  posix_spawn_file_actions_adddup2(&actions, log_fd >= 0 ? log_fd : null_fd, 2);
-  pid_t pid = 0;
-  int spawned = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  close(pipe_fds[1]);
-  if (log_fd >= 0) close(log_fd);
-  close(null_fd);
-  if (spawned != 0) {
-    close(pipe_fds[0]);
-    return Error(grpc::StatusCode::INTERNAL, absl::StrCat("cannot run ", options_.vmm_path, ": ", std::strerror(spawned)));
-  }
-  record.pid = pid;
-  record.destroying = false;
-  record.started_emitted = false;
-  const uint64_t run = ++record.run;
-  record.console = std::make_shared<ConsoleBuffer>();
-  record.vm.set_state(v1::VM_STATE_RUNNING);
-  record.vm.set_pid(pid);
+  args.insert(args.end(), {"--status-file", record.files.end});
+  absl::StatusOr<pid_t> spawned = SpawnVmm(args, record.files);
+  if (!spawned.ok()) return FromAbsl(spawned.status());
+  const pid_t pid = *spawned;
   record.vm.set_end_reason("");
   record.vm.set_exit_status(-1);
   record.vm.set_started_unix_ms(NowMs());
-  record.vm.set_xenstore_socket(ParseXenVersion(record.vm.config().xen_version()).value_or(1) != 0 ? xenstore_socket
-                                                                                                  : "");
-  // The VMM creates its socket a few milliseconds from now: retry connecting quickly, not with
-  // gRPC's default one-second backoff.
-  grpc::ChannelArguments channel_args;
-  channel_args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 5);
-  channel_args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 5);
-  channel_args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 100);
-  record.control = v1::VmmControl::NewStub(grpc::CreateCustomChannel(
-      absl::StrCat("unix:", record.control_socket), grpc::InsecureChannelCredentials(), channel_args));
-  // Join the supervisors of earlier runs that have finished, then add this run's.
-  std::erase_if(supervisors_, [](Supervisor& old) {
-    if (!old.done->load()) return false;
-    old.thread.join();
-    return true;
-  });
-  auto done = std::make_shared<std::atomic<bool>>(false);
-  supervisors_.push_back(Supervisor{std::thread([this, name, run, pid, fd = pipe_fds[0], console = record.console, done] {
-                                      Supervise(name, run, pid, fd, console);
-                                      done->store(true);
-                                    }),
-                                    done});
+  record.started_emitted = false;
+  Watch(record, pid);
+  const uint64_t run = record.run;
 
   // Wait (without the lock) until the VMM answers on its control socket, or ends. Connecting
   // before the socket exists costs a reconnect backoff, so first wait for the file.
@@ -316,7 +314,7 @@ grpc::Status Daemon::Start(Record& record) {
   const absl::Time deadline = absl::Now() + kVmmStartTimeout;
   while (absl::Now() < deadline) {
     mutex_.Unlock();
-    for (int i = 0; i < 100 && access(record.control_socket.c_str(), F_OK) != 0; ++i) {
+    for (int i = 0; i < 100 && access(record.files.control_socket.c_str(), F_OK) != 0; ++i) {
       absl::SleepFor(absl::Milliseconds(1));
     }
     grpc::ClientContext context;
@@ -343,19 +341,55 @@ grpc::Status Daemon::Start(Record& record) {
                absl::StrCat("VM \"", name, "\" did not start: ", record.vm.end_reason()));
 }
 
-void Daemon::Supervise(std::string name, uint64_t run, pid_t pid, int console_fd,
+void Daemon::Watch(Record& record, pid_t pid) {
+  const std::string& name = record.vm.config().name();
+  record.pid = pid;
+  record.destroying = false;
+  const uint64_t run = ++record.run;
+  record.console = std::make_shared<ConsoleBuffer>();
+  record.vm.set_state(v1::VM_STATE_RUNNING);
+  record.vm.set_pid(pid);
+  record.vm.set_xenstore_socket(
+      ParseXenVersion(record.vm.config().xen_version()).value_or(1) != 0 ? record.files.xenstore_socket : "");
+  // The VMM creates its socket a few milliseconds from now: retry connecting quickly, not with
+  // gRPC's default one-second backoff.
+  grpc::ChannelArguments channel_args;
+  channel_args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 5);
+  channel_args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 5);
+  channel_args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 100);
+  record.control = v1::VmmControl::NewStub(grpc::CreateCustomChannel(
+      absl::StrCat("unix:", record.files.control_socket), grpc::InsecureChannelCredentials(), channel_args));
+  // Join the supervisors of earlier runs that have finished, then add this run's.
+  std::erase_if(supervisors_, [](Supervisor& old) {
+    if (!old.done->load()) return false;
+    old.thread.join();
+    return true;
+  });
+  auto done = std::make_shared<std::atomic<bool>>(false);
+  supervisors_.push_back(
+      Supervisor{std::thread([this, name, run, pid, files = record.files, console = record.console, done] {
+                   Supervise(name, run, pid, files, console);
+                   done->store(true);
+                 }),
+                 done});
+}
+
+void Daemon::Supervise(std::string name, uint64_t run, pid_t pid, VmFiles files,
                        std::shared_ptr<ConsoleBuffer> console) {
-  char buffer[4096];
-  while (true) {
-    ssize_t n = read(console_fd, buffer, sizeof buffer);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    console->Append(buffer, static_cast<size_t>(n));
+  ConsoleLogFollower follower(files.console_log, *console);
+  absl::StatusOr<ProcessWatch> watch = ProcessWatch::Open(pid);
+  while (watch.ok() && !watch->Wait(absl::Milliseconds(20))) {
+    if (detaching_.load()) return;  // the daemon stops and leaves the VM running
+    follower.Poll();
   }
-  close(console_fd);
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  follower.Poll();
+  bool destroyed;
+  {
+    absl::MutexLock lock(&mutex_);
+    std::shared_ptr<Record> record = Find(name);
+    destroyed = record != nullptr && record->run == run && record->destroying;
   }
+  const RunEnd end = CollectRunEnd(pid, files, destroyed);
   absl::MutexLock lock(&mutex_);
   std::shared_ptr<Record> record = Find(name);
   if (record == nullptr || record->run != run) return;
@@ -363,34 +397,7 @@ void Daemon::Supervise(std::string name, uint64_t run, pid_t pid, int console_fd
   record->vm.set_pid(0);
   record->vm.set_xenstore_socket("");
   record->control.reset();
-  const std::string said = LastVmmMessage(record->dir + "/vmm.log");
-  if (WIFSIGNALED(status)) {
-    record->vm.set_exit_status(-1);
-    record->vm.set_state(record->destroying ? v1::VM_STATE_SHUTDOWN : v1::VM_STATE_CRASHED);
-    record->vm.set_end_reason(record->destroying ? "destroyed"
-                                                 : absl::StrCat("the VMM was killed by signal ", WTERMSIG(status)));
-  } else {
-    const int code = WEXITSTATUS(status);
-    record->vm.set_exit_status(code);
-    // xenkvm-vmm's statuses (vmm/README.md): 0 powered off, 2 could not build the VM, 3 powered
-    // off reporting failure, 4 reset, 5 crashed, 6 halted, 7 stopped.
-    switch (code) {
-      case 0:
-      case 3:
-      case 4:
-        record->vm.set_state(v1::VM_STATE_SHUTDOWN);
-        break;
-      case 7:
-        record->vm.set_state(v1::VM_STATE_SHUTDOWN);
-        break;
-      case 2:
-        record->vm.set_state(v1::VM_STATE_CREATED);
-        break;
-      default:
-        record->vm.set_state(v1::VM_STATE_CRASHED);
-    }
-    record->vm.set_end_reason(record->destroying ? "destroyed" : (said.empty() ? absl::StrCat("exit status ", code) : said));
-  }
+  ApplyRunEnd(end, record->vm);
   if (record->vm.state() == v1::VM_STATE_CREATED) return;  // it never ran: StartVm reports why
   if (!record->started_emitted) Emit(v1::VmEvent::STARTED, name, absl::StrCat("pid ", pid));
   Emit(record->vm.state() == v1::VM_STATE_CRASHED ? v1::VmEvent::CRASHED : v1::VmEvent::SHUT_DOWN, name,
@@ -537,7 +544,7 @@ grpc::Status Daemon::DeleteVm(grpc::ServerContext*, const v1::VmRef* request, v1
                  absl::StrCat("VM \"", request->name(), "\" is ", VmStateName(record->vm.state()), ": destroy it first"));
   }
   std::error_code error;
-  fs::remove_all(record->dir, error);
+  fs::remove_all(record->files.dir, error);
   vms_.erase(request->name());
   Emit(v1::VmEvent::DELETED, request->name(), "");
   return grpc::Status::OK;

@@ -1,6 +1,7 @@
-// xenkvmd's VmService: VM records kept in a state directory, one xenkvm-vmm process per running VM
-// (supervised: a VMM that dies is reported CRASHED with its reason), console capture and
-// streaming, lifecycle events, and gRPC status codes that say what was wrong.
+// xenkvmd's VmService: VM records kept in a state directory (locked: one daemon per directory), one
+// xenkvm-vmm process per running VM (supervised: a VMM that dies is reported CRASHED with its
+// reason; VMMs run in sessions of their own and are found again by a restarted daemon), console
+// capture and streaming, lifecycle events, and gRPC status codes that say what was wrong.
 #ifndef XENKVM_API_DAEMON_H_
 #define XENKVM_API_DAEMON_H_
 
@@ -17,28 +18,12 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "api/console_log.h"
+#include "api/vmm_process.h"
 #include "proto/xenkvm/v1/vm.grpc.pb.h"
 #include "proto/xenkvm/v1/vmm_control.grpc.pb.h"
 
 namespace xenkvm::api {
-
-// Bytes a guest wrote, the last `limit` kept, with a running offset so followers see only new data.
-class ConsoleBuffer {
- public:
-  explicit ConsoleBuffer(size_t limit = 64 * 1024) : limit_(limit) {}
-  void Append(const char* data, size_t size);
-  // The bytes from `offset` (total bytes ever written), clipped to what is kept; updates `offset`.
-  std::string ReadFrom(uint64_t& offset) const;
-  uint64_t total() const;
-  // Waits up to `timeout` for bytes beyond `offset`.
-  void WaitBeyond(uint64_t offset, absl::Duration timeout) const;
-
- private:
-  const size_t limit_;
-  mutable absl::Mutex mutex_;
-  std::deque<char> bytes_ ABSL_GUARDED_BY(mutex_);
-  uint64_t total_ ABSL_GUARDED_BY(mutex_) = 0;
-};
 
 class Daemon final : public v1::VmService::Service {
  public:
@@ -46,13 +31,20 @@ class Daemon final : public v1::VmService::Service {
     std::string state_dir;
     std::string vmm_path;     // the xenkvm-vmm binary
     uint32_t max_vms = 64;
+    // When the daemon stops: leave running VMs running (a restarted daemon finds them again)
+    // instead of shutting them down.
+    bool keep_vms = false;
   };
-  // Creates the state directory if needed and loads the VMs defined there (as CREATED).
+  // Creates the state directory if needed, locks it (kFailedPrecondition naming the holder when
+  // another daemon has it), and loads the VMs defined there: VMMs still running are taken over as
+  // they are; a VM whose VMM ended while no daemon ran shows how it ended.
   static absl::StatusOr<std::unique_ptr<Daemon>> Create(const Options& options);
   ~Daemon() override;
 
   // Shuts every running VM down (ShutdownVm semantics with `deadline`), for SIGTERM.
   void ShutdownAll(absl::Duration deadline);
+  // How many VMs run now.
+  size_t RunningVms();
 
   grpc::Status CreateVm(grpc::ServerContext*, const v1::CreateVmRequest*, v1::Vm*) override;
   grpc::Status StartVm(grpc::ServerContext*, const v1::VmRef*, v1::Vm*) override;
@@ -74,9 +66,9 @@ class Daemon final : public v1::VmService::Service {
 
  private:
   struct Record {
+    explicit Record(const std::string& dir) : files(dir) {}
     v1::Vm vm;
-    std::string dir;
-    std::string control_socket;
+    VmFiles files;
     pid_t pid = 0;
     bool destroying = false;
     bool started_emitted = false;
@@ -87,7 +79,12 @@ class Daemon final : public v1::VmService::Service {
   };
 
   explicit Daemon(const Options& options) : options_(options) {}
+  absl::Status LockStateDir();
   absl::Status LoadState();
+  // A VM found in the state directory: its VMM still running (taken over), or how its last run ended.
+  void Recover(Record& record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Makes `pid` the record's running VMM: its control channel and a supervisor thread.
+  void Watch(Record& record, pid_t pid) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // Records are shared: an operation that waits (unlocking) keeps its record alive even if a
   // concurrent DeleteVm removes it from the map.
   std::shared_ptr<Record> Find(const std::string& name) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
@@ -106,12 +103,15 @@ class Daemon final : public v1::VmService::Service {
   void FinishShutdown(Record& record, uint64_t run, const grpc::Status& asked) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // Ends the VMM process (SIGTERM, then SIGKILL after a grace period) and waits for the supervisor.
   void Kill(Record& record, const std::string& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
-  void Supervise(std::string name, uint64_t run, pid_t pid, int console_fd, std::shared_ptr<ConsoleBuffer> console);
+  // Follows the VMM's console until it ends, then records how the run ended.
+  void Supervise(std::string name, uint64_t run, pid_t pid, VmFiles files, std::shared_ptr<ConsoleBuffer> console);
   void Emit(v1::VmEvent::Kind kind, const std::string& name, const std::string& detail)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void WaitForRunEnd(Record& record, uint64_t run, absl::Duration timeout) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
 
   const Options options_;
+  int lock_fd_ = -1;  // the state directory's lock, held while the daemon lives
+  std::atomic<bool> detaching_{false};  // the daemon stops and leaves its VMs running
   absl::Mutex mutex_;
   std::map<std::string, std::shared_ptr<Record>> vms_ ABSL_GUARDED_BY(mutex_);
   std::deque<v1::VmEvent> events_ ABSL_GUARDED_BY(mutex_);

@@ -4,7 +4,9 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <limits.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -25,19 +27,35 @@ constexpr char kDefaultStateDir[] = "/var/lib/xenkvm";
 constexpr int kMaxRequestBytes = 1 << 20;
 
 constexpr char kUsage[] =
-    "usage: xenkvmd [--socket PATH] [--state-dir DIR] [--vmm PATH] [--max-vms N] [--log-level LEVEL]\n"
+    "usage: xenkvmd [--socket PATH] [--state-dir DIR] [--vmm PATH] [--max-vms N] [--keep-vms]\n"
+    "               [--log-level LEVEL]\n"
     "\n"
     "Serves xenkvm's VmService (gRPC) on a Unix socket and runs each VM in its own xenkvm-vmm process.\n"
     "  --socket PATH     the API socket, mode 0600 (default /run/xenkvm/xenkvmd.sock)\n"
     "  --state-dir DIR   VM definitions, logs and per-VM sockets (default /var/lib/xenkvm)\n"
     "  --vmm PATH        the xenkvm-vmm binary (default: beside xenkvmd, or ../vmm/xenkvm-vmm)\n"
     "  --max-vms N       VMs this daemon defines at most (default 64)\n"
+    "  --keep-vms        leave running VMs running when the daemon stops\n"
     "  --log-level LEVEL trace, debug, info, warn, error, critical, off (default $XENKVM_LOG or info)\n"
-    "SIGTERM or SIGINT shuts the running VMs down (30 s deadline), then stops the daemon.\n";
+    "SIGTERM or SIGINT shuts the running VMs down (30 s deadline), then stops the daemon; with\n"
+    "--keep-vms they run on. Each VM's xenkvm-vmm runs in a session of its own: if the daemon dies,\n"
+    "its VMs run on, and a daemon started on the same state directory takes them over.\n";
 
 int Usage(const std::string& error) {
   std::fprintf(stderr, "xenkvmd: %s\n\n%s", error.c_str(), kUsage);
   return 1;
+}
+
+// Whether a process accepts connections on the Unix socket at `path`.
+bool SomeoneListens(const std::string& path) {
+  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  path.copy(address.sun_path, sizeof address.sun_path - 1);
+  const bool connected = connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0;
+  close(fd);
+  return connected;
 }
 
 std::string DefaultVmmPath() {
@@ -63,6 +81,10 @@ int main(int argc, char** argv) {
     if (flag == "--help" || flag == "-h") {
       std::fputs(kUsage, stdout);
       return 0;
+    }
+    if (flag == "--keep-vms") {
+      options.keep_vms = true;
+      continue;
     }
     std::string value;
     if (size_t eq = flag.find('='); eq != std::string::npos) {
@@ -106,6 +128,11 @@ int main(int argc, char** argv) {
   }
   std::error_code error;
   std::filesystem::create_directories(std::filesystem::path(socket).parent_path(), error);
+  if (SomeoneListens(socket)) {  // another daemon's socket (with another state directory): keep it
+    std::fprintf(stderr, "xenkvmd: another xenkvmd serves on %s: stop it first, or give this one another --socket\n",
+                 socket.c_str());
+    return 2;
+  }
   unlink(socket.c_str());
 
   grpc::EnableDefaultHealthCheckService(true);
@@ -128,8 +155,12 @@ int main(int argc, char** argv) {
   std::thread stopper([&] {
     int signal = 0;
     sigwait(&stop_signals, &signal);
-    spdlog::info("xenkvmd: signal {}: shutting the VMs down", signal);
-    (*daemon)->ShutdownAll(absl::Seconds(30));
+    if (options.keep_vms) {
+      spdlog::info("xenkvmd: signal {}: stopping, {} VM(s) left running", signal, (*daemon)->RunningVms());
+    } else {
+      spdlog::info("xenkvmd: signal {}: shutting the VMs down", signal);
+      (*daemon)->ShutdownAll(absl::Seconds(30));
+    }
     server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   });
   server->Wait();

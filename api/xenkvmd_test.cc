@@ -11,8 +11,10 @@
 #include <fstream>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -458,6 +460,136 @@ TEST_F(XenkvmdTest, HelpDocumentsEveryVerb) {
                            "block-detach", "block-list", "console", "evtchn", "events", "--json"}) {
     EXPECT_THAT(help.out, HasSubstr(verb));
   }
+}
+
+// A daemon of its own, on its own state directory and socket, for the tests that stop daemons.
+class OwnDaemon {
+ public:
+  explicit OwnDaemon(std::string dir) : dir_(std::move(dir)), socket_(dir_ + "/d.sock") {}
+  // Starts xenkvmd (extra flags appended); false if it does not create its socket.
+  bool Start(std::vector<std::string> extra = {}) {
+    std::vector<std::string> argv = {Runfile("api/xenkvmd"), "--socket", socket_, "--state-dir", dir_ + "/state",
+                                     "--vmm", Runfile("vmm/xenkvm-vmm")};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    pid_ = testing::StartProcess(argv, dir_ + "/daemon.log");
+    for (int i = 0; i < 100; ++i) {
+      if (access(socket_.c_str(), F_OK) == 0 && Ctl({"list"}).status == 0) return true;
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+    return false;
+  }
+  ProcessResult Ctl(std::vector<std::string> args) const {
+    args.insert(args.begin(), {Runfile("tools/xenkvmctl"), "--socket", socket_});
+    return testing::RunProcess(args, absl::Seconds(60));
+  }
+  // The `info` line "KEY: VALUE" of a VM, VALUE trimmed.
+  std::string Info(const std::string& name, const std::string& key) const {
+    for (absl::string_view line : absl::StrSplit(Ctl({"info", name}).out, '\n')) {
+      if (absl::StartsWith(absl::StripLeadingAsciiWhitespace(line), key + ":")) {
+        return std::string(absl::StripAsciiWhitespace(line.substr(line.find(':') + 1)));
+      }
+    }
+    return "";
+  }
+  int Stop(int signal) {
+    kill(pid_, signal);
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    return status;
+  }
+  const std::string& dir() const { return dir_; }
+  const std::string& socket() const { return socket_; }
+
+ private:
+  std::string dir_;
+  std::string socket_;
+  pid_t pid_ = 0;
+};
+
+// A process that exists and is not a zombie (a VMM whose daemon died is reaped by init, later).
+bool Alive(pid_t pid) {
+  std::ifstream stat(absl::StrCat("/proc/", pid, "/stat"));
+  std::string text;
+  if (!std::getline(stat, text)) return false;
+  const size_t end = text.rfind(')');
+  return end != std::string::npos && end + 2 < text.size() && text[end + 2] != 'Z';
+}
+
+std::string TickerJson(const std::string& name) {
+  return absl::StrCat(R"({"name": ")", name, R"(", "memory_mib": 32, "kernel": ")", Runfile("tests/guests/xen_ticker.elf"),
+                      R"(", "accelerator": "emu"})");
+}
+
+bool ConsoleShows(const OwnDaemon& daemon, const std::string& name, const std::string& text) {
+  for (int i = 0; i < 200; ++i) {
+    if (daemon.Ctl({"console", name, "--no-follow"}).out.find(text) != std::string::npos) return true;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  return false;
+}
+
+// kill -9 of the daemon: its VMs run on; a daemon started again on the state directory takes the
+// live ones over (one VMM each, their consoles kept) and reports the one that died meanwhile.
+// One daemon per state directory and per socket.
+TEST(XenkvmdRestartTest, VmsOutliveTheDaemonAndAreTakenOver) {
+  char dir[] = "/tmp/xkr-XXXXXX";  // short: the per-VM sockets live under it
+  ASSERT_NE(mkdtemp(dir), nullptr);
+  OwnDaemon daemon(dir);
+  ASSERT_TRUE(daemon.Start());
+  for (const char* name : {"survivor", "victim"}) {
+    std::ofstream(daemon.dir() + "/" + name + ".json") << TickerJson(name);
+    ASSERT_EQ(daemon.Ctl({"create", daemon.dir() + "/" + name + ".json"}).status, 0);
+  }
+  ASSERT_TRUE(ConsoleShows(daemon, "survivor", "tick 10"));
+  const std::string survivor_pid = daemon.Info("survivor", "pid");
+  const std::string victim_pid = daemon.Info("victim", "pid");
+  ASSERT_FALSE(survivor_pid.empty());
+
+  // A second daemon on the same state directory, or on the same socket, refuses to start.
+  ProcessResult refused = testing::RunProcess({Runfile("api/xenkvmd"), "--socket", daemon.dir() + "/other.sock",
+                                               "--state-dir", daemon.dir() + "/state", "--vmm", Runfile("vmm/xenkvm-vmm")},
+                                              absl::Seconds(10));
+  EXPECT_EQ(refused.status, 2);
+  EXPECT_THAT(refused.err, HasSubstr("is in use by another xenkvmd (pid "));
+  ProcessResult socket_taken = testing::RunProcess({Runfile("api/xenkvmd"), "--socket", daemon.socket(), "--state-dir",
+                                                    daemon.dir() + "/state2", "--vmm", Runfile("vmm/xenkvm-vmm")},
+                                                   absl::Seconds(10));
+  EXPECT_EQ(socket_taken.status, 2);
+  EXPECT_THAT(socket_taken.err, HasSubstr("another xenkvmd serves on"));
+  EXPECT_EQ(daemon.Ctl({"list"}).status, 0);  // the first one still serves
+
+  daemon.Stop(SIGKILL);
+  absl::SleepFor(absl::Milliseconds(300));
+  const pid_t survivor = std::stoi(survivor_pid);
+  EXPECT_TRUE(Alive(survivor)) << "the VMM died with its daemon";
+  kill(std::stoi(victim_pid), SIGKILL);  // dies while no daemon watches
+
+  ASSERT_TRUE(daemon.Start());
+  EXPECT_EQ(daemon.Info("survivor", "state"), "running");
+  EXPECT_EQ(daemon.Info("survivor", "pid"), survivor_pid);  // taken over, not started again
+  EXPECT_EQ(daemon.Info("victim", "state"), "crashed");
+  EXPECT_THAT(daemon.Ctl({"info", "victim"}).out, HasSubstr("no xenkvmd watched it"));
+  EXPECT_THAT(daemon.Ctl({"console", "survivor", "--no-follow"}).out, HasSubstr("ticker: VIRQ_TIMER"));  // kept
+  EXPECT_THAT(daemon.Ctl({"start", "survivor"}).err, HasSubstr("is already running (FAILED_PRECONDITION)"));
+  EXPECT_EQ(daemon.Ctl({"evtchn", "survivor"}).status, 0);  // its control channel, found again
+  EXPECT_EQ(daemon.Ctl({"destroy", "survivor"}).status, 0);  // not the daemon's child: still ended
+  EXPECT_EQ(daemon.Info("survivor", "state"), "shutdown");
+  EXPECT_FALSE(Alive(survivor));
+
+  // The end of a run survives a restart too; --keep-vms leaves running VMs running.
+  daemon.Stop(SIGTERM);
+  ASSERT_TRUE(daemon.Start({"--keep-vms"}));
+  EXPECT_EQ(daemon.Info("victim", "state"), "crashed");
+  ASSERT_EQ(daemon.Ctl({"start", "survivor"}).status, 0);
+  const std::string kept_pid = daemon.Info("survivor", "pid");
+  EXPECT_EQ(WEXITSTATUS(daemon.Stop(SIGTERM)), 0);
+  EXPECT_TRUE(Alive(std::stoi(kept_pid))) << "--keep-vms: the VM must run on";
+  ASSERT_TRUE(daemon.Start());
+  EXPECT_EQ(daemon.Info("survivor", "pid"), kept_pid);
+  daemon.Stop(SIGTERM);  // without --keep-vms: the VM is shut down with the daemon
+  EXPECT_FALSE(Alive(std::stoi(kept_pid)));
+  std::error_code error;
+  std::filesystem::remove_all(dir, error);
 }
 
 }  // namespace

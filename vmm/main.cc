@@ -51,6 +51,7 @@ constexpr char kUsage[] =
     "  --xenstore-socket PATH  also serve the guest's XenStore on this Unix socket (mode 0600), for\n"
     "                    xenstore-utils: XENSTORED_PATH=PATH xenstore-ls /local/domain\n"
     "  --control-socket PATH  serve the VMM control service there (xenkvmd uses it)\n"
+    "  --status-file PATH  when the VMM ends, write \"exit STATUS\" and its last message there\n"
     "  --log-level LEVEL trace, debug, info, warn, error, critical, off (default $XENKVM_LOG or info)\n"
     "\n"
     "Exit status: 0 the guest powered off; 1 bad usage; 2 the VM could not be built; 3 the guest\n"
@@ -58,9 +59,28 @@ constexpr char kUsage[] =
     "halted with interrupts off; 7 stopped by a signal.\n";
 
 xenkvm::vmm::Vm* running_vm = nullptr;
+std::string status_file;  // --status-file
+
+// Records how the VMM ends for whoever started it (xenkvmd reads it after a restart, when the VMM
+// is no longer its child): "exit STATUS\nMESSAGE\n", written whole (a temporary file, renamed).
+void WriteStatus(int status, const std::string& message) {
+  if (status_file.empty()) return;
+  const std::string temporary = status_file + ".tmp";
+  if (FILE* file = std::fopen(temporary.c_str(), "w")) {
+    const bool written = std::fprintf(file, "exit %d\n%s\n", status, message.c_str()) > 0;
+    if (std::fclose(file) == 0 && written) std::rename(temporary.c_str(), status_file.c_str());
+  }
+}
+
+int Finish(int status, const std::string& message) {
+  std::fprintf(stderr, "xenkvm-vmm: %s\n", message.c_str());
+  WriteStatus(status, message);
+  return status;
+}
 
 int Usage(const std::string& error) {
   std::fprintf(stderr, "xenkvm-vmm: %s\n\n%s", error.c_str(), kUsage);
+  WriteStatus(kExitUsage, error);
   return kExitUsage;
 }
 
@@ -118,6 +138,8 @@ int main(int argc, char** argv) {
       }
     } else if (flag == "--control-socket") {
       control_socket = value;
+    } else if (flag == "--status-file") {
+      status_file = value;
     } else if (flag == "--log-level") {
       log_level = value;
     } else {
@@ -144,10 +166,7 @@ int main(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);
   xenkvm::vmm::ConsoleLog console(STDOUT_FILENO);
   absl::StatusOr<std::unique_ptr<xenkvm::vmm::Vm>> vm = xenkvm::vmm::Vm::Create(config, console);
-  if (!vm.ok()) {
-    std::fprintf(stderr, "xenkvm-vmm: %s\n", std::string(vm.status().message()).c_str());
-    return kExitSetupFailed;
-  }
+  if (!vm.ok()) return Finish(kExitSetupFailed, std::string(vm.status().message()));
   std::fprintf(stderr, "xenkvm-vmm: %s\n", (*vm)->accelerator_choice().c_str());
 
   running_vm = vm->get();
@@ -155,10 +174,7 @@ int main(int argc, char** argv) {
   if (!control_socket.empty()) {
     absl::StatusOr<std::unique_ptr<xenkvm::vmm::ControlServer>> started =
         xenkvm::vmm::ControlServer::Start(control_socket, **vm);
-    if (!started.ok()) {
-      std::fprintf(stderr, "xenkvm-vmm: %s\n", std::string(started.status().message()).c_str());
-      return kExitSetupFailed;
-    }
+    if (!started.ok()) return Finish(kExitSetupFailed, std::string(started.status().message()));
     control = std::move(started).value();
   }
   std::thread signal_waiter([&stop_signals] {
@@ -171,18 +187,23 @@ int main(int argc, char** argv) {
   pthread_kill(signal_waiter.native_handle(), SIGUSR2);
   signal_waiter.join();
 
-  std::fprintf(stderr, "xenkvm-vmm: %s\n", xenkvm::vmm::Describe(end).c_str());
+  int status = kExitCrashed;
   switch (end.kind) {
     case xenkvm::vmm::VmEnd::Kind::kPoweredOff:
-      return end.status == 0 ? kExitPoweredOff : kExitGuestFailed;
+      status = end.status == 0 ? kExitPoweredOff : kExitGuestFailed;
+      break;
     case xenkvm::vmm::VmEnd::Kind::kReset:
-      return kExitReset;
+      status = kExitReset;
+      break;
     case xenkvm::vmm::VmEnd::Kind::kCrashed:
-      return kExitCrashed;
+      status = kExitCrashed;
+      break;
     case xenkvm::vmm::VmEnd::Kind::kHalted:
-      return kExitHalted;
+      status = kExitHalted;
+      break;
     case xenkvm::vmm::VmEnd::Kind::kStopped:
-      return kExitStopped;
+      status = kExitStopped;
+      break;
   }
-  return kExitCrashed;
+  return Finish(status, xenkvm::vmm::Describe(end));
 }
