@@ -182,6 +182,8 @@ absl::StatusOr<v1::VmConfig> FromXl(const std::string& text, const std::string& 
       if (first != "pvh" && first != "hvm") {
         return Invalid(source, absl::StrCat(key, ": \"", first, "\": xenkvm runs PVH and HVM guests (by the PVH entry), not PV"));
       }
+    } else if (key == "accelerator") {  // xenkvm's own key (xl has none): kvm, emu or auto
+      config.set_accelerator(first);
     } else if (key == "disk") {
       for (const std::string& spec : value.items) {
         absl::StatusOr<v1::DiskConfig> disk = ParseXlDisk(spec, source);
@@ -194,7 +196,7 @@ absl::StatusOr<v1::VmConfig> FromXl(const std::string& text, const std::string& 
   }
   if (!unsupported.empty()) {
     return Invalid(source, absl::StrCat("unsupported xl.cfg keys: ", absl::StrJoin(unsupported, ", "),
-                                        " (xenkvm takes name, memory, vcpus, kernel, ramdisk, extra, cmdline, type, disk)"));
+                                        " (xenkvm takes name, memory, vcpus, kernel, ramdisk, extra, cmdline, type, disk, and its own accelerator)"));
   }
   return config;
 }

@@ -44,6 +44,7 @@ kernel = "/boot/vmlinux-6.1"
 ramdisk = "/boot/initrd.img-6.1"
 extra = "root=/dev/xvda ro"
 disk = [ 'target=/images/db.img,vdev=xvda,access=rw', '/images/data.img,raw,xvdb,ro' ]
+accelerator = "emu"
 )",
                                                          "db.cfg");
   ASSERT_TRUE(config.ok()) << config.status();
@@ -52,6 +53,7 @@ disk = [ 'target=/images/db.img,vdev=xvda,access=rw', '/images/data.img,raw,xvdb
   EXPECT_EQ(config->vcpus(), 4u);
   EXPECT_EQ(config->cmdline(), "root=/dev/xvda ro");
   EXPECT_EQ(config->initrd(), "/boot/initrd.img-6.1");
+  EXPECT_EQ(config->accelerator(), "emu");  // xenkvm's own key
   ASSERT_EQ(config->disks_size(), 2);
   EXPECT_EQ(config->disks(0).path(), "/images/db.img");
   EXPECT_EQ(config->disks(0).vdev(), "xvda");

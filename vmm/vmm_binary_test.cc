@@ -108,6 +108,7 @@ TEST_P(VmmTest, XenCoreGuestPassesWithEveryUpcallRoute) {
   EXPECT_THAT(result.out, HasSubstr("loopback events delivered: 2"));
   EXPECT_THAT(result.out, HasSubstr("VIRQ_TIMER after"));
   EXPECT_THAT(result.out, HasSubstr("SCHEDOP_poll woken by the timer"));
+  EXPECT_THAT(result.out, HasSubstr("SCHEDOP_poll of a quiet port ended by an upcall"));
   EXPECT_THAT(result.out, HasSubstr("ports exhausted after 4089 more: -28"));  // -ENOSPC (ports 1, 2: XenStore, console)
   EXPECT_THAT(result.out, Not(HasSubstr("check failed")));
 }

@@ -714,15 +714,20 @@ int64_t Shim::SchedOp(Caller& caller, uint64_t command, uint64_t arg) {
 }
 
 // Blocks the calling vCPU until one of `ports` is pending (none: any event for this vCPU, i.e.
-// its upcall_pending), the deadline (system time) passes, or the VM stops.
+// its upcall_pending), an event for it can be taken (RFLAGS.IF set), the deadline (system time)
+// passes, or the VM stops.
 int64_t Shim::WaitForEvents(Caller& caller, const std::vector<uint32_t>& ports, std::optional<uint64_t> deadline_ns) {
+  // Xen ends SCHEDOP_poll early too when the vCPU has an event it can take now
+  // (local_events_need_delivery: upcall_pending, RFLAGS.IF set): a vCPU polling its spinlock's port
+  // must still answer the IPIs of the CPU that holds the lock, or both wait for ever.
+  absl::StatusOr<accel::Registers> registers = caller.accel_vcpu.GetRegisters();
+  const bool interrupts_enabled = registers.ok() && (registers->rflags & (uint64_t{1} << 9)) != 0;
   absl::MutexLock lock(&mutex_);
   auto ready = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
     if (stopping_) return true;
-    if (ports.empty()) {
-      std::optional<VcpuInfo> info = VcpuInfoLocked(caller.vcpu);
-      return info && info->upcall_pending();
-    }
+    std::optional<VcpuInfo> info = VcpuInfoLocked(caller.vcpu);
+    if (info && info->upcall_pending() && (ports.empty() || interrupts_enabled)) return true;
+    if (ports.empty()) return false;
     for (uint32_t port : ports) {
       if (shared_info_.IsPending(port)) return true;
     }

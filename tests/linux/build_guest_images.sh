@@ -95,9 +95,17 @@ echo "xenkvm-root: root-driver=$(basename "$(readlink /sys/block/xvda/device/dri
 echo "written by the guest on $(uname -r)" > /proof
 sync
 echo "XENKVM-LINUX-ROOT-OK"
+if grep -q xenkvm.stay /proc/cmdline; then
+  # Stay up until asked to power off: the kernel's Xen shutdown watcher (control/shutdown in
+  # XenStore) runs /sbin/poweroff, whose busybox signals init (SIGUSR2).
+  trap 'echo "xenkvm-root: shutdown asked"; sync; poweroff -f' USR2 TERM INT
+  echo "XENKVM-LINUX-WAITING"
+  while :; do sleep 1 & wait $!; done
+fi
 poweroff -f
 INIT
 chmod 755 "$root/sbin/init"
+ln -s /bin/busybox "$root/sbin/poweroff"  # the kernel's poweroff_cmd
 rm -f "$out/root.img"
 mke2fs -q -t ext4 -d "$root" "$out/root.img" 64M >/dev/null
 echo "$out"

@@ -2,12 +2,19 @@
 // (fetch_debian_kernel.sh), boots on the emu accelerator as a Xen PVH guest from its vmlinuz as
 // shipped (a bzImage with an lz4 payload), with an initramfs built at test time
 // (build_guest_images.sh: busybox-static and the kernel's own xen-blkfront module) and an ext4 root
-// image on xen-disk. One boot; the tests read its console.
+// image on xen-disk. One boot with xenkvm-vmm, which the first tests read; then one through
+// xenkvmd and xenkvmctl, as an operator runs it.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <filesystem>
+#include <fstream>
 #include <string>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/subprocess.h"
@@ -20,10 +27,53 @@ using ::testing::Not;
 using testing::Runfile;
 using testing::RunProcess;
 
-struct Boot {
+// Debian's kernel and the images built for it, once per test binary.
+struct Images {
   std::string skip_reason;  // set when the kernel package cannot be fetched
   std::string setup_error;
+  std::string vmlinuz;
+  std::string initramfs;
   std::string root_image;
+};
+
+const Images& PrepareImages() {
+  static const Images* images = [] {
+    auto* images = new Images;
+    testing::ProcessResult fetched =
+        RunProcess({"/bin/bash", Runfile("tests/linux/fetch_debian_kernel.sh")}, absl::Minutes(5));
+    if (fetched.status == 2) {
+      images->skip_reason = absl::StrCat("Debian's cloud kernel could not be fetched: ", fetched.err);
+      return images;
+    }
+    if (fetched.status != 0) {
+      images->setup_error = absl::StrCat("fetch_debian_kernel.sh failed: ", fetched.err);
+      return images;
+    }
+    const std::string tree(absl::StripTrailingAsciiWhitespace(fetched.out));
+    for (const auto& entry : std::filesystem::directory_iterator(tree + "/boot")) {
+      if (entry.path().filename().string().rfind("vmlinuz-", 0) == 0) images->vmlinuz = entry.path();
+    }
+    const std::string dir = absl::StrCat(::testing::TempDir(), "/linux-images");
+    testing::ProcessResult built = RunProcess(
+        {"/bin/bash", Runfile("tests/linux/build_guest_images.sh"), tree, dir}, absl::Minutes(2));
+    if (images->vmlinuz.empty() || built.status != 0) {
+      images->setup_error = absl::StrCat("no vmlinuz in ", tree, " or build_guest_images.sh failed: ", built.err);
+      return images;
+    }
+    images->initramfs = dir + "/initramfs.cpio.gz";
+    images->root_image = dir + "/root.img";
+    return images;
+  }();
+  return *images;
+}
+
+#define IMAGES_OR_SKIP(images)                                          \
+  const Images& images = PrepareImages();                               \
+  if (!images.skip_reason.empty()) GTEST_SKIP() << images.skip_reason; \
+  ASSERT_TRUE(images.setup_error.empty()) << images.setup_error
+
+struct Boot {
+  const Images* images = nullptr;
   testing::ProcessResult result;
   std::string Context() const {
     const std::string& out = result.out;
@@ -32,35 +82,15 @@ struct Boot {
   }
 };
 
+// One boot with xenkvm-vmm directly, which the first tests read.
 const Boot& BootDebianKernel() {
   static const Boot* boot = [] {
     auto* boot = new Boot;
-    testing::ProcessResult fetched =
-        RunProcess({"/bin/bash", Runfile("tests/linux/fetch_debian_kernel.sh")}, absl::Minutes(5));
-    if (fetched.status == 2) {
-      boot->skip_reason = absl::StrCat("Debian's cloud kernel could not be fetched: ", fetched.err);
-      return boot;
-    }
-    if (fetched.status != 0) {
-      boot->setup_error = absl::StrCat("fetch_debian_kernel.sh failed: ", fetched.err);
-      return boot;
-    }
-    const std::string tree(absl::StripTrailingAsciiWhitespace(fetched.out));
-    std::string vmlinuz;
-    for (const auto& entry : std::filesystem::directory_iterator(tree + "/boot")) {
-      if (entry.path().filename().string().rfind("vmlinuz-", 0) == 0) vmlinuz = entry.path();
-    }
-    const std::string images = absl::StrCat(::testing::TempDir(), "/linux-images");
-    testing::ProcessResult built = RunProcess(
-        {"/bin/bash", Runfile("tests/linux/build_guest_images.sh"), tree, images}, absl::Minutes(2));
-    if (vmlinuz.empty() || built.status != 0) {
-      boot->setup_error = absl::StrCat("no vmlinuz in ", tree, " or build_guest_images.sh failed: ", built.err);
-      return boot;
-    }
-    boot->root_image = images + "/root.img";
-    boot->result = RunProcess({Runfile("vmm/xenkvm-vmm"), "--kernel", vmlinuz, "--initrd",
-                               images + "/initramfs.cpio.gz", "--disk",
-                               absl::StrCat("target=", boot->root_image, ",vdev=xvda"), "--accel", "emu",
+    boot->images = &PrepareImages();
+    const Images& images = *boot->images;
+    if (!images.skip_reason.empty() || !images.setup_error.empty()) return boot;
+    boot->result = RunProcess({Runfile("vmm/xenkvm-vmm"), "--kernel", images.vmlinuz, "--initrd", images.initramfs,
+                               "--disk", absl::StrCat("target=", images.root_image, ",vdev=xvda"), "--accel", "emu",
                                "--vcpus", "2", "--memory", "512", "--cmdline", "console=hvc0 root=/dev/xvda"},
                               absl::Minutes(5));
     return boot;
@@ -68,10 +98,9 @@ const Boot& BootDebianKernel() {
   return *boot;
 }
 
-#define BOOT_OR_SKIP(boot)                                          \
-  const Boot& boot = BootDebianKernel();                            \
-  if (!boot.skip_reason.empty()) GTEST_SKIP() << boot.skip_reason; \
-  ASSERT_TRUE(boot.setup_error.empty()) << boot.setup_error
+#define BOOT_OR_SKIP(boot)       \
+  IMAGES_OR_SKIP(images);        \
+  const Boot& boot = BootDebianKernel()
 
 // Everything up to the guest's own userspace: the bzImage's ELF found, Xen found, the ACPI tables
 // read (the vCPU, hardware-reduced sleep), the Xen clock and timer, grant tables set up (their
@@ -116,8 +145,51 @@ TEST(LinuxBootTest, DebianCloudKernelRunsItsRootFromXenDiskOnEmu) {
   EXPECT_THAT(out, HasSubstr("xenkvm-root: root-driver=vbd")) << boot.Context();
   EXPECT_THAT(out, HasSubstr("XENKVM-LINUX-ROOT-OK")) << boot.Context();
   EXPECT_EQ(boot.result.status, 0) << boot.Context();
-  testing::ProcessResult proof = RunProcess({"/sbin/debugfs", "-R", "cat /proof", boot.root_image});
+  testing::ProcessResult proof = RunProcess({"/sbin/debugfs", "-R", "cat /proof", images.root_image});
   EXPECT_THAT(proof.out, HasSubstr("written by the guest on 6.")) << proof.err;
+}
+
+// The way an operator runs it: an xl.cfg through xenkvmd, its console through xenkvmctl, and
+// `xenkvmctl shutdown` powering it off through XenStore (the kernel's own shutdown watcher runs
+// /sbin/poweroff, which the root's init answers).
+TEST(LinuxBootTest, DebianCloudKernelThroughXenkvmdShutsDownThroughXenStore) {
+  IMAGES_OR_SKIP(images);
+  char dir[] = "/tmp/xkl-XXXXXX";  // short: the per-VM sockets live under it
+  ASSERT_NE(mkdtemp(dir), nullptr);
+  const std::string socket = absl::StrCat(dir, "/d.sock");
+  const pid_t daemon = testing::StartProcess({Runfile("api/xenkvmd"), "--socket", socket, "--state-dir",
+                                              absl::StrCat(dir, "/s"), "--vmm", Runfile("vmm/xenkvm-vmm")},
+                                             absl::StrCat(dir, "/daemon.log"));
+  auto ctl = [&socket](std::vector<std::string> args) {
+    args.insert(args.begin(), {Runfile("tools/xenkvmctl"), "--socket", socket});
+    return RunProcess(args, absl::Minutes(2));
+  };
+  for (int i = 0; i < 100 && access(socket.c_str(), F_OK) != 0; ++i) absl::SleepFor(absl::Milliseconds(50));
+  const std::string config = absl::StrCat(dir, "/debian.cfg");
+  std::ofstream(config) << "name = \"debian\"\ntype = \"pvh\"\nkernel = \"" << images.vmlinuz << "\"\nramdisk = \""
+                        << images.initramfs << "\"\nextra = \"console=hvc0 root=/dev/xvda xenkvm.stay\"\n"
+                        << "memory = 512\nvcpus = 2\naccelerator = \"emu\"\ndisk = [ 'target=" << images.root_image
+                        << ",vdev=xvda,access=rw' ]\n";
+  testing::ProcessResult created = ctl({"create", config});
+  ASSERT_EQ(created.status, 0) << created.err;
+  std::string console;
+  for (int i = 0; i < 240 && console.find("XENKVM-LINUX-WAITING") == std::string::npos; ++i) {
+    absl::SleepFor(absl::Milliseconds(500));
+    console = ctl({"console", "debian", "--no-follow"}).out;
+  }
+  EXPECT_THAT(console, HasSubstr("Linux version 6.")) << console;
+  EXPECT_THAT(console, HasSubstr("xenkvm-root: cpus=2")) << console;
+  ASSERT_THAT(console, HasSubstr("XENKVM-LINUX-WAITING")) << console;
+  testing::ProcessResult shutdown = ctl({"shutdown", "debian"});
+  EXPECT_EQ(shutdown.status, 0) << shutdown.err;
+  const std::string info = ctl({"info", "debian"}).out;
+  EXPECT_THAT(info, HasSubstr("shutdown")) << info;
+  EXPECT_THAT(info, HasSubstr("the guest powered off")) << info;  // not destroyed at the deadline
+  EXPECT_THAT(ctl({"console", "debian", "--no-follow"}).out, HasSubstr("xenkvm-root: shutdown asked"));
+  kill(daemon, SIGTERM);
+  waitpid(daemon, nullptr, 0);
+  std::error_code error;
+  std::filesystem::remove_all(dir, error);
 }
 
 }  // namespace

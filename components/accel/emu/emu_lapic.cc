@@ -87,12 +87,20 @@ bool EmuVcpu::ReceiveIpi(const IpiRequest& ipi, uint8_t sender) {
       break;
     case DeliveryMode::kInit:
       if (ipi.level_triggered && !ipi.assert) return true;  // INIT level de-assert: nothing
+      // The APIC and what the vCPU accepts change now (a start-up IPI may follow at once); the
+      // engine stops and resets on its own thread (CarryOutInitLocked).
       init_pending_ = true;
+      awaiting_sipi_ = true;
+      start_request_.reset();
+      lapic_.Reset();
+      xen_callbacks_.reset();
+      nmi_pending_ = false;
+      ++timer_generation_;  // the timer stopped
       break;
     case DeliveryMode::kStartup:
       // Only a processor waiting for it after RESET or INIT takes a start-up IPI; later ones are
       // ignored (Linux sends two).
-      if (!awaiting_sipi_ || started_ || start_request_) return true;
+      if (!awaiting_sipi_ || start_request_) return true;
       awaiting_sipi_ = false;
       start_request_ = StartRequest{.sipi_vector = ipi.vector};
       return true;
@@ -148,13 +156,7 @@ bool EmuVcpu::InterruptReadyLocked() const {
 
 void EmuVcpu::CarryOutInitLocked() {
   init_pending_ = false;
-  lapic_.Reset();
-  xen_callbacks_.reset();
-  nmi_pending_ = false;
-  started_ = false;
-  start_request_.reset();
-  awaiting_sipi_ = true;
-  ++timer_generation_;  // the timer stopped
+  started_ = false;  // a start-up IPI that came after the INIT (start_request_) starts it again
 }
 
 std::optional<uint64_t> EmuVcpu::CodeSegmentBase() {

@@ -24,6 +24,8 @@ constexpr uint64_t kRflagsIf = 1 << 9;
 // arming the trace at CPUID leaf base+2, which the WRMSR follows closely.
 constexpr uint64_t kBootTraceInstructions = 2'000'000;
 constexpr uint64_t kArmedTraceInstructions = 100'000;
+// How long a vCPU runs on while another waits for the run token.
+constexpr absl::Duration kRunSlice = absl::Milliseconds(1);
 
 // Unicorn's register ids for the fields of Registers (RIP last, so a write moves it after the rest).
 constexpr std::pair<int, uint64_t Registers::*> kRegisterFields[] = {
@@ -501,7 +503,10 @@ void EmuVcpu::RunGuest(bool interrupt_waiting) {
     Fatal(absl::StrFormat("emu vCPU %u: %s", id_, synced.message()));
     return;
   }
+  TakeRunToken();
   uc_err err = uc_emu_start(uc_, rip, kNeverReached, 0, 0);
+  holds_run_token_ = false;
+  vm_.run_token.Release();
   if (Exiting() || fatal_error_ || pending_event_ || pending_fast_call_) return;
   if (err != UC_ERR_OK) {
     std::string where = absl::StrFormat("RIP %#x", ReadRegister(UC_X86_REG_RIP));
@@ -546,8 +551,22 @@ bool EmuVcpu::TakeKick() {
   return std::exchange(kick_, false);
 }
 
-// Hands `exit` to the caller's Run() and waits for the next Run(); returns the Complete() value.
+void EmuVcpu::TakeRunToken() {
+  vm_.run_token.Acquire();
+  holds_run_token_ = true;
+  slice_start_ = absl::Now();
+}
+
 uint64_t EmuVcpu::Deliver(Exit exit, bool wants_value) {
+  // The other vCPUs run while the VMM handles this exit (a hypercall may wait for one of them).
+  const bool held = std::exchange(holds_run_token_, false);
+  if (held) vm_.run_token.Release();
+  const uint64_t value = HandOff(std::move(exit), wants_value);
+  if (held) TakeRunToken();
+  return value;
+}
+
+uint64_t EmuVcpu::HandOff(Exit exit, bool wants_value) {
   absl::MutexLock lock(&mutex_);
   exit_ = std::move(exit);
   awaiting_value_ = wants_value;
@@ -676,6 +695,9 @@ void EmuVcpu::OnBlock(uc_engine* uc, uint64_t address, uint32_t, void* user) {
   bool stop = self->stop_wanted_.load(std::memory_order_relaxed) && self->stop_wanted_.exchange(false);
   if (!stop && self->interrupt_window_wanted_.load(std::memory_order_relaxed)) {
     stop = (self->ReadRegister(UC_X86_REG_RFLAGS) & kRflagsIf) != 0;  // the guest opened the window
+  }
+  if (!stop && self->vm_.run_token.contended()) {
+    stop = absl::Now() - self->slice_start_ >= kRunSlice;  // another vCPU's turn
   }
   if (!stop) return;
   // RepairBlockStop needs the block's offset in CS; where CS's base cannot be known (real mode and

@@ -24,6 +24,7 @@
 #include "components/accel/accelerator.h"
 #include "components/accel/emu/exception_record.h"
 #include "components/accel/emu/local_apic.h"
+#include "components/accel/emu/run_token.h"
 #include "components/accel/emu/trampolines.h"
 #include "components/accel/page_walk.h"
 #include "components/memory/guest_memory.h"
@@ -36,6 +37,8 @@ class EmuVcpu;
 struct EmuVmState {
   explicit EmuVmState(const memory::GuestMemory& memory) : memory(memory) {}
   const memory::GuestMemory& memory;
+  // One vCPU runs guest code at a time (run_token.h). Taken without any vCPU mutex held.
+  RunToken run_token;
   // Every live vCPU, for IPIs. Lock order: vcpus_mutex, then a vCPU's own mutex.
   absl::Mutex vcpus_mutex;
   std::map<uint32_t, EmuVcpu*> vcpus ABSL_GUARDED_BY(vcpus_mutex);
@@ -140,7 +143,11 @@ class EmuVcpu final : public Vcpu {
   void RepairBlockStop();
   bool Exiting();
   bool TakeKick();
+  // Hands `exit` to the caller's Run() and waits for the next Run(); returns the Complete() value.
+  // The run token is given up meanwhile.
   uint64_t Deliver(Exit exit, bool wants_value);
+  uint64_t HandOff(Exit exit, bool wants_value);
+  void TakeRunToken();
   void Fatal(std::string reason);
 
   // ---- The local APIC (emu_lapic.cc)
@@ -157,7 +164,7 @@ class EmuVcpu final : public Vcpu {
   // LAPIC's, acknowledged. `waiting`: something waits for RFLAGS.IF.
   std::optional<PendingEvent> TakeInterrupt(bool interrupts_enabled, bool& waiting);
   bool InterruptReadyLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
-  // INIT: back to waiting for a start-up IPI, with the APIC reset.
+  // INIT, on the vCPU's thread: the engine stops running the guest (ReceiveIpi reset the APIC).
   void CarryOutInitLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // CS's base when it can be known (OnBlock's stops need it to repair RIP): 0 in long mode, the
   // descriptor's in protected mode; nullopt in real mode (the base may still be a protected-mode
@@ -254,6 +261,8 @@ class EmuVcpu final : public Vcpu {
   // while the emulation thread itself waits).
   bool halted_ = false;
   bool engine_used_ = false;  // the engine left its reset state (StartFrom replaces it)
+  bool holds_run_token_ = false;  // the engine runs guest code (RunGuest), save while in Deliver
+  absl::Time slice_start_;        // when it last took the token
   struct BlockStop {
     uint64_t rip;  // the block's offset in CS
     uint64_t rsp;
