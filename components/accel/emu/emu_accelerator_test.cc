@@ -354,16 +354,17 @@ TEST_F(EmuTest, StartupIpiStartsTheSecondVcpuInRealModeAndIpisFlowBack) {
   ASSERT_NE(bsp, nullptr);
   std::vector<PortIoExit> ap_exits;
   std::thread ap_runner([&] {
-    for (int i = 0; i < 2; ++i) ap_exits.push_back(Next<PortIoExit>(*ap));
+    for (int i = 0; i < 3; ++i) ap_exits.push_back(Next<PortIoExit>(*ap));
   });
   PortIoExit bsp_exit = Next<PortIoExit>(*bsp);
   ap_runner.join();
   EXPECT_EQ(bsp_exit.port, 0x10);  // the AP's IPI reached the BSP's handler
-  ASSERT_EQ(ap_exits.size(), 2u);
-  EXPECT_EQ(ap_exits[0].port, 0x1e);
-  EXPECT_EQ(ap_exits[0].size, 2);
-  EXPECT_EQ(ap_exits[0].value, 0x0800u);  // CS = vector << 8, in real mode
-  EXPECT_EQ(ap_exits[1].port, 0x1c);
+  ASSERT_EQ(ap_exits.size(), 3u);
+  EXPECT_EQ(ap_exits[0].port, 0x1d);  // INT 0x31 through the real-mode IVT, and IRET back
+  EXPECT_EQ(ap_exits[1].port, 0x1e);
+  EXPECT_EQ(ap_exits[1].size, 2);
+  EXPECT_EQ(ap_exits[1].value, 0x0800u);  // CS = vector << 8, in real mode
+  EXPECT_EQ(ap_exits[2].port, 0x1c);
   Next<HaltExit>(*ap);
   Next<HaltExit>(*bsp);
   // Started by the IPI, the AP takes no PVH start any more.

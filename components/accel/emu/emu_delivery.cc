@@ -28,6 +28,7 @@ constexpr uint64_t kRflagsTf = 1 << 8;
 constexpr uint64_t kRflagsIf = 1 << 9;
 constexpr uint64_t kRflagsNt = 1 << 14;
 constexpr uint64_t kRflagsRf = 1 << 16;
+constexpr uint64_t kRflagsAc = 1 << 18;
 constexpr uint64_t kRflagsVm = 1 << 17;
 // Flags an interrupt or exception clears on entry (and IF for interrupt gates).
 constexpr uint64_t kRflagsClearedOnEntry = kRflagsTf | kRflagsNt | kRflagsRf | kRflagsVm;
@@ -122,7 +123,7 @@ absl::StatusOr<uint64_t> EmuVcpu::ReadDescriptor(uint16_t selector) {
 absl::StatusOr<std::optional<DeliveryFault>> EmuVcpu::TryDeliver(const PendingEvent& event) {
   const uint32_t vector = event.vector;
   const bool external = !event.software;
-  if (!(ReadRegister(UC_X86_REG_CR0) & kCr0Pe)) return absl::FailedPreconditionError("real mode is not supported");
+  if (!(ReadRegister(UC_X86_REG_CR0) & kCr0Pe)) return TryDeliverRealMode(event);
   const uint64_t rflags = ReadRegister(UC_X86_REG_RFLAGS);
   if (rflags & kRflagsVm) return absl::FailedPreconditionError("virtual-8086 mode is not supported");
   auto fault = [](uint32_t fault_vector, uint32_t code, std::optional<uint64_t> cr2 = std::nullopt) {
@@ -230,6 +231,36 @@ absl::StatusOr<std::optional<DeliveryFault>> EmuVcpu::TryDeliver(const PendingEv
     RestoreCr2();
   }
   WriteRegister(UC_X86_REG_RIP, gate.offset);
+  return std::optional<DeliveryFault>();
+}
+
+// Real mode: the interrupt vector table at IDTR (4-byte segment:offset entries), FLAGS, CS and IP
+// pushed on SS:SP, IF, TF, AC cleared. Segments are taken as real mode's (base = selector << 4).
+absl::StatusOr<std::optional<DeliveryFault>> EmuVcpu::TryDeliverRealMode(const PendingEvent& event) {
+  uc_x86_mmr idtr{};
+  uc_reg_read(uc_, UC_X86_REG_IDTR, &idtr);
+  if (uint64_t{event.vector} * 4 + 3 > idtr.limit) {
+    return std::optional<DeliveryFault>(DeliveryFault{kVectorGeneralProtection, 0, std::nullopt});
+  }
+  std::array<uint16_t, 2> entry{};  // offset, segment
+  XENKVM_RETURN_IF_ERROR(ReadLinear(idtr.base + event.vector * 4, std::span(reinterpret_cast<uint8_t*>(entry.data()), 4)));
+  const uint64_t cs = ReadRegister(UC_X86_REG_CS);
+  uint64_t ip = ReadRegister(UC_X86_REG_RIP) & 0xffff;
+  if (event.external) {
+    std::array<uint8_t, 1> opcode{};
+    if (ReadLinear((cs << 4) + ip, opcode).ok() && opcode[0] == 0xf4) ip = (ip + 1) & 0xffff;  // ends a HLT
+  }
+  const uint64_t rflags = ReadRegister(UC_X86_REG_RFLAGS);
+  const uint64_t rsp = ReadRegister(UC_X86_REG_RSP);
+  const uint16_t sp = static_cast<uint16_t>(rsp - 6);
+  const std::array<uint16_t, 3> frame = {static_cast<uint16_t>(ip), static_cast<uint16_t>(cs),
+                                         static_cast<uint16_t>(rflags)};
+  XENKVM_RETURN_IF_ERROR(WriteLinear((ReadRegister(UC_X86_REG_SS) << 4) + sp,
+                                     std::span(reinterpret_cast<const uint8_t*>(frame.data()), 6)));
+  WriteRegister(UC_X86_REG_RSP, (rsp & ~uint64_t{0xffff}) | sp);
+  WriteRegister(UC_X86_REG_RFLAGS, rflags & ~(kRflagsIf | kRflagsTf | kRflagsAc | kRflagsRf));
+  WriteRegister(UC_X86_REG_CS, entry[1]);  // a real-mode load: base = selector << 4
+  WriteRegister(UC_X86_REG_RIP, entry[0]);
   return std::optional<DeliveryFault>();
 }
 

@@ -178,6 +178,7 @@ class EmuVcpu final : public Vcpu {
   // One delivery attempt: a fault it raises comes back for DeliverEvent to escalate; kFailedPrecondition
   // for what the emu cannot do (real mode, task gates, ...).
   absl::StatusOr<std::optional<DeliveryFault>> TryDeliver(const PendingEvent& event);
+  absl::StatusOr<std::optional<DeliveryFault>> TryDeliverRealMode(const PendingEvent& event);
   // CPL 3 -> CPL 0 with these segments (see trampolines.h), RSP/RIP/RFLAGS left for the caller.
   absl::Status RaisePrivilege(const RingChange& change);
   void CarryOutFastSystemCall(FastSystemCall call);

@@ -30,6 +30,7 @@ constexpr uint64_t kBootPdpt = kWindowBase + 0x1000;
 constexpr uint64_t kBootPd = kWindowBase + 0x2000;
 constexpr uint64_t kBootGdt = kWindowBase + 0x3000;
 constexpr uint64_t kBootGdtr = kWindowBase + 0x3100;
+constexpr uint64_t kBootIdtr = kWindowBase + 0x3200;
 constexpr uint64_t kBootCode64 = kWindowBase + 0x4000;
 constexpr uint64_t kBootCode32 = kWindowBase + 0x4100;
 constexpr uint64_t kBootCode16 = kWindowBase + 0x4200;
@@ -135,7 +136,12 @@ BootTrampoline BuildBootTrampoline(const PvhEntry& boot) {
 }
 
 BootTrampoline BuildStartupTrampoline(uint8_t vector) {
+  std::vector<uint8_t> real_mode_idtr;  // the IVT as after INIT: base 0, limit 0xffff
+  Append16(real_mode_idtr, 0xffff);
+  Append32(real_mode_idtr, 0);
   std::vector<uint8_t> tail;
+  Append(tail, {0x0f, 0x01, 0x1d});
+  Append32(tail, static_cast<uint32_t>(kBootIdtr));  // lidt [idtr]
   Append(tail, {0xea});
   Append32(tail, static_cast<uint32_t>(kBootCode16 - kWindowBase));
   Append16(tail, 0x20);                         // ljmp 0x20:code16 (16-bit protected mode)
@@ -151,7 +157,8 @@ BootTrampoline BuildStartupTrampoline(uint8_t vector) {
     Append(code16, {0x66, 0x31, reg});          // xor e?x: eax ebx ecx edx esi edi ebp esp
   }
   Append(code16, {0xea, 0x00, 0x00, 0x00, vector});  // ljmp vector:0000 (CS = vector << 8)
-  BootTrampoline trampoline = BuildProtectedModeTrampoline(tail, {{kBootCode16, std::move(code16)}});
+  BootTrampoline trampoline = BuildProtectedModeTrampoline(
+      tail, {{kBootCode16, std::move(code16)}, {kBootIdtr, std::move(real_mode_idtr)}});
   trampoline.until = uint64_t{vector} << 12;
   return trampoline;
 }

@@ -37,7 +37,8 @@ struct BootTrampoline {
 };
 BootTrampoline BuildBootTrampoline(const PvhEntry& boot);
 // To the state a start-up IPI leaves: real mode at `vector`:0000 (CS = vector << 8, base
-// vector << 12), other segments 0 with 64 KiB limits, general registers 0, paging and protection off.
+// vector << 12), other segments 0 with 64 KiB limits, the IVT at 0 (IDTR limit 0xffff), general
+// registers 0, paging and protection off.
 BootTrampoline BuildStartupTrampoline(uint8_t vector);
 
 // Where a ring change lands: CPL 0 with these selectors, their hidden state loaded from these

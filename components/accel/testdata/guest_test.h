@@ -49,6 +49,9 @@ class GuestTest : public ::testing::Test {
       ADD_FAILURE() << "unexpected exit, variant index " << (exit.ok() ? exit->index() : -1)
                     << (exit.ok() && std::holds_alternative<GuestErrorExit>(*exit)
                             ? ": " + std::get<GuestErrorExit>(*exit).reason
+                            : "")
+                    << (exit.ok() && std::holds_alternative<ShutdownExit>(*exit)
+                            ? ": " + std::get<ShutdownExit>(*exit).reason
                             : "");
       return E{};
     }

@@ -458,8 +458,8 @@ timer32:
         iret
 
 /* ---- INIT and start-up IPIs: vCPU 0 copies a real-mode payload to 0x8000 and starts vCPU 1 there
- * (INIT, INIT de-assert, two start-up IPIs with vector 0x08, as Linux sends them); vCPU 1 reports
- * its CS (0x1e), enters protected mode, sends a fixed IPI (0x31) back and reports 0x1c; vCPU 0
+ * (INIT, INIT de-assert, two start-up IPIs with vector 0x08, as Linux sends them); vCPU 1 takes an
+ * INT 0x31 through its real-mode IVT (0x1d), reports its CS (0x1e), enters protected mode, sends a fixed IPI (0x31) back and reports 0x1c; vCPU 0
  * reports 0x10 once its handler ran. */
         .globl smp_bsp
 smp_bsp:
@@ -496,7 +496,10 @@ ipi32:
         iret
 
         .code16
-rm_payload:                                     /* runs at 0x0800:0000 */
+rm_payload:                                     /* runs at 0x0800:0000, DS = SS = SP = 0 */
+        movw    $(rm_int31 - rm_payload), 0x31 * 4      /* IVT[0x31] = 0x0800:rm_int31 */
+        movw    $0x0800, 0x31 * 4 + 2
+        int     $0x31                           /* delivered through the IVT: reports 0x1d */
         mov     %cs, %ax
         out     %ax, $0x1e
         mov     %ax, %ds
@@ -505,6 +508,9 @@ rm_payload:                                     /* runs at 0x0800:0000 */
         or      $1, %eax
         mov     %eax, %cr0
         ljmpl   $0x08, $(0x8000 + rm_pm32 - rm_payload)
+rm_int31:
+        out     %al, $0x1d
+        iret
         .code32
 rm_pm32:
         mov     $0x10, %ax
