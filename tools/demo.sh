@@ -3,8 +3,9 @@
 # default accelerator (kvm where /dev/kvm is usable, else emu):
 #  0. first a kernel nobody here wrote: Debian's current cloud kernel (apt-get download into
 #     /var/cache/xenkvm), its vmlinuz as shipped, with an initramfs of busybox-static and its own
-#     xen-blkfront module and an ext4 root image on xen-disk (both built here, no mount), on emu;
-#     the root's init shows it runs on Xen from xvda, and the guest powers off through ACPI;
+#     xen-blkfront module and an ext4 root image on xen-disk (both built here, no mount), on emu
+#     with 2 vCPUs; the root's init shows it runs on Xen from xvda on both CPUs, and the guest
+#     powers off through ACPI;
 #  1. a Xen guest with a xen-disk: the test kit's blkfront kernel finds its disk in XenStore,
 #     connects through the XenBus handshake (grant-table ring, event channel) and reads, writes,
 #     flushes and discards through xenkvm's xen-disk backend; its write lands in the image file;
@@ -17,7 +18,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/setup.sh
 bazel build //...
-vmm=bazel-bin/vmm/xenkvm-vmm
+bin=$(bazel info bazel-bin 2>/dev/null)  # not the bazel-bin symlink: it follows the last config built
+vmm="$bin/vmm/xenkvm-vmm"
 
 dir=$(mktemp -d /tmp/xenkvm-demo-XXXXXX)
 trap 'rm -rf "$dir"' EXIT
@@ -26,7 +28,7 @@ echo "== 0. Debian's cloud kernel, to its root on xen-disk (emu)"
 if tree=$(tests/linux/fetch_debian_kernel.sh); then
   tests/linux/build_guest_images.sh "$tree" "$dir/linux" >/dev/null
   "$vmm" --kernel "$(ls "$tree"/boot/vmlinuz-* | head -n 1)" --initrd "$dir/linux/initramfs.cpio.gz" \
-    --disk "target=$dir/linux/root.img,vdev=xvda" --memory 512 --accel emu \
+    --disk "target=$dir/linux/root.img,vdev=xvda" --memory 512 --vcpus 2 --accel emu \
     --cmdline "console=hvc0 root=/dev/xvda"
   echo "-- /proof in the root image, read on the host: \"$(/sbin/debugfs -R 'cat /proof' "$dir/linux/root.img" 2>/dev/null)\""
 else
@@ -41,14 +43,14 @@ with open(sys.argv[1], "wb") as image:
     for n in range(4096):
         text = b"xenkvm disk sector %d" % n
         image.write(text + bytes(512 - len(text)))' "$dir/xvda.img"
-"$vmm" --kernel bazel-bin/tests/guests/xen_disk.elf --memory 64 --disk "target=$dir/xvda.img,vdev=xvda,access=rw" "$@"
+"$vmm" --kernel "$bin"/tests/guests/xen_disk.elf --memory 64 --disk "target=$dir/xvda.img,vdev=xvda,access=rw" "$@"
 echo "-- sector 16 of the image now: \"$(dd if="$dir/xvda.img" bs=512 skip=16 count=1 2>/dev/null | tr -d '\0')\""
 
 echo "== 2. Xen core guest"
-"$vmm" --kernel bazel-bin/tests/guests/xen_core.elf --memory 256 "$@"
+"$vmm" --kernel "$bin"/tests/guests/xen_core.elf --memory 256 "$@"
 
 echo "== 3. XenStore guest, shut down through XenStore"
-"$vmm" --kernel bazel-bin/tests/guests/xen_store.elf --memory 64 --name demo \
+"$vmm" --kernel "$bin"/tests/guests/xen_store.elf --memory 64 --name demo \
   --xenstore-socket "$dir/xs.sock" "$@" >"$dir/console" 2>"$dir/log" &
 pid=$!
 for _ in $(seq 300); do
