@@ -13,6 +13,7 @@
 #include "absl/strings/strip.h"
 #include "components/xenbus/vdev.h"
 #include "google/protobuf/util/json_util.h"
+#include "components/accel/cpu_template.h"
 #include "components/xen/version.h"
 
 namespace xenkvm::api {
@@ -182,8 +183,10 @@ absl::StatusOr<v1::VmConfig> FromXl(const std::string& text, const std::string& 
       if (first != "pvh" && first != "hvm") {
         return Invalid(source, absl::StrCat(key, ": \"", first, "\": xenkvm runs PVH and HVM guests (by the PVH entry), not PV"));
       }
-    } else if (key == "accelerator") {  // xenkvm's own key (xl has none): kvm, emu or auto
+    } else if (key == "accelerator") {  // xenkvm's own keys (xl has neither)
       config.set_accelerator(first);
+    } else if (key == "cpu_template") {
+      config.set_cpu_template(first);
     } else if (key == "disk") {
       for (const std::string& spec : value.items) {
         absl::StatusOr<v1::DiskConfig> disk = ParseXlDisk(spec, source);
@@ -196,7 +199,7 @@ absl::StatusOr<v1::VmConfig> FromXl(const std::string& text, const std::string& 
   }
   if (!unsupported.empty()) {
     return Invalid(source, absl::StrCat("unsupported xl.cfg keys: ", absl::StrJoin(unsupported, ", "),
-                                        " (xenkvm takes name, memory, vcpus, kernel, ramdisk, extra, cmdline, type, disk, and its own accelerator)"));
+                                        " (xenkvm takes name, memory, vcpus, kernel, ramdisk, extra, cmdline, type, disk, and its own accelerator, cpu_template)"));
   }
   return config;
 }
@@ -266,6 +269,9 @@ absl::Status ValidateVmConfig(const v1::VmConfig& config) {
   }
   if (!config.xen_version().empty()) {
     if (absl::StatusOr<uint32_t> version = ParseXenVersion(config.xen_version()); !version.ok()) return version.status();
+  }
+  if (absl::StatusOr<accel::CpuTemplate> cpu = accel::ParseCpuTemplate(config.cpu_template()); !cpu.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("cpu_template: ", cpu.status().message()));
   }
   if (config.xen_max_event_channels() != 0 &&
       (config.xen_max_event_channels() < 64 || config.xen_max_event_channels() > 4096)) {
@@ -368,6 +374,7 @@ std::vector<std::string> VmmArguments(const v1::VmConfig& config, const std::str
       "--cmdline", config.cmdline(),
       "--initrd", config.initrd(),
       "--accel", config.accelerator(),
+      "--cpu-template", config.cpu_template().empty() ? std::string("host") : config.cpu_template(),
       "--xen-version", version == 0 ? std::string("off") : absl::StrFormat("%#x", version),
       "--xen-max-evtchn", absl::StrCat(config.xen_max_event_channels()),
       "--control-socket", control_socket,

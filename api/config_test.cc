@@ -45,6 +45,7 @@ ramdisk = "/boot/initrd.img-6.1"
 extra = "root=/dev/xvda ro"
 disk = [ 'target=/images/db.img,vdev=xvda,access=rw', '/images/data.img,raw,xvdb,ro' ]
 accelerator = "emu"
+cpu_template = "x86-64-v2"
 )",
                                                          "db.cfg");
   ASSERT_TRUE(config.ok()) << config.status();
@@ -53,7 +54,8 @@ accelerator = "emu"
   EXPECT_EQ(config->vcpus(), 4u);
   EXPECT_EQ(config->cmdline(), "root=/dev/xvda ro");
   EXPECT_EQ(config->initrd(), "/boot/initrd.img-6.1");
-  EXPECT_EQ(config->accelerator(), "emu");  // xenkvm's own key
+  EXPECT_EQ(config->accelerator(), "emu");  // xenkvm's own keys
+  EXPECT_EQ(config->cpu_template(), "x86-64-v2");
   ASSERT_EQ(config->disks_size(), 2);
   EXPECT_EQ(config->disks(0).path(), "/images/db.img");
   EXPECT_EQ(config->disks(0).vdev(), "xvda");
@@ -110,6 +112,11 @@ TEST(ConfigTest, ValidationNamesTheField) {
   c = config;
   c.set_accelerator("xen");
   EXPECT_THAT(error(c), HasSubstr("accelerator:"));
+  c = config;
+  c.set_cpu_template("skylake");
+  EXPECT_THAT(error(c), HasSubstr("cpu_template: cpu template \"skylake\" is unknown"));
+  c.set_cpu_template("x86-64-v2");
+  EXPECT_TRUE(ValidateVmConfig(c).ok());
   c = config;
   c.set_xen_version("four");
   EXPECT_THAT(error(c), HasSubstr("xen_version:"));

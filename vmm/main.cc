@@ -29,7 +29,8 @@ constexpr int kExitStopped = 7;
 constexpr char kUsage[] =
     "usage: xenkvm-vmm --kernel FILE [--initrd FILE] [--name NAME] [--memory MiB] [--vcpus N]\n"
     "                  [--cmdline STRING]\n"
-    "                  [--accel kvm|emu|auto] [--xen-version VERSION|off] [--xen-max-evtchn N]\n"
+    "                  [--accel kvm|emu|auto] [--cpu-template NAME] [--xen-version VERSION|off]\n"
+    "                  [--xen-max-evtchn N]\n"
     "                  [--disk target=PATH,vdev=xvda,access=rw]... [--xenstore-socket PATH]\n"
     "                  [--control-socket PATH] [--log-level LEVEL]\n"
     "\n"
@@ -42,6 +43,7 @@ constexpr char kUsage[] =
     "  --vcpus N         virtual CPUs, 1 to 32 (default 1)\n"
     "  --cmdline STRING  kernel command line (default empty)\n"
     "  --accel NAME      kvm, emu (software CPU) or auto: kvm when /dev/kvm is usable (default)\n"
+    "  --cpu-template T  narrow the guest's CPUID: host (default), x86-64-v1, x86-64-v2, x86-64-v3\n"
     "  --xen-version V   the Xen version shown to the guest: 4.17 (default) or major << 16 | minor\n"
     "                    (0x40011); \"off\" runs the guest without the Xen interface\n"
     "  --xen-max-evtchn N  event channels the guest may open, 64 to 4096 (default 4096)\n"
@@ -124,6 +126,10 @@ int main(int argc, char** argv) {
       if (!absl::SimpleAtoi(value, &config.vcpus)) return Usage(absl::StrCat("--vcpus: \"", value, "\" is not a number"));
     } else if (flag == "--cmdline") {
       config.cmdline = value;
+    } else if (flag == "--cpu-template") {
+      absl::StatusOr<xenkvm::accel::CpuTemplate> cpu = xenkvm::accel::ParseCpuTemplate(value);
+      if (!cpu.ok()) return Usage(absl::StrCat("--cpu-template: ", cpu.status().message()));
+      config.cpu_template = *cpu;
     } else if (flag == "--accel") {
       absl::StatusOr<xenkvm::vmm::AcceleratorKind> kind = xenkvm::vmm::ParseAcceleratorKind(value);
       if (!kind.ok()) return Usage(std::string(kind.status().message()));

@@ -156,6 +156,7 @@ absl::Status Vm::RegisterPlatformDevices() {
 absl::Status Vm::Build(const VmConfig& config) {
   XENKVM_ASSIGN_OR_RETURN(BootPlan boot, LoadGuest(config));
   XENKVM_ASSIGN_OR_RETURN(accelerator_, ChooseAccelerator(config.accelerator, *memory_, &accelerator_choice_));
+  XENKVM_RETURN_IF_ERROR(accelerator_->RestrictCpuid(config.cpu_template));
   XENKVM_RETURN_IF_ERROR(RegisterPlatformDevices());
   auto output = [this](uint8_t byte) { console_.Append(byte); };
   if (config.xen_version != 0) {

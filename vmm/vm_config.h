@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "components/accel/cpu_template.h"
 #include "components/xenbus/xen_disk.h"
 
 namespace xenkvm::vmm {
@@ -27,6 +28,7 @@ struct VmConfig {
   std::string initrd;  // path to an initial ramdisk, the first boot module; empty: none
   std::string cmdline;
   AcceleratorKind accelerator = AcceleratorKind::kAuto;
+  accel::CpuTemplate cpu_template = accel::CpuTemplate::kHost;
   // Xen: XENVER_version form (major << 16 | minor); 0 runs the guest without the Xen interface.
   uint32_t xen_version = 0x40011;  // 4.17
   uint32_t xen_max_event_channels = 4096;

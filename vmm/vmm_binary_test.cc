@@ -418,6 +418,12 @@ TEST(VmmRefusalTest, BadOptions) {
   EXPECT_THAT(RunVmm({"--kernel", HelloKernel(), "--vcpus", "64"}).err, HasSubstr("vcpus: 64 is out of range"));
   EXPECT_THAT(RunVmm({"--kernel", HelloKernel(), "--memory", "lots"}).err, HasSubstr("not a number of MiB"));
   EXPECT_THAT(RunVmm({"--kernel", HelloKernel(), "--bogus", "1"}).err, HasSubstr("unknown option --bogus"));
+  EXPECT_THAT(RunVmm({"--kernel", HelloKernel(), "--cpu-template", "skylake"}).err,
+              HasSubstr("--cpu-template: cpu template \"skylake\" is unknown: use host, x86-64-v1"));
+  EXPECT_THAT(RunVmm({"--kernel", HelloKernel(), "--xen-version", "0x1000000"}).err,
+              HasSubstr("--xen-version: \"0x1000000\" is not a Xen version"));
+  // A template the guest can run under: the hello guest boots with the baseline.
+  EXPECT_EQ(RunVmm({"--kernel", HelloKernel(), "--accel", "emu", "--cpu-template", "x86-64-v1"}).status, 0);
   Result help = RunVmm({"--help"});
   EXPECT_EQ(help.status, 0);
   EXPECT_THAT(help.out, HasSubstr("Exit status:"));

@@ -17,6 +17,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "components/accel/cpu_template.h"
 #include "components/memory/guest_memory.h"
 
 namespace xenkvm::accel {
@@ -209,6 +210,9 @@ class Accelerator {
   virtual absl::Status ShowExtraPage(uint64_t address, uint8_t* host) = 0;
   // Takes such a page away again; the address is what it was before (MMIO, or nothing).
   virtual absl::Status HideExtraPage(uint64_t address) = 0;
+  // Narrows the CPUID of vCPUs created from now on to `cpu_template` (cpu_template.h), on top of
+  // what the backend can run at all (kvm: KVM_GET_SUPPORTED_CPUID; emu: Unicorn's CPU model).
+  virtual absl::Status RestrictCpuid(CpuTemplate cpu_template) = 0;
   // A vCPU starting at `boot` (vCPU 0), or halted until the VMM starts it (no boot state).
   virtual absl::StatusOr<std::unique_ptr<Vcpu>> CreateVcpu(uint32_t id,
                                                            std::optional<PvhEntry> boot) = 0;

@@ -35,6 +35,11 @@ class EmuAccelerator final : public Accelerator {
     return absl::OkStatus();
   }
 
+  absl::Status RestrictCpuid(CpuTemplate cpu_template) override {
+    vm_.cpu_template = cpu_template;
+    return absl::OkStatus();
+  }
+
   absl::StatusOr<std::unique_ptr<Vcpu>> CreateVcpu(uint32_t id, std::optional<PvhEntry> boot) override {
     XENKVM_ASSIGN_OR_RETURN(std::unique_ptr<emu::EmuVcpu> vcpu, emu::EmuVcpu::Create(id, vm_, boot));
     return std::unique_ptr<Vcpu>(std::move(vcpu));

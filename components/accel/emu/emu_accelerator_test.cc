@@ -113,6 +113,30 @@ TEST_F(EmuTest, CpuidLeavesComeFromTheCaller) {
             absl::StatusCode::kInvalidArgument);
 }
 
+// A CPU template narrows the model's extensions; what it does not manage passes through.
+TEST_F(EmuTest, CpuTemplatesNarrowTheModelsFeatures) {
+  auto features = [this](CpuTemplate cpu_template) {
+    EXPECT_TRUE(accelerator_->RestrictCpuid(cpu_template).ok());
+    auto vcpu = Start(emu_test_guests::k_cpuid_features);
+    std::array<uint32_t, 3> values{};
+    if (vcpu == nullptr) return values;
+    for (uint32_t& value : values) value = Next<PortIoExit>(*vcpu).value;
+    return values;
+  };
+  const std::array<uint32_t, 3> host = features(CpuTemplate::kHost);
+  const std::array<uint32_t, 3> v1 = features(CpuTemplate::kX86_64V1);
+  const std::array<uint32_t, 3> v2 = features(CpuTemplate::kX86_64V2);
+  EXPECT_NE(host[0] & 1, 0u);           // the model has SSE3 ...
+  EXPECT_EQ(v1[0] & 1, 0u);             // ... which the baseline does not
+  EXPECT_EQ(v1[0] & (1u << 13), 0u);    // nor CMPXCHG16B
+  EXPECT_EQ(v2[0] & 1, host[0] & 1);    // v2 keeps it
+  EXPECT_NE(v1[0] & (1u << 31), 0u);    // the hypervisor bit is not an extension
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(v1[i] & ~host[i], 0u) << i;  // a template only removes
+    EXPECT_EQ(v2[i] & ~host[i], 0u) << i;
+  }
+}
+
 TEST_F(EmuTest, MmioOutsideRamExits) {
   auto vcpu = Start(emu_test_guests::k_mmio);
   ASSERT_NE(vcpu, nullptr);

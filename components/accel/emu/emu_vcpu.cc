@@ -261,10 +261,18 @@ absl::Status EmuVcpu::ProbeModel() {
   model_leaf1_.ecx &= ~((1u << 21) | (1u << 24));
   auto [err7, leaf7] = probe(7, 0);
   if (err == UC_ERR_OK) err = err7;
+  auto [err_ext1, ext1] = probe(0x80000001, 0);
+  if (err == UC_ERR_OK) err = err_ext1;
+  model_ext1_ = ext1;
   // SERIALIZE (leaf 7 EDX bit 14) is the backend's own: see HandleSerialize.
   model_leaf7_ = leaf7;
   model_leaf7_.index = 0;
   model_leaf7_.edx |= 1u << 14;
+  for (CpuidLeaf* leaf : {&model_leaf1_, &model_leaf7_, &model_ext1_}) {
+    CpuidRegisters registers{leaf->eax, leaf->ebx, leaf->ecx, leaf->edx};
+    ApplyCpuTemplate(vm_.cpu_template, leaf->function, leaf->index.value_or(0), registers);
+    leaf->ebx = registers.ebx, leaf->ecx = registers.ecx, leaf->edx = registers.edx;
+  }
   UnmapWindow();
   absl::StatusOr<ExceptionRecord> record = ExceptionRecord::For(uc_);
   if (err != UC_ERR_OK) return UcError(err, "uc_emu_start(CPUID probe)");
@@ -637,6 +645,10 @@ int EmuVcpu::OnCpuid(uc_engine* uc, void* user) {
   }
   if (function == 7 && index == 0) {
     answer(self->model_leaf7_);
+    return 1;
+  }
+  if (function == 0x80000001) {
+    answer(self->model_ext1_);
     return 1;
   }
   return 0;  // the CPU model answers

@@ -43,6 +43,7 @@ struct EmuVmState {
   absl::Mutex vcpus_mutex;
   std::map<uint32_t, EmuVcpu*> vcpus ABSL_GUARDED_BY(vcpus_mutex);
   std::atomic<uint32_t> hypercall_msr{0};  // 0: no hypercall page
+  CpuTemplate cpu_template = CpuTemplate::kHost;  // set before any vCPU exists
   // Extra pages shown to the guest (Accelerator::ShowExtraPage): each vCPU applies the set to its
   // engine before it next enters the guest, when the generation has moved on.
   absl::Mutex extra_mutex;
@@ -249,6 +250,7 @@ class EmuVcpu final : public Vcpu {
   absl::Mutex cpuid_mutex_;
   CpuidLeaf model_leaf1_;  // set before the emulation thread starts
   CpuidLeaf model_leaf7_;  // subleaf 0, with SERIALIZE
+  CpuidLeaf model_ext1_;   // 0x80000001
   bool flush_translations_ = false;  // SERIALIZE ran: drop translated code before a next run
   absl::Time last_flush_ = absl::InfinitePast();
   std::vector<CpuidLeaf> cpuid_ ABSL_GUARDED_BY(cpuid_mutex_);

@@ -527,6 +527,15 @@ class KvmAccelerator final : public Accelerator {
 
   KernelXenEvents* kernel_xen_events() override { return xen_events_.get(); }
 
+  absl::Status RestrictCpuid(CpuTemplate cpu_template) override {
+    for (kvm_cpuid_entry2& entry : vm_->host_cpuid) {
+      CpuidRegisters registers{entry.eax, entry.ebx, entry.ecx, entry.edx};
+      ApplyCpuTemplate(cpu_template, entry.function, entry.index, registers);
+      entry.ebx = registers.ebx, entry.ecx = registers.ecx, entry.edx = registers.edx;
+    }
+    return absl::OkStatus();
+  }
+
   const Capabilities& capabilities() const override { return capabilities_; }
   uint64_t tsc_khz() const override { return HostTscKhz(); }
 

@@ -67,6 +67,22 @@ cpuid_leaves:
         xor     %eax, %eax
         cpuid
         out     %eax, $0x12             /* leaf 0 from the CPU model */
+        .globl cpuid_features
+cpuid_features:                         /* reports leaf 1 ECX, leaf 7 EBX, 0x80000001 ECX */
+        mov     $1, %eax
+        xor     %ecx, %ecx
+        cpuid
+        mov     %ecx, %eax
+        out     %eax, $0x13
+        mov     $7, %eax
+        xor     %ecx, %ecx
+        cpuid
+        mov     %ebx, %eax
+        out     %eax, $0x14
+        mov     $0x80000001, %eax
+        cpuid
+        mov     %ecx, %eax
+        out     %eax, $0x15
         hlt
 
         .globl mmio
