@@ -43,11 +43,40 @@ add_module() {
     *.gz) gzip -dc "$file" > "$plain" ;;
     *) cp "$file" "$plain" ;;
   esac
-  local depends
+  local depends softdeps
   depends=$(tr '\0' '\n' < "$plain" | sed -n 's/^depends=//p' | head -n 1)
+  # Soft dependencies name aliases (ext4: "pre: crypto-crc32c"), which the kernel would have
+  # modprobe load at mount time: load their modules first (built-in ones need nothing).
+  softdeps=$(tr '\0' '\n' < "$plain" | sed -n 's/^softdep=pre: *//p' | head -n 1)
   local dependency
   for dependency in ${depends//,/ }; do add_module "$dependency"; done
+  for dependency in $softdeps; do
+    local provider
+    provider=$(module_for_alias "$dependency")
+    [ -n "$provider" ] && add_module "$provider"
+  done
   load_order+=("$name")
+}
+# The module whose modinfo has alias=ALIAS, searched among the crypto modules (where soft
+# dependencies point); nothing if none (built in: no module file carries it).
+module_for_alias() {
+  local file
+  for file in $(find "$modules_root/kernel/crypto" "$modules_root/kernel/arch/x86/crypto" -name '*.ko*' 2>/dev/null); do
+    local text
+    case "$file" in
+      *.xz) text=$(xz -dc "$file" | tr '\0' '\n') ;;
+      *.zst) text=$(zstd -qdc "$file" | tr '\0' '\n') ;;
+      *.gz) text=$(gzip -dc "$file" | tr '\0' '\n') ;;
+      *) text=$(tr '\0' '\n' < "$file") ;;
+    esac
+    if grep -qx "alias=$1" <<< "$text"; then
+      local name
+      name=$(basename "$file")
+      name=${name%%.ko*}
+      echo "$name"
+      return 0
+    fi
+  done
 }
 builtin() {  # whether kernel/PATH.ko is built in
   grep -qx "kernel/$1.ko" "$modules_root/modules.builtin" 2>/dev/null
