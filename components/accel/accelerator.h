@@ -192,9 +192,21 @@ class KernelXenEvents {
   virtual absl::Status SetTimerPort(uint32_t vcpu, uint32_t port) = 0;
 };
 
+// Held while the host read-modify-writes guest memory that the guest itself updates with atomic
+// instructions (event-channel bitmaps): see Accelerator::ExcludeGuestAtomics.
+class GuestAtomicsExclusion {
+ public:
+  virtual ~GuestAtomicsExclusion() = default;
+};
+
 class Accelerator {
  public:
   virtual ~Accelerator() = default;
+  // While the returned object lives, no guest instruction is half done: emu runs LOCK-prefixed
+  // instructions and XCHG as plain loads and stores (run_token.h), so a host thread's atomic OR
+  // into a word the guest is exchanging would be lost; emu stops its vCPUs between instructions.
+  // Real CPUs' atomics need nothing (nullptr). Never call from a vCPU's own emulation.
+  virtual std::unique_ptr<GuestAtomicsExclusion> ExcludeGuestAtomics() { return nullptr; }
   virtual const Capabilities& capabilities() const = 0;
   // The guest TSC's frequency.
   virtual uint64_t tsc_khz() const = 0;

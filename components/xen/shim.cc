@@ -800,6 +800,7 @@ std::optional<uint32_t> Shim::AllocatePortLocked() {
     if (ports_[port].type == PortType::kClosed) {
       ports_[port] = Port{};
       // A reused port starts clean: not pending, not masked (Xen resets both on allocation).
+      const std::unique_ptr<accel::GuestAtomicsExclusion> exclusion = accelerator_.ExcludeGuestAtomics();
       shared_info_.TestAndClearPending(port);
       shared_info_.TestAndClearMask(port);
       return port;
@@ -834,6 +835,9 @@ void Shim::SetPendingLocked(uint32_t port) {
   Port& p = ports_[port];
   ++event_generation_;
   if (KernelSendLocked(port)) return;
+  // The guest clears these bits with XCHG and LOCK BTR, which emu runs as loads and stores: an
+  // event set in between would be lost (seen: a disk completion never seen, the guest's I/O hung).
+  const std::unique_ptr<accel::GuestAtomicsExclusion> exclusion = accelerator_.ExcludeGuestAtomics();
   if (shared_info_.TestAndSetPending(port)) return;  // already pending: nothing new to tell
   ++p.counters.deliveries;
   if (shared_info_.IsMasked(port)) {
@@ -1199,6 +1203,7 @@ int64_t Shim::EventChannelOp(Caller& caller, uint64_t command, uint64_t arg) {
       if (!op) return Error(XEN_EFAULT);
       absl::MutexLock lock(&mutex_);
       if (!ValidPortLocked(op->port)) return Error(XEN_EINVAL);
+      const std::unique_ptr<accel::GuestAtomicsExclusion> exclusion = accelerator_.ExcludeGuestAtomics();
       // An event that arrived while masked is delivered now (through the kernel: cleared and sent
       // again, since the kernel raises nothing for a port already pending).
       if (shared_info_.TestAndClearMask(op->port) && shared_info_.IsPending(op->port)) {

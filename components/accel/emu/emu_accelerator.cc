@@ -35,6 +35,18 @@ class EmuAccelerator final : public Accelerator {
     return absl::OkStatus();
   }
 
+  std::unique_ptr<GuestAtomicsExclusion> ExcludeGuestAtomics() override {
+    class Held final : public GuestAtomicsExclusion {
+     public:
+      explicit Held(emu::RunToken& token) : token_(token) { token_.Acquire(/*urgent=*/true); }
+      ~Held() override { token_.Release(); }
+
+     private:
+      emu::RunToken& token_;
+    };
+    return std::make_unique<Held>(vm_.run_token);
+  }
+
   absl::Status RestrictCpuid(CpuTemplate cpu_template) override {
     vm_.cpu_template = cpu_template;
     return absl::OkStatus();

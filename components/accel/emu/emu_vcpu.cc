@@ -26,6 +26,8 @@ constexpr uint64_t kBootTraceInstructions = 2'000'000;
 constexpr uint64_t kArmedTraceInstructions = 100'000;
 // How long a vCPU runs on while another waits for the run token.
 constexpr absl::Duration kRunSlice = absl::Milliseconds(1);
+// A block entered this many times in a row while another vCPU waits is a spin-wait loop.
+constexpr uint32_t kSpinRepeats = 64;
 
 // Unicorn's register ids for the fields of Registers (RIP last, so a write moves it after the rest).
 constexpr std::pair<int, uint64_t Registers::*> kRegisterFields[] = {
@@ -709,7 +711,16 @@ void EmuVcpu::OnBlock(uc_engine* uc, uint64_t address, uint32_t, void* user) {
     stop = (self->ReadRegister(UC_X86_REG_RFLAGS) & kRflagsIf) != 0;  // the guest opened the window
   }
   if (!stop && self->vm_.run_token.contended()) {
-    stop = absl::Now() - self->slice_start_ >= kRunSlice;  // another vCPU's turn
+    // Another vCPU's turn after the slice, or at once when this one spins: the same block again
+    // and again is a wait loop (PAUSE, which QEMU's round-robin TCG yields at, has no hook), most
+    // often for the vCPU that waits for the token.
+    if (address == self->last_block_) {
+      stop = ++self->block_repeats_ >= kSpinRepeats;
+    } else {
+      self->last_block_ = address;
+      self->block_repeats_ = 0;
+    }
+    stop = stop || self->vm_.run_token.urgently_wanted() || absl::Now() - self->slice_start_ >= kRunSlice;
   }
   if (!stop) return;
   // RepairBlockStop needs the block's offset in CS; where CS's base cannot be known (real mode and

@@ -266,6 +266,8 @@ class EmuVcpu final : public Vcpu {
   bool engine_used_ = false;  // the engine left its reset state (StartFrom replaces it)
   bool holds_run_token_ = false;  // the engine runs guest code (RunGuest), save while in Deliver
   absl::Time slice_start_;        // when it last took the token
+  uint64_t last_block_ = 0;       // OnBlock's spin detection (see kSpinRepeats)
+  uint32_t block_repeats_ = 0;
   struct BlockStop {
     uint64_t rip;  // the block's offset in CS
     uint64_t rsp;

@@ -19,14 +19,17 @@ namespace xenkvm::accel::emu {
 
 class RunToken {
  public:
-  // Waits for the token; holders come in the order they asked.
-  void Acquire() {
+  // Waits for the token; holders come in the order they asked. `urgent`: the holder stops at its
+  // next block rather than at the end of its slice (a host thread that must write guest memory).
+  void Acquire(bool urgent = false) {
+    if (urgent) urgent_.fetch_add(1, std::memory_order_relaxed);
     waiters_.fetch_add(1, std::memory_order_relaxed);
     absl::MutexLock lock(&mutex_);
     const uint64_t ticket = next_ticket_++;
     auto my_turn = [this, ticket]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) { return serving_ == ticket; };
     mutex_.Await(absl::Condition(&my_turn));
     waiters_.fetch_sub(1, std::memory_order_relaxed);
+    if (urgent) urgent_.fetch_sub(1, std::memory_order_relaxed);
   }
   void Release() {
     absl::MutexLock lock(&mutex_);
@@ -34,12 +37,14 @@ class RunToken {
   }
   // Someone waits for the token (cheap: the holder asks between blocks).
   bool contended() const { return waiters_.load(std::memory_order_relaxed) > 0; }
+  bool urgently_wanted() const { return urgent_.load(std::memory_order_relaxed) > 0; }
 
  private:
   absl::Mutex mutex_;
   uint64_t next_ticket_ ABSL_GUARDED_BY(mutex_) = 0;
   uint64_t serving_ ABSL_GUARDED_BY(mutex_) = 0;
   std::atomic<int> waiters_{0};
+  std::atomic<int> urgent_{0};
 };
 
 }  // namespace xenkvm::accel::emu
