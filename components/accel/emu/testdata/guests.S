@@ -102,6 +102,20 @@ invalid:
 
 /* ---- Interrupts and exceptions through a 32-bit IDT. Reports: 0x18 external vector handled,
  * 0x19 #UD saved EIP, 0x1a #DE saved EIP, 0x1b #BP saved EIP. */
+/* The local APIC software-enabled, the stack, the guest's own flat GDT (PVH leaves GDTR and the
+ * selectors undefined). */
+        .macro FLAT32_WITH_LAPIC
+        movl    $0x1ff, 0xfee000f0
+        mov     $stack_top, %esp
+        lgdt    gdt64_descriptor
+        ljmp    $0x08, $.Lflat\@
+.Lflat\@:
+        mov     $0x10, %ax
+        mov     %ax, %ds
+        mov     %ax, %es
+        mov     %ax, %ss
+        .endm
+
         .macro GATE32 vector, handler
         mov     $\handler, %eax
         mov     %ax, idt32 + \vector * 8
@@ -437,14 +451,7 @@ ud64:
  * Reports: 0x10 the current count while counting, 0x11 after the one-shot fired, 0x12 ticks taken. */
         .globl lapic_timer
 lapic_timer:
-        movl    $0x1ff, 0xfee000f0
-        mov     $stack_top, %esp
-        lgdt    gdt64_descriptor
-        ljmp    $0x08, $1f
-1:      mov     $0x10, %ax
-        mov     %ax, %ds
-        mov     %ax, %es
-        mov     %ax, %ss
+        FLAT32_WITH_LAPIC
         GATE32  0x40, timer32
         lidt    idt32_descriptor
         movl    $0xb, 0xfee003e0                /* divide by 1: 1 GHz */
@@ -479,14 +486,7 @@ timer32:
  * reports 0x10 once its handler ran. */
         .globl smp_bsp
 smp_bsp:
-        movl    $0x1ff, 0xfee000f0
-        mov     $stack_top, %esp
-        lgdt    gdt64_descriptor
-        ljmp    $0x08, $1f
-1:      mov     $0x10, %ax
-        mov     %ax, %ds
-        mov     %ax, %es
-        mov     %ax, %ss
+        FLAT32_WITH_LAPIC
         GATE32  0x31, ipi32
         lidt    idt32_descriptor
         mov     $rm_payload, %esi
@@ -546,14 +546,7 @@ rm_payload_end:
 /* ---- An NMI to itself (the ICR's self shorthand) is taken with interrupts off. Reports 0x10. */
         .globl nmi_self
 nmi_self:
-        movl    $0x1ff, 0xfee000f0
-        mov     $stack_top, %esp
-        lgdt    gdt64_descriptor
-        ljmp    $0x08, $1f
-1:      mov     $0x10, %ax
-        mov     %ax, %ds
-        mov     %ax, %es
-        mov     %ax, %ss
+        FLAT32_WITH_LAPIC
         GATE32  2, ipi32
         lidt    idt32_descriptor
         cli
@@ -583,14 +576,7 @@ string_io:
 /* ---- Interrupts taken while a loop reports a counter (an instruction run twice shows as a gap). */
         .globl stress_loop
 stress_loop:
-        movl    $0x1ff, 0xfee000f0
-        mov     $stack_top, %esp
-        lgdt    gdt64_descriptor
-        ljmp    $0x08, $1f
-1:      mov     $0x10, %ax
-        mov     %ax, %ds
-        mov     %ax, %es
-        mov     %ax, %ss
+        FLAT32_WITH_LAPIC
         GATE32  0x30, stress_handler
         lidt    idt32_descriptor
         sti
