@@ -1,5 +1,6 @@
 // One emu vCPU: a Unicorn engine on its own emulation thread. Split by concept across
-// emu_vcpu.cc (engine setup, hooks, the run loop and the hand-off to Run()), emu_delivery.cc
+// emu_vcpu.cc (engine setup, the run loop and the hand-off to Run()), emu_hooks.cc (Unicorn's
+// hooks), emu_delivery.cc
 // (interrupts, exceptions and fast system calls as the architecture delivers them) and
 // emu_lapic.cc (the vCPU's local APIC: its registers, IPIs, INIT and start-up, its timer).
 #ifndef XENKVM_COMPONENTS_ACCEL_EMU_EMU_VCPU_H_
@@ -32,6 +33,16 @@
 namespace xenkvm::accel::emu {
 
 class EmuVcpu;
+
+// Shared by emu_vcpu.cc and emu_hooks.cc.
+// The most blocks a private run (boot or ring-change trampoline) may take: they take a few.
+inline constexpr uint32_t kMaxPrivateBlocks = 1000;
+// Instructions the hypercall-page trace covers once armed at CPUID leaf base+2 (emu_vcpu.cc).
+inline constexpr uint64_t kArmedTraceInstructions = 100'000;
+// How long a vCPU runs on while another waits for the run token.
+inline constexpr absl::Duration kRunSlice = absl::Milliseconds(1);
+// A block entered this many times in a row while another vCPU waits is a spin-wait loop.
+inline constexpr uint32_t kSpinRepeats = 64;
 
 // What every vCPU of one emu VM shares.
 struct EmuVmState {
@@ -187,7 +198,7 @@ class EmuVcpu final : public Vcpu {
   absl::StatusOr<uint64_t> ReadDescriptor(uint16_t selector);
   PendingEvent PageFaultEvent(uint64_t cr2);
 
-  // ---- Hooks (emu_vcpu.cc; on the emulation thread)
+  // ---- Hooks (emu_hooks.cc; on the emulation thread)
   static uint32_t OnIn(uc_engine*, uint32_t port, int size, void* user);
   static void OnOut(uc_engine*, uint32_t port, int size, uint32_t value, void* user);
   static int OnCpuid(uc_engine* uc, void* user);
