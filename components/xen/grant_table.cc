@@ -86,6 +86,8 @@ int16_t GrantTable::PinLocked(uint64_t entry_gpa, bool readonly) {
   // flags and domid are one 32-bit word: checked and updated together, so that the guest cannot
   // slip a different domain in between.
   const memory::GuestAddress address(entry_gpa);
+  const std::unique_ptr<accel::GuestAtomicsExclusion> exclusion =
+      accelerator_ != nullptr ? accelerator_->ExcludeGuestAtomics() : nullptr;
   for (int attempt = 0; attempt < kPinAttempts; ++attempt) {
     absl::StatusOr<uint32_t> combined = memory_.AtomicLoad<uint32_t>(address);
     if (!combined.ok()) return GNTST_general_error;
@@ -105,6 +107,8 @@ int16_t GrantTable::PinLocked(uint64_t entry_gpa, bool readonly) {
 }
 
 void GrantTable::ClearFlagsLocked(uint64_t entry_gpa, uint16_t bits) {
+  const std::unique_ptr<accel::GuestAtomicsExclusion> exclusion =
+      accelerator_ != nullptr ? accelerator_->ExcludeGuestAtomics() : nullptr;
   (void)memory_.AtomicFetchAnd<uint16_t>(memory::GuestAddress(entry_gpa), static_cast<uint16_t>(~bits));
 }
 

@@ -19,6 +19,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
+#include "components/accel/accelerator.h"
 #include "components/memory/guest_memory.h"
 
 namespace xenkvm::xen {
@@ -41,6 +42,9 @@ class GrantTable {
   GrantTable(const memory::GuestMemory& memory, uint32_t max_frames, uint16_t backend_domid = 0);
   GrantTable(const GrantTable&) = delete;
   GrantTable& operator=(const GrantTable&) = delete;
+  // The guest's vCPUs, whose emulated atomics the flag updates must not interleave with
+  // (Accelerator::ExcludeGuestAtomics: the guest ends a grant with a cmpxchg of its flags).
+  void SynchronizeWith(accel::Accelerator& accelerator) { accelerator_ = &accelerator; }
 
   // ---- The guest's side (under its hypercalls). Results are 0 or a negative Xen errno.
   // XENMAPSPACE_grant_table: frame `index` now lives at guest frame `gfn`; its entries move
@@ -90,6 +94,7 @@ class GrantTable {
   void WriteReservedLocked(uint64_t frame0_gpa) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
 
   const memory::GuestMemory& memory_;
+  accel::Accelerator* accelerator_ = nullptr;
   const uint32_t max_frames_;
   const uint16_t backend_domid_;
   mutable absl::Mutex mutex_;

@@ -131,6 +131,7 @@ Shim::Shim(const XenConfig& config, memory::GuestMemory& memory, accel::Accelera
       time_scale_(TimeScale(accelerator.tsc_khz())),
       grant_table_(memory, config.gnttab_max_frames),
       extra_frames_(memory, accelerator) {
+  grant_table_.SynchronizeWith(accelerator);
   absl::MutexLock lock(&mutex_);
   vcpus_.resize(config.vcpus);
   ports_.resize(kMaxPorts64);
