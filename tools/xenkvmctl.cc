@@ -110,7 +110,7 @@ void PrintVm(const v1::Vm& vm) {
               {"state:", State(vm.state())},
               {"pid:", vm.pid() ? absl::StrCat(vm.pid()) : "-"},
               {"accelerator:", vm.accelerator().empty() ? c.accelerator() : vm.accelerator()},
-              {"cpu template:", c.cpu_template().empty() ? "host" : c.cpu_template()},
+              {"cpu:", absl::StrCat(c.cpu_template().empty() ? "host" : c.cpu_template(), " (CPU template)")},
               {"memory:", absl::StrCat(c.memory_mib(), " MiB")},
               {"vcpus:", absl::StrCat(c.vcpus())},
               {"kernel:", c.kernel()},

@@ -400,9 +400,14 @@ bool Vm::paused() const {
 
 VmEnd Vm::Run() {
   std::vector<std::thread> threads;
+  const absl::Time started = absl::Now();
   for (auto& vcpu : vcpus_) threads.emplace_back([this, raw = vcpu.get()] { VcpuLoop(*raw); });
   for (std::thread& thread : threads) thread.join();
   console_.Flush();
+  const double vcpu_seconds = absl::ToDoubleSeconds(absl::Now() - started) * static_cast<double>(vcpus_.size());
+  const double exit_seconds = static_cast<double>(exit_ns_.load()) / 1e9;
+  spdlog::info("exits: {} in {:.3f} s of {:.3f} vCPU-seconds ({:.1f}% of the vCPUs' time)", exits_.load(), exit_seconds,
+               vcpu_seconds, vcpu_seconds > 0 ? 100.0 * exit_seconds / vcpu_seconds : 0.0);
   absl::MutexLock lock(&mutex_);
   return end_.value_or(VmEnd{VmEnd::Kind::kStopped, 0, "no vCPU is running"});
 }
@@ -428,10 +433,12 @@ void Vm::HandleBusAccess(accel::Vcpu& vcpu, const devices::Bus& bus, uint64_t ad
 void Vm::VcpuLoop(accel::Vcpu& vcpu) {
   while (!ending_.load()) {
     absl::StatusOr<accel::Exit> exit = vcpu.Run();
+    const absl::Time exit_start = absl::Now();
     if (!exit.ok()) {
       End({VmEnd::Kind::kCrashed, 0, absl::StrCat("vCPU ", vcpu.id(), ": ", exit.status().message())});
       return;
     }
+    bool handled = true;  // an exit the guest continues after: counted, with its time
     if (auto* io = std::get_if<accel::PortIoExit>(&*exit)) {
       HandleBusAccess(vcpu, pio_bus_, io->port, io->size, io->is_write, io->value);
     } else if (auto* mmio = std::get_if<accel::MmioExit>(&*exit)) {
@@ -441,6 +448,12 @@ void Vm::VcpuLoop(accel::Vcpu& vcpu) {
       ioapic_->EndOfInterrupt(eoi->vector);
     } else if (auto* call = std::get_if<accel::HypercallExit>(&*exit)) {
       (void)vcpu.Complete(xen_ ? xen_->Hypercall(vcpu, *call) : static_cast<uint64_t>(kEnosys));
+    } else {
+      handled = false;
+    }
+    if (handled) {
+      exits_.fetch_add(1, std::memory_order_relaxed);
+      exit_ns_.fetch_add(absl::ToInt64Nanoseconds(absl::Now() - exit_start), std::memory_order_relaxed);
     } else if (std::holds_alternative<accel::HaltExit>(*exit)) {
       bool all_halted;
       {

@@ -134,6 +134,10 @@ class Vm {
   uint32_t halted_vcpus_ ABSL_GUARDED_BY(mutex_) = 0;
   std::atomic<bool> ending_{false};
   std::atomic<uint64_t> unclaimed_accesses_{0};
+  // Exits taken and the time the vCPUs spent in them (from Run() returning to the next Run()):
+  // logged when the VM ends, for the boot benchmark's share of time in exits.
+  std::atomic<uint64_t> exits_{0};
+  std::atomic<int64_t> exit_ns_{0};
 };
 
 }  // namespace xenkvm::vmm

@@ -7,7 +7,8 @@ and reports the medians of the wall seconds from spawn to
   - "Run /init"            (the kernel's own boot),
   - "initramfs: loading"   (the initramfs's busybox running),
   - "XENKVM-LINUX-ROOT-OK" (the root on xen-disk mounted and its init run),
-and the VMM's CPU seconds by then. The reference, measured in the same run: QEMU TCG (no KVM, no
+and the VMM's CPU seconds by then, and the share of the vCPU's time spent in exits (port I/O,
+MMIO, hypercalls, EOIs: from the VMM's "exits:" line, printed when the VM ends). The reference, measured in the same run: QEMU TCG (no KVM, no
 Xen) booting the same vmlinuz and initramfs to "initramfs: loading" on its serial console (no
 xen-blkfront there, so no root). Without qemu-system-x86_64 the reference is reported missing.
 
@@ -16,6 +17,7 @@ Run: bazel build -c opt //vmm:xenkvm-vmm && /usr/bin/python3 tests/bench/linux_b
 import argparse
 import glob
 import os
+import re
 import select
 import shutil
 import statistics
@@ -39,7 +41,7 @@ def cpu_seconds(pid):
 
 
 def run_to_markers(argv, markers, timeout):
-    """Spawns argv; returns {marker: (wall s, cpu s)} for each marker seen on stdout+stderr."""
+    """Spawns argv; returns ({marker: (wall s, cpu s)} for each marker seen on stdout+stderr, text)."""
     start = time.monotonic()
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     seen, text = {}, b""
@@ -60,7 +62,13 @@ def run_to_markers(argv, markers, timeout):
     finally:
         process.kill()
         process.wait()
-    return seen
+    return seen, text.decode(errors="replace")
+
+
+def exit_share(text):
+    """The VMM's last line "exits: N in X s of Y vCPU-seconds (Z% ...)": (N, Z) or None."""
+    match = re.search(r"exits: (\d+) in [\d.]+ s of [\d.]+ vCPU-seconds \(([\d.]+)%", text)
+    return (int(match.group(1)), float(match.group(2))) if match else None
 
 
 def main():
@@ -83,19 +91,22 @@ def main():
         initramfs = os.path.join(work, "initramfs.cpio.gz")
         markers = ["Run /init", "initramfs: loading", "XENKVM-LINUX-ROOT-OK"]
         xenkvm = {marker: [] for marker in markers}
+        shares = []
         qemu = []
         qemu_binary = shutil.which("qemu-system-x86_64")
         for _ in range(args.runs):
             image = os.path.join(work, "run.img")
             shutil.copyfile(os.path.join(work, "root.img"), image)
-            seen = run_to_markers([vmm, "--kernel", vmlinuz, "--initrd", initramfs, "--disk",
-                                   f"target={image},vdev=xvda", "--accel", "emu", "--memory", "512",
-                                   "--cmdline", "console=hvc0 root=/dev/xvda"], markers, 300)
+            seen, text = run_to_markers([vmm, "--kernel", vmlinuz, "--initrd", initramfs, "--disk",
+                                         f"target={image},vdev=xvda", "--accel", "emu", "--memory", "512",
+                                         "--cmdline", "console=hvc0 root=/dev/xvda"], markers + ["exits: "], 300)
+            if exit_share(text):
+                shares.append(exit_share(text))
             for marker in markers:
                 if marker in seen:
                     xenkvm[marker].append(seen[marker])
             if qemu_binary:
-                seen = run_to_markers([qemu_binary, "-accel", "tcg", "-m", "512", "-nographic", "-no-reboot",
+                seen, _ = run_to_markers([qemu_binary, "-accel", "tcg", "-m", "512", "-nographic", "-no-reboot",
                                        "-kernel", vmlinuz, "-initrd", initramfs, "-append",
                                        "console=ttyS0 panic=-1"], ["initramfs: loading"], 300)
                 if "initramfs: loading" in seen:
@@ -109,6 +120,9 @@ def main():
             wall = statistics.median(s[0] for s in samples)
             cpu = statistics.median(s[1] for s in samples)
             print(f"  xenkvm emu to {marker!r}: {wall:.2f} s wall, {cpu:.2f} s CPU ({len(samples)} runs)")
+        if shares:
+            print(f"  exits over the whole boot: {statistics.median(n for n, _ in shares):.0f}, "
+                  f"{statistics.median(p for _, p in shares):.1f}% of the vCPU's time spent in them")
         if not qemu_binary:
             print("  reference: qemu-system-x86_64 not installed (apt-get install qemu-system-x86)")
         elif qemu and xenkvm["initramfs: loading"]:
