@@ -165,6 +165,9 @@ absl::Status Vm::Build(const VmConfig& config) {
     xen_config.vcpus = config.vcpus;
     xen_config.max_event_channels = config.xen_max_event_channels;
     xen_config.gnttab_max_frames = config.xen_gnttab_max_frames;
+    for (const loader::E820Entry& entry : loader::BuildE820(*memory_)) {
+      xen_config.memory_map.push_back({entry.address, entry.size, entry.type});
+    }
     xen::Shim::Callbacks callbacks;
     callbacks.console = output;
     callbacks.set_gsi = [this](uint32_t gsi, bool asserted) { ioapic_->SetLevel(gsi, asserted); };

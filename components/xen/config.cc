@@ -27,6 +27,10 @@ absl::Status Validate(const XenConfig& config) {
     return absl::InvalidArgumentError(
         absl::StrFormat("vcpus: %u is out of range (1 to %u)", config.vcpus, kMaxLegacyVcpus));
   }
+  if (config.memory_map.size() > kMaxMemoryMapEntries) {
+    return absl::InvalidArgumentError(absl::StrFormat("memory map: %u entries, more than Xen's %u",
+                                                      config.memory_map.size(), kMaxMemoryMapEntries));
+  }
   return absl::OkStatus();
 }
 

@@ -14,6 +14,15 @@ inline constexpr uint32_t kMaxPorts64 = 4096;  // 2-level ABI: 64 words of 64 bi
 inline constexpr uint32_t kMaxPorts32 = 1024;  // 32 words of 32 bits
 inline constexpr uint32_t kMaxLegacyVcpus = 32;  // vcpu_info slots in shared_info
 
+inline constexpr uint32_t kMaxMemoryMapEntries = 128;  // Xen's E820MAX for a domain's map
+
+// One entry of the guest's memory map, as XENMEM_memory_map returns it (Xen's struct e820entry).
+struct MemoryMapEntry {
+  uint64_t address = 0;
+  uint64_t size = 0;
+  uint32_t type = 0;  // E820 numbering: 1 RAM, 2 reserved, 3 ACPI...
+};
+
 struct XenConfig {
   // XENVER_version form: major << 16 | minor. Decides the CPUID features shown (VCPU_ID_PRESENT
   // from 4.6, UPCALL_VECTOR from 4.17).
@@ -28,6 +37,9 @@ struct XenConfig {
   uint32_t gnttab_max_frames = 64;
   uint16_t domid = 1;
   uint32_t vcpus = 1;
+  // What XENMEM_memory_map answers (the map the domain builder gave the guest). Empty: -ENOSYS,
+  // as Xen answers a domain that has none.
+  std::vector<MemoryMapEntry> memory_map;
 };
 
 absl::Status Validate(const XenConfig& config);

@@ -398,9 +398,34 @@ int64_t Shim::MemoryOp(Caller& caller, uint64_t command, uint64_t arg) {
       }
       return 0;
     }
+    case XENMEM_memory_map:
+      return MemoryMap(caller, arg);
     default:
       return Error(XEN_ENOSYS);
   }
+}
+
+// Xen copies min(asked, held) entries and says how many; a domain without a map gets -ENOSYS.
+int64_t Shim::MemoryMap(Caller& caller, uint64_t arg) {
+  // struct xen_memory_map: nr_entries@0 (uint32), buffer handle at the next word.
+  std::optional<uint32_t> asked = caller.access.ReadObject<uint32_t>(arg);
+  std::optional<uint64_t> buffer = caller.ReadWord(arg + caller.word_size());
+  if (!asked || !buffer) return Error(XEN_EFAULT);
+  if (config_.memory_map.empty()) return Error(XEN_ENOSYS);
+  struct __attribute__((packed)) E820Entry {
+    uint64_t address;
+    uint64_t size;
+    uint32_t type;
+  };
+  static_assert(sizeof(E820Entry) == 20, "Xen's struct e820entry is packed");
+  const uint32_t count = std::min<uint32_t>(*asked, static_cast<uint32_t>(config_.memory_map.size()));
+  for (uint32_t i = 0; i < count; ++i) {
+    const MemoryMapEntry& entry = config_.memory_map[i];
+    if (!caller.access.WriteObject(*buffer + i * sizeof(E820Entry), E820Entry{entry.address, entry.size, entry.type})) {
+      return Error(XEN_EFAULT);
+    }
+  }
+  return caller.access.WriteObject(arg, count) ? 0 : Error(XEN_EFAULT);
 }
 
 // ---- grant_table_op (version 1; the guest's own table: mapping and copying grants is the

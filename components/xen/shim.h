@@ -168,6 +168,7 @@ class Shim {
   int64_t Dispatch(Caller& caller, uint64_t number, const std::array<uint64_t, 6>& args);
   int64_t XenVersion(Caller& caller, uint64_t command, uint64_t arg);
   int64_t MemoryOp(Caller& caller, uint64_t command, uint64_t arg);
+  int64_t MemoryMap(Caller& caller, uint64_t arg);
   int64_t HvmOp(Caller& caller, uint64_t command, uint64_t arg);
   int64_t VcpuOp(Caller& caller, uint64_t command, uint64_t vcpu_id, uint64_t arg);
   int64_t SchedOp(Caller& caller, uint64_t command, uint64_t arg);

@@ -196,6 +196,43 @@ TEST_F(ShimTest, ConsoleIoAndShutdown) {
   EXPECT_EQ(shutdowns_, std::vector<ShutdownReason>{ShutdownReason::kCrash});
 }
 
+// pvgrub2 asks for the memory map before anything else; Xen copies min(asked, held) entries.
+TEST_F(ShimTest, MemoryMapAnswersTheConfiguredMapInBothAbis) {
+  EXPECT_EQ(Call(__HYPERVISOR_memory_op, {XENMEM_memory_map, kArg}), E(XEN_ENOSYS));  // no map configured
+  XenConfig config;
+  config.memory_map = {{0, 0xa0000, 1}, {0xa0000, 0x60000, 2}, {0x100000, 0xf00000, 1}};
+  TearDown();
+  Build(config);
+  constexpr uint64_t kBuffer = kArg + 0x100;
+  struct Map64 {
+    uint32_t nr_entries, pad;
+    uint64_t buffer;
+  };
+  struct __attribute__((packed)) Entry {
+    uint64_t address, size;
+    uint32_t type;
+  };
+  Put(Map64{8, 0, kBuffer});
+  ASSERT_EQ(Call(__HYPERVISOR_memory_op, {XENMEM_memory_map, kArg}), 0);
+  EXPECT_EQ(memory_->ReadObject<uint32_t>(GuestAddress(kArg)).value(), 3u);
+  Entry third = memory_->ReadObject<Entry>(GuestAddress(kBuffer + 2 * sizeof(Entry))).value();
+  EXPECT_EQ(third.address, 0x100000u);
+  EXPECT_EQ(third.size, 0xf00000u);
+  EXPECT_EQ(third.type, 1u);
+  // 32-bit ABI (buffer handle at 4), room for one entry: one copied, the second left alone.
+  Put(Entry{0x1234, 0x5678, 9}, kBuffer + sizeof(Entry));
+  Put(uint32_t{1});
+  Put(static_cast<uint32_t>(kBuffer), kArg + 4);
+  ASSERT_EQ(Call(__HYPERVISOR_memory_op, {XENMEM_memory_map, kArg}, /*long_mode=*/false), 0);
+  EXPECT_EQ(memory_->ReadObject<uint32_t>(GuestAddress(kArg)).value(), 1u);
+  EXPECT_EQ(memory_->ReadObject<Entry>(GuestAddress(kBuffer)).value().size, 0xa0000u);
+  EXPECT_EQ(memory_->ReadObject<Entry>(GuestAddress(kBuffer + sizeof(Entry))).value().type, 9u);
+  // A buffer outside guest memory, or the argument itself.
+  Put(Map64{8, 0, 0xd0000000});
+  EXPECT_EQ(Call(__HYPERVISOR_memory_op, {XENMEM_memory_map, kArg}), E(XEN_EFAULT));
+  EXPECT_EQ(Call(__HYPERVISOR_memory_op, {XENMEM_memory_map, 0xd0000000}), E(XEN_EFAULT));
+}
+
 TEST_F(ShimTest, AddToPhysmapChecksSpaceIndexAndDomain) {
   MapSharedInfo();
   struct Add64 {

@@ -6,7 +6,10 @@
 #   OUT/root.img           an ext4 image made with `mke2fs -d` (no host mount) from busybox-static
 #                          and an /sbin/init that proves from inside the guest where it runs
 #                          (hypervisor type, CPUs, the root's driver), writes /proof, syncs, prints
-#                          the marker XENKVM-LINUX-ROOT-OK and powers off.
+#                          the marker XENKVM-LINUX-ROOT-OK and powers off;
+#   OUT/boot.img           the same root plus what a Xen user's image holds for pvgrub2:
+#                          /boot/vmlinuz (the kernel as shipped), /boot/initrd.img (the initramfs)
+#                          and /boot/grub/grub.cfg, which boots them with root=/dev/xvda.
 # Usage: build_guest_images.sh KERNEL_TREE OUT   (KERNEL_TREE: dpkg-deb -x of linux-image-*)
 set -euo pipefail
 export PATH=$PATH:/usr/sbin:/sbin  # mke2fs, under a test runner's minimal PATH
@@ -135,6 +138,22 @@ poweroff -f
 INIT
 chmod 755 "$root/sbin/init"
 ln -s /bin/busybox "$root/sbin/poweroff"  # the kernel's poweroff_cmd
-rm -f "$out/root.img"
+rm -f "$out/root.img" "$out/boot.img"
 mke2fs -q -t ext4 -d "$root" "$out/root.img" 64M >/dev/null
+
+vmlinuz=$(ls "$tree"/boot/vmlinuz-* 2>/dev/null | head -n 1)
+[ -n "$vmlinuz" ] || { echo "build_guest_images: $tree has no boot/vmlinuz-VERSION" >&2; exit 1; }
+mkdir -p "$root/boot/grub"
+cp "$vmlinuz" "$root/boot/vmlinuz"
+cp "$out/initramfs.cpio.gz" "$root/boot/initrd.img"
+cat > "$root/boot/grub/grub.cfg" <<'GRUB'
+set timeout=0
+menuentry 'Debian (xenkvm test image)' {
+  echo 'Loading the kernel from the guest disk ...'
+  linux /boot/vmlinuz root=/dev/xvda console=hvc0
+  echo 'Loading the initial ramdisk ...'
+  initrd /boot/initrd.img
+}
+GRUB
+mke2fs -q -t ext4 -d "$root" "$out/boot.img" 128M >/dev/null
 echo "$out"

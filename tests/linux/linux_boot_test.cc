@@ -3,7 +3,8 @@
 // shipped (a bzImage with an lz4 payload), with an initramfs built at test time
 // (build_guest_images.sh: busybox-static and the kernel's own xen-blkfront module) and an ext4 root
 // image on xen-disk. One boot with xenkvm-vmm, which the first tests read; then one through
-// xenkvmd and xenkvmctl, as an operator runs it.
+// xenkvmd and xenkvmctl, as an operator runs it; then Debian's pvgrub2 booting the kernel and
+// initramfs it finds on the guest's own disk, as Xen users boot their images.
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -35,6 +36,9 @@ struct Images {
   std::string vmlinuz;
   std::string initramfs;
   std::string root_image;
+  std::string boot_image;  // root_image plus /boot: the kernel, the initramfs, grub.cfg
+  std::string pvgrub;      // grub-i386-xen_pvh.bin, or empty with pvgrub_skip_reason
+  std::string pvgrub_skip_reason;
 };
 
 const Images& PrepareImages() {
@@ -63,6 +67,16 @@ const Images& PrepareImages() {
     }
     images->initramfs = dir + "/initramfs.cpio.gz";
     images->root_image = dir + "/root.img";
+    images->boot_image = dir + "/boot.img";
+    testing::ProcessResult pvgrub =
+        RunProcess({"/bin/bash", Runfile("tests/linux/fetch_debian_pvgrub.sh")}, absl::Minutes(5));
+    if (pvgrub.status == 0) {
+      images->pvgrub = std::string(absl::StripTrailingAsciiWhitespace(pvgrub.out));
+    } else if (pvgrub.status == 2) {
+      images->pvgrub_skip_reason = absl::StrCat("Debian's pvgrub2 (grub-xen-host) could not be fetched: ", pvgrub.err);
+    } else {
+      images->setup_error = absl::StrCat("fetch_debian_pvgrub.sh failed: ", pvgrub.err);
+    }
     return images;
   }();
   return *images;
@@ -228,6 +242,53 @@ TEST(LinuxBootTest, DebianCloudKernelThroughXenkvmdShutsDownThroughXenStore) {
   EXPECT_THAT(ctl({"console", "debian", "--no-follow"}).out, HasSubstr("xenkvm-root: shutdown asked"));
   kill(daemon, SIGTERM);
   waitpid(daemon, nullptr, 0);
+  std::error_code error;
+  std::filesystem::remove_all(dir, error);
+}
+
+// Xen users boot the kernel inside their image: `kernel =` names Debian's pvgrub2 for PVH and the
+// only other thing is the disk. GRUB (32-bit, PVH) asks Xen for the memory map, places its grant
+// table and shared info outside RAM, reads /boot/grub/grub.cfg, the kernel and the initramfs with
+// its own blkfront, and starts Linux with the bzImage protocol; Linux finds Xen and the ACPI tables
+// itself and runs the same root as above.
+TEST(LinuxBootTest, Pvgrub2BootsTheKernelOnTheGuestDiskThroughXenkvmd) {
+  IMAGES_OR_SKIP(images);
+  if (!images.pvgrub_skip_reason.empty()) GTEST_SKIP() << images.pvgrub_skip_reason;
+  char dir[] = "/tmp/xkg-XXXXXX";
+  ASSERT_NE(mkdtemp(dir), nullptr);
+  const std::string socket = absl::StrCat(dir, "/d.sock");
+  const pid_t daemon = testing::StartProcess({Runfile("api/xenkvmd"), "--socket", socket, "--state-dir",
+                                              absl::StrCat(dir, "/s"), "--vmm", Runfile("vmm/xenkvm-vmm")},
+                                             absl::StrCat(dir, "/daemon.log"));
+  auto ctl = [&socket](std::vector<std::string> args) {
+    args.insert(args.begin(), {Runfile("tools/xenkvmctl"), "--socket", socket});
+    return RunProcess(args, absl::Minutes(2));
+  };
+  for (int i = 0; i < 100 && access(socket.c_str(), F_OK) != 0; ++i) absl::SleepFor(absl::Milliseconds(50));
+  const std::string config = absl::StrCat(dir, "/pvgrub.cfg");
+  std::ofstream(config) << "name = \"own-kernel\"\ntype = \"pvh\"\nkernel = \"" << images.pvgrub
+                        << "\"\nmemory = 512\nvcpus = 2\naccelerator = \"emu\"\ndisk = [ 'target=" << images.boot_image
+                        << ",vdev=xvda,access=rw' ]\n";
+  testing::ProcessResult created = ctl({"create", config});
+  ASSERT_EQ(created.status, 0) << created.err;
+  std::string info;
+  for (int i = 0; i < 480 && info.find("the guest powered off") == std::string::npos; ++i) {
+    absl::SleepFor(absl::Milliseconds(500));
+    info = ctl({"info", "own-kernel"}).out;
+  }
+  const std::string console = ctl({"console", "own-kernel", "--no-follow"}).out;
+  EXPECT_THAT(info, HasSubstr("the guest powered off")) << info << console;
+  EXPECT_THAT(console, HasSubstr("Welcome to GRUB!")) << console;
+  EXPECT_THAT(console, HasSubstr("Loading the kernel from the guest disk")) << console;
+  EXPECT_THAT(console, HasSubstr("Linux version 6.")) << console;
+  EXPECT_THAT(console, HasSubstr("Booting paravirtualized kernel on Xen PVH")) << console;
+  EXPECT_THAT(console, HasSubstr("xenkvm-root: cpus=2 online=0-1")) << console;
+  EXPECT_THAT(console, HasSubstr("xenkvm-root: root=/dev/xvda ext4")) << console;
+  EXPECT_THAT(console, HasSubstr("XENKVM-LINUX-ROOT-OK")) << console;
+  kill(daemon, SIGTERM);
+  waitpid(daemon, nullptr, 0);
+  testing::ProcessResult proof = RunProcess({"/sbin/debugfs", "-R", "cat /proof", images.boot_image});
+  EXPECT_THAT(proof.out, HasSubstr("written by the guest on 6.")) << proof.err;
   std::error_code error;
   std::filesystem::remove_all(dir, error);
 }

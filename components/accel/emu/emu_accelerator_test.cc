@@ -152,6 +152,28 @@ TEST_F(EmuTest, MmioOutsideRamExits) {
   EXPECT_EQ(Next<PortIoExit>(*vcpu).value, 0x11223344u);
 }
 
+TEST_F(EmuTest, TopOfFourGibIsMmioToo) {
+  auto vcpu = Start(emu_test_guests::k_top_of_4g);
+  ASSERT_NE(vcpu, nullptr);
+  MmioExit load = Next<MmioExit>(*vcpu);
+  EXPECT_FALSE(load.is_write);
+  EXPECT_EQ(load.address, 0xfffffffcu);
+  ASSERT_TRUE(vcpu->Complete(0xffffffff).ok());
+  EXPECT_EQ(Next<PortIoExit>(*vcpu).value, 0xffffffffu);
+}
+
+TEST_F(EmuTest, ExtraPageShownDuringAHypercallIsMappedForTheNextInstruction) {
+  auto vcpu = Start(emu_test_guests::k_extra_page_after_hypercall);
+  ASSERT_NE(vcpu, nullptr);
+  EXPECT_EQ(Next<HypercallExit>(*vcpu).number, 0x21u);
+  alignas(4096) static uint8_t page[4096] = {};
+  page[0x10] = 0x5a;
+  ASSERT_TRUE(accelerator_->ShowExtraPage(0x30000000, page).ok());
+  ASSERT_TRUE(vcpu->Complete(0).ok());
+  EXPECT_EQ(Next<PortIoExit>(*vcpu).value, 0x5au);  // not an MMIO exit
+  ASSERT_TRUE(accelerator_->HideExtraPage(0x30000000).ok());
+}
+
 TEST_F(EmuTest, KickStopsASpinningGuest) {
   auto vcpu = Start(emu_test_guests::k_spin);
   ASSERT_NE(vcpu, nullptr);

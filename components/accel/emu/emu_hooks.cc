@@ -34,6 +34,12 @@ int EmuVcpu::OnCpuid(uc_engine* uc, void* user) {
     bool long_mode = call.long_mode;
     uint64_t result = self->Deliver(call, true);
     self->WriteHypercallResult(result, long_mode);
+    // The instructions after CPUID in this block run before any stop could: a page the call
+    // placed (add_to_physmap) is mapped now, for them.
+    if (absl::Status synced = self->SyncExtraPages(); !synced.ok()) {
+      self->Fatal(absl::StrFormat("emu vCPU %u: %s", self->id_, synced.message()));
+      uc_emu_stop(uc);
+    }
     return 1;
   }
   uint32_t index = static_cast<uint32_t>(self->ReadRegister(UC_X86_REG_ECX));
@@ -125,6 +131,9 @@ void EmuVcpu::OnBlock(uc_engine* uc, uint64_t address, uint32_t, void* user) {
     return;
   }
   bool stop = self->stop_wanted_.load(std::memory_order_relaxed) && self->stop_wanted_.exchange(false);
+  // A page was added or removed (add_to_physmap, on any vCPU, often in the hypercall this run
+  // just returned from): the engine maps it before the guest's next block can touch it.
+  stop = stop || self->vm_.extra_generation.load(std::memory_order_relaxed) != self->extra_generation_;
   if (!stop && self->interrupt_window_wanted_.load(std::memory_order_relaxed)) {
     stop = (self->ReadRegister(UC_X86_REG_RFLAGS) & kRflagsIf) != 0;  // the guest opened the window
   }

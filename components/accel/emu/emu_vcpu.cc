@@ -5,6 +5,7 @@
 #include "components/accel/emu/emu_accelerator.h"
 #include "components/accel/emu/x86_events.h"
 #include "components/base/status.h"
+#include "spdlog/spdlog.h"
 
 namespace xenkvm::accel::emu {
 namespace {
@@ -190,6 +191,10 @@ absl::Status EmuVcpu::Open() {
 }
 
 absl::Status EmuVcpu::MapWindow(const std::vector<WindowPiece>& pieces) {
+  if (window_mmio_mapped_) {
+    uc_mem_unmap(uc_, kWindowBase, kWindowSize);
+    window_mmio_mapped_ = false;
+  }
   if (uc_err err = uc_mem_map(uc_, kWindowBase, kWindowSize, UC_PROT_ALL); err != UC_ERR_OK) {
     return UcError(err, "uc_mem_map(private window)");
   }
@@ -202,7 +207,24 @@ absl::Status EmuVcpu::MapWindow(const std::vector<WindowPiece>& pieces) {
   return absl::OkStatus();
 }
 
-void EmuVcpu::UnmapWindow() { uc_mem_unmap(uc_, kWindowBase, kWindowSize); }
+void EmuVcpu::UnmapWindow() {
+  uc_mem_unmap(uc_, kWindowBase, kWindowSize);
+  if (window_mmio_ == nullptr) return;  // still setting up: MapMmioWindows shows it
+  if (absl::Status shown = ShowWindowAsMmio(); !shown.ok()) {
+    spdlog::warn("emu vCPU {}: {} (guest accesses to {:#x}..{:#x} will fail)", id_, std::string(shown.message()), kWindowBase,
+                 kWindowBase + kWindowSize - 1);
+  }
+}
+
+absl::Status EmuVcpu::ShowWindowAsMmio() {
+  if (uc_err err = uc_mmio_map(uc_, kWindowBase, kWindowSize, &EmuVcpu::OnMmioRead, window_mmio_.get(),
+                               &EmuVcpu::OnMmioWrite, window_mmio_.get());
+      err != UC_ERR_OK) {
+    return UcError(err, "uc_mmio_map(private window)");
+  }
+  window_mmio_mapped_ = true;
+  return absl::OkStatus();
+}
 
 absl::Status EmuVcpu::RunPrivate(uint64_t start, uint64_t until, absl::string_view what) {
   // No instruction count (a count installs a per-instruction hook that stays for the engine's
@@ -298,6 +320,8 @@ absl::Status EmuVcpu::ResetEngine() {
   if (uc_ != nullptr) uc_close(uc_);
   uc_ = nullptr;
   mmio_windows_.clear();
+  window_mmio_.reset();
+  window_mmio_mapped_ = false;
   extra_shown_.clear();
   extra_generation_ = 0;
   exception_record_.reset();
@@ -313,8 +337,8 @@ absl::Status EmuVcpu::ResetEngine() {
   return InstallHooks();
 }
 
-// Every page below the private window that is not RAM is MMIO: a load or store there becomes an
-// MmioExit. (The window itself, the top 32 KiB below 4 GiB, stays unmapped for the guest.)
+// Every page below 4 GiB that is not RAM is MMIO: a load or store there becomes an MmioExit. That
+// includes the private window (the top 32 KiB) while the backend's own code is not in it.
 absl::Status EmuVcpu::MapMmioWindows() {
   uint64_t cursor = 0;
   for (const memory::GuestRegion& region : memory_.regions()) {
@@ -322,7 +346,9 @@ absl::Status EmuVcpu::MapMmioWindows() {
     XENKVM_RETURN_IF_ERROR(MapMmio(cursor, region.start().value()));
     cursor = region.last().value() + 1;
   }
-  return MapMmio(cursor, kWindowBase);
+  XENKVM_RETURN_IF_ERROR(MapMmio(cursor, kWindowBase));
+  window_mmio_ = std::make_unique<MmioWindow>(MmioWindow{this, kWindowBase, kWindowBase + kWindowSize});
+  return ShowWindowAsMmio();
 }
 
 absl::Status EmuVcpu::MapMmio(uint64_t start, uint64_t end) {

@@ -142,8 +142,11 @@ class EmuVcpu final : public Vcpu {
   absl::Status InstallHooks();
   absl::Status AddTraceHook(uint64_t instruction_budget);
   void RemoveTraceHook();
+  // The private window holds the backend's code only while it runs; the rest of the time the
+  // guest sees MMIO there, like any other address that is not RAM (GRUB reads 0xfffffffc).
   absl::Status MapWindow(const std::vector<WindowPiece>& pieces);
   void UnmapWindow();
+  absl::Status ShowWindowAsMmio();
   // Runs private code in the window from `start` until it reaches linear address `until` (kicks may stop it
   // between blocks: it carries on). kInternal if it ends anywhere else.
   absl::Status RunPrivate(uint64_t start, uint64_t until, absl::string_view what);
@@ -236,6 +239,8 @@ class EmuVcpu final : public Vcpu {
   uc_engine* uc_ = nullptr;
   std::optional<ExceptionRecord> exception_record_;
   std::vector<std::unique_ptr<MmioWindow>> mmio_windows_;
+  std::unique_ptr<MmioWindow> window_mmio_;  // set once the MMIO windows are mapped
+  bool window_mmio_mapped_ = false;
   uint64_t cr2_ = 0;  // the architectural CR2 (see RestoreCr2)
   std::map<uint64_t, uint8_t*> extra_shown_;  // what this engine maps, and at which generation
   uint64_t extra_generation_ = 0;

@@ -92,6 +92,22 @@ mmio:
         out     %eax, $0x10
         hlt
 
+/* The top of 4 GiB is not RAM: MMIO there too (GRUB reads 0xfffffffc for coreboot's CBFS). */
+        .globl top_of_4g
+top_of_4g:
+        mov     0xfffffffc, %eax
+        out     %eax, $0x10
+        hlt
+
+/* A page the hypercall places outside RAM is there for the very next instruction. */
+        .globl extra_page_after_hypercall
+extra_page_after_hypercall:
+        mov     $0x7a5e0021, %eax       /* CPUID hypercall 0x21 */
+        cpuid
+        mov     0x30000010, %eax
+        out     %eax, $0x10
+        hlt
+
         .globl spin
 spin:
         jmp     spin
