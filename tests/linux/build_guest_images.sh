@@ -16,8 +16,9 @@ export PATH=$PATH:/usr/sbin:/sbin  # mke2fs, under a test runner's minimal PATH
 
 tree=$1
 out=$2
-modules_root=$(ls -d "$tree"/lib/modules/*/ 2>/dev/null | head -n 1)
-[ -n "$modules_root" ] || { echo "build_guest_images: $tree has no lib/modules/VERSION" >&2; exit 1; }
+# Debian 13 and later ship modules under usr/lib (merged /usr), earlier ones under lib.
+modules_root=$(ls -d "$tree"/lib/modules/*/ "$tree"/usr/lib/modules/*/ 2>/dev/null | head -n 1 || true)
+[ -n "$modules_root" ] || { echo "build_guest_images: $tree has no lib/modules/VERSION or usr/lib/modules/VERSION" >&2; exit 1; }
 busybox=$(command -v busybox || true)
 [ -n "$busybox" ] && file -L "$busybox" | grep -q 'statically linked' \
   || { echo "build_guest_images: a static busybox is needed (apt-get install busybox-static)" >&2; exit 1; }
@@ -141,7 +142,7 @@ ln -s /bin/busybox "$root/sbin/poweroff"  # the kernel's poweroff_cmd
 rm -f "$out/root.img" "$out/boot.img"
 mke2fs -q -t ext4 -d "$root" "$out/root.img" 64M >/dev/null
 
-vmlinuz=$(ls "$tree"/boot/vmlinuz-* 2>/dev/null | head -n 1)
+vmlinuz=$(ls "$tree"/boot/vmlinuz-* 2>/dev/null | head -n 1 || true)
 [ -n "$vmlinuz" ] || { echo "build_guest_images: $tree has no boot/vmlinuz-VERSION" >&2; exit 1; }
 mkdir -p "$root/boot/grub"
 cp "$vmlinuz" "$root/boot/vmlinuz"
