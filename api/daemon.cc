@@ -124,9 +124,18 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(const Options& options) {
                                             " (give its path with --vmm)"));
   }
   auto daemon = std::unique_ptr<Daemon>(new Daemon(options));
+  XENKVM_ASSIGN_OR_RETURN(daemon->image_dirs_, ImageDirs::Create(options.image_dirs));
   XENKVM_RETURN_IF_ERROR(daemon->LockStateDir());
   XENKVM_RETURN_IF_ERROR(daemon->LoadState());
   return daemon;
+}
+
+// Every file the VM's config names lies under --image-dir (when given).
+absl::Status Daemon::CheckConfined(const v1::VmConfig& config) const {
+  XENKVM_RETURN_IF_ERROR(image_dirs_.Check("kernel", config.kernel()));
+  if (!config.initrd().empty()) XENKVM_RETURN_IF_ERROR(image_dirs_.Check("initrd", config.initrd()));
+  for (const v1::DiskConfig& disk : config.disks()) XENKVM_RETURN_IF_ERROR(image_dirs_.Check("disk.path", disk.path()));
+  return absl::OkStatus();
 }
 
 // flock on STATE_DIR/xenkvmd.lock, with the holder's pid in it: two daemons on one directory
@@ -245,6 +254,7 @@ void Daemon::Emit(v1::VmEvent::Kind kind, const std::string& name, const std::st
 grpc::Status Daemon::CreateVm(grpc::ServerContext*, const v1::CreateVmRequest* request, v1::Vm* reply) {
   if (absl::Status valid = ValidateVmConfig(request->config()); !valid.ok()) return FromAbsl(valid);
   v1::VmConfig config = WithDefaults(request->config());
+  if (absl::Status confined = CheckConfined(config); !confined.ok()) return FromAbsl(confined);
   if (absl::Status kernel = CheckKernel(config); !kernel.ok()) return FromAbsl(kernel);
   absl::MutexLock lock(&mutex_);
   if (std::shared_ptr<Record> existing = Find(config.name())) {
@@ -252,8 +262,10 @@ grpc::Status Daemon::CreateVm(grpc::ServerContext*, const v1::CreateVmRequest* r
       return Error(grpc::StatusCode::ALREADY_EXISTS,
                    absl::StrCat("a VM named \"", config.name(), "\" exists with another config (delete it first)"));
     }
-    *reply = existing->vm;  // the same request again: idempotent
-    return grpc::Status::OK;
+    // The same definition again: as xl create, a VM that is not running is started.
+    grpc::Status started = request->start() && !Running(existing->vm) ? Start(*existing) : grpc::Status::OK;
+    *reply = existing->vm;
+    return started;
   }
   if (vms_.size() >= options_.max_vms) {
     return Error(grpc::StatusCode::RESOURCE_EXHAUSTED,
@@ -292,6 +304,7 @@ grpc::Status Daemon::Start(Record& record) {
   if (Running(record.vm)) {
     return Error(grpc::StatusCode::FAILED_PRECONDITION, absl::StrCat("VM \"", name, "\" is already ", VmStateName(record.vm.state())));
   }
+  if (absl::Status confined = CheckConfined(record.vm.config()); !confined.ok()) return FromAbsl(confined);
   unlink(record.files.control_socket.c_str());  // a previous run's: the wait below looks for the new one
   std::vector<std::string> args = {options_.vmm_path};
   for (std::string& arg : VmmArguments(record.vm.config(), record.files.control_socket, record.files.xenstore_socket)) {
@@ -472,6 +485,10 @@ grpc::Status Daemon::SetPaused(const std::string& name, bool pause, v1::Vm* repl
   std::shared_ptr<Record> record;
   if (grpc::Status found = Lookup(name, &record); !found.ok()) return found;
   const v1::VmState from = pause ? v1::VM_STATE_RUNNING : v1::VM_STATE_PAUSED;
+  if (record->vm.state() == (pause ? v1::VM_STATE_PAUSED : v1::VM_STATE_RUNNING)) {
+    *reply = record->vm;  // already so: as xl, pausing a paused VM is no error
+    return grpc::Status::OK;
+  }
   if (record->vm.state() != from || !record->control) {
     return Error(grpc::StatusCode::FAILED_PRECONDITION, absl::StrCat("VM \"", name, "\" is ", VmStateName(record->vm.state()),
                                                                      pause ? ", not running" : ", not paused"));
@@ -584,6 +601,9 @@ grpc::Status Daemon::AttachDisk(grpc::ServerContext*, const v1::AttachDiskReques
   if (request->disk().path().empty() || request->disk().path()[0] != '/') {
     return Error(grpc::StatusCode::INVALID_ARGUMENT,
                  absl::StrCat("disk.path: \"", request->disk().path(), "\" must be an absolute path"));
+  }
+  if (absl::Status confined = image_dirs_.Check("disk.path", request->disk().path()); !confined.ok()) {
+    return FromAbsl(confined);
   }
   v1::VmmAttachDiskRequest attach;
   *attach.mutable_disk() = request->disk();

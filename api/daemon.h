@@ -19,6 +19,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "api/console_log.h"
+#include "api/image_dirs.h"
 #include "api/vmm_process.h"
 #include "proto/xenkvm/v1/vm.grpc.pb.h"
 #include "proto/xenkvm/v1/vmm_control.grpc.pb.h"
@@ -34,6 +35,8 @@ class Daemon final : public v1::VmService::Service {
     // When the daemon stops: leave running VMs running (a restarted daemon finds them again)
     // instead of shutting them down.
     bool keep_vms = false;
+    // Kernels, initrds and disk images must lie under these (empty: anywhere).
+    std::vector<std::string> image_dirs;
   };
   // Creates the state directory if needed, locks it (kFailedPrecondition naming the holder when
   // another daemon has it), and loads the VMs defined there: VMMs still running are taken over as
@@ -109,7 +112,10 @@ class Daemon final : public v1::VmService::Service {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void WaitForRunEnd(Record& record, uint64_t run, absl::Duration timeout) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
 
+  absl::Status CheckConfined(const v1::VmConfig& config) const;
+
   const Options options_;
+  ImageDirs image_dirs_;
   int lock_fd_ = -1;  // the state directory's lock, held while the daemon lives
   std::atomic<bool> detaching_{false};  // the daemon stops and leaves its VMs running
   absl::Mutex mutex_;

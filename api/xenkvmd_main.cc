@@ -14,10 +14,12 @@
 #include <string>
 #include <thread>
 
+#include "CLI/CLI.hpp"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "api/daemon.h"
 #include "components/base/log.h"
+#include "components/base/version.h"
 #include "spdlog/spdlog.h"
 
 namespace {
@@ -26,25 +28,11 @@ constexpr char kDefaultSocket[] = "/run/xenkvm/xenkvmd.sock";
 constexpr char kDefaultStateDir[] = "/var/lib/xenkvm";
 constexpr int kMaxRequestBytes = 1 << 20;
 
-constexpr char kUsage[] =
-    "usage: xenkvmd [--socket PATH] [--state-dir DIR] [--vmm PATH] [--max-vms N] [--keep-vms]\n"
-    "               [--log-level LEVEL]\n"
-    "\n"
+constexpr char kDescription[] =
     "Serves xenkvm's VmService (gRPC) on a Unix socket and runs each VM in its own xenkvm-vmm process.\n"
-    "  --socket PATH     the API socket, mode 0600 (default /run/xenkvm/xenkvmd.sock)\n"
-    "  --state-dir DIR   VM definitions, logs and per-VM sockets (default /var/lib/xenkvm)\n"
-    "  --vmm PATH        the xenkvm-vmm binary (default: beside xenkvmd, or ../vmm/xenkvm-vmm)\n"
-    "  --max-vms N       VMs this daemon defines at most (default 64)\n"
-    "  --keep-vms        leave running VMs running when the daemon stops\n"
-    "  --log-level LEVEL trace, debug, info, warn, error, critical, off (default $XENKVM_LOG or info)\n"
     "SIGTERM or SIGINT shuts the running VMs down (30 s deadline), then stops the daemon; with\n"
     "--keep-vms they run on. Each VM's xenkvm-vmm runs in a session of its own: if the daemon dies,\n"
-    "its VMs run on, and a daemon started on the same state directory takes them over.\n";
-
-int Usage(const std::string& error) {
-  std::fprintf(stderr, "xenkvmd: %s\n\n%s", error.c_str(), kUsage);
-  return 1;
-}
+    "its VMs run on, and a daemon started on the same state directory takes them over.";
 
 // Whether a process accepts connections on the Unix socket at `path`.
 bool SomeoneListens(const std::string& path) {
@@ -76,44 +64,32 @@ int main(int argc, char** argv) {
   options.state_dir = kDefaultStateDir;
   std::string socket = kDefaultSocket;
   std::string log_level;
-  for (int i = 1; i < argc; ++i) {
-    std::string flag = argv[i];
-    if (flag == "--help" || flag == "-h") {
-      std::fputs(kUsage, stdout);
-      return 0;
-    }
-    if (flag == "--keep-vms") {
-      options.keep_vms = true;
-      continue;
-    }
-    std::string value;
-    if (size_t eq = flag.find('='); eq != std::string::npos) {
-      value = flag.substr(eq + 1);
-      flag = flag.substr(0, eq);
-    } else if (i + 1 < argc) {
-      value = argv[++i];
-    } else {
-      return Usage(absl::StrCat(flag, " needs a value"));
-    }
-    if (flag == "--socket") {
-      socket = value;
-    } else if (flag == "--state-dir") {
-      options.state_dir = value;
-    } else if (flag == "--vmm") {
-      options.vmm_path = value;
-    } else if (flag == "--max-vms") {
-      if (!absl::SimpleAtoi(value, &options.max_vms) || options.max_vms == 0) return Usage("--max-vms: a positive number");
-    } else if (flag == "--log-level") {
-      log_level = value;
-    } else {
-      return Usage(absl::StrCat("unknown option ", flag));
-    }
+  CLI::App app(kDescription, "xenkvmd");
+  app.set_version_flag("--version", std::string("xenkvmd ") + xenkvm::base::kVersion);
+  app.add_option("--socket", socket, "the API socket, mode 0600")->capture_default_str();
+  app.add_option("--state-dir", options.state_dir, "VM definitions, logs and per-VM sockets")->capture_default_str();
+  app.add_option("--vmm", options.vmm_path, "the xenkvm-vmm binary (default: beside xenkvmd, or ../vmm/xenkvm-vmm)");
+  app.add_option("--max-vms", options.max_vms, "VMs this daemon defines at most")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--image-dir", options.image_dirs,
+                 "kernels, initrds and disk images must lie under this directory (repeatable; default: anywhere)");
+  app.add_flag("--keep-vms", options.keep_vms, "leave running VMs running when the daemon stops");
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical, off (default $XENKVM_LOG or info)");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& error) {
+    return app.exit(error) == 0 ? 0 : 1;  // --help and --version: 0; bad usage: 1, said on stderr
   }
   if (absl::Status logging = xenkvm::base::InitLogging(log_level); !logging.ok()) {
-    return Usage(std::string(logging.message()));
+    std::fprintf(stderr, "xenkvmd: %s\n", std::string(logging.message()).c_str());
+    return 1;
   }
   if (options.vmm_path.empty()) options.vmm_path = DefaultVmmPath();
-  if (socket.size() > 107) return Usage(absl::StrCat("--socket: ", socket, " is longer than a Unix socket path can be"));
+  if (socket.size() > 107) {
+    std::fprintf(stderr, "xenkvmd: --socket: %s is longer than a Unix socket path can be\n", socket.c_str());
+    return 1;
+  }
 
   sigset_t stop_signals;
   sigemptyset(&stop_signals);

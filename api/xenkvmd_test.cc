@@ -158,7 +158,8 @@ TEST_F(XenkvmdTest, LifecycleThroughTheCli) {
   uint64_t paused_upcalls = upcalls();
   absl::SleepFor(absl::Milliseconds(300));
   EXPECT_EQ(upcalls(), paused_upcalls);
-  EXPECT_EQ(Ctl({"pause", "tick1"}).status, 1);  // already paused
+  EXPECT_EQ(Ctl({"pause", "tick1"}).status, 0);  // already paused: no error, as xl
+  EXPECT_EQ(Get("tick1").state(), v1::VM_STATE_PAUSED);
   ASSERT_EQ(Ctl({"unpause", "tick1"}).status, 0);
   absl::SleepFor(absl::Milliseconds(300));
   EXPECT_GT(upcalls(), paused_upcalls);
@@ -174,6 +175,19 @@ TEST_F(XenkvmdTest, LifecycleThroughTheCli) {
   EXPECT_THAT(shutdown.out, HasSubstr("tick1: shutdown"));
   EXPECT_THAT(shutdown.out, HasSubstr("never advertised control/feature-poweroff"));
   EXPECT_EQ(Get("tick1").state(), v1::VM_STATE_SHUTDOWN);
+
+  // xl's habits: create of a defined VM that is not running starts it; flags are checked.
+  ProcessResult recreated = Ctl({"create", TickerConfig("tick1")});
+  ASSERT_EQ(recreated.status, 0) << recreated.err;
+  EXPECT_EQ(Get("tick1").state(), v1::VM_STATE_RUNNING);
+  ASSERT_EQ(Ctl({"destroy", "tick1"}).status, 0);
+  ProcessResult bogus = Ctl({"list", "--bogus"});
+  EXPECT_EQ(bogus.status, 2);
+  EXPECT_THAT(bogus.err, HasSubstr("--bogus"));
+  EXPECT_EQ(Ctl({"shutdown", "-w"}).status, 2);  // -w is a flag, not a VM name
+  EXPECT_THAT(Ctl({"--version"}).out, HasSubstr("xenkvmctl "));
+  EXPECT_THAT(Ctl({"--json", "list"}).out, HasSubstr("\"memory_mib\": 32"));  // a number, not "32"
+  EXPECT_THAT(Ctl({"list", "-l"}).out, HasSubstr("\"kernel\":"));
 
   ASSERT_EQ(Ctl({"start", "tick1"}).status, 0);  // an ended VM starts again
   EXPECT_EQ(Get("tick1").state(), v1::VM_STATE_RUNNING);
@@ -290,10 +304,17 @@ TEST_F(XenkvmdTest, DisksAreHotPluggedAndUnplugged) {
                                                "/usr/bin/xenstore-read", "/local/domain/0/backend/vbd/1/51712/state"});
     EXPECT_EQ(state.out, "2\n") << state.err;
   }
+  // The image is xvda's, read-write: no second disk gets it (QEMU's image locking), and the
+  // refusal names the holder.
+  ProcessResult twice = Ctl({"block-attach", "hp1", image, "xvdc"});
+  EXPECT_THAT(twice.err, HasSubstr("(FAILED_PRECONDITION)"));
+  EXPECT_THAT(twice.err, HasSubstr("is in use by xenkvm-vmm pid"));
+  EXPECT_THAT(twice.err, HasSubstr("(VM 'hp1')"));
   // Concurrent attaches of one vdev: exactly one wins.
+  const std::string second = MakeDiskImage(*dir_ + "/hot2.img", 64);
   std::vector<ProcessResult> racers(8);
   std::vector<std::thread> threads;
-  for (ProcessResult& racer : racers) threads.emplace_back([&] { racer = Ctl({"block-attach", "hp1", image, "xvdb"}); });
+  for (ProcessResult& racer : racers) threads.emplace_back([&] { racer = Ctl({"block-attach", "hp1", second, "xvdb", "--ro"}); });
   for (std::thread& thread : threads) thread.join();
   EXPECT_EQ(std::count_if(racers.begin(), racers.end(), [](const ProcessResult& r) { return r.status == 0; }), 1);
   const std::string with_xvdb = Ctl({"block-list", "hp1"}).out;
@@ -312,7 +333,7 @@ TEST_F(XenkvmdTest, DisksAreHotPluggedAndUnplugged) {
   EXPECT_THAT(event.detail(), HasSubstr("xvda " + image));
   ASSERT_TRUE(events->Read(&event));
   EXPECT_EQ(event.kind(), v1::VmEvent::DISK_ATTACHED);  // xvdb, once
-  EXPECT_THAT(event.detail(), HasSubstr("xvdb " + image));
+  EXPECT_THAT(event.detail(), HasSubstr("xvdb " + second));
   ASSERT_TRUE(events->Read(&event));
   EXPECT_EQ(event.kind(), v1::VmEvent::DISK_DETACHED);
   EXPECT_EQ(event.detail(), "xvdb (released by the guest)");
@@ -371,6 +392,33 @@ TEST_F(XenkvmdTest, VmmsThatDieDuringTheirStartLeaveTheDaemonUnharmed) {
   EXPECT_EQ(Get("bystander").state(), v1::VM_STATE_RUNNING);
   EXPECT_EQ(Ctl({"destroy", "bystander"}).status, 0);
   EXPECT_EQ(Ctl({"delete", "bystander"}).status, 0);
+}
+
+// One image, two VMs: the second start is refused while the first holds it read-write, naming the
+// holder; read-only users share it.
+TEST_F(XenkvmdTest, ImageLocksKeepTwoVmsFromOneWritableImage) {
+  const std::string image = MakeDiskImage(*dir_ + "/locked.img", 64);
+  auto config = [&](const std::string& name, bool read_only) {
+    return WriteConfig(name + ".json",
+                       absl::StrCat(R"({"name": ")", name, R"(", "memory_mib": 32, "kernel": ")",
+                                    Runfile("tests/guests/xen_store.elf"), R"(", "accelerator": "emu", "disks": [{"path": ")",
+                                    image, R"(", "read_only": )", read_only ? "true" : "false", "}]}"));
+  };
+  ASSERT_EQ(Ctl({"create", config("owner", false)}).status, 0);
+  ProcessResult second = Ctl({"create", config("intruder", false)});
+  EXPECT_EQ(second.status, 1);
+  EXPECT_THAT(second.err, HasSubstr("is in use by xenkvm-vmm pid"));
+  EXPECT_THAT(second.err, HasSubstr("(VM 'owner')"));
+  ProcessResult reader = Ctl({"create", config("reader", true)});
+  EXPECT_EQ(reader.status, 1);
+  EXPECT_THAT(reader.err, HasSubstr("is in use read-write by xenkvm-vmm pid"));
+  EXPECT_EQ(Get("owner").state(), v1::VM_STATE_RUNNING);  // unharmed
+  ASSERT_EQ(Ctl({"destroy", "owner"}).status, 0);
+  ASSERT_EQ(Ctl({"start", "reader"}).status, 0);  // free now; readers share it
+  ProcessResult second_reader = Ctl({"create", config("reader2", true)});
+  EXPECT_EQ(second_reader.status, 0) << second_reader.err;
+  for (const char* name : {"reader", "reader2"}) (void)Ctl({"destroy", name});
+  for (const char* name : {"owner", "intruder", "reader", "reader2"}) (void)Ctl({"delete", name});
 }
 
 // A stopped VMM (SIGSTOP) fails only its own VM's calls, by their deadline; the daemon keeps
@@ -588,6 +636,39 @@ TEST(XenkvmdRestartTest, VmsOutliveTheDaemonAndAreTakenOver) {
   EXPECT_EQ(daemon.Info("survivor", "pid"), kept_pid);
   daemon.Stop(SIGTERM);  // without --keep-vms: the VM is shut down with the daemon
   EXPECT_FALSE(Alive(std::stoi(kept_pid)));
+  std::error_code error;
+  std::filesystem::remove_all(dir, error);
+}
+
+// --image-dir confines kernels, initrds and disks (symlinks resolved), at create, start and attach.
+TEST(XenkvmdImageDirTest, FilesOutsideTheImageDirectoriesAreRefused) {
+  char dir[] = "/tmp/xki-XXXXXX";
+  ASSERT_NE(mkdtemp(dir), nullptr);
+  const std::string allowed = absl::StrCat(dir, "/images");
+  std::filesystem::create_directories(allowed);
+  std::filesystem::copy_file(Runfile("tests/guests/xen_store.elf"), allowed + "/store.elf");
+  std::filesystem::create_symlink(Runfile("tests/guests/xen_ticker.elf"), allowed + "/escape.elf");
+  const std::string inside_disk = MakeDiskImage(allowed + "/disk.img", 64);
+  const std::string outside_disk = MakeDiskImage(absl::StrCat(dir, "/outside.img"), 64);
+  OwnDaemon daemon(dir);
+  ASSERT_TRUE(daemon.Start({"--image-dir", allowed}));
+  auto create = [&](const std::string& name, const std::string& kernel, const std::string& disk) {
+    std::ofstream(daemon.dir() + "/" + name + ".json")
+        << absl::StrCat(R"({"name": ")", name, R"(", "memory_mib": 32, "kernel": ")", kernel,
+                        R"(", "accelerator": "emu", "disks": [{"path": ")", disk, R"("}]})");
+    return daemon.Ctl({"create", daemon.dir() + "/" + name + ".json"});
+  };
+  ProcessResult outside_kernel = create("k", Runfile("tests/guests/xen_store.elf"), inside_disk);
+  EXPECT_THAT(outside_kernel.err, HasSubstr("is outside the directories this daemon serves images from"));
+  EXPECT_THAT(outside_kernel.err, HasSubstr("(PERMISSION_DENIED)"));
+  EXPECT_THAT(create("s", allowed + "/escape.elf", inside_disk).err, HasSubstr("(PERMISSION_DENIED)"));  // a symlink out
+  EXPECT_THAT(create("d", allowed + "/store.elf", outside_disk).err, HasSubstr("disk.path"));
+  ProcessResult inside = create("ok", allowed + "/store.elf", inside_disk);
+  ASSERT_EQ(inside.status, 0) << inside.err;
+  EXPECT_THAT(daemon.Ctl({"block-attach", "ok", outside_disk, "xvdb"}).err, HasSubstr("(PERMISSION_DENIED)"));
+  EXPECT_EQ(daemon.Ctl({"destroy", "ok"}).status, 0);
+  daemon.Stop(SIGTERM);
+  EXPECT_EQ(OwnDaemon(dir).Start({"--image-dir", absl::StrCat(dir, "/none")}), false);  // refuses to start
   std::error_code error;
   std::filesystem::remove_all(dir, error);
 }

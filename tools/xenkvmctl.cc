@@ -12,7 +12,9 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "api/config.h"
-#include "google/protobuf/util/json_util.h"
+#include "CLI/CLI.hpp"
+#include "components/base/version.h"
+#include "nlohmann/json.hpp"
 #include "proto/xenkvm/v1/vm.grpc.pb.h"
 
 namespace {
@@ -22,42 +24,10 @@ namespace v1 = xenkvm::v1;
 
 constexpr char kDefaultSocket[] = "/run/xenkvm/xenkvmd.sock";
 
-constexpr char kUsage[] =
-    "usage: xenkvmctl [--socket PATH] [--json] VERB [ARGS]\n"
-    "\n"
-    "Talks to xenkvmd (socket: --socket, else $XENKVM_SOCKET, else /run/xenkvm/xenkvmd.sock).\n"
-    "Verbs (after Xen's xl):\n"
-    "  create FILE [-p]                define a VM from a config file (JSON VmConfig or xl.cfg) and\n"
-    "                                  start it; -p: define it only (start it with `start`)\n"
-    "  start NAME                      start a defined or ended VM\n"
-    "  list                            every VM: name, state, vCPUs, memory, accelerator, pid\n"
-    "  info NAME                       one VM in detail\n"
-    "  pause NAME | unpause NAME       stop or resume the vCPUs\n"
-    "  shutdown NAME [--timeout S]     ask the guest to power off (XenStore control/shutdown, as xl);\n"
-    "                                  destroy it if it has not after S seconds (30)\n"
-    "  destroy NAME                    end the VM at once\n"
-    "  delete NAME                     forget a VM that is not running\n"
-    "  block-attach NAME PATH [VDEV] [--ro]      hot-plug a xen-disk\n"
-    "  block-detach NAME VDEV [--force] [--timeout S]\n"
-    "  block-list NAME                 the VM's devices\n"
-    "  console NAME [--no-follow] [--no-replay]  the guest console (replayed, then followed)\n"
-    "  evtchn NAME                     open event channels with their counters, and hypercall counts\n"
-    "  events [NAME]                   lifecycle and device events as they happen\n"
-    "--json prints the read verbs' results as JSON. Exit status 0 on success, 1 with a one-line\n"
-    "reason on failure, 2 on bad usage.\n";
-
-struct Args {
-  std::vector<std::string> positional;
-  std::map<std::string, std::string> options;  // --name -> value ("" for switches)
-  bool Has(const std::string& name) const { return options.count(name) > 0; }
-};
-
-const char* kValueOptions[] = {"--socket", "--timeout"};
-
-int UsageError(const std::string& error) {
-  std::fprintf(stderr, "xenkvmctl: %s\n\n%s", error.c_str(), kUsage);
-  return 2;
-}
+constexpr char kDescription[] =
+    "xenkvm's command line, with verbs after Xen's xl, speaking to xenkvmd (socket: --socket, else\n"
+    "$XENKVM_SOCKET, else /run/xenkvm/xenkvmd.sock). --json prints the read verbs' results as JSON.\n"
+    "Exit status 0 on success, 1 with a one-line reason on failure, 2 on bad usage.";
 
 int Fail(const std::string& verb, const grpc::Status& status) {
   static const char* const kCodes[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED",
@@ -74,15 +44,49 @@ int Fail(const std::string& verb, const grpc::Status& status) {
   return 1;
 }
 
-std::string Json(const google::protobuf::Message& message) {
-  std::string out;
-  google::protobuf::util::JsonPrintOptions options;
-  options.add_whitespace = true;
-  options.preserve_proto_field_names = true;
-  options.always_print_primitive_fields = true;
-  (void)google::protobuf::util::MessageToJsonString(message, &out, options);
-  return out;
+// A message as JSON with its proto field names, every field present, 64-bit integers as numbers
+// (protobuf's own printer quotes them, as proto3's JSON mapping asks), enums by name.
+nlohmann::json ToJson(const google::protobuf::Message& message);
+
+nlohmann::json FieldValue(const google::protobuf::Message& message, const google::protobuf::FieldDescriptor* field,
+                          int index) {
+  using google::protobuf::FieldDescriptor;
+  const google::protobuf::Reflection* r = message.GetReflection();
+  const bool repeated = field->is_repeated();
+  switch (field->cpp_type()) {
+    case FieldDescriptor::CPPTYPE_INT32: return repeated ? r->GetRepeatedInt32(message, field, index) : r->GetInt32(message, field);
+    case FieldDescriptor::CPPTYPE_INT64: return repeated ? r->GetRepeatedInt64(message, field, index) : r->GetInt64(message, field);
+    case FieldDescriptor::CPPTYPE_UINT32: return repeated ? r->GetRepeatedUInt32(message, field, index) : r->GetUInt32(message, field);
+    case FieldDescriptor::CPPTYPE_UINT64: return repeated ? r->GetRepeatedUInt64(message, field, index) : r->GetUInt64(message, field);
+    case FieldDescriptor::CPPTYPE_DOUBLE: return repeated ? r->GetRepeatedDouble(message, field, index) : r->GetDouble(message, field);
+    case FieldDescriptor::CPPTYPE_FLOAT: return repeated ? r->GetRepeatedFloat(message, field, index) : r->GetFloat(message, field);
+    case FieldDescriptor::CPPTYPE_BOOL: return repeated ? r->GetRepeatedBool(message, field, index) : r->GetBool(message, field);
+    case FieldDescriptor::CPPTYPE_STRING: return repeated ? r->GetRepeatedString(message, field, index) : r->GetString(message, field);
+    case FieldDescriptor::CPPTYPE_ENUM:
+      return (repeated ? r->GetRepeatedEnum(message, field, index) : r->GetEnum(message, field))->name();
+    case FieldDescriptor::CPPTYPE_MESSAGE:
+      return ToJson(repeated ? r->GetRepeatedMessage(message, field, index) : r->GetMessage(message, field));
+  }
+  return nullptr;
 }
+
+nlohmann::json ToJson(const google::protobuf::Message& message) {
+  nlohmann::json object = nlohmann::json::object();
+  const google::protobuf::Descriptor* descriptor = message.GetDescriptor();
+  for (int i = 0; i < descriptor->field_count(); ++i) {
+    const google::protobuf::FieldDescriptor* field = descriptor->field(i);
+    if (!field->is_repeated()) {
+      object[field->name()] = FieldValue(message, field, 0);
+      continue;
+    }
+    nlohmann::json list = nlohmann::json::array();
+    for (int n = 0; n < message.GetReflection()->FieldSize(message, field); ++n) list.push_back(FieldValue(message, field, n));
+    object[field->name()] = std::move(list);
+  }
+  return object;
+}
+
+std::string Json(const google::protobuf::Message& message) { return ToJson(message).dump(2); }
 
 std::string State(v1::VmState state) { return xenkvm::api::VmStateName(state); }
 
@@ -127,232 +131,323 @@ std::unique_ptr<grpc::ClientContext> Context(int seconds = 120) {
   return context;
 }
 
+// What the verbs share: the connection and the output mode.
+struct Session {
+  std::unique_ptr<VmService::Stub> stub;
+  bool json = false;
+};
+
+int PrintVmResult(const Session& session, const std::string& verb, const grpc::Status& status, const v1::Vm& vm) {
+  if (!status.ok()) return Fail(verb, status);
+  if (session.json) {
+    std::printf("%s\n", Json(vm).c_str());
+  } else if (verb == "info") {
+    PrintVm(vm);
+  } else {
+    std::printf("%s: %s\n", vm.config().name().c_str(), State(vm.state()).c_str());
+  }
+  return 0;
+}
+
+int StreamConsole(Session& session, const std::string& name, bool replay, bool follow) {
+  v1::StreamConsoleRequest request;
+  request.set_name(name);
+  request.set_replay(replay);
+  request.set_no_follow(!follow);
+  auto context = Context(0);
+  auto reader = session.stub->StreamConsole(context.get(), request);
+  v1::ConsoleChunk chunk;
+  while (reader->Read(&chunk)) {
+    std::fwrite(chunk.data().data(), 1, chunk.data().size(), stdout);
+    std::fflush(stdout);
+  }
+  if (grpc::Status s = reader->Finish(); !s.ok()) return Fail("console", s);
+  return 0;
+}
+
+int Create(Session& session, const std::string& file, bool paused, bool console) {
+  absl::StatusOr<v1::VmConfig> config = xenkvm::api::ReadConfigFile(file);
+  if (!config.ok()) {
+    std::fprintf(stderr, "xenkvmctl: create: %s\n", std::string(config.status().message()).c_str());
+    return 1;
+  }
+  v1::CreateVmRequest request;
+  *request.mutable_config() = *config;
+  request.set_start(!paused);
+  v1::Vm vm;
+  if (grpc::Status s = session.stub->CreateVm(Context().get(), request, &vm); !s.ok()) return Fail("create", s);
+  if (session.json) {
+    std::printf("%s\n", Json(vm).c_str());
+  } else {
+    std::printf("%s: %s%s\n", vm.config().name().c_str(), State(vm.state()).c_str(),
+                vm.pid() ? absl::StrCat(" (pid ", vm.pid(), ", ", vm.accelerator(), ")").c_str() : "");
+  }
+  std::fflush(stdout);
+  return console ? StreamConsole(session, vm.config().name(), true, true) : 0;
+}
+
+int List(Session& session, bool long_form) {
+  v1::ListVmsResponse response;
+  if (grpc::Status s = session.stub->ListVms(Context().get(), v1::ListVmsRequest(), &response); !s.ok()) {
+    return Fail("list", s);
+  }
+  if (session.json || long_form) {  // xl list -l: every domain's full description, as JSON
+    std::printf("%s\n", Json(response).c_str());
+    return 0;
+  }
+  std::vector<std::vector<std::string>> rows = {{"NAME", "STATE", "VCPUS", "MEMORY", "ACCEL", "PID"}};
+  for (const v1::Vm& v : response.vms()) {
+    rows.push_back({v.config().name(), State(v.state()), absl::StrCat(v.config().vcpus()),
+                    absl::StrCat(v.config().memory_mib(), "M"), v.accelerator().empty() ? "-" : v.accelerator(),
+                    v.pid() ? absl::StrCat(v.pid()) : "-"});
+  }
+  PrintTable(rows);
+  return 0;
+}
+
+int Shutdown(Session& session, const std::vector<std::string>& names, bool all, uint32_t timeout) {
+  std::vector<std::string> targets = names;
+  if (all) {
+    v1::ListVmsResponse response;
+    if (grpc::Status s = session.stub->ListVms(Context().get(), v1::ListVmsRequest(), &response); !s.ok()) {
+      return Fail("shutdown", s);
+    }
+    for (const v1::Vm& v : response.vms()) {
+      if (v.state() == v1::VM_STATE_RUNNING || v.state() == v1::VM_STATE_PAUSED) targets.push_back(v.config().name());
+    }
+  }
+  int result = 0;
+  for (const std::string& name : targets) {
+    v1::ShutdownVmRequest request;
+    request.set_name(name);
+    request.set_timeout_seconds(timeout);
+    v1::Vm vm;
+    if (grpc::Status s = session.stub->ShutdownVm(Context(0).get(), request, &vm); !s.ok()) {
+      result = Fail("shutdown", s);
+      continue;
+    }
+    std::printf("%s: %s (%s)\n", vm.config().name().c_str(), State(vm.state()).c_str(), vm.end_reason().c_str());
+  }
+  return result;
+}
+
+int Delete(Session& session, const std::string& name) {
+  v1::VmRef ref;
+  ref.set_name(name);
+  v1::DeleteVmResponse response;
+  if (grpc::Status s = session.stub->DeleteVm(Context().get(), ref, &response); !s.ok()) return Fail("delete", s);
+  std::printf("%s: deleted\n", name.c_str());
+  return 0;
+}
+
+int BlockAttach(Session& session, const std::string& name, const std::string& path, const std::string& vdev,
+                bool read_only) {
+  v1::AttachDiskRequest request;
+  request.set_name(name);
+  request.mutable_disk()->set_path(path);
+  request.mutable_disk()->set_vdev(vdev);
+  request.mutable_disk()->set_read_only(read_only);
+  v1::Device device;
+  if (grpc::Status s = session.stub->AttachDisk(Context().get(), request, &device); !s.ok()) return Fail("block-attach", s);
+  std::printf("%s: %s attached\n", name.c_str(), device.id().c_str());
+  return 0;
+}
+
+int BlockDetach(Session& session, const std::string& name, const std::string& vdev, bool force, uint32_t timeout) {
+  v1::DetachDiskRequest request;
+  request.set_name(name);
+  request.set_vdev(vdev);
+  request.set_force(force);
+  request.set_timeout_seconds(timeout);
+  v1::DetachDiskResponse response;
+  if (grpc::Status s = session.stub->DetachDisk(Context(0).get(), request, &response); !s.ok()) {
+    return Fail("block-detach", s);
+  }
+  std::printf("%s: %s detached\n", name.c_str(), vdev.c_str());
+  return 0;
+}
+
+int BlockList(Session& session, const std::string& name) {
+  v1::VmRef ref;
+  ref.set_name(name);
+  v1::ListDevicesResponse response;
+  if (grpc::Status s = session.stub->ListDevices(Context().get(), ref, &response); !s.ok()) return Fail("block-list", s);
+  if (session.json) {
+    std::printf("%s\n", Json(response).c_str());
+    return 0;
+  }
+  std::vector<std::vector<std::string>> rows = {{"KIND", "ID", "BACKEND", "FRONTEND", "IMAGE"}};
+  for (const v1::Device& d : response.devices()) {
+    rows.push_back({d.kind(), d.id(), d.backend_state().empty() ? "-" : d.backend_state(),
+                    d.frontend_state().empty() ? "-" : d.frontend_state(), d.disk().path().empty() ? "-" : d.disk().path()});
+  }
+  PrintTable(rows);
+  return 0;
+}
+
+int EventChannels(Session& session, const std::string& name) {
+  v1::VmRef ref;
+  ref.set_name(name);
+  v1::EventChannelList list;
+  if (grpc::Status s = session.stub->ListEventChannels(Context().get(), ref, &list); !s.ok()) return Fail("evtchn", s);
+  if (session.json) {
+    std::printf("%s\n", Json(list).c_str());
+    return 0;
+  }
+  // Like `xl debug-keys e`, plus the counters.
+  std::vector<std::vector<std::string>> rows = {
+      {"PORT", "VCPU", "TYPE", "REMOTE", "TARGET", "FLAGS", "SENDS", "DELIVERIES", "UPCALLS", "MASKED"}};
+  for (const v1::EventChannel& p : list.ports()) {
+    std::string remote = !p.remote().empty()      ? p.remote()
+                         : p.type() == "unbound" ? absl::StrCat("dom", p.remote_domain())
+                                                 : "-";
+    std::string target = p.type() == "virq" ? absl::StrCat("virq ", p.target())
+                         : p.type() == "interdomain" && p.remote() == "loopback" ? absl::StrCat("port ", p.target())
+                                                                                 : "-";
+    std::string flags = absl::StrCat(p.pending() ? "P" : "-", p.masked() ? "M" : "-");
+    rows.push_back({absl::StrCat(p.port()), absl::StrCat(p.vcpu()), p.type(), remote, target, flags,
+                    absl::StrCat(p.sends()), absl::StrCat(p.deliveries()), absl::StrCat(p.upcalls()),
+                    absl::StrCat(p.masked_deliveries())});
+  }
+  PrintTable(rows);
+  std::vector<std::string> calls;
+  for (const v1::HypercallCount& c : list.hypercalls()) calls.push_back(absl::StrCat(c.name(), " ", c.count()));
+  std::printf("hypercalls: %s; unknown %lu; refused from user space %lu\n",
+              calls.empty() ? "none" : absl::StrJoin(calls, ", ").c_str(),
+              static_cast<unsigned long>(list.unknown_hypercalls()),
+              static_cast<unsigned long>(list.refused_user_hypercalls()));
+  return 0;
+}
+
+int Events(Session& session, const std::string& name) {
+  v1::WatchEventsRequest request;
+  request.set_name(name);
+  auto context = Context(0);
+  auto reader = session.stub->WatchEvents(context.get(), request);
+  v1::VmEvent event;
+  while (reader->Read(&event)) {
+    if (session.json) {
+      std::printf("%s\n", ToJson(event).dump().c_str());
+    } else {
+      std::printf("%s %s %s\n", event.name().c_str(), v1::VmEvent::Kind_Name(event.kind()).c_str(),
+                  event.detail().c_str());
+    }
+    std::fflush(stdout);
+  }
+  if (grpc::Status s = reader->Finish(); !s.ok()) return Fail("events", s);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  Args args;
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (arg == "--help" || arg == "-h") {
-      std::fputs(kUsage, stdout);
-      return 0;
-    }
-    if (arg.rfind("--", 0) == 0 || arg == "-p") {
-      std::string value;
-      if (size_t eq = arg.find('='); eq != std::string::npos) {
-        value = arg.substr(eq + 1);
-        arg = arg.substr(0, eq);
-      } else if (std::find(std::begin(kValueOptions), std::end(kValueOptions), arg) != std::end(kValueOptions)) {
-        if (i + 1 >= argc) return UsageError(absl::StrCat(arg, " needs a value"));
-        value = argv[++i];
-      }
-      args.options[arg] = value;
-      continue;
-    }
-    args.positional.push_back(arg);
-  }
-  if (args.positional.empty()) return UsageError("no verb given");
-  const std::string verb = args.positional[0];
-  const std::vector<std::string> rest(args.positional.begin() + 1, args.positional.end());
-  const bool json = args.Has("--json");
-  std::string socket = args.Has("--socket") ? args.options["--socket"]
-                       : std::getenv("XENKVM_SOCKET") != nullptr ? std::getenv("XENKVM_SOCKET")
-                                                                : kDefaultSocket;
-  auto need = [&](size_t count, const char* what) -> bool {
-    if (rest.size() < count) {
-      UsageError(absl::StrCat(verb, " needs ", what));
-      return false;
-    }
-    return true;
-  };
+  CLI::App app(kDescription, "xenkvmctl");
+  app.set_version_flag("--version", std::string("xenkvmctl ") + xenkvm::base::kVersion);
+  app.require_subcommand(1);
+  app.fallthrough();  // --socket and --json also after the verb
+  std::string socket = kDefaultSocket;
+  Session session;
+  app.add_option("--socket", socket, "xenkvmd's socket")->envname("XENKVM_SOCKET")->capture_default_str();
+  app.add_flag("--json", session.json, "print the read verbs' results as JSON");
+  std::function<int()> action;
+  auto verb = [&](const char* name, const char* help) { return app.add_subcommand(name, help); };
+
+  std::string name, path, vdev;
+  std::vector<std::string> names;
+  bool flag_a = false, flag_b = false;
   uint32_t timeout = 0;
-  if (args.Has("--timeout") && !absl::SimpleAtoi(args.options["--timeout"], &timeout)) {
-    return UsageError("--timeout: a number of seconds");
+
+  CLI::App* create = verb("create", "define a VM from a config file (JSON VmConfig or xl.cfg) and start it");
+  create->add_option("FILE", path, "the config file")->required();
+  create->add_flag("-p", flag_a, "define it only, paused (start it with `start`)");
+  create->add_flag("-c", flag_b, "then show its console, as xl create -c");
+  create->callback([&] { action = [&] { return Create(session, path, flag_a, flag_b); }; });
+
+  for (const char* simple : {"start", "info", "pause", "unpause", "destroy"}) {
+    const char* help = std::string(simple) == "start"   ? "start a defined or ended VM"
+                       : std::string(simple) == "info"  ? "one VM in detail"
+                       : std::string(simple) == "pause" ? "stop the vCPUs (a paused VM stays paused)"
+                       : std::string(simple) == "unpause" ? "resume the vCPUs"
+                                                          : "end the VM at once";
+    CLI::App* sub = verb(simple, help);
+    sub->add_option("NAME", name, "the VM")->required();
+    sub->callback([&, simple] {
+      action = [&, simple] {
+        v1::VmRef ref;
+        ref.set_name(name);
+        v1::Vm vm;
+        const std::string v = simple;
+        grpc::Status s = v == "start"     ? session.stub->StartVm(Context().get(), ref, &vm)
+                         : v == "info"    ? session.stub->GetVm(Context().get(), ref, &vm)
+                         : v == "pause"   ? session.stub->PauseVm(Context().get(), ref, &vm)
+                         : v == "unpause" ? session.stub->ResumeVm(Context().get(), ref, &vm)
+                                          : session.stub->DestroyVm(Context().get(), ref, &vm);
+        return PrintVmResult(session, v, s, vm);
+      };
+    });
   }
 
-  auto stub = VmService::NewStub(grpc::CreateChannel(absl::StrCat("unix:", socket), grpc::InsecureChannelCredentials()));
-  v1::Vm vm;
-  v1::VmRef ref;
-  if (!rest.empty()) ref.set_name(rest[0]);
+  CLI::App* list = verb("list", "every VM: name, state, vCPUs, memory, accelerator, pid");
+  list->add_flag("-l,--long", flag_a, "every VM's full description (JSON), as xl list -l");
+  list->callback([&] { action = [&] { return List(session, flag_a); }; });
 
-  if (verb == "create") {
-    if (!need(1, "a config file")) return 2;
-    absl::StatusOr<v1::VmConfig> config = xenkvm::api::ReadConfigFile(rest[0]);
-    if (!config.ok()) {
-      std::fprintf(stderr, "xenkvmctl: create: %s\n", std::string(config.status().message()).c_str());
-      return 1;
-    }
-    v1::CreateVmRequest request;
-    *request.mutable_config() = *config;
-    request.set_start(!args.Has("-p"));
-    if (grpc::Status s = stub->CreateVm(Context().get(), request, &vm); !s.ok()) return Fail(verb, s);
-    if (json) {
-      std::printf("%s\n", Json(vm).c_str());
-    } else {
-      std::printf("%s: %s%s\n", vm.config().name().c_str(), State(vm.state()).c_str(),
-                  vm.pid() ? absl::StrCat(" (pid ", vm.pid(), ", ", vm.accelerator(), ")").c_str() : "");
-    }
-    return 0;
-  }
-  if (verb == "start" || verb == "pause" || verb == "unpause" || verb == "destroy" || verb == "info") {
-    if (!need(1, "a VM name")) return 2;
-    grpc::Status s;
-    if (verb == "start") s = stub->StartVm(Context().get(), ref, &vm);
-    if (verb == "pause") s = stub->PauseVm(Context().get(), ref, &vm);
-    if (verb == "unpause") s = stub->ResumeVm(Context().get(), ref, &vm);
-    if (verb == "destroy") s = stub->DestroyVm(Context().get(), ref, &vm);
-    if (verb == "info") s = stub->GetVm(Context().get(), ref, &vm);
-    if (!s.ok()) return Fail(verb, s);
-    if (json) {
-      std::printf("%s\n", Json(vm).c_str());
-    } else if (verb == "info") {
-      PrintVm(vm);
-    } else {
-      std::printf("%s: %s\n", vm.config().name().c_str(), State(vm.state()).c_str());
-    }
-    return 0;
-  }
-  if (verb == "shutdown") {
-    if (!need(1, "a VM name")) return 2;
-    v1::ShutdownVmRequest request;
-    request.set_name(rest[0]);
-    request.set_timeout_seconds(timeout);
-    if (grpc::Status s = stub->ShutdownVm(Context(0).get(), request, &vm); !s.ok()) return Fail(verb, s);
-    std::printf("%s: %s (%s)\n", vm.config().name().c_str(), State(vm.state()).c_str(), vm.end_reason().c_str());
-    return 0;
-  }
-  if (verb == "delete") {
-    if (!need(1, "a VM name")) return 2;
-    v1::DeleteVmResponse response;
-    if (grpc::Status s = stub->DeleteVm(Context().get(), ref, &response); !s.ok()) return Fail(verb, s);
-    std::printf("%s: deleted\n", rest[0].c_str());
-    return 0;
-  }
-  if (verb == "list") {
-    v1::ListVmsResponse response;
-    if (grpc::Status s = stub->ListVms(Context().get(), v1::ListVmsRequest(), &response); !s.ok()) return Fail(verb, s);
-    if (json) {
-      std::printf("%s\n", Json(response).c_str());
-      return 0;
-    }
-    std::vector<std::vector<std::string>> rows = {{"NAME", "STATE", "VCPUS", "MEMORY", "ACCEL", "PID"}};
-    for (const v1::Vm& v : response.vms()) {
-      rows.push_back({v.config().name(), State(v.state()), absl::StrCat(v.config().vcpus()),
-                      absl::StrCat(v.config().memory_mib(), "M"), v.accelerator().empty() ? "-" : v.accelerator(),
-                      v.pid() ? absl::StrCat(v.pid()) : "-"});
-    }
-    PrintTable(rows);
-    return 0;
-  }
-  if (verb == "block-attach") {
-    if (!need(2, "a VM name and an image path")) return 2;
-    v1::AttachDiskRequest request;
-    request.set_name(rest[0]);
-    request.mutable_disk()->set_path(rest[1]);
-    if (rest.size() > 2) request.mutable_disk()->set_vdev(rest[2]);
-    request.mutable_disk()->set_read_only(args.Has("--ro"));
-    v1::Device device;
-    if (grpc::Status s = stub->AttachDisk(Context().get(), request, &device); !s.ok()) return Fail(verb, s);
-    std::printf("%s: %s attached\n", rest[0].c_str(), device.id().c_str());
-    return 0;
-  }
-  if (verb == "block-detach") {
-    if (!need(2, "a VM name and a vdev")) return 2;
-    v1::DetachDiskRequest request;
-    request.set_name(rest[0]);
-    request.set_vdev(rest[1]);
-    request.set_force(args.Has("--force"));
-    request.set_timeout_seconds(timeout);
-    v1::DetachDiskResponse response;
-    if (grpc::Status s = stub->DetachDisk(Context(0).get(), request, &response); !s.ok()) return Fail(verb, s);
-    std::printf("%s: %s detached\n", rest[0].c_str(), rest[1].c_str());
-    return 0;
-  }
-  if (verb == "block-list") {
-    if (!need(1, "a VM name")) return 2;
-    v1::ListDevicesResponse response;
-    if (grpc::Status s = stub->ListDevices(Context().get(), ref, &response); !s.ok()) return Fail(verb, s);
-    if (json) {
-      std::printf("%s\n", Json(response).c_str());
-      return 0;
-    }
-    std::vector<std::vector<std::string>> rows = {{"KIND", "ID", "BACKEND", "FRONTEND", "IMAGE"}};
-    for (const v1::Device& d : response.devices()) {
-      rows.push_back({d.kind(), d.id(), d.backend_state().empty() ? "-" : d.backend_state(),
-                      d.frontend_state().empty() ? "-" : d.frontend_state(), d.disk().path().empty() ? "-" : d.disk().path()});
-    }
-    PrintTable(rows);
-    return 0;
-  }
-  if (verb == "evtchn") {
-    if (!need(1, "a VM name")) return 2;
-    v1::EventChannelList list;
-    if (grpc::Status s = stub->ListEventChannels(Context().get(), ref, &list); !s.ok()) return Fail(verb, s);
-    if (json) {
-      std::printf("%s\n", Json(list).c_str());
-      return 0;
-    }
-    // Like `xl debug-keys e`, plus the counters.
-    std::vector<std::vector<std::string>> rows = {
-        {"PORT", "VCPU", "TYPE", "REMOTE", "TARGET", "FLAGS", "SENDS", "DELIVERIES", "UPCALLS", "MASKED"}};
-    for (const v1::EventChannel& p : list.ports()) {
-      std::string remote = !p.remote().empty()      ? p.remote()
-                           : p.type() == "unbound" ? absl::StrCat("dom", p.remote_domain())
-                                                   : "-";
-      std::string target = p.type() == "virq" ? absl::StrCat("virq ", p.target())
-                           : p.type() == "interdomain" && p.remote() == "loopback" ? absl::StrCat("port ", p.target())
-                                                                                   : "-";
-      std::string flags = absl::StrCat(p.pending() ? "P" : "-", p.masked() ? "M" : "-");
-      rows.push_back({absl::StrCat(p.port()), absl::StrCat(p.vcpu()), p.type(), remote, target, flags,
-                      absl::StrCat(p.sends()), absl::StrCat(p.deliveries()), absl::StrCat(p.upcalls()),
-                      absl::StrCat(p.masked_deliveries())});
-    }
-    PrintTable(rows);
-    std::vector<std::string> calls;
-    for (const v1::HypercallCount& c : list.hypercalls()) calls.push_back(absl::StrCat(c.name(), " ", c.count()));
-    std::printf("hypercalls: %s; unknown %lu; refused from user space %lu\n",
-                calls.empty() ? "none" : absl::StrJoin(calls, ", ").c_str(),
-                static_cast<unsigned long>(list.unknown_hypercalls()),
-                static_cast<unsigned long>(list.refused_user_hypercalls()));
-    return 0;
-  }
-  if (verb == "console") {
-    if (!need(1, "a VM name")) return 2;
-    v1::StreamConsoleRequest request;
-    request.set_name(rest[0]);
-    request.set_replay(!args.Has("--no-replay"));
-    request.set_no_follow(args.Has("--no-follow"));
-    auto context = Context(0);
-    auto reader = stub->StreamConsole(context.get(), request);
-    v1::ConsoleChunk chunk;
-    while (reader->Read(&chunk)) {
-      std::fwrite(chunk.data().data(), 1, chunk.data().size(), stdout);
-      std::fflush(stdout);
-    }
-    if (grpc::Status s = reader->Finish(); !s.ok()) return Fail(verb, s);
-    return 0;
-  }
-  if (verb == "events") {
-    v1::WatchEventsRequest request;
-    if (!rest.empty()) request.set_name(rest[0]);
-    auto context = Context(0);
-    auto reader = stub->WatchEvents(context.get(), request);
-    v1::VmEvent event;
-    while (reader->Read(&event)) {
-      if (json) {
-        std::string line;
-        google::protobuf::util::JsonPrintOptions options;
-        options.preserve_proto_field_names = true;
-        (void)google::protobuf::util::MessageToJsonString(event, &line, options);
-        std::printf("%s\n", line.c_str());
-      } else {
-        std::printf("%s %s %s\n", event.name().c_str(), v1::VmEvent::Kind_Name(event.kind()).c_str(),
-                    event.detail().c_str());
+  CLI::App* shutdown = verb("shutdown", "ask the guest to power off (XenStore control/shutdown, as xl) and wait for it");
+  shutdown->add_option("NAME", names, "the VMs");
+  shutdown->add_flag("-a,--all", flag_a, "every running VM");
+  shutdown->add_flag("-w,--wait", flag_b, "wait for the guest to power off (always done)");
+  shutdown->add_option("--timeout", timeout, "destroy it if it has not powered off after S seconds (default 30)");
+  shutdown->callback([&] {
+    action = [&] {
+      if (names.empty() && !flag_a) {
+        std::fprintf(stderr, "xenkvmctl: shutdown: give a VM name, or -a for every running VM\n");
+        return 2;
       }
-      std::fflush(stdout);
-    }
-    if (grpc::Status s = reader->Finish(); !s.ok()) return Fail(verb, s);
-    return 0;
+      return Shutdown(session, names, flag_a, timeout);
+    };
+  });
+
+  CLI::App* remove = verb("delete", "forget a VM that is not running");
+  remove->add_option("NAME", name, "the VM")->required();
+  remove->callback([&] { action = [&] { return Delete(session, name); }; });
+
+  CLI::App* attach = verb("block-attach", "hot-plug a xen-disk (vdev: the next free xvdX when not given)");
+  attach->add_option("NAME", name, "the VM")->required();
+  attach->add_option("PATH", path, "the image (a regular file or a block device)")->required();
+  attach->add_option("VDEV", vdev, "xvdX, hdX, sdX or a number");
+  attach->add_flag("--ro", flag_a, "read-only");
+  attach->callback([&] { action = [&] { return BlockAttach(session, name, path, vdev, flag_a); }; });
+
+  CLI::App* detach = verb("block-detach", "hot-unplug a xen-disk (the guest lets go first)");
+  detach->add_option("NAME", name, "the VM")->required();
+  detach->add_option("VDEV", vdev, "the disk")->required();
+  detach->add_flag("--force", flag_a, "remove it even if the guest does not let go");
+  detach->add_option("--timeout", timeout, "seconds to wait for the guest");
+  detach->callback([&] { action = [&] { return BlockDetach(session, name, vdev, flag_a, timeout); }; });
+
+  CLI::App* devices = verb("block-list", "the VM's devices");
+  devices->add_option("NAME", name, "the VM")->required();
+  devices->callback([&] { action = [&] { return BlockList(session, name); }; });
+
+  CLI::App* console = verb("console", "the guest console (replayed, then followed)");
+  console->add_option("NAME", name, "the VM")->required();
+  console->add_flag("--no-follow", flag_a, "stop at the end of what was written so far");
+  console->add_flag("--no-replay", flag_b, "only what is written from now on");
+  console->callback([&] { action = [&] { return StreamConsole(session, name, !flag_b, !flag_a); }; });
+
+  CLI::App* evtchn = verb("evtchn", "open event channels with their counters, and hypercall counts");
+  evtchn->add_option("NAME", name, "the VM")->required();
+  evtchn->callback([&] { action = [&] { return EventChannels(session, name); }; });
+
+  CLI::App* events = verb("events", "lifecycle and device events as they happen");
+  events->add_option("NAME", name, "only this VM's");
+  events->callback([&] { action = [&] { return Events(session, name); }; });
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& error) {
+    const int code = app.exit(error);  // help and version: 0; bad usage: the reason on stderr
+    return code == 0 ? 0 : 2;
   }
-  return UsageError(absl::StrCat("unknown verb \"", verb, "\""));
+  session.stub = VmService::NewStub(grpc::CreateChannel(absl::StrCat("unix:", socket), grpc::InsecureChannelCredentials()));
+  return action ? action() : 2;
 }

@@ -11,6 +11,8 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "components/base/status.h"
+#include "components/block/image_lock.h"
 
 namespace xenkvm::block {
 namespace {
@@ -27,11 +29,30 @@ absl::Status Errno(const std::string& what, int error) {
   }
 }
 
+// A block device written by a guest must not be in use on the host: reopened with O_EXCL, which
+// the kernel refuses (EBUSY) while the device is mounted, holds a swap area or is part of a
+// device-mapper or RAID set. Regular files come back as they are.
+absl::StatusOr<base::Fd> ClaimBlockDevice(base::Fd fd, const std::string& path) {
+  struct stat info {};
+  if (fstat(fd.get(), &info) != 0 || !S_ISBLK(info.st_mode)) return fd;
+  base::Fd claimed(open(absl::StrCat("/proc/self/fd/", fd.get()).c_str(), O_RDWR | O_EXCL | O_CLOEXEC));
+  if (claimed.valid()) return claimed;
+  if (errno == EBUSY) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "disk image ", path, " is a block device the host is using (mounted, swap, or claimed by another "
+        "driver): unmount or release it first, or attach it read-only"));
+  }
+  return Errno(absl::StrCat("disk image ", path, ": reopening it exclusively"), errno);
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Image>> Image::Open(const std::string& path, bool read_only) {
   base::Fd fd(open(path.c_str(), (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC));
   if (!fd.valid()) return Errno(absl::StrCat("disk image ", path), errno);
+  if (!read_only) {
+    XENKVM_ASSIGN_OR_RETURN(fd, ClaimBlockDevice(std::move(fd), path));
+  }
   struct stat info {};
   if (fstat(fd.get(), &info) != 0) return Errno(absl::StrCat("disk image ", path, ": fstat"), errno);
   uint64_t size = 0;
@@ -50,6 +71,7 @@ absl::StatusOr<std::unique_ptr<Image>> Image::Open(const std::string& path, bool
     return absl::InvalidArgumentError(
         absl::StrCat("disk image ", path, ": ", size, " bytes, smaller than one 512-byte sector"));
   }
+  if (absl::Status locked = LockImage(fd.get(), path, /*exclusive=*/!read_only); !locked.ok()) return locked;
   return std::unique_ptr<Image>(new Image(path, std::move(fd), size, read_only, discard));
 }
 

@@ -1,11 +1,14 @@
 #include "components/block/image.h"
 
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdlib>
+#include <string>
 #include <fstream>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -56,6 +59,57 @@ TEST(ImageTest, OpeningSaysWhatIsWrong) {
   EXPECT_THAT(missing.status().message(), HasSubstr("/no/such/disk.img"));
   EXPECT_EQ(Image::Open(std::getenv("TEST_TMPDIR"), true).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(Image::Open(MakeImage("tiny.img", 100), true).status().message(), HasSubstr("smaller than one"));
+}
+
+// QEMU's rule: many readers, or one writer. Within one process (two disks of one VM) too.
+TEST(ImageTest, LocksAllowManyReadersOrOneWriter) {
+  const std::string path = MakeImage("locked.img", 8 * kSectorSize);
+  {
+    auto writer = Image::Open(path, false);
+    ASSERT_TRUE(writer.ok()) << writer.status();
+    auto second_writer = Image::Open(path, false);
+    EXPECT_EQ(second_writer.status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_THAT(second_writer.status().message(), HasSubstr("is in use"));
+    EXPECT_THAT(second_writer.status().message(), HasSubstr("itself"));  // the holder, named
+    auto reader = Image::Open(path, true);
+    EXPECT_EQ(reader.status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_THAT(reader.status().message(), HasSubstr("in use read-write"));
+  }
+  auto first_reader = Image::Open(path, true);
+  auto second_reader = Image::Open(path, true);
+  ASSERT_TRUE(first_reader.ok()) << first_reader.status();
+  EXPECT_TRUE(second_reader.ok()) << second_reader.status();
+  EXPECT_EQ(Image::Open(path, false).status().code(), absl::StatusCode::kFailedPrecondition);
+  first_reader->reset();
+  second_reader->reset();
+  EXPECT_TRUE(Image::Open(path, false).ok());  // every lock went with its file
+}
+
+// Another process (another VMM) holding the image read-write is named in the refusal.
+TEST(ImageTest, LockHeldByAnotherProcessNamesIt) {
+  const std::string path = MakeImage("shared.img", 8 * kSectorSize);
+  int ready[2], release[2];
+  ASSERT_EQ(pipe(ready), 0);
+  ASSERT_EQ(pipe(release), 0);
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    auto image = Image::Open(path, false);
+    char byte = image.ok() ? 'y' : 'n';
+    (void)!write(ready[1], &byte, 1);
+    (void)!read(release[0], &byte, 1);
+    _exit(0);
+  }
+  char byte = 0;
+  ASSERT_EQ(read(ready[0], &byte, 1), 1);
+  ASSERT_EQ(byte, 'y');
+  auto refused = Image::Open(path, true);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(refused.status().message(), HasSubstr(absl::StrCat("pid ", child)));
+  (void)!write(release[1], "x", 1);
+  waitpid(child, nullptr, 0);
+  EXPECT_TRUE(Image::Open(path, true).ok());
+  for (int fd : {ready[0], ready[1], release[0], release[1]}) close(fd);
 }
 
 }  // namespace
