@@ -73,7 +73,9 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   app.add_option("--image-dir", options.image_dirs,
-                 "kernels, initrds and disk images must lie under this directory (repeatable; default: anywhere)");
+                 "kernels, initrds and disk images must lie under this directory (repeatable; default: anywhere)")
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   app.add_flag("--keep-vms", options.keep_vms, "leave running VMs running when the daemon stops");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical, off (default $XENKVM_LOG or info)");
   try {

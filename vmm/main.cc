@@ -7,9 +7,12 @@
 #include <string>
 #include <thread>
 
+#include "CLI/CLI.hpp"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "components/base/log.h"
+#include "components/base/status.h"
+#include "components/base/version.h"
 #include "components/xen/version.h"
 #include "vmm/control_server.h"
 #include "vmm/vm.h"
@@ -26,36 +29,9 @@ constexpr int kExitCrashed = 5;
 constexpr int kExitHalted = 6;
 constexpr int kExitStopped = 7;
 
-constexpr char kUsage[] =
-    "usage: xenkvm-vmm --kernel FILE [--initrd FILE] [--name NAME] [--memory MiB] [--vcpus N]\n"
-    "                  [--cmdline STRING]\n"
-    "                  [--accel kvm|emu|auto] [--cpu-template NAME] [--xen-version VERSION|off]\n"
-    "                  [--xen-max-evtchn N]\n"
-    "                  [--disk target=PATH,vdev=xvda,access=rw]... [--xenstore-socket PATH]\n"
-    "                  [--control-socket PATH] [--log-level LEVEL]\n"
-    "\n"
-    "Runs one Xen PVH guest in the foreground; its console goes to stdout, logs to stderr.\n"
-    "  --kernel FILE     the kernel, with a Xen PVH entry note (required): an ELF vmlinux or a\n"
-    "                    bzImage/vmlinuz (gzip, xz, lzma, zstd, lz4 or bzip2 payload)\n"
-    "  --initrd FILE     an initial ramdisk (initramfs), given to the kernel as its first module\n"
-    "  --name NAME       the domain's name in XenStore (default guest)\n"
-    "  --memory MiB      guest RAM, whole MiB (default 256, at least 2)\n"
-    "  --vcpus N         virtual CPUs, 1 to 32 (default 1)\n"
-    "  --cmdline STRING  kernel command line (default empty)\n"
-    "  --accel NAME      kvm, emu (software CPU) or auto: kvm when /dev/kvm is usable (default)\n"
-    "  --cpu-template T  narrow the guest's CPUID: host (default), x86-64-v1, x86-64-v2, x86-64-v3\n"
-    "  --xen-version V   the Xen version shown to the guest: 4.17 (default) or major << 16 | minor\n"
-    "                    (0x40011); \"off\" runs the guest without the Xen interface\n"
-    "  --xen-max-evtchn N  event channels the guest may open, 64 to 4096 (default 4096)\n"
-    "  --disk SPEC       a xen-disk: target=PATH (an image file or block device), vdev=NAME\n"
-    "                    (xvda, the default; hd*, sd*, d<N>), access=rw|ro, features=flush+discard+\n"
-    "                    persistent+indirect (what to offer; default all); repeat for more disks\n"
-    "  --xenstore-socket PATH  also serve the guest's XenStore on this Unix socket (mode 0600), for\n"
-    "                    xenstore-utils: XENSTORED_PATH=PATH xenstore-ls /local/domain\n"
-    "  --control-socket PATH  serve the VMM control service there (xenkvmd uses it)\n"
-    "  --status-file PATH  when the VMM ends, write \"exit STATUS\" and its last message there\n"
-    "  --log-level LEVEL trace, debug, info, warn, error, critical, off (default $XENKVM_LOG or info)\n"
-    "\n"
+constexpr char kDescription[] =
+    "Runs one Xen PVH guest in the foreground; its console goes to stdout, logs to stderr.";
+constexpr char kExitStatuses[] =
     "Exit status: 0 the guest powered off; 1 bad usage; 2 the VM could not be built; 3 the guest\n"
     "powered off reporting failure; 4 the guest asked for a reset; 5 the guest crashed; 6 every vCPU\n"
     "halted with interrupts off; 7 stopped by a signal.\n";
@@ -81,83 +57,100 @@ int Finish(int status, const std::string& message) {
 }
 
 int Usage(const std::string& error) {
-  std::fprintf(stderr, "xenkvm-vmm: %s\n\n%s", error.c_str(), kUsage);
+  std::fprintf(stderr, "xenkvm-vmm: %s (see --help)\n", error.c_str());
   WriteStatus(kExitUsage, error);
   return kExitUsage;
+}
+
+// The flags, as CLI11 reads them; values are checked by the same parsers as the daemon's config.
+struct Flags {
+  xenkvm::vmm::VmConfig config;
+  std::string memory, vcpus, max_evtchn, accel, cpu_template, xen_version, log_level, control_socket;
+  std::vector<std::string> disks;
+};
+
+void DefineFlags(CLI::App& app, Flags& flags) {
+  app.add_option("--kernel", flags.config.kernel,
+                 "the kernel, with a Xen PVH entry note: an ELF vmlinux or a bzImage/vmlinuz (gzip, xz, lzma, zstd, "
+                 "lz4 or bzip2 payload)");
+  app.add_option("--initrd", flags.config.initrd, "an initial ramdisk (initramfs), the kernel's first module");
+  app.add_option("--name", flags.config.name, "the domain's name in XenStore (default guest)");
+  app.add_option("--memory", flags.memory, "guest RAM, whole MiB (default 256, at least 2)");
+  app.add_option("--vcpus", flags.vcpus, "virtual CPUs, 1 to 32 (default 1)");
+  app.add_option("--cmdline", flags.config.cmdline, "kernel command line (default empty)");
+  app.add_option("--accel", flags.accel, "kvm, emu (software CPU) or auto: kvm when /dev/kvm is usable (default)");
+  app.add_option("--cpu-template", flags.cpu_template,
+                 "narrow the guest's CPUID: host (default), x86-64-v1, x86-64-v2, x86-64-v3");
+  app.add_option("--xen-version", flags.xen_version,
+                 "the Xen version shown to the guest: 4.17 (default) or major << 16 | minor (0x40011); \"off\" runs "
+                 "the guest without the Xen interface");
+  app.add_option("--xen-max-evtchn", flags.max_evtchn, "event channels the guest may open, 64 to 4096 (default 4096)");
+  app.add_option("--disk", flags.disks,
+                 "a xen-disk: target=PATH (an image file or block device), vdev=NAME (xvda, the default; hd*, sd*, "
+                 "d<N>), access=rw|ro, features=flush+discard+persistent+indirect (what to offer; default all); "
+                 "repeat for more disks")
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  app.add_option("--xenstore-socket", flags.config.xenstore_socket,
+                 "also serve the guest's XenStore on this Unix socket (mode 0600), for xenstore-utils");
+  app.add_option("--control-socket", flags.control_socket, "serve the VMM control service there (xenkvmd uses it)");
+  app.add_option("--status-file", status_file, "when the VMM ends, write \"exit STATUS\" and its last message there");
+  app.add_option("--log-level", flags.log_level, "trace, debug, info, warn, error, critical, off (default $XENKVM_LOG or info)");
+}
+
+// The values CLI11 took as text, parsed and checked; the first problem, said as a user needs it.
+absl::Status ApplyFlags(Flags& flags) {
+  xenkvm::vmm::VmConfig& config = flags.config;
+  if (!flags.memory.empty() && !absl::SimpleAtoi(flags.memory, &config.memory_mib)) {
+    return absl::InvalidArgumentError(absl::StrCat("--memory: \"", flags.memory, "\" is not a number of MiB"));
+  }
+  if (!flags.vcpus.empty() && !absl::SimpleAtoi(flags.vcpus, &config.vcpus)) {
+    return absl::InvalidArgumentError(absl::StrCat("--vcpus: \"", flags.vcpus, "\" is not a number"));
+  }
+  if (!flags.max_evtchn.empty() && !absl::SimpleAtoi(flags.max_evtchn, &config.xen_max_event_channels)) {
+    return absl::InvalidArgumentError(absl::StrCat("--xen-max-evtchn: \"", flags.max_evtchn, "\" is not a number"));
+  }
+  if (!flags.accel.empty()) {
+    XENKVM_ASSIGN_OR_RETURN(config.accelerator, xenkvm::vmm::ParseAcceleratorKind(flags.accel));
+  }
+  if (!flags.cpu_template.empty()) {
+    absl::StatusOr<xenkvm::accel::CpuTemplate> cpu = xenkvm::accel::ParseCpuTemplate(flags.cpu_template);
+    if (!cpu.ok()) return absl::InvalidArgumentError(absl::StrCat("--cpu-template: ", cpu.status().message()));
+    config.cpu_template = *cpu;
+  }
+  if (!flags.xen_version.empty()) {
+    absl::StatusOr<uint32_t> version = xenkvm::xen::ParseXenVersion(flags.xen_version);
+    if (!version.ok()) return absl::InvalidArgumentError(absl::StrCat("--xen-version: ", version.status().message()));
+    config.xen_version = *version;
+  }
+  for (const std::string& spec : flags.disks) {
+    XENKVM_ASSIGN_OR_RETURN(xenkvm::xenbus::XenDiskConfig disk, xenkvm::vmm::ParseDiskSpec(spec));
+    config.disks.push_back(std::move(disk));
+  }
+  if (config.kernel.empty()) return absl::InvalidArgumentError("--kernel is required");
+  return xenkvm::vmm::Validate(config);
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  xenkvm::vmm::VmConfig config;
-  std::string log_level;
-  std::string control_socket;
-  for (int i = 1; i < argc; ++i) {
-    std::string flag = argv[i];
-    if (flag == "--help" || flag == "-h") {
-      std::fputs(kUsage, stdout);
-      return 0;
-    }
-    std::string value;
-    if (size_t eq = flag.find('='); eq != std::string::npos && flag.rfind("--", 0) == 0) {
-      value = flag.substr(eq + 1);
-      flag = flag.substr(0, eq);
-    } else if (flag.rfind("--", 0) == 0) {
-      if (i + 1 >= argc) return Usage(absl::StrCat(flag, " needs a value"));
-      value = argv[++i];
-    } else {
-      return Usage(absl::StrCat("unexpected argument \"", flag, "\""));
-    }
-    if (flag == "--kernel") {
-      config.kernel = value;
-    } else if (flag == "--initrd") {
-      config.initrd = value;
-    } else if (flag == "--name") {
-      config.name = value;
-    } else if (flag == "--disk") {
-      absl::StatusOr<xenkvm::xenbus::XenDiskConfig> disk = xenkvm::vmm::ParseDiskSpec(value);
-      if (!disk.ok()) return Usage(std::string(disk.status().message()));
-      config.disks.push_back(std::move(*disk));
-    } else if (flag == "--xenstore-socket") {
-      config.xenstore_socket = value;
-    } else if (flag == "--memory") {
-      if (!absl::SimpleAtoi(value, &config.memory_mib)) return Usage(absl::StrCat("--memory: \"", value, "\" is not a number of MiB"));
-    } else if (flag == "--vcpus") {
-      if (!absl::SimpleAtoi(value, &config.vcpus)) return Usage(absl::StrCat("--vcpus: \"", value, "\" is not a number"));
-    } else if (flag == "--cmdline") {
-      config.cmdline = value;
-    } else if (flag == "--cpu-template") {
-      absl::StatusOr<xenkvm::accel::CpuTemplate> cpu = xenkvm::accel::ParseCpuTemplate(value);
-      if (!cpu.ok()) return Usage(absl::StrCat("--cpu-template: ", cpu.status().message()));
-      config.cpu_template = *cpu;
-    } else if (flag == "--accel") {
-      absl::StatusOr<xenkvm::vmm::AcceleratorKind> kind = xenkvm::vmm::ParseAcceleratorKind(value);
-      if (!kind.ok()) return Usage(std::string(kind.status().message()));
-      config.accelerator = *kind;
-    } else if (flag == "--xen-version") {
-      absl::StatusOr<uint32_t> version = xenkvm::xen::ParseXenVersion(value);
-      if (!version.ok()) return Usage(absl::StrCat("--xen-version: ", version.status().message()));
-      config.xen_version = *version;
-    } else if (flag == "--xen-max-evtchn") {
-      if (!absl::SimpleAtoi(value, &config.xen_max_event_channels)) {
-        return Usage(absl::StrCat("--xen-max-evtchn: \"", value, "\" is not a number"));
-      }
-    } else if (flag == "--control-socket") {
-      control_socket = value;
-    } else if (flag == "--status-file") {
-      status_file = value;
-    } else if (flag == "--log-level") {
-      log_level = value;
-    } else {
-      return Usage(absl::StrCat("unknown option ", flag));
-    }
+  Flags flags;
+  CLI::App app(kDescription, "xenkvm-vmm");
+  app.set_version_flag("--version", std::string("xenkvm-vmm ") + xenkvm::base::kVersion);
+  app.footer(kExitStatuses);
+  DefineFlags(app, flags);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& error) {
+    if (error.get_exit_code() == 0) return app.exit(error);  // --help, --version
+    return Usage(error.what());
   }
-  if (absl::Status logging = xenkvm::base::InitLogging(log_level); !logging.ok()) {
+  if (absl::Status logging = xenkvm::base::InitLogging(flags.log_level); !logging.ok()) {
     return Usage(std::string(logging.message()));
   }
-  if (config.kernel.empty()) return Usage("--kernel is required");
-  if (absl::Status valid = xenkvm::vmm::Validate(config); !valid.ok()) return Usage(std::string(valid.message()));
-
+  if (absl::Status valid = ApplyFlags(flags); !valid.ok()) return Usage(std::string(valid.message()));
+  xenkvm::vmm::VmConfig& config = flags.config;
+  const std::string& control_socket = flags.control_socket;
   // SIGINT/SIGTERM end the VM (its vCPU threads are kicked out of the guest); SIGUSR2, sent by
   // main itself, releases the waiter when the VM ended on its own. Blocked before any thread
   // exists, so that every thread inherits the mask and only the waiter takes them.
