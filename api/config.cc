@@ -6,6 +6,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -183,6 +184,12 @@ absl::StatusOr<v1::VmConfig> FromXl(const std::string& text, const std::string& 
       if (first != "pvh" && first != "hvm") {
         return Invalid(source, absl::StrCat(key, ": \"", first, "\": xenkvm runs PVH and HVM guests (by the PVH entry), not PV"));
       }
+    } else if (key == "on_poweroff") {
+      config.set_on_poweroff(first);
+    } else if (key == "on_reboot") {
+      config.set_on_reboot(first);
+    } else if (key == "on_crash") {
+      config.set_on_crash(first);
     } else if (key == "accelerator") {  // xenkvm's own keys (xl has neither)
       config.set_accelerator(first);
     } else if (key == "cpu_template") {
@@ -199,7 +206,8 @@ absl::StatusOr<v1::VmConfig> FromXl(const std::string& text, const std::string& 
   }
   if (!unsupported.empty()) {
     return Invalid(source, absl::StrCat("unsupported xl.cfg keys: ", absl::StrJoin(unsupported, ", "),
-                                        " (xenkvm takes name, memory, vcpus, kernel, ramdisk, extra, cmdline, type, disk, and its own accelerator, cpu_template)"));
+                                        " (xenkvm takes name, memory, vcpus, kernel, ramdisk, extra, cmdline, type, disk, on_poweroff, on_reboot, "
+                                        "on_crash, and its own accelerator, cpu_template)"));
   }
   return config;
 }
@@ -272,6 +280,16 @@ absl::Status ValidateVmConfig(const v1::VmConfig& config) {
   }
   if (absl::StatusOr<accel::CpuTemplate> cpu = accel::ParseCpuTemplate(config.cpu_template()); !cpu.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("cpu_template: ", cpu.status().message()));
+  }
+  for (const auto& [field, value] : {std::pair<const char*, const std::string*>{"on_poweroff", &config.on_poweroff()},
+                                     {"on_reboot", &config.on_reboot()},
+                                     {"on_crash", &config.on_crash()}}) {
+    if (value->empty() || *value == "destroy" || *value == "restart") continue;
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ": \"", *value, "\" is not destroy or restart",
+        *value == "preserve" || *value == "rename-restart" || absl::StartsWith(*value, "coredump")
+            ? " (xl's other actions keep the dead domain around; a xenkvm-vmm ends with its guest, its console log kept)"
+            : ""));
   }
   if (config.xen_max_event_channels() != 0 &&
       (config.xen_max_event_channels() < 64 || config.xen_max_event_channels() > 4096)) {

@@ -1,4 +1,5 @@
 #include "api/config.h"
+#include "api/lifecycle_policy.h"
 
 #include <algorithm>
 
@@ -79,11 +80,46 @@ TEST(ConfigTest, InitrdMustBeAnAbsolutePathAndReachesTheVmm) {
   EXPECT_EQ(*(flag + 1), "/boot/initrd.img");
 }
 
+TEST(ConfigTest, LifecyclePoliciesAsXlNamesThem) {
+  absl::StatusOr<v1::VmConfig> config = ParseConfigText(
+      "name = \"p\"\nkernel = \"/k\"\non_poweroff = \"restart\"\non_reboot = \"destroy\"\non_crash = \"restart\"\n",
+      "p.cfg");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->on_poweroff(), "restart");
+  EXPECT_EQ(config->on_reboot(), "destroy");
+  EXPECT_EQ(config->on_crash(), "restart");
+  EXPECT_TRUE(ValidateVmConfig(*config).ok());
+  config->set_on_crash("preserve");
+  EXPECT_THAT(ValidateVmConfig(*config).message(), HasSubstr("on_crash: \"preserve\" is not destroy or restart"));
+  config->set_on_crash("");
+  config->set_on_reboot("bounce");
+  EXPECT_THAT(ValidateVmConfig(*config).message(), HasSubstr("on_reboot: \"bounce\""));
+}
+
+TEST(LifecyclePolicyTest, TheGuestsOwnEndPicksThePolicyWithXlsDefaults) {
+  v1::VmConfig config;
+  auto exited = [](int status) { return RunEnd{status, std::nullopt, false, ""}; };
+  EXPECT_EQ(PolicyFor(config, exited(0)).action, EndAction::kDestroy);  // on_poweroff
+  EXPECT_EQ(PolicyFor(config, exited(4)).action, EndAction::kRestart);  // on_reboot
+  EXPECT_STREQ(PolicyFor(config, exited(4)).key, "on_reboot");
+  EXPECT_EQ(PolicyFor(config, exited(5)).action, EndAction::kDestroy);  // on_crash
+  config.set_on_crash("restart");
+  EXPECT_EQ(PolicyFor(config, exited(5)).action, EndAction::kRestart);
+  EXPECT_EQ(PolicyFor(config, exited(2)).action, EndAction::kNone);  // never built
+  EXPECT_EQ(PolicyFor(config, RunEnd{std::nullopt, 9, false, ""}).action, EndAction::kNone);  // the VMM was killed
+  EXPECT_EQ(PolicyFor(config, RunEnd{4, std::nullopt, true, ""}).action, EndAction::kNone);  // destroyed
+  RestartBudget budget;
+  const absl::Time start = absl::Now();
+  for (int i = 0; i < RestartBudget::kMaxRestarts; ++i) EXPECT_TRUE(budget.Take(start + absl::Seconds(i)));
+  EXPECT_FALSE(budget.Take(start + absl::Seconds(10)));
+  EXPECT_TRUE(budget.Take(start + absl::Seconds(61)));  // the first one has left the window
+}
+
 TEST(ConfigTest, XlUnsupportedKeysAreReportedNotIgnored) {
   absl::StatusOr<v1::VmConfig> config =
-      ParseConfigText("name='a'\nkernel='/k'\nvif=['bridge=xenbr0']\non_crash='restart'\n", "a.cfg");
+      ParseConfigText("name='a'\nkernel='/k'\nvif=['bridge=xenbr0']\non_watchdog='restart'\n", "a.cfg");
   ASSERT_FALSE(config.ok());
-  EXPECT_THAT(config.status().message(), HasSubstr("unsupported xl.cfg keys: vif, on_crash"));
+  EXPECT_THAT(config.status().message(), HasSubstr("unsupported xl.cfg keys: vif, on_watchdog"));
   EXPECT_THAT(ParseConfigText("name='a'\ntype='pv'\n", "a.cfg").status().message(), HasSubstr("not PV"));
   EXPECT_THAT(ParseConfigText("name='a'\nmemory='lots'\n", "a.cfg").status().message(), HasSubstr("memory: \"lots\""));
   EXPECT_THAT(ParseConfigText("name='a\n", "a.cfg").status().message(), HasSubstr("unterminated string"));

@@ -415,6 +415,24 @@ void Daemon::Supervise(std::string name, uint64_t run, pid_t pid, VmFiles files,
   if (!record->started_emitted) Emit(v1::VmEvent::STARTED, name, absl::StrCat("pid ", pid));
   Emit(record->vm.state() == v1::VM_STATE_CRASHED ? v1::VmEvent::CRASHED : v1::VmEvent::SHUT_DOWN, name,
        record->vm.end_reason());
+  ApplyEndPolicy(*record, end);
+}
+
+void Daemon::ApplyEndPolicy(Record& record, const RunEnd& end) {
+  const EndPolicy policy = PolicyFor(record.vm.config(), end);
+  if (policy.action != EndAction::kRestart || detaching_.load() || shutting_down_.load()) return;
+  const std::string& name = record.vm.config().name();
+  const std::string why = record.vm.end_reason();
+  if (!record.restarts.Take(absl::Now())) {
+    record.vm.set_end_reason(absl::StrCat(why, " (", policy.key, "=restart: not restarted, ", RestartBudget::kMaxRestarts,
+                                          " restarts within ", absl::FormatDuration(RestartBudget::kRestartWindow), ")"));
+    return;
+  }
+  if (grpc::Status started = Start(record); !started.ok()) {
+    spdlog::warn("VM {}: {}=restart: {}", name, policy.key, started.error_message());
+    return;
+  }
+  Emit(v1::VmEvent::RESTARTED, name, absl::StrCat(policy.key, "=restart after: ", why));
 }
 
 void Daemon::WaitForRunEnd(Record& record, uint64_t run, absl::Duration timeout) {
@@ -778,6 +796,7 @@ grpc::Status Daemon::WatchEvents(grpc::ServerContext* context, const v1::WatchEv
 }
 
 void Daemon::ShutdownAll(absl::Duration deadline) {
+  shutting_down_.store(true);
   absl::MutexLock lock(&mutex_);
   // Ask every guest first, then give them the deadline together.
   struct Asked {

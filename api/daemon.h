@@ -20,6 +20,7 @@
 #include "absl/time/time.h"
 #include "api/console_log.h"
 #include "api/image_dirs.h"
+#include "api/lifecycle_policy.h"
 #include "api/vmm_process.h"
 #include "proto/xenkvm/v1/vm.grpc.pb.h"
 #include "proto/xenkvm/v1/vmm_control.grpc.pb.h"
@@ -77,6 +78,7 @@ class Daemon final : public v1::VmService::Service {
     bool started_emitted = false;
     bool guest_advertised_shutdown = false;  // the last RequestShutdown's answer
     uint64_t run = 0;  // bumped per start, so waiters know which run ended
+    RestartBudget restarts;  // the on_* policies' restarts
     std::shared_ptr<ConsoleBuffer> console = std::make_shared<ConsoleBuffer>();
     std::shared_ptr<v1::VmmControl::Stub> control;  // shared: a long call runs without the daemon lock
   };
@@ -88,6 +90,8 @@ class Daemon final : public v1::VmService::Service {
   void Recover(Record& record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // Makes `pid` the record's running VMM: its control channel and a supervisor thread.
   void Watch(Record& record, pid_t pid) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // After a run ended on its own: the VM's on_poweroff / on_reboot / on_crash policy.
+  void ApplyEndPolicy(Record& record, const RunEnd& end) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // Records are shared: an operation that waits (unlocking) keeps its record alive even if a
   // concurrent DeleteVm removes it from the map.
   std::shared_ptr<Record> Find(const std::string& name) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
@@ -118,6 +122,7 @@ class Daemon final : public v1::VmService::Service {
   ImageDirs image_dirs_;
   int lock_fd_ = -1;  // the state directory's lock, held while the daemon lives
   std::atomic<bool> detaching_{false};  // the daemon stops and leaves its VMs running
+  std::atomic<bool> shutting_down_{false};  // ShutdownAll: no on_* restarts
   absl::Mutex mutex_;
   std::map<std::string, std::shared_ptr<Record>> vms_ ABSL_GUARDED_BY(mutex_);
   std::deque<v1::VmEvent> events_ ABSL_GUARDED_BY(mutex_);

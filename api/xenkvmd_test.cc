@@ -421,6 +421,62 @@ TEST_F(XenkvmdTest, ImageLocksKeepTwoVmsFromOneWritableImage) {
   for (const char* name : {"owner", "intruder", "reader", "reader2"}) (void)Ctl({"delete", name});
 }
 
+// xl's on_* policies: a guest's reboot restarts it in a fresh VMM (the default on_reboot), or ends
+// it (on_reboot = destroy); a guest that keeps powering off under on_poweroff = restart is
+// restarted 5 times within a minute, then left ended, saying why.
+TEST_F(XenkvmdTest, RebootAndTheOnPoliciesRestartOrEndTheVm) {
+  grpc::ClientContext watch_context;
+  watch_context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  v1::WatchEventsRequest watch;
+  watch.set_name("rb");
+  auto events = Stub()->WatchEvents(&watch_context, watch);
+  absl::SleepFor(absl::Milliseconds(100));
+  ASSERT_TRUE(StartXenStoreGuest("rb"));
+  const int64_t first_pid = Get("rb").pid();
+  ProcessResult rebooted = Ctl({"reboot", "rb"});
+  ASSERT_EQ(rebooted.status, 0) << rebooted.err;
+  EXPECT_THAT(rebooted.out, HasSubstr("rb: running (restarted in a fresh VMM)"));
+  EXPECT_EQ(Get("rb").state(), v1::VM_STATE_RUNNING);
+  EXPECT_NE(Get("rb").pid(), first_pid);
+  bool restarted = false;
+  v1::VmEvent event;
+  while (!restarted && events->Read(&event)) {
+    if (event.kind() == v1::VmEvent::RESTARTED) {
+      restarted = true;
+      EXPECT_THAT(event.detail(), HasSubstr("on_reboot=restart after:"));
+    }
+  }
+  EXPECT_TRUE(restarted);
+  watch_context.TryCancel();
+  ASSERT_EQ(Ctl({"destroy", "rb"}).status, 0);
+  ASSERT_EQ(Ctl({"delete", "rb"}).status, 0);
+
+  const std::string ends = WriteConfig("rb2.json", absl::StrCat(R"({"name": "rb2", "memory_mib": 32, "kernel": ")",
+                                                                Runfile("tests/guests/xen_store.elf"),
+                                                                R"(", "accelerator": "emu", "on_reboot": "destroy"})"));
+  ASSERT_EQ(Ctl({"create", ends}).status, 0);
+  for (int i = 0; i < 200 && Ctl({"console", "rb2", "--no-follow"}).out.find("ready for control/shutdown") == std::string::npos; ++i) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  ProcessResult ended = Ctl({"reboot", "rb2"});
+  EXPECT_EQ(ended.status, 0) << ended.err;
+  EXPECT_EQ(Get("rb2").state(), v1::VM_STATE_SHUTDOWN);
+  EXPECT_THAT(Get("rb2").end_reason(), HasSubstr("reset"));
+  (void)Ctl({"delete", "rb2"});
+
+  ASSERT_EQ(Ctl({"create", WriteConfig("loop.json", absl::StrCat(R"({"name": "loop", "memory_mib": 32, "kernel": ")",
+                                                                 Runfile("tests/guests/xen_ticker.elf"),
+                                                                 R"(", "accelerator": "emu", "cmdline": "ticks=5", "on_poweroff": "restart"})"))})
+                .status,
+            0);
+  for (int i = 0; i < 600 && Get("loop").end_reason().find("not restarted") == std::string::npos; ++i) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_EQ(Get("loop").state(), v1::VM_STATE_SHUTDOWN);
+  EXPECT_THAT(Get("loop").end_reason(), HasSubstr("(on_poweroff=restart: not restarted, 5 restarts within 1m)"));
+  (void)Ctl({"delete", "loop"});
+}
+
 // A stopped VMM (SIGSTOP) fails only its own VM's calls, by their deadline; the daemon keeps
 // serving every other VM at once.
 TEST_F(XenkvmdTest, AStoppedVmmStallsOnlyItsOwnCalls) {

@@ -205,12 +205,14 @@ int List(Session& session, bool long_form) {
   return 0;
 }
 
-int Shutdown(Session& session, const std::vector<std::string>& names, bool all, uint32_t timeout) {
+int Shutdown(Session& session, const std::vector<std::string>& names, bool all, uint32_t timeout,
+             const std::string& reason) {
+  const std::string verb = reason == "reboot" ? "reboot" : "shutdown";
   std::vector<std::string> targets = names;
   if (all) {
     v1::ListVmsResponse response;
     if (grpc::Status s = session.stub->ListVms(Context().get(), v1::ListVmsRequest(), &response); !s.ok()) {
-      return Fail("shutdown", s);
+      return Fail(verb, s);
     }
     for (const v1::Vm& v : response.vms()) {
       if (v.state() == v1::VM_STATE_RUNNING || v.state() == v1::VM_STATE_PAUSED) targets.push_back(v.config().name());
@@ -221,12 +223,15 @@ int Shutdown(Session& session, const std::vector<std::string>& names, bool all, 
     v1::ShutdownVmRequest request;
     request.set_name(name);
     request.set_timeout_seconds(timeout);
+    request.set_reason(reason);
     v1::Vm vm;
     if (grpc::Status s = session.stub->ShutdownVm(Context(0).get(), request, &vm); !s.ok()) {
-      result = Fail("shutdown", s);
+      result = Fail(verb, s);
       continue;
     }
-    std::printf("%s: %s (%s)\n", vm.config().name().c_str(), State(vm.state()).c_str(), vm.end_reason().c_str());
+    const bool restarted = vm.state() == v1::VM_STATE_RUNNING;
+    std::printf("%s: %s (%s)\n", vm.config().name().c_str(), State(vm.state()).c_str(),
+                restarted ? "restarted in a fresh VMM" : vm.end_reason().c_str());
   }
   return result;
 }
@@ -402,7 +407,21 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "xenkvmctl: shutdown: give a VM name, or -a for every running VM\n");
         return 2;
       }
-      return Shutdown(session, names, flag_a, timeout);
+      return Shutdown(session, names, flag_a, timeout, "poweroff");
+    };
+  });
+
+  CLI::App* reboot = verb("reboot", "ask the guest to reboot (XenStore control/shutdown); on_reboot restarts it");
+  reboot->add_option("NAME", names, "the VMs");
+  reboot->add_flag("-a,--all", flag_a, "every running VM");
+  reboot->add_option("--timeout", timeout, "destroy it if it has not rebooted after S seconds (default 30)");
+  reboot->callback([&] {
+    action = [&] {
+      if (names.empty() && !flag_a) {
+        std::fprintf(stderr, "xenkvmctl: reboot: give a VM name, or -a for every running VM\n");
+        return 2;
+      }
+      return Shutdown(session, names, flag_a, timeout, "reboot");
     };
   });
 
