@@ -245,6 +245,7 @@ void Daemon::Emit(v1::VmEvent::Kind kind, const std::string& name, const std::st
   event.set_name(name);
   event.set_detail(detail);
   event.set_unix_ms(NowMs());
+  event.set_sequence(events_emitted_ + 1);
   events_.push_back(event);
   if (events_.size() > kEventHistory) events_.pop_front();
   ++events_emitted_;
@@ -775,6 +776,14 @@ grpc::Status Daemon::WatchEvents(grpc::ServerContext* context, const v1::WatchEv
   {
     absl::MutexLock lock(&mutex_);
     seen = events_emitted_;
+    if (request->has_since()) {
+      if (request->since() > events_emitted_) {
+        return Error(grpc::StatusCode::OUT_OF_RANGE,
+                     absl::StrCat("since ", request->since(), ": this xenkvmd has emitted ", events_emitted_,
+                                  " events (it restarted?): list the VMs again, then watch without since"));
+      }
+      seen = request->since();  // the kept ones after it are sent first (older ones are gone)
+    }
   }
   while (!context->IsCancelled()) {
     std::vector<v1::VmEvent> fresh;

@@ -477,6 +477,42 @@ TEST_F(XenkvmdTest, RebootAndTheOnPoliciesRestartOrEndTheVm) {
   (void)Ctl({"delete", "loop"});
 }
 
+// Events carry sequence numbers; a watcher that went away resumes with `since` and misses nothing.
+TEST_F(XenkvmdTest, EventsResumeFromASequenceNumber) {
+  ASSERT_EQ(Ctl({"create", TickerConfig("seq1")}).status, 0);
+  ASSERT_EQ(Ctl({"destroy", "seq1"}).status, 0);
+  ASSERT_EQ(Ctl({"delete", "seq1"}).status, 0);
+  // Everything kept after sequence 0: at least seq1's four events, numbered in order.
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  v1::WatchEventsRequest request;
+  request.set_name("seq1");
+  request.set_since(0);
+  auto reader = Stub()->WatchEvents(&context, request);
+  std::vector<v1::VmEvent> seen;
+  v1::VmEvent event;
+  while (seen.size() < 4 && reader->Read(&event)) seen.push_back(event);
+  ASSERT_EQ(seen.size(), 4u);
+  EXPECT_EQ(seen[0].kind(), v1::VmEvent::CREATED);
+  EXPECT_EQ(seen[3].kind(), v1::VmEvent::DELETED);
+  for (size_t i = 1; i < seen.size(); ++i) EXPECT_GT(seen[i].sequence(), seen[i - 1].sequence());
+  context.TryCancel();
+  // Resuming after the second: the third and fourth again, not the first two.
+  grpc::ClientContext resumed_context;
+  resumed_context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  request.set_since(seen[1].sequence());
+  auto resumed = Stub()->WatchEvents(&resumed_context, request);
+  ASSERT_TRUE(resumed->Read(&event));
+  EXPECT_EQ(event.sequence(), seen[2].sequence());
+  resumed_context.TryCancel();
+  // A sequence number this daemon never reached: it says so.
+  grpc::ClientContext future_context;
+  request.set_since(uint64_t{1} << 40);
+  auto future = Stub()->WatchEvents(&future_context, request);
+  EXPECT_FALSE(future->Read(&event));
+  EXPECT_EQ(future->Finish().error_code(), grpc::StatusCode::OUT_OF_RANGE);
+}
+
 // A stopped VMM (SIGSTOP) fails only its own VM's calls, by their deadline; the daemon keeps
 // serving every other VM at once.
 TEST_F(XenkvmdTest, AStoppedVmmStallsOnlyItsOwnCalls) {

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -324,9 +325,10 @@ int EventChannels(Session& session, const std::string& name) {
   return 0;
 }
 
-int Events(Session& session, const std::string& name) {
+int Events(Session& session, const std::string& name, std::optional<uint64_t> since) {
   v1::WatchEventsRequest request;
   request.set_name(name);
+  if (since) request.set_since(*since);
   auto context = Context(0);
   auto reader = session.stub->WatchEvents(context.get(), request);
   v1::VmEvent event;
@@ -334,8 +336,8 @@ int Events(Session& session, const std::string& name) {
     if (session.json) {
       std::printf("%s\n", ToJson(event).dump().c_str());
     } else {
-      std::printf("%s %s %s\n", event.name().c_str(), v1::VmEvent::Kind_Name(event.kind()).c_str(),
-                  event.detail().c_str());
+      std::printf("#%lu %s %s %s\n", static_cast<unsigned long>(event.sequence()), event.name().c_str(),
+                  v1::VmEvent::Kind_Name(event.kind()).c_str(), event.detail().c_str());
     }
     std::fflush(stdout);
   }
@@ -457,9 +459,11 @@ int main(int argc, char** argv) {
   evtchn->add_option("NAME", name, "the VM")->required();
   evtchn->callback([&] { action = [&] { return EventChannels(session, name); }; });
 
-  CLI::App* events = verb("events", "lifecycle and device events as they happen");
+  CLI::App* events = verb("events", "lifecycle and device events as they happen, each with its sequence number");
   events->add_option("NAME", name, "only this VM's");
-  events->callback([&] { action = [&] { return Events(session, name); }; });
+  std::optional<uint64_t> since;
+  events->add_option("--since", since, "first the kept events after this sequence number (resume)");
+  events->callback([&] { action = [&] { return Events(session, name, since); }; });
 
   try {
     app.parse(argc, argv);
