@@ -20,6 +20,10 @@ struct EndPolicy {
   const char* key = "";  // "on_poweroff", "on_reboot" or "on_crash"
 };
 
+// The VM's state, exit status and end reason after a run's `end` (SHUTDOWN, CRASHED, or CREATED
+// for a VMM that could not build the VM).
+void ApplyRunEnd(const RunEnd& end, v1::Vm& vm);
+
 // The policy for `end` (xenkvm-vmm's exit statuses, vmm/README.md: 0 and 3 powered off, 4 reset,
 // 5 crashed, 6 halted for good), with xl's defaults for unset fields: destroy, restart, destroy.
 EndPolicy PolicyFor(const v1::VmConfig& config, const RunEnd& end);

@@ -1,0 +1,229 @@
+// xenkvmd: calls that reach a running VM's VMM (disks, devices, event channels), its console and the event stream.
+#include "api/daemon.h"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "api/config.h"
+#include "api/daemon_internal.h"
+#include "grpcpp/grpcpp.h"
+#include "spdlog/spdlog.h"
+
+namespace xenkvm::api {
+
+using namespace daemon_internal;  // NOLINT: the daemon's own helpers
+
+// The VMM of a running VM, for a call that may take a while: the stub is shared, the lock released.
+grpc::Status Daemon::RunningVmm(const std::string& name, std::shared_ptr<v1::VmmControl::Stub>* control) {
+  absl::MutexLock lock(&mutex_);
+  std::shared_ptr<Record> record;
+  if (grpc::Status found = Lookup(name, &record); !found.ok()) return found;
+  if (!Running(record->vm) || !record->control) {
+    return Error(grpc::StatusCode::FAILED_PRECONDITION,
+                 absl::StrCat("VM \"", name, "\" is ", VmStateName(record->vm.state()),
+                              ", not running (disks in its config are attached when it starts)"));
+  }
+  *control = record->control;
+  return grpc::Status::OK;
+}
+
+grpc::Status Daemon::AttachDisk(grpc::ServerContext*, const v1::AttachDiskRequest* request, v1::Device* reply) {
+  std::shared_ptr<v1::VmmControl::Stub> control;
+  if (grpc::Status running = RunningVmm(request->name(), &control); !running.ok()) return running;
+  if (request->disk().path().empty() || request->disk().path()[0] != '/') {
+    return Error(grpc::StatusCode::INVALID_ARGUMENT,
+                 absl::StrCat("disk.path: \"", request->disk().path(), "\" must be an absolute path"));
+  }
+  if (absl::Status confined = image_dirs_.Check("disk.path", request->disk().path()); !confined.ok()) {
+    return FromAbsl(confined);
+  }
+  v1::VmmAttachDiskRequest attach;
+  *attach.mutable_disk() = request->disk();
+  if (attach.disk().vdev().empty()) {
+    // The next free xvdX, as xl does.
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + kVmmCallTimeout);
+    v1::ListDevicesResponse devices;
+    if (grpc::Status listed = control->Devices(&context, v1::VmmDevicesRequest(), &devices); !listed.ok()) {
+      return Error(listed.error_code(), listed.error_message());
+    }
+    std::set<std::string> used;
+    for (const v1::Device& device : devices.devices()) used.insert(device.id());
+    for (char letter = 'a'; letter <= 'z' && attach.disk().vdev().empty(); ++letter) {
+      if (!used.contains(std::string("xvd") + letter)) attach.mutable_disk()->set_vdev(std::string("xvd") + letter);
+    }
+  }
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  grpc::Status attached = control->AttachDisk(&context, attach, reply);
+  if (!attached.ok()) {
+    return Error(attached.error_code(), absl::StrCat("VM \"", request->name(), "\": ", attached.error_message()));
+  }
+  absl::MutexLock lock(&mutex_);
+  Emit(v1::VmEvent::DISK_ATTACHED, request->name(), absl::StrCat(reply->id(), " ", reply->disk().path()));
+  return grpc::Status::OK;
+}
+
+grpc::Status Daemon::DetachDisk(grpc::ServerContext*, const v1::DetachDiskRequest* request, v1::DetachDiskResponse*) {
+  std::shared_ptr<v1::VmmControl::Stub> control;
+  if (grpc::Status running = RunningVmm(request->name(), &control); !running.ok()) return running;
+  v1::VmmDetachDiskRequest detach;
+  detach.set_vdev(request->vdev());
+  detach.set_force(request->force());
+  detach.set_timeout_seconds(request->timeout_seconds() ? request->timeout_seconds() : 10);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(detach.timeout_seconds() + 10));
+  v1::VmmDetachDiskReply reply;
+  grpc::Status detached = control->DetachDisk(&context, detach, &reply);
+  if (!detached.ok()) {
+    return Error(detached.error_code(), absl::StrCat("VM \"", request->name(), "\": ", detached.error_message()));
+  }
+  absl::MutexLock lock(&mutex_);
+  Emit(v1::VmEvent::DISK_DETACHED, request->name(),
+       absl::StrCat(request->vdev(), reply.forced() ? " (forced: the guest did not release it)" : " (released by the guest)"));
+  return grpc::Status::OK;
+}
+
+grpc::Status Daemon::ListDevices(grpc::ServerContext*, const v1::VmRef* request, v1::ListDevicesResponse* reply) {
+  std::shared_ptr<v1::VmmControl::Stub> control;
+  v1::VmConfig config;
+  {
+    absl::MutexLock lock(&mutex_);
+    std::shared_ptr<Record> record;
+    if (grpc::Status found = Lookup(request->name(), &record); !found.ok()) return found;
+    config = record->vm.config();
+    if (Running(record->vm)) control = record->control;
+  }
+  // The emulated devices every VM has, and with the Xen interface its PV console (served by the
+  // VMM from boot, as xenconsoled does).
+  auto add = [reply](const char* kind, const char* id) {
+    v1::Device* device = reply->add_devices();
+    device->set_kind(kind);
+    device->set_id(id);
+  };
+  add("serial", "com1");
+  add("debug-port", "0xe9");
+  if (ParseXenVersion(config.xen_version()).value_or(1) != 0) add("xen-console", "0");
+  // Disks: as the running VMM has them (with their XenBus states), else as configured.
+  if (control) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + kVmmCallTimeout);
+    v1::ListDevicesResponse disks;
+    if (grpc::Status listed = control->Devices(&context, v1::VmmDevicesRequest(), &disks); !listed.ok()) {
+      return Error(listed.error_code(), absl::StrCat("VM \"", request->name(), "\": ", listed.error_message()));
+    }
+    for (const v1::Device& disk : disks.devices()) *reply->add_devices() = disk;
+  } else {
+    for (const v1::DiskConfig& disk : config.disks()) {
+      v1::Device* device = reply->add_devices();
+      device->set_kind("xen-disk");
+      device->set_id(disk.vdev());
+      *device->mutable_disk() = disk;
+    }
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status Daemon::ListEventChannels(grpc::ServerContext*, const v1::VmRef* request, v1::EventChannelList* reply) {
+  const std::string& name = request->name();
+  std::shared_ptr<v1::VmmControl::Stub> control;
+  {
+    absl::MutexLock lock(&mutex_);
+    std::shared_ptr<Record> record;
+    if (grpc::Status found = Lookup(name, &record); !found.ok()) return found;
+    if (!Running(record->vm) || !record->control) {
+      return Error(grpc::StatusCode::FAILED_PRECONDITION,
+                   absl::StrCat("VM \"", name, "\" is ", VmStateName(record->vm.state()), ", not running"));
+    }
+    control = record->control;
+  }
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + kVmmCallTimeout);
+  grpc::Status listed = control->EventChannels(&context, v1::VmmEventChannelsRequest(), reply);
+  if (!listed.ok()) return Error(listed.error_code(), absl::StrCat("VM \"", name, "\": ", listed.error_message()));
+  return grpc::Status::OK;
+}
+
+grpc::Status Daemon::StreamConsole(grpc::ServerContext* context, const v1::StreamConsoleRequest* request,
+                                   grpc::ServerWriter<v1::ConsoleChunk>* writer) {
+  std::shared_ptr<ConsoleBuffer> console;
+  uint64_t run = 0;
+  {
+    absl::MutexLock lock(&mutex_);
+    std::shared_ptr<Record> record;
+    if (grpc::Status found = Lookup(request->name(), &record); !found.ok()) return found;
+    console = record->console;
+    run = record->run;
+  }
+  uint64_t offset = request->replay() ? 0 : console->total();
+  while (!context->IsCancelled()) {
+    std::string data = console->ReadFrom(offset);
+    if (!data.empty()) {
+      v1::ConsoleChunk chunk;
+      chunk.set_data(data);
+      if (!writer->Write(chunk)) break;
+    }
+    if (request->no_follow()) break;
+    {
+      absl::MutexLock lock(&mutex_);
+      std::shared_ptr<Record> record = Find(request->name());
+      if (record == nullptr || record->run != run || !Running(record->vm)) {
+        // The run ended: send what is left, then end the stream.
+        std::string rest = console->ReadFrom(offset);
+        if (!rest.empty()) {
+          v1::ConsoleChunk chunk;
+          chunk.set_data(rest);
+          writer->Write(chunk);
+        }
+        break;
+      }
+    }
+    console->WaitBeyond(offset, absl::Milliseconds(200));
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status Daemon::WatchEvents(grpc::ServerContext* context, const v1::WatchEventsRequest* request,
+                                 grpc::ServerWriter<v1::VmEvent>* writer) {
+  uint64_t seen;
+  {
+    absl::MutexLock lock(&mutex_);
+    seen = events_emitted_;
+    if (request->has_since()) {
+      if (request->since() > events_emitted_) {
+        return Error(grpc::StatusCode::OUT_OF_RANGE,
+                     absl::StrCat("since ", request->since(), ": this xenkvmd has emitted ", events_emitted_,
+                                  " events (it restarted?): list the VMs again, then watch without since"));
+      }
+      seen = request->since();  // the kept ones after it are sent first (older ones are gone)
+    }
+  }
+  while (!context->IsCancelled()) {
+    std::vector<v1::VmEvent> fresh;
+    {
+      absl::MutexLock lock(&mutex_);
+      auto more = [this, &seen]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) { return events_emitted_ > seen || stopping_; };
+      mutex_.AwaitWithTimeout(absl::Condition(&more), absl::Milliseconds(200));
+      if (stopping_) break;
+      const uint64_t first_kept = events_emitted_ - events_.size();
+      for (uint64_t i = std::max(seen, first_kept); i < events_emitted_; ++i) fresh.push_back(events_[i - first_kept]);
+      seen = events_emitted_;
+    }
+    for (const v1::VmEvent& event : fresh) {
+      if (!request->name().empty() && event.name() != request->name()) continue;
+      if (!writer->Write(event)) return grpc::Status::OK;
+    }
+  }
+  return grpc::Status::OK;
+}
+
+}  // namespace xenkvm::api
