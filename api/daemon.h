@@ -65,6 +65,7 @@ class Daemon final : public v1::VmService::Service {
   grpc::Status ListEventChannels(grpc::ServerContext*, const v1::VmRef*, v1::EventChannelList*) override;
   grpc::Status StreamConsole(grpc::ServerContext*, const v1::StreamConsoleRequest*,
                              grpc::ServerWriter<v1::ConsoleChunk>*) override;
+  grpc::Status Console(grpc::ServerContext*, grpc::ServerReaderWriter<v1::ConsoleChunk, v1::ConsoleInput>*) override;
   grpc::Status WatchEvents(grpc::ServerContext*, const v1::WatchEventsRequest*,
                            grpc::ServerWriter<v1::VmEvent>*) override;
 
@@ -84,6 +85,11 @@ class Daemon final : public v1::VmService::Service {
   };
 
   explicit Daemon(const Options& options) : options_(options) {}
+  // Sends `name`'s console output through `write` (from the start of what is kept when `replay`)
+  // until the run ends, `write` fails or the call is cancelled; only what is there when `follow`
+  // is false.
+  grpc::Status FollowConsole(grpc::ServerContext* context, const std::string& name, bool replay, bool follow,
+                             const std::function<bool(const std::string&)>& write);
   absl::Status LockStateDir();
   absl::Status LoadState();
   // A VM found in the state directory: its VMM still running (taken over), or how its last run ended.

@@ -5,6 +5,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <functional>
+#include <thread>
 #include <chrono>
 #include <set>
 #include <string>
@@ -153,43 +156,77 @@ grpc::Status Daemon::ListEventChannels(grpc::ServerContext*, const v1::VmRef* re
   return grpc::Status::OK;
 }
 
-grpc::Status Daemon::StreamConsole(grpc::ServerContext* context, const v1::StreamConsoleRequest* request,
-                                   grpc::ServerWriter<v1::ConsoleChunk>* writer) {
+grpc::Status Daemon::FollowConsole(grpc::ServerContext* context, const std::string& name, bool replay, bool follow,
+                                   const std::function<bool(const std::string&)>& write) {
   std::shared_ptr<ConsoleBuffer> console;
   uint64_t run = 0;
   {
     absl::MutexLock lock(&mutex_);
     std::shared_ptr<Record> record;
-    if (grpc::Status found = Lookup(request->name(), &record); !found.ok()) return found;
+    if (grpc::Status found = Lookup(name, &record); !found.ok()) return found;
     console = record->console;
     run = record->run;
   }
-  uint64_t offset = request->replay() ? 0 : console->total();
+  uint64_t offset = replay ? 0 : console->total();
   while (!context->IsCancelled()) {
     std::string data = console->ReadFrom(offset);
-    if (!data.empty()) {
-      v1::ConsoleChunk chunk;
-      chunk.set_data(data);
-      if (!writer->Write(chunk)) break;
-    }
-    if (request->no_follow()) break;
+    if (!data.empty() && !write(data)) break;
+    if (!follow) break;
     {
       absl::MutexLock lock(&mutex_);
-      std::shared_ptr<Record> record = Find(request->name());
+      std::shared_ptr<Record> record = Find(name);
       if (record == nullptr || record->run != run || !Running(record->vm)) {
         // The run ended: send what is left, then end the stream.
         std::string rest = console->ReadFrom(offset);
-        if (!rest.empty()) {
-          v1::ConsoleChunk chunk;
-          chunk.set_data(rest);
-          writer->Write(chunk);
-        }
+        if (!rest.empty()) write(rest);
         break;
       }
     }
     console->WaitBeyond(offset, absl::Milliseconds(200));
   }
   return grpc::Status::OK;
+}
+
+grpc::Status Daemon::StreamConsole(grpc::ServerContext* context, const v1::StreamConsoleRequest* request,
+                                   grpc::ServerWriter<v1::ConsoleChunk>* writer) {
+  return FollowConsole(context, request->name(), request->replay(), !request->no_follow(), [writer](const std::string& data) {
+    v1::ConsoleChunk chunk;
+    chunk.set_data(data);
+    return writer->Write(chunk);
+  });
+}
+
+// Input and output at once: this thread follows the output, another forwards what the client types
+// to the VMM. Output goes on after the client closes its side; when the run ends the call is
+// cancelled, which releases the reader.
+grpc::Status Daemon::Console(grpc::ServerContext* context,
+                             grpc::ServerReaderWriter<v1::ConsoleChunk, v1::ConsoleInput>* stream) {
+  v1::ConsoleInput first;
+  if (!stream->Read(&first)) return Error(grpc::StatusCode::INVALID_ARGUMENT, "the first message must name the VM");
+  std::shared_ptr<v1::VmmControl::Stub> control;
+  if (grpc::Status running = RunningVmm(first.name(), &control); !running.ok()) return running;
+  std::atomic<bool> input_ended{false};
+  std::thread input([&] {
+    v1::ConsoleInput message = first;
+    do {
+      if (message.data().empty()) continue;
+      grpc::ClientContext call;
+      call.set_deadline(std::chrono::system_clock::now() + kVmmCallTimeout);
+      v1::VmmConsoleInput keys;
+      keys.set_data(message.data());
+      v1::VmmConsoleInputReply accepted;
+      if (!control->WriteConsole(&call, keys, &accepted).ok()) break;  // the VMM went away
+    } while (stream->Read(&message));
+    input_ended.store(true);  // the client closed its side (or the VMM went): output goes on
+  });
+  grpc::Status followed = FollowConsole(context, first.name(), first.replay(), /*follow=*/true, [stream](const std::string& data) {
+    v1::ConsoleChunk chunk;
+    chunk.set_data(data);
+    return stream->Write(chunk);
+  });
+  if (!input_ended.load()) context->TryCancel();  // the run ended: release the reader
+  input.join();
+  return followed;
 }
 
 grpc::Status Daemon::WatchEvents(grpc::ServerContext* context, const v1::WatchEventsRequest* request,

@@ -513,6 +513,31 @@ TEST_F(XenkvmdTest, EventsResumeFromASequenceNumber) {
   EXPECT_EQ(future->Finish().error_code(), grpc::StatusCode::OUT_OF_RANGE);
 }
 
+// The interactive console (`xl console`): input reaches the guest's PV console, its answers come
+// back, and the run's end ends the session; input that ends early leaves the output running.
+TEST_F(XenkvmdTest, ConsoleInputReachesTheGuest) {
+  ASSERT_EQ(Ctl({"create", WriteConfig("echo.json", absl::StrCat(R"({"name": "echo", "memory_mib": 32, "kernel": ")",
+                                                                 Runfile("tests/guests/xen_console.elf"),
+                                                                 R"(", "accelerator": "emu", "cmdline": "echo"})"))})
+                .status,
+            0);
+  for (int i = 0; i < 200 && Ctl({"console", "echo", "--no-follow"}).out.find("echo mode") == std::string::npos; ++i) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  ProcessResult session = testing::RunProcess(
+      {"/bin/sh", "-c",
+       absl::StrCat("printf 'hello guest\\nquit\\n' | ", Runfile("tools/xenkvmctl"), " --socket ", *socket_,
+                    " console echo --input --no-replay")},
+      absl::Seconds(30));
+  EXPECT_EQ(session.status, 0) << session.err;
+  EXPECT_THAT(session.out, HasSubstr("echo: hello guest"));
+  EXPECT_THAT(session.out, HasSubstr("echo: quit"));
+  for (int i = 0; i < 100 && Get("echo").state() == v1::VM_STATE_RUNNING; ++i) absl::SleepFor(absl::Milliseconds(50));
+  EXPECT_EQ(Get("echo").end_reason(), "the guest powered off");
+  EXPECT_THAT(Ctl({"console", "echo", "--input"}).err, HasSubstr("not running"));  // input needs a running VM
+  (void)Ctl({"delete", "echo"});
+}
+
 // A stopped VMM (SIGSTOP) fails only its own VM's calls, by their deadline; the daemon keeps
 // serving every other VM at once.
 TEST_F(XenkvmdTest, AStoppedVmmStallsOnlyItsOwnCalls) {

@@ -1,11 +1,16 @@
 // xenkvmctl: xenkvm's command line, with verbs modelled on Xen's xl, speaking xenkvmd's VmService.
 #include <grpcpp/grpcpp.h>
+#include <poll.h>
+#include <termios.h>
+#include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/numbers.h"
@@ -166,6 +171,78 @@ int StreamConsole(Session& session, const std::string& name, bool replay, bool f
   return 0;
 }
 
+// The terminal in raw mode while the interactive console runs (keys go to the guest as typed),
+// restored when it ends.
+class RawTerminal {
+ public:
+  RawTerminal() {
+    if (!isatty(STDIN_FILENO) || tcgetattr(STDIN_FILENO, &saved_) != 0) return;
+    termios raw = saved_;
+    cfmakeraw(&raw);
+    raw.c_oflag |= OPOST;  // keep \n -> \r\n on output
+    active_ = tcsetattr(STDIN_FILENO, TCSANOW, &raw) == 0;
+  }
+  ~RawTerminal() {
+    if (active_) tcsetattr(STDIN_FILENO, TCSANOW, &saved_);
+  }
+
+ private:
+  termios saved_{};
+  bool active_ = false;
+};
+
+constexpr char kEscapeKey = 0x1d;  // Ctrl-], as xl console and telnet
+
+// `xl console`: what is typed goes to the guest (Ctrl-] on a terminal leaves), its output comes
+// back until the VM's run ends. Input that ends (a pipe's EOF) leaves the output running.
+int InteractiveConsole(Session& session, const std::string& name, bool replay) {
+  grpc::ClientContext context;
+  auto stream = session.stub->Console(&context);
+  v1::ConsoleInput first;
+  first.set_name(name);
+  first.set_replay(replay);
+  if (!stream->Write(first)) return Fail("console", stream->Finish());
+  const bool terminal = isatty(STDIN_FILENO);
+  if (terminal) std::fprintf(stderr, "xenkvmctl: console of %s (Ctrl-] leaves)\r\n", name.c_str());
+  RawTerminal raw;
+  std::atomic<bool> done{false};
+  std::atomic<bool> left{false};
+  std::thread keys([&] {
+    char buffer[256];
+    while (!done.load()) {
+      pollfd input{STDIN_FILENO, POLLIN, 0};
+      if (poll(&input, 1, 100) <= 0) continue;
+      const ssize_t n = read(STDIN_FILENO, buffer, sizeof buffer);
+      if (n <= 0) {
+        stream->WritesDone();
+        return;
+      }
+      std::string data(buffer, static_cast<size_t>(n));
+      if (terminal && data.find(kEscapeKey) != std::string::npos) {
+        data.resize(data.find(kEscapeKey));
+        left.store(true);
+      }
+      v1::ConsoleInput message;
+      message.set_data(data);
+      if (!data.empty() && !stream->Write(message)) return;
+      if (left.load()) {
+        context.TryCancel();
+        return;
+      }
+    }
+  });
+  v1::ConsoleChunk chunk;
+  while (stream->Read(&chunk)) {
+    std::fwrite(chunk.data().data(), 1, chunk.data().size(), stdout);
+    std::fflush(stdout);
+  }
+  done.store(true);
+  keys.join();
+  grpc::Status status = stream->Finish();
+  if (left.load() || status.ok()) return 0;
+  return Fail("console", status);
+}
+
 int Create(Session& session, const std::string& file, bool paused, bool console) {
   absl::StatusOr<v1::VmConfig> config = xenkvm::api::ReadConfigFile(file);
   if (!config.ok()) {
@@ -184,7 +261,9 @@ int Create(Session& session, const std::string& file, bool paused, bool console)
                 vm.pid() ? absl::StrCat(" (pid ", vm.pid(), ", ", vm.accelerator(), ")").c_str() : "");
   }
   std::fflush(stdout);
-  return console ? StreamConsole(session, vm.config().name(), true, true) : 0;
+  if (!console) return 0;
+  return isatty(STDIN_FILENO) ? InteractiveConsole(session, vm.config().name(), true)
+                              : StreamConsole(session, vm.config().name(), true, true);
 }
 
 int List(Session& session, bool long_form) {
@@ -453,7 +532,15 @@ int main(int argc, char** argv) {
   console->add_option("NAME", name, "the VM")->required();
   console->add_flag("--no-follow", flag_a, "stop at the end of what was written so far");
   console->add_flag("--no-replay", flag_b, "only what is written from now on");
-  console->callback([&] { action = [&] { return StreamConsole(session, name, !flag_b, !flag_a); }; });
+  bool forward_input = false;
+  console->add_flag("--input", forward_input,
+                    "send standard input to the guest even when it is not a terminal (it is, from a terminal)");
+  console->callback([&] {
+    action = [&] {
+      if (!flag_a && (forward_input || isatty(STDIN_FILENO))) return InteractiveConsole(session, name, !flag_b);
+      return StreamConsole(session, name, !flag_b, !flag_a);
+    };
+  });
 
   CLI::App* evtchn = verb("evtchn", "open event channels with their counters, and hypercall counts");
   evtchn->add_option("NAME", name, "the VM")->required();

@@ -147,6 +147,11 @@ class ControlServer::Service final : public v1::VmmControl::Service {
     reply->set_forced(*forced);
     return grpc::Status::OK;
   }
+  grpc::Status WriteConsole(grpc::ServerContext*, const v1::VmmConsoleInput* request,
+                            v1::VmmConsoleInputReply* reply) override {
+    reply->set_accepted(vm_.SendConsoleInput(request->data()));
+    return grpc::Status::OK;
+  }
   grpc::Status Devices(grpc::ServerContext*, const v1::VmmDevicesRequest*, v1::ListDevicesResponse* reply) override {
     for (const Vm::DiskInfo& disk : vm_.Disks()) *reply->add_devices() = DeviceFrom(disk);
     return grpc::Status::OK;

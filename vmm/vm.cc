@@ -118,8 +118,8 @@ absl::StatusOr<Vm::BootPlan> Vm::LoadGuest(const VmConfig& config) {
 // Step 3: the platform's port I/O and MMIO devices.
 absl::Status Vm::RegisterPlatformDevices() {
   auto output = [this](uint8_t byte) { console_.Append(byte); };
-  XENKVM_RETURN_IF_ERROR(pio_bus_.Register(devices::kCom1Base, devices::kCom1Size,
-                                           std::make_shared<devices::Serial>(output), "COM1"));
+  serial_ = std::make_shared<devices::Serial>(output);
+  XENKVM_RETURN_IF_ERROR(pio_bus_.Register(devices::kCom1Base, devices::kCom1Size, serial_, "COM1"));
   XENKVM_RETURN_IF_ERROR(
       pio_bus_.Register(devices::kDebugPort, 1, std::make_shared<devices::DebugPort>(output), "debug port"));
   XENKVM_RETURN_IF_ERROR(pio_bus_.Register(
@@ -229,6 +229,7 @@ absl::Status Vm::BuildXenBackends(const VmConfig& config) {
                                            [this, process_store] { (void)backend_loop_->Post(process_store); }));
   XENKVM_ASSIGN_OR_RETURN(uint32_t console_port, xen_->AllocateBackendPort([this] {
     if (pv_console_) pv_console_->Process();
+    FlushConsoleInput();  // the guest's event may mean it took input: room for more
   }));
   XENKVM_ASSIGN_OR_RETURN(
       pv_console_, xenbus::ConsoleBackend::Create(
@@ -290,6 +291,27 @@ absl::Status Vm::OnBackendLoop(std::function<void()> work) {
   }
   done->WaitForNotification();
   return absl::OkStatus();
+}
+
+size_t Vm::SendConsoleInput(const std::string& bytes) {
+  if (!store_ || !backend_loop_) {
+    serial_->Enqueue(std::span(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()));
+    return bytes.size();
+  }
+  size_t taken = 0;
+  (void)OnBackendLoop([&] {
+    taken = std::min(bytes.size(), kConsoleInputLimit - std::min(kConsoleInputLimit, pv_console_input_.size()));
+    pv_console_input_.append(bytes, 0, taken);
+    FlushConsoleInput();
+  });
+  return taken;
+}
+
+void Vm::FlushConsoleInput() {
+  if (!pv_console_ || pv_console_input_.empty()) return;
+  const size_t sent = pv_console_->Send(
+      std::span(reinterpret_cast<const uint8_t*>(pv_console_input_.data()), pv_console_input_.size()));
+  pv_console_input_.erase(0, sent);
 }
 
 absl::StatusOr<Vm::DiskInfo> Vm::AttachDisk(const xenbus::XenDiskConfig& config) {

@@ -18,6 +18,7 @@
 #include "components/accel/accelerator.h"
 #include "components/devices/bus.h"
 #include "components/devices/ioapic.h"
+#include "components/devices/legacy.h"
 #include "components/memory/guest_memory.h"
 #include "components/base/event_loop.h"
 #include "components/xen/shim.h"
@@ -71,6 +72,10 @@ class Vm {
   // `xl shutdown` does; the guest's PV drivers act on it. kFailedPrecondition without the Xen
   // interface. Returns whether the guest advertises control/feature-<reason> (a guest without PV
   // drivers never answers).
+  // Console input for the guest: to its Xen PV console (queued while in[] is full, up to
+  // kConsoleInputLimit bytes), else to COM1. Returns how many bytes were taken (the rest is dropped).
+  static constexpr size_t kConsoleInputLimit = 64 * 1024;
+  size_t SendConsoleInput(const std::string& bytes);
   absl::StatusOr<bool> RequestShutdown(const std::string& reason);
 
   // The VM's xen-disk devices as the backend sees them.
@@ -106,6 +111,7 @@ class Vm {
   absl::Status BuildXenBackends(const VmConfig& config);
   // Runs `work` on the backend loop (which owns XenStore and the PV backends) and waits for it.
   absl::Status OnBackendLoop(std::function<void()> work);
+  void FlushConsoleInput();  // on the backend loop
   void VcpuLoop(accel::Vcpu& vcpu);
   void HandleBusAccess(accel::Vcpu& vcpu, const devices::Bus& bus, uint64_t address, uint8_t size, bool is_write,
                        uint64_t value);
@@ -121,6 +127,8 @@ class Vm {
   std::unique_ptr<xen::xenstore::RingServer> store_ring_;
   std::unique_ptr<xen::xenstore::SocketServer> store_socket_;
   std::unique_ptr<xenbus::ConsoleBackend> pv_console_;
+  std::string pv_console_input_;  // waiting for room in the PV console's in[] (backend loop only)
+  std::shared_ptr<devices::Serial> serial_;
   std::vector<std::unique_ptr<xenbus::XenDisk>> disks_;  // used on the backend loop only
   uint32_t domid_ = 1;
   std::vector<std::unique_ptr<accel::Vcpu>> vcpus_;

@@ -1,7 +1,9 @@
 /* The PV console guest: finds its console ring through HVM_PARAM_CONSOLE_PFN/_EVTCHN, as Linux's
  * hvc_xen does for the primary console, writes through it (more than the ring holds, so it waits
  * for the backend to make room), then corrupts out_prod on purpose and checks that the backend
- * ignores it and still serves the ring once the index is sane again. */
+ * ignores it and still serves the ring once the index is sane again. With "echo" on its command
+ * line it then reads lines from in[] (host input, `xenkvmctl console`), answers each with
+ * "echo: LINE", and powers off at the line "quit". */
 #include "kit/xenstore.h"
 
 #define UPCALL_VECTOR 0xf0
@@ -54,8 +56,47 @@ static bool console_drained(void) {
   return ring->out_cons == ring->out_prod;
 }
 
+/* The next input line (without its end), sleeping until the backend puts bytes in in[]. */
+static uint32_t console_read_line(char *line, uint32_t size) {
+  uint32_t length = 0;
+  for (;;) {
+    kit_cli();
+    uint32_t consumer = ring->in_cons;
+    if (__atomic_load_n(&ring->in_prod, __ATOMIC_ACQUIRE) == consumer) {
+      kit_wait_for_interrupt();
+      continue;
+    }
+    kit_sti();
+    char c = ring->in[consumer % sizeof(ring->in)];
+    __atomic_store_n(&ring->in_cons, consumer + 1, __ATOMIC_RELEASE);
+    xen_evtchn_send(port);
+    if (c == '\n' || c == '\r') {
+      if (length == 0) continue;
+      line[length] = '\0';
+      return length;
+    }
+    if (length + 1 < size) line[length++] = c;
+  }
+}
+
+static bool is_word(const char *text, const char *word) {
+  uint32_t n = kit_strlen(word);
+  return kit_strlen(text) == n && kit_memcmp(text, word, n) == 0;
+}
+
+static void echo_until_quit(void) {
+  console_write("hvc0: echo mode: type lines, \"quit\" ends\n");
+  static char line[128], answer[160];
+  for (;;) {
+    console_read_line(line, sizeof(line));
+    kit_snprintf(answer, sizeof(answer), "echo: %s\n", line);
+    console_write(answer);
+    if (is_word(line, "quit")) return;
+  }
+}
+
 int guest_main(const struct hvm_start_info *start_info) {
-  (void)start_info;
+  const char *cmdline = (const char *)(uintptr_t)start_info->cmdline_paddr;
   if (!xen_start_events(UPCALL_VECTOR)) return 2;
   uint64_t pfn = 0, evtchn = 0;
   KIT_CHECK(xen_hvm_get_param(17 /* HVM_PARAM_CONSOLE_PFN */, &pfn) == 0 && pfn != 0);
@@ -96,6 +137,10 @@ int guest_main(const struct hvm_start_info *start_info) {
   KIT_CHECK(console_drained());
   if (kit_failures()) return 1;
   kit_printf("PASS: PV console\n");
+  if (cmdline != 0 && kit_memcmp(cmdline, "echo", 4) == 0) {
+    echo_until_quit();
+    KIT_CHECK(console_drained());
+  }
   xen_shutdown(0);
   return 3;
 }
