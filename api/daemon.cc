@@ -358,14 +358,25 @@ grpc::Status Daemon::GetVm(grpc::ServerContext*, const v1::VmRef* request, v1::V
   absl::MutexLock lock(&mutex_);
   std::shared_ptr<Record> record;
   if (grpc::Status found = Lookup(request->name(), &record); !found.ok()) return found;
-  *reply = record->vm;
+  *reply = WithUsage(*record);
   return grpc::Status::OK;
 }
 
 grpc::Status Daemon::ListVms(grpc::ServerContext*, const v1::ListVmsRequest*, v1::ListVmsResponse* reply) {
   absl::MutexLock lock(&mutex_);
-  for (const auto& [name, record] : vms_) *reply->add_vms() = record->vm;
+  for (const auto& [name, record] : vms_) *reply->add_vms() = WithUsage(*record);
   return grpc::Status::OK;
+}
+
+v1::Vm Daemon::WithUsage(const Record& record) {
+  v1::Vm vm = record.vm;
+  if (record.pid != 0 && Running(vm)) {
+    if (std::optional<ProcessUsage> usage = ReadProcessUsage(record.pid)) {
+      vm.set_cpu_seconds(usage->cpu_seconds);
+      vm.set_rss_bytes(usage->rss_bytes);
+    }
+  }
+  return vm;
 }
 
 }  // namespace xenkvm::api

@@ -21,6 +21,7 @@
 #include "api/console_log.h"
 #include "api/image_dirs.h"
 #include "api/lifecycle_policy.h"
+#include "api/metrics.h"
 #include "api/vmm_process.h"
 #include "proto/xenkvm/v1/vm.grpc.pb.h"
 #include "proto/xenkvm/v1/vmm_control.grpc.pb.h"
@@ -44,6 +45,10 @@ class Daemon final : public v1::VmService::Service {
   // they are; a VM whose VMM ended while no daemon ran shows how it ended.
   static absl::StatusOr<std::unique_ptr<Daemon>> Create(const Options& options);
   ~Daemon() override;
+
+  // Every VM as the metrics endpoint shows it: running ones with their VMMs' devices and event
+  // channels (each VMM asked without the daemon lock, 1 s deadline).
+  std::vector<VmSample> SampleVms();
 
   // Shuts every running VM down (ShutdownVm semantics with `deadline`), for SIGTERM.
   void ShutdownAll(absl::Duration deadline);
@@ -123,6 +128,8 @@ class Daemon final : public v1::VmService::Service {
   void WaitForRunEnd(Record& record, uint64_t run, absl::Duration timeout) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
 
   absl::Status CheckConfined(const v1::VmConfig& config) const;
+  // The VM as the API shows it: its VMM's CPU time and memory filled in while it runs.
+  static v1::Vm WithUsage(const Record& record);
 
   const Options options_;
   ImageDirs image_dirs_;

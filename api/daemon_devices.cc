@@ -263,4 +263,33 @@ grpc::Status Daemon::WatchEvents(grpc::ServerContext* context, const v1::WatchEv
   return grpc::Status::OK;
 }
 
+std::vector<VmSample> Daemon::SampleVms() {
+  std::vector<std::pair<VmSample, std::shared_ptr<v1::VmmControl::Stub>>> samples;
+  {
+    absl::MutexLock lock(&mutex_);
+    for (const auto& [name, record] : vms_) {
+      samples.push_back({VmSample{WithUsage(*record), {}, std::nullopt}, Running(record->vm) ? record->control : nullptr});
+    }
+  }
+  std::vector<VmSample> result;
+  for (auto& [sample, control] : samples) {
+    if (control != nullptr) {
+      grpc::ClientContext devices_call;
+      devices_call.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
+      v1::ListDevicesResponse devices;
+      if (control->Devices(&devices_call, v1::VmmDevicesRequest(), &devices).ok()) {
+        sample.devices.assign(devices.devices().begin(), devices.devices().end());
+      }
+      grpc::ClientContext channels_call;
+      channels_call.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
+      v1::EventChannelList channels;
+      if (control->EventChannels(&channels_call, v1::VmmEventChannelsRequest(), &channels).ok()) {
+        sample.event_channels = std::move(channels);
+      }
+    }
+    result.push_back(std::move(sample));
+  }
+  return result;
+}
+
 }  // namespace xenkvm::api

@@ -227,4 +227,22 @@ std::optional<RunEnd> ReadRunEnd(const VmFiles& files) {
   return text ? ParseRunEnd(*text) : std::nullopt;
 }
 
+std::optional<ProcessUsage> ReadProcessUsage(pid_t pid) {
+  std::ifstream file(absl::StrCat("/proc/", pid, "/stat"));
+  std::string text;
+  if (!std::getline(file, text)) return std::nullopt;
+  // Fields after the command (which may hold spaces) in parentheses: state is field 3.
+  const size_t end = text.rfind(')');
+  if (end == std::string::npos) return std::nullopt;
+  std::vector<std::string> fields = absl::StrSplit(text.substr(end + 2), ' ');
+  constexpr size_t kUtime = 14 - 3, kStime = 15 - 3, kRss = 24 - 3;
+  uint64_t utime = 0, stime = 0, rss_pages = 0;
+  if (fields.size() <= kRss || !absl::SimpleAtoi(fields[kUtime], &utime) || !absl::SimpleAtoi(fields[kStime], &stime) ||
+      !absl::SimpleAtoi(fields[kRss], &rss_pages)) {
+    return std::nullopt;
+  }
+  const double ticks = static_cast<double>(sysconf(_SC_CLK_TCK));
+  return ProcessUsage{static_cast<double>(utime + stime) / ticks, rss_pages * static_cast<uint64_t>(sysconf(_SC_PAGESIZE))};
+}
+
 }  // namespace xenkvm::api

@@ -43,6 +43,13 @@ absl::StatusOr<pid_t> SpawnVmm(const std::vector<std::string>& argv, const VmFil
 // command line names this VM's control socket: a reused pid is not taken for it).
 std::optional<pid_t> FindRunningVmm(const VmFiles& files);
 
+// What a process has used (from /proc/PID/stat): user + system CPU time, resident memory.
+struct ProcessUsage {
+  double cpu_seconds = 0;
+  uint64_t rss_bytes = 0;
+};
+std::optional<ProcessUsage> ReadProcessUsage(pid_t pid);
+
 // A process to wait for, child or not (pidfd_open): Wait returns true once it has ended.
 class ProcessWatch {
  public:

@@ -77,6 +77,9 @@ int main(int argc, char** argv) {
       ->expected(1)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   app.add_flag("--keep-vms", options.keep_vms, "leave running VMs running when the daemon stops");
+  std::string metrics_listen;
+  app.add_option("--metrics-listen", metrics_listen,
+                 "serve Prometheus metrics at http://ADDRESS:PORT/metrics (e.g. 127.0.0.1:9100; default off)");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical, off (default $XENKVM_LOG or info)");
   try {
     app.parse(argc, argv);
@@ -115,7 +118,22 @@ int main(int argc, char** argv) {
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  xenkvm::api::ApiCallCounter api_calls;
+  std::unique_ptr<xenkvm::api::MetricsEndpoint> metrics;
+  if (!metrics_listen.empty()) {
+    absl::StatusOr<std::unique_ptr<xenkvm::api::MetricsEndpoint>> started = xenkvm::api::MetricsEndpoint::Start(
+        metrics_listen, [raw = daemon->get()] { return raw->SampleVms(); }, api_calls);
+    if (!started.ok()) {
+      std::fprintf(stderr, "xenkvmd: %s\n", std::string(started.status().message()).c_str());
+      return 2;
+    }
+    metrics = std::move(*started);
+    std::fprintf(stderr, "xenkvmd: metrics on port %d (%s)\n", metrics->port(), metrics_listen.c_str());
+  }
   grpc::ServerBuilder builder;
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(api_calls.InterceptorFactory());
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
   builder.AddListeningPort(absl::StrCat("unix:", socket), grpc::InsecureServerCredentials());
   builder.SetMaxReceiveMessageSize(kMaxRequestBytes);
   builder.RegisterService(daemon->get());

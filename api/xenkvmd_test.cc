@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
@@ -786,6 +787,61 @@ TEST(XenkvmdImageDirTest, FilesOutsideTheImageDirectoriesAreRefused) {
   EXPECT_EQ(daemon.Ctl({"destroy", "ok"}).status, 0);
   daemon.Stop(SIGTERM);
   EXPECT_EQ(OwnDaemon(dir).Start({"--image-dir", absl::StrCat(dir, "/none")}), false);  // refuses to start
+  std::error_code error;
+  std::filesystem::remove_all(dir, error);
+}
+
+// --metrics-listen: the Prometheus text endpoint, scraped and parsed; and xenkvmctl top from the
+// same numbers through the API.
+TEST(XenkvmdMetricsTest, TheEndpointServesVmDiskEventAndApiMetrics) {
+  char dir[] = "/tmp/xkm-XXXXXX";
+  ASSERT_NE(mkdtemp(dir), nullptr);
+  OwnDaemon daemon(dir);
+  ASSERT_TRUE(daemon.Start({"--metrics-listen", "127.0.0.1:0"}));
+  int port = 0;
+  for (int i = 0; i < 100 && port == 0; ++i) {
+    std::ifstream log(daemon.dir() + "/daemon.log");
+    std::string line;
+    while (std::getline(log, line)) {
+      if (size_t at = line.find("metrics on port "); at != std::string::npos) port = std::atoi(line.c_str() + at + 16);
+    }
+    if (port == 0) absl::SleepFor(absl::Milliseconds(50));
+  }
+  ASSERT_GT(port, 0);
+  const std::string image = MakeDiskImage(daemon.dir() + "/m.img", 4096);
+  std::ofstream(daemon.dir() + "/m.json") << absl::StrCat(R"({"name": "metered", "memory_mib": 32, "kernel": ")",
+                                                          Runfile("tests/guests/xen_store.elf"),
+                                                          R"(", "accelerator": "emu", "disks": [{"path": ")", image, R"("}]})");
+  ASSERT_EQ(daemon.Ctl({"create", daemon.dir() + "/m.json"}).status, 0);
+  EXPECT_EQ(daemon.Ctl({"info", "nobody"}).status, 1);  // a NOT_FOUND, counted
+  ProcessResult scraped = testing::RunProcess(
+      {"/usr/bin/python3", "-c",
+       absl::StrCat("import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:", port,
+                    "/metrics', timeout=10).read().decode())")});
+  ASSERT_EQ(scraped.status, 0) << scraped.err;
+  // Every sample line parses as NAME{LABELS} VALUE.
+  std::map<std::string, double> samples;
+  for (absl::string_view line : absl::StrSplit(scraped.out, '\n')) {
+    if (line.empty() || line[0] == '#') continue;
+    const size_t space = line.rfind(' ');
+    ASSERT_NE(space, absl::string_view::npos) << line;
+    double value = 0;
+    EXPECT_TRUE(absl::SimpleAtod(line.substr(space + 1), &value) || line.substr(space + 1) == "Nan") << line;
+    samples[std::string(line.substr(0, space))] = value;
+  }
+  EXPECT_EQ(samples[R"(xenkvm_vm_state{vm="metered",state="running"})"], 1);
+  EXPECT_EQ(samples[R"(xenkvm_vm_memory_bytes{vm="metered"})"], 32 << 20);
+  EXPECT_GT(samples[R"(xenkvm_vmm_resident_bytes{vm="metered"})"], 0);
+  EXPECT_TRUE(samples.count(R"(xenkvm_disk_requests_total{vm="metered",disk="xvda"})")) << scraped.out;
+  EXPECT_GT(samples[R"(xenkvm_hypercalls_total{vm="metered",hypercall="event_channel_op"})"], 0) << scraped.out;
+  EXPECT_EQ(samples[R"(xenkvm_api_calls_total{method="CreateVm",code="OK"})"], 1);
+  EXPECT_EQ(samples[R"(xenkvm_api_calls_total{method="GetVm",code="NOT_FOUND"})"], 1);
+  ProcessResult top = daemon.Ctl({"top", "-i", "2", "-d", "0.2"});
+  EXPECT_EQ(top.status, 0) << top.err;
+  EXPECT_THAT(top.out, HasSubstr("CPU(%)"));
+  EXPECT_THAT(top.out, HasSubstr("metered  running"));
+  EXPECT_EQ(daemon.Ctl({"destroy", "metered"}).status, 0);
+  daemon.Stop(SIGTERM);
   std::error_code error;
   std::filesystem::remove_all(dir, error);
 }

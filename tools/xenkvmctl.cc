@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
 #include "api/config.h"
 #include "CLI/CLI.hpp"
 #include "components/base/version.h"
@@ -285,6 +286,57 @@ int List(Session& session, bool long_form) {
   return 0;
 }
 
+// xentop's view: each VM's state, CPU (seconds, and percent of one CPU since the last sample),
+// memory, vCPUs and disk traffic, every `delay` seconds, `iterations` times (0: until interrupted).
+int Top(Session& session, double delay, uint32_t iterations) {
+  std::map<std::string, std::pair<double, absl::Time>> last;  // cpu seconds and when, per VM
+  for (uint32_t round = 0; iterations == 0 || round < iterations; ++round) {
+    if (round > 0) absl::SleepFor(absl::Seconds(delay));
+    v1::ListVmsResponse response;
+    if (grpc::Status s = session.stub->ListVms(Context().get(), v1::ListVmsRequest(), &response); !s.ok()) {
+      return Fail("top", s);
+    }
+    const absl::Time now = absl::Now();
+    std::vector<std::vector<std::string>> rows = {
+        {"NAME", "STATE", "CPU(sec)", "CPU(%)", "MEM(M)", "RSS(M)", "VCPUS", "DISK_RD(M)", "DISK_WR(M)", "DISK_REQ"}};
+    for (const v1::Vm& vm : response.vms()) {
+      const std::string& name = vm.config().name();
+      std::string percent = "-", read = "-", written = "-", requests = "-";
+      if (vm.pid() != 0) {
+        auto previous = last.find(name);
+        const double since = previous != last.end()
+                                 ? absl::ToDoubleSeconds(now - previous->second.second)
+                                 : absl::ToDoubleSeconds(now - absl::FromUnixMillis(vm.started_unix_ms()));
+        const double used = vm.cpu_seconds() - (previous != last.end() ? previous->second.first : 0);
+        if (since > 0) percent = absl::StrFormat("%.1f", 100 * used / since);
+        last[name] = {vm.cpu_seconds(), now};
+        v1::VmRef ref;
+        ref.set_name(name);
+        v1::ListDevicesResponse devices;
+        if (session.stub->ListDevices(Context(5).get(), ref, &devices).ok()) {
+          uint64_t bytes_read = 0, bytes_written = 0, count = 0;
+          for (const v1::Device& device : devices.devices()) {
+            bytes_read += device.statistics().bytes_read();
+            bytes_written += device.statistics().bytes_written();
+            count += device.statistics().requests();
+          }
+          read = absl::StrFormat("%.1f", bytes_read / 1048576.0);
+          written = absl::StrFormat("%.1f", bytes_written / 1048576.0);
+          requests = absl::StrCat(count);
+        }
+      }
+      rows.push_back({name, State(vm.state()), vm.pid() ? absl::StrFormat("%.2f", vm.cpu_seconds()) : "-", percent,
+                      absl::StrCat(vm.config().memory_mib()),
+                      vm.pid() ? absl::StrFormat("%.1f", vm.rss_bytes() / 1048576.0) : "-",
+                      absl::StrCat(vm.config().vcpus()), read, written, requests});
+    }
+    if (round > 0) std::printf("\n");
+    PrintTable(rows);
+    std::fflush(stdout);
+  }
+  return 0;
+}
+
 int Shutdown(Session& session, const std::vector<std::string>& names, bool all, uint32_t timeout,
              const std::string& reason) {
   const std::string verb = reason == "reboot" ? "reboot" : "shutdown";
@@ -505,6 +557,13 @@ int main(int argc, char** argv) {
       return Shutdown(session, names, flag_a, timeout, "reboot");
     };
   });
+
+  CLI::App* top = verb("top", "each VM's CPU, memory and disk traffic, refreshed (as xentop)");
+  double delay = 3;
+  uint32_t iterations = 0;
+  top->add_option("-d,--delay", delay, "seconds between updates")->capture_default_str()->check(CLI::PositiveNumber);
+  top->add_option("-i,--iterations", iterations, "updates before it stops (default: until interrupted)");
+  top->callback([&] { action = [&] { return Top(session, delay, iterations); }; });
 
   CLI::App* remove = verb("delete", "forget a VM that is not running");
   remove->add_option("NAME", name, "the VM")->required();

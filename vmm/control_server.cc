@@ -54,6 +54,16 @@ v1::Device DeviceFrom(const Vm::DiskInfo& disk) {
   if (disk.config.discard) config->add_features("discard");
   if (disk.config.persistent_grants) config->add_features("persistent");
   if (disk.config.max_indirect_segments > 0) config->add_features("indirect");
+  if (disk.statistics) {
+    v1::DiskStatistics* statistics = device.mutable_statistics();
+    statistics->set_requests(disk.statistics->requests);
+    statistics->set_errors(disk.statistics->errors);
+    statistics->set_unsupported(disk.statistics->unsupported);
+    statistics->set_bytes_read(disk.statistics->bytes_read);
+    statistics->set_bytes_written(disk.statistics->bytes_written);
+    statistics->set_flushes(disk.statistics->flushes);
+    statistics->set_discards(disk.statistics->discards);
+  }
   return device;
 }
 
