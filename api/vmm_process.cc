@@ -212,6 +212,10 @@ RunEnd CollectRunEnd(pid_t pid, const VmFiles& files, bool destroyed) {
   }
   if (end.message.empty() && written && !written->message.empty()) end.message = written->message;
   if (end.message.empty() && !end.signal) end.message = LastVmmMessage(files.vmm_log);
+  if (end.signal == SIGSYS) {
+    end.message = "the VMM made a system call its seccomp filter forbids and was killed (SIGSYS; the kernel's "
+                  "audit log names the call)";
+  }
   if (end.message.empty()) {
     end.message = end.signal ? absl::StrCat("the VMM was killed by signal ", *end.signal)
                              : absl::StrCat("exit status ", end.exit_status.value_or(-1));

@@ -357,6 +357,13 @@ TEST_F(XenkvmdTest, AKilledVmmIsReportedCrashed) {
   EXPECT_EQ(vm.end_reason(), "the VMM was killed by signal 9");
   EXPECT_THAT(Ctl({"list"}).out, HasSubstr("crashed"));  // the daemon keeps serving
   ASSERT_EQ(Ctl({"delete", "tick3"}).status, 0);
+  // SIGSYS is how the VMM's seccomp filter ends it (vmm/seccomp_filter_test makes a real one).
+  ASSERT_EQ(Ctl({"create", TickerConfig("tick4")}).status, 0);
+  kill(static_cast<pid_t>(Get("tick4").pid()), SIGSYS);
+  for (int i = 0; i < 100 && Get("tick4").state() == v1::VM_STATE_RUNNING; ++i) absl::SleepFor(absl::Milliseconds(50));
+  EXPECT_EQ(Get("tick4").state(), v1::VM_STATE_CRASHED);
+  EXPECT_THAT(Get("tick4").end_reason(), HasSubstr("system call its seccomp filter forbids"));
+  ASSERT_EQ(Ctl({"delete", "tick4"}).status, 0);
 }
 
 // VMMs that end while the daemon waits for them to start (each config makes xenkvm-vmm refuse

@@ -1,4 +1,5 @@
 // xenkvm-vmm: runs one VM in the foreground, the guest console on stdout, logs on stderr.
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <csignal>
@@ -14,7 +15,9 @@
 #include "components/base/status.h"
 #include "components/base/version.h"
 #include "components/xen/version.h"
+#include "spdlog/spdlog.h"
 #include "vmm/control_server.h"
+#include "vmm/seccomp_filter.h"
 #include "vmm/vm.h"
 
 namespace {
@@ -67,6 +70,7 @@ struct Flags {
   xenkvm::vmm::VmConfig config;
   std::string memory, vcpus, max_evtchn, accel, cpu_template, xen_version, log_level, control_socket;
   std::vector<std::string> disks;
+  bool seccomp = true;
 };
 
 void DefineFlags(CLI::App& app, Flags& flags) {
@@ -95,6 +99,8 @@ void DefineFlags(CLI::App& app, Flags& flags) {
                  "also serve the guest's XenStore on this Unix socket (mode 0600), for xenstore-utils");
   app.add_option("--control-socket", flags.control_socket, "serve the VMM control service there (xenkvmd uses it)");
   app.add_option("--status-file", status_file, "when the VMM ends, write \"exit STATUS\" and its last message there");
+  app.add_flag("!--no-seccomp", flags.seccomp,
+               "run without the system-call filter (to trace the VMM with strace; gdb works with it)");
   app.add_option("--log-level", flags.log_level, "trace, debug, info, warn, error, critical, off (default $XENKVM_LOG or info)");
 }
 
@@ -175,6 +181,16 @@ int main(int argc, char** argv) {
         xenkvm::vmm::ControlServer::Start(control_socket, **vm);
     if (!started.ok()) return Finish(kExitSetupFailed, std::string(started.status().message()));
     control = std::move(started).value();
+  }
+  // Built: from here on the VMM needs only its allow-list (every thread, the ones to come too).
+  // A VMM killed by it (or crashing) leaves no core file: guest memory must not land on disk.
+  const rlimit no_core{0, 0};
+  setrlimit(RLIMIT_CORE, &no_core);
+  if (flags.seccomp) {
+    if (absl::Status filtered = xenkvm::vmm::InstallSeccompFilter(); !filtered.ok()) {
+      if (!absl::IsFailedPrecondition(filtered)) return Finish(kExitSetupFailed, std::string(filtered.message()));
+      spdlog::warn("no seccomp filter: {}", std::string(filtered.message()));
+    }
   }
   std::thread signal_waiter([&stop_signals] {
     int signal = 0;
