@@ -2,11 +2,13 @@
 // tests drive it with xenkvmctl (the real CLI) and with a gRPC stub, with emu guests.
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
+#include <sys/mount.h>
 #include <stdlib.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <thread>
@@ -849,6 +851,43 @@ TEST(XenkvmdMetricsTest, TheEndpointServesVmDiskEventAndApiMetrics) {
   EXPECT_THAT(top.out, HasSubstr("metered  running"));
   EXPECT_EQ(daemon.Ctl({"destroy", "metered"}).status, 0);
   daemon.Stop(SIGTERM);
+  std::error_code error;
+  std::filesystem::remove_all(dir, error);
+}
+
+// A full state disk: CreateVm fails saying so, and leaves no half-written definition behind (a
+// restarted daemon finds no nameless VM). Needs a small tmpfs of its own (root).
+TEST(XenkvmdFullDiskTest, AFullStateDiskFailsTheRequestAndLosesNothing) {
+  char dir[] = "/tmp/xkf-XXXXXX";
+  ASSERT_NE(mkdtemp(dir), nullptr);
+  const std::string state = absl::StrCat(dir, "/state");
+  std::filesystem::create_directories(state);
+  if (mount("xenkvm-test", state.c_str(), "tmpfs", 0, "size=256k") != 0) {
+    GTEST_SKIP() << "cannot mount a small tmpfs for the state directory (needs root): " << std::strerror(errno);
+  }
+  OwnDaemon daemon(dir);
+  ASSERT_TRUE(daemon.Start());
+  std::ofstream(daemon.dir() + "/first.json") << TickerJson("first");
+  ASSERT_EQ(daemon.Ctl({"create", "-p", daemon.dir() + "/first.json"}).status, 0);
+  {  // fill what is left
+    std::ofstream filler(state + "/filler", std::ios::binary);
+    const std::string block(4096, 'x');
+    while (filler.write(block.data(), static_cast<std::streamsize>(block.size()))) {
+    }
+  }
+  std::ofstream(daemon.dir() + "/second.json") << TickerJson("second");
+  ProcessResult refused = daemon.Ctl({"create", "-p", daemon.dir() + "/second.json"});
+  EXPECT_EQ(refused.status, 1);
+  EXPECT_THAT(refused.err, HasSubstr("No space left on device"));
+  EXPECT_THAT(daemon.Ctl({"list"}).out, Not(HasSubstr("second")));
+  daemon.Stop(SIGTERM);
+  std::filesystem::remove(state + "/filler");
+  ASSERT_TRUE(daemon.Start());
+  const std::string listed = daemon.Ctl({"list"}).out;
+  EXPECT_THAT(listed, HasSubstr("first"));       // intact
+  EXPECT_THAT(listed, Not(HasSubstr("second")));  // nothing half-written came back
+  daemon.Stop(SIGTERM);
+  umount(state.c_str());
   std::error_code error;
   std::filesystem::remove_all(dir, error);
 }
