@@ -529,34 +529,26 @@ int main(int argc, char** argv) {
   list->add_flag("-l,--long", flag_a, "every VM's full description (JSON), as xl list -l");
   list->callback([&] { action = [&] { return List(session, flag_a); }; });
 
-  CLI::App* shutdown = verb("shutdown", "ask the guest to power off (XenStore control/shutdown, as xl) and wait for it");
-  shutdown->add_option("NAME", names, "the VMs");
-  shutdown->add_flag("-a,--all", flag_a, "every running VM");
-  shutdown->add_flag("-w,--wait", flag_b, "wait for the guest to power off (always done)");
-  shutdown->add_option("--timeout", timeout, "destroy it if it has not powered off after S seconds (default 30)");
-  shutdown->callback([&] {
-    action = [&] {
-      if (names.empty() && !flag_a) {
-        std::fprintf(stderr, "xenkvmctl: shutdown: give a VM name, or -a for every running VM\n");
-        return 2;
-      }
-      return Shutdown(session, names, flag_a, timeout, "poweroff");
-    };
-  });
-
-  CLI::App* reboot = verb("reboot", "ask the guest to reboot (XenStore control/shutdown); on_reboot restarts it");
-  reboot->add_option("NAME", names, "the VMs");
-  reboot->add_flag("-a,--all", flag_a, "every running VM");
-  reboot->add_option("--timeout", timeout, "destroy it if it has not rebooted after S seconds (default 30)");
-  reboot->callback([&] {
-    action = [&] {
-      if (names.empty() && !flag_a) {
-        std::fprintf(stderr, "xenkvmctl: reboot: give a VM name, or -a for every running VM\n");
-        return 2;
-      }
-      return Shutdown(session, names, flag_a, timeout, "reboot");
-    };
-  });
+  // shutdown and reboot: xl's verbs, one request each (XenStore control/shutdown).
+  for (const char* reason : {"poweroff", "reboot"}) {
+    const bool reboot = std::string(reason) == "reboot";
+    CLI::App* sub = reboot ? verb("reboot", "ask the guest to reboot (XenStore control/shutdown); on_reboot restarts it")
+                           : verb("shutdown", "ask the guest to power off (XenStore control/shutdown, as xl) and wait for it");
+    sub->add_option("NAME", names, "the VMs");
+    sub->add_flag("-a,--all", flag_a, "every running VM");
+    if (!reboot) sub->add_flag("-w,--wait", flag_b, "wait for the guest to power off (always done)");
+    sub->add_option("--timeout", timeout, "destroy it if it has not done so after S seconds (default 30)");
+    sub->callback([&, reason] {
+      action = [&, reason] {
+        if (names.empty() && !flag_a) {
+          std::fprintf(stderr, "xenkvmctl: %s: give a VM name, or -a for every running VM\n",
+                       std::string(reason) == "reboot" ? "reboot" : "shutdown");
+          return 2;
+        }
+        return Shutdown(session, names, flag_a, timeout, reason);
+      };
+    });
+  }
 
   CLI::App* top = verb("top", "each VM's CPU, memory and disk traffic, refreshed (as xentop)");
   double delay = 3;

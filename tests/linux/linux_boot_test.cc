@@ -11,6 +11,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -203,22 +204,41 @@ TEST(LinuxBootTest, DebianCloudKernelRunsItsRootFromXenDiskOnKvm) {
   EXPECT_EQ(result.status, 0) << result.err;
 }
 
+// xenkvmd in a directory of its own (short: the per-VM sockets live under it), driven with xenkvmctl.
+class Xenkvmd {
+ public:
+  explicit Xenkvmd(const std::string& dir) : dir_(dir), socket_(dir + "/d.sock") {
+    pid_ = testing::StartProcess({Runfile("api/xenkvmd"), "--socket", socket_, "--state-dir", dir + "/s", "--vmm",
+                                  Runfile("vmm/xenkvm-vmm")},
+                                 dir + "/daemon.log");
+    for (int i = 0; i < 100 && access(socket_.c_str(), F_OK) != 0; ++i) absl::SleepFor(absl::Milliseconds(50));
+  }
+  ~Xenkvmd() {
+    kill(pid_, SIGTERM);
+    waitpid(pid_, nullptr, 0);
+    std::error_code error;
+    std::filesystem::remove_all(dir_, error);
+  }
+  testing::ProcessResult Ctl(std::vector<std::string> args) const {
+    args.insert(args.begin(), {Runfile("tools/xenkvmctl"), "--socket", socket_});
+    return RunProcess(args, absl::Minutes(2));
+  }
+
+ private:
+  std::string dir_;
+  std::string socket_;
+  pid_t pid_ = 0;
+};
+
 // The way an operator runs it: an xl.cfg through xenkvmd, its console through xenkvmctl, and
 // `xenkvmctl shutdown` powering it off through XenStore (the kernel's own shutdown watcher runs
 // /sbin/poweroff, which the root's init answers).
 TEST(LinuxBootTest, DebianCloudKernelThroughXenkvmdShutsDownThroughXenStore) {
   IMAGES_OR_SKIP(images);
-  char dir[] = "/tmp/xkl-XXXXXX";  // short: the per-VM sockets live under it
+  char dir[] = "/tmp/xkl-XXXXXX";
   ASSERT_NE(mkdtemp(dir), nullptr);
-  const std::string socket = absl::StrCat(dir, "/d.sock");
-  const pid_t daemon = testing::StartProcess({Runfile("api/xenkvmd"), "--socket", socket, "--state-dir",
-                                              absl::StrCat(dir, "/s"), "--vmm", Runfile("vmm/xenkvm-vmm")},
-                                             absl::StrCat(dir, "/daemon.log"));
-  auto ctl = [&socket](std::vector<std::string> args) {
-    args.insert(args.begin(), {Runfile("tools/xenkvmctl"), "--socket", socket});
-    return RunProcess(args, absl::Minutes(2));
-  };
-  for (int i = 0; i < 100 && access(socket.c_str(), F_OK) != 0; ++i) absl::SleepFor(absl::Milliseconds(50));
+  const Xenkvmd daemon(dir);
+  auto ctl = [&daemon](std::vector<std::string> args) { return daemon.Ctl(std::move(args)); };
   const std::string config = absl::StrCat(dir, "/debian.cfg");
   std::ofstream(config) << "name = \"debian\"\ntype = \"pvh\"\nkernel = \"" << images.vmlinuz << "\"\nramdisk = \""
                         << images.initramfs << "\"\nextra = \"console=hvc0 root=/dev/xvda xenkvm.stay\"\n"
@@ -240,10 +260,6 @@ TEST(LinuxBootTest, DebianCloudKernelThroughXenkvmdShutsDownThroughXenStore) {
   EXPECT_THAT(info, HasSubstr("shutdown")) << info;
   EXPECT_THAT(info, HasSubstr("the guest powered off")) << info;  // not destroyed at the deadline
   EXPECT_THAT(ctl({"console", "debian", "--no-follow"}).out, HasSubstr("xenkvm-root: shutdown asked"));
-  kill(daemon, SIGTERM);
-  waitpid(daemon, nullptr, 0);
-  std::error_code error;
-  std::filesystem::remove_all(dir, error);
 }
 
 // Xen users boot the kernel inside their image: `kernel =` names Debian's pvgrub2 for PVH and the
@@ -256,15 +272,8 @@ TEST(LinuxBootTest, Pvgrub2BootsTheKernelOnTheGuestDiskThroughXenkvmd) {
   if (!images.pvgrub_skip_reason.empty()) GTEST_SKIP() << images.pvgrub_skip_reason;
   char dir[] = "/tmp/xkg-XXXXXX";
   ASSERT_NE(mkdtemp(dir), nullptr);
-  const std::string socket = absl::StrCat(dir, "/d.sock");
-  const pid_t daemon = testing::StartProcess({Runfile("api/xenkvmd"), "--socket", socket, "--state-dir",
-                                              absl::StrCat(dir, "/s"), "--vmm", Runfile("vmm/xenkvm-vmm")},
-                                             absl::StrCat(dir, "/daemon.log"));
-  auto ctl = [&socket](std::vector<std::string> args) {
-    args.insert(args.begin(), {Runfile("tools/xenkvmctl"), "--socket", socket});
-    return RunProcess(args, absl::Minutes(2));
-  };
-  for (int i = 0; i < 100 && access(socket.c_str(), F_OK) != 0; ++i) absl::SleepFor(absl::Milliseconds(50));
+  std::optional<Xenkvmd> daemon(std::in_place, dir);
+  auto ctl = [&daemon](std::vector<std::string> args) { return daemon->Ctl(std::move(args)); };
   const std::string config = absl::StrCat(dir, "/pvgrub.cfg");
   std::ofstream(config) << "name = \"own-kernel\"\ntype = \"pvh\"\nkernel = \"" << images.pvgrub
                         << "\"\nmemory = 512\nvcpus = 2\naccelerator = \"emu\"\ndisk = [ 'target=" << images.boot_image
@@ -285,12 +294,9 @@ TEST(LinuxBootTest, Pvgrub2BootsTheKernelOnTheGuestDiskThroughXenkvmd) {
   EXPECT_THAT(console, HasSubstr("xenkvm-root: cpus=2 online=0-1")) << console;
   EXPECT_THAT(console, HasSubstr("xenkvm-root: root=/dev/xvda ext4")) << console;
   EXPECT_THAT(console, HasSubstr("XENKVM-LINUX-ROOT-OK")) << console;
-  kill(daemon, SIGTERM);
-  waitpid(daemon, nullptr, 0);
+  daemon.reset();  // the image is released before it is read
   testing::ProcessResult proof = RunProcess({"/sbin/debugfs", "-R", "cat /proof", images.boot_image});
   EXPECT_THAT(proof.out, HasSubstr("written by the guest on 6.")) << proof.err;
-  std::error_code error;
-  std::filesystem::remove_all(dir, error);
 }
 
 }  // namespace
