@@ -632,7 +632,8 @@ TEST_F(XenkvmdTest, HelpDocumentsEveryVerb) {
   ProcessResult help = Ctl({"--help"});
   EXPECT_EQ(help.status, 0);
   for (const char* verb : {"create", "list", "info", "pause", "unpause", "shutdown", "destroy", "delete", "block-attach",
-                           "block-detach", "block-list", "console", "evtchn", "events", "--json"}) {
+                           "block-detach", "block-list", "console", "evtchn", "events", "reboot", "top", "--json",
+                           "--version"}) {
     EXPECT_THAT(help.out, HasSubstr(verb));
   }
 }

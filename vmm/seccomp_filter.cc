@@ -15,13 +15,14 @@ const std::vector<std::string>& AllowedSystemCalls() {
       "brk", "mmap", "munmap", "mprotect", "madvise", "mremap", "clone", "clone3", "set_robust_list", "rseq",
       "set_tid_address", "exit", "exit_group", "futex", "sched_yield", "sched_getaffinity", "sched_getparam",
       "sched_getscheduler", "gettid", "getpid", "tgkill", "prctl", "nanosleep", "clock_nanosleep", "clock_gettime",
-      "memfd_create", "ftruncate", "getrandom", "restart_syscall",
+      "memfd_create", "ftruncate", "getrandom", "restart_syscall", "membarrier", "getcpu",
       // signals (SIGTERM ends the VM; kicks reach vCPU threads)
       "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "rt_sigtimedwait", "sigaltstack",
       // files: images (hot-plug, locks, the holder's name from /proc), the status file, logs
       "openat", "close", "read", "write", "readv", "writev", "pread64", "pwrite64", "preadv", "pwritev", "lseek",
       "fcntl", "fstat", "newfstatat", "statx", "getdents64", "readlink", "readlinkat", "fdatasync", "fsync",
-      "fallocate", "rename", "renameat", "unlink", "unlinkat", "access", "faccessat", "dup", "dup2", "dup3",
+      "fallocate", "rename", "renameat", "renameat2", "unlink", "unlinkat", "access", "faccessat", "faccessat2", "dup",
+      "dup2", "dup3",
       // event loops
       "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait", "eventfd2", "timerfd_create", "timerfd_settime",
       "timerfd_gettime", "poll", "ppoll", "pipe2",
