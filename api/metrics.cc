@@ -1,6 +1,7 @@
 #include "api/metrics.h"
 
 #include <exception>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "api/config.h"
@@ -105,6 +106,8 @@ std::vector<MetricFamily> CollectMetrics(const std::vector<VmSample>& samples,
   MetricFamily requests = Family("xenkvm_disk_requests_total", "xen-disk requests", MetricType::Counter);
   MetricFamily bytes = Family("xenkvm_disk_bytes_total", "xen-disk bytes moved", MetricType::Counter);
   MetricFamily errors = Family("xenkvm_disk_errors_total", "xen-disk requests answered with an error", MetricType::Counter);
+  MetricFamily latency = Family("xenkvm_disk_request_seconds",
+                                "xen-disk service time, the request taken off the ring to its response", MetricType::Histogram);
   MetricFamily events = Family("xenkvm_evtchn_deliveries_total", "events delivered on a port", MetricType::Counter);
   MetricFamily sends = Family("xenkvm_evtchn_sends_total", "EVTCHNOP_send on a port", MetricType::Counter);
   MetricFamily hypercalls = Family("xenkvm_hypercalls_total", "hypercalls by name", MetricType::Counter);
@@ -124,6 +127,20 @@ std::vector<MetricFamily> CollectMetrics(const std::vector<VmSample>& samples,
       Add(bytes, {{"vm", name}, {"disk", device.id()}, {"direction", "read"}}, static_cast<double>(s.bytes_read()));
       Add(bytes, {{"vm", name}, {"disk", device.id()}, {"direction", "write"}}, static_cast<double>(s.bytes_written()));
       Add(errors, {{"vm", name}, {"disk", device.id()}}, static_cast<double>(s.errors() + s.unsupported()));
+      if (s.latency_counts_size() == s.latency_bounds_seconds_size() + 1) {
+        ClientMetric histogram;
+        histogram.label = {{"vm", name}, {"disk", device.id()}};
+        uint64_t cumulative = 0;
+        for (int i = 0; i < s.latency_counts_size(); ++i) {
+          cumulative += s.latency_counts(i);
+          const double bound = i < s.latency_bounds_seconds_size() ? s.latency_bounds_seconds(i)
+                                                                   : std::numeric_limits<double>::infinity();
+          histogram.histogram.bucket.push_back({cumulative, bound});
+        }
+        histogram.histogram.sample_count = cumulative;
+        histogram.histogram.sample_sum = s.latency_seconds_sum();
+        latency.metric.push_back(std::move(histogram));
+      }
     }
     if (!sample.event_channels) continue;
     for (const v1::EventChannel& port : sample.event_channels->ports()) {
@@ -138,7 +155,7 @@ std::vector<MetricFamily> CollectMetrics(const std::vector<VmSample>& samples,
   for (const auto& [key, count] : calls) {
     Add(api, {{"method", key.first}, {"code", GrpcCodeName(key.second)}}, static_cast<double>(count));
   }
-  return {state, vcpus, memory, cpu, rss, requests, bytes, errors, events, sends, hypercalls, api};
+  return {state, vcpus, memory, cpu, rss, requests, bytes, errors, latency, events, sends, hypercalls, api};
 }
 
 absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(const std::string& address,

@@ -54,15 +54,20 @@ v1::Device DeviceFrom(const Vm::DiskInfo& disk) {
   if (disk.config.discard) config->add_features("discard");
   if (disk.config.persistent_grants) config->add_features("persistent");
   if (disk.config.max_indirect_segments > 0) config->add_features("indirect");
-  if (disk.statistics) {
+  // Before the frontend connects: zeros, with the histogram's buckets.
+  const xenbus::DiskRingStatistics counters = disk.statistics.value_or(xenbus::DiskRingStatistics{});
+  {
     v1::DiskStatistics* statistics = device.mutable_statistics();
-    statistics->set_requests(disk.statistics->requests);
-    statistics->set_errors(disk.statistics->errors);
-    statistics->set_unsupported(disk.statistics->unsupported);
-    statistics->set_bytes_read(disk.statistics->bytes_read);
-    statistics->set_bytes_written(disk.statistics->bytes_written);
-    statistics->set_flushes(disk.statistics->flushes);
-    statistics->set_discards(disk.statistics->discards);
+    statistics->set_requests(counters.requests);
+    statistics->set_errors(counters.errors);
+    statistics->set_unsupported(counters.unsupported);
+    statistics->set_bytes_read(counters.bytes_read);
+    statistics->set_bytes_written(counters.bytes_written);
+    statistics->set_flushes(counters.flushes);
+    statistics->set_discards(counters.discards);
+    for (double bound : xenbus::kLatencyBounds) statistics->add_latency_bounds_seconds(bound);
+    for (uint64_t count : counters.latency_counts) statistics->add_latency_counts(count);
+    statistics->set_latency_seconds_sum(counters.latency_seconds_sum);
   }
   return device;
 }

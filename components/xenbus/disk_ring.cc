@@ -1,8 +1,11 @@
 #include "components/xenbus/disk_ring.h"
 
+#include <algorithm>
+
 #include <atomic>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "spdlog/spdlog.h"
 
 namespace xenkvm::xenbus {
@@ -94,13 +97,19 @@ bool DiskRing::ProcessRing() {
         return false;
       }
       ++request_consumer_;
+      const absl::Time taken = absl::Now();
       blkif::Decoded decoded = blkif::DecodeRequest(options_.abi, slot, limits_);
       const int16_t status = decoded.status == blkif::kStatusOkay ? Handle(decoded.request) : decoded.status;
+      const double seconds = absl::ToDoubleSeconds(absl::Now() - taken);
       {
         absl::MutexLock lock(&mutex_);
         ++statistics_.requests;
         if (status == blkif::kStatusError) ++statistics_.errors;
         if (status == blkif::kStatusNotSupported) ++statistics_.unsupported;
+        const size_t bucket = static_cast<size_t>(
+            std::lower_bound(kLatencyBounds.begin(), kLatencyBounds.end(), seconds) - kLatencyBounds.begin());
+        ++statistics_.latency_counts[bucket];
+        statistics_.latency_seconds_sum += seconds;
       }
       const std::vector<uint8_t> response =
           blkif::EncodeResponse(options_.abi, decoded.request.id, decoded.request.data_operation, status);

@@ -17,6 +17,8 @@
 #include <thread>
 #include <vector>
 
+#include <array>
+
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -27,6 +29,10 @@
 
 namespace xenkvm::xenbus {
 
+// Upper bounds (seconds) of the request-latency histogram's buckets; one more bucket counts the rest.
+inline constexpr std::array<double, 13> kLatencyBounds = {50e-6, 100e-6, 250e-6, 500e-6, 1e-3,  2.5e-3, 5e-3,
+                                                          10e-3, 25e-3,  50e-3,  100e-3, 250e-3, 1.0};
+
 struct DiskRingStatistics {
   uint64_t requests = 0;
   uint64_t errors = 0;           // answered BLKIF_RSP_ERROR
@@ -36,6 +42,10 @@ struct DiskRingStatistics {
   uint64_t flushes = 0;
   uint64_t discards = 0;
   uint64_t persistent_grants = 0;  // mappings kept now
+  // Service time of each request (taken off the ring to its response written), by bucket of
+  // kLatencyBounds (the last: beyond 1 s), and their sum.
+  std::array<uint64_t, kLatencyBounds.size() + 1> latency_counts{};
+  double latency_seconds_sum = 0;
   bool broken = false;             // the frontend broke the ring; no more requests are taken
 };
 

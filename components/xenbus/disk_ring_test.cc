@@ -97,6 +97,10 @@ TEST_F(DiskRingTest, ReadsAndWritesThroughGrantedPages) {
   EXPECT_EQ(statistics.requests, 5u);
   EXPECT_EQ(statistics.bytes_written, 512u);
   EXPECT_EQ(statistics.flushes, 1u);
+  uint64_t timed = 0;
+  for (uint64_t count : statistics.latency_counts) timed += count;
+  EXPECT_EQ(timed, 5u);  // every request lands in one latency bucket
+  EXPECT_GT(statistics.latency_seconds_sum, 0);
 }
 
 TEST_F(DiskRingTest, OneBadGrantFailsTheRequestAndReleasesTheRest) {  // XSA-361/362/365
