@@ -374,6 +374,7 @@ v1::Vm Daemon::WithUsage(const Record& record) {
     if (std::optional<ProcessUsage> usage = ReadProcessUsage(record.pid)) {
       vm.set_cpu_seconds(usage->cpu_seconds);
       vm.set_rss_bytes(usage->rss_bytes);
+      for (double seconds : usage->vcpu_seconds) vm.add_vcpu_seconds(seconds);
     }
   }
   return vm;

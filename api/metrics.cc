@@ -102,6 +102,8 @@ std::vector<MetricFamily> CollectMetrics(const std::vector<VmSample>& samples,
   MetricFamily memory = Family("xenkvm_vm_memory_bytes", "guest RAM", MetricType::Gauge);
   MetricFamily cpu = Family("xenkvm_vm_cpu_seconds_total", "CPU time of the VM's VMM process (vCPUs and backends)",
                             MetricType::Counter);
+  MetricFamily vcpu_time = Family("xenkvm_vcpu_seconds_total", "CPU time of the thread running a vCPU's guest code",
+                                  MetricType::Counter);
   MetricFamily rss = Family("xenkvm_vmm_resident_bytes", "resident memory of the VM's VMM process", MetricType::Gauge);
   MetricFamily requests = Family("xenkvm_disk_requests_total", "xen-disk requests", MetricType::Counter);
   MetricFamily bytes = Family("xenkvm_disk_bytes_total", "xen-disk bytes moved", MetricType::Counter);
@@ -120,6 +122,9 @@ std::vector<MetricFamily> CollectMetrics(const std::vector<VmSample>& samples,
     if (sample.vm.pid() == 0) continue;
     Add(cpu, {{"vm", name}}, sample.vm.cpu_seconds());
     Add(rss, {{"vm", name}}, static_cast<double>(sample.vm.rss_bytes()));
+    for (int vcpu = 0; vcpu < sample.vm.vcpu_seconds_size(); ++vcpu) {
+      Add(vcpu_time, {{"vm", name}, {"vcpu", absl::StrCat(vcpu)}}, sample.vm.vcpu_seconds(vcpu));
+    }
     for (const v1::Device& device : sample.devices) {
       if (device.kind() != "xen-disk") continue;
       const v1::DiskStatistics& s = device.statistics();
@@ -155,7 +160,7 @@ std::vector<MetricFamily> CollectMetrics(const std::vector<VmSample>& samples,
   for (const auto& [key, count] : calls) {
     Add(api, {{"method", key.first}, {"code", GrpcCodeName(key.second)}}, static_cast<double>(count));
   }
-  return {state, vcpus, memory, cpu, rss, requests, bytes, errors, latency, events, sends, hypercalls, api};
+  return {state, vcpus, memory, cpu, vcpu_time, rss, requests, bytes, errors, latency, events, sends, hypercalls, api};
 }
 
 absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(const std::string& address,

@@ -231,13 +231,16 @@ std::optional<RunEnd> ReadRunEnd(const VmFiles& files) {
   return text ? ParseRunEnd(*text) : std::nullopt;
 }
 
-std::optional<ProcessUsage> ReadProcessUsage(pid_t pid) {
-  std::ifstream file(absl::StrCat("/proc/", pid, "/stat"));
+namespace {
+
+// utime + stime (seconds) and RSS (bytes) from a /proc stat file.
+std::optional<std::pair<double, uint64_t>> ReadStat(const std::string& path) {
+  std::ifstream file(path);
   std::string text;
   if (!std::getline(file, text)) return std::nullopt;
   // Fields after the command (which may hold spaces) in parentheses: state is field 3.
   const size_t end = text.rfind(')');
-  if (end == std::string::npos) return std::nullopt;
+  if (end == std::string::npos || end + 2 > text.size()) return std::nullopt;
   std::vector<std::string> fields = absl::StrSplit(text.substr(end + 2), ' ');
   constexpr size_t kUtime = 14 - 3, kStime = 15 - 3, kRss = 24 - 3;
   uint64_t utime = 0, stime = 0, rss_pages = 0;
@@ -246,7 +249,31 @@ std::optional<ProcessUsage> ReadProcessUsage(pid_t pid) {
     return std::nullopt;
   }
   const double ticks = static_cast<double>(sysconf(_SC_CLK_TCK));
-  return ProcessUsage{static_cast<double>(utime + stime) / ticks, rss_pages * static_cast<uint64_t>(sysconf(_SC_PAGESIZE))};
+  return std::make_pair(static_cast<double>(utime + stime) / ticks,
+                        rss_pages * static_cast<uint64_t>(sysconf(_SC_PAGESIZE)));
+}
+
+}  // namespace
+
+std::optional<ProcessUsage> ReadProcessUsage(pid_t pid) {
+  std::optional<std::pair<double, uint64_t>> process = ReadStat(absl::StrCat("/proc/", pid, "/stat"));
+  if (!process) return std::nullopt;
+  ProcessUsage usage{process->first, process->second, {}};
+  std::error_code error;
+  for (const auto& task : std::filesystem::directory_iterator(absl::StrCat("/proc/", pid, "/task"), error)) {
+    std::ifstream comm(task.path() / "comm");
+    std::string name;
+    uint32_t vcpu = 0;
+    if (!std::getline(comm, name) || !absl::StartsWith(name, "vcpu") || !absl::SimpleAtoi(name.substr(4), &vcpu) ||
+        vcpu >= 1024) {
+      continue;
+    }
+    if (std::optional<std::pair<double, uint64_t>> thread = ReadStat((task.path() / "stat").string())) {
+      if (usage.vcpu_seconds.size() <= vcpu) usage.vcpu_seconds.resize(vcpu + 1);
+      usage.vcpu_seconds[vcpu] += thread->first;
+    }
+  }
+  return usage;
 }
 
 }  // namespace xenkvm::api

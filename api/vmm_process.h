@@ -47,6 +47,9 @@ std::optional<pid_t> FindRunningVmm(const VmFiles& files);
 struct ProcessUsage {
   double cpu_seconds = 0;
   uint64_t rss_bytes = 0;
+  // Per vCPU (index = vCPU id): the CPU time of the thread that runs its guest code, which the
+  // backends name "vcpu<id>".
+  std::vector<double> vcpu_seconds;
 };
 std::optional<ProcessUsage> ReadProcessUsage(pid_t pid);
 

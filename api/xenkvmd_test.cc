@@ -842,6 +842,7 @@ TEST(XenkvmdMetricsTest, TheEndpointServesVmDiskEventAndApiMetrics) {
   EXPECT_EQ(samples[R"(xenkvm_vm_state{vm="metered",state="running"})"], 1);
   EXPECT_EQ(samples[R"(xenkvm_vm_memory_bytes{vm="metered"})"], 32 << 20);
   EXPECT_GT(samples[R"(xenkvm_vmm_resident_bytes{vm="metered"})"], 0);
+  EXPECT_TRUE(samples.count(R"(xenkvm_vcpu_seconds_total{vm="metered",vcpu="0"})")) << scraped.out;
   EXPECT_TRUE(samples.count(R"(xenkvm_disk_requests_total{vm="metered",disk="xvda"})")) << scraped.out;
   EXPECT_TRUE(samples.count(R"(xenkvm_disk_request_seconds_bucket{vm="metered",disk="xvda",le="+Inf"})")) << scraped.out;
   EXPECT_GT(samples[R"(xenkvm_hypercalls_total{vm="metered",hypercall="event_channel_op"})"], 0) << scraped.out;

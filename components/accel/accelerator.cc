@@ -5,6 +5,10 @@
 #include "absl/strings/str_format.h"
 #include "components/accel/accelerator.h"
 
+#include <pthread.h>
+
+#include <string>
+
 namespace xenkvm::accel {
 
 absl::Status CheckExternalVector(uint8_t vector) {
@@ -31,6 +35,11 @@ uint64_t HostTscKhz() {
     return (tsc * 1'000'000 / ns + 500) / 1000 * 1000;
   }();
   return khz;
+}
+
+void NameVcpuThread(uint32_t id) {
+  const std::string name = "vcpu" + std::to_string(id);
+  pthread_setname_np(pthread_self(), name.c_str());
 }
 
 }  // namespace xenkvm::accel

@@ -119,6 +119,10 @@ absl::Status CheckExternalVector(uint8_t vector);
 // This host's TSC frequency, measured once against CLOCK_MONOTONIC (both backends run guests at it).
 uint64_t HostTscKhz();
 
+// Names the calling thread "vcpu<id>": each backend calls it on the thread that runs the vCPU's
+// guest code, so that the VM's CPU time can be told apart per vCPU (/proc/PID/task/*/comm).
+void NameVcpuThread(uint32_t id);
+
 // Each hypercall-page stub is 32 bytes: hypercall n is at page + 32 * n (Xen's layout).
 inline constexpr uint32_t kHypercallStubSize = 32;
 inline constexpr uint32_t kHypercallPageSize = 4096;

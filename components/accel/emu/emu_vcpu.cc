@@ -425,6 +425,7 @@ void EmuVcpu::Fatal(std::string reason) {
 }
 
 void EmuVcpu::EmulationLoop() {
+  NameVcpuThread(id_);  // the guest's instructions run on this thread
   {
     absl::MutexLock lock(&mutex_);
     mutex_.Await(absl::Condition(

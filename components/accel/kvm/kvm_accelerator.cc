@@ -135,6 +135,7 @@ class KvmVcpu final : public Vcpu {
           "kvm vCPU ", id(), ": the last exit asks for a value; answer it with Complete() first"));
     }
     if (!queued_io_.empty()) return NextQueuedIo();
+    if (!std::exchange(thread_named_, true)) NameVcpuThread(id());  // KVM_RUN runs the guest here
     RunThreadScope scope(*this);
     while (true) {
       if (TakeKick()) return KickedExit{};
@@ -269,6 +270,7 @@ class KvmVcpu final : public Vcpu {
   }
 
  private:
+  bool thread_named_ = false;
   // Makes the calling thread the one Kick() signals while Run() is in progress.
   class RunThreadScope {
    public:
