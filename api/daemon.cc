@@ -21,6 +21,7 @@
 #include "absl/time/clock.h"
 #include "api/config.h"
 #include "api/daemon_internal.h"
+#include "components/base/user.h"
 #include "components/base/status.h"
 #include "components/loader/layout.h"
 #include "components/loader/kernel_image.h"
@@ -83,6 +84,11 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(const Options& options) {
   }
   auto daemon = std::unique_ptr<Daemon>(new Daemon(options));
   XENKVM_ASSIGN_OR_RETURN(daemon->image_dirs_, ImageDirs::Create(options.image_dirs));
+  if (!options.vmm_user.empty()) {
+    absl::StatusOr<base::UserIds> user = base::ResolveUser(options.vmm_user);
+    if (!user.ok()) return absl::InvalidArgumentError(absl::StrCat("--vmm-user: ", user.status().message()));
+    if (user->uid == 0) return absl::InvalidArgumentError(absl::StrCat("--vmm-user ", options.vmm_user, ": that is root"));
+  }
   XENKVM_RETURN_IF_ERROR(daemon->LockStateDir());
   XENKVM_RETURN_IF_ERROR(daemon->LoadState());
   return daemon;

@@ -39,6 +39,8 @@ class Daemon final : public v1::VmService::Service {
     bool keep_vms = false;
     // Kernels, initrds and disk images must lie under these (empty: anywhere).
     std::vector<std::string> image_dirs;
+    // Each VMM becomes this user once its VM is built (xenkvm-vmm --run-as); empty: stays root.
+    std::string vmm_user;
   };
   // Creates the state directory if needed, locks it (kFailedPrecondition naming the holder when
   // another daemon has it), and loads the VMs defined there: VMMs still running are taken over as

@@ -34,6 +34,11 @@ grpc::Status Daemon::Start(Record& record) {
     args.push_back(std::move(arg));
   }
   args.insert(args.end(), {"--status-file", record.files.end});
+  if (!options_.vmm_user.empty()) {
+    // Unprivileged, the VMM cannot write its status file in the (root's) VM directory: the daemon,
+    // its parent, learns the end from waitpid and the VMM's log instead.
+    args.insert(args.end(), {"--run-as", options_.vmm_user});
+  }
   absl::StatusOr<pid_t> spawned = SpawnVmm(args, record.files);
   if (!spawned.ok()) return FromAbsl(spawned.status());
   const pid_t pid = *spawned;

@@ -77,6 +77,8 @@ int main(int argc, char** argv) {
       ->expected(1)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   app.add_flag("--keep-vms", options.keep_vms, "leave running VMs running when the daemon stops");
+  app.add_option("--vmm-user", options.vmm_user,
+                 "each VMM becomes this user (name or UID:GID) once its VM is built (default: VMMs stay root)");
   std::string metrics_listen;
   app.add_option("--metrics-listen", metrics_listen,
                  "serve Prometheus metrics at http://ADDRESS:PORT/metrics (e.g. 127.0.0.1:9100; default off)");

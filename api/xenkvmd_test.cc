@@ -895,5 +895,32 @@ TEST(XenkvmdFullDiskTest, AFullStateDiskFailsTheRequestAndLosesNothing) {
   std::filesystem::remove_all(dir, error);
 }
 
+// --vmm-user: each VMM builds its VM as root, then runs it as that user; the daemon drives it as
+// before and reports its end.
+TEST(XenkvmdVmmUserTest, VmmsRunAsTheGivenUser) {
+  if (geteuid() != 0) GTEST_SKIP() << "xenkvmd must run as root to start VMMs that change user";
+  char dir[] = "/tmp/xku-XXXXXX";
+  ASSERT_NE(mkdtemp(dir), nullptr);
+  OwnDaemon daemon(dir);
+  ASSERT_TRUE(daemon.Start({"--vmm-user", "65534:65534"}));
+  std::ofstream(daemon.dir() + "/u.json") << TickerJson("unprivileged");
+  ASSERT_EQ(daemon.Ctl({"create", daemon.dir() + "/u.json"}).status, 0);
+  ASSERT_TRUE(ConsoleShows(daemon, "unprivileged", "tick 3"));
+  const std::string pid = daemon.Info("unprivileged", "pid");
+  std::ifstream status("/proc/" + pid + "/status");
+  std::string line, uid_line;
+  while (std::getline(status, line)) {
+    if (absl::StartsWith(line, "Uid:")) uid_line = line;
+  }
+  EXPECT_THAT(uid_line, HasSubstr("65534\t65534\t65534"));
+  EXPECT_EQ(daemon.Ctl({"evtchn", "unprivileged"}).status, 0);  // its control socket still answers
+  EXPECT_EQ(daemon.Ctl({"destroy", "unprivileged"}).status, 0);
+  EXPECT_EQ(daemon.Info("unprivileged", "last end"), "destroyed");
+  daemon.Stop(SIGTERM);
+  EXPECT_FALSE(OwnDaemon(dir).Start({"--vmm-user", "0:0"}));  // root is refused
+  std::error_code error;
+  std::filesystem::remove_all(dir, error);
+}
+
 }  // namespace
 }  // namespace xenkvm::api

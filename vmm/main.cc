@@ -71,6 +71,7 @@ struct Flags {
   std::string memory, vcpus, max_evtchn, accel, cpu_template, xen_version, log_level, control_socket;
   std::vector<std::string> disks;
   bool seccomp = true;
+  std::string run_as;
 };
 
 void DefineFlags(CLI::App& app, Flags& flags) {
@@ -99,6 +100,8 @@ void DefineFlags(CLI::App& app, Flags& flags) {
                  "also serve the guest's XenStore on this Unix socket (mode 0600), for xenstore-utils");
   app.add_option("--control-socket", flags.control_socket, "serve the VMM control service there (xenkvmd uses it)");
   app.add_option("--status-file", status_file, "when the VMM ends, write \"exit STATUS\" and its last message there");
+  app.add_option("--run-as", flags.run_as,
+                 "once the VM is built, become this user (a name or UID:GID; the VMM starts as root)");
   app.add_flag("!--no-seccomp", flags.seccomp,
                "run without the system-call filter (to trace the VMM with strace; gdb works with it)");
   app.add_option("--log-level", flags.log_level, "trace, debug, info, warn, error, critical, off (default $XENKVM_LOG or info)");
@@ -186,6 +189,12 @@ int main(int argc, char** argv) {
   // A VMM killed by it (or crashing) leaves no core file: guest memory must not land on disk.
   const rlimit no_core{0, 0};
   setrlimit(RLIMIT_CORE, &no_core);
+  if (!flags.run_as.empty()) {
+    if (absl::Status dropped = xenkvm::vmm::DropPrivileges(flags.run_as); !dropped.ok()) {
+      return Finish(kExitSetupFailed, std::string(dropped.message()));
+    }
+    spdlog::info("running as {} (uid {})", flags.run_as, getuid());
+  }
   if (flags.seccomp) {
     if (absl::Status filtered = xenkvm::vmm::InstallSeccompFilter(); !filtered.ok()) {
       if (!absl::IsFailedPrecondition(filtered)) return Finish(kExitSetupFailed, std::string(filtered.message()));

@@ -1,11 +1,17 @@
 #include "vmm/seccomp_filter.h"
 
+#include <grp.h>
+#include <pwd.h>
 #include <seccomp.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "components/base/user.h"
+#include "absl/strings/str_split.h"
 
 namespace xenkvm::vmm {
 
@@ -35,6 +41,23 @@ const std::vector<std::string>& AllowedSystemCalls() {
       "uname", "prlimit64", "getuid", "geteuid", "getgid", "getegid",
   };
   return *calls;
+}
+
+absl::Status DropPrivileges(const std::string& user) {
+  absl::StatusOr<base::UserIds> ids = base::ResolveUser(user);
+  if (!ids.ok()) return absl::InvalidArgumentError(absl::StrCat("--run-as: ", ids.status().message()));
+  const uid_t uid = ids->uid;
+  const gid_t gid = ids->gid;
+  if (uid == 0) return absl::InvalidArgumentError(absl::StrCat("--run-as ", user, ": that is root"));
+  if (setgroups(0, nullptr) != 0 || setresgid(gid, gid, gid) != 0 || setresuid(uid, uid, uid) != 0) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("--run-as ", user, ": cannot change to it (", std::strerror(errno), "; the VMM must start as root)"));
+  }
+  uid_t real = 0, effective = 0, saved = 0;
+  if (getresuid(&real, &effective, &saved) != 0 || real != uid || effective != uid || saved != uid) {
+    return absl::PermissionDeniedError(absl::StrCat("--run-as ", user, ": the change did not take"));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status InstallSeccompFilter() {

@@ -21,6 +21,12 @@ const std::vector<std::string>& AllowedSystemCalls();
 // check at exit ptraces the process): the VMM then runs unfiltered and says so.
 absl::Status InstallSeccompFilter();
 
+// Becomes `user` (a name, or UID:GID) for good: no supplementary groups, real, effective and saved
+// IDs all changed, on every thread. For after the VM is built: the VMM keeps the descriptors it
+// opened as root (/dev/kvm, guest memory, images, its sockets) and needs nothing new from root.
+// kInvalidArgument for an unknown user, kPermissionDenied when the change is refused.
+absl::Status DropPrivileges(const std::string& user);
+
 }  // namespace xenkvm::vmm
 
 #endif  // XENKVM_VMM_SECCOMP_FILTER_H_

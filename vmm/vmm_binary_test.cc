@@ -2,6 +2,7 @@
 // gives its exit status and message; bad kernels and bad options are refused with a clear error.
 #include <elf.h>
 #include <sys/wait.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -184,6 +185,20 @@ TEST_P(VmmTest, XenDiskGuestReadsWritesFlushesAndDiscards) {
   EXPECT_THAT(result.out, HasSubstr("device 51728"));
   EXPECT_THAT(result.out, HasSubstr("read-only, the write was refused"));
   EXPECT_EQ(std::string(reinterpret_cast<const char*>(ReadFile(read_only).data()) + 16 * 512, 21), "xenkvm disk sector 16");
+}
+
+// Sandboxed as Firecracker's jailer runs it: the VMM builds the VM as root, then becomes an
+// unprivileged user (and installs its seccomp filter); the disk it opened as root still works.
+TEST_P(VmmTest, TheVmmRunsItsGuestAsAnUnprivilegedUser) {
+  if (geteuid() != 0) GTEST_SKIP() << "the VMM must start as root to change to another user";
+  const std::string image = MakeDiskImage("runas-" + GetParam() + ".img", 4096);
+  chmod(image.c_str(), 0600);  // root's alone: only the descriptor opened before the change reaches it
+  Result result = Run({"--kernel", Runfile("tests/guests/xen_disk.elf"), "--disk",
+                       absl::StrCat("target=", image, ",vdev=xvda,access=rw"), "--run-as", "65534:65534"});
+  EXPECT_EQ(result.status, 0) << result.out << result.err;
+  EXPECT_THAT(result.err, HasSubstr("running as 65534:65534 (uid 65534)"));
+  EXPECT_THAT(result.out, HasSubstr("wrote, flushed and read back sector 16"));
+  EXPECT_THAT(Run({"--kernel", Runfile("tests/guests/hello.elf"), "--run-as", "0:0"}).err, HasSubstr("that is root"));
 }
 
 // The CPU as an OS uses it (tests/guests/cpu_exceptions.c): user mode, SYSCALL/SYSRET, INT n
