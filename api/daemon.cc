@@ -361,29 +361,32 @@ grpc::Status Daemon::DeleteVm(grpc::ServerContext*, const v1::VmRef* request, v1
 }
 
 grpc::Status Daemon::GetVm(grpc::ServerContext*, const v1::VmRef* request, v1::Vm* reply) {
-  absl::MutexLock lock(&mutex_);
-  std::shared_ptr<Record> record;
-  if (grpc::Status found = Lookup(request->name(), &record); !found.ok()) return found;
-  *reply = WithUsage(*record);
+  {
+    absl::MutexLock lock(&mutex_);
+    std::shared_ptr<Record> record;
+    if (grpc::Status found = Lookup(request->name(), &record); !found.ok()) return found;
+    *reply = record->vm;
+  }
+  AddUsage(*reply);
   return grpc::Status::OK;
 }
 
 grpc::Status Daemon::ListVms(grpc::ServerContext*, const v1::ListVmsRequest*, v1::ListVmsResponse* reply) {
-  absl::MutexLock lock(&mutex_);
-  for (const auto& [name, record] : vms_) *reply->add_vms() = WithUsage(*record);
+  {
+    absl::MutexLock lock(&mutex_);
+    for (const auto& [name, record] : vms_) *reply->add_vms() = record->vm;
+  }
+  for (v1::Vm& vm : *reply->mutable_vms()) AddUsage(vm);
   return grpc::Status::OK;
 }
 
-v1::Vm Daemon::WithUsage(const Record& record) {
-  v1::Vm vm = record.vm;
-  if (record.pid != 0 && Running(vm)) {
-    if (std::optional<ProcessUsage> usage = ReadProcessUsage(record.pid)) {
-      vm.set_cpu_seconds(usage->cpu_seconds);
-      vm.set_rss_bytes(usage->rss_bytes);
-      for (double seconds : usage->vcpu_seconds) vm.add_vcpu_seconds(seconds);
-    }
+void Daemon::AddUsage(v1::Vm& vm) {
+  if (vm.pid() == 0 || !Running(vm)) return;
+  if (std::optional<ProcessUsage> usage = ReadProcessUsage(static_cast<pid_t>(vm.pid()))) {
+    vm.set_cpu_seconds(usage->cpu_seconds);
+    vm.set_rss_bytes(usage->rss_bytes);
+    for (double seconds : usage->vcpu_seconds) vm.add_vcpu_seconds(seconds);
   }
-  return vm;
 }
 
 }  // namespace xenkvm::api

@@ -130,8 +130,8 @@ class Daemon final : public v1::VmService::Service {
   void WaitForRunEnd(Record& record, uint64_t run, absl::Duration timeout) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
 
   absl::Status CheckConfined(const v1::VmConfig& config) const;
-  // The VM as the API shows it: its VMM's CPU time and memory filled in while it runs.
-  static v1::Vm WithUsage(const Record& record);
+  // Fills in a running VM's VMM CPU time and memory (from /proc: called without the daemon lock).
+  static void AddUsage(v1::Vm& vm);
 
   const Options options_;
   ImageDirs image_dirs_;

@@ -268,11 +268,12 @@ std::vector<VmSample> Daemon::SampleVms() {
   {
     absl::MutexLock lock(&mutex_);
     for (const auto& [name, record] : vms_) {
-      samples.push_back({VmSample{WithUsage(*record), {}, std::nullopt}, Running(record->vm) ? record->control : nullptr});
+      samples.push_back({VmSample{record->vm, {}, std::nullopt}, Running(record->vm) ? record->control : nullptr});
     }
   }
   std::vector<VmSample> result;
   for (auto& [sample, control] : samples) {
+    AddUsage(sample.vm);
     if (control != nullptr) {
       grpc::ClientContext devices_call;
       devices_call.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
