@@ -222,12 +222,12 @@ absl::Status Vm::BuildXenBackends(const VmConfig& config) {
   auto process_store = [this] {
     if (store_ring_) store_ring_->Process();
   };
-  XENKVM_ASSIGN_OR_RETURN(uint32_t store_port, xen_->AllocateBackendPort(process_store));
+  XENKVM_ASSIGN_OR_RETURN(uint32_t store_port, xen_->event_channels().AllocateBackendPort(process_store));
   XENKVM_ASSIGN_OR_RETURN(store_ring_, xen::xenstore::RingServer::Create(
                                            *store_, *memory_, kStoreRingGpa, domid_,
-                                           [this, store_port] { (void)xen_->NotifyGuest(store_port); },
+                                           [this, store_port] { (void)xen_->event_channels().NotifyGuest(store_port); },
                                            [this, process_store] { (void)backend_loop_->Post(process_store); }));
-  XENKVM_ASSIGN_OR_RETURN(uint32_t console_port, xen_->AllocateBackendPort([this] {
+  XENKVM_ASSIGN_OR_RETURN(uint32_t console_port, xen_->event_channels().AllocateBackendPort([this] {
     if (pv_console_) pv_console_->Process();
     FlushConsoleInput();  // the guest's event may mean it took input: room for more
   }));
@@ -237,7 +237,7 @@ absl::Status Vm::BuildXenBackends(const VmConfig& config) {
                        [this](std::span<const uint8_t> bytes) {
                          for (uint8_t byte : bytes) console_.Append(byte);
                        },
-                       [this, console_port] { (void)xen_->NotifyGuest(console_port); }));
+                       [this, console_port] { (void)xen_->event_channels().NotifyGuest(console_port); }));
   xen_->SetHvmParam(HVM_PARAM_STORE_PFN, kStoreRingGpa >> 12);
   xen_->SetHvmParam(HVM_PARAM_STORE_EVTCHN, store_port);
   xen_->SetHvmParam(HVM_PARAM_CONSOLE_PFN, kConsoleRingGpa >> 12);
@@ -249,7 +249,8 @@ absl::Status Vm::BuildXenBackends(const VmConfig& config) {
   // The disks: created on the backend loop, whose thread owns the store from now on.
   absl::Status disks = absl::OkStatus();
   XENKVM_RETURN_IF_ERROR(OnBackendLoop([&] {
-    xenbus::XenDisk::Environment environment{store_.get(), memory_.get(), xen_.get(), backend_loop_.get(), domid_};
+    xenbus::XenDisk::Environment environment{store_.get(), memory_.get(), &xen_->event_channels(),
+                                             &xen_->grant_table(), backend_loop_.get(), domid_};
     for (const xenbus::XenDiskConfig& disk : config.disks) {
       absl::StatusOr<std::unique_ptr<xenbus::XenDisk>> created = xenbus::XenDisk::Create(environment, disk);
       if (!created.ok()) {
@@ -328,7 +329,8 @@ absl::StatusOr<Vm::DiskInfo> Vm::AttachDisk(const xenbus::XenDiskConfig& config)
                                                      "): detach it first"));
       return;
     }
-    xenbus::XenDisk::Environment environment{store_.get(), memory_.get(), xen_.get(), backend_loop_.get(), domid_};
+    xenbus::XenDisk::Environment environment{store_.get(), memory_.get(), &xen_->event_channels(),
+                                             &xen_->grant_table(), backend_loop_.get(), domid_};
     absl::StatusOr<std::unique_ptr<xenbus::XenDisk>> disk = xenbus::XenDisk::Create(environment, config);
     if (!disk.ok()) {
       result = disk.status();

@@ -189,15 +189,15 @@ absl::Status XenDisk::Connect() {
   options.max_indirect_segments = config_.max_indirect_segments;
   options.flush = config_.flush;
   options.discard = config_.discard;
-  xen::Shim* shim = environment_.shim;
+  xen::EventChannels* events = environment_.event_channels;
   absl::StatusOr<std::unique_ptr<DiskRing>> ring =
-      DiskRing::Start(*environment_.memory, shim->grant_table(), *image_, options,
-                      [shim, port] { (void)shim->NotifyGuest(port); });
+      DiskRing::Start(*environment_.memory, *environment_.grant_table, *image_, options,
+                      [events, port] { (void)events->NotifyGuest(port); });
   if (!ring.ok()) return absl::InvalidArgumentError(absl::StrCat(prefix, ring.status().message()));
   ring_ = std::move(*ring);
   std::weak_ptr<bool> alive = alive_;
   // Runs on the loop, as Disconnect does: the ring is there or not, never half gone.
-  absl::Status bound = shim->BindBackend(port, [this, alive] {
+  absl::Status bound = events->BindBackend(port, [this, alive] {
     if (alive.lock() && ring_) ring_->Kick();
   });
   if (!bound.ok()) {
@@ -244,7 +244,7 @@ absl::Status XenDisk::Connect() {
 
 void XenDisk::Disconnect() {
   if (bound_port_) {
-    (void)environment_.shim->UnbindBackend(*bound_port_);
+    (void)environment_.event_channels->UnbindBackend(*bound_port_);
     bound_port_.reset();
   }
   ring_.reset();

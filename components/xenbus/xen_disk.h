@@ -21,7 +21,8 @@
 #include "components/base/event_loop.h"
 #include "components/block/image.h"
 #include "components/memory/guest_memory.h"
-#include "components/xen/shim.h"
+#include "components/xen/event_channels.h"
+#include "components/xen/grant_table.h"
 #include "components/xen/xenstore/store.h"
 #include "components/xenbus/disk_ring.h"
 #include "components/xenbus/vdev.h"
@@ -51,7 +52,8 @@ class XenDisk {
   struct Environment {
     xen::xenstore::Store* store = nullptr;
     const memory::GuestMemory* memory = nullptr;
-    xen::Shim* shim = nullptr;
+    xen::EventChannels* event_channels = nullptr;
+    xen::GrantTable* grant_table = nullptr;
     base::EventLoop* loop = nullptr;  // the store's thread; XenDisk is used only there
     uint32_t domid = 1;
   };

@@ -5,6 +5,7 @@
 #include <future>
 
 #include "components/accel/emu/emu_accelerator.h"
+#include "components/xen/shim.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/frontends/blkfront.h"
@@ -76,7 +77,8 @@ class XenDiskTest : public ::testing::Test {
   }
   absl::Status Create(XenDiskConfig config) {
     return OnLoop([&]() -> absl::Status {
-      XenDisk::Environment environment{&store_, memory_.get(), shim_.get(), loop_.get(), 1};
+      XenDisk::Environment environment{&store_, memory_.get(), &shim_->event_channels(), &shim_->grant_table(),
+                                       loop_.get(), 1};
       auto disk = XenDisk::Create(environment, config);
       if (!disk.ok()) return disk.status();
       disk_ = std::move(*disk);

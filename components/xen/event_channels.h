@@ -1,0 +1,151 @@
+// Event channels, 2-level ABI: the guest's port table, EVTCHNOP_*, the backends' side (domain 0),
+// VIRQs, SCHEDOP_block/poll's waiting, and per-port statistics. Raising a port goes through an
+// EventDelivery (the shim's own path, or the kernel's). Its lock comes before Vcpus', Upcalls' and
+// SharedPages' (it calls them under it), never after.
+#ifndef XENKVM_COMPONENTS_XEN_EVENT_CHANNELS_H_
+#define XENKVM_COMPONENTS_XEN_EVENT_CHANNELS_H_
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "components/base/event_loop.h"
+#include "components/xen/config.h"
+#include "components/xen/hypercall_caller.h"
+#include "components/xen/shared_pages.h"
+#include "components/xen/system_clock.h"
+#include "components/xen/upcall.h"
+#include "components/xen/vcpus.h"
+
+namespace xenkvm::xen {
+
+enum class PortType { kClosed, kUnbound, kInterdomain, kPirq, kVirq, kIpi };  // EVTCHNSTAT_* order
+const char* PortTypeName(PortType type);
+
+// Per-port counters (QEMU's xen-event-list has none).
+struct PortCounters {
+  uint64_t sends = 0;         // EVTCHNOP_send on this port (or a backend's/injection's notify)
+  uint64_t deliveries = 0;    // times its pending bit went from 0 to 1
+  uint64_t upcalls = 0;       // upcalls raised because of it
+  uint64_t masked = 0;        // deliveries that raised nothing because the port was masked
+};
+
+struct PortSnapshot {
+  uint32_t port = 0;
+  PortType type = PortType::kClosed;
+  uint32_t vcpu = 0;
+  std::string remote;         // "backend", "loopback", or "" (unbound to a domain: its id)
+  uint16_t remote_domain = 0;
+  uint32_t target = 0;        // remote port, VIRQ or PIRQ number
+  bool pending = false;
+  bool masked = false;
+  PortCounters counters;
+};
+
+class EventChannels {
+ public:
+  using EventHandler = std::function<void()>;
+
+  // `backend_loop` runs backend event handlers (nullptr: on the thread that raised them).
+  EventChannels(const XenConfig& config, const SystemClock& clock, SharedPages& pages, EventDelivery& delivery,
+                Vcpus& vcpus, base::EventLoop* backend_loop);
+
+  // EVTCHNOP_*.
+  int64_t Op(HypercallCaller& caller, uint64_t command, uint64_t arg);
+
+  // The guest's mode fixes shared_info's layout (Xen latches it the same way): ports the new
+  // layout cannot hold are closed.
+  void LatchLongMode(bool long_mode);
+  bool long_mode_latched() const;
+  bool ValidPort(uint32_t port) const;
+
+  // Blocks `vcpu` until one of `ports` is pending (none: any event for it, its upcall_pending),
+  // an event it can take arrives (`interrupts_enabled`), the deadline (system time) passes, or
+  // Stop(). Its runstate shows it blocked meanwhile.
+  void WaitForEvents(uint32_t vcpu, const std::vector<uint32_t>& ports, std::optional<uint64_t> deadline_ns,
+                     bool interrupts_enabled);
+  // Raises the port bound to `virq` on `vcpu` (global VIRQs: vCPU 0's), if any.
+  void SendVirq(uint32_t vcpu, uint32_t virq);
+  // Waiters return; nothing blocks again.
+  void Stop();
+
+  // ---- Backend side (the VMM's PV backends, domain 0)
+  // A new guest port bound to a backend (as a toolstack makes the XenStore and console ports);
+  // guest sends on it run `handler`.
+  absl::StatusOr<uint32_t> AllocateBackendPort(EventHandler handler);
+  // Binds a port the guest allocated with EVTCHNOP_alloc_unbound(remote_dom = 0).
+  absl::Status BindBackend(uint32_t guest_port, EventHandler handler);
+  // The backend closes its end: the guest port becomes unbound again (remote domain 0).
+  absl::Status UnbindBackend(uint32_t guest_port);
+  // Raises `guest_port` in the guest.
+  absl::Status NotifyGuest(uint32_t guest_port);
+
+  // ---- Statistics and debugging
+  std::vector<PortSnapshot> Snapshot() const;  // every open port, by number
+  // Raises `port` as if its remote end had sent (QEMU's xen-event-inject): kInvalidArgument for a
+  // port outside the ABI's range, kNotFound for a closed one.
+  absl::Status InjectEvent(uint32_t port);
+
+ private:
+  struct Port {
+    PortType type = PortType::kClosed;
+    uint32_t vcpu = 0;
+    uint16_t remote_domain = 0;  // unbound/interdomain: the other side's domain
+    uint32_t remote_port = 0;    // interdomain loopback: the peer port
+    bool backend = false;        // interdomain with a VMM backend
+    uint32_t virq = 0;
+    std::shared_ptr<EventHandler> handler;
+    PortCounters counters;
+  };
+
+  int64_t AllocUnbound(HypercallCaller& caller, uint64_t arg);
+  int64_t BindInterdomain(HypercallCaller& caller, uint64_t arg);
+  int64_t BindVirq(HypercallCaller& caller, uint64_t arg);
+  int64_t BindIpi(HypercallCaller& caller, uint64_t arg);
+  int64_t Status(HypercallCaller& caller, uint64_t arg);
+  int64_t BindVcpu(HypercallCaller& caller, uint64_t arg);
+  int64_t PortOnlyOp(HypercallCaller& caller, uint64_t command, uint64_t arg);
+  int64_t Reset(HypercallCaller& caller, uint64_t arg);
+  bool Self(uint16_t domid) const;
+
+  bool ValidPortLocked(uint32_t port) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  uint32_t PortLimitLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  std::optional<uint32_t> AllocatePortLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // A port allocated for an op whose answer could not be written back is closed again.
+  int64_t AnswerOrCloseLocked(uint32_t port, bool written) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  void RaiseLocked(uint32_t port) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  void CountLocked(uint32_t port, const RaiseOutcome& outcome) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  int64_t SendLocked(uint32_t port) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  void ClosePortLocked(uint32_t port) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Lets the kernel handle the guest's sends on `port` (IPIs and loopback), or takes them back.
+  void RouteLocked(uint32_t port) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  void RunBackendHandler(const std::shared_ptr<EventHandler>& handler);
+
+  const XenConfig& config_;
+  const SystemClock& clock_;
+  SharedPages& pages_;
+  EventDelivery& delivery_;
+  Vcpus& vcpus_;
+  base::EventLoop* const backend_loop_;
+
+  mutable absl::Mutex mutex_;
+  std::vector<Port> ports_ ABSL_GUARDED_BY(mutex_);
+  std::vector<std::array<uint32_t, 24>> virq_ports_ ABSL_GUARDED_BY(mutex_);  // by vCPU; NR_VIRQS
+  // The layout, as latched into SharedPages (kept here too: every port check needs it).
+  bool long_mode_ ABSL_GUARDED_BY(mutex_) = true;
+  std::atomic<bool> long_mode_latched_{false};  // read on every hypercall, without the lock
+  uint64_t event_generation_ ABSL_GUARDED_BY(mutex_) = 0;  // bumped on every raise: wakes waiters
+  bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
+};
+
+}  // namespace xenkvm::xen
+
+#endif  // XENKVM_COMPONENTS_XEN_EVENT_CHANNELS_H_
