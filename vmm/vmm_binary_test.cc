@@ -270,6 +270,47 @@ TEST_P(VmmTest, XenConsoleGuestWritesThroughItsRing) {
 
 // `xl shutdown` done with xenstore-utils on the VMM's XenStore socket: the guest's watch on
 // control/shutdown sees the request, and the guest powers off (or reboots) as asked.
+// The VMM's resident memory (VmRSS), in KiB; 0 once it is gone.
+uint64_t ResidentKib(pid_t pid) {
+  std::ifstream status(absl::StrCat("/proc/", pid, "/status"));
+  for (std::string line; std::getline(status, line);) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoull(line.substr(6));
+  }
+  return 0;
+}
+
+// The balloon guest gives 32 MiB back and takes it again; the host sees its memory go and come.
+TEST_P(VmmTest, BalloonedMemoryLeavesTheHostAndComesBack) {
+  char directory[] = "/tmp/xenkvm-vmm-test-XXXXXX";
+  ASSERT_NE(mkdtemp(directory), nullptr);
+  const std::string log = absl::StrCat(directory, "/vmm.log");
+  pid_t pid = testing::StartProcess({Runfile("vmm/xenkvm-vmm"), "--kernel", Runfile("tests/guests/xen_balloon.elf"),
+                                     "--accel", GetParam(), "--memory", "128"},
+                                    log);
+  std::string output;
+  auto resident_at = [&](const std::string& marker) -> uint64_t {
+    for (int i = 0; i < 1200 && output.find(marker) == std::string::npos; ++i) {
+      absl::SleepFor(absl::Milliseconds(25));
+      output = testing::RunProcess({"/bin/cat", log}).out;
+    }
+    EXPECT_THAT(output, HasSubstr(marker));
+    return ResidentKib(pid);  // the guest waits a second after each marker
+  };
+  const uint64_t touched = resident_at("balloon: touched 32 MiB");
+  const uint64_t given_back = resident_at("balloon: gave back 32 MiB");
+  const uint64_t refilled = resident_at("balloon: refilled 32 MiB");
+  int status = -1;
+  for (int i = 0; i < 600 && waitpid(pid, &status, WNOHANG) != pid; ++i) absl::SleepFor(absl::Milliseconds(50));
+  output = testing::RunProcess({"/bin/cat", log}).out;
+  ASSERT_TRUE(WIFEXITED(status)) << output;
+  EXPECT_EQ(WEXITSTATUS(status), 0) << output;
+  EXPECT_THAT(output, HasSubstr("PASS"));
+  // 32 MiB is 32768 KiB; allow for what the VMM itself does meanwhile.
+  EXPECT_GE(touched, given_back + 28 * 1024) << "VmRSS touched " << touched << " KiB, given back " << given_back;
+  EXPECT_GE(refilled, given_back + 28 * 1024) << "VmRSS given back " << given_back << " KiB, refilled " << refilled;
+  testing::RunProcess({"/bin/rm", "-rf", directory});
+}
+
 TEST_P(VmmTest, TheGuestShutsDownWhenXenStoreAsks) {
   if (access("/usr/bin/xenstore-write", X_OK) != 0) GTEST_SKIP() << "needs xenstore-utils (tools/setup.sh)";
   for (const std::string reason : {"poweroff", "reboot"}) {

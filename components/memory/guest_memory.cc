@@ -242,6 +242,23 @@ absl::Status GuestMemory::Zero(GuestAddress address, uint64_t length) const {
   return absl::OkStatus();
 }
 
+absl::Status GuestMemory::Discard(GuestAddress address, uint64_t length) const {
+  if (address.page_offset() != 0 || length % kPageSize != 0 || length == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("discard of ", length, " bytes at ", address.ToString(), ": not whole pages"));
+  }
+  const GuestRegion* region = FindRegion(address);
+  if (region == nullptr || !IsValidRange(address, length)) {
+    return absl::InvalidArgumentError(absl::StrCat("discard at ", address.ToString(), ": not inside one RAM region"));
+  }
+  const uint64_t offset = address.value() - region->start().value();
+  if (::fallocate(region->memfd(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
+                  static_cast<off_t>(length)) != 0) {
+    return base::ErrnoStatus(absl::StrCat("discard at ", address.ToString(), ": fallocate"));
+  }
+  return absl::OkStatus();
+}
+
 namespace {
 
 // Calls copy(offset in the ring, offset in the buffer, length) for the one or two pieces `length`

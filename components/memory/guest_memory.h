@@ -96,6 +96,10 @@ class GuestMemory {
   absl::Status Write(GuestAddress address, std::span<const uint8_t> source) const;
   // Fills [address, address + length) with zeros.
   absl::Status Zero(GuestAddress address, uint64_t length) const;
+  // Gives the pages of [address, address + length) (page-aligned, inside one region) back to the
+  // host: the memfd's hole is punched, the VMM's resident memory drops, and the range reads as
+  // zeros (faulted in afresh) when next touched, by the guest or the host.
+  absl::Status Discard(GuestAddress address, uint64_t length) const;
 
   // Extra pages: single pages given backing at run time where no region is, as Xen gives a
   // grant-table or shared-info frame that a guest maps at an unpopulated address

@@ -23,6 +23,7 @@
 #include "components/xen/extra_frames.h"
 #include "components/xen/grant_table.h"
 #include "components/xen/hypercall_caller.h"
+#include "components/xen/reservation.h"
 #include "components/xen/shared_pages.h"
 #include "components/xen/timers.h"
 #include "components/xen/upcall.h"
@@ -49,6 +50,7 @@ struct Subsystems {
   EventChannels& events;
   GrantTable& grant_table;
   ExtraFrames& extra_frames;
+  MemoryReservation& reservation;
 };
 
 class Dispatcher {
@@ -71,6 +73,7 @@ class Dispatcher {
   int64_t MemoryOp(HypercallCaller& caller, uint64_t command, uint64_t arg);
   int64_t AddToPhysmap(HypercallCaller& caller, uint16_t domid, uint32_t space, uint64_t index, uint64_t gpfn);
   int64_t MemoryMap(HypercallCaller& caller, uint64_t arg);
+  int64_t Reservation(HypercallCaller& caller, uint64_t op, uint64_t start_extent, uint64_t arg);
   void ReleaseUnusedFrames() ABSL_EXCLUSIVE_LOCKS_REQUIRED(physmap_mutex_);
   // grant_table_op.cc
   int64_t GrantTableOp(HypercallCaller& caller, uint64_t command, uint64_t arg, uint64_t count);

@@ -139,6 +139,10 @@ int16_t GrantTable::Map(uint32_t ref, bool readonly, Mapping* mapping) {
       ClearFlagsLocked(*entry, GTF_reading | GTF_writing);
       return refuse(GNTST_general_error);
     }
+    if (reservation_ != nullptr && !reservation_->Pin(*frame)) {
+      ClearFlagsLocked(*entry, GTF_reading | GTF_writing);
+      return refuse(GNTST_bad_page);
+    }
     gfn = *frame;
     found = active_.emplace(ref, Active{gfn, 0, 0}).first;
   } else {
@@ -167,7 +171,10 @@ void GrantTable::Unmap(const Mapping& mapping) {
   if (active.readers + active.writers == 0) release |= GTF_reading | GTF_writing;
   const std::optional<uint64_t> entry = EntryGpaLocked(mapping.ref);
   if (entry && release != 0) ClearFlagsLocked(*entry, release);
-  if (active.readers + active.writers == 0) active_.erase(found);
+  if (active.readers + active.writers == 0) {
+    if (reservation_ != nullptr) reservation_->Unpin(active.gfn);
+    active_.erase(found);
+  }
 }
 
 GrantTableStatistics GrantTable::Statistics() const {

@@ -21,6 +21,7 @@
 #include "absl/synchronization/mutex.h"
 #include "components/accel/accelerator.h"
 #include "components/memory/guest_memory.h"
+#include "components/xen/reservation.h"
 
 namespace xenkvm::xen {
 
@@ -45,6 +46,9 @@ class GrantTable {
   // The guest's vCPUs, whose emulated atomics the flag updates must not interleave with
   // (Accelerator::ExcludeGuestAtomics: the guest ends a grant with a cmpxchg of its flags).
   void SynchronizeWith(accel::Accelerator& accelerator) { accelerator_ = &accelerator; }
+  // The guest's memory reservation: a mapped frame is pinned there (the guest cannot give it
+  // back), and a frame the guest gave back cannot be mapped (GNTST_bad_page).
+  void TrackPinsIn(MemoryReservation& reservation) { reservation_ = &reservation; }
 
   // ---- The guest's side (under its hypercalls). Results are 0 or a negative Xen errno.
   // XENMAPSPACE_grant_table: frame `index` now lives at guest frame `gfn`; its entries move
@@ -74,7 +78,8 @@ class GrantTable {
   // Maps grant `ref` for reading (and writing unless `readonly`). GNTST_bad_gntref for a ref
   // outside the table or in a frame the guest has not mapped; GNTST_general_error for an entry
   // that does not grant this backend access (type, domain, read-only), cannot be pinned, or names
-  // a frame outside guest RAM; GNTST_no_space beyond kMaxMappingsPerGrant mappings.
+  // a frame outside guest RAM; GNTST_bad_page for a frame the guest gave back (ballooned out);
+  // GNTST_no_space beyond kMaxMappingsPerGrant mappings.
   int16_t Map(uint32_t ref, bool readonly, Mapping* mapping);
   // Releases a mapping Map() gave; the last one for a reference clears its GTF_reading/writing.
   void Unmap(const Mapping& mapping);
@@ -95,6 +100,7 @@ class GrantTable {
 
   const memory::GuestMemory& memory_;
   accel::Accelerator* accelerator_ = nullptr;
+  MemoryReservation* reservation_ = nullptr;
   const uint32_t max_frames_;
   const uint16_t backend_domid_;
   mutable absl::Mutex mutex_;

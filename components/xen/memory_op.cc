@@ -7,6 +7,14 @@
 #include "third_party/xen_public.h"
 
 namespace xenkvm::xen {
+namespace {
+
+// Where a reservation op resumes sits above the op in the command (Xen's kMemopExtentShift; the
+// public header shows it only to Xen and its tools).
+constexpr uint32_t kMemopExtentShift = 6;
+constexpr uint64_t kMemopCommandMask = (uint64_t{1} << kMemopExtentShift) - 1;
+
+}  // namespace
 
 // Extra pages that neither the shared info nor a grant-table frame occupies any more go away.
 void Dispatcher::ReleaseUnusedFrames() {
@@ -54,6 +62,27 @@ int64_t Dispatcher::AddToPhysmap(HypercallCaller& caller, uint16_t domid, uint32
 }
 
 int64_t Dispatcher::MemoryOp(HypercallCaller& caller, uint64_t command, uint64_t arg) {
+  // The reservation ops carry where to resume in the command's upper bits (kMemopExtentShift).
+  const uint64_t op = command & kMemopCommandMask;
+  const uint64_t start_extent = command >> kMemopExtentShift;
+  switch (op) {
+    case XENMEM_increase_reservation:
+    case XENMEM_decrease_reservation:
+    case XENMEM_populate_physmap:
+      return Reservation(caller, op, start_extent, arg);
+    case XENMEM_current_reservation:
+    case XENMEM_maximum_reservation: {
+      if (start_extent != 0) return XenError(XEN_EINVAL);
+      std::optional<uint16_t> domid = caller.access.ReadObject<uint16_t>(arg);
+      if (!domid) return XenError(XEN_EFAULT);
+      if (!OwnDomain(*domid)) return XenError(XEN_ESRCH);
+      return static_cast<int64_t>(op == XENMEM_current_reservation ? s_.reservation.current_pages()
+                                                                   : s_.reservation.max_pages());
+    }
+    default:
+      break;
+  }
+  if (start_extent != 0) return XenError(XEN_ENOSYS);
   switch (command) {
     case XENMEM_add_to_physmap: {
       // 64-bit: domid@0 size@2 space@4 idx@8 gpfn@16; 32-bit: idx@8 gpfn@12.
@@ -112,6 +141,42 @@ int64_t Dispatcher::MemoryMap(HypercallCaller& caller, uint64_t arg) {
     }
   }
   return caller.access.WriteObject(arg, count) ? 0 : XenError(XEN_EFAULT);
+}
+
+// increase_reservation, decrease_reservation, populate_physmap: struct xen_memory_reservation
+// {extent_start handle, nr_extents, extent_order, mem_flags, domid} (64-bit: @0 @8 @16 @20 @24;
+// 32-bit: @0 @4 @8 @12 @16); the extents are guest frame numbers of the caller's word size. As Xen,
+// the answer is the number of extents done (from start_extent), stopping at the first that fails;
+// nothing is an error code. For a translated guest xenkvm's increase_reservation refills frames as
+// populate_physmap does.
+int64_t Dispatcher::Reservation(HypercallCaller& caller, uint64_t op, uint64_t start_extent, uint64_t arg) {
+  constexpr uint32_t kMaxExtentOrder = 9;  // Xen's limit for an unprivileged domain (2 MiB)
+  const int64_t none_done = static_cast<int64_t>(start_extent);
+  std::optional<uint64_t> extents = caller.ReadWord(arg);
+  std::optional<uint64_t> count = caller.ReadWord(arg + caller.word_size());
+  const uint64_t order_at = caller.long_mode ? 16 : 8;
+  std::optional<uint32_t> order = caller.access.ReadObject<uint32_t>(arg + order_at);
+  std::optional<uint16_t> domid = caller.access.ReadObject<uint16_t>(arg + order_at + 8);
+  if (!extents || !count || !order || !domid) return none_done;
+  if (*count > (UINT32_MAX >> kMemopExtentShift) || start_extent >= *count) return none_done;
+  if (!OwnDomain(*domid) || *order > kMaxExtentOrder) return none_done;
+  const uint64_t frames = uint64_t{1} << *order;
+  absl::MutexLock placing(&physmap_mutex_);  // Xen's pages stay where they are meanwhile
+  const std::optional<uint64_t> shared_info_gpa = s_.pages.shared_info_gpa();
+  uint64_t done = start_extent;
+  for (; done < *count; ++done) {
+    std::optional<uint64_t> gfn = caller.ReadWord(*extents + done * caller.word_size());
+    if (!gfn || (*gfn & (frames - 1)) != 0 || *gfn > (ExtraFrames::kAddressLimit >> 12)) break;
+    bool held_by_xen = false;
+    for (uint64_t frame = *gfn; frame < *gfn + frames && !held_by_xen; ++frame) {
+      held_by_xen = (shared_info_gpa && *shared_info_gpa >> 12 == frame) || s_.grant_table.HoldsFrameAt(frame);
+    }
+    if (held_by_xen) break;
+    const bool ok = op == XENMEM_decrease_reservation ? s_.reservation.GiveBack(*gfn, frames)
+                                                      : s_.reservation.Refill(*gfn, frames);
+    if (!ok) break;
+  }
+  return static_cast<int64_t>(done);
 }
 
 }  // namespace xenkvm::xen

@@ -33,6 +33,7 @@ Shim::Shim(const XenConfig& config, memory::GuestMemory& memory, accel::Accelera
       pages_(accelerator, config.vcpus),
       grant_table_(memory, config.gnttab_max_frames),
       extra_frames_(memory, accelerator),
+      reservation_(memory, /*max_pages=*/0),
       timers_(
           clock_, config.vcpus,
           [this](uint32_t vcpu) {
@@ -46,9 +47,10 @@ Shim::Shim(const XenConfig& config, memory::GuestMemory& memory, accel::Accelera
       vcpus_(config.vcpus, accelerator.tsc_khz(), memory, clock_, pages_, upcalls_, *delivery_, timers_),
       events_(config_, clock_, pages_, *delivery_, vcpus_, backend_loop),
       dispatcher_(config_, memory,
-                  Subsystems{pages_, upcalls_, *delivery_, timers_, vcpus_, events_, grant_table_, extra_frames_},
+                  Subsystems{pages_, upcalls_, *delivery_, timers_, vcpus_, events_, grant_table_, extra_frames_, reservation_},
                   std::move(callbacks.console), std::move(callbacks.shutdown)) {
   grant_table_.SynchronizeWith(accelerator);
+  grant_table_.TrackPinsIn(reservation_);
   // Wallclock at system time 0: now, less the time since the start.
   timespec real{};
   clock_gettime(CLOCK_REALTIME, &real);

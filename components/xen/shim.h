@@ -8,12 +8,14 @@
 //   timers          singleshot/periodic timers and set_timer_op, one thread
 //   upcall          the callback route and owed upcalls; EventDelivery, userspace or kernel
 //   shared_pages    shared_info and vcpu_info: placement, layout, event bits, time
+//   reservation     the frames the guest holds and gave back (memory_op's reservation ops)
 //   grant_table     the guest's grant table, for backends
 // It reaches the CPU only through components/accel.
 //
 // Lock order (a thread holding one may take only those after it):
-//   Dispatcher's physmap lock -> EventChannels -> Vcpus -> Upcalls -> GrantTable, ExtraFrames,
-//   SharedPages, Timers (leaves) -> the accelerator's guest-atomics exclusion.
+//   Dispatcher's physmap lock -> EventChannels -> Vcpus -> Upcalls -> GrantTable -> the leaves
+//   (MemoryReservation, ExtraFrames, SharedPages, Timers) -> the accelerator's guest-atomics
+//   exclusion.
 // The timer thread holds no lock while it fires a timer (Vcpus, then EventChannels) or retries
 // owed upcalls (Upcalls).
 #ifndef XENKVM_COMPONENTS_XEN_SHIM_H_
@@ -34,6 +36,7 @@
 #include "components/xen/event_channels.h"
 #include "components/xen/extra_frames.h"
 #include "components/xen/grant_table.h"
+#include "components/xen/reservation.h"
 #include "components/xen/shared_pages.h"
 #include "components/xen/system_clock.h"
 #include "components/xen/timers.h"
@@ -86,6 +89,8 @@ class Shim {
   EventChannels& event_channels() { return events_; }
   // The guest's grant table, for backends (Map/Unmap) and the toolstack (SetReservedEntries).
   GrantTable& grant_table() { return grant_table_; }
+  // The memory the guest holds and gave back (balloon).
+  const MemoryReservation& reservation() const { return reservation_; }
 
   // HVM parameters the VMM provides (HVM_PARAM_STORE_PFN, _STORE_EVTCHN, _CONSOLE_PFN, _CONSOLE_EVTCHN).
   void SetHvmParam(uint32_t index, uint64_t value) { dispatcher_.SetHvmParam(index, value); }
@@ -106,6 +111,7 @@ class Shim {
   SharedPages pages_;
   GrantTable grant_table_;
   ExtraFrames extra_frames_;
+  MemoryReservation reservation_;
   Timers timers_;
   Upcalls upcalls_;
   const std::unique_ptr<EventDelivery> delivery_;
