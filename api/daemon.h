@@ -70,6 +70,9 @@ class Daemon final : public v1::VmService::Service {
   grpc::Status DetachDisk(grpc::ServerContext*, const v1::DetachDiskRequest*, v1::DetachDiskResponse*) override;
   grpc::Status ListDevices(grpc::ServerContext*, const v1::VmRef*, v1::ListDevicesResponse*) override;
   grpc::Status ListEventChannels(grpc::ServerContext*, const v1::VmRef*, v1::EventChannelList*) override;
+  grpc::Status SetMemoryTarget(grpc::ServerContext*, const v1::SetMemoryTargetRequest*, v1::MemoryStatus*) override;
+  grpc::Status GetMemory(grpc::ServerContext*, const v1::VmRef*, v1::MemoryStatus*) override;
+  grpc::Status ReadHypervisorLog(grpc::ServerContext*, const v1::ReadHypervisorLogRequest*, v1::HypervisorLog*) override;
   grpc::Status StreamConsole(grpc::ServerContext*, const v1::StreamConsoleRequest*,
                              grpc::ServerWriter<v1::ConsoleChunk>*) override;
   grpc::Status Console(grpc::ServerContext*, grpc::ServerReaderWriter<v1::ConsoleChunk, v1::ConsoleInput>*) override;
@@ -119,6 +122,12 @@ class Daemon final : public v1::VmService::Service {
   grpc::Status AskShutdown(Record& record, const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   grpc::Status RunningVmm(const std::string& name, std::shared_ptr<v1::VmmControl::Stub>* control)
       ABSL_LOCKS_EXCLUDED(mutex_);
+  // Calls the running VMM `name` (deadline kVmmCallTimeout, without the daemon lock); its errors
+  // name the VM.
+  template <typename Request, typename Reply>
+  grpc::Status CallRunningVmm(const std::string& name,
+                              grpc::Status (v1::VmmControl::Stub::*call)(grpc::ClientContext*, const Request&, Reply*),
+                              const Request& request, Reply* reply);
   // After asking: destroys the run if it has not ended, with an end reason saying why.
   void FinishShutdown(Record& record, uint64_t run, const grpc::Status& asked) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // Ends the VMM process (SIGTERM, then SIGKILL after a grace period) and waits for the supervisor.

@@ -32,10 +32,22 @@ grpc::Status Daemon::RunningVmm(const std::string& name, std::shared_ptr<v1::Vmm
   if (grpc::Status found = Lookup(name, &record); !found.ok()) return found;
   if (!Running(record->vm) || !record->control) {
     return Error(grpc::StatusCode::FAILED_PRECONDITION,
-                 absl::StrCat("VM \"", name, "\" is ", VmStateName(record->vm.state()),
-                              ", not running (disks in its config are attached when it starts)"));
+                 absl::StrCat("VM \"", name, "\" is ", VmStateName(record->vm.state()), ", not running"));
   }
   *control = record->control;
+  return grpc::Status::OK;
+}
+
+template <typename Request, typename Reply>
+grpc::Status Daemon::CallRunningVmm(const std::string& name,
+                                    grpc::Status (v1::VmmControl::Stub::*call)(grpc::ClientContext*, const Request&, Reply*),
+                                    const Request& request, Reply* reply) {
+  std::shared_ptr<v1::VmmControl::Stub> control;
+  if (grpc::Status running = RunningVmm(name, &control); !running.ok()) return running;
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + kVmmCallTimeout);
+  grpc::Status called = ((*control).*call)(&context, request, reply);
+  if (!called.ok()) return Error(called.error_code(), absl::StrCat("VM \"", name, "\": ", called.error_message()));
   return grpc::Status::OK;
 }
 
@@ -137,23 +149,27 @@ grpc::Status Daemon::ListDevices(grpc::ServerContext*, const v1::VmRef* request,
 }
 
 grpc::Status Daemon::ListEventChannels(grpc::ServerContext*, const v1::VmRef* request, v1::EventChannelList* reply) {
-  const std::string& name = request->name();
-  std::shared_ptr<v1::VmmControl::Stub> control;
-  {
-    absl::MutexLock lock(&mutex_);
-    std::shared_ptr<Record> record;
-    if (grpc::Status found = Lookup(name, &record); !found.ok()) return found;
-    if (!Running(record->vm) || !record->control) {
-      return Error(grpc::StatusCode::FAILED_PRECONDITION,
-                   absl::StrCat("VM \"", name, "\" is ", VmStateName(record->vm.state()), ", not running"));
-    }
-    control = record->control;
-  }
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + kVmmCallTimeout);
-  grpc::Status listed = control->EventChannels(&context, v1::VmmEventChannelsRequest(), reply);
-  if (!listed.ok()) return Error(listed.error_code(), absl::StrCat("VM \"", name, "\": ", listed.error_message()));
-  return grpc::Status::OK;
+  return CallRunningVmm(request->name(), &v1::VmmControl::Stub::EventChannels, v1::VmmEventChannelsRequest(), reply);
+}
+
+grpc::Status Daemon::SetMemoryTarget(grpc::ServerContext*, const v1::SetMemoryTargetRequest* request,
+                                     v1::MemoryStatus* reply) {
+  v1::VmmMemoryTargetRequest target;
+  target.set_target_kib(request->target_kib());
+  grpc::Status set = CallRunningVmm(request->name(), &v1::VmmControl::Stub::SetMemoryTarget, target, reply);
+  if (set.ok()) Emit(v1::VmEvent::MEMORY_TARGET, request->name(), absl::StrCat(request->target_kib(), " KiB"));
+  return set;
+}
+
+grpc::Status Daemon::GetMemory(grpc::ServerContext*, const v1::VmRef* request, v1::MemoryStatus* reply) {
+  return CallRunningVmm(request->name(), &v1::VmmControl::Stub::Memory, v1::VmmMemoryRequest(), reply);
+}
+
+grpc::Status Daemon::ReadHypervisorLog(grpc::ServerContext*, const v1::ReadHypervisorLogRequest* request,
+                                       v1::HypervisorLog* reply) {
+  v1::VmmHypervisorLogRequest read;
+  read.set_clear(request->clear());
+  return CallRunningVmm(request->name(), &v1::VmmControl::Stub::ReadHypervisorLog, read, reply);
 }
 
 grpc::Status Daemon::FollowConsole(grpc::ServerContext* context, const std::string& name, bool replay, bool follow,

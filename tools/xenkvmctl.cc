@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cctype>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -456,6 +457,59 @@ int EventChannels(Session& session, const std::string& name) {
   return 0;
 }
 
+// xl's sizes: a number with an optional unit (b, k, m, g, t), MiB without one; in KiB.
+std::optional<uint64_t> ParseMemoryKib(const std::string& text) {
+  size_t digits = 0;
+  while (digits < text.size() && std::isdigit(static_cast<unsigned char>(text[digits]))) ++digits;
+  uint64_t number = 0;
+  if (digits == 0 || text.size() - digits > 1 || !absl::SimpleAtoi(text.substr(0, digits), &number)) return std::nullopt;
+  const char unit = digits < text.size() ? static_cast<char>(std::tolower(static_cast<unsigned char>(text[digits]))) : 'm';
+  const int shift = unit == 'k' ? 0 : unit == 'm' ? 10 : unit == 'g' ? 20 : unit == 't' ? 30 : unit == 'b' ? -10 : -99;
+  if (shift == -99) return std::nullopt;
+  if (shift < 0) return number >> 10;
+  if (number > (UINT64_MAX >> shift)) return std::nullopt;
+  return number << shift;
+}
+
+int MemSet(Session& session, const std::string& name, const std::string& size) {
+  std::optional<uint64_t> kib = ParseMemoryKib(size);
+  if (!kib) {
+    std::fprintf(stderr, "xenkvmctl: mem-set: \"%s\" is not a size (a number of MiB, or with a unit: 512m, 2g, 524288k)\n",
+                 size.c_str());
+    return 2;
+  }
+  v1::SetMemoryTargetRequest request;
+  request.set_name(name);
+  request.set_target_kib(*kib);
+  v1::MemoryStatus memory;
+  if (grpc::Status s = session.stub->SetMemoryTarget(Context().get(), request, &memory); !s.ok()) return Fail("mem-set", s);
+  if (session.json) {
+    std::printf("%s\n", Json(memory).c_str());
+    return 0;
+  }
+  std::printf("%s: memory target %lu KiB; the guest holds %lu KiB of %lu KiB (its balloon driver moves it there)\n",
+              name.c_str(), static_cast<unsigned long>(memory.target_kib()),
+              static_cast<unsigned long>(memory.current_kib()), static_cast<unsigned long>(memory.max_kib()));
+  return 0;
+}
+
+int Dmesg(Session& session, const std::string& name, bool clear) {
+  v1::ReadHypervisorLogRequest request;
+  request.set_name(name);
+  request.set_clear(clear);
+  v1::HypervisorLog log;
+  if (grpc::Status s = session.stub->ReadHypervisorLog(Context().get(), request, &log); !s.ok()) return Fail("dmesg", s);
+  if (session.json) {
+    std::printf("%s\n", Json(log).c_str());
+    return 0;
+  }
+  if (log.dropped_bytes() > 0) {
+    std::fprintf(stderr, "(%lu older bytes no longer kept)\n", static_cast<unsigned long>(log.dropped_bytes()));
+  }
+  std::fwrite(log.text().data(), 1, log.text().size(), stdout);
+  return 0;
+}
+
 int Events(Session& session, const std::string& name, std::optional<uint64_t> since) {
   v1::WatchEventsRequest request;
   request.set_name(name);
@@ -596,6 +650,17 @@ int main(int argc, char** argv) {
   CLI::App* evtchn = verb("evtchn", "open event channels with their counters, and hypercall counts");
   evtchn->add_option("NAME", name, "the VM")->required();
   evtchn->callback([&] { action = [&] { return EventChannels(session, name); }; });
+
+  CLI::App* mem_set = verb("mem-set", "ask the guest's balloon driver to hold SIZE (as xl mem-set)");
+  std::string size;
+  mem_set->add_option("NAME", name, "the VM")->required();
+  mem_set->add_option("SIZE", size, "MiB, or with a unit: 512m, 2g, 524288k")->required();
+  mem_set->callback([&] { action = [&] { return MemSet(session, name, size); }; });
+
+  CLI::App* dmesg = verb("dmesg", "the VM's hypervisor log: what the guest wrote with console_io (as xl dmesg)");
+  dmesg->add_option("NAME", name, "the VM")->required();
+  dmesg->add_flag("-c,--clear", flag_a, "empty it after reading");
+  dmesg->callback([&] { action = [&] { return Dmesg(session, name, flag_a); }; });
 
   CLI::App* events = verb("events", "lifecycle and device events as they happen, each with its sequence number");
   events->add_option("NAME", name, "only this VM's");

@@ -167,12 +167,34 @@ class ControlServer::Service final : public v1::VmmControl::Service {
     reply->set_accepted(vm_.SendConsoleInput(request->data()));
     return grpc::Status::OK;
   }
+  grpc::Status SetMemoryTarget(grpc::ServerContext*, const v1::VmmMemoryTargetRequest* request,
+                               v1::MemoryStatus* reply) override {
+    return MemoryReply(vm_.SetMemoryTarget(request->target_kib()), reply);
+  }
+  grpc::Status Memory(grpc::ServerContext*, const v1::VmmMemoryRequest*, v1::MemoryStatus* reply) override {
+    return MemoryReply(vm_.Memory(), reply);
+  }
+  grpc::Status ReadHypervisorLog(grpc::ServerContext*, const v1::VmmHypervisorLogRequest* request,
+                             v1::HypervisorLog* reply) override {
+    absl::StatusOr<HypervisorLog::Contents> log = vm_.ReadHypervisorLog(request->clear());
+    if (!log.ok()) return GrpcError(log.status());
+    reply->set_text(log->text);
+    reply->set_dropped_bytes(log->dropped_bytes);
+    return grpc::Status::OK;
+  }
   grpc::Status Devices(grpc::ServerContext*, const v1::VmmDevicesRequest*, v1::ListDevicesResponse* reply) override {
     for (const Vm::DiskInfo& disk : vm_.Disks()) *reply->add_devices() = DeviceFrom(disk);
     return grpc::Status::OK;
   }
 
  private:
+  static grpc::Status MemoryReply(const absl::StatusOr<Vm::MemoryStatus>& memory, v1::MemoryStatus* reply) {
+    if (!memory.ok()) return GrpcError(memory.status());
+    reply->set_target_kib(memory->target_kib);
+    reply->set_current_kib(memory->current_kib);
+    reply->set_max_kib(memory->max_kib);
+    return grpc::Status::OK;
+  }
   Vm& vm_;
 };
 

@@ -1,5 +1,6 @@
 #include "vmm/vm.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -158,7 +159,6 @@ absl::Status Vm::Build(const VmConfig& config) {
   XENKVM_ASSIGN_OR_RETURN(accelerator_, ChooseAccelerator(config.accelerator, *memory_, &accelerator_choice_));
   XENKVM_RETURN_IF_ERROR(accelerator_->RestrictCpuid(config.cpu_template));
   XENKVM_RETURN_IF_ERROR(RegisterPlatformDevices());
-  auto output = [this](uint8_t byte) { console_.Append(byte); };
   if (config.xen_version != 0) {
     xen::XenConfig xen_config;
     xen_config.version = config.xen_version;
@@ -168,8 +168,9 @@ absl::Status Vm::Build(const VmConfig& config) {
     for (const loader::E820Entry& entry : loader::BuildE820(*memory_)) {
       xen_config.memory_map.push_back({entry.address, entry.size, entry.type});
     }
+    hypervisor_log_ = std::make_unique<HypervisorLog>(xen_config.domid);
     xen::Shim::Callbacks callbacks;
-    callbacks.console = output;
+    callbacks.console = [log = hypervisor_log_.get()](uint8_t byte) { log->Append(byte); };
     callbacks.set_gsi = [this](uint32_t gsi, bool asserted) { ioapic_->SetLevel(gsi, asserted); };
     callbacks.shutdown = [this](xen::ShutdownReason reason) {
       switch (reason) {
@@ -244,6 +245,11 @@ absl::Status Vm::BuildXenBackends(const VmConfig& config) {
   xen_->SetHvmParam(HVM_PARAM_CONSOLE_EVTCHN, console_port);
   xen_->grant_table().SetReservedEntries(kConsoleRingGpa >> 12, kStoreRingGpa >> 12);
   xen::xenstore::DomainInfo domain{domid_, config.name, config.vcpus, config.memory_mib * 1024};
+  {
+    absl::MutexLock lock(&mutex_);
+    memory_kib_ = domain.memory_kib;
+    memory_target_kib_ = domain.memory_kib;
+  }
   domain.console = xen::xenstore::DomainInfo::Console{kConsoleRingGpa >> 12, console_port};
   XENKVM_RETURN_IF_ERROR(xen::xenstore::CreateDomain(*store_, domain));
   // The disks: created on the backend loop, whose thread owns the store from now on.
@@ -393,6 +399,41 @@ absl::StatusOr<bool> Vm::RequestShutdown(const std::string& reason) {
     result = asked.ok() ? absl::StatusOr<bool>(xen::xenstore::GuestAdvertises(*store_, domid_, reason)) : asked;
   }));
   return result;
+}
+
+absl::StatusOr<Vm::MemoryStatus> Vm::Memory() {
+  if (xen_ == nullptr) return absl::FailedPreconditionError("this VM runs without the Xen interface: it has no balloon");
+  MemoryStatus status;
+  const uint64_t given_back_kib = (xen_->reservation().ram_pages() - xen_->reservation().current_pages()) * 4;
+  absl::MutexLock lock(&mutex_);
+  status.max_kib = memory_kib_;
+  status.current_kib = memory_kib_ - std::min(given_back_kib, memory_kib_);
+  status.target_kib = memory_target_kib_;
+  return status;
+}
+
+absl::StatusOr<Vm::MemoryStatus> Vm::SetMemoryTarget(uint64_t target_kib) {
+  XENKVM_ASSIGN_OR_RETURN(MemoryStatus status, Memory());
+  if (target_kib < 1024 || target_kib > status.max_kib) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "memory target %u KiB is outside 1024..%u KiB (1 MiB up to the VM's %u MiB of RAM)", target_kib,
+        status.max_kib, status.max_kib / 1024));
+  }
+  absl::Status set;
+  XENKVM_RETURN_IF_ERROR(OnBackendLoop([&] { set = xen::xenstore::SetMemoryTarget(*store_, domid_, target_kib); }));
+  XENKVM_RETURN_IF_ERROR(set);
+  spdlog::info("memory target set to {} KiB (the guest holds {} KiB)", target_kib, status.current_kib);
+  absl::MutexLock lock(&mutex_);
+  memory_target_kib_ = target_kib;
+  status.target_kib = target_kib;
+  return status;
+}
+
+absl::StatusOr<HypervisorLog::Contents> Vm::ReadHypervisorLog(bool clear) {
+  if (hypervisor_log_ == nullptr) {
+    return absl::FailedPreconditionError("this VM runs without the Xen interface: it has no hypervisor log");
+  }
+  return hypervisor_log_->Read(clear);
 }
 
 void Vm::End(VmEnd end) {

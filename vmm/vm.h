@@ -22,6 +22,7 @@
 #include "components/memory/guest_memory.h"
 #include "components/base/event_loop.h"
 #include "components/xen/shim.h"
+#include "vmm/hypervisor_log.h"
 #include "components/xen/xenstore/ring_server.h"
 #include "components/xen/xenstore/socket_server.h"
 #include "components/xen/xenstore/store.h"
@@ -93,6 +94,20 @@ class Vm {
   // removes the device. Returns whether it had to be forced. kNotFound for an unknown vdev.
   absl::StatusOr<bool> DetachDisk(const std::string& vdev, bool force, absl::Duration timeout);
 
+  // The guest's memory as the balloon sees it, in KiB.
+  struct MemoryStatus {
+    uint64_t target_kib = 0;   // what the guest is asked to hold (memory/target)
+    uint64_t current_kib = 0;  // what it holds: max_kib less what it gave back
+    uint64_t max_kib = 0;      // its configured memory (memory/static-max)
+  };
+  // `xl mem-set`: the guest's balloon driver is asked to hold `target_kib` (through XenStore's
+  // memory/target). kInvalidArgument outside 1 MiB..its RAM; kFailedPrecondition without the Xen
+  // interface.
+  absl::StatusOr<MemoryStatus> SetMemoryTarget(uint64_t target_kib);
+  absl::StatusOr<MemoryStatus> Memory();
+  // What the guest wrote with console_io (kFailedPrecondition without the Xen interface).
+  absl::StatusOr<HypervisorLog::Contents> ReadHypervisorLog(bool clear);
+
   const std::string& accelerator_choice() const { return accelerator_choice_; }
   // The Xen shim, or nullptr when the VM runs without the Xen interface.
   xen::Shim* xen() const { return xen_.get(); }
@@ -131,6 +146,9 @@ class Vm {
   std::shared_ptr<devices::Serial> serial_;
   std::vector<std::unique_ptr<xenbus::XenDisk>> disks_;  // used on the backend loop only
   uint32_t domid_ = 1;
+  std::unique_ptr<HypervisorLog> hypervisor_log_;
+  uint64_t memory_kib_ ABSL_GUARDED_BY(mutex_) = 0;  // the configured memory (XenStore static-max)
+  uint64_t memory_target_kib_ ABSL_GUARDED_BY(mutex_) = 0;
   std::vector<std::unique_ptr<accel::Vcpu>> vcpus_;
   devices::Bus pio_bus_{"port I/O"};
   devices::Bus mmio_bus_{"MMIO"};

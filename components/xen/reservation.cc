@@ -9,11 +9,29 @@ constexpr uint64_t kPageShift = 12;
 
 }  // namespace
 
-MemoryReservation::MemoryReservation(const memory::GuestMemory& memory, uint64_t max_pages) : memory_(memory) {
-  for (const memory::GuestRegion& region : memory.regions()) {
-    const uint64_t pages = region.size() >> kPageShift;
-    regions_.push_back(Region{region.start().value() >> kPageShift, pages, std::vector<bool>(pages, false)});
-    ram_pages_ += pages;
+std::vector<MemoryReservation::RamRange> MemoryReservation::RamOf(const std::vector<MemoryMapEntry>& memory_map) {
+  constexpr uint32_t kE820Ram = 1;
+  std::vector<RamRange> ram;
+  for (const MemoryMapEntry& entry : memory_map) {
+    const uint64_t first = (entry.address + (1u << kPageShift) - 1) >> kPageShift;  // whole frames only
+    const uint64_t end = (entry.address + entry.size) >> kPageShift;
+    if (entry.type == kE820Ram && end > first) ram.push_back({first, end - first});
+  }
+  return ram;
+}
+
+MemoryReservation::MemoryReservation(const memory::GuestMemory& memory, const std::vector<RamRange>& ram,
+                                     uint64_t max_pages)
+    : memory_(memory) {
+  std::vector<RamRange> ranges = ram;
+  if (ranges.empty()) {
+    for (const memory::GuestRegion& region : memory.regions()) {
+      ranges.push_back({region.start().value() >> kPageShift, region.size() >> kPageShift});
+    }
+  }
+  for (const RamRange& range : ranges) {
+    regions_.push_back(Region{range.first_gfn, range.pages, std::vector<bool>(range.pages, false)});
+    ram_pages_ += range.pages;
   }
   max_pages_ = max_pages == 0 || max_pages > ram_pages_ ? ram_pages_ : max_pages;
 }

@@ -17,13 +17,22 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
 #include "components/memory/guest_memory.h"
+#include "components/xen/config.h"
 
 namespace xenkvm::xen {
 
 class MemoryReservation {
  public:
-  // `max_pages`: the most the guest may hold (maxmem); 0 or more than its RAM: all of its RAM.
-  MemoryReservation(const memory::GuestMemory& memory, uint64_t max_pages);
+  // The guest's RAM: whole frames [first_gfn, first_gfn + pages), each inside one region of `memory`.
+  struct RamRange {
+    uint64_t first_gfn = 0;
+    uint64_t pages = 0;
+  };
+  // `ram`: the E820 map's RAM (empty: every region of `memory`). `max_pages`: the most the guest
+  // may hold (maxmem); 0 or more than its RAM: all of its RAM.
+  MemoryReservation(const memory::GuestMemory& memory, const std::vector<RamRange>& ram, uint64_t max_pages);
+  // The RAM entries (E820 type 1) of a memory map, as whole frames.
+  static std::vector<RamRange> RamOf(const std::vector<MemoryMapEntry>& memory_map);
 
   uint64_t current_pages() const;
   uint64_t max_pages() const { return max_pages_; }

@@ -115,6 +115,19 @@ TEST_F(ReservationTest, TheHostGetsTheMemoryBack) {
   EXPECT_GE(touched - given_back, 7u << 10) << "RssShmem " << touched << " KiB -> " << given_back << " KiB";
 }
 
+// With a memory map, the reservation is its RAM: reserved frames (here the legacy hole, and a
+// partial frame) are not the guest's to give back.
+TEST_F(ReservationTest, OnlyTheMapsRamCanBeGivenBack) {
+  TearDown();
+  XenConfig config;
+  config.memory_map = {{0, 0x9fc00, 1}, {0x9fc00, 0x60400, 2}, {0x100000, (16 << 20) - 0x100000, 1}};
+  Build(config);
+  EXPECT_EQ(Pages(XENMEM_current_reservation), static_cast<int64_t>(kRamPages - 0x60 - 1));
+  EXPECT_EQ(Reserve(XENMEM_decrease_reservation, {0x9f}), 0);  // partly reserved
+  EXPECT_EQ(Reserve(XENMEM_decrease_reservation, {0xa0}), 0);  // the legacy hole
+  EXPECT_EQ(Reserve(XENMEM_decrease_reservation, {0x9e, 0x100}), 2);
+}
+
 TEST_F(ReservationTest, GrantsAndXenPagesPinTheirFrames) {
   MapSharedInfo();
   EXPECT_EQ(Reserve(XENMEM_decrease_reservation, {kSharedInfo >> 12}), 0);  // Xen's page is there

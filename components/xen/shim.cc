@@ -33,7 +33,7 @@ Shim::Shim(const XenConfig& config, memory::GuestMemory& memory, accel::Accelera
       pages_(accelerator, config.vcpus),
       grant_table_(memory, config.gnttab_max_frames),
       extra_frames_(memory, accelerator),
-      reservation_(memory, /*max_pages=*/0),
+      reservation_(memory, MemoryReservation::RamOf(config.memory_map), /*max_pages=*/0),
       timers_(
           clock_, config.vcpus,
           [this](uint32_t vcpu) {

@@ -76,13 +76,16 @@ void Upcalls::RaiseLocked(uint32_t vcpu) {
   // The per-vCPU vector is a LAPIC interrupt the guest EOIs; the HVM-wide one bypasses the LAPIC.
   absl::Status injected =
       route.vector != 0 ? route.vcpu->InjectInterrupt(vector) : route.vcpu->InjectXenCallback(vector);
-  if (!injected.ok() && !route.owed) {
+  const bool newly_owed = !injected.ok() && !route.owed;
+  route.owed = !injected.ok();
+  if (!route.owed) return;
+  // Before the timer thread is told: woken, it must find the debt.
+  any_owed_.store(true, std::memory_order_release);
+  if (newly_owed) {
     spdlog::debug("Xen shim: upcall vector {:#x} to vCPU {} not injected ({}); retried while upcall_pending is set",
                   vector, vcpu, std::string(injected.message()));
     if (owed_) owed_();
   }
-  route.owed = !injected.ok();
-  if (route.owed) any_owed_.store(true, std::memory_order_release);
 }
 
 void Upcalls::RaiseAllPending() {

@@ -1,5 +1,6 @@
 /* The ticker guest: a long-running Xen guest for control-plane tests. It binds VIRQ_TIMER, runs a
- * 10 ms periodic timer, and prints "tick N" on its console every 10 ticks; with "ticks=N" on its
+ * 10 ms periodic timer, says it is up through console_io (the hypervisor log), and prints "tick N"
+ * on its console every 10 ticks; with "ticks=N" on its
  * command line it powers off (SCHEDOP_shutdown) after N ticks, else it runs until stopped. */
 #include "kit/xen.h"
 
@@ -36,6 +37,7 @@ int guest_main(const struct hvm_start_info *start_info) {
   uint64_t period = 10000000;
   KIT_CHECK(xen_hypercall(XEN_vcpu_op, 6 /* VCPUOP_set_periodic_timer */, 0, (uint64_t)(uintptr_t)&period, 0, 0) == 0);
   if (kit_failures()) return 1;
+  xen_console_write("ticker: up (console_io)\n"); /* the hypervisor log (xl dmesg) */
   kit_printf("ticker: VIRQ_TIMER on port %u, every 10 ms\n", port);
   uint32_t printed = 0;
   for (;;) {

@@ -88,6 +88,12 @@ absl::Status RequestShutdown(Store& store, uint32_t domid, std::string_view reas
                          {{domid, Access::kNone}});
 }
 
+absl::Status SetMemoryTarget(Store& store, uint32_t domid, uint64_t target_kib) {
+  Toolstack toolstack(store);
+  return toolstack.Write(absl::StrCat(Store::DomainPath(domid), "/memory/target"), absl::StrCat(target_kib),
+                         {{0, Access::kNone}, {domid, Access::kRead}});
+}
+
 bool GuestAdvertises(Store& store, uint32_t domid, std::string_view feature) {
   Toolstack toolstack(store);
   Result<std::string> value = toolstack.Read(absl::StrCat(Store::DomainPath(domid), "/control/feature-", std::string(feature)));

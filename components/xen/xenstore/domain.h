@@ -39,6 +39,10 @@ absl::Status RequestShutdown(Store& store, uint32_t domid, std::string_view reas
 // Whether the guest's PV drivers advertise the control/feature-<feature> ("poweroff", "reboot"...).
 bool GuestAdvertises(Store& store, uint32_t domid, std::string_view feature);
 
+// The balloon target, as `xl mem-set` sets it: memory/target (KiB), which the guest's balloon
+// driver watches. The guest may read it only.
+absl::Status SetMemoryTarget(Store& store, uint32_t domid, uint64_t target_kib);
+
 }  // namespace xenkvm::xen::xenstore
 
 #endif  // XENKVM_COMPONENTS_XEN_XENSTORE_DOMAIN_H_
