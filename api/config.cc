@@ -292,9 +292,9 @@ absl::Status ValidateVmConfig(const v1::VmConfig& config) {
             : ""));
   }
   if (config.xen_max_event_channels() != 0 &&
-      (config.xen_max_event_channels() < 64 || config.xen_max_event_channels() > 4096)) {
+      (config.xen_max_event_channels() < 64 || config.xen_max_event_channels() > 131072)) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("xen_max_event_channels: %u is out of range (64 to 4096)", config.xen_max_event_channels()));
+        absl::StrFormat("xen_max_event_channels: %u is out of range (64 to 131072; 2-level guests get at most 4096)", config.xen_max_event_channels()));
   }
   if (config.xen_gnttab_max_frames() > 4096) {
     return absl::InvalidArgumentError(

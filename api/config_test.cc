@@ -157,7 +157,7 @@ TEST(ConfigTest, ValidationNamesTheField) {
   c.set_xen_version("four");
   EXPECT_THAT(error(c), HasSubstr("xen_version:"));
   c = config;
-  c.set_xen_max_event_channels(5000);
+  c.set_xen_max_event_channels(200000);
   EXPECT_THAT(error(c), HasSubstr("xen_max_event_channels:"));
   c = config;
   c.add_consoles()->set_kind("vga");

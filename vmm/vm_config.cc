@@ -42,9 +42,9 @@ absl::Status Validate(const VmConfig& config) {
   if (absl::Status version = xen::CheckXenVersion(config.xen_version); !version.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("xen-version: ", version.message()));
   }
-  if (config.xen_max_event_channels < 64 || config.xen_max_event_channels > 4096) {
+  if (config.xen_max_event_channels < 64 || config.xen_max_event_channels > 131072) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "xen-max-evtchn: %u is out of range (64 to 4096)", config.xen_max_event_channels));
+        "xen-max-evtchn: %u is out of range (64 to 131072; 2-level guests get at most 4096)", config.xen_max_event_channels));
   }
   if (!config.disks.empty() && config.xen_version == 0) {
     return absl::InvalidArgumentError("disk: xen-disk devices need the Xen interface (--xen-version is off)");

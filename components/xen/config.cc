@@ -11,9 +11,9 @@ absl::Status Validate(const XenConfig& config) {
         "xen-version: %#x is not a Xen version in major << 16 | minor form (e.g. 0x4000a for 4.10)",
         config.version));
   }
-  if (config.max_event_channels < 64 || config.max_event_channels > kMaxPorts64) {
+  if (config.max_event_channels < 64 || config.max_event_channels > kMaxPortsFifo) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "max event channels: %u is out of range (64 to %u)", config.max_event_channels, kMaxPorts64));
+        "max event channels: %u is out of range (64 to %u)", config.max_event_channels, kMaxPortsFifo));
   }
   if (config.gnttab_max_frames < 1 || config.gnttab_max_frames > 4096) {
     return absl::InvalidArgumentError(

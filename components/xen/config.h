@@ -12,6 +12,7 @@ namespace xenkvm::xen {
 
 inline constexpr uint32_t kMaxPorts64 = 4096;  // 2-level ABI: 64 words of 64 bits
 inline constexpr uint32_t kMaxPorts32 = 1024;  // 32 words of 32 bits
+inline constexpr uint32_t kMaxPortsFifo = 131072;  // FIFO ABI: 17-bit links
 inline constexpr uint32_t kMaxLegacyVcpus = 32;  // vcpu_info slots in shared_info
 
 inline constexpr uint32_t kMaxMemoryMapEntries = 128;  // Xen's E820MAX for a domain's map
@@ -31,7 +32,8 @@ struct XenConfig {
   bool xen_vapic = false;
   // Hyper-V's leaves are also shown: Xen's move to 0x40000100 and the MSR to 0x40000200.
   bool hyperv_leaves = false;
-  // Event channels, a lower limit than the ABI's 4096 (64-bit) / 1024 (32-bit) if smaller.
+  // Event channels: a limit below the ABI's (2-level: 4096 for 64-bit guests, 1024 for 32-bit;
+  // FIFO: 131072) when smaller.
   uint32_t max_event_channels = kMaxPorts64;
   // Grant-table frames the guest may map (add_to_physmap of XENMAPSPACE_grant_table).
   uint32_t gnttab_max_frames = 64;

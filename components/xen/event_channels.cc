@@ -36,21 +36,40 @@ const char* PortTypeName(PortType type) {
   return "?";
 }
 
-EventChannels::EventChannels(const XenConfig& config, const SystemClock& clock, SharedPages& pages,
-                             EventDelivery& delivery, Vcpus& vcpus, base::EventLoop* backend_loop)
+EventChannels::EventChannels(const XenConfig& config, const SystemClock& clock, memory::GuestMemory& memory,
+                             accel::Accelerator& accelerator, SharedPages& pages, EventDelivery& delivery,
+                             Upcalls& upcalls, Vcpus& vcpus, base::EventLoop* backend_loop)
     : config_(config),
       clock_(clock),
       pages_(pages),
       delivery_(delivery),
+      upcalls_(upcalls),
       vcpus_(vcpus),
       backend_loop_(backend_loop),
       ports_(kMaxPorts64),
-      virq_ports_(vcpus.count()) {}
+      virq_ports_(vcpus.count()),
+      fifo_(memory, accelerator, vcpus.count(), std::min(config.max_event_channels, kMaxPortsFifo)) {}
 
 bool EventChannels::Self(uint16_t domid) const { return domid == DOMID_SELF || domid == config_.domid; }
 
 uint32_t EventChannels::PortLimitLocked() const {
+  if (fifo_.active()) return fifo_.max_ports();
   return std::min(config_.max_event_channels, long_mode_ ? kMaxPorts64 : kMaxPorts32);
+}
+
+bool EventChannels::IsPendingLocked(uint32_t port) const {
+  return fifo_.active() ? fifo_.IsPending(port) : pages_.IsPending(port);
+}
+
+bool EventChannels::IsMaskedLocked(uint32_t port) const {
+  return fifo_.active() ? fifo_.IsMasked(port) : pages_.IsMasked(port);
+}
+
+void EventChannels::CloseBeyondLimitLocked(bool backends_too) {
+  for (uint32_t port = PortLimitLocked(); port < ports_.size(); ++port) {
+    if (ports_[port].type != PortType::kClosed && (backends_too || !ports_[port].backend)) ClosePortLocked(port);
+  }
+  ports_.resize(std::max<size_t>(PortLimitLocked(), kMaxPorts64));
 }
 
 bool EventChannels::ValidPortLocked(uint32_t port) const { return port != 0 && port < PortLimitLocked(); }
@@ -62,11 +81,15 @@ bool EventChannels::ValidPort(uint32_t port) const {
 
 std::optional<uint32_t> EventChannels::AllocatePortLocked() {
   for (uint32_t port = 1; port < PortLimitLocked(); ++port) {
-    if (ports_[port].type == PortType::kClosed) {
-      ports_[port] = Port{};
+    if (ports_[port].type != PortType::kClosed) continue;
+    if (fifo_.active()) {
+      if (fifo_.IsBusy(port)) continue;  // still linked: the guest has not consumed it (as Xen)
+      fifo_.InitPort(port);
+    } else {
       pages_.ClearPendingAndMask(port);
-      return port;
     }
+    ports_[port] = Port{};
+    return port;
   }
   return std::nullopt;
 }
@@ -77,9 +100,7 @@ void EventChannels::LatchLongMode(bool long_mode) {
   delivery_.LongModeLatched(long_mode);
   if (!pages_.SetLongMode(long_mode)) return;
   long_mode_ = long_mode;
-  for (uint32_t port = PortLimitLocked(); port < ports_.size(); ++port) {
-    if (ports_[port].type != PortType::kClosed) ClosePortLocked(port);
-  }
+  if (!fifo_.active()) CloseBeyondLimitLocked(/*backends_too=*/true);
 }
 
 bool EventChannels::long_mode_latched() const { return long_mode_latched_.load(std::memory_order_acquire); }
@@ -93,7 +114,21 @@ void EventChannels::CountLocked(uint32_t port, const RaiseOutcome& outcome) {
 
 void EventChannels::RaiseLocked(uint32_t port) {
   ++event_generation_;
+  if (fifo_.active()) {
+    FinishFifoRaiseLocked(port, fifo_.Raise(port, ports_[port].vcpu));
+    return;
+  }
   CountLocked(port, delivery_.Raise(port, ports_[port].vcpu));
+}
+
+void EventChannels::FinishFifoRaiseLocked(uint32_t port, const FifoEvents::Raised& raised) {
+  RaiseOutcome outcome{.newly_pending = raised.newly_pending, .masked = raised.masked};
+  const uint32_t vcpu = ports_[port].vcpu;
+  if (raised.ready && pages_.SetUpcallPending(vcpu)) {
+    upcalls_.Raise(vcpu);
+    outcome.upcall = true;
+  }
+  CountLocked(port, outcome);
 }
 
 void EventChannels::RunBackendHandler(const std::shared_ptr<EventHandler>& handler) {
@@ -129,7 +164,7 @@ int64_t EventChannels::SendLocked(uint32_t port) {
 }
 
 void EventChannels::RouteLocked(uint32_t port) {
-  if (!delivery_.in_kernel() || port == 0 || port >= ports_.size()) return;
+  if (!delivery_.in_kernel() || fifo_.active() || port == 0 || port >= ports_.size()) return;
   const Port& p = ports_[port];
   if (p.type == PortType::kIpi) {
     delivery_.RouteSends(port, SendRoute{.ipi = true, .to_port = port, .to_vcpu = p.vcpu});
@@ -147,7 +182,7 @@ void EventChannels::ClosePortLocked(uint32_t port) {
     case PortType::kVirq: {
       const uint32_t owner = PerVcpuVirq(p.virq) ? p.vcpu : 0;
       if (owner < virq_ports_.size() && virq_ports_[owner][p.virq] == port) virq_ports_[owner][p.virq] = 0;
-      if (p.virq == VIRQ_TIMER) delivery_.SetTimerPort(p.vcpu, 0);
+      if (p.virq == VIRQ_TIMER && !fifo_.active()) delivery_.SetTimerPort(p.vcpu, 0);
       break;
     }
     case PortType::kInterdomain:
@@ -164,6 +199,7 @@ void EventChannels::ClosePortLocked(uint32_t port) {
       break;
   }
   p = Port{};
+  fifo_.ClearPending(port);
   RouteLocked(port);
   if (peer != 0) RouteLocked(peer);
 }
@@ -201,8 +237,14 @@ int64_t EventChannels::Op(HypercallCaller& caller, uint64_t command, uint64_t ar
       return BindVcpu(caller, arg);
     case EVTCHNOP_reset:
       return Reset(caller, arg);
+    case EVTCHNOP_init_control:
+      return InitControl(caller, arg);
+    case EVTCHNOP_expand_array:
+      return ExpandArray(caller, arg);
+    case EVTCHNOP_set_priority:
+      return SetPriority(caller, arg);
     default:
-      // bind_pirq, FIFO (init_control, expand_array, set_priority), reset_cont: not yet.
+      // bind_pirq, reset_cont: not yet.
       return XenError(XEN_ENOSYS);
   }
 }
@@ -270,7 +312,7 @@ int64_t EventChannels::BindVirq(HypercallCaller& caller, uint64_t arg) {
   if (int64_t answered = AnswerOrCloseLocked(*port, caller.access.WriteObject(arg, *op)); answered != 0) {
     return answered;
   }
-  if (op->virq == VIRQ_TIMER) delivery_.SetTimerPort(op->vcpu, *port);
+  if (op->virq == VIRQ_TIMER && !fifo_.active()) delivery_.SetTimerPort(op->vcpu, *port);
   return 0;
 }
 
@@ -306,7 +348,10 @@ int64_t EventChannels::PortOnlyOp(HypercallCaller& caller, uint64_t command, uin
     case EVTCHNOP_send:
       return SendLocked(*port);
     default:  // EVTCHNOP_unmask: an event that arrived while masked is delivered now
-      if (pages_.UnmaskFindsPending(*port)) {
+      if (fifo_.active()) {
+        ++event_generation_;
+        FinishFifoRaiseLocked(*port, fifo_.Unmask(*port, ports_[*port].vcpu));
+      } else if (pages_.UnmaskFindsPending(*port)) {
         ++event_generation_;
         CountLocked(*port, delivery_.DeliverUnmasked(*port, ports_[*port].vcpu));
       }
@@ -364,8 +409,57 @@ int64_t EventChannels::Reset(HypercallCaller& caller, uint64_t arg) {
   for (uint32_t port = 1; port < ports_.size(); ++port) {
     if (ports_[port].type != PortType::kClosed && !ports_[port].backend) ClosePortLocked(port);
   }
+  if (fifo_.active()) {
+    fifo_.Reset();  // back to 2-level, as Xen
+    CloseBeyondLimitLocked(/*backends_too=*/true);
+  }
   delivery_.ResetRoutes();
   return 0;
+}
+
+int64_t EventChannels::InitControl(HypercallCaller& caller, uint64_t arg) {
+  static_assert(sizeof(evtchn_init_control_t) == 24);
+  std::optional<evtchn_init_control_t> op = caller.access.ReadObject<evtchn_init_control_t>(arg);
+  if (!op) return XenError(XEN_EFAULT);
+  absl::MutexLock lock(&mutex_);
+  const bool switching = !fifo_.active();
+  std::vector<uint32_t> pending;  // what 2-level had pending goes over to FIFO
+  for (uint32_t port = 1; switching && port < ports_.size(); ++port) {
+    if (ports_[port].type != PortType::kClosed && pages_.IsPending(port)) pending.push_back(port);
+  }
+  if (int64_t initialised = fifo_.InitControl(op->vcpu, op->control_gfn, op->offset, pending); initialised != 0) {
+    return initialised;
+  }
+  if (switching) {
+    ports_.resize(std::max<size_t>(fifo_.max_ports(), ports_.size()));
+    // The kernel's event support knows 2-level only: the shim's FIFO path takes everything.
+    delivery_.ResetRoutes();
+    for (uint32_t vcpu = 0; vcpu < virq_ports_.size(); ++vcpu) {
+      if (virq_ports_[vcpu][VIRQ_TIMER] != 0) delivery_.SetTimerPort(vcpu, 0);
+    }
+  }
+  op->link_bits = kFifoLinkBits;
+  return caller.access.WriteObject(arg, *op) ? 0 : XenError(XEN_EFAULT);
+}
+
+int64_t EventChannels::ExpandArray(HypercallCaller& caller, uint64_t arg) {
+  std::optional<evtchn_expand_array_t> op = caller.access.ReadObject<evtchn_expand_array_t>(arg);
+  if (!op) return XenError(XEN_EFAULT);
+  absl::MutexLock lock(&mutex_);
+  std::vector<uint32_t> reraise;
+  if (int64_t expanded = fifo_.ExpandArray(op->array_gfn, &reraise); expanded != 0) return expanded;
+  for (uint32_t port : reraise) {
+    if (port < ports_.size() && ports_[port].type != PortType::kClosed) RaiseLocked(port);
+  }
+  return 0;
+}
+
+int64_t EventChannels::SetPriority(HypercallCaller& caller, uint64_t arg) {
+  std::optional<evtchn_set_priority_t> op = caller.access.ReadObject<evtchn_set_priority_t>(arg);
+  if (!op) return XenError(XEN_EFAULT);
+  absl::MutexLock lock(&mutex_);
+  if (!ValidPortLocked(op->port) || ports_[op->port].type == PortType::kClosed) return XenError(XEN_EINVAL);
+  return fifo_.SetPriority(op->port, op->priority);
 }
 
 void EventChannels::WaitForEvents(uint32_t vcpu, const std::vector<uint32_t>& ports,
@@ -374,7 +468,8 @@ void EventChannels::WaitForEvents(uint32_t vcpu, const std::vector<uint32_t>& po
   auto ready = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
     if (stopping_) return true;
     if (pages_.UpcallPending(vcpu) && (ports.empty() || interrupts_enabled)) return true;
-    return std::any_of(ports.begin(), ports.end(), [this](uint32_t port) { return pages_.IsPending(port); });
+    return std::any_of(ports.begin(), ports.end(),
+                       [this](uint32_t port) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) { return IsPendingLocked(port); });
   };
   vcpus_.SetBlocked(vcpu, true);
   while (!ready()) {
@@ -463,8 +558,8 @@ std::vector<PortSnapshot> EventChannels::Snapshot() const {
     snapshot.remote_domain = p.remote_domain;
     if (p.type == PortType::kInterdomain) snapshot.remote = p.backend ? "backend" : "loopback";
     snapshot.target = p.type == PortType::kVirq ? p.virq : p.remote_port;
-    snapshot.pending = pages_.IsPending(port);
-    snapshot.masked = pages_.IsMasked(port);
+    snapshot.pending = IsPendingLocked(port);
+    snapshot.masked = IsMaskedLocked(port);
     snapshot.counters = p.counters;
     snapshots.push_back(snapshot);
   }

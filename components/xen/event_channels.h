@@ -1,6 +1,8 @@
-// Event channels, 2-level ABI: the guest's port table, EVTCHNOP_*, the backends' side (domain 0),
-// VIRQs, SCHEDOP_block/poll's waiting, and per-port statistics. Raising a port goes through an
-// EventDelivery (the shim's own path, or the kernel's). Its lock comes before Vcpus', Upcalls' and
+// Event channels: the guest's port table, EVTCHNOP_*, the backends' side (domain 0), VIRQs,
+// SCHEDOP_block/poll's waiting, and per-port statistics. 2-level until the guest's first
+// EVTCHNOP_init_control switches it to FIFO (fifo_events.h), EVTCHNOP_reset back. Under 2-level,
+// raising a port goes through an EventDelivery (the shim's own path, or the kernel's); under FIFO
+// through the shim's own FIFO queues and Upcalls (kvm's Xen support knows 2-level only). Its lock comes before Vcpus', Upcalls' and
 // SharedPages' (it calls them under it), never after.
 #ifndef XENKVM_COMPONENTS_XEN_EVENT_CHANNELS_H_
 #define XENKVM_COMPONENTS_XEN_EVENT_CHANNELS_H_
@@ -19,6 +21,7 @@
 #include "absl/synchronization/mutex.h"
 #include "components/base/event_loop.h"
 #include "components/xen/config.h"
+#include "components/xen/fifo_events.h"
 #include "components/xen/hypercall_caller.h"
 #include "components/xen/shared_pages.h"
 #include "components/xen/system_clock.h"
@@ -55,7 +58,8 @@ class EventChannels {
   using EventHandler = std::function<void()>;
 
   // `backend_loop` runs backend event handlers (nullptr: on the thread that raised them).
-  EventChannels(const XenConfig& config, const SystemClock& clock, SharedPages& pages, EventDelivery& delivery,
+  EventChannels(const XenConfig& config, const SystemClock& clock, memory::GuestMemory& memory,
+                accel::Accelerator& accelerator, SharedPages& pages, EventDelivery& delivery, Upcalls& upcalls,
                 Vcpus& vcpus, base::EventLoop* backend_loop);
 
   // EVTCHNOP_*.
@@ -114,6 +118,10 @@ class EventChannels {
   int64_t BindVcpu(HypercallCaller& caller, uint64_t arg);
   int64_t PortOnlyOp(HypercallCaller& caller, uint64_t command, uint64_t arg);
   int64_t Reset(HypercallCaller& caller, uint64_t arg);
+  // FIFO: init_control, expand_array, set_priority.
+  int64_t InitControl(HypercallCaller& caller, uint64_t arg);
+  int64_t ExpandArray(HypercallCaller& caller, uint64_t arg);
+  int64_t SetPriority(HypercallCaller& caller, uint64_t arg);
   bool Self(uint16_t domid) const;
 
   bool ValidPortLocked(uint32_t port) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
@@ -122,6 +130,12 @@ class EventChannels {
   // A port allocated for an op whose answer could not be written back is closed again.
   int64_t AnswerOrCloseLocked(uint32_t port, bool written) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void RaiseLocked(uint32_t port) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // A FIFO raise's outcome: counted, and a newly set READY bit raises the vCPU's upcall.
+  void FinishFifoRaiseLocked(uint32_t port, const FifoEvents::Raised& raised) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  bool IsPendingLocked(uint32_t port) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  bool IsMaskedLocked(uint32_t port) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Closes the ports the ABI in use cannot hold (a 32-bit layout, or back from FIFO).
+  void CloseBeyondLimitLocked(bool backends_too) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void CountLocked(uint32_t port, const RaiseOutcome& outcome) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   int64_t SendLocked(uint32_t port) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void ClosePortLocked(uint32_t port) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
@@ -133,12 +147,14 @@ class EventChannels {
   const SystemClock& clock_;
   SharedPages& pages_;
   EventDelivery& delivery_;
+  Upcalls& upcalls_;
   Vcpus& vcpus_;
   base::EventLoop* const backend_loop_;
 
   mutable absl::Mutex mutex_;
   std::vector<Port> ports_ ABSL_GUARDED_BY(mutex_);
   std::vector<std::array<uint32_t, 24>> virq_ports_ ABSL_GUARDED_BY(mutex_);  // by vCPU; NR_VIRQS
+  FifoEvents fifo_ ABSL_GUARDED_BY(mutex_);
   // The layout, as latched into SharedPages (kept here too: every port check needs it).
   bool long_mode_ ABSL_GUARDED_BY(mutex_) = true;
   std::atomic<bool> long_mode_latched_{false};  // read on every hypercall, without the lock

@@ -84,7 +84,7 @@ TEST_F(ShimTest, BadPortsGetTheRightErrors) {
   Put(evtchn_alloc_unbound_t{5, DOMID_SELF, 0});
   EXPECT_EQ(Evtchn(EVTCHNOP_alloc_unbound), E(XEN_ESRCH));
   EXPECT_EQ(Call(__HYPERVISOR_event_channel_op, {EVTCHNOP_send, 0x7fff00000000}), E(XEN_EFAULT));
-  EXPECT_EQ(Evtchn(EVTCHNOP_init_control), E(XEN_ENOSYS));  // FIFO: not yet
+  EXPECT_EQ(Evtchn(EVTCHNOP_bind_pirq), E(XEN_ENOSYS));  // no PIRQs
 }
 
 TEST_F(ShimTest, PortExhaustionAndTheConfiguredLimit) {

@@ -78,21 +78,27 @@ void SharedInfo::MapAt(uint8_t* host, uint64_t gpa) {
 }
 
 bool SharedInfo::TestAndSetPending(uint32_t port) {
+  if (port >= port_limit()) return false;
   return SharedWords::TestAndSetBit(page() + kPendingOffset, port, long_mode_);
 }
 bool SharedInfo::TestAndClearPending(uint32_t port) {
+  if (port >= port_limit()) return false;
   return SharedWords::TestAndClearBit(page() + kPendingOffset, port, long_mode_);
 }
 bool SharedInfo::IsPending(uint32_t port) const {
+  if (port >= port_limit()) return false;
   return SharedWords::TestBit(page() + kPendingOffset, port, long_mode_);
 }
 bool SharedInfo::IsMasked(uint32_t port) const {
+  if (port >= port_limit()) return false;
   return SharedWords::TestBit(page() + mask_offset(), port, long_mode_);
 }
 bool SharedInfo::TestAndClearMask(uint32_t port) {
+  if (port >= port_limit()) return false;
   return SharedWords::TestAndClearBit(page() + mask_offset(), port, long_mode_);
 }
 bool SharedInfo::TestAndSetMask(uint32_t port) {
+  if (port >= port_limit()) return false;
   return SharedWords::TestAndSetBit(page() + mask_offset(), port, long_mode_);
 }
 

@@ -46,7 +46,7 @@ class SharedInfo {
   void MapAt(uint8_t* host, uint64_t gpa);
   std::optional<uint64_t> gpa() const { return gpa_; }
 
-  // 2-level event bits (port < port_limit()).
+  // 2-level event bits; a port at or beyond port_limit() has none (false, nothing changed).
   bool TestAndSetPending(uint32_t port);
   bool TestAndClearPending(uint32_t port);
   bool IsPending(uint32_t port) const;

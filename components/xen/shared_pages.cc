@@ -117,6 +117,14 @@ bool SharedPages::MarkVcpuPendingLocked(uint32_t vcpu, uint32_t port) {
   return !info->TestAndSetUpcallPending();
 }
 
+bool SharedPages::SetUpcallPending(uint32_t vcpu) {
+  absl::MutexLock lock(&mutex_);
+  std::optional<VcpuInfo> info = VcpuInfoLocked(vcpu);
+  if (!info) return false;
+  const std::unique_ptr<accel::GuestAtomicsExclusion> exclusion = accelerator_.ExcludeGuestAtomics();
+  return !info->TestAndSetUpcallPending();
+}
+
 bool SharedPages::UpcallPending(uint32_t vcpu) const {
   absl::MutexLock lock(&mutex_);
   std::optional<VcpuInfo> info = VcpuInfoLocked(vcpu);

@@ -59,6 +59,8 @@ class SharedPages {
   // Sets the vCPU's selector for `port` and upcall_pending; true if upcall_pending went 0 to 1.
   bool MarkVcpuPending(uint32_t vcpu, uint32_t port);
   bool UpcallPending(uint32_t vcpu) const;
+  // Sets the vCPU's upcall_pending (FIFO: no selectors); true if it went from 0 to 1.
+  bool SetUpcallPending(uint32_t vcpu);
 
   // pvclock into the vCPU's vcpu_info (and `time_area`, a registered vcpu_time area, if given).
   void WriteTime(uint32_t vcpu, const TimeInfo& time, uint8_t* time_area);

@@ -45,7 +45,7 @@ Shim::Shim(const XenConfig& config, memory::GuestMemory& memory, accel::Accelera
                [this] { timers_.Wake(); }),
       delivery_(ChooseDelivery(accelerator, pages_, upcalls_)),
       vcpus_(config.vcpus, accelerator.tsc_khz(), memory, clock_, pages_, upcalls_, *delivery_, timers_),
-      events_(config_, clock_, pages_, *delivery_, vcpus_, backend_loop),
+      events_(config_, clock_, memory, accelerator, pages_, *delivery_, upcalls_, vcpus_, backend_loop),
       dispatcher_(config_, memory,
                   Subsystems{pages_, upcalls_, *delivery_, timers_, vcpus_, events_, grant_table_, extra_frames_, reservation_},
                   std::move(callbacks.console), std::move(callbacks.shutdown)) {
