@@ -116,14 +116,20 @@ void PrintTable(const std::vector<std::vector<std::string>>& rows) {
   }
 }
 
-void PrintVm(const v1::Vm& vm) {
+// `memory`: what a running Xen guest holds now (its balloon), if known.
+void PrintVm(const v1::Vm& vm, const std::optional<v1::MemoryStatus>& memory) {
   const v1::VmConfig& c = vm.config();
+  std::string memory_line = absl::StrCat(c.memory_mib(), " MiB");
+  if (memory) {
+    absl::StrAppend(&memory_line, " (the guest holds ", memory->current_kib(), " KiB; target ", memory->target_kib(),
+                    " KiB)");
+  }
   PrintTable({{"name:", c.name()},
               {"state:", State(vm.state())},
               {"pid:", vm.pid() ? absl::StrCat(vm.pid()) : "-"},
               {"accelerator:", vm.accelerator().empty() ? c.accelerator() : vm.accelerator()},
               {"cpu:", absl::StrCat(c.cpu_template().empty() ? "host" : c.cpu_template(), " (CPU template)")},
-              {"memory:", absl::StrCat(c.memory_mib(), " MiB")},
+              {"memory:", memory_line},
               {"vcpus:", absl::StrCat(c.vcpus())},
               {"kernel:", c.kernel()},
               {"initrd:", c.initrd().empty() ? "-" : c.initrd()},
@@ -150,7 +156,14 @@ int PrintVmResult(const Session& session, const std::string& verb, const grpc::S
   if (session.json) {
     std::printf("%s\n", Json(vm).c_str());
   } else if (verb == "info") {
-    PrintVm(vm);
+    std::optional<v1::MemoryStatus> memory;
+    if (vm.state() == v1::VM_STATE_RUNNING || vm.state() == v1::VM_STATE_PAUSED) {
+      v1::VmRef ref;
+      ref.set_name(vm.config().name());
+      v1::MemoryStatus status;
+      if (session.stub->GetMemory(Context().get(), ref, &status).ok()) memory = status;
+    }
+    PrintVm(vm, memory);
   } else {
     std::printf("%s: %s\n", vm.config().name().c_str(), State(vm.state()).c_str());
   }

@@ -3,7 +3,8 @@
  * that consumes the queues by priority (READY, HEAD, clearing LINKED), then: three loopback
  * events sent with interrupts off arrive highest priority first and in order within a priority; a
  * masked event waits for EVTCHNOP_unmask; VIRQ_TIMER arrives through the queues; the hostile
- * arguments get Xen's errors; EVTCHNOP_reset goes back to 2-level. */
+ * arguments get Xen's errors; EVTCHNOP_reset goes back to 2-level. Upcalls come by the per-vCPU
+ * vector, or with "callback=vector" on the command line by the HVM-wide callback vector. */
 #include "kit/xen.h"
 
 #define EVTCHNOP_reset 10
@@ -99,16 +100,30 @@ static void wait_for(uint32_t count) {
   for (int i = 0; i < 1000 && seen_count < count; i++) kit_wait_for_interrupt();
 }
 
+static bool has_word(const char *text, const char *word) {
+  const size_t n = kit_strlen(word);
+  for (const char *p = text; *p; p++) {
+    if ((p == text || p[-1] == ' ') && kit_memcmp(p, word, n) == 0 && (p[n] == 0 || p[n] == ' ')) return true;
+  }
+  return false;
+}
+
 int guest_main(const struct hvm_start_info *start_info) {
-  (void)start_info;
+  const char *cmdline = (const char *)(uintptr_t)start_info->cmdline_paddr;
   if (!xen_init()) return 2;
   KIT_CHECK(xen_map_shared_info() == 0);
-  struct {
-    uint32_t vcpu;
-    uint8_t vector, pad[3];
-  } upcall_vector = {0, UPCALL_VECTOR, {0}};
+  if (has_word(cmdline, "callback=vector")) {
+    KIT_CHECK(xen_set_callback_vector(UPCALL_VECTOR) == 0);
+    kit_printf("fifo: upcalls by the HVM callback vector\n");
+  } else {
+    struct {
+      uint32_t vcpu;
+      uint8_t vector, pad[3];
+    } upcall_vector = {0, UPCALL_VECTOR, {0}};
+    KIT_CHECK(xen_hypercall(XEN_hvm_op, 23 /* HVMOP_set_evtchn_upcall_vector */, (uint64_t)(uintptr_t)&upcall_vector, 0, 0, 0) == 0);
+    kit_printf("fifo: upcalls by the per-vCPU vector\n");
+  }
   kit_set_interrupt_handler(UPCALL_VECTOR, fifo_upcall);
-  KIT_CHECK(xen_hypercall(XEN_hvm_op, 23 /* HVMOP_set_evtchn_upcall_vector */, (uint64_t)(uintptr_t)&upcall_vector, 0, 0, 0) == 0);
 
   /* Hostile arguments first, then the real control block. */
   const uint64_t control_gfn = (uint64_t)(uintptr_t)&control >> 12;

@@ -14,6 +14,7 @@
 #include <optional>
 #include <string>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
@@ -233,7 +234,19 @@ class Xenkvmd {
 // The way an operator runs it: an xl.cfg through xenkvmd, its console through xenkvmctl, and
 // `xenkvmctl shutdown` powering it off through XenStore (the kernel's own shutdown watcher runs
 // /sbin/poweroff, which the root's init answers).
-TEST(LinuxBootTest, DebianCloudKernelThroughXenkvmdShutsDownThroughXenStore) {
+// What `xenkvmctl info` says the guest holds, in KiB (0 when it does not say).
+uint64_t HeldKib(const std::string& info) {
+  const std::string key = "the guest holds ";
+  const size_t at = info.find(key);
+  uint64_t kib = 0;
+  if (at == std::string::npos) return 0;
+  const std::string number = info.substr(at + key.size(), info.find(' ', at + key.size()) - at - key.size());
+  return absl::SimpleAtoi(number, &kib) ? kib : 0;
+}
+
+// Linux's balloon driver follows `xenkvmctl mem-set` (XenStore memory/target): it gives 128 MiB
+// back with XENMEM_decrease_reservation and takes it again with populate_physmap.
+TEST(LinuxBootTest, DebianCloudKernelThroughXenkvmdBalloonsAndShutsDownThroughXenStore) {
   IMAGES_OR_SKIP(images);
   char dir[] = "/tmp/xkl-XXXXXX";
   ASSERT_NE(mkdtemp(dir), nullptr);
@@ -254,6 +267,18 @@ TEST(LinuxBootTest, DebianCloudKernelThroughXenkvmdShutsDownThroughXenStore) {
   EXPECT_THAT(console, HasSubstr("Linux version 6.")) << console;
   EXPECT_THAT(console, HasSubstr("xenkvm-root: cpus=2")) << console;
   ASSERT_THAT(console, HasSubstr("XENKVM-LINUX-WAITING")) << console;
+  EXPECT_THAT(console, HasSubstr("xen:events: Using FIFO-based ABI")) << console;
+  for (const uint64_t target_mib : {384, 512}) {
+    testing::ProcessResult set = ctl({"mem-set", "debian", absl::StrCat(target_mib)});
+    ASSERT_EQ(set.status, 0) << set.err;
+    uint64_t held = 0;
+    for (int i = 0; i < 240; ++i) {
+      held = HeldKib(ctl({"info", "debian"}).out);
+      if (held + 4096 >= target_mib * 1024 && held <= target_mib * 1024 + 4096) break;
+      absl::SleepFor(absl::Milliseconds(500));
+    }
+    EXPECT_NEAR(static_cast<double>(held), static_cast<double>(target_mib * 1024), 4096) << "target " << target_mib << " MiB";
+  }
   testing::ProcessResult shutdown = ctl({"shutdown", "debian"});
   EXPECT_EQ(shutdown.status, 0) << shutdown.err;
   const std::string info = ctl({"info", "debian"}).out;
