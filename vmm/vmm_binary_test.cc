@@ -148,6 +148,8 @@ TEST_P(VmmTest, XenGrantGuestMapsItsTable) {
   EXPECT_EQ(result.status, 0) << result.out << result.err;
   EXPECT_THAT(result.out, HasSubstr("grant table: 0 of at most 64 frames"));
   EXPECT_THAT(result.out, HasSubstr("reserved entries: console frame feff8, xenstore frame feff9"));
+  EXPECT_THAT(result.out, HasSubstr("grant table version 2: status frame at"));
+  EXPECT_THAT(result.out, HasSubstr("grant copy: frame to frame and through a grant"));
   EXPECT_THAT(result.out, HasSubstr("grant table now 2 frames"));
   EXPECT_THAT(result.out, HasSubstr("PASS"));
 }

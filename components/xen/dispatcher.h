@@ -12,6 +12,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <span>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
@@ -77,6 +78,10 @@ class Dispatcher {
   void ReleaseUnusedFrames() ABSL_EXCLUSIVE_LOCKS_REQUIRED(physmap_mutex_);
   // grant_table_op.cc
   int64_t GrantTableOp(HypercallCaller& caller, uint64_t command, uint64_t arg, uint64_t count);
+  int64_t GetStatusFrames(HypercallCaller& caller, uint64_t arg, uint64_t count);
+  int64_t GrantCopy(HypercallCaller& caller, uint64_t arg, uint64_t count);
+  int16_t CopyOne(uint64_t source, uint16_t source_domid, uint16_t source_offset, bool source_gref, uint64_t dest,
+                  uint16_t dest_domid, uint16_t dest_offset, bool dest_gref, std::span<uint8_t> bytes);
   // hvm_op.cc
   int64_t HvmOp(HypercallCaller& caller, uint64_t command, uint64_t arg);
   // sched_op.cc

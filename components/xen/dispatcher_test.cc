@@ -255,8 +255,8 @@ TEST_F(ShimTest, GrantTableOpsOfVersionOne) {
 
   Put(gnttab_set_version_t{1});
   EXPECT_EQ(Call(__HYPERVISOR_grant_table_op, {GNTTABOP_set_version, kArg, 1}), 0);
-  Put(gnttab_set_version_t{2});
-  EXPECT_EQ(Call(__HYPERVISOR_grant_table_op, {GNTTABOP_set_version, kArg, 1}), E(XEN_EOPNOTSUPP));
+  Put(gnttab_set_version_t{3});
+  EXPECT_EQ(Call(__HYPERVISOR_grant_table_op, {GNTTABOP_set_version, kArg, 1}), E(XEN_EINVAL));
   EXPECT_EQ(Get<gnttab_set_version_t>().version, 1u);
   Put(gnttab_get_version_t{DOMID_SELF, 0});
   EXPECT_EQ(Call(__HYPERVISOR_grant_table_op, {GNTTABOP_get_version, kArg, 1}), 0);
@@ -298,6 +298,60 @@ TEST_F(ShimTest, HvmParamsAndUpcallVector) {
   EXPECT_EQ(Call(__HYPERVISOR_hvm_op, {HVMOP_set_evtchn_upcall_vector, kArg}), E(XEN_ENOENT));
   Put(xen_hvm_evtchn_upcall_vector_t{0, 0xf0});
   EXPECT_EQ(Call(__HYPERVISOR_hvm_op, {HVMOP_set_evtchn_upcall_vector, kArg}), 0);
+}
+
+// GNTTABOP_copy from a 32-bit guest (24-byte ops), a bad op array, and version 2's status frames
+// placed by add_to_physmap and listed by get_status_frames.
+TEST_F(ShimTest, GrantCopyAndVersionTwo) {
+  ASSERT_TRUE(memory_->Write(GuestAddress(0x50000 + 16), std::vector<uint8_t>{'x', 'e', 'n'}).ok());
+  struct Copy32 {
+    uint32_t source_gmfn;
+    uint16_t source_domid, source_offset;
+    uint32_t dest_gmfn;
+    uint16_t dest_domid, dest_offset;
+    uint16_t len, flags;
+    int16_t status, pad;
+  };
+  static_assert(sizeof(Copy32) == 24);
+  Put(Copy32{0x50, DOMID_SELF, 16, 0x51, DOMID_SELF, 32, 3, 0, 1, 0});
+  ASSERT_EQ(Call(__HYPERVISOR_grant_table_op, {GNTTABOP_copy, kArg, 1}, /*long_mode=*/false), 0);
+  EXPECT_EQ(Get<Copy32>().status, GNTST_okay);
+  EXPECT_EQ(Get<uint8_t>(0x51000 + 34), 'n');
+  Put(Copy32{0x50, DOMID_SELF, 4095, 0x51, DOMID_SELF, 0, 3, 0, 1, 0});
+  ASSERT_EQ(Call(__HYPERVISOR_grant_table_op, {GNTTABOP_copy, kArg, 1}, false), 0);
+  EXPECT_EQ(Get<Copy32>().status, GNTST_bad_copy_arg);
+  Put(Copy32{0x100000, DOMID_SELF, 0, 0x51, DOMID_SELF, 0, 3, 0, 1, 0});  // not RAM
+  ASSERT_EQ(Call(__HYPERVISOR_grant_table_op, {GNTTABOP_copy, kArg, 1}, false), 0);
+  EXPECT_EQ(Get<Copy32>().status, GNTST_bad_page);
+  EXPECT_EQ(Call(__HYPERVISOR_grant_table_op, {GNTTABOP_copy, 0xfffffff000, 2}), E(XEN_EFAULT));
+
+  struct Add64 {
+    uint16_t domid, size;
+    uint32_t space;
+    uint64_t idx, gpfn;
+  };
+  Put(Add64{DOMID_SELF, 0, XENMAPSPACE_grant_table, 0, 0x40});
+  ASSERT_EQ(Call(__HYPERVISOR_memory_op, {XENMEM_add_to_physmap, kArg}), 0);
+  Put(gnttab_set_version_t{2});
+  ASSERT_EQ(Call(__HYPERVISOR_grant_table_op, {GNTTABOP_set_version, kArg, 1}), 0);
+  Put(Add64{DOMID_SELF, 0, XENMAPSPACE_grant_table, 0 | XENMAPIDX_grant_table_status, 0x200000});  // outside RAM
+  ASSERT_EQ(Call(__HYPERVISOR_memory_op, {XENMEM_add_to_physmap, kArg}), 0);
+  struct GetStatus {
+    uint32_t nr_frames;
+    uint16_t dom;
+    int16_t status;
+    uint64_t frame_list;
+  };
+  Put(GetStatus{1, DOMID_SELF, 1, kArg + 0x100});
+  ASSERT_EQ(Call(__HYPERVISOR_grant_table_op, {GNTTABOP_get_status_frames, kArg, 1}), 0);
+  EXPECT_EQ(Get<GetStatus>().status, GNTST_okay);
+  EXPECT_EQ(Get<uint64_t>(kArg + 0x100), 0x200000u);
+  Put(GetStatus{2, DOMID_SELF, 1, kArg + 0x100});
+  ASSERT_EQ(Call(__HYPERVISOR_grant_table_op, {GNTTABOP_get_status_frames, kArg, 1}), 0);
+  EXPECT_EQ(Get<GetStatus>().status, GNTST_general_error);
+  Put(gnttab_set_version_t{1});
+  ASSERT_EQ(Call(__HYPERVISOR_grant_table_op, {GNTTABOP_set_version, kArg, 1}), 0);
+  EXPECT_FALSE(memory_->IsExtraPage(GuestAddress(uint64_t{0x200000} << 12)));  // the status frame's page went
 }
 
 }  // namespace

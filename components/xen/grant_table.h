@@ -1,5 +1,7 @@
-// Xen grant tables, version 1: a guest grants a backend access to one of its frames by writing an
-// 8-byte entry {flags, domid, frame} into its grant table (512 entries per 4 KiB frame). The table's
+// Xen grant tables, versions 1 and 2: a guest grants a backend access to one of its frames by
+// writing an entry into its grant table: v1 8 bytes {flags, domid, frame} (512 a frame); v2 16
+// bytes {flags, domid, ..., frame} (256 a frame) whose GTF_reading/GTF_writing live apart, in
+// status frames (2048 two-byte words a frame), and which may grant a sub-page or be transitive. The table's
 // frames live in guest RAM wherever the guest maps them (XENMAPSPACE_grant_table), as the
 // shared_info page does. The backends' side maps a granted frame: the entry is checked and pinned
 // with GTF_reading/GTF_writing by compare-and-exchange (the guest may rewrite it at any moment),
@@ -26,6 +28,8 @@
 namespace xenkvm::xen {
 
 inline constexpr uint32_t kGrantEntriesPerFrame = 512;  // v1: 8-byte entries
+inline constexpr uint32_t kGrantEntriesPerFrameV2 = 256;  // v2: 16-byte entries
+inline constexpr uint32_t kGrantStatusPerFrame = 2048;    // v2: 2-byte status words
 inline constexpr uint32_t kMaxMappingsPerGrant = 255;   // QEMU's bound, per grant reference
 
 struct GrantTableStatistics {
@@ -60,9 +64,21 @@ class GrantTable {
   // is (its gfn, or ~0 when the guest has not mapped it).
   int16_t Setup(uint32_t count, std::vector<uint64_t>* gfns);
   uint32_t frames() const;
-  // Whether one of the table's frames is placed at guest frame `gfn`.
+  // Whether one of the table's frames (or v2 status frames) is placed at guest frame `gfn`.
   bool HoldsFrameAt(uint64_t gfn) const;
   uint32_t max_frames() const { return max_frames_; }
+
+  // GNTTABOP_set_version: 1 or 2 (-EINVAL otherwise); -EBUSY while a grant beyond the reserved
+  // entries 0..7 is mapped (as Xen). The
+  // reserved entries are rewritten in the new layout; other entries are the guest's to rewrite.
+  int64_t SetVersion(uint32_t version);
+  uint32_t version() const;
+  // XENMAPSPACE_grant_table | XENMAPIDX_grant_table_status: status frame `index` (v2 only; within
+  // the status frames max_frames would need) at guest frame `gfn`; -EINVAL otherwise.
+  int64_t MapStatusFrame(uint32_t index, uint64_t gfn);
+  // GNTTABOP_get_status_frames: where each of the first `count` status frames is (~0: not
+  // placed); GNTST_general_error under v1 or beyond the table's current status frames.
+  int16_t StatusFrames(uint32_t count, std::vector<uint64_t>* gfns);
 
   // The toolstack's reserved entries: 0 the console ring's frame, 1 XenStore's, both granted to
   // the backend domain (written into frame 0 when the guest maps it).
@@ -84,6 +100,14 @@ class GrantTable {
   // Releases a mapping Map() gave; the last one for a reference clears its GTF_reading/writing.
   void Unmap(const Mapping& mapping);
 
+  // GNTTABOP_copy's grant side, for backends: copies `bytes` into (`to_guest`) or out of the frame
+  // grant `ref` gives `grantee` (the backend domain by default), at `offset`. The entry is checked
+  // and pinned as for a mapping only while the copy runs; a v2 sub-page grant bounds the range
+  // (GNTST_general_error outside it); GNTST_bad_copy_arg when the range crosses the page; a
+  // transitive grant is refused (no other domain's grants exist here).
+  int16_t Copy(uint32_t ref, uint32_t offset, std::span<uint8_t> bytes, bool to_guest);
+  int16_t Copy(uint32_t ref, uint32_t offset, std::span<uint8_t> bytes, bool to_guest, uint16_t grantee);
+
   GrantTableStatistics Statistics() const;
 
  private:
@@ -92,11 +116,39 @@ class GrantTable {
     uint32_t readers = 0;   // read-only mappings
     uint32_t writers = 0;   // writable mappings
   };
-  std::optional<uint64_t> EntryGpaLocked(uint32_t ref) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
-  // Sets `bits` in the entry's flags if it grants what is asked; GNTST_*.
-  int16_t PinLocked(uint64_t entry_gpa, bool readonly) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
-  void ClearFlagsLocked(uint64_t entry_gpa, uint16_t bits) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Where a grant's entry is, and where its GTF_reading/GTF_writing are (v1: the entry's flags;
+  // v2: its status word).
+  struct EntryAt {
+    uint64_t entry = 0;
+    uint64_t flags = 0;
+  };
+  // What a pinned grant gives: its frame (read once), and for a v2 sub-page grant the range.
+  struct Granted {
+    uint64_t gfn = 0;
+    uint32_t offset = 0;
+    uint32_t length = 4096;
+  };
+  enum class Use { kMap, kCopy };
+  std::optional<EntryAt> EntryAtLocked(uint32_t ref) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Sets GTF_reading (and GTF_writing unless `readonly`) if the entry grants what is asked to
+  // `grantee`; GNTST_*. `newly` gets the bits this pin set.
+  int16_t PinLocked(const EntryAt& at, bool readonly, Use use, uint16_t grantee, uint16_t* newly)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  int16_t PinV1Locked(const EntryAt& at, bool readonly, uint16_t grantee, uint16_t* newly)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  int16_t PinV2Locked(const EntryAt& at, bool readonly, Use use, uint16_t grantee, uint16_t* newly)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // The pinned grant's frame and range; GNTST_general_error for a frame that is not guest RAM or
+  // is one of the table's, GNTST_bad_page for one the guest gave back (then pinned in the
+  // reservation until ReleaseFrameLocked).
+  int16_t ReadGrantedLocked(const EntryAt& at, Granted* granted) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  bool IsTableFrameLocked(uint64_t gfn) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  void ClearFlagsLocked(const EntryAt& at, uint16_t bits) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void WriteReservedLocked(uint64_t frame0_gpa) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  uint32_t StatusFramesForLocked(uint32_t grant_frames) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Places a frame (grant or status) of `frames` at `gfn`, moving its contents along.
+  int64_t PlaceLocked(std::vector<std::optional<uint64_t>>& frames, uint32_t index, uint64_t gfn, bool is_frame0)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
 
   const memory::GuestMemory& memory_;
   accel::Accelerator* accelerator_ = nullptr;
@@ -105,6 +157,8 @@ class GrantTable {
   const uint16_t backend_domid_;
   mutable absl::Mutex mutex_;
   std::vector<std::optional<uint64_t>> frame_gfns_ ABSL_GUARDED_BY(mutex_);  // by frame index
+  std::vector<std::optional<uint64_t>> status_gfns_ ABSL_GUARDED_BY(mutex_);  // v2, by status frame index
+  uint32_t version_ ABSL_GUARDED_BY(mutex_) = 1;
   absl::flat_hash_map<uint32_t, Active> active_ ABSL_GUARDED_BY(mutex_);     // by grant reference
   std::optional<std::pair<uint64_t, uint64_t>> reserved_ ABSL_GUARDED_BY(mutex_);
   uint64_t maps_ ABSL_GUARDED_BY(mutex_) = 0;

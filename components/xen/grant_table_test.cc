@@ -170,5 +170,95 @@ TEST_F(GrantTableTest, AGuestFlippingItsEntryNeverGetsAnUngrantedFrameMapped) {
   (void)ok;
 }
 
+// Version 2: 16-byte entries, GTF_reading/GTF_writing in the status frame; sub-page and
+// transitive grants cannot be mapped; the version stays while a grant is mapped.
+class GrantTableV2Test : public GrantTableTest {
+ protected:
+  static constexpr uint64_t kStatusGfn = 0x30;
+  void SetUp() override {
+    GrantTableTest::SetUp();
+    ASSERT_EQ(table_->MapFrame(0, kTableGfn), 0);
+    ASSERT_EQ(table_->MapStatusFrame(0, kStatusGfn), -XEN_EINVAL);  // v1: no status frames
+    ASSERT_EQ(table_->SetVersion(2), 0);
+    ASSERT_EQ(table_->MapStatusFrame(0, kStatusGfn), 0);
+  }
+  void GrantV2(uint32_t ref, uint64_t gfn, uint16_t flags = GTF_permit_access, uint16_t domid = 0,
+               uint16_t page_off = 0, uint16_t length = 0) {
+    grant_entry_v2_t entry{};
+    entry.sub_page.hdr = {flags, domid};
+    entry.sub_page.page_off = page_off;
+    entry.sub_page.length = length;
+    entry.sub_page.frame = gfn;
+    ASSERT_TRUE(memory_->WriteObject(memory::GuestAddress((kTableGfn << 12) + ref * 16), entry).ok());
+  }
+  uint16_t Status(uint32_t ref) { return *memory_->ReadObject<uint16_t>(memory::GuestAddress((kStatusGfn << 12) + ref * 2)); }
+};
+
+TEST_F(GrantTableV2Test, MapsThroughTheStatusFrame) {
+  EXPECT_EQ(table_->version(), 2u);
+  GrantV2(10, kDataGfn);
+  GrantTable::Mapping mapping;
+  ASSERT_EQ(table_->Map(10, false, &mapping), GNTST_okay);
+  EXPECT_EQ(mapping.gfn, kDataGfn);
+  EXPECT_EQ(Status(10), GTF_reading | GTF_writing);
+  EXPECT_EQ(table_->SetVersion(1), -XEN_EBUSY);  // a grant is mapped
+  table_->Unmap(mapping);
+  EXPECT_EQ(Status(10), 0);
+  EXPECT_EQ(table_->Map(300, false, &mapping), GNTST_bad_gntref);  // frame 1 (256 entries a frame) not placed
+  GrantV2(11, kDataGfn, GTF_permit_access | GTF_readonly);
+  EXPECT_EQ(table_->Map(11, false, &mapping), GNTST_general_error);
+  GrantV2(12, kDataGfn, GTF_permit_access | GTF_sub_page, 0, 0, 512);
+  EXPECT_EQ(table_->Map(12, true, &mapping), GNTST_general_error);  // a sub-page cannot be mapped
+  GrantV2(13, kDataGfn, GTF_transitive);
+  EXPECT_EQ(table_->Map(13, true, &mapping), GNTST_general_error);
+  EXPECT_EQ(Status(12) | Status(13), 0);
+  std::vector<uint64_t> gfns;
+  EXPECT_EQ(table_->StatusFrames(1, &gfns), GNTST_okay);
+  EXPECT_THAT(gfns, ::testing::ElementsAre(kStatusGfn));
+  EXPECT_EQ(table_->StatusFrames(2, &gfns), GNTST_general_error);  // one grant frame needs one status frame
+  EXPECT_TRUE(table_->HoldsFrameAt(kStatusGfn));
+  ASSERT_EQ(table_->SetVersion(1), 0);
+  EXPECT_FALSE(table_->HoldsFrameAt(kStatusGfn));
+  EXPECT_EQ(table_->SetVersion(3), -XEN_EINVAL);
+}
+
+TEST_F(GrantTableV2Test, CopiesStayInsideTheGrant) {
+  ASSERT_TRUE(memory_->Write(memory::GuestAddress((kDataGfn << 12) + 600), std::vector<uint8_t>{1, 2, 3, 4}).ok());
+  GrantV2(20, kDataGfn, GTF_permit_access | GTF_sub_page, 0, 512, 256);
+  std::vector<uint8_t> out(4);
+  EXPECT_EQ(table_->Copy(20, 600, out, /*to_guest=*/false), GNTST_okay);
+  EXPECT_THAT(out, ::testing::ElementsAre(1, 2, 3, 4));
+  EXPECT_EQ(table_->Copy(20, 766, out, false), GNTST_general_error);  // past the sub-page (512..767)
+  EXPECT_EQ(table_->Copy(20, 500, out, false), GNTST_general_error);  // before it
+  EXPECT_EQ(table_->Copy(20, 4094, out, false), GNTST_bad_copy_arg);  // across the page
+  EXPECT_EQ(Status(20), 0);                                           // pinned only while copying
+  GrantV2(21, kDataGfn, GTF_permit_access | GTF_readonly);
+  std::vector<uint8_t> in = {9, 9};
+  EXPECT_EQ(table_->Copy(21, 0, in, /*to_guest=*/true), GNTST_general_error);  // read-only
+  EXPECT_EQ(table_->Copy(21, 0, out, false), GNTST_okay);
+  GrantV2(22, kDataGfn, GTF_permit_access, /*domid=*/5);
+  EXPECT_EQ(table_->Copy(22, 0, out, false), GNTST_general_error);  // granted to another domain
+  // A copy while the grant is mapped leaves the mapping's status bits alone.
+  GrantV2(23, kDataGfn);
+  GrantTable::Mapping mapping;
+  ASSERT_EQ(table_->Map(23, true, &mapping), GNTST_okay);
+  EXPECT_EQ(table_->Copy(23, 0, in, true), GNTST_okay);
+  EXPECT_EQ(Status(23), GTF_reading);
+  table_->Unmap(mapping);
+  EXPECT_EQ(Status(23), 0);
+}
+
+TEST_F(GrantTableTest, VersionOneCopies) {
+  ASSERT_EQ(table_->MapFrame(0, kTableGfn), 0);
+  Grant(5, kDataGfn);
+  std::vector<uint8_t> in = {7, 7, 7};
+  EXPECT_EQ(table_->Copy(5, 100, in, /*to_guest=*/true), GNTST_okay);
+  EXPECT_EQ(*memory_->ReadObject<uint8_t>(memory::GuestAddress((kDataGfn << 12) + 101)), 7);
+  EXPECT_EQ(Flags(5), GTF_permit_access);  // the pin went with the copy
+  EXPECT_EQ(table_->Copy(600, 0, in, true), GNTST_bad_gntref);
+  Grant(6, kTableGfn);  // the table itself
+  EXPECT_EQ(table_->Copy(6, 0, in, true), GNTST_general_error);
+}
+
 }  // namespace
 }  // namespace xenkvm::xen

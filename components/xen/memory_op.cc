@@ -40,16 +40,18 @@ int64_t Dispatcher::AddToPhysmap(HypercallCaller& caller, uint16_t domid, uint32
       s_.vcpus.SharedInfoPlaced();
       return 0;
     }
-    case XENMAPSPACE_grant_table:
-      if (index & XENMAPIDX_grant_table_status) return XenError(XEN_EINVAL);  // v1 has no status frames
-      if (index >= config_.gnttab_max_frames) return XenError(XEN_EINVAL);
-      {
-        absl::MutexLock placing(&physmap_mutex_);
-        if (int64_t backed = s_.extra_frames.Back(gpfn); backed != 0) return backed;
-        const int64_t mapped = s_.grant_table.MapFrame(static_cast<uint32_t>(index), gpfn);
-        ReleaseUnusedFrames();
-        return mapped;
-      }
+    case XENMAPSPACE_grant_table: {
+      // A status frame (v2 only) when XENMAPIDX_grant_table_status is set, else a grant frame.
+      const bool status = (index & XENMAPIDX_grant_table_status) != 0;
+      const uint64_t frame = index & ~uint64_t{XENMAPIDX_grant_table_status};
+      if (frame >= config_.gnttab_max_frames || (status && s_.grant_table.version() != 2)) return XenError(XEN_EINVAL);
+      absl::MutexLock placing(&physmap_mutex_);
+      if (int64_t backed = s_.extra_frames.Back(gpfn); backed != 0) return backed;
+      const int64_t mapped = status ? s_.grant_table.MapStatusFrame(static_cast<uint32_t>(frame), gpfn)
+                                    : s_.grant_table.MapFrame(static_cast<uint32_t>(frame), gpfn);
+      ReleaseUnusedFrames();
+      return mapped;
+    }
     case XENMAPSPACE_gmfn:
     case XENMAPSPACE_gmfn_range:
       return XenError(XEN_EOPNOTSUPP);
