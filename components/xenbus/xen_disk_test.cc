@@ -112,8 +112,8 @@ class XenDiskTest : public ::testing::Test {
     EXPECT_EQ(shim_->Hypercall(*vcpu_, call), 0u);
   }
   // blkfront's talk_to_blkback: ring, port, protocol, persistent grants, then Initialised.
-  void FrontendConnects() {
-    front_ = std::make_unique<testing::Blkfront>(*memory_, kTableGfn, kRingGfn);
+  void FrontendConnects(int grant_version = 1) {
+    front_ = std::make_unique<testing::Blkfront>(*memory_, kTableGfn, kRingGfn, blkif::Abi::k64, grant_version);
     port_ = AllocatePortForBackend();
     const std::string dir = "device/vbd/51712/";
     GuestWrite(dir + "ring-ref", std::to_string(front_->ring_gref()));
@@ -184,6 +184,28 @@ TEST_F(XenDiskTest, ConnectsServesClosesAndReconnects) {
   ASSERT_TRUE(WaitForBackendState("2"));
   GuestWrite("device/vbd/51712/state", "3");
   ASSERT_TRUE(WaitForBackendState("4"));
+}
+
+// The backend under grant tables version 2: its grants' pins live in the status frame.
+TEST_F(XenDiskTest, ServesUnderGrantTableVersionTwo) {
+  constexpr uint64_t kStatusGfn = 0x40;
+  ASSERT_EQ(shim_->grant_table().SetVersion(2), 0);
+  ASSERT_EQ(shim_->grant_table().MapStatusFrame(0, kStatusGfn), 0);
+  ASSERT_TRUE(Create({path_, "xvda", false}).ok());
+  FrontendConnects(/*grant_version=*/2);
+  ASSERT_TRUE(WaitForBackendState("4")) << Read("/local/domain/0/backend/vbd/1/51712/error");
+  const uint32_t page = front_->Grant(kDataGfn, false);
+  front_->Put(front_->ReadWrite(blkif::kOpRead, 1, 9, {{page, 0, 0}}));
+  front_->Publish();
+  Send(port_);
+  auto responses = front_->Take(1);
+  ASSERT_EQ(responses.size(), 1u);
+  EXPECT_EQ(responses[0].status, blkif::kStatusOkay);
+  EXPECT_EQ(*memory_->ReadObject<uint8_t>(memory::GuestAddress(kDataGfn << 12)), 9);
+  // The ring stays mapped (and the data page, a persistent grant): their status words say so.
+  EXPECT_NE(*memory_->ReadObject<uint16_t>(memory::GuestAddress((kStatusGfn << 12) + front_->ring_gref() * 2)) &
+                GTF_reading,
+            0);
 }
 
 TEST_F(XenDiskTest, HotUnplugWaitsForTheFrontendToClose) {

@@ -29,10 +29,11 @@ class Blkfront {
     int16_t status;
   };
 
-  // `table_gfn`: where the guest mapped grant-table frame 0; `ring_gfn`: the ring page.
+  // `table_gfn`: where the guest mapped grant-table frame 0; `ring_gfn`: the ring page;
+  // `grant_version`: the layout its entries take (1: 8 bytes; 2: 16 bytes, a 64-bit frame).
   Blkfront(const memory::GuestMemory& memory, uint64_t table_gfn, uint64_t ring_gfn,
-           xenbus::blkif::Abi abi = xenbus::blkif::Abi::k64)
-      : memory_(memory), table_gfn_(table_gfn), ring_gfn_(ring_gfn), abi_(abi),
+           xenbus::blkif::Abi abi = xenbus::blkif::Abi::k64, int grant_version = 1)
+      : memory_(memory), table_gfn_(table_gfn), ring_gfn_(ring_gfn), abi_(abi), grant_version_(grant_version),
         slots_(xenbus::blkif::RingSlots(abi, 1)) {
     // SHARED_RING_INIT: indexes 0, both event indexes 1.
     (void)memory_.Zero(memory::GuestAddress(ring_gfn << 12), 4096);
@@ -51,12 +52,19 @@ class Blkfront {
     return ref;
   }
   void WriteEntry(uint32_t ref, uint16_t flags, uint16_t domid, uint32_t frame) {
-    uint8_t entry[8];
+    const size_t size = grant_version_ == 1 ? 8 : 16;
+    uint8_t entry[16] = {};
     std::memcpy(entry, &flags, 2);
     std::memcpy(entry + 2, &domid, 2);
-    std::memcpy(entry + 4, &frame, 4);
-    (void)memory_.Write(memory::GuestAddress((table_gfn_ << 12) + ref * 8), entry);
+    if (grant_version_ == 1) {
+      std::memcpy(entry + 4, &frame, 4);
+    } else {
+      const uint64_t wide = frame;
+      std::memcpy(entry + 8, &wide, 8);
+    }
+    (void)memory_.Write(memory::GuestAddress((table_gfn_ << 12) + ref * size), std::span<const uint8_t>(entry, size));
   }
+  // Version 1's entry flags (GTF_reading/writing live in version 2's status frames instead).
   uint16_t EntryFlags(uint32_t ref) const {
     return memory_.ReadObject<uint16_t>(memory::GuestAddress((table_gfn_ << 12) + ref * 8)).value_or(0xffff);
   }
@@ -127,6 +135,7 @@ class Blkfront {
   const uint64_t table_gfn_;
   const uint64_t ring_gfn_;
   const xenbus::blkif::Abi abi_;
+  const int grant_version_;
   const uint32_t slots_;
   uint32_t ring_gref_ = 0;
   uint32_t next_ref_ = 8;
