@@ -35,13 +35,16 @@ void Vcpu::RequestImmediateExit(bool enabled) {
 
 absl::StatusOr<VcpuExit> Vcpu::Run() {
   last_exit_reason_ = KVM_EXIT_UNKNOWN;
+  synced_valid_ = false;
   if (::ioctl(fd_.get(), KVM_RUN, 0) < 0) {
     if (errno == EINTR || errno == EAGAIN) {
+      synced_valid_ = true;  // KVM stores the synced sets on its way out, interrupted too
       last_exit_reason_ = KVM_EXIT_INTR;
       return InterruptedExit{};
     }
     return base::ErrnoStatus(absl::StrCat("ioctl(KVM_RUN) on vCPU ", id_));
   }
+  synced_valid_ = true;
   last_exit_reason_ = run_->exit_reason;
   return Decode();
 }
@@ -167,12 +170,17 @@ absl::StatusOr<kvm_regs> Vcpu::GetRegs() const {
   return GetState<kvm_regs>(fd(), KVM_GET_REGS, "KVM_GET_REGS");
 }
 absl::Status Vcpu::SetRegs(const kvm_regs& regs) {
+  // The ioctl's values win: a dirty synced copy would overwrite them at the next KVM_RUN.
+  run_->kvm_dirty_regs &= ~static_cast<__u64>(KVM_SYNC_X86_REGS);
+  synced_valid_ = false;
   return SetState(fd(), KVM_SET_REGS, "KVM_SET_REGS", regs);
 }
 absl::StatusOr<kvm_sregs> Vcpu::GetSregs() const {
   return GetState<kvm_sregs>(fd(), KVM_GET_SREGS, "KVM_GET_SREGS");
 }
 absl::Status Vcpu::SetSregs(const kvm_sregs& sregs) {
+  run_->kvm_dirty_regs &= ~static_cast<__u64>(KVM_SYNC_X86_SREGS);
+  synced_valid_ = false;
   return SetState(fd(), KVM_SET_SREGS, "KVM_SET_SREGS", sregs);
 }
 absl::StatusOr<kvm_fpu> Vcpu::GetFpu() const {

@@ -130,6 +130,18 @@ class Vcpu {
   // value an RDMSR reads.
   absl::Status CompleteMsr(bool inject_gp, uint64_t data = 0);
 
+  // KVM_CAP_SYNC_REGS: from the next exit on, the register sets in `sets` (KVM_SYNC_X86_REGS,
+  // KVM_SYNC_X86_SREGS; only what the kernel offers) come back in kvm_run, sparing KVM_GET_REGS
+  // and KVM_GET_SREGS on the exits that read them.
+  void SyncRegsAtExit(uint64_t sets) { run_->kvm_valid_regs = sets; }
+  // The last exit's registers, or nullptr when they were not synced (or were set by ioctl since).
+  // Writes through synced_regs() reach the vCPU at the next Run() after MarkSyncedRegsDirty().
+  kvm_regs* synced_regs() { return synced_valid_ && (run_->kvm_valid_regs & KVM_SYNC_X86_REGS) ? &run_->s.regs.regs : nullptr; }
+  const kvm_sregs* synced_sregs() const {
+    return synced_valid_ && (run_->kvm_valid_regs & KVM_SYNC_X86_SREGS) ? &run_->s.regs.sregs : nullptr;
+  }
+  void MarkSyncedRegsDirty() { run_->kvm_dirty_regs |= KVM_SYNC_X86_REGS; }
+
   // ---- State
   absl::StatusOr<kvm_regs> GetRegs() const;
   absl::Status SetRegs(const kvm_regs& regs);
@@ -196,6 +208,7 @@ class Vcpu {
   size_t mmap_size_;
   XenCapabilities xen_;
   uint32_t last_exit_reason_ = KVM_EXIT_UNKNOWN;
+  bool synced_valid_ = false;  // kvm_run's register copy is the vCPU's (an exit since any ioctl set)
 };
 
 }  // namespace xenkvm::kvm

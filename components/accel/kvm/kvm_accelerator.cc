@@ -5,9 +5,11 @@
 #include <signal.h>
 #include <x86intrin.h>
 
+#include <atomic>
 #include <cstring>
 #include <map>
 #include <set>
+#include <thread>
 #include <mutex>
 
 #include "absl/base/thread_annotations.h"
@@ -91,6 +93,11 @@ struct KvmVmState {
 class KvmVcpu final : public Vcpu {
  public:
   KvmVcpu(KvmVmState& vm, kvm::Vcpu vcpu) : vm_(vm), vcpu_(std::move(vcpu)) {
+    // Registers through kvm_run where the kernel offers it: a hypercall exit then reads and
+    // answers them without KVM_GET_REGS, KVM_GET_SREGS and KVM_SET_REGS.
+    constexpr int kSets = KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS;
+    absl::StatusOr<int> offered = vm_.system.CheckExtension(KVM_CAP_SYNC_REGS);
+    if (offered.ok() && (*offered & kSets) == kSets) vcpu_.SyncRegsAtExit(kSets);
     absl::MutexLock lock(&vm_.vcpus_mutex);
     vm_.vcpus[vcpu_.id()] = this;
   }
@@ -151,6 +158,7 @@ class KvmVcpu final : public Vcpu {
         continue;
       }
       XENKVM_ASSIGN_OR_RETURN(kvm::VcpuExit exit, vcpu_.Run());
+      exit_thread_.store(std::this_thread::get_id());
       XENKVM_ASSIGN_OR_RETURN(std::optional<Exit> translated, Translate(exit));
       if (translated) return std::move(*translated);
     }
@@ -187,7 +195,7 @@ class KvmVcpu final : public Vcpu {
   }
 
   absl::StatusOr<ControlRegisters> GetControlRegisters() override {
-    XENKVM_ASSIGN_OR_RETURN(kvm_sregs sregs, vcpu_.GetSregs());
+    XENKVM_ASSIGN_OR_RETURN(kvm_sregs sregs, Sregs());
     ControlRegisters c;
     c.cr0 = sregs.cr0, c.cr2 = sregs.cr2, c.cr3 = sregs.cr3, c.cr4 = sregs.cr4, c.efer = sregs.efer;
     c.cs_selector = sregs.cs.selector;
@@ -197,7 +205,7 @@ class KvmVcpu final : public Vcpu {
   }
 
   absl::StatusOr<uint64_t> TranslateLinear(uint64_t linear) override {
-    XENKVM_ASSIGN_OR_RETURN(kvm_sregs sregs, vcpu_.GetSregs());
+    XENKVM_ASSIGN_OR_RETURN(kvm_sregs sregs, Sregs());
     return accel::TranslateLinear(vm_.memory, PagingState{sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer}, linear);
   }
 
@@ -404,8 +412,8 @@ class KvmVcpu final : public Vcpu {
   // KVM advances RIP past the OUT only when the vCPU next runs, so the saved registers (RIP at the
   // OUT) are written back with the result.
   Exit PortHypercall(uint32_t number) {
-    absl::StatusOr<kvm_regs> regs = vcpu_.GetRegs();
-    absl::StatusOr<kvm_sregs> sregs = vcpu_.GetSregs();
+    absl::StatusOr<kvm_regs> regs = vcpu_.synced_regs() ? *vcpu_.synced_regs() : vcpu_.GetRegs();
+    absl::StatusOr<kvm_sregs> sregs = Sregs();
     if (!regs.ok() || !sregs.ok()) {
       return GuestErrorExit{absl::StrCat("kvm vCPU ", id(), ": reading hypercall arguments: ",
                                          (regs.ok() ? sregs.status() : regs.status()).message())};
@@ -421,10 +429,24 @@ class KvmVcpu final : public Vcpu {
                    regs->rsi & 0xffffffff, regs->rdi & 0xffffffff, regs->rbp & 0xffffffff};
     }
     answer_ = [this, saved = *regs, long_mode = call.long_mode](uint64_t value) mutable {
-      saved.rax = long_mode ? value : (value & 0xffffffff);
+      const uint64_t rax = long_mode ? value : (value & 0xffffffff);
+      if (kvm_regs* synced = vcpu_.synced_regs()) {
+        synced->rax = rax;  // the rest is as the exit left it (RIP at the OUT)
+        vcpu_.MarkSyncedRegsDirty();
+        return absl::OkStatus();
+      }
+      saved.rax = rax;
       return vcpu_.SetRegs(saved);
     };
     return call;
+  }
+
+  // The special registers: from kvm_run when synced and asked by the thread handling the vCPU's
+  // exit (the vCPU is not running then), else KVM_GET_SREGS.
+  absl::StatusOr<kvm_sregs> Sregs() const {
+    const kvm_sregs* synced = vcpu_.synced_sregs();
+    if (synced != nullptr && exit_thread_.load() == std::this_thread::get_id()) return *synced;
+    return vcpu_.GetSregs();
   }
 
   static uint32_t Value32(std::span<const uint8_t> data) {
@@ -445,6 +467,7 @@ class KvmVcpu final : public Vcpu {
   // Run-loop thread only.
   std::optional<std::function<absl::Status(uint64_t)>> answer_;
   std::vector<QueuedIo> queued_io_;  // the items of one string I/O exit, one PortIoExit each
+  std::atomic<std::thread::id> exit_thread_{};  // the thread that ran the vCPU last
 
   absl::Mutex mutex_;
   bool kick_ ABSL_GUARDED_BY(mutex_) = false;

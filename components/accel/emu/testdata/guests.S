@@ -615,6 +615,28 @@ hypercall_cpuid_loop:
         mov     $0x7a5e0001, %eax
         cpuid
         jmp     hypercall_cpuid_loop
+/* The hypercall page at MSR 0x40000000 (the benchmark enables it there), then hypercall 17
+ * through it, for ever. */
+        .globl hypercall_page_loop
+hypercall_page_loop:
+        mov     $0x40000000, %ecx
+        mov     $hcall_page, %eax
+        xor     %edx, %edx
+        wrmsr
+        mov     $stack_top, %esp
+1:      call    hcall_page + 17 * 32
+        jmp     1b
+/* The same instructions as a hypercall through the page (call, mov, out %eax, ret, jmp), to a
+ * plain port: the floor a hypercall is compared against. */
+        .globl pio_call_loop
+pio_call_loop:
+        mov     $stack_top, %esp
+1:      call    pio_stub
+        jmp     1b
+pio_stub:
+        mov     $17, %eax
+        out     %eax, $0x10
+        ret
         .globl vmcall_loop
 vmcall_loop:
         mov     $1, %eax
