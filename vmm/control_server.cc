@@ -11,18 +11,6 @@
 namespace xenkvm::vmm {
 namespace {
 
-const char* HypercallName(uint32_t number) {
-  static const char* const kNames[] = {
-      "set_trap_table", "mmu_update", "set_gdt", "stack_switch", "set_callbacks", "fpu_taskswitch",
-      "sched_op_compat", "platform_op", "set_debugreg", "get_debugreg", "update_descriptor", "ignore",
-      "memory_op", "multicall", "update_va_mapping", "set_timer_op", "event_channel_op_compat",
-      "xen_version", "console_io", "physdev_op_compat", "grant_table_op", "vm_assist",
-      "update_va_mapping_otherdomain", "iret", "vcpu_op", "set_segment_base", "mmuext_op", "xsm_op",
-      "nmi_op", "sched_op", "callback_op", "xenoprof_op", "event_channel_op", "physdev_op", "hvm_op",
-      "sysctl", "domctl", "kexec_op", "tmem_op", "argo_op", "xenpmu_op", "dm_op", "hypfs_op"};
-  return number < std::size(kNames) ? kNames[number] : "unknown";
-}
-
 xenbus::XenDiskConfig DiskFrom(const v1::DiskConfig& disk) {
   xenbus::XenDiskConfig config;
   config.path = disk.path();
@@ -108,7 +96,8 @@ v1::EventChannelList EventChannelListFrom(const xen::ShimStatistics& statistics)
     if (statistics.hypercalls[number] == 0) continue;
     v1::HypercallCount* count = list.add_hypercalls();
     count->set_number(number);
-    count->set_name(HypercallName(number));
+    const char* name = xen::HypercallName(number);
+    count->set_name(name != nullptr ? name : "unknown");
     count->set_count(statistics.hypercalls[number]);
   }
   list.set_unknown_hypercalls(statistics.unknown_hypercalls);

@@ -6,21 +6,17 @@
 #include "third_party/xen_public.h"
 
 namespace xenkvm::xen {
-namespace {
-
 const char* HypercallName(uint64_t number) {
   static constexpr const char* kNames[] = {
       "set_trap_table", "mmu_update", "set_gdt", "stack_switch", "set_callbacks", "fpu_taskswitch",
-      "sched_op_compat", "platform_op", "set_debugreg", "get_debugreg", "update_descriptor", "11",
+      "sched_op_compat", "platform_op", "set_debugreg", "get_debugreg", "update_descriptor", nullptr,
       "memory_op", "multicall", "update_va_mapping", "set_timer_op", "event_channel_op_compat",
       "xen_version", "console_io", "physdev_op_compat", "grant_table_op", "vm_assist",
       "update_va_mapping_otherdomain", "iret", "vcpu_op", "set_segment_base", "mmuext_op", "xsm_op",
       "nmi_op", "sched_op", "callback_op", "xenoprof_op", "event_channel_op", "physdev_op", "hvm_op",
       "sysctl", "domctl", "kexec_op", "tmem_op", "argo_op", "xenpmu_op", "dm_op", "hypfs_op"};
-  return number < std::size(kNames) ? kNames[number] : "an unknown hypercall";
+  return number < std::size(kNames) ? kNames[number] : nullptr;
 }
-
-}  // namespace
 
 const char* ShutdownReasonName(ShutdownReason reason) {
   switch (reason) {
@@ -57,7 +53,8 @@ uint64_t Dispatcher::Hypercall(accel::Vcpu& vcpu, const accel::HypercallExit& ca
     const uint64_t bit = call.number < 64 ? uint64_t{1} << call.number : 0;
     if (bit != 0 && !(unknown_logged_.fetch_or(bit) & bit)) {
       spdlog::info("Xen shim: the guest called {} (hypercall {}, sub-op or first argument {:#x}): -ENOSYS, as Xen without it",
-                   HypercallName(call.number), call.number, call.args[0]);
+                   HypercallName(call.number) ? HypercallName(call.number) : "an unknown hypercall", call.number,
+                   call.args[0]);
     }
   }
   // A 32-bit guest reads EAX: the error survives truncation (sign bits).

@@ -32,6 +32,10 @@
 
 namespace xenkvm::xen {
 
+// Xen's name of hypercall `number` (xen.h's __HYPERVISOR_*), or nullptr for a number Xen does not
+// define.
+const char* HypercallName(uint64_t number);
+
 enum class ShutdownReason { kPoweroff, kReboot, kCrash, kWatchdog, kSoftReset };
 const char* ShutdownReasonName(ShutdownReason reason);
 

@@ -138,27 +138,17 @@ TEST_F(ShimTest, MemoryMapAnswersTheConfiguredMapInBothAbis) {
 
 TEST_F(ShimTest, AddToPhysmapChecksSpaceIndexAndDomain) {
   MapSharedInfo();
-  struct Add64 {
-    uint16_t domid, size;
-    uint32_t space;
-    uint64_t idx, gpfn;
-  };
-  Put(Add64{DOMID_SELF, 0, XENMAPSPACE_shared_info, 1, 0x30});
-  EXPECT_EQ(Call(__HYPERVISOR_memory_op, {XENMEM_add_to_physmap, kArg}), E(XEN_EINVAL));  // idx != 0
+  EXPECT_EQ(AddToPhysmap(XENMAPSPACE_shared_info, 1, 0x30), E(XEN_EINVAL));  // idx != 0
   Put(Add64{7, 0, XENMAPSPACE_shared_info, 0, 0x30});
   EXPECT_EQ(Call(__HYPERVISOR_memory_op, {XENMEM_add_to_physmap, kArg}), E(XEN_ESRCH));  // another domain
-  Put(Add64{DOMID_SELF, 0, XENMAPSPACE_shared_info, 0, 0xfee00});
-  EXPECT_EQ(Call(__HYPERVISOR_memory_op, {XENMEM_add_to_physmap, kArg}), E(XEN_EINVAL));  // the local APIC
+  EXPECT_EQ(AddToPhysmap(XENMAPSPACE_shared_info, 0, 0xfee00), E(XEN_EINVAL));  // the local APIC
   Put(Add64{DOMID_SELF, 0, XENMAPSPACE_shared_info, 0, uint64_t{1} << 28});
   EXPECT_EQ(Call(__HYPERVISOR_memory_op, {XENMEM_add_to_physmap, kArg}), E(XEN_EINVAL));  // beyond 40 bits
   Put(Add64{DOMID_SELF, 0, XENMAPSPACE_shared_info, 0, ~uint64_t{0}});
   EXPECT_EQ(Call(__HYPERVISOR_memory_op, {XENMEM_add_to_physmap, kArg}), E(XEN_EINVAL));
-  Put(Add64{DOMID_SELF, 0, XENMAPSPACE_grant_table, 64, 0x30});
-  EXPECT_EQ(Call(__HYPERVISOR_memory_op, {XENMEM_add_to_physmap, kArg}), E(XEN_EINVAL));  // beyond 64 frames
-  Put(Add64{DOMID_SELF, 0, XENMAPSPACE_gmfn_foreign, 0, 0x30});
-  EXPECT_EQ(Call(__HYPERVISOR_memory_op, {XENMEM_add_to_physmap, kArg}), E(XEN_EPERM));
-  Put(Add64{DOMID_SELF, 0, XENMAPSPACE_gmfn_range, 0, 0x30});
-  EXPECT_EQ(Call(__HYPERVISOR_memory_op, {XENMEM_add_to_physmap, kArg}), E(XEN_EOPNOTSUPP));
+  EXPECT_EQ(AddToPhysmap(XENMAPSPACE_grant_table, 64, 0x30), E(XEN_EINVAL));  // beyond 64 frames
+  EXPECT_EQ(AddToPhysmap(XENMAPSPACE_gmfn_foreign, 0, 0x30), E(XEN_EPERM));
+  EXPECT_EQ(AddToPhysmap(XENMAPSPACE_gmfn_range, 0, 0x30), E(XEN_EOPNOTSUPP));
   EXPECT_EQ(Call(__HYPERVISOR_memory_op, {XENMEM_add_to_physmap, 0xd0000000}), E(XEN_EFAULT));
 }
 
@@ -166,15 +156,7 @@ TEST_F(ShimTest, AddToPhysmapChecksSpaceIndexAndDomain) {
 // get an extra page there, and lose it when the frame moves on.
 TEST_F(ShimTest, FramesOutsideRamGetBackingAndLoseItWhenMoved) {
   MapSharedInfo();
-  struct Add64 {
-    uint16_t domid, size;
-    uint32_t space;
-    uint64_t idx, gpfn;
-  };
-  auto place = [this](uint32_t space, uint64_t index, uint64_t gpfn) {
-    Put(Add64{DOMID_SELF, 0, space, index, gpfn});
-    return Call(__HYPERVISOR_memory_op, {XENMEM_add_to_physmap, kArg});
-  };
+  auto place = [this](uint32_t space, uint64_t index, uint64_t gpfn) { return AddToPhysmap(space, index, gpfn); };
   const uint64_t kOutside = 0x20000;  // 512 MiB, beyond this guest's 16 MiB
   ASSERT_EQ(place(XENMAPSPACE_grant_table, 0, kOutside), 0);
   ASSERT_EQ(place(XENMAPSPACE_grant_table, 1, kOutside + 1), 0);
@@ -205,17 +187,9 @@ TEST_F(ShimTest, GrantTableOpsOfVersionOne) {
   ASSERT_EQ(Call(__HYPERVISOR_grant_table_op, {GNTTABOP_query_size, kArg, 1}), 0);
   EXPECT_EQ(Get<gnttab_query_size_t>().nr_frames, 0u);
   EXPECT_EQ(Get<gnttab_query_size_t>().max_nr_frames, 64u);
-  struct Add64 {
-    uint16_t domid, size;
-    uint32_t space;
-    uint64_t idx, gpfn;
-  };
-  Put(Add64{DOMID_SELF, 0, XENMAPSPACE_grant_table, 0, 0x40});
-  ASSERT_EQ(Call(__HYPERVISOR_memory_op, {XENMEM_add_to_physmap, kArg}), 0);
-  Put(Add64{DOMID_SELF, 0, XENMAPSPACE_grant_table, 2, 0x42});
-  ASSERT_EQ(Call(__HYPERVISOR_memory_op, {XENMEM_add_to_physmap, kArg}), 0);
-  Put(Add64{DOMID_SELF, 0, XENMAPSPACE_grant_table, 1 | XENMAPIDX_grant_table_status, 0x41});
-  EXPECT_EQ(Call(__HYPERVISOR_memory_op, {XENMEM_add_to_physmap, kArg}), E(XEN_EINVAL));  // v1: no status frames
+  ASSERT_EQ(AddToPhysmap(XENMAPSPACE_grant_table, 0, 0x40), 0);
+  ASSERT_EQ(AddToPhysmap(XENMAPSPACE_grant_table, 2, 0x42), 0);
+  EXPECT_EQ(AddToPhysmap(XENMAPSPACE_grant_table, 1 | XENMAPIDX_grant_table_status, 0x41), E(XEN_EINVAL));  // v1: no status frames
   Put(gnttab_query_size_t{DOMID_SELF, 0, 0, 0});
   ASSERT_EQ(Call(__HYPERVISOR_grant_table_op, {GNTTABOP_query_size, kArg, 1}), 0);
   EXPECT_EQ(Get<gnttab_query_size_t>().nr_frames, 3u);
@@ -325,17 +299,10 @@ TEST_F(ShimTest, GrantCopyAndVersionTwo) {
   EXPECT_EQ(Get<Copy32>().status, GNTST_bad_page);
   EXPECT_EQ(Call(__HYPERVISOR_grant_table_op, {GNTTABOP_copy, 0xfffffff000, 2}), E(XEN_EFAULT));
 
-  struct Add64 {
-    uint16_t domid, size;
-    uint32_t space;
-    uint64_t idx, gpfn;
-  };
-  Put(Add64{DOMID_SELF, 0, XENMAPSPACE_grant_table, 0, 0x40});
-  ASSERT_EQ(Call(__HYPERVISOR_memory_op, {XENMEM_add_to_physmap, kArg}), 0);
+  ASSERT_EQ(AddToPhysmap(XENMAPSPACE_grant_table, 0, 0x40), 0);
   Put(gnttab_set_version_t{2});
   ASSERT_EQ(Call(__HYPERVISOR_grant_table_op, {GNTTABOP_set_version, kArg, 1}), 0);
-  Put(Add64{DOMID_SELF, 0, XENMAPSPACE_grant_table, 0 | XENMAPIDX_grant_table_status, 0x200000});  // outside RAM
-  ASSERT_EQ(Call(__HYPERVISOR_memory_op, {XENMEM_add_to_physmap, kArg}), 0);
+  ASSERT_EQ(AddToPhysmap(XENMAPSPACE_grant_table, 0 | XENMAPIDX_grant_table_status, 0x200000), 0);  // outside RAM
   struct GetStatus {
     uint32_t nr_frames;
     uint16_t dom;

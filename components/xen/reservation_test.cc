@@ -131,13 +131,7 @@ TEST_F(ReservationTest, OnlyTheMapsRamCanBeGivenBack) {
 TEST_F(ReservationTest, GrantsAndXenPagesPinTheirFrames) {
   MapSharedInfo();
   EXPECT_EQ(Reserve(XENMEM_decrease_reservation, {kSharedInfo >> 12}), 0);  // Xen's page is there
-  struct Add64 {
-    uint16_t domid, size;
-    uint32_t space;
-    uint64_t idx, gpfn;
-  };
-  Put(Add64{DOMID_SELF, 0, XENMAPSPACE_grant_table, 0, 0x40});
-  ASSERT_EQ(Call(__HYPERVISOR_memory_op, {XENMEM_add_to_physmap, kArg}), 0);
+  ASSERT_EQ(AddToPhysmap(XENMAPSPACE_grant_table, 0, 0x40), 0);
   EXPECT_EQ(Reserve(XENMEM_decrease_reservation, {0x40}), 0);  // a grant-table frame
   // Entry 10 grants frame 0x300 to the backend: mapped, it cannot be given back.
   ASSERT_TRUE(memory_->WriteObject(GuestAddress((0x40 << 12) + 10 * 8), grant_entry_v1_t{GTF_permit_access, 0, 0x300}).ok());

@@ -79,6 +79,17 @@ class ShimTest : public ::testing::Test {
     Put(port);
     return Evtchn(command);
   }
+  // struct xen_add_to_physmap, 64-bit.
+  struct Add64 {
+    uint16_t domid, size;
+    uint32_t space;
+    uint64_t idx, gpfn;
+  };
+  // XENMEM_add_to_physmap of `space` frame `index` at `gpfn` (64-bit); the result.
+  int64_t AddToPhysmap(uint32_t space, uint64_t index, uint64_t gpfn) {
+    Put(Add64{DOMID_SELF, 0, space, index, gpfn});
+    return Call(__HYPERVISOR_memory_op, {XENMEM_add_to_physmap, kArg});
+  }
   void MapSharedInfo(bool long_mode = true) {
     // 64-bit: domid size space idx(8) gpfn(8); 32-bit: idx(4) gpfn(4).
     uint8_t add[24] = {};
