@@ -127,9 +127,12 @@ int64_t Dispatcher::GrantCopy(HypercallCaller& caller, uint64_t arg, uint64_t co
     std::optional<uint16_t> length = caller.access.ReadObject<uint16_t>(at + 2 * side_size);
     std::optional<uint16_t> flags = caller.access.ReadObject<uint16_t>(at + 2 * side_size + 2);
     if (!length || !flags) return XenError(XEN_EFAULT);
-    const int16_t status = CopyOne(side[0].frame_or_ref, side[0].domid, side[0].offset, (*flags & GNTCOPY_source_gref) != 0,
-                                   side[1].frame_or_ref, side[1].domid, side[1].offset, (*flags & GNTCOPY_dest_gref) != 0,
-                                   std::span(buffer.data(), *length));
+    const int16_t status =
+        *length > kPageSize
+            ? GNTST_bad_copy_arg
+            : CopyOne(side[0].frame_or_ref, side[0].domid, side[0].offset, (*flags & GNTCOPY_source_gref) != 0,
+                      side[1].frame_or_ref, side[1].domid, side[1].offset, (*flags & GNTCOPY_dest_gref) != 0,
+                      std::span(buffer.data(), *length));
     if (!caller.access.WriteObject<int16_t>(at + 2 * side_size + 4, status)) return XenError(XEN_EFAULT);
   }
   return 0;
