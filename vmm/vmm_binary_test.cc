@@ -275,10 +275,12 @@ TEST_P(VmmTest, XenConsoleGuestWritesThroughItsRing) {
 // `xl shutdown` done with xenstore-utils on the VMM's XenStore socket: the guest's watch on
 // control/shutdown sees the request, and the guest powers off (or reboots) as asked.
 TEST_P(VmmTest, XenFifoGuestQueuesItsEventsByPriority) {
-  for (const char* route : {"", "callback=vector"}) {
+  for (const std::string route : {"", "callback=vector", "callback=gsi"}) {
     Result result = Run({"--kernel", Runfile("tests/guests/xen_fifo.elf"), "--cmdline", route});
     EXPECT_EQ(result.status, 0) << route << result.out << result.err;
-    EXPECT_THAT(result.out, HasSubstr(*route ? "fifo: upcalls by the HVM callback vector" : "by the per-vCPU vector"));
+    EXPECT_THAT(result.out, HasSubstr(route.empty()              ? "fifo: upcalls by the per-vCPU vector"
+                                      : route == "callback=gsi" ? "fifo: upcalls by GSI 9"
+                                                                : "fifo: upcalls by the HVM callback vector"));
     EXPECT_THAT(result.out, HasSubstr("fifo: control block and event words set up (17 link bits)"));
     EXPECT_THAT(result.out, HasSubstr("fifo: a masked event arrived at its unmask"));
     EXPECT_THAT(result.out, HasSubstr("fifo: reset to 2-level"));

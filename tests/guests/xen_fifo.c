@@ -4,7 +4,8 @@
  * events sent with interrupts off arrive highest priority first and in order within a priority; a
  * masked event waits for EVTCHNOP_unmask; VIRQ_TIMER arrives through the queues; the hostile
  * arguments get Xen's errors; EVTCHNOP_reset goes back to 2-level. Upcalls come by the per-vCPU
- * vector, or with "callback=vector" on the command line by the HVM-wide callback vector. */
+ * vector, or with "callback=vector" on the command line by the HVM-wide callback vector, or with
+ * "callback=gsi" by IOAPIC pin 9 (level-triggered, following upcall_pending). */
 #include "kit/xen.h"
 
 #define EVTCHNOP_reset 10
@@ -115,6 +116,9 @@ int guest_main(const struct hvm_start_info *start_info) {
   if (has_word(cmdline, "callback=vector")) {
     KIT_CHECK(xen_set_callback_vector(UPCALL_VECTOR) == 0);
     kit_printf("fifo: upcalls by the HVM callback vector\n");
+  } else if (has_word(cmdline, "callback=gsi")) {
+    KIT_CHECK(xen_set_callback_gsi(9, UPCALL_VECTOR) == 0);
+    kit_printf("fifo: upcalls by GSI 9\n");
   } else {
     struct {
       uint32_t vcpu;
