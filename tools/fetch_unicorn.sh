@@ -3,10 +3,10 @@
 # statically) into third_party/unicorn/dist/. Debian 12's Unicorn 2.0.1 translates every guest
 # access as if virtual = physical once paging is on, so paged guests (any Linux) cannot run on it.
 #
-# The packages come through a private apt configuration (its own sources list, lists and state
-# under the cache directory): the machine's apt sources are never touched. apt verifies them against
-# trixie's signed Release file; this script checks each .deb's SHA256 against the hash apt gives
-# before extracting it. Returns at once when the extracted copy is already there.
+# The packages come through a private apt configuration (tools/debian_suite_apt.sh): the machine's
+# apt sources are never touched. apt verifies them against trixie's signed Release file; this script
+# checks each .deb's SHA256 against the hash apt gives before extracting it. Returns at once when
+# the extracted copy is already there.
 #
 #   XENKVM_CACHE   cache directory (default /var/cache/xenkvm)
 #   DEBIAN_MIRROR  Debian archive URI (default: the machine's own Debian mirror)
@@ -26,29 +26,11 @@ fail() {
   exit 1
 }
 
-cache=${XENKVM_CACHE:-/var/cache/xenkvm}
-apt_root=$cache/apt-trixie
-mkdir -p "$apt_root/lists/partial" "$apt_root/cache/archives/partial" "$apt_root/debs" \
-  || fail "cannot create $apt_root"
-touch "$apt_root/status"
-
-mirror=${DEBIAN_MIRROR:-}
-if [ -z "$mirror" ]; then
-  # The machine's own Debian mirror (deb822 or one-line format), else Debian's CDN.
-  mirror=$(grep -hsE '^(URIs:|deb )' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list \
-             /etc/apt/sources.list 2>/dev/null \
-           | grep -oE 'https?://[^ ]*/debian/?$|https?://[^ ]*/debian ' | head -n 1 | tr -d ' ') || true
-  mirror=${mirror:-http://deb.debian.org/debian}
-fi
-echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] ${mirror%/} trixie main" \
-  > "$apt_root/sources.list"
-
-apt_options=(
-  -o "Dir::Etc::SourceList=$apt_root/sources.list" -o "Dir::Etc::SourceParts=/dev/null"
-  -o "Dir::State=$apt_root" -o "Dir::State::Lists=$apt_root/lists" -o "Dir::State::status=$apt_root/status"
-  -o "Dir::Cache=$apt_root/cache" -o "Dir::Etc::Preferences=/dev/null" -o "Dir::Etc::PreferencesParts=/dev/null"
-  -o "APT::Sandbox::User=root" -o "Acquire::Languages=none"
-)
+source tools/debian_suite_apt.sh
+debian_suite_apt trixie "${XENKVM_CACHE:-/var/cache/xenkvm}" || fail "cannot create the private apt configuration"
+apt_root=$DEBIAN_SUITE_APT_ROOT
+apt_options=("${DEBIAN_SUITE_APT[@]}")
+mirror=$(awk '{print $3}' "$apt_root/sources.list")
 packages=(libunicorn-dev libunicorn2t64)
 
 echo "fetch_unicorn: fetching Unicorn 2.1 from Debian trixie ($mirror)" >&2

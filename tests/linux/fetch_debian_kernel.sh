@@ -8,6 +8,7 @@
 #
 #   XENKVM_CACHE           cache directory (default /var/cache/xenkvm)
 #   XENKVM_KERNEL_FLAVOUR  Debian's kernel flavour (default cloud-amd64)
+#   XENKVM_DEBIAN_SUITE    another Debian suite's kernel, e.g. trixie (debian_package.sh)
 set -euo pipefail
 source "$(dirname "$0")/debian_package.sh"
 

@@ -330,7 +330,7 @@ TEST_F(EmuTest, HypercallPageFilledOnTheMsrWrite) {
   }
 }
 
-TEST_F(EmuTest, HypercallPageArmedByTheCpuidLeafAfterTheVcpuStarted) {
+TEST_F(EmuTest, HypercallPageFilledWhenEnabledAfterTheVcpuStarted) {
   constexpr uint32_t kMsr = 0x40000200;
   auto vcpu = Start(emu_test_guests::k_hypercall_page_later);
   ASSERT_NE(vcpu, nullptr);
@@ -338,6 +338,16 @@ TEST_F(EmuTest, HypercallPageArmedByTheCpuidLeafAfterTheVcpuStarted) {
   ASSERT_TRUE(vcpu->SetCpuid({{0x40000002, std::nullopt, 1, kMsr, 0, 0}}).ok());
   EXPECT_EQ(Next<HypercallExit>(*vcpu).number, 17u);
   EXPECT_EQ(accelerator_->EnableHypercallPage(0).code(), absl::StatusCode::kInvalidArgument);
+}
+
+// Unicorn reads IA32_APIC_BASE as 0 by itself; the backend answers it (msr_intercept.h).
+TEST_F(EmuTest, ApicBaseMsrMarksTheBootVcpuAndKeepsTheEnableFlag) {
+  auto vcpu = Start(emu_test_guests::k_apic_base);
+  ASSERT_NE(vcpu, nullptr);
+  EXPECT_EQ(Next<PortIoExit>(*vcpu).value, 0xfee00900u);  // enabled, BSP, the xAPIC page
+  EXPECT_EQ(Next<PortIoExit>(*vcpu).value, 0u);           // EDX: the page is below 4 GiB
+  EXPECT_EQ(Next<PortIoExit>(*vcpu).value, 0xfee00100u);  // the enable flag follows the write
+  Next<HaltExit>(*vcpu);
 }
 
 TEST_F(EmuTest, SecondaryVcpuWaitsForStartThenRunsBesideTheFirst) {
@@ -365,6 +375,7 @@ TEST_F(EmuTest, SecondaryVcpuWaitsForStartThenRunsBesideTheFirst) {
   ASSERT_TRUE(ap_exit.ok());
   ASSERT_TRUE(std::holds_alternative<PortIoExit>(*ap_exit));
   EXPECT_EQ(std::get<PortIoExit>(*ap_exit).port, 0x1c);
+  EXPECT_EQ(std::get<PortIoExit>(*ap_exit).value, 0xfee00800u);  // enabled, not the BSP
   ASSERT_TRUE(bsp_exit.ok());
   ASSERT_TRUE(std::holds_alternative<PortIoExit>(*bsp_exit));
   EXPECT_EQ(std::get<PortIoExit>(*bsp_exit).port, 0x10);

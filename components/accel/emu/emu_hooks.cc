@@ -1,10 +1,11 @@
-// The emu vCPU's Unicorn hooks: port I/O, CPUID (and the hypercall CPUID), the hypercall-page
-// trace, SYSCALL/SYSENTER, the block hook (every stop of the engine), exceptions, MMIO (the local
+// The emu vCPU's Unicorn hooks: port I/O, CPUID (and the hypercall CPUID), RDMSR/WRMSR (through
+// msr_intercept.h), SYSCALL/SYSENTER, the block hook (every stop of the engine), exceptions, MMIO (the local
 // APIC's page is the vCPU's own). They run on the emulation thread, inside uc_emu_start.
 #include "absl/strings/str_format.h"
 #include "components/accel/emu/emu_accelerator.h"
 #include "components/accel/emu/emu_vcpu.h"
 #include "components/accel/emu/x86_events.h"
+#include "spdlog/spdlog.h"
 
 namespace xenkvm::accel::emu {
 namespace {
@@ -12,7 +13,6 @@ namespace {
 constexpr uint64_t kRflagsIf = 1 << 9;
 
 }  // namespace
-
 
 uint32_t EmuVcpu::OnIn(uc_engine*, uint32_t port, int size, void* user) {
   auto* self = static_cast<EmuVcpu*>(user);
@@ -53,15 +53,6 @@ int EmuVcpu::OnCpuid(uc_engine* uc, void* user) {
   for (const CpuidLeaf& leaf : self->cpuid_) {
     if (leaf.function == function && (!leaf.index || *leaf.index == index)) {
       answer(leaf);
-      // The hypervisor leaf that names the hypercall MSR (base + 2): a write to it may follow.
-      uint32_t msr = self->vm_.hypercall_msr.load();
-      // Armed at once, without a stop: the blocks after this one are not translated yet, so the
-      // trace reaches them.
-      if (msr != 0 && (function & 0xffff00ff) == 0x40000002 && leaf.ebx == msr && !self->trace_hook_) {
-        if (absl::Status armed = self->AddTraceHook(kArmedTraceInstructions); !armed.ok()) {
-          self->Fatal(std::string(armed.message()));
-        }
-      }
       return 1;
     }
   }
@@ -80,32 +71,44 @@ int EmuVcpu::OnCpuid(uc_engine* uc, void* user) {
   return 0;  // the CPU model answers
 }
 
-// Per instruction while the hypercall-page trace is on: WRMSR (0f 30) with ECX = the MSR fills
-// the page named by EDX:EAX (Unicorn then drops the write itself, as it does any unknown MSR).
-void EmuVcpu::OnTraceInstruction(uc_engine* uc, uint64_t address, uint32_t size, void* user) {
-  auto* self = static_cast<EmuVcpu*>(user);
-  if (self->trace_budget_ == 0) {
-    if (!self->trace_remove_requested_) {
-      self->trace_remove_requested_ = true;
-      self->stop_wanted_.store(true);
+namespace {
+constexpr uint32_t kMsrApicBase = 0x1b;
+constexpr uint64_t kApicBaseBsp = 1 << 8;
+constexpr uint64_t kApicBaseEnable = 1 << 11;
+constexpr uint64_t kApicBaseAddress = 0xfee00000;
+}  // namespace
+
+uint64_t EmuVcpu::InitialApicBase(uint32_t id) {
+  return kApicBaseAddress | kApicBaseEnable | (id == 0 ? kApicBaseBsp : 0);
+}
+
+// IA32_APIC_BASE carries the BSP flag, which Linux 6.9 and later read before they trust the MADT
+// (without it they assume a crash kernel and keep to one CPU).
+std::optional<uint64_t> EmuVcpu::OnRdmsr(uint32_t index) {
+  if (index == kMsrApicBase) return apic_base_;
+  return std::nullopt;
+}
+
+bool EmuVcpu::OnWrmsr(uint32_t index, uint64_t value) {
+  if (index == kMsrApicBase) {
+    // Only the enable flag is kept, and the APIC stays on regardless (not modelled: moving the
+    // page, x2APIC mode, a globally disabled APIC).
+    if ((value & ~(kApicBaseEnable | kApicBaseBsp)) != kApicBaseAddress && !std::exchange(apic_base_warned_, true)) {
+      SPDLOG_WARN("emu vCPU {}: IA32_APIC_BASE write {:#x} ignored (the xAPIC page stays at {:#x})", id_, value,
+                  kApicBaseAddress);
     }
-    return;
+    apic_base_ = (apic_base_ & ~kApicBaseEnable) | (value & kApicBaseEnable);
+    return true;
   }
-  --self->trace_budget_;
-  uint32_t msr = self->vm_.hypercall_msr.load();
-  if (size != 2 || msr == 0 || static_cast<uint32_t>(self->ReadRegister(UC_X86_REG_RCX)) != msr) return;
-  std::array<uint8_t, 2> bytes{};
-  if (!self->FetchCode(address, bytes).ok() || bytes[0] != 0x0f || bytes[1] != 0x30) return;
-  uint64_t value =
-      (self->ReadRegister(UC_X86_REG_RDX) << 32) | (self->ReadRegister(UC_X86_REG_RAX) & 0xffffffff);
-  // Low 12 bits: the page index within the hypercall area; xenkvm has one page.
+  const uint32_t hypercall_msr = vm_.hypercall_msr.load();
+  if (hypercall_msr == 0 || index != hypercall_msr) return false;
+  // Low 12 bits: the page index within the hypercall area; xenkvm has one page. WRMSR ends its
+  // translation block, so the guest's next block sees the page.
   if ((value & 0xfff) == 0) {
     static const std::vector<uint8_t> page = EmuHypercallPage(kEmuHypercallCpuidMagic);
-    (void)self->memory_.Write(memory::GuestAddress(value), page);  // not RAM: ignored, as KVM does
+    (void)memory_.Write(memory::GuestAddress(value), page);  // not RAM: ignored, as KVM does
   }
-  // The page is ready before the WRMSR even executes; the trace ends at the next block.
-  self->trace_remove_requested_ = true;
-  self->stop_wanted_.store(true);
+  return true;
 }
 
 // Unicorn calls these instead of carrying the instruction out, then skips it; the run loop does

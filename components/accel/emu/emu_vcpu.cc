@@ -18,10 +18,6 @@ namespace {
 constexpr uint64_t kNeverReached = 0x8000000000000001;
 constexpr uint32_t kMsrEfer = 0xc0000080;
 constexpr uint64_t kRflagsIf = 1 << 9;
-// The boot vCPU traces instructions for the hypercall-page WRMSR from its first instruction, for at
-// most this many (Linux writes the MSR within its first few thousand); later writes are caught by
-// arming the trace at CPUID leaf base+2, which the WRMSR follows closely.
-constexpr uint64_t kBootTraceInstructions = 2'000'000;
 
 // Unicorn's register ids for the fields of Registers (RIP last, so a write moves it after the rest).
 constexpr std::pair<int, uint64_t Registers::*> kRegisterFields[] = {
@@ -50,9 +46,6 @@ absl::StatusOr<std::unique_ptr<EmuVcpu>> EmuVcpu::Create(uint32_t id, EmuVmState
   auto vcpu = std::unique_ptr<EmuVcpu>(new EmuVcpu(id, vm));
   XENKVM_RETURN_IF_ERROR(vcpu->ResetEngine());
   if (boot) {
-    if (vm.hypercall_msr.load() != 0) {
-      XENKVM_RETURN_IF_ERROR(vcpu->AddTraceHook(kBootTraceInstructions));
-    }
     XENKVM_RETURN_IF_ERROR(vcpu->Boot(BuildBootTrampoline(*boot)));
     vcpu->started_ = true;
   } else {
@@ -325,9 +318,6 @@ absl::Status EmuVcpu::ResetEngine() {
   extra_shown_.clear();
   extra_generation_ = 0;
   exception_record_.reset();
-  trace_hook_.reset();
-  trace_budget_ = 0;
-  trace_remove_requested_ = false;
   flush_translations_ = false;
   cr2_ = 0;
   engine_used_ = false;
@@ -390,32 +380,6 @@ absl::Status EmuVcpu::InstallHooks() {
     if (err != UC_ERR_OK) return UcError(err, absl::StrCat("uc_hook_add(", spec.name, ")"));
   }
   return absl::OkStatus();
-}
-
-// The hypercall-page trace: a per-instruction hook that looks for WRMSR to the hypercall MSR.
-// Only code translated after the hook exists calls it. Unicorn's TB flush is not used: the first
-// one in a process zeroes the whole translation buffer (about 2 s and a gigabyte of RSS here).
-// So the boot vCPU traces from its first instruction, and a later arming (at CPUID leaf base+2)
-// traces only code translated from then on, which a first-time WRMSR path is.
-absl::Status EmuVcpu::AddTraceHook(uint64_t instruction_budget) {
-  if (trace_hook_) return absl::OkStatus();
-  uc_hook hook;
-  if (uc_err err = uc_hook_add(uc_, &hook, UC_HOOK_CODE, reinterpret_cast<void*>(&EmuVcpu::OnTraceInstruction),
-                               this, 1, 0);
-      err != UC_ERR_OK) {
-    return UcError(err, "uc_hook_add(CODE, hypercall-page trace)");
-  }
-  trace_hook_ = hook;
-  trace_budget_ = instruction_budget;
-  return absl::OkStatus();
-}
-
-// Blocks translated while tracing keep a call into Unicorn's (now empty) hook list: a small cost
-// on code that early boot mostly runs once.
-void EmuVcpu::RemoveTraceHook() {
-  if (!trace_hook_) return;
-  uc_hook_del(uc_, *trace_hook_);
-  trace_hook_.reset();
 }
 
 // ---- The emulation thread
@@ -490,7 +454,7 @@ void EmuVcpu::EmulationLoop() {
 }
 
 // What the last run left to do before the guest runs again: an exception or INT n its hooks
-// reported, a SYSCALL/SYSENTER to carry out, the end of the hypercall-page trace.
+// reported, or a SYSCALL/SYSENTER to carry out.
 bool EmuVcpu::DeliverPendingWork() {
   if (pending_event_) {
     PendingEvent event = *std::exchange(pending_event_, std::nullopt);
@@ -500,10 +464,6 @@ bool EmuVcpu::DeliverPendingWork() {
   if (pending_fast_call_) {
     CarryOutFastSystemCall(*std::exchange(pending_fast_call_, std::nullopt));
     return true;
-  }
-  if (trace_remove_requested_) {
-    trace_remove_requested_ = false;
-    RemoveTraceHook();
   }
   return false;
 }
@@ -534,7 +494,11 @@ void EmuVcpu::RunGuest(bool interrupt_waiting) {
     return;
   }
   TakeRunToken();
-  uc_err err = uc_emu_start(uc_, rip, kNeverReached, 0, 0);
+  uc_err err;
+  {
+    ScopedMsrHandler msrs(this);
+    err = uc_emu_start(uc_, rip, kNeverReached, 0, 0);
+  }
   holds_run_token_ = false;
   vm_.run_token.Release();
   if (Exiting() || fatal_error_ || pending_event_ || pending_fast_call_) return;

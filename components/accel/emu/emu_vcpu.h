@@ -25,6 +25,7 @@
 #include "components/accel/accelerator.h"
 #include "components/accel/emu/exception_record.h"
 #include "components/accel/emu/local_apic.h"
+#include "components/accel/emu/msr_intercept.h"
 #include "components/accel/emu/run_token.h"
 #include "components/accel/emu/trampolines.h"
 #include "components/accel/page_walk.h"
@@ -37,8 +38,6 @@ class EmuVcpu;
 // Shared by emu_vcpu.cc and emu_hooks.cc.
 // The most blocks a private run (boot or ring-change trampoline) may take: they take a few.
 inline constexpr uint32_t kMaxPrivateBlocks = 1000;
-// Instructions the hypercall-page trace covers once armed at CPUID leaf base+2 (emu_vcpu.cc).
-inline constexpr uint64_t kArmedTraceInstructions = 100'000;
 // How long a vCPU runs on while another waits for the run token.
 inline constexpr absl::Duration kRunSlice = absl::Milliseconds(1);
 // A block entered this many times in a row while another vCPU waits is a spin-wait loop.
@@ -99,7 +98,7 @@ struct StartRequest {
   uint8_t sipi_vector = 0;
 };
 
-class EmuVcpu final : public Vcpu {
+class EmuVcpu final : public Vcpu, private MsrHandler {
  public:
   static absl::StatusOr<std::unique_ptr<EmuVcpu>> Create(uint32_t id, EmuVmState& vm,
                                                          std::optional<PvhEntry> boot);
@@ -122,7 +121,8 @@ class EmuVcpu final : public Vcpu {
 
  private:
   EmuVcpu(uint32_t id, EmuVmState& vm)
-      : id_(id), vm_(vm), memory_(vm.memory), lapic_(static_cast<uint8_t>(id)) {}
+      : id_(id), vm_(vm), memory_(vm.memory), lapic_(static_cast<uint8_t>(id)), apic_base_(InitialApicBase(id)) {}
+  static uint64_t InitialApicBase(uint32_t id);
 
   // ---- Setup (emu_vcpu.cc)
   absl::Status Open();
@@ -140,8 +140,6 @@ class EmuVcpu final : public Vcpu {
   absl::Status ShowPage(uint64_t address, uint8_t* host);
   absl::Status HidePage(uint64_t address);
   absl::Status InstallHooks();
-  absl::Status AddTraceHook(uint64_t instruction_budget);
-  void RemoveTraceHook();
   // The private window holds the backend's code only while it runs; the rest of the time the
   // guest sees MMIO there, like any other address that is not RAM (GRUB reads 0xfffffffc).
   absl::Status MapWindow(const std::vector<WindowPiece>& pieces);
@@ -205,7 +203,6 @@ class EmuVcpu final : public Vcpu {
   static uint32_t OnIn(uc_engine*, uint32_t port, int size, void* user);
   static void OnOut(uc_engine*, uint32_t port, int size, uint32_t value, void* user);
   static int OnCpuid(uc_engine* uc, void* user);
-  static void OnTraceInstruction(uc_engine* uc, uint64_t address, uint32_t size, void* user);
   static void OnSyscall(uc_engine* uc, void* user);
   static void OnSysenter(uc_engine* uc, void* user);
   static void OnBlock(uc_engine* uc, uint64_t address, uint32_t, void* user);
@@ -215,6 +212,9 @@ class EmuVcpu final : public Vcpu {
   static void OnMmioWrite(uc_engine*, uint64_t offset, unsigned size, uint64_t value, void* user);
   bool HandleInlineHypercall();
   bool HandleSerialize();
+  // RDMSR and WRMSR (msr_intercept.h): IA32_APIC_BASE, and the hypercall MSR filling the page.
+  std::optional<uint64_t> OnRdmsr(uint32_t index) override;
+  bool OnWrmsr(uint32_t index, uint64_t value) override;
 
   // ---- Registers and guest-linear memory
   uint64_t ReadRegister(int reg);
@@ -297,9 +297,8 @@ class EmuVcpu final : public Vcpu {
   std::optional<PendingEvent> pending_event_;
   std::optional<FastSystemCall> pending_fast_call_;
   std::optional<uint64_t> unmapped_access_;
-  std::optional<uc_hook> trace_hook_;
-  uint64_t trace_budget_ = 0;
-  bool trace_remove_requested_ = false;
+  uint64_t apic_base_;  // IA32_APIC_BASE as the guest reads it (OnRdmsr)
+  bool apic_base_warned_ = false;
 };
 
 }  // namespace xenkvm::accel::emu

@@ -331,6 +331,23 @@ gp32:
         cli
         hlt
 
+/* ---- IA32_APIC_BASE on the boot vCPU: read (0x10), written with the enable flag clear, read
+ * again (0x11). */
+        .globl apic_base
+apic_base:
+        mov     $0x1b, %ecx
+        rdmsr
+        out     %eax, $0x10
+        mov     %edx, %eax
+        out     %eax, $0x12
+        mov     $0x1b, %ecx
+        mov     $0xfee00100, %eax
+        xor     %edx, %edx
+        wrmsr
+        rdmsr
+        out     %eax, $0x11
+        hlt
+
 /* ---- Hypercall page: read the MSR from CPUID 0x40000002, write the page address to it, call
  * hypercall 17 through the page. `hypercall_page_adjacent` has CPUID and WRMSR in one block. */
         .globl hypercall_page_adjacent
@@ -365,11 +382,13 @@ call_page:
         out     %eax, $0x10
         hlt
 
-/* ---- Two vCPUs: the second writes a flag the first waits for. */
+/* ---- Two vCPUs: the second writes a flag the first waits for, and reports its IA32_APIC_BASE. */
         .globl ap_entry
 ap_entry:
         movl    $0x1234, shared_flag
-        out     %al, $0x1c
+        mov     $0x1b, %ecx
+        rdmsr
+        out     %eax, $0x1c
         hlt
         .globl bsp_wait
 bsp_wait:
