@@ -70,6 +70,7 @@ struct Flags {
   xenkvm::vmm::VmConfig config;
   std::string memory, vcpus, max_evtchn, accel, cpu_template, xen_version, log_level, control_socket;
   std::vector<std::string> disks;
+  std::vector<std::string> networks;
   bool seccomp = true;
   std::string run_as;
 };
@@ -94,6 +95,12 @@ void DefineFlags(CLI::App& app, Flags& flags) {
                  "a xen-disk: target=PATH (an image file or block device), vdev=NAME (xvda, the default; hd*, sd*, "
                  "d<N>), access=rw|ro, features=flush+discard+persistent+indirect (what to offer; default all); "
                  "repeat for more disks")
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  app.add_option("--net", flags.networks,
+                 "a xen-net device on a TAP, xl's vif syntax: mac=MAC (default: 00:16:3e plus random bytes), "
+                 "bridge=BRIDGE (the tap joins it), vifname=TAP (an existing tap, or the name of the one made), "
+                 "mtu=N; repeat for more (vif0, vif1, ...)")
       ->expected(1)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   app.add_option("--xenstore-socket", flags.config.xenstore_socket,
@@ -135,6 +142,11 @@ absl::Status ApplyFlags(Flags& flags) {
   for (const std::string& spec : flags.disks) {
     XENKVM_ASSIGN_OR_RETURN(xenkvm::xenbus::XenDiskConfig disk, xenkvm::vmm::ParseDiskSpec(spec));
     config.disks.push_back(std::move(disk));
+  }
+  for (const std::string& spec : flags.networks) {
+    XENKVM_ASSIGN_OR_RETURN(xenkvm::xenbus::XenNetConfig network,
+                            xenkvm::vmm::ParseNetworkSpec(spec, static_cast<uint32_t>(config.networks.size())));
+    config.networks.push_back(std::move(network));
   }
   if (config.kernel.empty()) return absl::InvalidArgumentError("--kernel is required");
   return xenkvm::vmm::Validate(config);

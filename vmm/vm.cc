@@ -252,7 +252,7 @@ absl::Status Vm::BuildXenBackends(const VmConfig& config) {
   }
   domain.console = xen::xenstore::DomainInfo::Console{kConsoleRingGpa >> 12, console_port};
   XENKVM_RETURN_IF_ERROR(xen::xenstore::CreateDomain(*store_, domain));
-  // The disks: created on the backend loop, whose thread owns the store from now on.
+  // The disks and vifs: created on the backend loop, whose thread owns the store from now on.
   absl::Status disks = absl::OkStatus();
   XENKVM_RETURN_IF_ERROR(OnBackendLoop([&] {
     xenbus::XenDisk::Environment environment{store_.get(), memory_.get(), &xen_->event_channels(),
@@ -264,6 +264,14 @@ absl::Status Vm::BuildXenBackends(const VmConfig& config) {
         return;
       }
       disks_.push_back(std::move(*created));
+    }
+    for (const xenbus::XenNetConfig& network : config.networks) {
+      absl::StatusOr<std::unique_ptr<xenbus::XenNet>> created = xenbus::XenNet::Create(environment, network);
+      if (!created.ok()) {
+        disks = created.status();
+        return;
+      }
+      networks_.push_back(std::move(*created));
     }
   }));
   XENKVM_RETURN_IF_ERROR(disks);
@@ -281,6 +289,7 @@ Vm::~Vm() {
     backend_loop_->Join();
   }
   disks_.clear();
+  networks_.clear();
   store_socket_.reset();
   store_ring_.reset();
   pv_console_.reset();

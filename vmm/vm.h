@@ -28,6 +28,7 @@
 #include "components/xen/xenstore/store.h"
 #include "components/xenbus/console.h"
 #include "components/xenbus/xen_disk.h"
+#include "components/xenbus/xen_net.h"
 #include "vmm/console_log.h"
 #include "vmm/vm_config.h"
 
@@ -145,6 +146,7 @@ class Vm {
   std::string pv_console_input_;  // waiting for room in the PV console's in[] (backend loop only)
   std::shared_ptr<devices::Serial> serial_;
   std::vector<std::unique_ptr<xenbus::XenDisk>> disks_;  // used on the backend loop only
+  std::vector<std::unique_ptr<xenbus::XenNet>> networks_;  // used on the backend loop only
   uint32_t domid_ = 1;
   std::unique_ptr<HypervisorLog> hypervisor_log_;
   uint64_t memory_kib_ ABSL_GUARDED_BY(mutex_) = 0;  // the configured memory (XenStore static-max)

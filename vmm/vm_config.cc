@@ -4,7 +4,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "absl/strings/ascii.h"
 #include "components/xen/version.h"
 
 namespace xenkvm::vmm {
@@ -48,6 +51,9 @@ absl::Status Validate(const VmConfig& config) {
   }
   if (!config.disks.empty() && config.xen_version == 0) {
     return absl::InvalidArgumentError("disk: xen-disk devices need the Xen interface (--xen-version is off)");
+  }
+  if (!config.networks.empty() && config.xen_version == 0) {
+    return absl::InvalidArgumentError("vif: xen-net devices need the Xen interface (--xen-version is off)");
   }
   std::set<uint32_t> devices;
   for (const xenbus::XenDiskConfig& disk : config.disks) {
@@ -104,6 +110,42 @@ absl::StatusOr<xenbus::XenDiskConfig> ParseDiskSpec(const std::string& spec) {
   }
   if (disk.path.empty()) return absl::InvalidArgumentError(absl::StrCat("disk \"", spec, "\": no target=PATH"));
   return disk;
+}
+
+absl::StatusOr<xenbus::XenNetConfig> ParseNetworkSpec(const std::string& spec, uint32_t devid) {
+  xenbus::XenNetConfig network;
+  network.devid = devid;
+  bool mac_given = false;
+  for (absl::string_view item : absl::StrSplit(spec, ',', absl::SkipEmpty())) {
+    const size_t equals = item.find('=');
+    if (equals == absl::string_view::npos) {
+      return absl::InvalidArgumentError(absl::StrCat("vif \"", spec, "\": \"", std::string(item),
+                                                     "\" is not key=value (mac=, bridge=, vifname=, mtu=)"));
+    }
+    const std::string key(absl::StripAsciiWhitespace(item.substr(0, equals)));
+    const std::string value(absl::StripAsciiWhitespace(item.substr(equals + 1)));
+    if (key == "mac") {
+      absl::StatusOr<net::MacAddress> mac = net::ParseMac(value);
+      if (!mac.ok()) return absl::InvalidArgumentError(absl::StrCat("vif \"", spec, "\": ", mac.status().message()));
+      network.mac = *mac;
+      mac_given = true;
+    } else if (key == "bridge") {
+      network.bridge = value;
+    } else if (key == "vifname") {
+      network.tap = value;
+    } else if (key == "mtu") {
+      if (!absl::SimpleAtoi(value, &network.mtu) || network.mtu < 68 || network.mtu > 65535) {
+        return absl::InvalidArgumentError(absl::StrCat("vif \"", spec, "\": mtu=", value, " is not 68 to 65535"));
+      }
+    } else if (key == "type" && value == "vif") {
+      // xl's default device type; "ioemu" (an emulated NIC) is not offered.
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat("vif \"", spec, "\": ", key, "=", value,
+                                                     " is not taken (mac, bridge, vifname, mtu, type=vif)"));
+    }
+  }
+  if (!mac_given) network.mac = net::GenerateXenMac();
+  return network;
 }
 
 }  // namespace xenkvm::vmm

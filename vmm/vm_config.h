@@ -9,6 +9,7 @@
 #include "absl/status/statusor.h"
 #include "components/accel/cpu_template.h"
 #include "components/xenbus/xen_disk.h"
+#include "components/xenbus/xen_net.h"
 
 namespace xenkvm::vmm {
 
@@ -37,6 +38,8 @@ struct VmConfig {
   std::string xenstore_socket;
   // xen-disk devices (they need the Xen interface).
   std::vector<xenbus::XenDiskConfig> disks;
+  // xen-net devices (vif0, vif1, ... in order; they need the Xen interface).
+  std::vector<xenbus::XenNetConfig> networks;
 };
 
 // Checks the values (not the files): memory and vCPU count in range, a kernel named, disks only
@@ -47,6 +50,10 @@ absl::Status Validate(const VmConfig& config);
 // target=; access r, ro, w or rw, default rw), and features=flush+discard+persistent+indirect to
 // offer only those (default: all). Errors name the key.
 absl::StatusOr<xenbus::XenDiskConfig> ParseDiskSpec(const std::string& spec);
+// A --net value, xl's vif syntax: "mac=00:16:3e:01:02:03,bridge=br0,vifname=tap0,mtu=1500" (every
+// key optional: the MAC is generated in Xen's OUI when absent, the tap named by the kernel when
+// vifname is, no bridge by default). `devid` is the vif's index.
+absl::StatusOr<xenbus::XenNetConfig> ParseNetworkSpec(const std::string& spec, uint32_t devid);
 
 }  // namespace xenkvm::vmm
 

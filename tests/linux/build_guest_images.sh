@@ -5,8 +5,10 @@
 #                          /dev/xvda, mounts it and switch_roots to it, as a distribution boots;
 #   OUT/root.img           an ext4 image made with `mke2fs -d` (no host mount) from busybox-static
 #                          and an /sbin/init that proves from inside the guest where it runs
-#                          (hypervisor type, CPUs, the root's driver), writes /proof, syncs, prints
-#                          the marker XENKVM-LINUX-ROOT-OK and powers off;
+#                          (hypervisor type, CPUs, the root's driver), writes /proof, syncs, with
+#                          xenkvm.net=ADDRESS/PREFIX,PEER loads the kernel's xen-netfront, pings PEER
+#                          and sends it 512 KiB over TCP, prints the marker XENKVM-LINUX-ROOT-OK and
+#                          powers off;
 #   OUT/boot.img           the same root plus what a Xen user's image holds for pvgrub2:
 #                          /boot/vmlinuz (the kernel as shipped), /boot/initrd.img (the initramfs)
 #                          and /boot/grub/grub.cfg, which boots them with root=/dev/xvda.
@@ -40,7 +42,7 @@ add_module() {
   local file
   file=$(find "$modules_root" -regextype posix-extended -regex ".*/${pattern}\.ko(\.(xz|zst|gz))?" | head -n 1)
   [ -n "$file" ] || { echo "build_guest_images: no module $name in $modules_root" >&2; exit 1; }
-  local plain="$work/initramfs/lib/modules/$name.ko"
+  local plain="$module_dir/$name.ko"
   case "$file" in
     *.xz) xz -dc "$file" > "$plain" ;;
     *.zst) zstd -qdc "$file" > "$plain" ;;
@@ -85,8 +87,19 @@ module_for_alias() {
 builtin() {  # whether kernel/PATH.ko is built in
   grep -qx "kernel/$1.ko" "$modules_root/modules.builtin" 2>/dev/null
 }
+module_dir=$work/initramfs/lib/modules
 builtin drivers/block/xen-blkfront || add_module xen-blkfront
 builtin fs/ext4/ext4 || add_module ext4
+initramfs_order=("${load_order[@]}")
+
+# The network driver goes into the root, which loads it only when asked to (xenkvm.net=).
+root=$work/root
+mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,lib/modules}
+module_dir=$root/lib/modules
+load_order=()
+builtin drivers/net/xen-netfront || add_module xen-netfront
+net_order=("${load_order[@]}")
+load_order=("${initramfs_order[@]}")
 
 cp "$busybox" "$work/initramfs/bin/busybox"
 cat > "$work/initramfs/init" <<INIT
@@ -110,9 +123,8 @@ INIT
 chmod 755 "$work/initramfs/init"
 (cd "$work/initramfs" && find . | cpio -o -H newc --quiet | gzip -1) > "$out/initramfs.cpio.gz"
 
-root=$work/root
-mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp}
 cp "$busybox" "$root/bin/busybox"
+echo "${net_order[*]:-}" > "$root/lib/modules/net-order"
 cat > "$root/sbin/init" <<'INIT'
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -127,6 +139,25 @@ echo "xenkvm-root: root=$(awk '$2 == "/" && $1 != "rootfs" {print $1 " " $3}' /p
 echo "xenkvm-root: root-driver=$(basename "$(readlink /sys/block/xvda/device/driver)")"
 echo "written by the guest on $(uname -r)" > /proof
 sync
+# xenkvm.net=ADDRESS/PREFIX,PEER: the vif (xen-netfront) gets ADDRESS, pings PEER and sends it
+# 512 KiB of random bytes over TCP (port 5555), printing their SHA-256 for the host to compare.
+net=$(sed -n 's/.*xenkvm\.net=\([^ ]*\).*/\1/p' /proc/cmdline)
+if [ -n "$net" ]; then
+  for module in $(cat /lib/modules/net-order); do insmod /lib/modules/$module.ko; done
+  tries=0
+  while [ ! -e /sys/class/net/eth0 ] && [ $tries -lt 100 ]; do sleep 0.1; tries=$((tries + 1)); done
+  ip addr add "${net%%,*}" dev eth0
+  ip link set eth0 up
+  echo "xenkvm-root: net-driver=$(basename "$(readlink /sys/class/net/eth0/device/driver)")"
+  if ping -c 3 -W 10 "${net#*,}" > /tmp/ping 2>&1; then
+    echo "xenkvm-root: ping=ok"
+  else
+    echo "xenkvm-root: ping=failed: $(cat /tmp/ping)"
+  fi
+  dd if=/dev/urandom of=/tmp/blob bs=1024 count=512 2>/dev/null
+  echo "xenkvm-root: blob-sha256=$(sha256sum /tmp/blob | cut -d' ' -f1)"
+  nc -w 10 "${net#*,}" 5555 < /tmp/blob && echo "xenkvm-root: blob-sent"
+fi
 echo "XENKVM-LINUX-ROOT-OK"
 if grep -q xenkvm.stay /proc/cmdline; then
   # Stay up until asked to power off: the kernel's Xen shutdown watcher (control/shutdown in

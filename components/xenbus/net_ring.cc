@@ -1,0 +1,249 @@
+#include "components/xenbus/net_ring.h"
+
+#include <poll.h>
+
+#include <atomic>
+
+#include "absl/strings/str_cat.h"
+#include "spdlog/spdlog.h"
+
+namespace xenkvm::xenbus {
+namespace {
+
+constexpr uint64_t kRequestProducer = 0, kRequestEvent = 4, kResponseProducer = 8, kResponseEvent = 12;
+// The largest frame a tap gives without offloads: 64 KiB covers any MTU.
+constexpr size_t kMaxFrame = 65536;
+
+memory::GuestAddress At(uint64_t gpa) { return memory::GuestAddress(gpa); }
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<NetRing>> NetRing::Start(const memory::GuestMemory& memory, xen::GrantTable& grants,
+                                                        const net::Tap& tap, Options options,
+                                                        std::function<void()> notify) {
+  auto ring = std::unique_ptr<NetRing>(new NetRing(memory, grants, tap, options, std::move(notify)));
+  absl::StatusOr<base::EventFd> wake = base::EventFd::Create();
+  if (!wake.ok()) return wake.status();
+  ring->wake_.emplace(std::move(*wake));
+  for (auto [ring_state, gref, name, slots, size] :
+       {std::tuple{&ring->tx_, options.tx_ring_gref, "tx-ring-ref", netif::kTxSlots, netif::kTxSlotSize},
+        std::tuple{&ring->rx_, options.rx_ring_gref, "rx-ring-ref", netif::kRxSlots, netif::kRxSlotSize}}) {
+    if (int16_t status = grants.Map(gref, /*readonly=*/false, &ring_state->mapping); status != 0) {
+      if (ring_state == &ring->rx_) grants.Unmap(ring->tx_.mapping);
+      ring->tx_.slots = ring->rx_.slots = 0;  // nothing for the destructor to release
+      return absl::InvalidArgumentError(
+          absl::StrCat("the frontend's ", name, " ", gref, " cannot be mapped (GNTST ", status, ")"));
+    }
+    ring_state->slots = slots;
+    ring_state->slot_size = size;
+    // Both ends start where the responses are.
+    ring_state->response_producer =
+        memory.AtomicLoad<uint32_t>(At(ring_state->Address(kResponseProducer))).value_or(0);
+    ring_state->request_consumer = ring_state->response_producer;
+  }
+  ring->thread_ = std::thread([raw = ring.get()] { raw->Run(); });
+  ring->Kick();
+  return ring;
+}
+
+NetRing::NetRing(const memory::GuestMemory& memory, xen::GrantTable& grants, const net::Tap& tap, Options options,
+                 std::function<void()> notify)
+    : memory_(memory), grants_(grants), tap_(tap), options_(options), notify_(std::move(notify)), frame_(kMaxFrame) {}
+
+NetRing::~NetRing() {
+  {
+    absl::MutexLock lock(&mutex_);
+    stopping_ = true;
+  }
+  (void)wake_->Write();
+  if (thread_.joinable()) thread_.join();
+  if (tx_.slots != 0) grants_.Unmap(tx_.mapping);
+  if (rx_.slots != 0) grants_.Unmap(rx_.mapping);
+}
+
+void NetRing::Kick() {
+  if (wake_) (void)wake_->Write();
+}
+
+NetRingStatistics NetRing::Statistics() const {
+  absl::MutexLock lock(&mutex_);
+  return statistics_;
+}
+
+bool NetRing::Break(std::string reason) {
+  spdlog::warn("xen-net {}: the frontend broke its rings ({}); they are no longer served", tap_.name(), reason);
+  absl::MutexLock lock(&mutex_);
+  statistics_.broken = true;
+  statistics_.broken_reason = std::move(reason);
+  return false;
+}
+
+void NetRing::Run() {
+  bool broken = false;
+  while (true) {
+    {
+      absl::MutexLock lock(&mutex_);
+      if (stopping_) return;
+    }
+    bool notify = false;
+    if (!broken) broken = !ServeTransmit(notify) || !ServeReceive(notify);
+    if (notify) notify_();
+    // Frames from the tap are read only while the guest has somewhere to put them.
+    pollfd fds[2] = {{wake_->fd(), POLLIN, 0}, {tap_.fd(), static_cast<short>(broken || frame_size_ ? 0 : POLLIN), 0}};
+    if (::poll(fds, 2, -1) < 0 && errno != EINTR) return;
+    if (fds[0].revents & POLLIN) (void)wake_->Read();
+  }
+}
+
+std::optional<uint32_t> NetRing::Produced(const Ring& ring) {
+  absl::StatusOr<uint32_t> producer = memory_.AtomicLoad<uint32_t>(At(ring.Address(kRequestProducer)));
+  if (!producer.ok() || *producer - ring.request_consumer > ring.slots) return std::nullopt;
+  return *producer;
+}
+
+bool NetRing::PublishResponses(Ring& ring, uint32_t published) {
+  if (ring.response_producer == published) return false;
+  (void)memory_.AtomicStore<uint32_t>(At(ring.Address(kResponseProducer)), ring.response_producer);
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  const uint32_t event = memory_.AtomicLoad<uint32_t>(At(ring.Address(kResponseEvent))).value_or(published);
+  return ring.response_producer - event < ring.response_producer - published;
+}
+
+bool NetRing::ServeTransmit(bool& notify) {
+  while (true) {
+    std::optional<uint32_t> producer = Produced(tx_);
+    if (!producer) return Break("a transmit request index out of range");
+    const uint32_t published = tx_.response_producer;
+    while (tx_.request_consumer != *producer) {
+      const uint32_t available = *producer - tx_.request_consumer;
+      netif::TxPacket packet = netif::ParseTxPacket([&](uint32_t i) -> std::optional<std::array<uint8_t, netif::kTxSlotSize>> {
+        if (i >= available) return std::nullopt;
+        std::array<uint8_t, netif::kTxSlotSize> slot;
+        if (!memory_.Read(At(tx_.SlotAddress(tx_.request_consumer + i)), slot).ok()) return std::nullopt;
+        return slot;
+      });
+      if (packet.verdict == netif::TxVerdict::kIncomplete) break;  // the rest comes with a later event
+      if (packet.verdict == netif::TxVerdict::kFatal) return Break(packet.reason);
+      int16_t status = netif::kRspOkay;
+      if (packet.verdict == netif::TxVerdict::kDrop) {
+        status = netif::kRspError;
+        absl::MutexLock lock(&mutex_);
+        if (statistics_.tx_dropped++ == 0) spdlog::warn("xen-net {}: dropped a packet: {}", tap_.name(), packet.reason);
+      } else {
+        Transmit(packet, status);
+      }
+      for (const std::optional<netif::TxRequest>& request : packet.requests) {
+        const auto response = request ? netif::EncodeTxResponse(request->id, status)
+                                       : netif::EncodeTxResponse(0, netif::kRspNull);
+        if (!memory_.Write(At(tx_.SlotAddress(tx_.response_producer)), response).ok()) {
+          return Break("the transmit ring cannot be written");
+        }
+        ++tx_.response_producer;
+      }
+      tx_.request_consumer += packet.slots;
+    }
+    if (PublishResponses(tx_, published)) notify = true;
+    // Ask for an event at the next request, then look once more (it may have just come).
+    (void)memory_.AtomicStore<uint32_t>(At(tx_.Address(kRequestEvent)), tx_.request_consumer + 1);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    std::optional<uint32_t> again = Produced(tx_);
+    if (!again || *again == *producer) return true;
+  }
+}
+
+void NetRing::Transmit(const netif::TxPacket& packet, int16_t& status) {
+  packet_.resize(packet.size);
+  size_t at = 0;
+  bool copied = !packet.gso;  // GSO is not offered: such a packet is an error
+  for (const netif::TxPacket::Piece& piece : packet.pieces) {
+    if (!copied) break;
+    copied = grants_.Copy(piece.gref, piece.offset, std::span<uint8_t>(packet_).subspan(at, piece.length),
+                          /*to_guest=*/false) == 0;
+    at += piece.length;
+  }
+  if (copied && (packet.flags & netif::kTxCsumBlank)) netif::CompleteChecksum(packet_);
+  const bool sent = copied && tap_.Write(packet_).ok();
+  status = sent ? netif::kRspOkay : netif::kRspError;
+  absl::MutexLock lock(&mutex_);
+  if (sent) {
+    ++statistics_.tx_packets;
+    statistics_.tx_bytes += packet.size;
+  } else {
+    ++statistics_.tx_errors;
+  }
+}
+
+bool NetRing::ServeReceive(bool& notify) {
+  const uint32_t published = rx_.response_producer;
+  bool ok = true;
+  while (true) {
+    if (frame_size_ == 0) {
+      absl::StatusOr<size_t> got = tap_.Read(frame_);
+      if (!got.ok() || *got == 0) break;
+      frame_size_ = *got;
+    }
+    const uint32_t needed = static_cast<uint32_t>((frame_size_ + netif::kPageSize - 1) / netif::kPageSize);
+    if (needed > 1 && !options_.rx_scatter_gather) {
+      frame_size_ = 0;
+      absl::MutexLock lock(&mutex_);
+      ++statistics_.rx_dropped;  // larger than a page, and the frontend takes one slot a frame
+      continue;
+    }
+    std::optional<uint32_t> producer = Produced(rx_);
+    if (!producer) {
+      ok = Break("a receive request index out of range");
+      break;
+    }
+    if (*producer - rx_.request_consumer < needed) {
+      // Held: ask for an event once enough slots are posted, then look once more.
+      (void)memory_.AtomicStore<uint32_t>(At(rx_.Address(kRequestEvent)), rx_.request_consumer + needed);
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+      std::optional<uint32_t> again = Produced(rx_);
+      if (again && *again - rx_.request_consumer >= needed) continue;
+      break;
+    }
+    if (!DeliverFrame()) {
+      ok = Break("the receive ring cannot be written");
+      break;
+    }
+  }
+  if (PublishResponses(rx_, published)) notify = true;
+  return ok;
+}
+
+bool NetRing::DeliverFrame() {
+  const size_t size = frame_size_;
+  frame_size_ = 0;
+  bool copied = true;
+  std::vector<std::pair<netif::RxRequest, uint16_t>> slots;
+  for (size_t at = 0; at < size; at += netif::kPageSize) {
+    std::array<uint8_t, netif::kRxSlotSize> slot;
+    if (!memory_.Read(At(rx_.SlotAddress(rx_.request_consumer++)), slot).ok()) return false;
+    const netif::RxRequest request = netif::DecodeRxRequest(slot);
+    const uint16_t length = static_cast<uint16_t>(std::min<size_t>(netif::kPageSize, size - at));
+    if (copied) {
+      copied = grants_.Copy(request.gref, 0, std::span<uint8_t>(frame_).subspan(at, length), /*to_guest=*/true) == 0;
+    }
+    slots.emplace_back(request, length);
+  }
+  for (size_t i = 0; i < slots.size(); ++i) {
+    const auto& [request, length] = slots[i];
+    const uint16_t flags = i + 1 < slots.size() && copied ? netif::kRxMoreData : 0;
+    const int16_t status = copied ? static_cast<int16_t>(length) : netif::kRspError;
+    if (!memory_.Write(At(rx_.SlotAddress(rx_.response_producer++)),
+                       netif::EncodeRxResponse(request.id, 0, flags, status))
+             .ok()) {
+      return false;
+    }
+  }
+  absl::MutexLock lock(&mutex_);
+  if (copied) {
+    ++statistics_.rx_packets;
+    statistics_.rx_bytes += size;
+  } else {
+    ++statistics_.rx_errors;
+  }
+  return true;
+}
+
+}  // namespace xenkvm::xenbus

@@ -1,0 +1,106 @@
+// The data path of one xen-net device: the transmit and receive rings the frontend granted, served
+// on a thread of its own against a TAP device. Transmit: each packet's requests are copied out of
+// their slots once and checked (netif.h) before its data is copied out of the granted pages with
+// grant copy; a blank checksum (NETTXF_csum_blank) is filled in; the frame goes to the tap; every
+// request is answered. Receive: a frame from the tap is copied into the pages the frontend posted
+// (request-rx-copy; several slots with NETRXF_more_data only when the frontend offers feature-sg),
+// or held until it posts more; frames larger than it can take are dropped and counted. Nothing but
+// granted pages is touched; a frontend that breaks the protocol (an index more than the ring ahead,
+// a packet netback would call fatal) stops being served, with the reason kept.
+#ifndef XENKVM_COMPONENTS_XENBUS_NET_RING_H_
+#define XENKVM_COMPONENTS_XENBUS_NET_RING_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "components/base/event_fd.h"
+#include "components/memory/guest_memory.h"
+#include "components/net/tap.h"
+#include "components/xen/grant_table.h"
+#include "components/xenbus/netif.h"
+
+namespace xenkvm::xenbus {
+
+struct NetRingStatistics {
+  // Transmit: guest to host. Receive: host to guest.
+  uint64_t tx_packets = 0, tx_bytes = 0, tx_dropped = 0, tx_errors = 0;
+  uint64_t rx_packets = 0, rx_bytes = 0, rx_dropped = 0, rx_errors = 0;
+  bool broken = false;  // the frontend broke a ring; it is no longer served
+  std::string broken_reason;
+};
+
+class NetRing {
+ public:
+  struct Options {
+    uint32_t tx_ring_gref = 0;
+    uint32_t rx_ring_gref = 0;
+    bool rx_scatter_gather = false;  // the frontend's feature-sg: a frame may span receive slots
+  };
+
+  // Maps both rings (writable) and starts the thread. `notify` raises the frontend's event channel
+  // (from the thread). The memory, grant table and tap must outlive it.
+  static absl::StatusOr<std::unique_ptr<NetRing>> Start(const memory::GuestMemory& memory, xen::GrantTable& grants,
+                                                        const net::Tap& tap, Options options,
+                                                        std::function<void()> notify);
+  ~NetRing();
+
+  // The frontend's event: look at both rings.
+  void Kick();
+  NetRingStatistics Statistics() const;
+
+ private:
+  struct Ring {
+    xen::GrantTable::Mapping mapping;
+    uint32_t slots = 0;
+    size_t slot_size = 0;
+    uint32_t request_consumer = 0;
+    uint32_t response_producer = 0;
+    uint64_t Address(uint64_t offset) const { return (mapping.gfn << 12) + offset; }
+    uint64_t SlotAddress(uint32_t index) const {
+      return Address(netif::kRingHeaderSize + (index % slots) * slot_size);
+    }
+  };
+
+  NetRing(const memory::GuestMemory& memory, xen::GrantTable& grants, const net::Tap& tap, Options options,
+          std::function<void()> notify);
+  void Run();
+  // Each returns false once its ring is broken (the reason recorded).
+  bool ServeTransmit(bool& notify);
+  bool ServeReceive(bool& notify);
+  void Transmit(const netif::TxPacket& packet, int16_t& status);
+  // Copies the held frame into the frontend's receive slots; false when it has too few posted.
+  bool DeliverFrame();
+  // Publishes the ring's responses; true when the frontend asked to hear about them (rsp_event).
+  bool PublishResponses(Ring& ring, uint32_t published);
+  std::optional<uint32_t> Produced(const Ring& ring);
+  bool Break(std::string reason);
+
+  const memory::GuestMemory& memory_;
+  xen::GrantTable& grants_;
+  const net::Tap& tap_;
+  const Options options_;
+  std::function<void()> notify_;
+  std::optional<base::EventFd> wake_;
+
+  // The thread's own.
+  Ring tx_, rx_;
+  std::vector<uint8_t> frame_;   // a frame from the tap
+  size_t frame_size_ = 0;        // non-zero: held until the frontend posts receive slots
+  std::vector<uint8_t> packet_;  // a frame from the guest
+
+  mutable absl::Mutex mutex_;
+  bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
+  NetRingStatistics statistics_ ABSL_GUARDED_BY(mutex_);
+  std::thread thread_;
+};
+
+}  // namespace xenkvm::xenbus
+
+#endif  // XENKVM_COMPONENTS_XENBUS_NET_RING_H_

@@ -1,0 +1,181 @@
+#include "components/xenbus/netif.h"
+
+#include <cstring>
+
+#include "absl/strings/str_format.h"
+
+namespace xenkvm::xenbus::netif {
+namespace {
+
+uint16_t Le16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); }
+uint32_t Le32(const uint8_t* p) { return Le16(p) | (static_cast<uint32_t>(Le16(p + 2)) << 16); }
+void PutLe16(uint8_t* p, uint16_t v) {
+  p[0] = static_cast<uint8_t>(v);
+  p[1] = static_cast<uint8_t>(v >> 8);
+}
+uint16_t Be16(const uint8_t* p) { return static_cast<uint16_t>((p[0] << 8) | p[1]); }
+
+TxPacket Verdict(TxPacket packet, TxVerdict verdict, std::string reason) {
+  packet.verdict = verdict;
+  packet.reason = std::move(reason);
+  return packet;
+}
+
+// One's-complement sum of `bytes` as big-endian 16-bit words (a last odd byte padded with zero).
+uint32_t SumWords(const uint8_t* bytes, size_t length, uint32_t sum) {
+  for (size_t i = 0; i + 1 < length; i += 2) sum += Be16(bytes + i);
+  if (length % 2 != 0) sum += static_cast<uint32_t>(bytes[length - 1]) << 8;
+  return sum;
+}
+
+uint16_t Fold(uint32_t sum) {
+  while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
+  return static_cast<uint16_t>(sum);
+}
+
+}  // namespace
+
+TxRequest DecodeTxRequest(std::span<const uint8_t, kTxSlotSize> slot) {
+  const uint8_t* p = slot.data();
+  return TxRequest{Le32(p), Le16(p + 4), Le16(p + 6), Le16(p + 8), Le16(p + 10)};
+}
+
+ExtraInfo DecodeExtraInfo(std::span<const uint8_t, kTxSlotSize> slot) {
+  const uint8_t* p = slot.data();
+  return ExtraInfo{p[0], p[1], Le16(p + 2), p[4]};
+}
+
+TxPacket ParseTxPacket(const SlotReader& slot) {
+  TxPacket packet;
+  uint32_t index = 0;
+  std::optional<std::array<uint8_t, kTxSlotSize>> bytes = slot(index++);
+  if (!bytes) return packet;
+  const TxRequest first = DecodeTxRequest(*bytes);
+  packet.requests.push_back(first);
+  packet.flags = first.flags;
+  if (first.flags & kTxExtraInfo) {
+    for (uint32_t extras = 0;; ++extras) {
+      if (extras == kExtraTypeLimit - 1) {
+        return Verdict(std::move(packet), TxVerdict::kFatal, "more extra-info slots than there are types");
+      }
+      if (!(bytes = slot(index++))) return packet;
+      const ExtraInfo extra = DecodeExtraInfo(*bytes);
+      packet.requests.push_back(std::nullopt);
+      if (extra.type == 0 || extra.type >= kExtraTypeLimit) {
+        return Verdict(std::move(packet), TxVerdict::kFatal, absl::StrFormat("extra-info type %u", extra.type));
+      }
+      if (extra.type == kExtraGso) packet.gso = extra;
+      if (!(extra.flags & kExtraFlagMore)) break;
+    }
+  }
+  std::vector<TxRequest> data = {first};
+  for (uint16_t flags = first.flags; flags & kTxMoreData; flags = data.back().flags) {
+    if (data.size() == kFatalDataSlots) {
+      return Verdict(std::move(packet), TxVerdict::kFatal, absl::StrFormat("more than %u slots", kFatalDataSlots));
+    }
+    if (!(bytes = slot(index++))) return packet;
+    data.push_back(DecodeTxRequest(*bytes));
+    packet.requests.push_back(data.back());
+  }
+  packet.slots = index;
+  uint32_t rest = 0;
+  for (size_t i = 1; i < data.size(); ++i) {
+    if (data[i].offset + data[i].size > kPageSize) {
+      return Verdict(std::move(packet), TxVerdict::kFatal,
+                     absl::StrFormat("slot %u crosses its page (offset %u, size %u)", i, data[i].offset, data[i].size));
+    }
+    rest += data[i].size;
+  }
+  if (rest > first.size) {
+    return Verdict(std::move(packet), TxVerdict::kDrop,
+                   absl::StrFormat("the slots hold %u bytes past the first, the packet is %u", rest, first.size));
+  }
+  const uint16_t first_length = static_cast<uint16_t>(first.size - rest);
+  if (first.offset + first_length > kPageSize) {
+    return Verdict(std::move(packet), TxVerdict::kFatal,
+                   absl::StrFormat("the first slot crosses its page (offset %u, %u bytes)", first.offset, first_length));
+  }
+  if (data.size() > kMaxDataSlots) {
+    return Verdict(std::move(packet), TxVerdict::kDrop, absl::StrFormat("%u slots (at most %u)", data.size(), kMaxDataSlots));
+  }
+  if (first.size < kMinPacketSize) {
+    return Verdict(std::move(packet), TxVerdict::kDrop, absl::StrFormat("a %u-byte packet", first.size));
+  }
+  packet.pieces.push_back({first.gref, first.offset, first_length});
+  for (size_t i = 1; i < data.size(); ++i) packet.pieces.push_back({data[i].gref, data[i].offset, data[i].size});
+  packet.size = first.size;
+  packet.verdict = TxVerdict::kSend;
+  return packet;
+}
+
+std::array<uint8_t, kTxSlotSize> EncodeTxResponse(uint16_t id, int16_t status) {
+  std::array<uint8_t, kTxSlotSize> slot{};  // the rest of the slot zeroed: nothing of ours leaks
+  PutLe16(slot.data(), id);
+  PutLe16(slot.data() + 2, static_cast<uint16_t>(status));
+  return slot;
+}
+
+RxRequest DecodeRxRequest(std::span<const uint8_t, kRxSlotSize> slot) {
+  return RxRequest{Le16(slot.data()), Le32(slot.data() + 4)};
+}
+
+std::array<uint8_t, kRxSlotSize> EncodeRxResponse(uint16_t id, uint16_t offset, uint16_t flags, int16_t status) {
+  std::array<uint8_t, kRxSlotSize> slot{};
+  PutLe16(slot.data(), id);
+  PutLe16(slot.data() + 2, offset);
+  PutLe16(slot.data() + 4, flags);
+  PutLe16(slot.data() + 6, static_cast<uint16_t>(status));
+  return slot;
+}
+
+bool CompleteChecksum(std::span<uint8_t> frame) {
+  uint8_t* f = frame.data();
+  size_t l3 = 14;
+  if (frame.size() < l3) return false;
+  uint16_t ethertype = Be16(f + 12);
+  if (ethertype == 0x8100) {  // one VLAN tag
+    l3 = 18;
+    if (frame.size() < l3) return false;
+    ethertype = Be16(f + 16);
+  }
+  size_t l4 = 0, l4_length = 0;
+  uint8_t protocol = 0;
+  uint32_t sum = 0;
+  if (ethertype == 0x0800) {
+    if (frame.size() < l3 + 20 || (f[l3] >> 4) != 4) return false;
+    const size_t header = (f[l3] & 0xf) * 4u;
+    const size_t total = Be16(f + l3 + 2);
+    if (header < 20 || total < header || l3 + total > frame.size()) return false;
+    if ((Be16(f + l3 + 6) & 0x3fff) != 0) return false;  // a fragment
+    protocol = f[l3 + 9];
+    l4 = l3 + header;
+    l4_length = total - header;
+    sum = SumWords(f + l3 + 12, 8, 0);  // source and destination addresses
+  } else if (ethertype == 0x86dd) {
+    if (frame.size() < l3 + 40) return false;
+    protocol = f[l3 + 6];  // no extension headers
+    l4 = l3 + 40;
+    l4_length = Be16(f + l3 + 4);
+    if (l4 + l4_length > frame.size()) return false;
+    sum = SumWords(f + l3 + 8, 32, 0);
+  } else {
+    return false;
+  }
+  size_t field = 0;
+  if (protocol == 6 && l4_length >= 20) {
+    field = l4 + 16;
+  } else if (protocol == 17 && l4_length >= 8) {
+    field = l4 + 6;
+  } else {
+    return false;
+  }
+  sum += protocol + static_cast<uint32_t>(l4_length & 0xffff) + static_cast<uint32_t>(l4_length >> 16);
+  f[field] = f[field + 1] = 0;
+  uint16_t checksum = static_cast<uint16_t>(~Fold(SumWords(f + l4, l4_length, Fold(sum))));
+  if (protocol == 17 && checksum == 0) checksum = 0xffff;
+  f[field] = static_cast<uint8_t>(checksum >> 8);
+  f[field + 1] = static_cast<uint8_t>(checksum);
+  return true;
+}
+
+}  // namespace xenkvm::xenbus::netif

@@ -1,0 +1,1 @@
+#include "components/xenbus/netif.h"

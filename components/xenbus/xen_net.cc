@@ -1,0 +1,102 @@
+#include "components/xenbus/xen_net.h"
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "components/base/status.h"
+#include "spdlog/spdlog.h"
+
+namespace xenkvm::xenbus {
+
+absl::StatusOr<std::unique_ptr<XenNet>> XenNet::Create(const Environment& environment, XenNetConfig config) {
+  const std::string prefix = absl::StrCat("xen-net vif", config.devid, ": ");
+  absl::StatusOr<net::Tap> tap = net::Tap::Open(config.tap);
+  if (!tap.ok()) return absl::Status(tap.status().code(), absl::StrCat(prefix, tap.status().message()));
+  if (absl::Status up = tap->BringUp(config.mtu); !up.ok()) {
+    return absl::Status(up.code(), absl::StrCat(prefix, up.message()));
+  }
+  if (!config.bridge.empty()) {
+    if (absl::Status joined = tap->AttachToBridge(config.bridge); !joined.ok()) {
+      return absl::Status(joined.code(), absl::StrCat(prefix, joined.message()));
+    }
+  }
+  auto device = std::unique_ptr<XenNet>(new XenNet(environment, std::move(config)));
+  device->tap_ = std::move(*tap);
+  const XenNetConfig& c = device->config_;
+  const std::string mac = net::FormatMac(c.mac);
+  const XenstoreNodes frontend = {{"handle", absl::StrCat(c.devid)}, {"mac", mac}};
+  const XenstoreNodes backend = {{"handle", absl::StrCat(c.devid)},
+                                 {"mac", mac},
+                                 {"bridge", c.bridge},
+                                 {"type", "vif"},
+                                 {"vifname", device->tap_->name()},
+                                 {"feature-rx-copy", "1"},
+                                 {"feature-rx-flip", "0"},
+                                 {"feature-sg", "1"},
+                                 {"feature-gso-tcpv4", "0"},
+                                 {"feature-gso-tcpv6", "0"},
+                                 {"feature-ipv6-csum-offload", "0"}};
+  if (absl::Status announced = device->Announce(frontend, backend); !announced.ok()) return announced;
+  return device;
+}
+
+XenNet::XenNet(const Environment& environment, XenNetConfig config)
+    : XenbusDevice(environment, "vif", absl::StrCat("xen-net vif", config.devid), config.devid),
+      config_(std::move(config)) {}
+
+XenNet::~XenNet() { Teardown(); }
+
+std::optional<NetRingStatistics> XenNet::ring_statistics() const {
+  if (!ring_) return std::nullopt;
+  return ring_->Statistics();
+}
+
+absl::Status XenNet::Connect() {
+  const std::string prefix = Prefix();
+  auto read_number = [&](const char* key) -> absl::StatusOr<uint32_t> {
+    uint32_t value = 0;
+    std::optional<std::string> text = ReadFrontend(key);
+    if (!text || !absl::SimpleAtoi(*text, &value)) {
+      return absl::InvalidArgumentError(absl::StrCat(prefix, "the frontend gave no valid ", key));
+    }
+    return value;
+  };
+  if (std::optional<std::string> queues = ReadFrontend("multi-queue-num-queues"); queues && *queues != "1") {
+    return absl::InvalidArgumentError(
+        absl::StrCat(prefix, "the frontend asks for ", *queues, " queues; this backend offers one"));
+  }
+  if (ReadFrontend("request-rx-copy").value_or("0") != "1") {
+    return absl::InvalidArgumentError(
+        absl::StrCat(prefix, "the frontend does not ask for request-rx-copy (page flipping is not offered)"));
+  }
+  XENKVM_ASSIGN_OR_RETURN(const uint32_t tx_ref, read_number("tx-ring-ref"));
+  XENKVM_ASSIGN_OR_RETURN(const uint32_t rx_ref, read_number("rx-ring-ref"));
+  XENKVM_ASSIGN_OR_RETURN(const uint32_t port, read_number("event-channel"));
+  const bool scatter_gather = ReadFrontend("feature-sg").value_or("0") == "1";
+
+  xen::EventChannels* events = environment_.event_channels;
+  absl::StatusOr<std::unique_ptr<NetRing>> ring =
+      NetRing::Start(*environment_.memory, *environment_.grant_table, *tap_,
+                     NetRing::Options{tx_ref, rx_ref, scatter_gather}, [events, port] { (void)events->NotifyGuest(port); });
+  if (!ring.ok()) return absl::InvalidArgumentError(absl::StrCat(prefix, ring.status().message()));
+  ring_ = std::move(*ring);
+  std::weak_ptr<bool> alive = alive_;
+  absl::Status bound = events->BindBackend(port, [this, alive] {
+    if (alive.lock() && ring_) ring_->Kick();
+  });
+  if (!bound.ok()) return absl::InvalidArgumentError(absl::StrCat(prefix, "event-channel ", port, ": ", bound.message()));
+  bound_port_ = port;
+  XENKVM_RETURN_IF_ERROR(PublishConnected({}));
+  spdlog::info("xen-net vif{}: connected to tap {} (mac {}{})", config_.devid, tap_->name(), net::FormatMac(config_.mac),
+               scatter_gather ? ", scatter-gather" : "");
+  return absl::OkStatus();
+}
+
+void XenNet::Disconnect() {
+  if (bound_port_) {
+    (void)environment_.event_channels->UnbindBackend(*bound_port_);
+    bound_port_.reset();
+  }
+  ring_.reset();
+}
+
+}  // namespace xenkvm::xenbus

@@ -1,0 +1,57 @@
+// xen-net: one Xen PV network device (vif) as the toolstack and netback make it, on a TAP device.
+// Its XenBus life is XenbusDevice's (xenbus_device.h): the frontend's nodes carry handle and mac,
+// the backend's the features offered (feature-rx-copy, feature-sg; no GSO, no IPv6 checksum
+// offload, one queue, one event channel); on the frontend's tx-ring-ref, rx-ring-ref,
+// event-channel, request-rx-copy and feature-sg it serves both rings with a NetRing.
+//
+// Runs on the VMM's backend event loop, which owns the XenStore; the data path runs on the
+// NetRing's own thread.
+#ifndef XENKVM_COMPONENTS_XENBUS_XEN_NET_H_
+#define XENKVM_COMPONENTS_XENBUS_XEN_NET_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "components/net/mac_address.h"
+#include "components/net/tap.h"
+#include "components/xenbus/net_ring.h"
+#include "components/xenbus/xenbus_device.h"
+
+namespace xenkvm::xenbus {
+
+struct XenNetConfig {
+  uint32_t devid = 0;          // the vif's index in the guest (vif/<devid>; Linux's eth<devid> on its own)
+  std::string tap;             // the host's tap: attached to, created when missing (empty: named by the kernel)
+  std::string bridge;          // when set, the tap joins this Linux bridge
+  net::MacAddress mac{};       // the guest's address
+  uint32_t mtu = 0;            // the tap's MTU; 0 leaves it
+};
+
+class XenNet final : public XenbusDevice {
+ public:
+  // Opens (or creates) the tap, brings it up, joins the bridge, and announces the device in
+  // XenStore. Errors name the vif and the tap.
+  static absl::StatusOr<std::unique_ptr<XenNet>> Create(const Environment& environment, XenNetConfig config);
+  ~XenNet() override;
+
+  const XenNetConfig& config() const { return config_; }
+  const std::string& tap_name() const { return tap_->name(); }
+  std::optional<NetRingStatistics> ring_statistics() const;
+
+ private:
+  XenNet(const Environment& environment, XenNetConfig config);
+  absl::Status Connect() override;
+  void Disconnect() override;
+
+  const XenNetConfig config_;
+  std::optional<net::Tap> tap_;
+  std::unique_ptr<NetRing> ring_;
+  std::optional<uint32_t> bound_port_;
+};
+
+}  // namespace xenkvm::xenbus
+
+#endif  // XENKVM_COMPONENTS_XENBUS_XEN_NET_H_
