@@ -17,6 +17,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
@@ -102,24 +103,97 @@ const Images& PrepareImages() {
 struct Boot {
   const Images* images = nullptr;
   testing::ProcessResult result;
+  std::string network_skip_reason;  // why the boot had no vif
+  std::string listener_output;      // what the host's TCP listener received: "BYTES SHA256"
   std::string Context() const {
     const std::string& out = result.out;
     return absl::StrCat("console (tail):\n", out.substr(out.size() > 8000 ? out.size() - 8000 : 0),
-                        "\nxenkvm-vmm:\n", result.err);
+                        "\nxenkvm-vmm:\n", result.err, "\nhost listener: ", listener_output);
   }
 };
 
-// One boot with xenkvm-vmm directly, which the first tests read.
+// A network namespace of the test's own with a tap at 10.0.2.1/24: the guest's vif and the host's
+// end of it see only each other. Removed (with the tap) when it goes.
+class TestNetwork {
+ public:
+  static constexpr char kTap[] = "xkt0";
+  static constexpr char kHostAddress[] = "10.0.2.1";
+  TestNetwork() : name_(absl::StrCat("xenkvm-test-", getpid())) {
+    for (const std::vector<std::string>& step :
+         {std::vector<std::string>{"netns", "add", name_},
+          {"-n", name_, "tuntap", "add", "dev", kTap, "mode", "tap"},
+          {"-n", name_, "addr", "add", absl::StrCat(kHostAddress, "/24"), "dev", kTap},
+          {"-n", name_, "link", "set", kTap, "up"}}) {
+      std::vector<std::string> argv = {"/bin/ip"};
+      argv.insert(argv.end(), step.begin(), step.end());
+      testing::ProcessResult done = RunProcess(argv);
+      if (done.status != 0) {
+        error_ = absl::StrCat("ip ", absl::StrJoin(step, " "), ": ", done.err);
+        return;
+      }
+      created_ = true;
+    }
+  }
+  ~TestNetwork() {
+    if (created_) RunProcess({"/bin/ip", "netns", "del", name_});
+  }
+  const std::string& error() const { return error_; }
+  // `argv` run inside the namespace.
+  std::vector<std::string> Inside(std::vector<std::string> argv) const {
+    argv.insert(argv.begin(), {"/bin/ip", "netns", "exec", name_});
+    return argv;
+  }
+
+ private:
+  std::string name_;
+  std::string error_;
+  bool created_ = false;
+};
+
+// The host's end of the guest's TCP transfer: takes 512 KiB on 10.0.2.1:5555 and prints their
+// byte count and SHA-256.
+constexpr char kListener[] = R"(
+import hashlib, socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("10.0.2.1", 5555)); s.listen(1); s.settimeout(300)
+c, _ = s.accept(); c.settimeout(60); h = hashlib.sha256(); n = 0
+while n < 524288:
+    d = c.recv(65536)
+    if not d: break
+    h.update(d); n += len(d)
+c.close(); print(n, h.hexdigest(), flush=True)
+)";
+
+// One boot with xenkvm-vmm directly, which the first tests read: the root on xen-disk, and a vif
+// on a tap in a network namespace of its own, to which the guest talks.
 const Boot& BootDebianKernel() {
   static const Boot* boot = [] {
     auto* boot = new Boot;
     boot->images = &PrepareImages();
     const Images& images = *boot->images;
     if (!images.skip_reason.empty() || !images.setup_error.empty()) return boot;
-    boot->result = RunProcess({Runfile("vmm/xenkvm-vmm"), "--kernel", images.vmlinuz, "--initrd", images.initramfs,
-                               "--disk", absl::StrCat("target=", images.root_image, ",vdev=xvda"), "--accel", "emu",
-                               "--vcpus", "2", "--memory", "512", "--cmdline", "console=hvc0 root=/dev/xvda"},
-                              absl::Minutes(5));
+    std::vector<std::string> argv = {Runfile("vmm/xenkvm-vmm"), "--kernel", images.vmlinuz, "--initrd",
+                                     images.initramfs, "--disk", absl::StrCat("target=", images.root_image, ",vdev=xvda"),
+                                     "--accel", "emu", "--vcpus", "2", "--memory", "512", "--cmdline",
+                                     "console=hvc0 root=/dev/xvda"};
+    TestNetwork network;
+    pid_t listener = -1;
+    const std::string listener_log = absl::StrCat(::testing::TempDir(), "/listener.log");
+    if (network.error().empty()) {
+      argv.back() += absl::StrCat(" xenkvm.net=10.0.2.2/24,", TestNetwork::kHostAddress);
+      argv.insert(argv.end(), {"--net", absl::StrCat("vifname=", TestNetwork::kTap)});
+      argv = network.Inside(argv);
+      listener = testing::StartProcess(network.Inside({"/usr/bin/python3", "-c", kListener}), listener_log);
+    } else {
+      boot->network_skip_reason = absl::StrCat("no network namespace with a tap here: ", network.error());
+    }
+    boot->result = RunProcess(argv, absl::Minutes(5));
+    if (listener > 0) {
+      kill(listener, SIGTERM);  // done already when the guest sent everything
+      waitpid(listener, nullptr, 0);
+      std::ifstream log(listener_log);
+      std::getline(log, boot->listener_output);
+    }
     return boot;
   }();
   return *boot;
@@ -199,6 +273,23 @@ TEST(LinuxBootTest, NewerDebianCloudKernelRunsItsRootOnBothCpusOnEmu) {
   EXPECT_EQ(boot.result.status, 0) << boot.Context();
   testing::ProcessResult proof = RunProcess({"/sbin/debugfs", "-R", "cat /proof", images.root_image});
   EXPECT_THAT(proof.out, HasSubstr("written by the guest on 6.")) << proof.err;
+}
+
+// The kernel's own xen-netfront on xenkvm's xen-net: the vif found in XenStore, connected, an
+// address on it, ICMP echo to the host's end of the tap, and 512 KiB over TCP that reach the host
+// whole (the host's listener computes the same SHA-256 the guest printed).
+TEST(LinuxBootTest, DebianCloudKernelNetfrontTalksToTheHostThroughATap) {
+  BOOT_OR_SKIP(boot);
+  if (!boot.network_skip_reason.empty()) GTEST_SKIP() << boot.network_skip_reason;
+  const std::string& out = boot.result.out;
+  EXPECT_THAT(boot.result.err, HasSubstr("xen-net vif0: connected to tap xkt0")) << boot.Context();
+  EXPECT_THAT(out, HasSubstr("xenkvm-root: net-driver=vif")) << boot.Context();
+  EXPECT_THAT(out, HasSubstr("xenkvm-root: ping=ok")) << boot.Context();
+  const size_t at = out.find("xenkvm-root: blob-sha256=");
+  ASSERT_NE(at, std::string::npos) << boot.Context();
+  const std::string sha256 = out.substr(at + 25, 64);
+  EXPECT_EQ(boot.listener_output, absl::StrCat("524288 ", sha256)) << boot.Context();
+  EXPECT_THAT(out, HasSubstr("xenkvm-root: blob-sent")) << boot.Context();
 }
 
 // Why this host's KVM cannot run a distribution's kernel, or nothing when it can: KVM must be
