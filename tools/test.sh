@@ -25,15 +25,15 @@ run() {
 fuzz() {
   local seconds=${FUZZ_SECONDS:-15} passed=0 failed=0 status=0
   echo "== libFuzzer targets, ${seconds} s each (--config=clang)"
-  bazel build --config=clang //tests/fuzz:loader_fuzzer //tests/fuzz:shim_fuzzer //tests/fuzz:xenstore_fuzzer //tests/fuzz:blkif_fuzzer 2>&1 \
+  bazel build --config=clang //tests/fuzz:loader_fuzzer //tests/fuzz:shim_fuzzer //tests/fuzz:xenstore_fuzzer //tests/fuzz:blkif_fuzzer //tests/fuzz:netif_fuzzer 2>&1 \
     | grep -v "Cannot export local symbol" || true
   local bin corpus
   bin=$(bazel info --config=clang bazel-bin 2>/dev/null)
   corpus=$(mktemp -d)
-  mkdir -p "$corpus/loader_fuzzer" "$corpus/shim_fuzzer" "$corpus/xenstore_fuzzer" "$corpus/blkif_fuzzer"
+  mkdir -p "$corpus/loader_fuzzer" "$corpus/shim_fuzzer" "$corpus/xenstore_fuzzer" "$corpus/blkif_fuzzer" "$corpus/netif_fuzzer"
   cp "$(bazel info bazel-bin 2>/dev/null)/tests/guests/hello.elf" "$corpus/loader_fuzzer/" 2>/dev/null || true
   cp tests/fuzz/seeds/xenstore_ring_script.bin "$corpus/xenstore_fuzzer/"
-  for target in loader_fuzzer shim_fuzzer xenstore_fuzzer blkif_fuzzer; do
+  for target in loader_fuzzer shim_fuzzer xenstore_fuzzer blkif_fuzzer netif_fuzzer; do
     if "$bin/tests/fuzz/$target" -max_total_time="$seconds" -print_final_stats=1 \
         -artifact_prefix="$corpus/$target-" "$corpus/$target" \
         > "$corpus/$target.log" 2>&1; then
