@@ -12,7 +12,9 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "components/net/mac_address.h"
 #include "components/xenbus/vdev.h"
+#include "components/xenbus/xen_net.h"
 #include "google/protobuf/util/json_util.h"
 #include "components/accel/cpu_template.h"
 #include "components/xen/version.h"
@@ -200,6 +202,17 @@ absl::StatusOr<v1::VmConfig> FromXl(const std::string& text, const std::string& 
         if (!disk.ok()) return disk.status();
         *config.add_disks() = *disk;
       }
+    } else if (key == "vif") {
+      for (const std::string& spec : value.items) {
+        absl::StatusOr<xenbus::XenNetConfig> vif =
+            xenbus::ParseVifSpec(spec, static_cast<uint32_t>(config.networks_size()));
+        if (!vif.ok()) return Invalid(source, std::string(vif.status().message()));
+        v1::NetworkConfig* network = config.add_networks();
+        network->set_mac(net::FormatMac(vif->mac));
+        network->set_bridge(vif->bridge);
+        network->set_tap(vif->tap);
+        network->set_mtu(vif->mtu);
+      }
     } else {
       unsupported.push_back(key);
     }
@@ -339,7 +352,29 @@ absl::Status ValidateVmConfig(const v1::VmConfig& config) {
   if (config.disks_size() > 0 && ParseXenVersion(config.xen_version()).value_or(1) == 0) {
     return absl::InvalidArgumentError("disks: xen-disk devices need the Xen interface, and xen_version is \"off\"");
   }
+  for (int i = 0; i < config.networks_size(); ++i) {
+    // Through the one vif parser, so the API's networks and xl.cfg's vif agree.
+    if (absl::StatusOr<xenbus::XenNetConfig> vif = xenbus::ParseVifSpec(VifSpec(config.networks(i)), i); !vif.ok()) {
+      return absl::InvalidArgumentError(absl::StrFormat("networks[%d]: %s", i, vif.status().message()));
+    }
+    if (config.networks(i).tap().size() > 15) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("networks[%d].tap: \"%s\" is longer than 15 bytes", i, config.networks(i).tap()));
+    }
+  }
+  if (config.networks_size() > 0 && ParseXenVersion(config.xen_version()).value_or(1) == 0) {
+    return absl::InvalidArgumentError("networks: xen-net devices need the Xen interface, and xen_version is \"off\"");
+  }
   return absl::OkStatus();
+}
+
+std::string VifSpec(const v1::NetworkConfig& network) {
+  std::vector<std::string> keys;
+  if (!network.mac().empty()) keys.push_back(absl::StrCat("mac=", network.mac()));
+  if (!network.bridge().empty()) keys.push_back(absl::StrCat("bridge=", network.bridge()));
+  if (!network.tap().empty()) keys.push_back(absl::StrCat("vifname=", network.tap()));
+  if (network.mtu() != 0) keys.push_back(absl::StrCat("mtu=", network.mtu()));
+  return absl::StrJoin(keys, ",");
 }
 
 v1::VmConfig WithDefaults(v1::VmConfig config) {
@@ -351,6 +386,10 @@ v1::VmConfig WithDefaults(v1::VmConfig config) {
   if (config.xen_gnttab_max_frames() == 0) config.set_xen_gnttab_max_frames(64);
   if (config.xen_evtchn_max_pirq() == 0) config.set_xen_evtchn_max_pirq(256);
   if (config.consoles_size() == 0) config.add_consoles()->set_kind("serial");
+  // A vif's MAC is chosen once, when the VM is defined, as xl does at create.
+  for (v1::NetworkConfig& network : *config.mutable_networks()) {
+    if (network.mac().empty()) network.set_mac(net::FormatMac(net::GenerateXenMac()));
+  }
   // Disks without a vdev take the next free xvdX, as xl does.
   std::set<std::string> used;
   for (const v1::DiskConfig& disk : config.disks()) used.insert(disk.vdev());
@@ -402,6 +441,10 @@ std::vector<std::string> VmmArguments(const v1::VmConfig& config, const std::str
     if (disk.features_size() > 0) absl::StrAppend(&spec, ",features=", absl::StrJoin(disk.features(), "+"));
     args.push_back("--disk");
     args.push_back(spec);
+  }
+  for (const v1::NetworkConfig& network : config.networks()) {
+    args.push_back("--net");
+    args.push_back(VifSpec(network));
   }
   if (version != 0 && !xenstore_socket.empty()) {
     args.push_back("--xenstore-socket");

@@ -119,12 +119,41 @@ TEST(ConfigTest, XlUnsupportedKeysAreReportedNotIgnored) {
   absl::StatusOr<v1::VmConfig> config =
       ParseConfigText("name='a'\nkernel='/k'\nvif=['bridge=xenbr0']\non_watchdog='restart'\n", "a.cfg");
   ASSERT_FALSE(config.ok());
-  EXPECT_THAT(config.status().message(), HasSubstr("unsupported xl.cfg keys: vif, on_watchdog"));
+  EXPECT_THAT(config.status().message(), HasSubstr("unsupported xl.cfg keys: on_watchdog"));
   EXPECT_THAT(ParseConfigText("name='a'\ntype='pv'\n", "a.cfg").status().message(), HasSubstr("not PV"));
   EXPECT_THAT(ParseConfigText("name='a'\nmemory='lots'\n", "a.cfg").status().message(), HasSubstr("memory: \"lots\""));
   EXPECT_THAT(ParseConfigText("name='a\n", "a.cfg").status().message(), HasSubstr("unterminated string"));
   EXPECT_THAT(ParseConfigText("disk=['/x.qcow2,qcow2,xvda,rw']\n", "a.cfg").status().message(),
               HasSubstr("only raw images"));
+}
+
+// xl's vif = [...]: each spec through the one vif parser; a MAC chosen at definition when none
+// is given; the VMM gets them as --net in the same syntax.
+TEST(ConfigTest, XlVifsBecomeNetworks) {
+  absl::StatusOr<v1::VmConfig> config = ParseConfigText(
+      "name='n'\nkernel='/k'\nvif=['mac=00:16:3e:0a:0b:0c,bridge=xenbr0', 'vifname=tap7,mtu=9000', '']\n", "n.cfg");
+  ASSERT_TRUE(config.ok()) << config.status();
+  ASSERT_EQ(config->networks_size(), 3);
+  EXPECT_EQ(config->networks(0).mac(), "00:16:3e:0a:0b:0c");
+  EXPECT_EQ(config->networks(0).bridge(), "xenbr0");
+  EXPECT_EQ(config->networks(1).tap(), "tap7");
+  EXPECT_EQ(config->networks(1).mtu(), 9000u);
+  EXPECT_THAT(config->networks(2).mac(), ::testing::StartsWith("00:16:3e:"));  // generated, Xen's OUI
+  ASSERT_TRUE(ValidateVmConfig(*config).ok());
+  const std::vector<std::string> args = VmmArguments(WithDefaults(*config), "/c", "");
+  EXPECT_THAT(args, ::testing::Contains("mac=00:16:3e:0a:0b:0c,bridge=xenbr0"));
+  EXPECT_THAT(args, ::testing::Contains(::testing::HasSubstr("vifname=tap7,mtu=9000")));
+
+  EXPECT_THAT(ParseConfigText("vif=['mac=01:00:5e:00:00:01']\n", "a.cfg").status().message(), HasSubstr("multicast"));
+  EXPECT_THAT(ParseConfigText("vif=['model=e1000']\n", "a.cfg").status().message(), HasSubstr("model=e1000"));
+  EXPECT_THAT(ParseConfigText("vif=['mtu=20']\n", "a.cfg").status().message(), HasSubstr("68 to 65535"));
+  v1::VmConfig json;
+  json.set_name("j");
+  json.set_kernel("/k");
+  json.add_networks()->set_mac("zz:16:3e:00:00:01");
+  EXPECT_THAT(ValidateVmConfig(json).message(), HasSubstr("networks[0]"));
+  json.mutable_networks(0)->set_mac("");
+  EXPECT_THAT(WithDefaults(json).networks(0).mac(), ::testing::StartsWith("00:16:3e:"));
 }
 
 TEST(ConfigTest, ValidationNamesTheField) {

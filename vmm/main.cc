@@ -145,7 +145,7 @@ absl::Status ApplyFlags(Flags& flags) {
   }
   for (const std::string& spec : flags.networks) {
     XENKVM_ASSIGN_OR_RETURN(xenkvm::xenbus::XenNetConfig network,
-                            xenkvm::vmm::ParseNetworkSpec(spec, static_cast<uint32_t>(config.networks.size())));
+                            xenkvm::xenbus::ParseVifSpec(spec, static_cast<uint32_t>(config.networks.size())));
     config.networks.push_back(std::move(network));
   }
   if (config.kernel.empty()) return absl::InvalidArgumentError("--kernel is required");

@@ -50,10 +50,7 @@ absl::Status Validate(const VmConfig& config);
 // target=; access r, ro, w or rw, default rw), and features=flush+discard+persistent+indirect to
 // offer only those (default: all). Errors name the key.
 absl::StatusOr<xenbus::XenDiskConfig> ParseDiskSpec(const std::string& spec);
-// A --net value, xl's vif syntax: "mac=00:16:3e:01:02:03,bridge=br0,vifname=tap0,mtu=1500" (every
-// key optional: the MAC is generated in Xen's OUI when absent, the tap named by the kernel when
-// vifname is, no bridge by default). `devid` is the vif's index.
-absl::StatusOr<xenbus::XenNetConfig> ParseNetworkSpec(const std::string& spec, uint32_t devid);
+
 
 }  // namespace xenkvm::vmm
 

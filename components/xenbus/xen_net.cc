@@ -1,11 +1,51 @@
 #include "components/xenbus/xen_net.h"
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/strings/str_cat.h"
 #include "components/base/status.h"
 #include "spdlog/spdlog.h"
 
 namespace xenkvm::xenbus {
+
+absl::StatusOr<xenbus::XenNetConfig> ParseVifSpec(const std::string& spec, uint32_t devid) {
+  xenbus::XenNetConfig network;
+  network.devid = devid;
+  bool mac_given = false;
+  for (absl::string_view item : absl::StrSplit(spec, ',', absl::SkipEmpty())) {
+    const size_t equals = item.find('=');
+    if (equals == absl::string_view::npos) {
+      return absl::InvalidArgumentError(absl::StrCat("vif \"", spec, "\": \"", std::string(item),
+                                                     "\" is not key=value (mac=, bridge=, vifname=, mtu=)"));
+    }
+    const std::string key(absl::StripAsciiWhitespace(item.substr(0, equals)));
+    const std::string value(absl::StripAsciiWhitespace(item.substr(equals + 1)));
+    if (key == "mac") {
+      absl::StatusOr<net::MacAddress> mac = net::ParseMac(value);
+      if (!mac.ok()) return absl::InvalidArgumentError(absl::StrCat("vif \"", spec, "\": ", mac.status().message()));
+      network.mac = *mac;
+      mac_given = true;
+    } else if (key == "bridge") {
+      network.bridge = value;
+    } else if (key == "vifname") {
+      network.tap = value;
+    } else if (key == "mtu") {
+      if (!absl::SimpleAtoi(value, &network.mtu) || network.mtu < 68 || network.mtu > 65535) {
+        return absl::InvalidArgumentError(absl::StrCat("vif \"", spec, "\": mtu=", value, " is not 68 to 65535"));
+      }
+    } else if (key == "type" && value == "vif") {
+      // xl's default device type; "ioemu" (an emulated NIC) is not offered.
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat("vif \"", spec, "\": ", key, "=", value,
+                                                     " is not taken (mac, bridge, vifname, mtu, type=vif)"));
+    }
+  }
+  if (!mac_given) network.mac = net::GenerateXenMac();
+  return network;
+}
+
 
 absl::StatusOr<std::unique_ptr<XenNet>> XenNet::Create(const Environment& environment, XenNetConfig config) {
   const std::string prefix = absl::StrCat("xen-net vif", config.devid, ": ");

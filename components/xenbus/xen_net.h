@@ -30,6 +30,12 @@ struct XenNetConfig {
   uint32_t mtu = 0;            // the tap's MTU; 0 leaves it
 };
 
+// xl's vif syntax, for every front end (xl.cfg's vif = [...], xenkvm-vmm --net, the API's networks):
+// "mac=00:16:3e:01:02:03,bridge=br0,vifname=tap0,mtu=1500,type=vif", every key optional (the MAC
+// generated in Xen's OUI when absent, the tap named by the kernel when vifname is, no bridge).
+// `devid` is the vif's index. Errors name the spec and the key.
+absl::StatusOr<XenNetConfig> ParseVifSpec(const std::string& spec, uint32_t devid);
+
 class XenNet final : public XenbusDevice {
  public:
   // Opens (or creates) the tap, brings it up, joins the bridge, and announces the device in
