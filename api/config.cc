@@ -12,6 +12,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "components/base/status.h"
 #include "components/net/mac_address.h"
 #include "components/xenbus/vdev.h"
 #include "components/xenbus/xen_net.h"
@@ -353,17 +354,21 @@ absl::Status ValidateVmConfig(const v1::VmConfig& config) {
     return absl::InvalidArgumentError("disks: xen-disk devices need the Xen interface, and xen_version is \"off\"");
   }
   for (int i = 0; i < config.networks_size(); ++i) {
-    // Through the one vif parser, so the API's networks and xl.cfg's vif agree.
-    if (absl::StatusOr<xenbus::XenNetConfig> vif = xenbus::ParseVifSpec(VifSpec(config.networks(i)), i); !vif.ok()) {
-      return absl::InvalidArgumentError(absl::StrFormat("networks[%d]: %s", i, vif.status().message()));
-    }
-    if (config.networks(i).tap().size() > 15) {
-      return absl::InvalidArgumentError(
-          absl::StrFormat("networks[%d].tap: \"%s\" is longer than 15 bytes", i, config.networks(i).tap()));
-    }
+    XENKVM_RETURN_IF_ERROR(ValidateNetwork(config.networks(i), absl::StrFormat("networks[%d]", i)));
   }
   if (config.networks_size() > 0 && ParseXenVersion(config.xen_version()).value_or(1) == 0) {
     return absl::InvalidArgumentError("networks: xen-net devices need the Xen interface, and xen_version is \"off\"");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateNetwork(const v1::NetworkConfig& network, const std::string& field) {
+  // Through the one vif parser, so the API's networks and xl.cfg's vif agree.
+  if (absl::StatusOr<xenbus::XenNetConfig> vif = xenbus::ParseVifSpec(VifSpec(network), 0); !vif.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ": ", vif.status().message()));
+  }
+  if (network.tap().size() > 15) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ".tap: \"", network.tap(), "\" is longer than 15 bytes"));
   }
   return absl::OkStatus();
 }

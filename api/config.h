@@ -22,6 +22,8 @@ absl::StatusOr<v1::VmConfig> ReadConfigFile(const std::string& path);
 absl::Status ValidateVmConfig(const v1::VmConfig& config);
 // The config with its zero values replaced by the documented defaults.
 v1::VmConfig WithDefaults(v1::VmConfig config);
+// One vif (a networks entry, or a hot-plugged one); `field` names it in errors.
+absl::Status ValidateNetwork(const v1::NetworkConfig& network, const std::string& field);
 // A networks entry in xl's vif syntax, as xenkvm-vmm's --net takes it.
 std::string VifSpec(const v1::NetworkConfig& network);
 

@@ -68,6 +68,8 @@ class Daemon final : public v1::VmService::Service {
   grpc::Status ListVms(grpc::ServerContext*, const v1::ListVmsRequest*, v1::ListVmsResponse*) override;
   grpc::Status AttachDisk(grpc::ServerContext*, const v1::AttachDiskRequest*, v1::Device*) override;
   grpc::Status DetachDisk(grpc::ServerContext*, const v1::DetachDiskRequest*, v1::DetachDiskResponse*) override;
+  grpc::Status AttachNetwork(grpc::ServerContext*, const v1::AttachNetworkRequest*, v1::Device*) override;
+  grpc::Status DetachNetwork(grpc::ServerContext*, const v1::DetachNetworkRequest*, v1::DetachNetworkResponse*) override;
   grpc::Status ListDevices(grpc::ServerContext*, const v1::VmRef*, v1::ListDevicesResponse*) override;
   grpc::Status ListEventChannels(grpc::ServerContext*, const v1::VmRef*, v1::EventChannelList*) override;
   grpc::Status SetMemoryTarget(grpc::ServerContext*, const v1::SetMemoryTargetRequest*, v1::MemoryStatus*) override;

@@ -13,10 +13,13 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "api/config.h"
+#include "components/net/mac_address.h"
 #include "api/daemon_internal.h"
 #include "grpcpp/grpcpp.h"
 #include "spdlog/spdlog.h"
@@ -108,6 +111,58 @@ grpc::Status Daemon::DetachDisk(grpc::ServerContext*, const v1::DetachDiskReques
   return grpc::Status::OK;
 }
 
+grpc::Status Daemon::AttachNetwork(grpc::ServerContext*, const v1::AttachNetworkRequest* request, v1::Device* reply) {
+  // The same checks as a configured vif's; a MAC chosen here if none is given.
+  if (absl::Status valid = ValidateNetwork(request->network(), "network"); !valid.ok()) return FromAbsl(valid);
+  v1::VmmAttachNetworkRequest attach;
+  *attach.mutable_network() = request->network();
+  if (attach.network().mac().empty()) attach.mutable_network()->set_mac(net::FormatMac(net::GenerateXenMac()));
+  grpc::Status attached = CallRunningVmm(request->name(), &v1::VmmControl::Stub::AttachNetwork, attach, reply);
+  if (!attached.ok()) return attached;
+  absl::MutexLock lock(&mutex_);
+  Emit(v1::VmEvent::NETWORK_ATTACHED, request->name(),
+       absl::StrCat("vif", reply->id(), " ", reply->network().mac(), " on tap ", reply->network().tap()));
+  return grpc::Status::OK;
+}
+
+grpc::Status Daemon::DetachNetwork(grpc::ServerContext*, const v1::DetachNetworkRequest* request,
+                                   v1::DetachNetworkResponse*) {
+  std::shared_ptr<v1::VmmControl::Stub> control;
+  if (grpc::Status running = RunningVmm(request->name(), &control); !running.ok()) return running;
+  // xl network-detach takes the index or the MAC.
+  v1::VmmDetachNetworkRequest detach;
+  uint32_t devid = 0;
+  if (!absl::SimpleAtoi(request->device(), &devid)) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + kVmmCallTimeout);
+    v1::ListDevicesResponse devices;
+    if (grpc::Status listed = control->Devices(&context, v1::VmmDevicesRequest(), &devices); !listed.ok()) {
+      return Error(listed.error_code(), listed.error_message());
+    }
+    auto vif = std::find_if(devices.devices().begin(), devices.devices().end(), [&](const v1::Device& device) {
+      return device.kind() == "xen-net" && absl::EqualsIgnoreCase(device.network().mac(), request->device());
+    });
+    if (vif == devices.devices().end() || !absl::SimpleAtoi(vif->id(), &devid)) {
+      return Error(grpc::StatusCode::NOT_FOUND, absl::StrCat("VM \"", request->name(), "\" has no vif \"",
+                                                             request->device(), "\" (give its index or MAC)"));
+    }
+  }
+  detach.set_devid(devid);
+  detach.set_force(request->force());
+  detach.set_timeout_seconds(request->timeout_seconds() ? request->timeout_seconds() : 10);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(detach.timeout_seconds() + 10));
+  v1::VmmDetachDiskReply reply;
+  grpc::Status detached = control->DetachNetwork(&context, detach, &reply);
+  if (!detached.ok()) {
+    return Error(detached.error_code(), absl::StrCat("VM \"", request->name(), "\": ", detached.error_message()));
+  }
+  absl::MutexLock lock(&mutex_);
+  Emit(v1::VmEvent::NETWORK_DETACHED, request->name(),
+       absl::StrCat("vif", devid, reply.forced() ? " (forced: the guest did not release it)" : " (released by the guest)"));
+  return grpc::Status::OK;
+}
+
 grpc::Status Daemon::ListDevices(grpc::ServerContext*, const v1::VmRef* request, v1::ListDevicesResponse* reply) {
   std::shared_ptr<v1::VmmControl::Stub> control;
   v1::VmConfig config;
@@ -143,6 +198,12 @@ grpc::Status Daemon::ListDevices(grpc::ServerContext*, const v1::VmRef* request,
       device->set_kind("xen-disk");
       device->set_id(disk.vdev());
       *device->mutable_disk() = disk;
+    }
+    for (int i = 0; i < config.networks_size(); ++i) {
+      v1::Device* device = reply->add_devices();
+      device->set_kind("xen-net");
+      device->set_id(absl::StrCat(i));
+      *device->mutable_network() = config.networks(i);
     }
   }
   return grpc::Status::OK;

@@ -22,6 +22,8 @@
 #include "api/config.h"
 #include "CLI/CLI.hpp"
 #include "components/base/version.h"
+#include "components/net/mac_address.h"
+#include "components/xenbus/xen_net.h"
 #include "nlohmann/json.hpp"
 #include "proto/xenkvm/v1/vm.grpc.pb.h"
 
@@ -436,6 +438,70 @@ int BlockList(Session& session, const std::string& name) {
   return 0;
 }
 
+// xl network-attach's arguments: key=value items (mac, bridge, vifname, mtu), through the one vif parser.
+int NetworkAttach(Session& session, const std::string& name, const std::vector<std::string>& items) {
+  absl::StatusOr<xenkvm::xenbus::XenNetConfig> vif = xenkvm::xenbus::ParseVifSpec(absl::StrJoin(items, ","), 0);
+  if (!vif.ok()) {
+    std::fprintf(stderr, "xenkvmctl network-attach: %s\n", std::string(vif.status().message()).c_str());
+    return 1;
+  }
+  v1::AttachNetworkRequest request;
+  request.set_name(name);
+  request.mutable_network()->set_mac(xenkvm::net::FormatMac(vif->mac));
+  request.mutable_network()->set_bridge(vif->bridge);
+  request.mutable_network()->set_tap(vif->tap);
+  request.mutable_network()->set_mtu(vif->mtu);
+  v1::Device device;
+  if (grpc::Status s = session.stub->AttachNetwork(Context().get(), request, &device); !s.ok()) {
+    return Fail("network-attach", s);
+  }
+  std::printf("%s: vif%s attached (mac %s, tap %s)\n", name.c_str(), device.id().c_str(), device.network().mac().c_str(),
+              device.network().tap().c_str());
+  return 0;
+}
+
+int NetworkDetach(Session& session, const std::string& name, const std::string& device, bool force, uint32_t timeout) {
+  v1::DetachNetworkRequest request;
+  request.set_name(name);
+  request.set_device(device);
+  request.set_force(force);
+  request.set_timeout_seconds(timeout);
+  v1::DetachNetworkResponse response;
+  if (grpc::Status s = session.stub->DetachNetwork(Context(0).get(), request, &response); !s.ok()) {
+    return Fail("network-detach", s);
+  }
+  std::printf("%s: vif %s detached\n", name.c_str(), device.c_str());
+  return 0;
+}
+
+// Like xl network-list, with the counters.
+int NetworkList(Session& session, const std::string& name) {
+  v1::VmRef ref;
+  ref.set_name(name);
+  v1::ListDevicesResponse response;
+  if (grpc::Status s = session.stub->ListDevices(Context().get(), ref, &response); !s.ok()) return Fail("network-list", s);
+  v1::ListDevicesResponse vifs;
+  for (const v1::Device& d : response.devices()) {
+    if (d.kind() == "xen-net") *vifs.add_devices() = d;
+  }
+  if (session.json) {
+    std::printf("%s\n", Json(vifs).c_str());
+    return 0;
+  }
+  std::vector<std::vector<std::string>> rows = {{"IDX", "MAC", "TAP", "BRIDGE", "BACKEND", "FRONTEND", "TX-PKTS",
+                                                 "TX-BYTES", "RX-PKTS", "RX-BYTES", "DROPPED", "ERRORS"}};
+  auto or_dash = [](const std::string& text) { return text.empty() ? std::string("-") : text; };
+  for (const v1::Device& d : vifs.devices()) {
+    const v1::NetworkStatistics& n = d.network_statistics();
+    rows.push_back({d.id(), d.network().mac(), or_dash(d.network().tap()), or_dash(d.network().bridge()),
+                    or_dash(d.backend_state()), or_dash(d.frontend_state()), absl::StrCat(n.tx_packets()),
+                    absl::StrCat(n.tx_bytes()), absl::StrCat(n.rx_packets()), absl::StrCat(n.rx_bytes()),
+                    absl::StrCat(n.tx_dropped() + n.rx_dropped()), absl::StrCat(n.tx_errors() + n.rx_errors())});
+  }
+  PrintTable(rows);
+  return 0;
+}
+
 int EventChannels(Session& session, const std::string& name) {
   v1::VmRef ref;
   ref.set_name(name);
@@ -645,6 +711,25 @@ int main(int argc, char** argv) {
   CLI::App* devices = verb("block-list", "the VM's devices");
   devices->add_option("NAME", name, "the VM")->required();
   devices->callback([&] { action = [&] { return BlockList(session, name); }; });
+
+  std::vector<std::string> vif_items;
+  CLI::App* net_attach = verb("network-attach", "hot-plug a xen-net device on a tap (xl's vif keys)");
+  net_attach->add_option("NAME", name, "the VM")->required();
+  net_attach->add_option("KEY=VALUE", vif_items,
+                         "mac=MAC (default: 00:16:3e plus random bytes), bridge=BRIDGE, vifname=TAP, mtu=N");
+  net_attach->callback([&] { action = [&] { return NetworkAttach(session, name, vif_items); }; });
+
+  std::string vif;
+  CLI::App* net_detach = verb("network-detach", "hot-unplug a xen-net device (the guest lets go first)");
+  net_detach->add_option("NAME", name, "the VM")->required();
+  net_detach->add_option("DEVICE", vif, "the vif's index or MAC")->required();
+  net_detach->add_flag("--force", flag_a, "remove it even if the guest does not let go");
+  net_detach->add_option("--timeout", timeout, "seconds to wait for the guest");
+  net_detach->callback([&] { action = [&] { return NetworkDetach(session, name, vif, flag_a, timeout); }; });
+
+  CLI::App* net_list = verb("network-list", "the VM's vifs with their XenBus states and counters");
+  net_list->add_option("NAME", name, "the VM")->required();
+  net_list->callback([&] { action = [&] { return NetworkList(session, name); }; });
 
   CLI::App* console = verb("console", "the guest console (replayed, then followed)");
   console->add_option("NAME", name, "the VM")->required();

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "absl/strings/str_cat.h"
+#include "components/net/mac_address.h"
 #include "proto/xenkvm/v1/vmm_control.grpc.pb.h"
 
 namespace xenkvm::vmm {
@@ -26,6 +27,46 @@ xenbus::XenDiskConfig DiskFrom(const v1::DiskConfig& disk) {
     config.max_indirect_segments = has("indirect") ? config.max_indirect_segments : 0;
   }
   return config;
+}
+
+// xenkvmd checked the fields (through the vif parser); the MAC is checked again, being needed here.
+absl::StatusOr<xenbus::XenNetConfig> NetworkFrom(const v1::NetworkConfig& network) {
+  xenbus::XenNetConfig config;
+  config.mac = net::GenerateXenMac();
+  if (!network.mac().empty()) {
+    absl::StatusOr<net::MacAddress> mac = net::ParseMac(network.mac());
+    if (!mac.ok()) return mac.status();
+    config.mac = *mac;
+  }
+  config.bridge = network.bridge();
+  config.tap = network.tap();
+  config.mtu = network.mtu();
+  return config;
+}
+
+v1::Device DeviceFrom(const Vm::NetworkInfo& network) {
+  v1::Device device;
+  device.set_kind("xen-net");
+  device.set_id(absl::StrCat(network.config.devid));
+  device.set_backend_state(xenbus::XenbusStateName(network.backend_state));
+  device.set_frontend_state(xenbus::XenbusStateName(network.frontend_state));
+  v1::NetworkConfig* config = device.mutable_network();
+  config->set_mac(net::FormatMac(network.config.mac));
+  config->set_bridge(network.config.bridge);
+  config->set_tap(network.tap);
+  config->set_mtu(network.config.mtu);
+  const xenbus::NetRingStatistics counters = network.statistics.value_or(xenbus::NetRingStatistics{});
+  v1::NetworkStatistics* statistics = device.mutable_network_statistics();
+  statistics->set_tx_packets(counters.tx_packets);
+  statistics->set_tx_bytes(counters.tx_bytes);
+  statistics->set_tx_dropped(counters.tx_dropped);
+  statistics->set_tx_errors(counters.tx_errors);
+  statistics->set_rx_packets(counters.rx_packets);
+  statistics->set_rx_bytes(counters.rx_bytes);
+  statistics->set_rx_dropped(counters.rx_dropped);
+  statistics->set_rx_errors(counters.rx_errors);
+  statistics->set_broken_reason(counters.broken_reason);
+  return device;
 }
 
 v1::Device DeviceFrom(const Vm::DiskInfo& disk) {
@@ -151,6 +192,23 @@ class ControlServer::Service final : public v1::VmmControl::Service {
     reply->set_forced(*forced);
     return grpc::Status::OK;
   }
+  grpc::Status AttachNetwork(grpc::ServerContext*, const v1::VmmAttachNetworkRequest* request,
+                             v1::Device* reply) override {
+    absl::StatusOr<xenbus::XenNetConfig> config = NetworkFrom(request->network());
+    if (!config.ok()) return GrpcError(config.status());
+    absl::StatusOr<Vm::NetworkInfo> network = vm_.AttachNetwork(*config);
+    if (!network.ok()) return GrpcError(network.status());
+    *reply = DeviceFrom(*network);
+    return grpc::Status::OK;
+  }
+  grpc::Status DetachNetwork(grpc::ServerContext*, const v1::VmmDetachNetworkRequest* request,
+                             v1::VmmDetachDiskReply* reply) override {
+    absl::StatusOr<bool> forced = vm_.DetachNetwork(
+        request->devid(), request->force(), absl::Seconds(request->timeout_seconds() ? request->timeout_seconds() : 10));
+    if (!forced.ok()) return GrpcError(forced.status());
+    reply->set_forced(*forced);
+    return grpc::Status::OK;
+  }
   grpc::Status WriteConsole(grpc::ServerContext*, const v1::VmmConsoleInput* request,
                             v1::VmmConsoleInputReply* reply) override {
     reply->set_accepted(vm_.SendConsoleInput(request->data()));
@@ -173,6 +231,7 @@ class ControlServer::Service final : public v1::VmmControl::Service {
   }
   grpc::Status Devices(grpc::ServerContext*, const v1::VmmDevicesRequest*, v1::ListDevicesResponse* reply) override {
     for (const Vm::DiskInfo& disk : vm_.Disks()) *reply->add_devices() = DeviceFrom(disk);
+    for (const Vm::NetworkInfo& network : vm_.Networks()) *reply->add_devices() = DeviceFrom(network);
     return grpc::Status::OK;
   }
 

@@ -1,5 +1,7 @@
 #include "vmm/seccomp_filter.h"
 
+#include <sys/socket.h>
+
 #include <grp.h>
 #include <pwd.h>
 #include <seccomp.h>
@@ -73,6 +75,15 @@ absl::Status InstallSeccompFilter() {
     if (int error = seccomp_rule_add(filter, SCMP_ACT_ALLOW, number, 0); error != 0) {
       status = absl::InternalError(absl::StrCat("seccomp_rule_add(", name, "): ", std::strerror(-error)));
       break;
+    }
+  }
+  // A hot-plugged vif's tap is brought up through an AF_INET datagram socket's interface ioctls
+  // (components/net/tap.cc); no other socket may be made.
+  if (status.ok()) {
+    if (int error = seccomp_rule_add(filter, SCMP_ACT_ALLOW, SCMP_SYS(socket), 2, SCMP_A0(SCMP_CMP_EQ, AF_INET),
+                                     SCMP_A1(SCMP_CMP_EQ, SOCK_DGRAM | SOCK_CLOEXEC));
+        error != 0) {
+      status = absl::InternalError(absl::StrCat("seccomp_rule_add(socket): ", std::strerror(-error)));
     }
   }
   if (status.ok()) {

@@ -358,32 +358,79 @@ absl::StatusOr<Vm::DiskInfo> Vm::AttachDisk(const xenbus::XenDiskConfig& config)
   return result;
 }
 
-absl::StatusOr<bool> Vm::DetachDisk(const std::string& vdev, bool force, absl::Duration timeout) {
-  if (!store_) return absl::FailedPreconditionError("this VM runs without the Xen interface: no xen-disk");
-  XENKVM_ASSIGN_OR_RETURN(const uint32_t devid, xenbus::ParseVirtualDevice(vdev));
+template <typename Device>
+absl::StatusOr<bool> Vm::DetachDevice(std::vector<std::unique_ptr<Device>>& devices, uint32_t devid,
+                                      const std::string& what, bool force, absl::Duration timeout) {
   auto closed = std::make_shared<absl::Notification>();
-  xenbus::XenDisk* target = nullptr;
-  absl::Status found = absl::NotFoundError(absl::StrCat("no xen-disk ", vdev, " in this VM"));
+  Device* target = nullptr;
+  absl::Status found = absl::NotFoundError(absl::StrCat("no ", what, " in this VM"));
   XENKVM_RETURN_IF_ERROR(OnBackendLoop([&] {
-    for (auto& disk : disks_) {
-      if (disk->device_id() != devid) continue;
-      if (!force && disk->removal_requested()) {
-        found = absl::FailedPreconditionError(
-            absl::StrCat("xen-disk ", vdev, " is being detached already (force ends it at once)"));
+    for (auto& device : devices) {
+      if (device->device_id() != devid) continue;
+      if (!force && device->removal_requested()) {
+        found = absl::FailedPreconditionError(absl::StrCat(what, " is being detached already (force ends it at once)"));
         break;
       }
-      target = disk.get();
+      target = device.get();
       found = absl::OkStatus();
-      if (!force) disk->RequestRemoval([closed] { closed->Notify(); });
+      if (!force) device->RequestRemoval([closed] { closed->Notify(); });
       break;
     }
   }));
   XENKVM_RETURN_IF_ERROR(found);
   const bool graceful = !force && closed->WaitForNotificationWithTimeout(timeout);
   XENKVM_RETURN_IF_ERROR(OnBackendLoop([&] {
-    std::erase_if(disks_, [&](const auto& disk) { return disk.get() == target; });
+    std::erase_if(devices, [&](const auto& device) { return device.get() == target; });
   }));
   return !graceful;
+}
+
+absl::StatusOr<bool> Vm::DetachDisk(const std::string& vdev, bool force, absl::Duration timeout) {
+  if (!store_) return absl::FailedPreconditionError("this VM runs without the Xen interface: no xen-disk");
+  XENKVM_ASSIGN_OR_RETURN(const uint32_t devid, xenbus::ParseVirtualDevice(vdev));
+  return DetachDevice(disks_, devid, absl::StrCat("xen-disk ", vdev), force, timeout);
+}
+
+absl::StatusOr<Vm::NetworkInfo> Vm::AttachNetwork(xenbus::XenNetConfig config) {
+  if (!store_) return absl::FailedPreconditionError("this VM runs without the Xen interface: no xen-net");
+  absl::StatusOr<NetworkInfo> result = absl::InternalError("not run");
+  // On the backend loop, one at a time: concurrent attaches take different indexes.
+  XENKVM_RETURN_IF_ERROR(OnBackendLoop([&] {
+    config.devid = 0;
+    for (bool taken = true; taken; ) {
+      taken = std::any_of(networks_.begin(), networks_.end(),
+                          [&](const auto& network) { return network->device_id() == config.devid; });
+      if (taken) ++config.devid;
+    }
+    xenbus::XenNet::Environment environment{store_.get(), memory_.get(), &xen_->event_channels(),
+                                            &xen_->grant_table(), backend_loop_.get(), domid_};
+    absl::StatusOr<std::unique_ptr<xenbus::XenNet>> network = xenbus::XenNet::Create(environment, config);
+    if (!network.ok()) {
+      result = network.status();
+      return;
+    }
+    result = NetworkInfo{(*network)->config(), (*network)->tap_name(), (*network)->backend_state(),
+                         (*network)->frontend_state(), std::nullopt};
+    networks_.push_back(std::move(*network));
+  }));
+  return result;
+}
+
+absl::StatusOr<bool> Vm::DetachNetwork(uint32_t devid, bool force, absl::Duration timeout) {
+  if (!store_) return absl::FailedPreconditionError("this VM runs without the Xen interface: no xen-net");
+  return DetachDevice(networks_, devid, absl::StrCat("xen-net vif", devid), force, timeout);
+}
+
+std::vector<Vm::NetworkInfo> Vm::Networks() {
+  std::vector<NetworkInfo> networks;
+  if (!backend_loop_) return networks;
+  (void)OnBackendLoop([&] {
+    for (const auto& network : networks_) {
+      networks.push_back({network->config(), network->tap_name(), network->backend_state(),
+                          network->frontend_state(), network->ring_statistics()});
+    }
+  });
+  return networks;
 }
 
 std::vector<Vm::DiskInfo> Vm::Disks() {

@@ -95,6 +95,21 @@ class Vm {
   // removes the device. Returns whether it had to be forced. kNotFound for an unknown vdev.
   absl::StatusOr<bool> DetachDisk(const std::string& vdev, bool force, absl::Duration timeout);
 
+  // The VM's xen-net devices as the backend sees them.
+  struct NetworkInfo {
+    xenbus::XenNetConfig config;
+    std::string tap;  // the tap's name (the kernel's choice when none was given)
+    xenbus::XenbusState backend_state = xenbus::XenbusState::kUnknown;
+    xenbus::XenbusState frontend_state = xenbus::XenbusState::kUnknown;
+    std::optional<xenbus::NetRingStatistics> statistics;
+  };
+  std::vector<NetworkInfo> Networks();
+  // Hot-plug: a new vif at the lowest free index (`config.devid` is ignored); the tap's error
+  // (permission, a tap in use) otherwise.
+  absl::StatusOr<NetworkInfo> AttachNetwork(xenbus::XenNetConfig config);
+  // Hot-unplug, as DetachDisk. kNotFound for an unknown index.
+  absl::StatusOr<bool> DetachNetwork(uint32_t devid, bool force, absl::Duration timeout);
+
   // The guest's memory as the balloon sees it, in KiB.
   struct MemoryStatus {
     uint64_t target_kib = 0;   // what the guest is asked to hold (memory/target)
@@ -127,6 +142,10 @@ class Vm {
   absl::Status BuildXenBackends(const VmConfig& config);
   // Runs `work` on the backend loop (which owns XenStore and the PV backends) and waits for it.
   absl::Status OnBackendLoop(std::function<void()> work);
+  // Hot-unplug of the device `devid` among `devices` (disks_ or networks_), named `what` in errors.
+  template <typename Device>
+  absl::StatusOr<bool> DetachDevice(std::vector<std::unique_ptr<Device>>& devices, uint32_t devid,
+                                    const std::string& what, bool force, absl::Duration timeout);
   void FlushConsoleInput();  // on the backend loop
   void VcpuLoop(accel::Vcpu& vcpu);
   void HandleBusAccess(accel::Vcpu& vcpu, const devices::Bus& bus, uint64_t address, uint8_t size, bool is_write,

@@ -11,6 +11,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <optional>
 #include <string>
 #include <vector>
@@ -334,10 +335,11 @@ TEST(LinuxBootTest, DebianCloudKernelRunsItsRootFromXenDiskOnKvm) {
 // xenkvmd in a directory of its own (short: the per-VM sockets live under it), driven with xenkvmctl.
 class Xenkvmd {
  public:
-  explicit Xenkvmd(const std::string& dir) : dir_(dir), socket_(dir + "/d.sock") {
-    pid_ = testing::StartProcess({Runfile("api/xenkvmd"), "--socket", socket_, "--state-dir", dir + "/s", "--vmm",
-                                  Runfile("vmm/xenkvm-vmm")},
-                                 dir + "/daemon.log");
+  // In `network`'s namespace when given (its VMMs' taps are there).
+  explicit Xenkvmd(const std::string& dir, const TestNetwork* network = nullptr) : dir_(dir), socket_(dir + "/d.sock") {
+    std::vector<std::string> argv = {Runfile("api/xenkvmd"), "--socket", socket_, "--state-dir", dir + "/s", "--vmm",
+                                     Runfile("vmm/xenkvm-vmm")};
+    pid_ = testing::StartProcess(network ? network->Inside(argv) : argv, dir + "/daemon.log");
     for (int i = 0; i < 100 && access(socket_.c_str(), F_OK) != 0; ++i) absl::SleepFor(absl::Milliseconds(50));
   }
   ~Xenkvmd() {
@@ -376,13 +378,17 @@ TEST(LinuxBootTest, DebianCloudKernelThroughXenkvmdBalloonsAndShutsDownThroughXe
   IMAGES_OR_SKIP(images);
   char dir[] = "/tmp/xkl-XXXXXX";
   ASSERT_NE(mkdtemp(dir), nullptr);
-  const Xenkvmd daemon(dir);
+  const TestNetwork network;
+  const bool with_network = network.error().empty();
+  const Xenkvmd daemon(dir, with_network ? &network : nullptr);
   auto ctl = [&daemon](std::vector<std::string> args) { return daemon.Ctl(std::move(args)); };
   const std::string config = absl::StrCat(dir, "/debian.cfg");
   std::ofstream(config) << "name = \"debian\"\ntype = \"pvh\"\nkernel = \"" << images.vmlinuz << "\"\nramdisk = \""
-                        << images.initramfs << "\"\nextra = \"console=hvc0 root=/dev/xvda xenkvm.stay\"\n"
+                        << images.initramfs << "\"\nextra = \"console=hvc0 root=/dev/xvda xenkvm.stay"
+                        << (with_network ? " xenkvm.net=10.0.2.2/24,10.0.2.1" : "") << "\"\n"
                         << "memory = 512\nvcpus = 2\naccelerator = \"emu\"\ndisk = [ 'target=" << images.root_image
-                        << ",vdev=xvda,access=rw' ]\n";
+                        << ",vdev=xvda,access=rw' ]\n"
+                        << (with_network ? "vif = [ 'vifname=xkt0,mac=00:16:3e:00:00:42' ]\n" : "");
   testing::ProcessResult created = ctl({"create", config});
   ASSERT_EQ(created.status, 0) << created.err;
   std::string console;
@@ -394,6 +400,27 @@ TEST(LinuxBootTest, DebianCloudKernelThroughXenkvmdBalloonsAndShutsDownThroughXe
   EXPECT_THAT(console, HasSubstr("xenkvm-root: cpus=2")) << console;
   ASSERT_THAT(console, HasSubstr("XENKVM-LINUX-WAITING")) << console;
   EXPECT_THAT(console, HasSubstr("xen:events: Using FIFO-based ABI")) << console;
+  if (with_network) {
+    // The vif from xl.cfg's vif: connected, the guest's ping counted; then unplugged (the guest's
+    // netfront lets go) and plugged again (it connects to the new one).
+    EXPECT_THAT(console, HasSubstr("xenkvm-root: ping=ok")) << console;
+    std::string vifs = ctl({"network-list", "debian"}).out;
+    EXPECT_THAT(vifs, ::testing::ContainsRegex("0 +00:16:3e:00:00:42 +xkt0 +- +Connected +Connected +[1-9]")) << vifs;
+    testing::ProcessResult detached = ctl({"network-detach", "debian", "00:16:3e:00:00:42"});
+    EXPECT_EQ(detached.status, 0) << detached.err;
+    EXPECT_THAT(ctl({"network-list", "debian"}).out, Not(HasSubstr("xkt0")));
+    testing::ProcessResult attached = ctl({"network-attach", "debian", "vifname=xkt0"});
+    ASSERT_EQ(attached.status, 0) << attached.err;
+    EXPECT_THAT(attached.out, HasSubstr("vif0 attached"));
+    for (int i = 0; i < 120; ++i) {
+      vifs = ctl({"network-list", "debian"}).out;
+      if (::testing::Matches(::testing::ContainsRegex("Connected +Connected"))(vifs)) break;
+      absl::SleepFor(absl::Milliseconds(500));
+    }
+    EXPECT_THAT(vifs, ::testing::ContainsRegex("0 +00:16:3e:[0-9a-f:]+ +xkt0 +- +Connected +Connected")) << vifs;
+  } else {
+    std::cout << "no vif in this boot: " << network.error() << "\n";
+  }
   for (const uint64_t target_mib : {384, 512}) {
     testing::ProcessResult set = ctl({"mem-set", "debian", absl::StrCat(target_mib)});
     ASSERT_EQ(set.status, 0) << set.err;
