@@ -1,5 +1,7 @@
 #include "api/metrics.h"
 
+#include <tuple>
+
 #include <exception>
 #include <limits>
 
@@ -110,6 +112,11 @@ std::vector<MetricFamily> CollectMetrics(const std::vector<VmSample>& samples,
   MetricFamily errors = Family("xenkvm_disk_errors_total", "xen-disk requests answered with an error", MetricType::Counter);
   MetricFamily latency = Family("xenkvm_disk_request_seconds",
                                 "xen-disk service time, the request taken off the ring to its response", MetricType::Histogram);
+  // Per vif; direction "tx" is the guest sending, "rx" the guest receiving (netback's view).
+  MetricFamily net_packets = Family("xenkvm_net_packets_total", "xen-net packets moved", MetricType::Counter);
+  MetricFamily net_bytes = Family("xenkvm_net_bytes_total", "xen-net bytes moved", MetricType::Counter);
+  MetricFamily net_dropped = Family("xenkvm_net_dropped_total", "xen-net packets dropped", MetricType::Counter);
+  MetricFamily net_errors = Family("xenkvm_net_errors_total", "xen-net packets that failed", MetricType::Counter);
   MetricFamily events = Family("xenkvm_evtchn_deliveries_total", "events delivered on a port", MetricType::Counter);
   MetricFamily sends = Family("xenkvm_evtchn_sends_total", "EVTCHNOP_send on a port", MetricType::Counter);
   MetricFamily hypercalls = Family("xenkvm_hypercalls_total", "hypercalls by name", MetricType::Counter);
@@ -126,6 +133,18 @@ std::vector<MetricFamily> CollectMetrics(const std::vector<VmSample>& samples,
       Add(vcpu_time, {{"vm", name}, {"vcpu", absl::StrCat(vcpu)}}, sample.vm.vcpu_seconds(vcpu));
     }
     for (const v1::Device& device : sample.devices) {
+      if (device.kind() == "xen-net") {
+        const v1::NetworkStatistics& n = device.network_statistics();
+        for (const auto& [direction, packets, octets, dropped, failed] :
+             {std::tuple{"tx", n.tx_packets(), n.tx_bytes(), n.tx_dropped(), n.tx_errors()},
+              std::tuple{"rx", n.rx_packets(), n.rx_bytes(), n.rx_dropped(), n.rx_errors()}}) {
+          const std::vector<ClientMetric::Label> labels = {{"vm", name}, {"vif", device.id()}, {"direction", direction}};
+          Add(net_packets, labels, static_cast<double>(packets));
+          Add(net_bytes, labels, static_cast<double>(octets));
+          Add(net_dropped, labels, static_cast<double>(dropped));
+          Add(net_errors, labels, static_cast<double>(failed));
+        }
+      }
       if (device.kind() != "xen-disk") continue;
       const v1::DiskStatistics& s = device.statistics();
       Add(requests, {{"vm", name}, {"disk", device.id()}}, static_cast<double>(s.requests()));
@@ -160,7 +179,8 @@ std::vector<MetricFamily> CollectMetrics(const std::vector<VmSample>& samples,
   for (const auto& [key, count] : calls) {
     Add(api, {{"method", key.first}, {"code", GrpcCodeName(key.second)}}, static_cast<double>(count));
   }
-  return {state, vcpus, memory, cpu, vcpu_time, rss, requests, bytes, errors, latency, events, sends, hypercalls, api};
+  return {state,  vcpus,      memory,      cpu,        vcpu_time, rss,    requests,   bytes,     errors,
+          latency, net_packets, net_bytes, net_dropped, net_errors, events, sends, hypercalls, api};
 }
 
 absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(const std::string& address,

@@ -1,7 +1,8 @@
 // xenkvmd's Prometheus endpoint (--metrics-listen ADDRESS:PORT, off by default), served by
 // prometheus-cpp: per-VM state, vCPUs, memory, the VMM's CPU time and RSS, per-disk requests,
-// bytes and errors, per-port event counts, hypercall counts, and the daemon's API calls by method
-// and status code. The numbers are read when scraped (VMMs asked with a 1 s deadline each).
+// bytes and errors, per-vif packets, bytes, drops and errors each way, per-port event counts,
+// hypercall counts, and the daemon's API calls by method and status code. The numbers are read
+// when scraped (VMMs asked with a 1 s deadline each).
 #ifndef XENKVM_API_METRICS_H_
 #define XENKVM_API_METRICS_H_
 

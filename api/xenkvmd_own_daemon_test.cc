@@ -145,9 +145,12 @@ TEST(XenkvmdMetricsTest, TheEndpointServesVmDiskEventAndApiMetrics) {
   }
   ASSERT_GT(port, 0);
   const std::string image = MakeDiskImage(daemon.dir() + "/m.img", 4096);
+  const bool with_tap = access("/dev/net/tun", R_OK | W_OK) == 0;
   std::ofstream(daemon.dir() + "/m.json") << absl::StrCat(R"({"name": "metered", "memory_mib": 32, "kernel": ")",
                                                           Runfile("tests/guests/xen_store.elf"),
-                                                          R"(", "accelerator": "emu", "disks": [{"path": ")", image, R"("}]})");
+                                                          R"(", "accelerator": "emu", "disks": [{"path": ")", image, R"("}])",
+                                                          // a vif too where a tap can be made (its counters)
+                                                          with_tap ? R"(, "networks": [{"mac": "00:16:3e:00:00:09"}]})" : "}");
   ASSERT_EQ(daemon.Ctl({"create", daemon.dir() + "/m.json"}).status, 0);
   EXPECT_EQ(daemon.Ctl({"info", "nobody"}).status, 1);  // a NOT_FOUND, counted
   ProcessResult scraped = testing::RunProcess(
@@ -172,6 +175,10 @@ TEST(XenkvmdMetricsTest, TheEndpointServesVmDiskEventAndApiMetrics) {
   EXPECT_TRUE(samples.count(R"(xenkvm_disk_requests_total{vm="metered",disk="xvda"})")) << scraped.out;
   EXPECT_TRUE(samples.count(R"(xenkvm_disk_request_seconds_bucket{vm="metered",disk="xvda",le="+Inf"})")) << scraped.out;
   EXPECT_GT(samples[R"(xenkvm_hypercalls_total{vm="metered",hypercall="event_channel_op"})"], 0) << scraped.out;
+  if (with_tap) {
+    EXPECT_TRUE(samples.count(R"(xenkvm_net_packets_total{vm="metered",vif="0",direction="tx"})")) << scraped.out;
+    EXPECT_TRUE(samples.count(R"(xenkvm_net_errors_total{vm="metered",vif="0",direction="rx"})")) << scraped.out;
+  }
   EXPECT_EQ(samples[R"(xenkvm_api_calls_total{method="CreateVm",code="OK"})"], 1);
   EXPECT_EQ(samples[R"(xenkvm_api_calls_total{method="GetVm",code="NOT_FOUND"})"], 1);
   ProcessResult top = daemon.Ctl({"top", "-i", "2", "-d", "0.2"});
