@@ -11,10 +11,11 @@
 
 #include "absl/status/statusor.h"
 #include "components/base/fd.h"
+#include "components/net/frame_device.h"
 
 namespace xenkvm::net {
 
-class Tap {
+class Tap final : public FrameDevice {
  public:
   // Attaches to the tap `name` (created when it does not exist; the kernel names it when empty).
   // Non-blocking, close-on-exec. Errors say what to check (root or CAP_NET_ADMIN, the name).
@@ -25,12 +26,10 @@ class Tap {
   // Enslaves the tap to the Linux bridge `bridge` (SIOCBRADDIF).
   absl::Status AttachToBridge(const std::string& bridge);
 
-  // One frame; kUnavailable when none is waiting.
-  absl::StatusOr<size_t> Read(std::span<uint8_t> frame) const;
-  absl::Status Write(std::span<const uint8_t> frame) const;
-
-  const std::string& name() const { return name_; }
-  int fd() const { return fd_.get(); }
+  absl::StatusOr<size_t> Read(std::span<uint8_t> frame) const override;
+  absl::Status Write(std::span<const uint8_t> frame) const override;
+  const std::string& name() const override { return name_; }
+  int fd() const override { return fd_.get(); }
 
  private:
   Tap(base::Fd fd, std::string name) : fd_(std::move(fd)), name_(std::move(name)) {}

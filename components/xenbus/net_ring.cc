@@ -19,9 +19,9 @@ memory::GuestAddress At(uint64_t gpa) { return memory::GuestAddress(gpa); }
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<NetRing>> NetRing::Start(const memory::GuestMemory& memory, xen::GrantTable& grants,
-                                                        const net::Tap& tap, Options options,
+                                                        const net::FrameDevice& device, Options options,
                                                         std::function<void()> notify) {
-  auto ring = std::unique_ptr<NetRing>(new NetRing(memory, grants, tap, options, std::move(notify)));
+  auto ring = std::unique_ptr<NetRing>(new NetRing(memory, grants, device, options, std::move(notify)));
   absl::StatusOr<base::EventFd> wake = base::EventFd::Create();
   if (!wake.ok()) return wake.status();
   ring->wake_.emplace(std::move(*wake));
@@ -46,9 +46,9 @@ absl::StatusOr<std::unique_ptr<NetRing>> NetRing::Start(const memory::GuestMemor
   return ring;
 }
 
-NetRing::NetRing(const memory::GuestMemory& memory, xen::GrantTable& grants, const net::Tap& tap, Options options,
+NetRing::NetRing(const memory::GuestMemory& memory, xen::GrantTable& grants, const net::FrameDevice& device, Options options,
                  std::function<void()> notify)
-    : memory_(memory), grants_(grants), tap_(tap), options_(options), notify_(std::move(notify)), frame_(kMaxFrame) {}
+    : memory_(memory), grants_(grants), device_(device), options_(options), notify_(std::move(notify)), frame_(kMaxFrame) {}
 
 NetRing::~NetRing() {
   {
@@ -71,7 +71,7 @@ NetRingStatistics NetRing::Statistics() const {
 }
 
 bool NetRing::Break(std::string reason) {
-  spdlog::warn("xen-net {}: the frontend broke its rings ({}); they are no longer served", tap_.name(), reason);
+  spdlog::warn("xen-net {}: the frontend broke its rings ({}); they are no longer served", device_.name(), reason);
   absl::MutexLock lock(&mutex_);
   statistics_.broken = true;
   statistics_.broken_reason = std::move(reason);
@@ -88,8 +88,8 @@ void NetRing::Run() {
     bool notify = false;
     if (!broken) broken = !ServeTransmit(notify) || !ServeReceive(notify);
     if (notify) notify_();
-    // Frames from the tap are read only while the guest has somewhere to put them.
-    pollfd fds[2] = {{wake_->fd(), POLLIN, 0}, {tap_.fd(), static_cast<short>(broken || frame_size_ ? 0 : POLLIN), 0}};
+    // Frames from the device are read only while the guest has somewhere to put them.
+    pollfd fds[2] = {{wake_->fd(), POLLIN, 0}, {device_.fd(), static_cast<short>(broken || frame_size_ ? 0 : POLLIN), 0}};
     if (::poll(fds, 2, -1) < 0 && errno != EINTR) return;
     if (fds[0].revents & POLLIN) (void)wake_->Read();
   }
@@ -128,7 +128,7 @@ bool NetRing::ServeTransmit(bool& notify) {
       if (packet.verdict == netif::TxVerdict::kDrop) {
         status = netif::kRspError;
         absl::MutexLock lock(&mutex_);
-        if (statistics_.tx_dropped++ == 0) spdlog::warn("xen-net {}: dropped a packet: {}", tap_.name(), packet.reason);
+        if (statistics_.tx_dropped++ == 0) spdlog::warn("xen-net {}: dropped a packet: {}", device_.name(), packet.reason);
       } else {
         Transmit(packet, status);
       }
@@ -162,7 +162,7 @@ void NetRing::Transmit(const netif::TxPacket& packet, int16_t& status) {
     at += piece.length;
   }
   if (copied && (packet.flags & netif::kTxCsumBlank)) netif::CompleteChecksum(packet_);
-  const bool sent = copied && tap_.Write(packet_).ok();
+  const bool sent = copied && device_.Write(packet_).ok();
   status = sent ? netif::kRspOkay : netif::kRspError;
   absl::MutexLock lock(&mutex_);
   if (sent) {
@@ -178,7 +178,7 @@ bool NetRing::ServeReceive(bool& notify) {
   bool ok = true;
   while (true) {
     if (frame_size_ == 0) {
-      absl::StatusOr<size_t> got = tap_.Read(frame_);
+      absl::StatusOr<size_t> got = device_.Read(frame_);
       if (!got.ok() || *got == 0) break;
       frame_size_ = *got;
     }

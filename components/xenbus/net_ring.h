@@ -1,12 +1,13 @@
 // The data path of one xen-net device: the transmit and receive rings the frontend granted, served
-// on a thread of its own against a TAP device. Transmit: each packet's requests are copied out of
-// their slots once and checked (netif.h) before its data is copied out of the granted pages with
-// grant copy; a blank checksum (NETTXF_csum_blank) is filled in; the frame goes to the tap; every
-// request is answered. Receive: a frame from the tap is copied into the pages the frontend posted
-// (request-rx-copy; several slots with NETRXF_more_data only when the frontend offers feature-sg),
-// or held until it posts more; frames larger than it can take are dropped and counted. Nothing but
-// granted pages is touched; a frontend that breaks the protocol (an index more than the ring ahead,
-// a packet netback would call fatal) stops being served, with the reason kept.
+// on a thread of its own against a frame device (a TAP). Transmit: each packet's requests are
+// copied out of their slots once and checked (netif.h) before its data is copied out of the
+// granted pages with grant copy; a blank checksum (NETTXF_csum_blank) is filled in; the frame goes
+// to the device; every request is answered. Receive: a frame from the device is copied into the
+// pages the frontend posted (request-rx-copy; several slots with NETRXF_more_data only when the
+// frontend offers feature-sg), or held until it posts more; frames larger than it can take are
+// dropped and counted. Nothing but granted pages is touched; a frontend that breaks the protocol
+// (an index more than the ring ahead, a packet netback would call fatal) stops being served, with
+// the reason kept.
 #ifndef XENKVM_COMPONENTS_XENBUS_NET_RING_H_
 #define XENKVM_COMPONENTS_XENBUS_NET_RING_H_
 
@@ -22,7 +23,7 @@
 #include "absl/synchronization/mutex.h"
 #include "components/base/event_fd.h"
 #include "components/memory/guest_memory.h"
-#include "components/net/tap.h"
+#include "components/net/frame_device.h"
 #include "components/xen/grant_table.h"
 #include "components/xenbus/netif.h"
 
@@ -45,9 +46,9 @@ class NetRing {
   };
 
   // Maps both rings (writable) and starts the thread. `notify` raises the frontend's event channel
-  // (from the thread). The memory, grant table and tap must outlive it.
+  // (from the thread). The memory, grant table and device must outlive it.
   static absl::StatusOr<std::unique_ptr<NetRing>> Start(const memory::GuestMemory& memory, xen::GrantTable& grants,
-                                                        const net::Tap& tap, Options options,
+                                                        const net::FrameDevice& device, Options options,
                                                         std::function<void()> notify);
   ~NetRing();
 
@@ -68,7 +69,7 @@ class NetRing {
     }
   };
 
-  NetRing(const memory::GuestMemory& memory, xen::GrantTable& grants, const net::Tap& tap, Options options,
+  NetRing(const memory::GuestMemory& memory, xen::GrantTable& grants, const net::FrameDevice& device, Options options,
           std::function<void()> notify);
   void Run();
   // Each returns false once its ring is broken (the reason recorded).
@@ -84,7 +85,7 @@ class NetRing {
 
   const memory::GuestMemory& memory_;
   xen::GrantTable& grants_;
-  const net::Tap& tap_;
+  const net::FrameDevice& device_;
   const Options options_;
   std::function<void()> notify_;
   std::optional<base::EventFd> wake_;

@@ -14,6 +14,7 @@
 #include "absl/time/clock.h"
 #include "components/memory/guest_memory.h"
 #include "components/xenbus/blkif.h"
+#include "tests/frontends/guest_grants.h"
 
 namespace xenkvm::testing {
 
@@ -33,7 +34,7 @@ class Blkfront {
   // `grant_version`: the layout its entries take (1: 8 bytes; 2: 16 bytes, a 64-bit frame).
   Blkfront(const memory::GuestMemory& memory, uint64_t table_gfn, uint64_t ring_gfn,
            xenbus::blkif::Abi abi = xenbus::blkif::Abi::k64, int grant_version = 1)
-      : memory_(memory), table_gfn_(table_gfn), ring_gfn_(ring_gfn), abi_(abi), grant_version_(grant_version),
+      : memory_(memory), grants_(memory, table_gfn, grant_version), ring_gfn_(ring_gfn), abi_(abi),
         slots_(xenbus::blkif::RingSlots(abi, 1)) {
     // SHARED_RING_INIT: indexes 0, both event indexes 1.
     (void)memory_.Zero(memory::GuestAddress(ring_gfn << 12), 4096);
@@ -45,29 +46,12 @@ class Blkfront {
   uint32_t ring_gref() const { return ring_gref_; }
   uint32_t slots() const { return slots_; }
 
-  // gnttab_grant_foreign_access to domain 0; references from 8 up (0-7 are the toolstack's).
-  uint32_t Grant(uint64_t gfn, bool readonly, uint16_t domid = 0) {
-    const uint32_t ref = next_ref_++;
-    WriteEntry(ref, static_cast<uint16_t>(1 /* permit_access */ | (readonly ? 4 : 0)), domid, static_cast<uint32_t>(gfn));
-    return ref;
-  }
+  // The guest's grant table (guest_grants.h).
+  uint32_t Grant(uint64_t gfn, bool readonly, uint16_t domid = 0) { return grants_.Grant(gfn, readonly, domid); }
   void WriteEntry(uint32_t ref, uint16_t flags, uint16_t domid, uint32_t frame) {
-    const size_t size = grant_version_ == 1 ? 8 : 16;
-    uint8_t entry[16] = {};
-    std::memcpy(entry, &flags, 2);
-    std::memcpy(entry + 2, &domid, 2);
-    if (grant_version_ == 1) {
-      std::memcpy(entry + 4, &frame, 4);
-    } else {
-      const uint64_t wide = frame;
-      std::memcpy(entry + 8, &wide, 8);
-    }
-    (void)memory_.Write(memory::GuestAddress((table_gfn_ << 12) + ref * size), std::span<const uint8_t>(entry, size));
+    grants_.WriteEntry(ref, flags, domid, frame);
   }
-  // Version 1's entry flags (GTF_reading/writing live in version 2's status frames instead).
-  uint16_t EntryFlags(uint32_t ref) const {
-    return memory_.ReadObject<uint16_t>(memory::GuestAddress((table_gfn_ << 12) + ref * 8)).value_or(0xffff);
-  }
+  uint16_t EntryFlags(uint32_t ref) const { return grants_.EntryFlags(ref); }
 
   // A READ/WRITE request of the 64-bit ABI (the 32-bit one: id at 4, sector at 12, segments at 20).
   std::vector<uint8_t> ReadWrite(uint8_t operation, uint64_t id, uint64_t sector, const std::vector<Segment>& segments) {
@@ -132,13 +116,11 @@ class Blkfront {
 
  private:
   const memory::GuestMemory& memory_;
-  const uint64_t table_gfn_;
+  GuestGrants grants_;
   const uint64_t ring_gfn_;
   const xenbus::blkif::Abi abi_;
-  const int grant_version_;
   const uint32_t slots_;
   uint32_t ring_gref_ = 0;
-  uint32_t next_ref_ = 8;
   uint32_t private_producer_ = 0;
   uint32_t response_consumer_ = 0;
 };

@@ -1,0 +1,260 @@
+#include "components/xenbus/net_ring.h"
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/frontends/netfront.h"
+
+namespace xenkvm::xenbus {
+namespace {
+
+using testing::GuestGrants;
+using testing::Netfront;
+
+constexpr uint64_t kTableGfn = 0x10;
+constexpr uint64_t kTxRingGfn = 0x20, kRxRingGfn = 0x21;
+constexpr uint64_t kDataGfn = 0x30;  // 0x30..0x4f: packet pages
+
+// A frame device over a SOCK_SEQPACKET pair: the backend's end, and the host's end the test holds.
+class SocketPairDevice final : public net::FrameDevice {
+ public:
+  SocketPairDevice() {
+    int fds[2];
+    EXPECT_EQ(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds), 0);
+    backend_ = fds[0];
+    host_ = fds[1];
+  }
+  ~SocketPairDevice() override {
+    close(backend_);
+    close(host_);
+  }
+  absl::StatusOr<size_t> Read(std::span<uint8_t> frame) const override {
+    const ssize_t got = read(backend_, frame.data(), frame.size());
+    if (got < 0) return absl::UnavailableError(strerror(errno));
+    return static_cast<size_t>(got);
+  }
+  absl::Status Write(std::span<const uint8_t> frame) const override {
+    if (write(backend_, frame.data(), frame.size()) < 0) return absl::InternalError(strerror(errno));
+    return absl::OkStatus();
+  }
+  int fd() const override { return backend_; }
+  const std::string& name() const override { return name_; }
+
+  // The host's side.
+  void Send(const std::vector<uint8_t>& frame) const { ASSERT_EQ(write(host_, frame.data(), frame.size()), static_cast<ssize_t>(frame.size())); }
+  std::optional<std::vector<uint8_t>> Receive(absl::Duration timeout = absl::Seconds(5)) const {
+    const absl::Time deadline = absl::Now() + timeout;
+    std::vector<uint8_t> frame(70000);
+    while (absl::Now() < deadline) {
+      const ssize_t got = read(host_, frame.data(), frame.size());
+      if (got >= 0) {
+        frame.resize(static_cast<size_t>(got));
+        return frame;
+      }
+      absl::SleepFor(absl::Milliseconds(1));
+    }
+    return std::nullopt;
+  }
+
+ private:
+  int backend_ = -1, host_ = -1;
+  std::string name_ = "pair";
+};
+
+class NetRingTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    memory_ = std::make_unique<memory::GuestMemory>(
+        std::move(memory::GuestMemory::Create({{memory::GuestAddress(0), 1 << 20}})).value());
+    grants_ = std::make_unique<xen::GrantTable>(*memory_, 4);
+    ASSERT_EQ(grants_->MapFrame(0, kTableGfn), 0);
+    guest_grants_ = std::make_unique<GuestGrants>(*memory_, kTableGfn);
+  }
+  void Start(bool scatter_gather = false) {
+    front_ = std::make_unique<Netfront>(*memory_, *guest_grants_, kTxRingGfn, kRxRingGfn);
+    auto ring = NetRing::Start(*memory_, *grants_, device_, {front_->tx_ring_gref(), front_->rx_ring_gref(), scatter_gather},
+                               [this] { ++notifications_; });
+    ASSERT_TRUE(ring.ok()) << ring.status();
+    ring_ = std::move(*ring);
+  }
+  void TearDown() override { ring_.reset(); }
+  // Bytes `seed`, `seed`+1, ... at page `gfn`'s `offset`.
+  void Fill(uint64_t gfn, uint16_t offset, size_t length, uint8_t seed) {
+    std::vector<uint8_t> bytes(length);
+    for (size_t i = 0; i < length; ++i) bytes[i] = static_cast<uint8_t>(seed + i);
+    ASSERT_TRUE(memory_->Write(memory::GuestAddress((gfn << 12) + offset), bytes).ok());
+  }
+  std::vector<uint8_t> Page(uint64_t gfn, size_t length) {
+    std::vector<uint8_t> bytes(length);
+    EXPECT_TRUE(memory_->Read(memory::GuestAddress(gfn << 12), bytes).ok());
+    return bytes;
+  }
+  NetRingStatistics Statistics() { return ring_->Statistics(); }
+
+  std::unique_ptr<memory::GuestMemory> memory_;
+  std::unique_ptr<xen::GrantTable> grants_;
+  std::unique_ptr<GuestGrants> guest_grants_;
+  SocketPairDevice device_;
+  std::unique_ptr<Netfront> front_;
+  std::unique_ptr<NetRing> ring_;
+  std::atomic<int> notifications_{0};
+};
+
+std::vector<uint8_t> Expected(size_t length, uint8_t seed) {
+  std::vector<uint8_t> bytes(length);
+  for (size_t i = 0; i < length; ++i) bytes[i] = static_cast<uint8_t>(seed + i);
+  return bytes;
+}
+
+TEST_F(NetRingTest, TransmitsAPacketFromGrantedPages) {
+  Start();
+  Fill(kDataGfn, 100, 60, 7);
+  front_->PutTx(Netfront::TxSlot(guest_grants_->Grant(kDataGfn, true), 100, 0, 5, 60));
+  front_->PublishTx();
+  ring_->Kick();
+  std::vector<Netfront::TxResponse> responses = front_->TakeTx(1);
+  ASSERT_EQ(responses.size(), 1u);
+  EXPECT_EQ(responses[0].id, 5);
+  EXPECT_EQ(responses[0].status, netif::kRspOkay);
+  std::optional<std::vector<uint8_t>> frame = device_.Receive();
+  ASSERT_TRUE(frame.has_value());
+  EXPECT_EQ(*frame, Expected(60, 7));
+  EXPECT_EQ(Statistics().tx_packets, 1u);
+  EXPECT_EQ(Statistics().tx_bytes, 60u);
+  EXPECT_GT(notifications_.load(), 0);
+}
+
+// Three slots across pages, an extra-info slot answered NULL, the first slot holding what the
+// rest do not.
+TEST_F(NetRingTest, TransmitsAPacketSpreadOverSlots) {
+  Start();
+  Fill(kDataGfn, 4000, 96, 1);
+  Fill(kDataGfn + 1, 0, 4096, 97);
+  Fill(kDataGfn + 2, 0, 8, static_cast<uint8_t>(97 + 4096));
+  front_->PutTx(Netfront::TxSlot(guest_grants_->Grant(kDataGfn, true), 4000, netif::kTxMoreData, 1, 96 + 4096 + 8));
+  front_->PutTx(Netfront::TxSlot(guest_grants_->Grant(kDataGfn + 1, true), 0, netif::kTxMoreData, 2, 4096));
+  front_->PutTx(Netfront::TxSlot(guest_grants_->Grant(kDataGfn + 2, true), 0, 0, 3, 8));
+  front_->PublishTx();
+  ring_->Kick();
+  std::vector<Netfront::TxResponse> responses = front_->TakeTx(3);
+  ASSERT_EQ(responses.size(), 3u);
+  for (const auto& response : responses) EXPECT_EQ(response.status, netif::kRspOkay);
+  std::optional<std::vector<uint8_t>> frame = device_.Receive();
+  ASSERT_TRUE(frame.has_value());
+  EXPECT_EQ(*frame, Expected(96 + 4096 + 8, 1));
+}
+
+// An ungranted page, a page granted to another domain, a malformed packet: answered with errors,
+// nothing sent, the ring still served.
+TEST_F(NetRingTest, BadGrantsAndMalformedPacketsAreAnsweredWithErrors) {
+  Start();
+  front_->PutTx(Netfront::TxSlot(999, 0, 0, 1, 60));
+  front_->PutTx(Netfront::TxSlot(guest_grants_->Grant(kDataGfn, true, /*domid=*/7), 0, 0, 2, 60));
+  front_->PutTx(Netfront::TxSlot(guest_grants_->Grant(kDataGfn, true), 0, netif::kTxMoreData, 3, 10));
+  front_->PutTx(Netfront::TxSlot(guest_grants_->Grant(kDataGfn, true), 0, 0, 4, 20));  // more than the packet
+  Fill(kDataGfn + 1, 0, 60, 3);
+  front_->PutTx(Netfront::TxSlot(guest_grants_->Grant(kDataGfn + 1, true), 0, 0, 5, 60));
+  front_->PublishTx();
+  ring_->Kick();
+  std::vector<Netfront::TxResponse> responses = front_->TakeTx(5);
+  ASSERT_EQ(responses.size(), 5u);
+  EXPECT_EQ(responses[0].status, netif::kRspError);
+  EXPECT_EQ(responses[1].status, netif::kRspError);
+  EXPECT_EQ(responses[2].status, netif::kRspError);
+  EXPECT_EQ(responses[3].status, netif::kRspError);
+  EXPECT_EQ(responses[4].status, netif::kRspOkay);
+  std::optional<std::vector<uint8_t>> frame = device_.Receive();
+  ASSERT_TRUE(frame.has_value());
+  EXPECT_EQ(*frame, Expected(60, 3));  // only the good one
+  EXPECT_FALSE(device_.Receive(absl::Milliseconds(50)).has_value());
+  EXPECT_EQ(Statistics().tx_errors, 2u);
+  EXPECT_EQ(Statistics().tx_dropped, 1u);
+  EXPECT_FALSE(Statistics().broken);
+}
+
+// What netback calls fatal, and a producer index beyond the ring: the ring is no longer served.
+TEST_F(NetRingTest, AProtocolBreachStopsTheRing) {
+  Start();
+  front_->PutTx(Netfront::TxSlot(guest_grants_->Grant(kDataGfn, true), 4000, 0, 1, 200));  // crosses its page
+  front_->PublishTx();
+  ring_->Kick();
+  for (int i = 0; i < 500 && !Statistics().broken; ++i) absl::SleepFor(absl::Milliseconds(2));
+  EXPECT_TRUE(Statistics().broken);
+  EXPECT_THAT(Statistics().broken_reason, ::testing::HasSubstr("crosses its page"));
+
+  ring_.reset();
+  Start();
+  front_->SetTxProducer(netif::kTxSlots + 1);
+  ring_->Kick();
+  for (int i = 0; i < 500 && !Statistics().broken; ++i) absl::SleepFor(absl::Milliseconds(2));
+  EXPECT_THAT(Statistics().broken_reason, ::testing::HasSubstr("index out of range"));
+}
+
+TEST_F(NetRingTest, ReceivesIntoPostedPagesAndHoldsFramesUntilThereAreSome) {
+  Start();
+  device_.Send(Expected(100, 9));  // nothing posted yet: held
+  absl::SleepFor(absl::Milliseconds(20));
+  EXPECT_EQ(Statistics().rx_packets, 0u);
+  front_->PostRx(3, guest_grants_->Grant(kDataGfn, false));
+  front_->PublishRx();
+  ring_->Kick();
+  std::vector<Netfront::RxResponse> responses = front_->TakeRx(1);
+  ASSERT_EQ(responses.size(), 1u);
+  EXPECT_EQ(responses[0].id, 3);
+  EXPECT_EQ(responses[0].status, 100);
+  EXPECT_EQ(responses[0].offset, 0);
+  EXPECT_EQ(responses[0].flags, 0);
+  EXPECT_EQ(Page(kDataGfn, 100), Expected(100, 9));
+  EXPECT_EQ(Statistics().rx_packets, 1u);
+  // A page granted read-only cannot take a frame: an error response, the page untouched.
+  front_->PostRx(4, guest_grants_->Grant(kDataGfn + 1, true));
+  front_->PublishRx();
+  ring_->Kick();
+  device_.Send(Expected(80, 1));
+  responses = front_->TakeRx(1);
+  ASSERT_EQ(responses.size(), 1u);
+  EXPECT_EQ(responses[0].status, netif::kRspError);
+  EXPECT_EQ(Page(kDataGfn + 1, 80), std::vector<uint8_t>(80, 0));
+  EXPECT_EQ(Statistics().rx_errors, 1u);
+}
+
+// A frame over a page: dropped when the frontend takes one slot a frame, spread over slots with
+// NETRXF_more_data when it offers feature-sg.
+TEST_F(NetRingTest, FramesOverAPageNeedScatterGather) {
+  Start(/*scatter_gather=*/false);
+  front_->PostRx(1, guest_grants_->Grant(kDataGfn, false));
+  front_->PostRx(2, guest_grants_->Grant(kDataGfn + 1, false));
+  front_->PublishRx();
+  ring_->Kick();
+  device_.Send(Expected(6000, 5));
+  for (int i = 0; i < 500 && Statistics().rx_dropped == 0; ++i) absl::SleepFor(absl::Milliseconds(2));
+  EXPECT_EQ(Statistics().rx_dropped, 1u);
+
+  ring_.reset();
+  Start(/*scatter_gather=*/true);
+  front_->PostRx(1, guest_grants_->Grant(kDataGfn, false));
+  front_->PostRx(2, guest_grants_->Grant(kDataGfn + 1, false));
+  front_->PublishRx();
+  ring_->Kick();
+  device_.Send(Expected(6000, 5));
+  std::vector<Netfront::RxResponse> responses = front_->TakeRx(2);
+  ASSERT_EQ(responses.size(), 2u);
+  EXPECT_EQ(responses[0].status, 4096);
+  EXPECT_EQ(responses[0].flags, netif::kRxMoreData);
+  EXPECT_EQ(responses[1].status, 6000 - 4096);
+  EXPECT_EQ(responses[1].flags, 0);
+  std::vector<uint8_t> joined = Page(kDataGfn, 4096);
+  const std::vector<uint8_t> rest = Page(kDataGfn + 1, 6000 - 4096);
+  joined.insert(joined.end(), rest.begin(), rest.end());
+  EXPECT_EQ(joined, Expected(6000, 5));
+}
+
+}  // namespace
+}  // namespace xenkvm::xenbus
