@@ -1,8 +1,5 @@
 #include "components/xenbus/net_ring.h"
 
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -11,62 +8,18 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/frontends/netfront.h"
+#include "tests/frontends/socket_pair_device.h"
 
 namespace xenkvm::xenbus {
 namespace {
 
 using testing::GuestGrants;
 using testing::Netfront;
+using testing::SocketPairDevice;
 
 constexpr uint64_t kTableGfn = 0x10;
 constexpr uint64_t kTxRingGfn = 0x20, kRxRingGfn = 0x21;
 constexpr uint64_t kDataGfn = 0x30;  // 0x30..0x4f: packet pages
-
-// A frame device over a SOCK_SEQPACKET pair: the backend's end, and the host's end the test holds.
-class SocketPairDevice final : public net::FrameDevice {
- public:
-  SocketPairDevice() {
-    int fds[2];
-    EXPECT_EQ(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds), 0);
-    backend_ = fds[0];
-    host_ = fds[1];
-  }
-  ~SocketPairDevice() override {
-    close(backend_);
-    close(host_);
-  }
-  absl::StatusOr<size_t> Read(std::span<uint8_t> frame) const override {
-    const ssize_t got = read(backend_, frame.data(), frame.size());
-    if (got < 0) return absl::UnavailableError(strerror(errno));
-    return static_cast<size_t>(got);
-  }
-  absl::Status Write(std::span<const uint8_t> frame) const override {
-    if (write(backend_, frame.data(), frame.size()) < 0) return absl::InternalError(strerror(errno));
-    return absl::OkStatus();
-  }
-  int fd() const override { return backend_; }
-  const std::string& name() const override { return name_; }
-
-  // The host's side.
-  void Send(const std::vector<uint8_t>& frame) const { ASSERT_EQ(write(host_, frame.data(), frame.size()), static_cast<ssize_t>(frame.size())); }
-  std::optional<std::vector<uint8_t>> Receive(absl::Duration timeout = absl::Seconds(5)) const {
-    const absl::Time deadline = absl::Now() + timeout;
-    std::vector<uint8_t> frame(70000);
-    while (absl::Now() < deadline) {
-      const ssize_t got = read(host_, frame.data(), frame.size());
-      if (got >= 0) {
-        frame.resize(static_cast<size_t>(got));
-        return frame;
-      }
-      absl::SleepFor(absl::Milliseconds(1));
-    }
-    return std::nullopt;
-  }
-
- private:
-  int backend_ = -1, host_ = -1;
-  std::string name_ = "pair";
-};
 
 class NetRingTest : public ::testing::Test {
  protected:
@@ -199,7 +152,7 @@ TEST_F(NetRingTest, AProtocolBreachStopsTheRing) {
 
 TEST_F(NetRingTest, ReceivesIntoPostedPagesAndHoldsFramesUntilThereAreSome) {
   Start();
-  device_.Send(Expected(100, 9));  // nothing posted yet: held
+  ASSERT_TRUE(device_.Send(Expected(100, 9)));  // nothing posted yet: held
   absl::SleepFor(absl::Milliseconds(20));
   EXPECT_EQ(Statistics().rx_packets, 0u);
   front_->PostRx(3, guest_grants_->Grant(kDataGfn, false));
@@ -217,7 +170,7 @@ TEST_F(NetRingTest, ReceivesIntoPostedPagesAndHoldsFramesUntilThereAreSome) {
   front_->PostRx(4, guest_grants_->Grant(kDataGfn + 1, true));
   front_->PublishRx();
   ring_->Kick();
-  device_.Send(Expected(80, 1));
+  ASSERT_TRUE(device_.Send(Expected(80, 1)));
   responses = front_->TakeRx(1);
   ASSERT_EQ(responses.size(), 1u);
   EXPECT_EQ(responses[0].status, netif::kRspError);
@@ -233,7 +186,7 @@ TEST_F(NetRingTest, FramesOverAPageNeedScatterGather) {
   front_->PostRx(2, guest_grants_->Grant(kDataGfn + 1, false));
   front_->PublishRx();
   ring_->Kick();
-  device_.Send(Expected(6000, 5));
+  ASSERT_TRUE(device_.Send(Expected(6000, 5)));
   for (int i = 0; i < 500 && Statistics().rx_dropped == 0; ++i) absl::SleepFor(absl::Milliseconds(2));
   EXPECT_EQ(Statistics().rx_dropped, 1u);
 
@@ -243,7 +196,7 @@ TEST_F(NetRingTest, FramesOverAPageNeedScatterGather) {
   front_->PostRx(2, guest_grants_->Grant(kDataGfn + 1, false));
   front_->PublishRx();
   ring_->Kick();
-  device_.Send(Expected(6000, 5));
+  ASSERT_TRUE(device_.Send(Expected(6000, 5)));
   std::vector<Netfront::RxResponse> responses = front_->TakeRx(2);
   ASSERT_EQ(responses.size(), 2u);
   EXPECT_EQ(responses[0].status, 4096);
