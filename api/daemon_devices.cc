@@ -126,7 +126,7 @@ grpc::Status Daemon::AttachNetwork(grpc::ServerContext*, const v1::AttachNetwork
 }
 
 grpc::Status Daemon::DetachNetwork(grpc::ServerContext*, const v1::DetachNetworkRequest* request,
-                                   v1::DetachNetworkResponse*) {
+                                   v1::DetachNetworkResponse* response) {
   std::shared_ptr<v1::VmmControl::Stub> control;
   if (grpc::Status running = RunningVmm(request->name(), &control); !running.ok()) return running;
   // xl network-detach takes the index or the MAC.
@@ -157,6 +157,7 @@ grpc::Status Daemon::DetachNetwork(grpc::ServerContext*, const v1::DetachNetwork
   if (!detached.ok()) {
     return Error(detached.error_code(), absl::StrCat("VM \"", request->name(), "\": ", detached.error_message()));
   }
+  response->set_forced(reply.forced());
   absl::MutexLock lock(&mutex_);
   Emit(v1::VmEvent::NETWORK_DETACHED, request->name(),
        absl::StrCat("vif", devid, reply.forced() ? " (forced: the guest did not release it)" : " (released by the guest)"));

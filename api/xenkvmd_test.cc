@@ -535,8 +535,11 @@ TEST_F(XenkvmdTest, NetworkHotPlugThroughXlsVerbs) {
   EXPECT_THAT(Ctl({"network-detach", "net1", "00:16:3e:99:99:99"}).err, HasSubstr("has no vif"));
   ProcessResult detached = Ctl({"network-detach", "net1", "00:16:3E:00:00:07"});
   EXPECT_EQ(detached.status, 0) << detached.err;
+  EXPECT_THAT(detached.out, HasSubstr("released by the guest"));  // no frontend ever held it
   EXPECT_THAT(Ctl({"network-list", "net1"}).out, Not(HasSubstr("00:16:3e:00:00:07")));
-  EXPECT_EQ(Ctl({"network-detach", "net1", "1"}).status, 0);
+  EXPECT_THAT(Ctl({"network-detach", "net1", "1", "--force"}).out, HasSubstr("forced"));
+  // Indexes are not reused while the VM runs.
+  EXPECT_THAT(Ctl({"network-attach", "net1"}).out, HasSubstr("vif2 attached"));
   ASSERT_EQ(Ctl({"destroy", "net1"}).status, 0);
   EXPECT_THAT(Ctl({"network-attach", "net1"}).err, HasSubstr("not running"));
 }

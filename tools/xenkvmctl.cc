@@ -470,7 +470,8 @@ int NetworkDetach(Session& session, const std::string& name, const std::string& 
   if (grpc::Status s = session.stub->DetachNetwork(Context(0).get(), request, &response); !s.ok()) {
     return Fail("network-detach", s);
   }
-  std::printf("%s: vif %s detached\n", name.c_str(), device.c_str());
+  std::printf("%s: vif %s detached (%s)\n", name.c_str(), device.c_str(),
+              response.forced() ? "forced: the guest did not let go in time" : "released by the guest");
   return 0;
 }
 

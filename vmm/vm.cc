@@ -272,6 +272,7 @@ absl::Status Vm::BuildXenBackends(const VmConfig& config) {
         return;
       }
       networks_.push_back(std::move(*created));
+      next_vif_index_ = std::max(next_vif_index_, network.devid + 1);
     }
   }));
   XENKVM_RETURN_IF_ERROR(disks);
@@ -396,12 +397,7 @@ absl::StatusOr<Vm::NetworkInfo> Vm::AttachNetwork(xenbus::XenNetConfig config) {
   absl::StatusOr<NetworkInfo> result = absl::InternalError("not run");
   // On the backend loop, one at a time: concurrent attaches take different indexes.
   XENKVM_RETURN_IF_ERROR(OnBackendLoop([&] {
-    config.devid = 0;
-    for (bool taken = true; taken; ) {
-      taken = std::any_of(networks_.begin(), networks_.end(),
-                          [&](const auto& network) { return network->device_id() == config.devid; });
-      if (taken) ++config.devid;
-    }
+    config.devid = next_vif_index_;
     xenbus::XenNet::Environment environment{store_.get(), memory_.get(), &xen_->event_channels(),
                                             &xen_->grant_table(), backend_loop_.get(), domid_};
     absl::StatusOr<std::unique_ptr<xenbus::XenNet>> network = xenbus::XenNet::Create(environment, config);
@@ -409,6 +405,7 @@ absl::StatusOr<Vm::NetworkInfo> Vm::AttachNetwork(xenbus::XenNetConfig config) {
       result = network.status();
       return;
     }
+    ++next_vif_index_;
     result = NetworkInfo{(*network)->config(), (*network)->tap_name(), (*network)->backend_state(),
                          (*network)->frontend_state(), std::nullopt};
     networks_.push_back(std::move(*network));

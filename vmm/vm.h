@@ -7,6 +7,7 @@
 #include <atomic>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -104,8 +105,10 @@ class Vm {
     std::optional<xenbus::NetRingStatistics> statistics;
   };
   std::vector<NetworkInfo> Networks();
-  // Hot-plug: a new vif at the lowest free index (`config.devid` is ignored); the tap's error
-  // (permission, a tap in use) otherwise.
+  // Hot-plug: a new vif at the next index (`config.devid` is ignored). Indexes are not reused while
+  // the VM runs: a guest still tearing down an unplugged vif would take a new one at its path for
+  // the old (Linux's netfront then waits on it forever). The tap's error (permission, a tap in use)
+  // otherwise.
   absl::StatusOr<NetworkInfo> AttachNetwork(xenbus::XenNetConfig config);
   // Hot-unplug, as DetachDisk. kNotFound for an unknown index.
   absl::StatusOr<bool> DetachNetwork(uint32_t devid, bool force, absl::Duration timeout);
@@ -166,6 +169,7 @@ class Vm {
   std::shared_ptr<devices::Serial> serial_;
   std::vector<std::unique_ptr<xenbus::XenDisk>> disks_;  // used on the backend loop only
   std::vector<std::unique_ptr<xenbus::XenNet>> networks_;  // used on the backend loop only
+  uint32_t next_vif_index_ = 0;                           // the backend loop's too
   uint32_t domid_ = 1;
   std::unique_ptr<HypervisorLog> hypervisor_log_;
   uint64_t memory_kib_ ABSL_GUARDED_BY(mutex_) = 0;  // the configured memory (XenStore static-max)
