@@ -71,15 +71,10 @@ absl::Status XenDisk::Connect() {
                       [events, port] { (void)events->NotifyGuest(port); });
   if (!ring.ok()) return absl::InvalidArgumentError(absl::StrCat(prefix, ring.status().message()));
   ring_ = std::move(*ring);
-  std::weak_ptr<bool> alive = alive_;
   // Runs on the loop, as Disconnect does: the ring is there or not, never half gone.
-  absl::Status bound = events->BindBackend(port, [this, alive] {
-    if (alive.lock() && ring_) ring_->Kick();
-  });
-  if (!bound.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat(prefix, "event-channel ", port, ": ", bound.message()));
-  }
-  bound_port_ = port;
+  XENKVM_RETURN_IF_ERROR(BindEventChannel(port, [this] {
+    if (ring_) ring_->Kick();
+  }));
 
   const bool discard = config_.discard && image_->supports_discard();
   XenstoreNodes nodes = {{"sectors", absl::StrCat(image_->sectors())},
@@ -101,10 +96,7 @@ absl::Status XenDisk::Connect() {
 }
 
 void XenDisk::Disconnect() {
-  if (bound_port_) {
-    (void)environment_.event_channels->UnbindBackend(*bound_port_);
-    bound_port_.reset();
-  }
+  UnbindEventChannel();
   ring_.reset();
 }
 

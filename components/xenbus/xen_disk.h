@@ -52,7 +52,6 @@ class XenDisk final : public XenbusDevice {
   const XenDiskConfig config_;
   std::unique_ptr<block::Image> image_;
   std::unique_ptr<DiskRing> ring_;
-  std::optional<uint32_t> bound_port_;
 };
 
 }  // namespace xenkvm::xenbus

@@ -119,12 +119,10 @@ absl::Status XenNet::Connect() {
                      NetRing::Options{tx_ref, rx_ref, scatter_gather}, [events, port] { (void)events->NotifyGuest(port); });
   if (!ring.ok()) return absl::InvalidArgumentError(absl::StrCat(prefix, ring.status().message()));
   ring_ = std::move(*ring);
-  std::weak_ptr<bool> alive = alive_;
-  absl::Status bound = events->BindBackend(port, [this, alive] {
-    if (alive.lock() && ring_) ring_->Kick();
-  });
-  if (!bound.ok()) return absl::InvalidArgumentError(absl::StrCat(prefix, "event-channel ", port, ": ", bound.message()));
-  bound_port_ = port;
+  // Runs on the loop, as Disconnect does: the ring is there or not, never half gone.
+  XENKVM_RETURN_IF_ERROR(BindEventChannel(port, [this] {
+    if (ring_) ring_->Kick();
+  }));
   XENKVM_RETURN_IF_ERROR(PublishConnected({}));
   spdlog::info("xen-net vif{}: connected to tap {} (mac {}{})", config_.devid, tap_->name(), net::FormatMac(config_.mac),
                scatter_gather ? ", scatter-gather" : "");
@@ -132,10 +130,7 @@ absl::Status XenNet::Connect() {
 }
 
 void XenNet::Disconnect() {
-  if (bound_port_) {
-    (void)environment_.event_channels->UnbindBackend(*bound_port_);
-    bound_port_.reset();
-  }
+  UnbindEventChannel();
   ring_.reset();
 }
 

@@ -55,7 +55,6 @@ class XenNet final : public XenbusDevice {
   const XenNetConfig config_;
   std::optional<net::Tap> tap_;
   std::unique_ptr<NetRing> ring_;
-  std::optional<uint32_t> bound_port_;
 };
 
 }  // namespace xenkvm::xenbus

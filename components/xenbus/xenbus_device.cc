@@ -154,6 +154,22 @@ void XenbusDevice::FrontendChanged() {
   }
 }
 
+absl::Status XenbusDevice::BindEventChannel(uint32_t port, std::function<void()> kick) {
+  std::weak_ptr<bool> alive = alive_;
+  absl::Status bound = environment_.event_channels->BindBackend(port, [alive, kick = std::move(kick)] {
+    if (alive.lock()) kick();
+  });
+  if (!bound.ok()) return absl::InvalidArgumentError(absl::StrCat(Prefix(), "event-channel ", port, ": ", bound.message()));
+  bound_port_ = port;
+  return absl::OkStatus();
+}
+
+void XenbusDevice::UnbindEventChannel() {
+  if (!bound_port_) return;
+  (void)environment_.event_channels->UnbindBackend(*bound_port_);
+  bound_port_.reset();
+}
+
 absl::Status XenbusDevice::PublishConnected(const XenstoreNodes& nodes) {
   xen::xenstore::Store& store = *environment_.store;
   for (int attempt = 0; attempt < 5; ++attempt) {

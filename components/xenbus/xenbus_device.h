@@ -79,6 +79,10 @@ class XenbusDevice {
   // Stops the data path; idempotent.
   virtual void Disconnect() = 0;
 
+  // Binds the frontend's event channel `port` to `kick` (run on the loop while the device lives);
+  // errors name the port. UnbindEventChannel (idempotent) releases it.
+  absl::Status BindEventChannel(uint32_t port, std::function<void()> kick);
+  void UnbindEventChannel();
   // `nodes` and Connected in one transaction.
   absl::Status PublishConnected(const XenstoreNodes& nodes);
   std::optional<std::string> ReadFrontend(const std::string& key) const;
@@ -107,6 +111,7 @@ class XenbusDevice {
   std::function<void()> removal_done_;
   bool removing_ = false;
   bool owns_nodes_ = false;  // Announce created this device's nodes (Teardown removes them)
+  std::optional<uint32_t> bound_port_;
   bool torn_down_ = false;
 };
 
