@@ -15,7 +15,7 @@
 #include "components/base/status.h"
 #include "components/net/mac_address.h"
 #include "components/xenbus/vdev.h"
-#include "components/xenbus/xen_net.h"
+#include "components/xenbus/vif_spec.h"
 #include "google/protobuf/util/json_util.h"
 #include "components/accel/cpu_template.h"
 #include "components/xen/version.h"
@@ -213,6 +213,8 @@ absl::StatusOr<v1::VmConfig> FromXl(const std::string& text, const std::string& 
         network->set_bridge(vif->bridge);
         network->set_tap(vif->tap);
         network->set_mtu(vif->mtu);
+        if (vif->tx_rate) network->set_rate(xenbus::FormatVifRate(*vif->tx_rate));
+        if (vif->rx_rate) network->set_rx_rate(xenbus::FormatVifRate(*vif->rx_rate));
       }
     } else {
       unsupported.push_back(key);
@@ -379,6 +381,8 @@ std::string VifSpec(const v1::NetworkConfig& network) {
   if (!network.bridge().empty()) keys.push_back(absl::StrCat("bridge=", network.bridge()));
   if (!network.tap().empty()) keys.push_back(absl::StrCat("vifname=", network.tap()));
   if (network.mtu() != 0) keys.push_back(absl::StrCat("mtu=", network.mtu()));
+  if (!network.rate().empty()) keys.push_back(absl::StrCat("rate=", network.rate()));
+  if (!network.rx_rate().empty()) keys.push_back(absl::StrCat("rx-rate=", network.rx_rate()));
   return absl::StrJoin(keys, ",");
 }
 

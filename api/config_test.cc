@@ -147,6 +147,17 @@ TEST(ConfigTest, XlVifsBecomeNetworks) {
   EXPECT_THAT(ParseConfigText("vif=['mac=01:00:5e:00:00:01']\n", "a.cfg").status().message(), HasSubstr("multicast"));
   EXPECT_THAT(ParseConfigText("vif=['model=e1000']\n", "a.cfg").status().message(), HasSubstr("model=e1000"));
   EXPECT_THAT(ParseConfigText("vif=['mtu=20']\n", "a.cfg").status().message(), HasSubstr("68 to 65535"));
+  // xl's rate (what the guest sends) and xenkvm's rx-rate, kept in bytes and microseconds.
+  absl::StatusOr<v1::VmConfig> limited =
+      ParseConfigText("name='r'\nkernel='/k'\nvif=['rate=10Mb/s@20ms,rx-rate=5MB/s']\n", "r.cfg");
+  ASSERT_TRUE(limited.ok()) << limited.status();
+  EXPECT_EQ(limited->networks(0).rate(), "1250000B/s@20000us");
+  EXPECT_EQ(limited->networks(0).rx_rate(), "5000000B/s@50000us");
+  EXPECT_TRUE(ValidateVmConfig(*limited).ok());
+  for (const char* bad : {"rate=10Mb", "rate=fast/s", "rate=10Mb/s@1h", "rate=0B/s", "rate=1Mb/s@2ms@3ms"}) {
+    EXPECT_THAT(ParseConfigText(absl::StrCat("vif=['", bad, "']\n"), "a.cfg").status().message(),
+                HasSubstr("is not RATE/s[@INTERVAL]")) << bad;
+  }
   v1::VmConfig json;
   json.set_name("j");
   json.set_kernel("/k");

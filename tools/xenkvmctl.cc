@@ -23,7 +23,7 @@
 #include "CLI/CLI.hpp"
 #include "components/base/version.h"
 #include "components/net/mac_address.h"
-#include "components/xenbus/xen_net.h"
+#include "components/xenbus/vif_spec.h"
 #include "nlohmann/json.hpp"
 #include "proto/xenkvm/v1/vm.grpc.pb.h"
 
@@ -451,6 +451,8 @@ int NetworkAttach(Session& session, const std::string& name, const std::vector<s
   request.mutable_network()->set_bridge(vif->bridge);
   request.mutable_network()->set_tap(vif->tap);
   request.mutable_network()->set_mtu(vif->mtu);
+  if (vif->tx_rate) request.mutable_network()->set_rate(xenkvm::xenbus::FormatVifRate(*vif->tx_rate));
+  if (vif->rx_rate) request.mutable_network()->set_rx_rate(xenkvm::xenbus::FormatVifRate(*vif->rx_rate));
   v1::Device device;
   if (grpc::Status s = session.stub->AttachNetwork(Context().get(), request, &device); !s.ok()) {
     return Fail("network-attach", s);
@@ -717,7 +719,8 @@ int main(int argc, char** argv) {
   CLI::App* net_attach = verb("network-attach", "hot-plug a xen-net device on a tap (xl's vif keys)");
   net_attach->add_option("NAME", name, "the VM")->required();
   net_attach->add_option("KEY=VALUE", vif_items,
-                         "mac=MAC (default: 00:16:3e plus random bytes), bridge=BRIDGE, vifname=TAP, mtu=N");
+                         "mac=MAC (default: 00:16:3e plus random bytes), bridge=BRIDGE, vifname=TAP, mtu=N, "
+                         "rate=RATE/s[@INTERVAL] (what the guest sends), rx-rate=... (what it receives)");
   net_attach->callback([&] { action = [&] { return NetworkAttach(session, name, vif_items); }; });
 
   std::string vif;

@@ -41,6 +41,12 @@ absl::StatusOr<xenbus::XenNetConfig> NetworkFrom(const v1::NetworkConfig& networ
   config.bridge = network.bridge();
   config.tap = network.tap();
   config.mtu = network.mtu();
+  for (const auto& [text, limit] : {std::pair{&network.rate(), &config.tx_rate}, std::pair{&network.rx_rate(), &config.rx_rate}}) {
+    if (text->empty()) continue;
+    absl::StatusOr<xenbus::RateLimit> rate = xenbus::ParseVifRate(*text);
+    if (!rate.ok()) return rate.status();
+    *limit = *rate;
+  }
   return config;
 }
 
@@ -55,6 +61,8 @@ v1::Device DeviceFrom(const Vm::NetworkInfo& network) {
   config->set_bridge(network.config.bridge);
   config->set_tap(network.tap);
   config->set_mtu(network.config.mtu);
+  if (network.config.tx_rate) config->set_rate(xenbus::FormatVifRate(*network.config.tx_rate));
+  if (network.config.rx_rate) config->set_rx_rate(xenbus::FormatVifRate(*network.config.rx_rate));
   const xenbus::NetRingStatistics counters = network.statistics.value_or(xenbus::NetRingStatistics{});
   v1::NetworkStatistics* statistics = device.mutable_network_statistics();
   statistics->set_tx_packets(counters.tx_packets);

@@ -48,7 +48,19 @@ absl::StatusOr<std::unique_ptr<NetRing>> NetRing::Start(const memory::GuestMemor
 
 NetRing::NetRing(const memory::GuestMemory& memory, xen::GrantTable& grants, const net::FrameDevice& device, Options options,
                  std::function<void()> notify)
-    : memory_(memory), grants_(grants), device_(device), options_(options), notify_(std::move(notify)), frame_(kMaxFrame) {}
+    : memory_(memory), grants_(grants), device_(device), options_(options), notify_(std::move(notify)), frame_(kMaxFrame) {
+  const absl::Time now = absl::Now();
+  if (options.tx_bytes_per_second != 0) tx_bucket_.emplace(options.tx_bytes_per_second, options.tx_burst, now);
+  if (options.rx_bytes_per_second != 0) rx_bucket_.emplace(options.rx_bytes_per_second, options.rx_burst, now);
+}
+
+bool NetRing::Admit(std::optional<net::TokenBucket>& bucket, uint64_t bytes) {
+  if (!bucket) return true;
+  const absl::Time now = absl::Now();
+  if (bucket->TryTake(bytes, now)) return true;
+  resume_at_ = std::min(resume_at_, now + bucket->TimeUntil(bytes, now));
+  return false;
+}
 
 NetRing::~NetRing() {
   {
@@ -90,8 +102,14 @@ void NetRing::Run() {
     if (notify) notify_();
     // Frames from the device are read only while the guest has somewhere to put them.
     pollfd fds[2] = {{wake_->fd(), POLLIN, 0}, {device_.fd(), static_cast<short>(broken || frame_size_ ? 0 : POLLIN), 0}};
-    if (::poll(fds, 2, -1) < 0 && errno != EINTR) return;
+    // A direction waiting for its token bucket is looked at again when the tokens are there.
+    int timeout_ms = -1;
+    if (resume_at_ != absl::InfiniteFuture()) {
+      timeout_ms = static_cast<int>(std::max<int64_t>(1, absl::ToInt64Milliseconds(resume_at_ - absl::Now()) + 1));
+    }
+    if (::poll(fds, 2, timeout_ms) < 0 && errno != EINTR) return;
     if (fds[0].revents & POLLIN) (void)wake_->Read();
+    if (absl::Now() >= resume_at_) resume_at_ = absl::InfiniteFuture();
   }
 }
 
@@ -110,6 +128,7 @@ bool NetRing::PublishResponses(Ring& ring, uint32_t published) {
 }
 
 bool NetRing::ServeTransmit(bool& notify) {
+  bool throttled = false;
   while (true) {
     std::optional<uint32_t> producer = Produced(tx_);
     if (!producer) return Break("a transmit request index out of range");
@@ -124,6 +143,10 @@ bool NetRing::ServeTransmit(bool& notify) {
       });
       if (packet.verdict == netif::TxVerdict::kIncomplete) break;  // the rest comes with a later event
       if (packet.verdict == netif::TxVerdict::kFatal) return Break(packet.reason);
+      if (packet.verdict == netif::TxVerdict::kSend && !Admit(tx_bucket_, packet.size)) {
+        throttled = true;  // stays on the ring until its bytes are there
+        break;
+      }
       int16_t status = netif::kRspOkay;
       if (packet.verdict == netif::TxVerdict::kDrop) {
         status = netif::kRspError;
@@ -143,6 +166,7 @@ bool NetRing::ServeTransmit(bool& notify) {
       tx_.request_consumer += packet.slots;
     }
     if (PublishResponses(tx_, published)) notify = true;
+    if (throttled) return true;  // the timer brings it back; events would only find it waiting
     // Ask for an event at the next request, then look once more (it may have just come).
     (void)memory_.AtomicStore<uint32_t>(At(tx_.Address(kRequestEvent)), tx_.request_consumer + 1);
     std::atomic_thread_fence(std::memory_order_seq_cst);
@@ -202,6 +226,7 @@ bool NetRing::ServeReceive(bool& notify) {
       if (again && *again - rx_.request_consumer >= needed) continue;
       break;
     }
+    if (!Admit(rx_bucket_, frame_size_)) break;  // held until its bytes are there
     if (!DeliverFrame()) {
       ok = Break("the receive ring cannot be written");
       break;

@@ -21,9 +21,11 @@
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "components/base/event_fd.h"
 #include "components/memory/guest_memory.h"
 #include "components/net/frame_device.h"
+#include "components/net/token_bucket.h"
 #include "components/xen/grant_table.h"
 #include "components/xenbus/netif.h"
 
@@ -43,6 +45,10 @@ class NetRing {
     uint32_t tx_ring_gref = 0;
     uint32_t rx_ring_gref = 0;
     bool rx_scatter_gather = false;  // the frontend's feature-sg: a frame may span receive slots
+    // Token buckets (bytes a second, at most `burst` at once; 0: unlimited): a packet waits on its
+    // ring, a frame on the device, until its bytes are there.
+    uint64_t tx_bytes_per_second = 0, tx_burst = 0;
+    uint64_t rx_bytes_per_second = 0, rx_burst = 0;
   };
 
   // Maps both rings (writable) and starts the thread. `notify` raises the frontend's event channel
@@ -73,6 +79,8 @@ class NetRing {
           std::function<void()> notify);
   void Run();
   // Each returns false once its ring is broken (the reason recorded).
+  // Whether `bytes` may go now; if not, resume_at_ says when.
+  bool Admit(std::optional<net::TokenBucket>& bucket, uint64_t bytes);
   bool ServeTransmit(bool& notify);
   bool ServeReceive(bool& notify);
   void Transmit(const netif::TxPacket& packet, int16_t& status);
@@ -95,6 +103,8 @@ class NetRing {
   std::vector<uint8_t> frame_;   // a frame from the tap
   size_t frame_size_ = 0;        // non-zero: held until the frontend posts receive slots
   std::vector<uint8_t> packet_;  // a frame from the guest
+  std::optional<net::TokenBucket> tx_bucket_, rx_bucket_;
+  absl::Time resume_at_ = absl::InfiniteFuture();  // a direction waits for its bucket until then
 
   mutable absl::Mutex mutex_;
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;

@@ -30,10 +30,12 @@ class NetRingTest : public ::testing::Test {
     ASSERT_EQ(grants_->MapFrame(0, kTableGfn), 0);
     guest_grants_ = std::make_unique<GuestGrants>(*memory_, kTableGfn);
   }
-  void Start(bool scatter_gather = false) {
+  void Start(bool scatter_gather = false, NetRing::Options options = {}) {
     front_ = std::make_unique<Netfront>(*memory_, *guest_grants_, kTxRingGfn, kRxRingGfn);
-    auto ring = NetRing::Start(*memory_, *grants_, device_, {front_->tx_ring_gref(), front_->rx_ring_gref(), scatter_gather},
-                               [this] { ++notifications_; });
+    options.tx_ring_gref = front_->tx_ring_gref();
+    options.rx_ring_gref = front_->rx_ring_gref();
+    options.rx_scatter_gather = scatter_gather;
+    auto ring = NetRing::Start(*memory_, *grants_, device_, options, [this] { ++notifications_; });
     ASSERT_TRUE(ring.ok()) << ring.status();
     ring_ = std::move(*ring);
   }
@@ -207,6 +209,34 @@ TEST_F(NetRingTest, FramesOverAPageNeedScatterGather) {
   const std::vector<uint8_t> rest = Page(kDataGfn + 1, 6000 - 4096);
   joined.insert(joined.end(), rest.begin(), rest.end());
   EXPECT_EQ(joined, Expected(6000, 5));
+}
+
+// 20 KB each way at 50 KB/s with 5 KB at once: the first 5 KB at once, the rest over ~300 ms,
+// every byte delivered.
+TEST_F(NetRingTest, RateLimitsHoldPacketsUntilTheirBytesAreThere) {
+  NetRing::Options options;
+  options.tx_bytes_per_second = options.rx_bytes_per_second = 50'000;
+  options.tx_burst = options.rx_burst = 5'000;
+  Start(false, options);
+  Fill(kDataGfn, 0, 1000, 1);
+  const uint32_t page = guest_grants_->Grant(kDataGfn, true);
+  absl::Time start = absl::Now();
+  for (uint16_t id = 0; id < 20; ++id) front_->PutTx(Netfront::TxSlot(page, 0, 0, id, 1000));
+  front_->PublishTx();
+  ring_->Kick();
+  EXPECT_EQ(front_->TakeTx(20).size(), 20u);
+  EXPECT_GE(absl::Now() - start, absl::Milliseconds(250));
+  for (int i = 0; i < 20; ++i) ASSERT_TRUE(device_.Receive().has_value()) << i;
+  EXPECT_EQ(Statistics().tx_packets, 20u);
+
+  for (uint16_t id = 0; id < 20; ++id) front_->PostRx(id, guest_grants_->Grant(kDataGfn + 1 + id, false));
+  front_->PublishRx();
+  ring_->Kick();
+  start = absl::Now();
+  for (int i = 0; i < 20; ++i) ASSERT_TRUE(device_.Send(Expected(1000, 2)));
+  EXPECT_EQ(front_->TakeRx(20).size(), 20u);
+  EXPECT_GE(absl::Now() - start, absl::Milliseconds(250));
+  EXPECT_EQ(Statistics().rx_packets, 20u);
 }
 
 }  // namespace

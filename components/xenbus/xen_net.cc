@@ -1,51 +1,11 @@
 #include "components/xenbus/xen_net.h"
 
-#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
-#include "absl/strings/str_split.h"
-#include "absl/strings/strip.h"
 #include "absl/strings/str_cat.h"
 #include "components/base/status.h"
 #include "spdlog/spdlog.h"
 
 namespace xenkvm::xenbus {
-
-absl::StatusOr<xenbus::XenNetConfig> ParseVifSpec(const std::string& spec, uint32_t devid) {
-  xenbus::XenNetConfig network;
-  network.devid = devid;
-  bool mac_given = false;
-  for (absl::string_view item : absl::StrSplit(spec, ',', absl::SkipEmpty())) {
-    const size_t equals = item.find('=');
-    if (equals == absl::string_view::npos) {
-      return absl::InvalidArgumentError(absl::StrCat("vif \"", spec, "\": \"", std::string(item),
-                                                     "\" is not key=value (mac=, bridge=, vifname=, mtu=)"));
-    }
-    const std::string key(absl::StripAsciiWhitespace(item.substr(0, equals)));
-    const std::string value(absl::StripAsciiWhitespace(item.substr(equals + 1)));
-    if (key == "mac") {
-      absl::StatusOr<net::MacAddress> mac = net::ParseMac(value);
-      if (!mac.ok()) return absl::InvalidArgumentError(absl::StrCat("vif \"", spec, "\": ", mac.status().message()));
-      network.mac = *mac;
-      mac_given = true;
-    } else if (key == "bridge") {
-      network.bridge = value;
-    } else if (key == "vifname") {
-      network.tap = value;
-    } else if (key == "mtu") {
-      if (!absl::SimpleAtoi(value, &network.mtu) || network.mtu < 68 || network.mtu > 65535) {
-        return absl::InvalidArgumentError(absl::StrCat("vif \"", spec, "\": mtu=", value, " is not 68 to 65535"));
-      }
-    } else if (key == "type" && value == "vif") {
-      // xl's default device type; "ioemu" (an emulated NIC) is not offered.
-    } else {
-      return absl::InvalidArgumentError(absl::StrCat("vif \"", spec, "\": ", key, "=", value,
-                                                     " is not taken (mac, bridge, vifname, mtu, type=vif)"));
-    }
-  }
-  if (!mac_given) network.mac = net::GenerateXenMac();
-  return network;
-}
-
 
 absl::StatusOr<std::unique_ptr<XenNet>> XenNet::Create(const Environment& environment, XenNetConfig config) {
   const std::string prefix = absl::StrCat("xen-net vif", config.devid, ": ");
@@ -90,6 +50,19 @@ std::optional<NetRingStatistics> XenNet::ring_statistics() const {
   return ring_->Statistics();
 }
 
+NetRing::Options XenNet::RingOptions(uint32_t tx_ref, uint32_t rx_ref, bool scatter_gather) const {
+  NetRing::Options options{tx_ref, rx_ref, scatter_gather};
+  if (config_.tx_rate) {
+    options.tx_bytes_per_second = config_.tx_rate->bytes_per_second;
+    options.tx_burst = config_.tx_rate->burst_bytes();
+  }
+  if (config_.rx_rate) {
+    options.rx_bytes_per_second = config_.rx_rate->bytes_per_second;
+    options.rx_burst = config_.rx_rate->burst_bytes();
+  }
+  return options;
+}
+
 absl::Status XenNet::Connect() {
   const std::string prefix = Prefix();
   auto read_number = [&](const char* key) -> absl::StatusOr<uint32_t> {
@@ -116,7 +89,7 @@ absl::Status XenNet::Connect() {
   xen::EventChannels* events = environment_.event_channels;
   absl::StatusOr<std::unique_ptr<NetRing>> ring =
       NetRing::Start(*environment_.memory, *environment_.grant_table, *tap_,
-                     NetRing::Options{tx_ref, rx_ref, scatter_gather}, [events, port] { (void)events->NotifyGuest(port); });
+                     RingOptions(tx_ref, rx_ref, scatter_gather), [events, port] { (void)events->NotifyGuest(port); });
   if (!ring.ok()) return absl::InvalidArgumentError(absl::StrCat(prefix, ring.status().message()));
   ring_ = std::move(*ring);
   // Runs on the loop, as Disconnect does: the ring is there or not, never half gone.

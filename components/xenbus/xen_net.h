@@ -18,23 +18,10 @@
 #include "components/net/mac_address.h"
 #include "components/net/tap.h"
 #include "components/xenbus/net_ring.h"
+#include "components/xenbus/vif_spec.h"
 #include "components/xenbus/xenbus_device.h"
 
 namespace xenkvm::xenbus {
-
-struct XenNetConfig {
-  uint32_t devid = 0;          // the vif's index in the guest (vif/<devid>; Linux's eth<devid> on its own)
-  std::string tap;             // the host's tap: attached to, created when missing (empty: named by the kernel)
-  std::string bridge;          // when set, the tap joins this Linux bridge
-  net::MacAddress mac{};       // the guest's address
-  uint32_t mtu = 0;            // the tap's MTU; 0 leaves it
-};
-
-// xl's vif syntax, for every front end (xl.cfg's vif = [...], xenkvm-vmm --net, the API's networks):
-// "mac=00:16:3e:01:02:03,bridge=br0,vifname=tap0,mtu=1500,type=vif", every key optional (the MAC
-// generated in Xen's OUI when absent, the tap named by the kernel when vifname is, no bridge).
-// `devid` is the vif's index. Errors name the spec and the key.
-absl::StatusOr<XenNetConfig> ParseVifSpec(const std::string& spec, uint32_t devid);
 
 class XenNet final : public XenbusDevice {
  public:
@@ -50,6 +37,7 @@ class XenNet final : public XenbusDevice {
  private:
   XenNet(const Environment& environment, XenNetConfig config);
   absl::Status Connect() override;
+  NetRing::Options RingOptions(uint32_t tx_ref, uint32_t rx_ref, bool scatter_gather) const;
   void Disconnect() override;
 
   const XenNetConfig config_;
