@@ -340,6 +340,19 @@ TEST_F(EmuTest, HypercallPageFilledWhenEnabledAfterTheVcpuStarted) {
   EXPECT_EQ(accelerator_->EnableHypercallPage(0).code(), absl::StatusCode::kInvalidArgument);
 }
 
+// Another vCPU's code patch (Linux's text_poke_bp takes its INT3 out again) can leave this
+// engine's translation stale until its deferred flush: an INT3 that is no longer in memory is
+// run again from the current bytes, not delivered.
+TEST_F(EmuTest, AStaleInt3RunsTheCurrentBytes) {
+  auto vcpu = Start(emu_test_guests::k_stale_int3);
+  ASSERT_NE(vcpu, nullptr);
+  ASSERT_EQ(Next<PortIoExit>(*vcpu).port, 0x10);
+  ASSERT_TRUE(memory_->Write(GuestAddress(kLoadAddress + emu_test_guests::k_stale_int3_site),
+                             std::vector<uint8_t>{0x90}).ok());  // nop
+  EXPECT_EQ(Next<PortIoExit>(*vcpu).port, 0x11);
+  Next<HaltExit>(*vcpu);
+}
+
 // Unicorn reads IA32_APIC_BASE as 0 by itself; the backend answers it (msr_intercept.h).
 TEST_F(EmuTest, ApicBaseMsrMarksTheBootVcpuAndKeepsTheEnableFlag) {
   auto vcpu = Start(emu_test_guests::k_apic_base);

@@ -64,6 +64,13 @@ std::optional<PendingEvent> EmuVcpu::EventFromHook(uint32_t vector) {
   const uint64_t rip = ReadRegister(UC_X86_REG_RIP);
   std::array<uint8_t, 2> before{};
   if (rip >= 2 && FetchCode(rip - 2, before).ok()) {
+    // An INT3 no longer in memory ran from stale translated code: another vCPU patched it (Linux's
+    // text_poke_bp puts INT3 in and takes it out, serializing every CPU; this engine's flush after
+    // SERIALIZE may still be deferred). A CPU would have run the current bytes: run them.
+    if (vector == kVectorBreakpoint && before[1] != 0xcc && !(before[0] == 0xcd && before[1] == 3)) {
+      stale_code_at_ = rip - 1;
+      return std::nullopt;
+    }
     const bool one_byte = (vector == kVectorBreakpoint && before[1] == 0xcc) || (vector == 4 && before[1] == 0xce);
     event.software = one_byte || vector >= 32 || (before[0] == 0xcd && before[1] == vector);
     event.instruction_length = one_byte ? 1 : 2;

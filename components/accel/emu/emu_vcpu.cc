@@ -483,9 +483,10 @@ void EmuVcpu::RunGuest(bool interrupt_waiting) {
   // At most one flush a millisecond: Linux serializes after each of its ~50,000 boot-time patches.
   // A deferred flush still comes before the patched code matters (the patches keep behaviour
   // until freed init code is reached, seconds later), at the first start a millisecond on.
-  if (flush_translations_ && absl::Now() - last_flush_ >= absl::Milliseconds(1)) {
+  if (stale_code_at_ || (flush_translations_ && absl::Now() - last_flush_ >= absl::Milliseconds(1))) {
     uc_ctl_flush_tb(uc_);
     flush_translations_ = false;
+    stale_code_at_.reset();
     last_flush_ = absl::Now();
   }
   RestoreCr2();
@@ -501,6 +502,10 @@ void EmuVcpu::RunGuest(bool interrupt_waiting) {
   }
   holds_run_token_ = false;
   vm_.run_token.Release();
+  if (stale_code_at_) {
+    WriteRegister(UC_X86_REG_RIP, *stale_code_at_);  // flushed before the next run, which starts there
+    return;
+  }
   if (Exiting() || fatal_error_ || pending_event_ || pending_fast_call_) return;
   if (err != UC_ERR_OK) {
     std::string where = absl::StrFormat("RIP %#x", ReadRegister(UC_X86_REG_RIP));

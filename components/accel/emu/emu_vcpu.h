@@ -268,6 +268,7 @@ class EmuVcpu final : public Vcpu, private MsrHandler {
   CpuidLeaf model_leaf7_;  // subleaf 0, with SERIALIZE
   CpuidLeaf model_ext1_;   // 0x80000001
   bool flush_translations_ = false;  // SERIALIZE ran: drop translated code before a next run
+  std::optional<uint64_t> stale_code_at_;  // a stale INT3 ran here: flush at once and run it again
   absl::Time last_flush_ = absl::InfinitePast();
   std::vector<CpuidLeaf> cpuid_ ABSL_GUARDED_BY(cpuid_mutex_);
 

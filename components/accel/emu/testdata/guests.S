@@ -331,6 +331,17 @@ gp32:
         cli
         hlt
 
+/* ---- Stale code: the test rewrites the INT3 at stale_int3_site into a NOP while the guest waits
+ * in the OUT before it, after that block was translated; the guest must run the NOP (0x11). */
+        .globl stale_int3
+stale_int3:
+        out     %al, $0x10
+        .globl stale_int3_site
+stale_int3_site:
+        int3
+        out     %al, $0x11
+        hlt
+
 /* ---- IA32_APIC_BASE on the boot vCPU: read (0x10), written with the enable flag clear, read
  * again (0x11). */
         .globl apic_base
