@@ -130,6 +130,7 @@ bool NetRing::PublishResponses(Ring& ring, uint32_t published) {
 bool NetRing::ServeTransmit(bool& notify) {
   bool throttled = false;
   while (true) {
+    bool incomplete = false;
     std::optional<uint32_t> producer = Produced(tx_);
     if (!producer) return Break("a transmit request index out of range");
     const uint32_t published = tx_.response_producer;
@@ -141,7 +142,10 @@ bool NetRing::ServeTransmit(bool& notify) {
         if (!memory_.Read(At(tx_.SlotAddress(tx_.request_consumer + i)), slot).ok()) return std::nullopt;
         return slot;
       });
-      if (packet.verdict == netif::TxVerdict::kIncomplete) break;  // the rest comes with a later event
+      if (packet.verdict == netif::TxVerdict::kIncomplete) {
+        incomplete = true;  // the rest comes with a later event
+        break;
+      }
       if (packet.verdict == netif::TxVerdict::kFatal) return Break(packet.reason);
       if (packet.verdict == netif::TxVerdict::kSend && !Admit(tx_bucket_, packet.size)) {
         throttled = true;  // stays on the ring until its bytes are there
@@ -167,8 +171,10 @@ bool NetRing::ServeTransmit(bool& notify) {
     }
     if (PublishResponses(tx_, published)) notify = true;
     if (throttled) return true;  // the timer brings it back; events would only find it waiting
-    // Ask for an event at the next request, then look once more (it may have just come).
-    (void)memory_.AtomicStore<uint32_t>(At(tx_.Address(kRequestEvent)), tx_.request_consumer + 1);
+    // Ask for an event at the next request (past a packet's first slots already there), then look
+    // once more (it may have just come).
+    (void)memory_.AtomicStore<uint32_t>(At(tx_.Address(kRequestEvent)),
+                                        (incomplete ? *producer : tx_.request_consumer) + 1);
     std::atomic_thread_fence(std::memory_order_seq_cst);
     std::optional<uint32_t> again = Produced(tx_);
     if (!again || *again == *producer) return true;
