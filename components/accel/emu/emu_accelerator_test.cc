@@ -353,6 +353,37 @@ TEST_F(EmuTest, AStaleInt3RunsTheCurrentBytes) {
   Next<HaltExit>(*vcpu);
 }
 
+// CMPXCHG16B after a flags-setting instruction in the same translation block: Unicorn's helper
+// used to turn the CMP's operand (0x4700) into RFLAGS (TF, NT and reserved bits); emu/cmpxchg_flags.cc.
+TEST_F(EmuTest, Cmpxchg16bLeavesNoStaleBitsInRflagsAndFaultsAtItsOwnRip) {
+  constexpr uint32_t kCmpxchg16bOption = 16;
+  constexpr uint32_t kArithmeticFlags = 0x8d5, kReservedOne = 0x2, kZf = 0x40, kCf = 0x1;
+  ASSERT_TRUE(memory_->WriteObject<uint32_t>(GuestAddress(kLoadAddress + emu_test_guests::k_guest_options),
+                                             kCmpxchg16bOption).ok());
+  auto vcpu = Start(emu_test_guests::k_long_mode);
+  ASSERT_NE(vcpu, nullptr);
+  PortIoExit failed = Next<PortIoExit>(*vcpu);
+  ASSERT_EQ(failed.port, 0x10);
+  EXPECT_EQ(failed.value & ~kArithmeticFlags, kReservedOne) << std::hex << failed.value;
+  EXPECT_EQ(failed.value & kZf, 0u);
+  PortIoExit stored = Next<PortIoExit>(*vcpu);
+  ASSERT_EQ(stored.port, 0x11);
+  EXPECT_EQ(stored.value & ~kArithmeticFlags, kReservedOne) << std::hex << stored.value;
+  EXPECT_EQ(stored.value & kZf, kZf);
+  // The #GP of a misaligned operand, raised inside the wrapped helper, still reports the
+  // instruction's own RIP and the CMP's flags (0x1000 - 0x4700: CF, PF, SF).
+  PortIoExit rip = Next<PortIoExit>(*vcpu);
+  ASSERT_EQ(rip.port, 0x12);
+  EXPECT_EQ(rip.value, kLoadAddress + emu_test_guests::k_cmpxchg16b_unaligned);
+  PortIoExit frame_flags = Next<PortIoExit>(*vcpu);
+  ASSERT_EQ(frame_flags.port, 0x13);
+  EXPECT_EQ(frame_flags.value & 0xffff, kReservedOne | 0x87u) << std::hex << frame_flags.value;
+  PortIoExit carry = Next<PortIoExit>(*vcpu);
+  ASSERT_EQ(carry.port, 0x14);
+  EXPECT_EQ(carry.value & 0xff, kCf);
+  Next<HaltExit>(*vcpu);
+}
+
 // Unicorn reads IA32_APIC_BASE as 0 by itself; the backend answers it (msr_intercept.h).
 TEST_F(EmuTest, ApicBaseMsrMarksTheBootVcpuAndKeepsTheEnableFlag) {
   auto vcpu = Start(emu_test_guests::k_apic_base);

@@ -3,6 +3,7 @@
         .set    OPTION_SKIP_EXCEPTIONS, 1       /* interrupts32: straight to the interrupt part */
         .set    OPTION_SKIP_VMCALL, 4           /* long_mode: no inline VMCALL */
         .set    OPTION_PAE, 8                   /* user32: PAE paging instead of 32-bit paging */
+        .set    OPTION_CMPXCHG16B, 16           /* long_mode: the CMPXCHG16B flags checks instead */
         .code32
         .text
 
@@ -441,6 +442,8 @@ long_mode64:
         mov     $6, %rdi
         call    gate64
         lidt    idt64_descriptor
+        testl   $OPTION_CMPXCHG16B, guest_options(%rip)
+        jnz     cmpxchg16b_flags64
         testl   $OPTION_SKIP_VMCALL, guest_options(%rip)
         jnz     ud_instruction64
         mov     $0x18, %rax             /* the 64-bit ABI: rdi rsi rdx r10 r8 r9 */
@@ -490,6 +493,55 @@ ud64:
         out     %eax, $0x19
         addq    $2, 8(%rsp)
         pop     %rax
+        iretq
+
+/* CMPXCHG16B right after a flags-setting instruction in the same block, entered with POPF's flags
+ * (Unicorn 2.1's helper read a stale cc_op and made the CMP's operand, 0x4700, RFLAGS). Reports:
+ * 0x10 RFLAGS after a failed compare, 0x11 after a successful one, 0x12 the RIP and 0x13 the
+ * RFLAGS of the #GP an unaligned operand raises, 0x14 the CMP's carry seen after that #GP. */
+cmpxchg16b_flags64:
+        lea     gp64(%rip), %rax
+        mov     $13, %rdi
+        call    gate64
+        lea     cx16_slot(%rip), %rsi
+        mov     $0x4700, %rbx
+        xor     %ecx, %ecx
+        xor     %edx, %edx
+        mov     $1, %eax                /* RDX:RAX = 0:1, the slot holds 0:0: a failed compare */
+        mov     $0x1000, %rdi
+        push    $2
+        popfq                           /* ends the block with the flags known */
+        cmp     %rbx, %rdi
+        cmpxchg16b (%rsi)
+        pushfq
+        pop     %rax
+        out     %eax, $0x10
+        xor     %eax, %eax              /* RDX:RAX = 0:0 now matches: RCX:RBX is stored */
+        push    $2
+        popfq
+        cmp     %rbx, %rdi
+        cmpxchg16b (%rsi)
+        pushfq
+        pop     %rax
+        out     %eax, $0x11
+        push    $2
+        popfq
+        cmp     %rbx, %rdi              /* 0x1000 - 0x4700 borrows: CF set */
+        .globl cmpxchg16b_unaligned
+cmpxchg16b_unaligned:
+        cmpxchg16b 8(%rsi)
+cmpxchg16b_resume:
+        setc    %al
+        out     %al, $0x14
+        hlt
+gp64:
+        mov     0x8(%rsp), %rax         /* the saved RIP (after the error code) */
+        out     %eax, $0x12
+        mov     0x18(%rsp), %rax        /* the saved RFLAGS */
+        out     %eax, $0x13
+        lea     cmpxchg16b_resume(%rip), %rax
+        mov     %rax, 0x8(%rsp)
+        add     $8, %rsp                /* the error code */
         iretq
         .code32
 
@@ -694,6 +746,7 @@ idt64_descriptor:
         .word   256 * 16 - 1
         .quad   idt64
         .balign 16
+cx16_slot:      .quad 0, 0, 0
         .balign 8
 gdt_user32:
         .quad   0, 0x00cf9b000000ffff, 0x00cf93000000ffff, 0x00cffb000000ffff, 0x00cff3000000ffff
