@@ -111,6 +111,9 @@ struct Capabilities {
   bool kernel_delivers_event_channels = false;
   bool hypercall_page_by_accelerator = true;  // the guest's MSR write fills the page
   bool inline_vmcall = true;               // VMCALL/VMMCALL outside the page reach the VMM
+  // CPUID features the host offers but cannot run for a guest (kvm's instruction probes), kept
+  // from every vCPU's CPUID; names as /proc/cpuinfo spells them.
+  std::vector<std::string> hidden_cpuid_features;
 };
 
 // kInvalidArgument for an exception vector (below 0x10), which InjectInterrupt refuses.

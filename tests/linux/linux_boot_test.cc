@@ -256,13 +256,6 @@ TEST(LinuxBootTest, DebianCloudKernelRunsItsRootFromXenDiskOnEmu) {
 // since 6.9 Linux trusts the MADT's CPUs only when the boot CPU's IA32_APIC_BASE carries the BSP
 // flag, which the emu answers itself (Unicorn reads that MSR as 0).
 TEST(LinuxBootTest, NewerDebianCloudKernelRunsItsRootOnBothCpusOnEmu) {
-  // Opt-in until it is reliable under load: in 2 of 6 runs beside CI's other tests this kernel died
-  // on emu (a stale INT3, now handled; then a #DB from RFLAGS with TF among garbage bits after a
-  // CMPXCHG16B, not understood yet). tests/linux/README.md says how to run it.
-  if (std::getenv("XENKVM_NEWER_KERNEL_TEST") == nullptr) {
-    GTEST_SKIP() << "Debian 13's kernel on emu is opt-in (XENKVM_NEWER_KERNEL_TEST=1, e.g. bazel test "
-                    "--test_env=XENKVM_NEWER_KERNEL_TEST=1): it crashed in 2 of 6 runs under CI load (tests/linux/README.md)";
-  }
   const Images images = FetchKernelAndBuildImages("trixie", absl::StrCat(::testing::TempDir(), "/linux-images-trixie"));
   if (!images.skip_reason.empty()) GTEST_SKIP() << images.skip_reason;
   ASSERT_TRUE(images.setup_error.empty()) << images.setup_error;

@@ -15,10 +15,13 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
+#include "components/accel/kvm/instruction_probe.h"
 #include "components/accel/page_walk.h"
 #include "components/base/status.h"
 #include "components/kvm/kvm.h"
+#include "spdlog/spdlog.h"
 
 namespace xenkvm::accel {
 namespace {
@@ -80,7 +83,8 @@ struct KvmVmState {
   kvm::Kvm system;
   kvm::Vm vm;
   const memory::GuestMemory& memory;
-  std::vector<kvm_cpuid_entry2> host_cpuid;
+  std::vector<kvm_cpuid_entry2> host_cpuid;  // less what the instruction probes found unrunnable
+  std::vector<std::string> hidden_cpuid_features;
   bool user_space_msr = false;
   std::atomic<uint32_t> port_hypercall_msr{0};  // the fallback: the MSR the guest writes
   absl::Mutex vcpus_mutex;
@@ -547,6 +551,7 @@ class KvmAccelerator final : public Accelerator {
     capabilities_.kernel_delivers_event_channels = xen.Has(kvm::XenCapability::kEvtchnSend);
     capabilities_.hypercall_page_by_accelerator = true;
     capabilities_.inline_vmcall = xen.Has(kvm::XenCapability::kInterceptHypercall);
+    capabilities_.hidden_cpuid_features = vm_->hidden_cpuid_features;
     if (xen.Has(kvm::XenCapability::kEvtchnSend)) xen_events_ = std::make_unique<KvmXenEvents>(*vm_);
   }
 
@@ -621,6 +626,27 @@ class KvmAccelerator final : public Accelerator {
   std::unique_ptr<KvmXenEvents> xen_events_;
 };
 
+// KVM_GET_SUPPORTED_CPUID less what the host cannot run for a guest (instruction_probe.h), said
+// once in the log: on KVM-PVM that is most extensions, on hardware virtualisation nothing.
+absl::StatusOr<std::vector<std::string>> HideWhatTheHostCannotRun(const kvm::Kvm& system,
+                                                                  std::vector<kvm_cpuid_entry2>& cpuid) {
+  XENKVM_ASSIGN_OR_RETURN(ProbeResult probed, ProbeInstructions(system, cpuid));
+  std::vector<std::string> hidden = HideFeatures(probed.unrunnable, cpuid);
+  static std::once_flag logged;
+  std::call_once(logged, [&] {
+    if (!hidden.empty()) {
+      spdlog::warn("kvm: this host's KVM cannot run {} for a guest ({}); hidden from the guest's CPUID",
+                   absl::StrJoin(hidden, " "), absl::StrJoin(probed.details, "; "));
+    }
+    if (!probed.baseline.empty()) {
+      spdlog::warn("kvm: this host's KVM cannot run the x86-64 baseline's {} for a guest: 64-bit guests "
+                   "stop at the first such instruction (run them with --accel emu)",
+                   absl::StrJoin(probed.baseline, " "));
+    }
+  });
+  return hidden;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Accelerator>> CreateKvmAccelerator(const memory::GuestMemory& memory,
@@ -629,10 +655,11 @@ absl::StatusOr<std::unique_ptr<Accelerator>> CreateKvmAccelerator(const memory::
   XENKVM_ASSIGN_OR_RETURN(kvm::Kvm system, kvm::Kvm::Open(device));
   XENKVM_ASSIGN_OR_RETURN(kvm::Vm vm, system.CreateVm());
   XENKVM_ASSIGN_OR_RETURN(std::vector<kvm_cpuid_entry2> cpuid, system.SupportedCpuid());
+  XENKVM_ASSIGN_OR_RETURN(std::vector<std::string> hidden, HideWhatTheHostCannotRun(system, cpuid));
   XENKVM_RETURN_IF_ERROR(vm.MapGuestMemory(memory));
   XENKVM_RETURN_IF_ERROR(vm.EnableSplitIrqchip());
   auto state = std::unique_ptr<KvmVmState>(
-      new KvmVmState{std::move(system), std::move(vm), memory, std::move(cpuid)});
+      new KvmVmState{std::move(system), std::move(vm), memory, std::move(cpuid), std::move(hidden)});
   if (!state->vm.xen_capabilities().Has(kvm::XenCapability::kInterceptHypercall)) {
     absl::StatusOr<int> user_msr = state->vm.CheckExtension(KVM_CAP_X86_USER_SPACE_MSR);
     if (user_msr.ok() && *user_msr != 0) {
