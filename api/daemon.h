@@ -122,8 +122,9 @@ class Daemon final : public v1::VmService::Service {
   grpc::Status Shutdown(Record& record, const std::string& reason, absl::Duration timeout)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   grpc::Status AskShutdown(Record& record, const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
-  grpc::Status RunningVmm(const std::string& name, std::shared_ptr<v1::VmmControl::Stub>* control)
-      ABSL_LOCKS_EXCLUDED(mutex_);
+  // The running VMM's stub, and the socket it takes hot-plugged files on (when asked).
+  grpc::Status RunningVmm(const std::string& name, std::shared_ptr<v1::VmmControl::Stub>* control,
+                          std::string* handover_socket = nullptr) ABSL_LOCKS_EXCLUDED(mutex_);
   // Calls the running VMM `name` (deadline kVmmCallTimeout, without the daemon lock); its errors
   // name the VM.
   template <typename Request, typename Reply>

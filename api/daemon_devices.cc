@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <functional>
+#include <map>
 #include <thread>
 #include <chrono>
 #include <set>
@@ -19,7 +20,12 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "api/config.h"
+#include "components/base/fd_handover.h"
+#include "components/base/status.h"
+#include "components/block/image.h"
 #include "components/net/mac_address.h"
+#include "components/net/tap.h"
+#include "components/xenbus/vdev.h"
 #include "api/daemon_internal.h"
 #include "grpcpp/grpcpp.h"
 #include "spdlog/spdlog.h"
@@ -29,7 +35,8 @@ namespace xenkvm::api {
 using namespace daemon_internal;  // NOLINT: the daemon's own helpers
 
 // The VMM of a running VM, for a call that may take a while: the stub is shared, the lock released.
-grpc::Status Daemon::RunningVmm(const std::string& name, std::shared_ptr<v1::VmmControl::Stub>* control) {
+grpc::Status Daemon::RunningVmm(const std::string& name, std::shared_ptr<v1::VmmControl::Stub>* control,
+                                std::string* handover_socket) {
   absl::MutexLock lock(&mutex_);
   std::shared_ptr<Record> record;
   if (grpc::Status found = Lookup(name, &record); !found.ok()) return found;
@@ -38,8 +45,62 @@ grpc::Status Daemon::RunningVmm(const std::string& name, std::shared_ptr<v1::Vmm
                  absl::StrCat("VM \"", name, "\" is ", VmStateName(record->vm.state()), ", not running"));
   }
   *control = record->control;
+  if (handover_socket != nullptr) *handover_socket = record->files.handover_socket;
   return grpc::Status::OK;
 }
+
+namespace {
+
+// The daemon opens what a hot-plug needs itself -- as root, with the image's checks and lock, or
+// the tap created, up and bridged -- and hands the open file to the VMM, which may be unprivileged
+// or confined to an empty root (vmm/jail.h). A VMM started without a handover socket (by an older
+// xenkvmd, then re-adopted) opens the path itself as before: the token stays empty.
+absl::Status HandOver(const std::string& socket, const absl::StatusOr<base::Fd>& opened, std::string* token) {
+  if (access(socket.c_str(), F_OK) != 0) return absl::OkStatus();
+  if (!opened.ok()) return opened.status();
+  *token = base::NewHandoverToken();
+  return base::HandOverFd(socket, *token, opened->get());
+}
+
+// The vdev checked (a name the guest understands, not attached already) before the image is
+// opened for it, or the next free xvdX as xl picks it. The VMM checks again, on its backend loop:
+// of concurrent attaches of one vdev exactly one wins there.
+grpc::Status ChooseFreeVdev(v1::VmmControl::Stub& control, v1::DiskConfig& disk) {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + kVmmCallTimeout);
+  v1::ListDevicesResponse devices;
+  if (grpc::Status listed = control.Devices(&context, v1::VmmDevicesRequest(), &devices); !listed.ok()) return listed;
+  std::map<uint32_t, const v1::Device*> used;
+  for (const v1::Device& device : devices.devices()) {
+    if (device.kind() != "xen-disk") continue;
+    if (absl::StatusOr<uint32_t> devid = xenbus::ParseVirtualDevice(device.id()); devid.ok()) used[*devid] = &device;
+  }
+  if (disk.vdev().empty()) {
+    for (char letter = 'a'; letter <= 'z' && disk.vdev().empty(); ++letter) {
+      const std::string name = std::string("xvd") + letter;
+      if (!used.contains(*xenbus::ParseVirtualDevice(name))) disk.set_vdev(name);
+    }
+    if (disk.vdev().empty()) return Error(grpc::StatusCode::RESOURCE_EXHAUSTED, "xvda to xvdz are all attached");
+    return grpc::Status::OK;
+  }
+  absl::StatusOr<uint32_t> devid = xenbus::ParseVirtualDevice(disk.vdev());
+  if (!devid.ok()) return FromAbsl(devid.status());
+  if (auto holder = used.find(*devid); holder != used.end()) {
+    return Error(grpc::StatusCode::ALREADY_EXISTS,
+                 absl::StrCat("xen-disk ", disk.vdev(), ": device ", *devid, " is attached already (", holder->second->id(),
+                              ", ", holder->second->disk().path(), "): detach it first"));
+  }
+  return grpc::Status::OK;
+}
+
+absl::StatusOr<base::Fd> OpenTap(const v1::NetworkConfig& network) {
+  XENKVM_ASSIGN_OR_RETURN(net::Tap tap, net::Tap::Open(network.tap()));
+  XENKVM_RETURN_IF_ERROR(tap.BringUp(network.mtu()));
+  if (!network.bridge().empty()) XENKVM_RETURN_IF_ERROR(tap.AttachToBridge(network.bridge()));
+  return base::Fd(dup(tap.fd()));
+}
+
+}  // namespace
 
 template <typename Request, typename Reply>
 grpc::Status Daemon::CallRunningVmm(const std::string& name,
@@ -56,7 +117,8 @@ grpc::Status Daemon::CallRunningVmm(const std::string& name,
 
 grpc::Status Daemon::AttachDisk(grpc::ServerContext*, const v1::AttachDiskRequest* request, v1::Device* reply) {
   std::shared_ptr<v1::VmmControl::Stub> control;
-  if (grpc::Status running = RunningVmm(request->name(), &control); !running.ok()) return running;
+  std::string handover_socket;
+  if (grpc::Status running = RunningVmm(request->name(), &control, &handover_socket); !running.ok()) return running;
   if (request->disk().path().empty() || request->disk().path()[0] != '/') {
     return Error(grpc::StatusCode::INVALID_ARGUMENT,
                  absl::StrCat("disk.path: \"", request->disk().path(), "\" must be an absolute path"));
@@ -66,19 +128,14 @@ grpc::Status Daemon::AttachDisk(grpc::ServerContext*, const v1::AttachDiskReques
   }
   v1::VmmAttachDiskRequest attach;
   *attach.mutable_disk() = request->disk();
-  if (attach.disk().vdev().empty()) {
-    // The next free xvdX, as xl does.
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + kVmmCallTimeout);
-    v1::ListDevicesResponse devices;
-    if (grpc::Status listed = control->Devices(&context, v1::VmmDevicesRequest(), &devices); !listed.ok()) {
-      return Error(listed.error_code(), listed.error_message());
-    }
-    std::set<std::string> used;
-    for (const v1::Device& device : devices.devices()) used.insert(device.id());
-    for (char letter = 'a'; letter <= 'z' && attach.disk().vdev().empty(); ++letter) {
-      if (!used.contains(std::string("xvd") + letter)) attach.mutable_disk()->set_vdev(std::string("xvd") + letter);
-    }
+  if (grpc::Status chosen = ChooseFreeVdev(*control, *attach.mutable_disk()); !chosen.ok()) {
+    return Error(chosen.error_code(), absl::StrCat("VM \"", request->name(), "\": ", chosen.error_message()));
+  }
+  if (absl::Status handed = HandOver(handover_socket, block::Image::OpenFile(attach.disk().path(), attach.disk().read_only()),
+                                     attach.mutable_handover_token());
+      !handed.ok()) {
+    return Error(FromAbsl(handed).error_code(),
+                 absl::StrCat("VM \"", request->name(), "\": xen-disk ", attach.disk().vdev(), ": ", handed.message()));
   }
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
@@ -117,6 +174,13 @@ grpc::Status Daemon::AttachNetwork(grpc::ServerContext*, const v1::AttachNetwork
   v1::VmmAttachNetworkRequest attach;
   *attach.mutable_network() = request->network();
   if (attach.network().mac().empty()) attach.mutable_network()->set_mac(net::FormatMac(net::GenerateXenMac()));
+  std::shared_ptr<v1::VmmControl::Stub> control;
+  std::string handover_socket;
+  if (grpc::Status running = RunningVmm(request->name(), &control, &handover_socket); !running.ok()) return running;
+  if (absl::Status handed = HandOver(handover_socket, OpenTap(attach.network()), attach.mutable_handover_token());
+      !handed.ok()) {
+    return Error(FromAbsl(handed).error_code(), absl::StrCat("VM \"", request->name(), "\": xen-net: ", handed.message()));
+  }
   grpc::Status attached = CallRunningVmm(request->name(), &v1::VmmControl::Stub::AttachNetwork, attach, reply);
   if (!attached.ok()) return attached;
   absl::MutexLock lock(&mutex_);

@@ -2,7 +2,11 @@
 #include "api/daemon.h"
 
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <algorithm>
 #include <chrono>
@@ -33,11 +37,15 @@ grpc::Status Daemon::Start(Record& record) {
   for (std::string& arg : VmmArguments(record.vm.config(), record.files.control_socket, record.files.xenstore_socket)) {
     args.push_back(std::move(arg));
   }
-  args.insert(args.end(), {"--status-file", record.files.end});
-  if (!options_.vmm_user.empty()) {
-    // Unprivileged, the VMM cannot write its status file in the (root's) VM directory: the daemon,
-    // its parent, learns the end from waitpid and the VMM's log instead.
-    args.insert(args.end(), {"--run-as", options_.vmm_user});
+  args.insert(args.end(), {"--status-file", record.files.end, "--handover-socket", record.files.handover_socket});
+  if (!options_.vmm_user.empty()) args.insert(args.end(), {"--run-as", options_.vmm_user});
+  if (geteuid() == 0) {
+    // Root can confine each VMM to an empty root of its own (vmm/jail.h); hot-plugged files come
+    // through the handover socket.
+    if (mkdir(record.files.jail.c_str(), 0755) != 0 && errno != EEXIST) {
+      return Error(grpc::StatusCode::INTERNAL, absl::StrCat("cannot make ", record.files.jail, ": ", std::strerror(errno)));
+    }
+    args.insert(args.end(), {"--jail", record.files.jail});
   }
   absl::StatusOr<pid_t> spawned = SpawnVmm(args, record.files);
   if (!spawned.ok()) return FromAbsl(spawned.status());

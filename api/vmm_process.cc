@@ -80,7 +80,9 @@ VmFiles::VmFiles(const std::string& dir)
       pid(dir + "/vmm.pid"),
       end(dir + "/vmm.end"),
       vmm_log(dir + "/vmm.log"),
-      console_log(dir + "/console.log") {}
+      console_log(dir + "/console.log"),
+      handover_socket(dir + "/handover.sock"),
+      jail(dir + "/jail") {}
 
 absl::Status WriteFileAtomically(const std::string& path, const std::string& content) {
   const std::string temporary = absl::StrCat(path, ".tmp");

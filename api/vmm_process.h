@@ -28,6 +28,8 @@ struct VmFiles {
   std::string end;             // vmm.end: how the last run ended
   std::string vmm_log;         // vmm.log: the VMM's stderr
   std::string console_log;     // console.log: the guest's console, as the VMM writes it
+  std::string handover_socket; // handover.sock: hot-plugged files opened here, handed to the VMM
+  std::string jail;            // jail/: the empty root a VMM started by root is confined to
 };
 
 // Writes `content` to `path` so that a reader sees the old file or the whole new one: a temporary

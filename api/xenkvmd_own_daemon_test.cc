@@ -2,6 +2,8 @@
 // state disk, VMMs as another user (xenkvmd_test_fixture.h).
 #include "api/xenkvmd_test_fixture.h"
 
+#include <sys/stat.h>
+
 namespace xenkvm::api {
 namespace {
 
@@ -228,8 +230,8 @@ TEST(XenkvmdFullDiskTest, AFullStateDiskFailsTheRequestAndLosesNothing) {
   std::filesystem::remove_all(dir, error);
 }
 
-// --vmm-user: each VMM builds its VM as root, then runs it as that user; the daemon drives it as
-// before and reports its end.
+// --vmm-user: each VMM builds its VM as root, then runs it as that user, confined to an empty root;
+// the daemon drives it as before, hands it hot-plugged files, and reports its end.
 TEST(XenkvmdVmmUserTest, VmmsRunAsTheGivenUser) {
   if (geteuid() != 0) GTEST_SKIP() << "xenkvmd must run as root to start VMMs that change user";
   char dir[] = "/tmp/xku-XXXXXX";
@@ -247,6 +249,23 @@ TEST(XenkvmdVmmUserTest, VmmsRunAsTheGivenUser) {
   }
   EXPECT_THAT(uid_line, HasSubstr("65534\t65534\t65534"));
   EXPECT_EQ(daemon.Ctl({"evtchn", "unprivileged"}).status, 0);  // its control socket still answers
+  // Started by root, the VMM is confined to an empty root of its own: every thread sees nothing.
+  size_t tasks = 0;
+  for (const auto& task : std::filesystem::directory_iterator("/proc/" + pid + "/task")) {
+    ++tasks;
+    const std::filesystem::path root = task.path() / "root";
+    EXPECT_TRUE(std::filesystem::is_empty(root)) << root;
+  }
+  EXPECT_GT(tasks, 2u);
+  // A root-only image, hot-plugged: the daemon opens it and hands it over; the VMM, unprivileged
+  // and confined, could not have opened it itself.
+  const std::string image = daemon.dir() + "/root-only.img";
+  std::ofstream(image) << std::string(1 << 20, '\0');
+  ASSERT_EQ(chmod(image.c_str(), 0600), 0);
+  ProcessResult attached = daemon.Ctl({"block-attach", "unprivileged", image, "xvdb"});
+  EXPECT_EQ(attached.status, 0) << attached.err;
+  EXPECT_THAT(daemon.Ctl({"block-list", "unprivileged"}).out, HasSubstr(image));
+  EXPECT_EQ(daemon.Ctl({"block-detach", "unprivileged", "xvdb"}).status, 0);
   EXPECT_EQ(daemon.Ctl({"destroy", "unprivileged"}).status, 0);
   EXPECT_EQ(daemon.Info("unprivileged", "last end"), "destroyed");
   daemon.Stop(SIGTERM);

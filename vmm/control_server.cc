@@ -1,5 +1,7 @@
 #include "vmm/control_server.h"
 
+#include "components/base/status.h"
+
 #include <grpcpp/grpcpp.h>
 #include <algorithm>
 #include <sys/stat.h>
@@ -156,7 +158,7 @@ v1::EventChannelList EventChannelListFrom(const xen::ShimStatistics& statistics)
 
 class ControlServer::Service final : public v1::VmmControl::Service {
  public:
-  explicit Service(Vm& vm) : vm_(vm) {}
+  Service(Vm& vm, base::FdHandoverServer* handover) : vm_(vm), handover_(handover) {}
 
   grpc::Status Status(grpc::ServerContext*, const v1::VmmStatusRequest*, v1::VmmStatus* reply) override {
     reply->set_paused(vm_.paused());
@@ -187,7 +189,13 @@ class ControlServer::Service final : public v1::VmmControl::Service {
     return grpc::Status::OK;
   }
   grpc::Status AttachDisk(grpc::ServerContext*, const v1::VmmAttachDiskRequest* request, v1::Device* reply) override {
-    absl::StatusOr<Vm::DiskInfo> disk = vm_.AttachDisk(DiskFrom(request->disk()));
+    xenbus::XenDiskConfig config = DiskFrom(request->disk());
+    if (!request->handover_token().empty()) {
+      absl::StatusOr<std::shared_ptr<base::Fd>> opened = TakeHandedOver(request->handover_token());
+      if (!opened.ok()) return GrpcError(opened.status());
+      config.opened = std::move(*opened);
+    }
+    absl::StatusOr<Vm::DiskInfo> disk = vm_.AttachDisk(config);
     if (!disk.ok()) return GrpcError(disk.status());
     *reply = DeviceFrom(*disk);
     return grpc::Status::OK;
@@ -204,6 +212,11 @@ class ControlServer::Service final : public v1::VmmControl::Service {
                              v1::Device* reply) override {
     absl::StatusOr<xenbus::XenNetConfig> config = NetworkFrom(request->network());
     if (!config.ok()) return GrpcError(config.status());
+    if (!request->handover_token().empty()) {
+      absl::StatusOr<std::shared_ptr<base::Fd>> opened = TakeHandedOver(request->handover_token());
+      if (!opened.ok()) return GrpcError(opened.status());
+      config->opened_tap = std::move(*opened);
+    }
     absl::StatusOr<Vm::NetworkInfo> network = vm_.AttachNetwork(*config);
     if (!network.ok()) return GrpcError(network.status());
     *reply = DeviceFrom(*network);
@@ -251,12 +264,22 @@ class ControlServer::Service final : public v1::VmmControl::Service {
     reply->set_max_kib(memory->max_kib);
     return grpc::Status::OK;
   }
+  absl::StatusOr<std::shared_ptr<base::Fd>> TakeHandedOver(const std::string& token) {
+    if (handover_ == nullptr) {
+      return absl::FailedPreconditionError("a file handed over was named, but this VMM has no --handover-socket");
+    }
+    XENKVM_ASSIGN_OR_RETURN(base::Fd fd, handover_->Take(token));
+    return std::make_shared<base::Fd>(std::move(fd));
+  }
+
   Vm& vm_;
+  base::FdHandoverServer* const handover_;
 };
 
-absl::StatusOr<std::unique_ptr<ControlServer>> ControlServer::Start(const std::string& socket_path, Vm& vm) {
+absl::StatusOr<std::unique_ptr<ControlServer>> ControlServer::Start(const std::string& socket_path, Vm& vm,
+                                                                    base::FdHandoverServer* handover) {
   auto server = std::unique_ptr<ControlServer>(new ControlServer());
-  server->service_ = std::make_unique<Service>(vm);
+  server->service_ = std::make_unique<Service>(vm, handover);
   server->socket_path_ = socket_path;
   unlink(socket_path.c_str());
   grpc::ServerBuilder builder;

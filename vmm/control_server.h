@@ -7,6 +7,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "components/base/fd_handover.h"
 #include "proto/xenkvm/v1/vm.pb.h"
 #include "vmm/vm.h"
 
@@ -22,7 +23,10 @@ v1::EventChannelList EventChannelListFrom(const xen::ShimStatistics& statistics)
 class ControlServer {
  public:
   // Listens on `socket_path` (replacing a stale socket file), mode 0600. `vm` must outlive it.
-  static absl::StatusOr<std::unique_ptr<ControlServer>> Start(const std::string& socket_path, Vm& vm);
+  // Hot-plug requests naming a handover token take their file from `handover` (may be null: such
+  // requests are then refused).
+  static absl::StatusOr<std::unique_ptr<ControlServer>> Start(const std::string& socket_path, Vm& vm,
+                                                              base::FdHandoverServer* handover = nullptr);
   ~ControlServer();
 
  private:

@@ -1,4 +1,5 @@
 // xenkvm-vmm: runs one VM in the foreground, the guest console on stdout, logs on stderr.
+#include <fcntl.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -11,12 +12,14 @@
 #include "CLI/CLI.hpp"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "components/base/fd_handover.h"
 #include "components/base/log.h"
 #include "components/base/status.h"
 #include "components/base/version.h"
 #include "components/xen/version.h"
 #include "spdlog/spdlog.h"
 #include "vmm/control_server.h"
+#include "vmm/jail.h"
 #include "vmm/seccomp_filter.h"
 #include "vmm/vm.h"
 
@@ -41,15 +44,19 @@ constexpr char kExitStatuses[] =
 
 xenkvm::vmm::Vm* running_vm = nullptr;
 std::string status_file;  // --status-file
+int status_fd = -1;       // open from the start: an unprivileged or jailed VMM could not open it later
 
 // Records how the VMM ends for whoever started it (xenkvmd reads it after a restart, when the VMM
-// is no longer its child): "exit STATUS\nMESSAGE\n", written whole (a temporary file, renamed).
+// is no longer its child): "exit STATUS\nMESSAGE\n". The file, opened at the start, keeps the last
+// run's account until this one ends; it is read only once the VMM is gone.
 void WriteStatus(int status, const std::string& message) {
-  if (status_file.empty()) return;
-  const std::string temporary = status_file + ".tmp";
-  if (FILE* file = std::fopen(temporary.c_str(), "w")) {
-    const bool written = std::fprintf(file, "exit %d\n%s\n", status, message.c_str()) > 0;
-    if (std::fclose(file) == 0 && written) std::rename(temporary.c_str(), status_file.c_str());
+  if (status_fd < 0 && !status_file.empty()) {
+    status_fd = open(status_file.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+  }
+  if (status_fd < 0) return;
+  const std::string text = absl::StrCat("exit ", status, "\n", message, "\n");
+  if (ftruncate(status_fd, 0) == 0 && pwrite(status_fd, text.data(), text.size(), 0) == static_cast<ssize_t>(text.size())) {
+    fdatasync(status_fd);
   }
 }
 
@@ -73,6 +80,8 @@ struct Flags {
   std::vector<std::string> networks;
   bool seccomp = true;
   std::string run_as;
+  std::string jail;
+  std::string handover_socket;
 };
 
 void DefineFlags(CLI::App& app, Flags& flags) {
@@ -109,6 +118,11 @@ void DefineFlags(CLI::App& app, Flags& flags) {
   app.add_option("--status-file", status_file, "when the VMM ends, write \"exit STATUS\" and its last message there");
   app.add_option("--run-as", flags.run_as,
                  "once the VM is built, become this user (a name or UID:GID; the VMM starts as root)");
+  app.add_option("--jail", flags.jail,
+                 "once the VM is built, confine the VMM to this (empty) directory as its read-only root, in a mount "
+                 "namespace of its own; hot-plugged files then come through --handover-socket (needs root)");
+  app.add_option("--handover-socket", flags.handover_socket,
+                 "receive files for hot-plug (disk images, taps) opened by xenkvmd on this Unix socket (mode 0600)");
   app.add_flag("!--no-seccomp", flags.seccomp,
                "run without the system-call filter (to trace the VMM with strace; gdb works with it)");
   app.add_option("--log-level", flags.log_level, "trace, debug, info, warn, error, critical, off (default $XENKVM_LOG or info)");
@@ -170,6 +184,12 @@ int main(int argc, char** argv) {
     return Usage(std::string(logging.message()));
   }
   if (absl::Status valid = ApplyFlags(flags); !valid.ok()) return Usage(std::string(valid.message()));
+  if (!flags.jail.empty()) {
+    if (absl::Status prepared = xenkvm::vmm::PrepareJail(flags.jail); !prepared.ok()) {
+      return Finish(kExitSetupFailed, std::string(prepared.message()));
+    }
+  }
+  if (!status_file.empty()) status_fd = open(status_file.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
   xenkvm::vmm::VmConfig& config = flags.config;
   const std::string& control_socket = flags.control_socket;
   // SIGINT/SIGTERM end the VM (its vCPU threads are kicked out of the guest); SIGUSR2, sent by
@@ -190,10 +210,17 @@ int main(int argc, char** argv) {
   std::fprintf(stderr, "xenkvm-vmm: %s\n", (*vm)->accelerator_choice().c_str());
 
   running_vm = vm->get();
+  std::unique_ptr<xenkvm::base::FdHandoverServer> handover;
+  if (!flags.handover_socket.empty()) {
+    absl::StatusOr<std::unique_ptr<xenkvm::base::FdHandoverServer>> started =
+        xenkvm::base::FdHandoverServer::Start(flags.handover_socket);
+    if (!started.ok()) return Finish(kExitSetupFailed, std::string(started.status().message()));
+    handover = std::move(started).value();
+  }
   std::unique_ptr<xenkvm::vmm::ControlServer> control;
   if (!control_socket.empty()) {
     absl::StatusOr<std::unique_ptr<xenkvm::vmm::ControlServer>> started =
-        xenkvm::vmm::ControlServer::Start(control_socket, **vm);
+        xenkvm::vmm::ControlServer::Start(control_socket, **vm, handover.get());
     if (!started.ok()) return Finish(kExitSetupFailed, std::string(started.status().message()));
     control = std::move(started).value();
   }
@@ -201,6 +228,12 @@ int main(int argc, char** argv) {
   // A VMM killed by it (or crashing) leaves no core file: guest memory must not land on disk.
   const rlimit no_core{0, 0};
   setrlimit(RLIMIT_CORE, &no_core);
+  if (!flags.jail.empty()) {
+    if (absl::Status jailed = xenkvm::vmm::EnterJail(flags.jail); !jailed.ok()) {
+      return Finish(kExitSetupFailed, std::string(jailed.message()));
+    }
+    spdlog::info("confined to {}", flags.jail);
+  }
   if (!flags.run_as.empty()) {
     if (absl::Status dropped = xenkvm::vmm::DropPrivileges(flags.run_as); !dropped.ok()) {
       return Finish(kExitSetupFailed, std::string(dropped.message()));

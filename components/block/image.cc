@@ -48,10 +48,30 @@ absl::StatusOr<base::Fd> ClaimBlockDevice(base::Fd fd, const std::string& path) 
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Image>> Image::Open(const std::string& path, bool read_only) {
+  XENKVM_ASSIGN_OR_RETURN(base::Fd fd, OpenFile(path, read_only));
+  return Adopt(path, std::move(fd), read_only);
+}
+
+absl::StatusOr<base::Fd> Image::OpenFile(const std::string& path, bool read_only) {
   base::Fd fd(open(path.c_str(), (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC));
   if (!fd.valid()) return Errno(absl::StrCat("disk image ", path), errno);
   if (!read_only) {
     XENKVM_ASSIGN_OR_RETURN(fd, ClaimBlockDevice(std::move(fd), path));
+  }
+  struct stat info {};
+  if (fstat(fd.get(), &info) != 0) return Errno(absl::StrCat("disk image ", path, ": fstat"), errno);
+  if (!S_ISREG(info.st_mode) && !S_ISBLK(info.st_mode)) {
+    return absl::InvalidArgumentError(absl::StrCat("disk image ", path, ": not a regular file or a block device"));
+  }
+  if (absl::Status locked = LockImage(fd.get(), path, /*exclusive=*/!read_only); !locked.ok()) return locked;
+  return fd;
+}
+
+absl::StatusOr<std::unique_ptr<Image>> Image::Adopt(const std::string& path, base::Fd fd, bool read_only) {
+  const int mode = fcntl(fd.get(), F_GETFL);
+  if (mode < 0) return Errno(absl::StrCat("disk image ", path, ": F_GETFL"), errno);
+  if (!read_only && (mode & O_ACCMODE) == O_RDONLY) {
+    return absl::InvalidArgumentError(absl::StrCat("disk image ", path, ": opened read-only, attached read-write"));
   }
   struct stat info {};
   if (fstat(fd.get(), &info) != 0) return Errno(absl::StrCat("disk image ", path, ": fstat"), errno);
@@ -71,6 +91,7 @@ absl::StatusOr<std::unique_ptr<Image>> Image::Open(const std::string& path, bool
     return absl::InvalidArgumentError(
         absl::StrCat("disk image ", path, ": ", size, " bytes, smaller than one 512-byte sector"));
   }
+  // Taken already when OpenFile made this file description; taking it again on it is a no-op.
   if (absl::Status locked = LockImage(fd.get(), path, /*exclusive=*/!read_only); !locked.ok()) return locked;
   return std::unique_ptr<Image>(new Image(path, std::move(fd), size, read_only, discard));
 }

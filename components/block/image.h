@@ -21,6 +21,12 @@ class Image {
   // Opens `path` (a regular file or a block device) for reading, and writing unless `read_only`.
   // kNotFound / kPermissionDenied / kInvalidArgument with the path and the reason.
   static absl::StatusOr<std::unique_ptr<Image>> Open(const std::string& path, bool read_only);
+  // Open's half that opens, claims and locks the file, for a process that hands it to another
+  // (xenkvmd to a VMM that cannot open it: unprivileged or confined); that one calls Adopt.
+  static absl::StatusOr<base::Fd> OpenFile(const std::string& path, bool read_only);
+  // An image over a file opened by OpenFile, here or in another process; `path` names it in
+  // messages. kInvalidArgument when the file is not opened for writing and `read_only` is false.
+  static absl::StatusOr<std::unique_ptr<Image>> Adopt(const std::string& path, base::Fd fd, bool read_only);
 
   uint64_t size_bytes() const { return size_bytes_; }
   uint64_t sectors() const { return size_bytes_ / kSectorSize; }

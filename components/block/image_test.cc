@@ -86,6 +86,29 @@ TEST(ImageTest, LocksAllowManyReadersOrOneWriter) {
 }
 
 // Another process (another VMM) holding the image read-write is named in the refusal.
+// OpenFile in one place, Adopt in another (xenkvmd and a confined VMM): the lock taken by the
+// opener is the adopter's, and the access mode must match.
+TEST(ImageTest, AnOpenedFileIsAdoptedWithItsLock) {
+  const std::string path = MakeImage("handed.img", 8 * kSectorSize);
+  absl::StatusOr<base::Fd> opened = Image::OpenFile(path, /*read_only=*/false);
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  absl::StatusOr<base::Fd> copy = opened->Duplicate();
+  ASSERT_TRUE(copy.ok());
+  absl::StatusOr<std::unique_ptr<Image>> adopted = Image::Adopt(path, std::move(*copy), false);
+  ASSERT_TRUE(adopted.ok()) << adopted.status();
+  opened->Reset();  // the opener lets go; the adopter's copy keeps the file and its lock
+  EXPECT_EQ((*adopted)->sectors(), 8u);
+  EXPECT_TRUE((*adopted)->Write(0, std::vector<uint8_t>(kSectorSize, 7)).ok());
+  EXPECT_EQ(Image::Open(path, true).status().code(), absl::StatusCode::kFailedPrecondition);
+  adopted->reset();
+  EXPECT_TRUE(Image::Open(path, true).ok());
+
+  absl::StatusOr<base::Fd> read_only = Image::OpenFile(path, /*read_only=*/true);
+  ASSERT_TRUE(read_only.ok());
+  EXPECT_EQ(Image::Adopt(path, std::move(*read_only), false).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Image::OpenFile("/tmp", true).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(ImageTest, LockHeldByAnotherProcessNamesIt) {
   const std::string path = MakeImage("shared.img", 8 * kSectorSize);
   int ready[2], release[2];

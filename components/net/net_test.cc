@@ -1,6 +1,11 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include <fcntl.h>
+#include <sched.h>
+#include <unistd.h>
+
 #include "components/net/mac_address.h"
+#include "components/net/tap.h"
 #include "components/net/token_bucket.h"
 
 namespace xenkvm::net {
@@ -34,6 +39,24 @@ TEST(MacAddressTest, ParsesFormatsAndGenerates) {
   const MacAddress generated = GenerateXenMac();
   EXPECT_EQ(FormatMac(generated).substr(0, 9), "00:16:3e:");
   EXPECT_EQ(generated[3] & 0x80, 0);
+}
+
+// A tap opened in one place and adopted from a copy of its descriptor (as a VMM adopts the one
+// xenkvmd hands over): the kernel names it, and nothing else is taken for a tap. In a network
+// namespace of the test's own.
+TEST(TapTest, AnOpenedTapIsAdoptedAndOtherFilesAreNot) {
+  if (geteuid() != 0) GTEST_SKIP() << "making a tap needs root";
+  if (unshare(CLONE_NEWNET) != 0) GTEST_SKIP() << "no network namespace of its own (unshare: " << strerror(errno) << ")";
+  absl::StatusOr<Tap> opened = Tap::Open("xkadopt0");
+  if (!opened.ok() && access("/dev/net/tun", F_OK) != 0) GTEST_SKIP() << "no /dev/net/tun";
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  ASSERT_TRUE(opened->BringUp(1400).ok());
+  absl::StatusOr<Tap> adopted = Tap::Adopt(base::Fd(dup(opened->fd())));
+  ASSERT_TRUE(adopted.ok()) << adopted.status();
+  EXPECT_EQ(adopted->name(), "xkadopt0");
+  EXPECT_NE(fcntl(adopted->fd(), F_GETFL) & O_NONBLOCK, 0);
+  absl::StatusOr<Tap> not_a_tap = Tap::Adopt(base::Fd(open("/dev/null", O_RDWR | O_CLOEXEC)));
+  EXPECT_EQ(not_a_tap.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -49,6 +49,20 @@ absl::StatusOr<Tap> Tap::Open(const std::string& name) {
   return Tap(std::move(fd), std::string(ifr.ifr_name, strnlen(ifr.ifr_name, IFNAMSIZ)));
 }
 
+absl::StatusOr<Tap> Tap::Adopt(base::Fd fd) {
+  ifreq ifr{};
+  if (::ioctl(fd.get(), TUNGETIFF, &ifr) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("the file handed over is not an attached tap (TUNGETIFF: ",
+                                                   strerror(errno), ")"));
+  }
+  if ((ifr.ifr_flags & IFF_TAP) == 0 || (ifr.ifr_flags & IFF_NO_PI) == 0) {
+    return absl::InvalidArgumentError("the file handed over is a tun, or a tap with packet information");
+  }
+  const int flags = ::fcntl(fd.get(), F_GETFL);
+  if (flags < 0 || ::fcntl(fd.get(), F_SETFL, flags | O_NONBLOCK) != 0) return Errno("make the tap non-blocking");
+  return Tap(std::move(fd), std::string(ifr.ifr_name, strnlen(ifr.ifr_name, IFNAMSIZ)));
+}
+
 absl::Status Tap::BringUp(uint32_t mtu) {
   ifreq ifr{};
   std::strncpy(ifr.ifr_name, name_.c_str(), IFNAMSIZ - 1);

@@ -20,6 +20,9 @@ class Tap final : public FrameDevice {
   // Attaches to the tap `name` (created when it does not exist; the kernel names it when empty).
   // Non-blocking, close-on-exec. Errors say what to check (root or CAP_NET_ADMIN, the name).
   static absl::StatusOr<Tap> Open(const std::string& name);
+  // A tap opened elsewhere (Open in another process, handed over): its name asked of the kernel
+  // (TUNGETIFF); made non-blocking. kInvalidArgument when `fd` is not a tap.
+  static absl::StatusOr<Tap> Adopt(base::Fd fd);
 
   // Up, with `mtu` when non-zero.
   absl::Status BringUp(uint32_t mtu);

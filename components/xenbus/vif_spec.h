@@ -6,11 +6,13 @@
 #define XENKVM_COMPONENTS_XENBUS_VIF_SPEC_H_
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "components/base/fd.h"
 #include "components/net/mac_address.h"
 
 namespace xenkvm::xenbus {
@@ -30,6 +32,9 @@ struct XenNetConfig {
   uint32_t mtu = 0;            // the tap's MTU; 0 leaves it
   std::optional<RateLimit> tx_rate;  // what the guest sends (xl's rate)
   std::optional<RateLimit> rx_rate;  // what it receives
+  // The tap opened (and brought up, bridged) by another process (xenkvmd) and handed over: used
+  // as it is instead of `tap`, `mtu` and `bridge`.
+  std::shared_ptr<base::Fd> opened_tap;
 };
 
 // The MAC generated in Xen's OUI when absent, the tap named by the kernel when vifname is, no

@@ -10,7 +10,13 @@ namespace xenkvm::xenbus {
 absl::StatusOr<std::unique_ptr<XenDisk>> XenDisk::Create(const Environment& environment, XenDiskConfig config) {
   absl::StatusOr<uint32_t> devid = ParseVirtualDevice(config.vdev);
   if (!devid.ok()) return devid.status();
-  absl::StatusOr<std::unique_ptr<block::Image>> image = block::Image::Open(config.path, config.read_only);
+  absl::StatusOr<std::unique_ptr<block::Image>> image = absl::InternalError("not opened");
+  if (config.opened) {
+    absl::StatusOr<base::Fd> own = config.opened->Duplicate();
+    image = own.ok() ? block::Image::Adopt(config.path, std::move(*own), config.read_only) : own.status();
+  } else {
+    image = block::Image::Open(config.path, config.read_only);
+  }
   if (!image.ok()) {
     return absl::Status(image.status().code(), absl::StrCat("xen-disk ", config.vdev, ": ", image.status().message()));
   }

@@ -31,6 +31,9 @@ struct XenDiskConfig {
   bool discard = true;  // if the image can (a writable regular file)
   bool persistent_grants = true;
   uint32_t max_indirect_segments = 256;  // 0: no indirect requests
+  // The image opened by another process (block::Image::OpenFile in xenkvmd) and handed over: used
+  // instead of opening `path`, which then only names it.
+  std::shared_ptr<base::Fd> opened;
 };
 
 class XenDisk final : public XenbusDevice {

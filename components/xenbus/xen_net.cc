@@ -9,12 +9,20 @@ namespace xenkvm::xenbus {
 
 absl::StatusOr<std::unique_ptr<XenNet>> XenNet::Create(const Environment& environment, XenNetConfig config) {
   const std::string prefix = absl::StrCat("xen-net vif", config.devid, ": ");
-  absl::StatusOr<net::Tap> tap = net::Tap::Open(config.tap);
+  absl::StatusOr<net::Tap> tap = absl::InternalError("not opened");
+  if (config.opened_tap) {
+    absl::StatusOr<base::Fd> own = config.opened_tap->Duplicate();
+    tap = own.ok() ? net::Tap::Adopt(std::move(*own)) : own.status();
+  } else {
+    tap = net::Tap::Open(config.tap);
+  }
   if (!tap.ok()) return absl::Status(tap.status().code(), absl::StrCat(prefix, tap.status().message()));
-  if (absl::Status up = tap->BringUp(config.mtu); !up.ok()) {
+  if (config.opened_tap) {
+    config.tap = tap->name();  // set up by whoever opened it
+  } else if (absl::Status up = tap->BringUp(config.mtu); !up.ok()) {
     return absl::Status(up.code(), absl::StrCat(prefix, up.message()));
   }
-  if (!config.bridge.empty()) {
+  if (!config.opened_tap && !config.bridge.empty()) {
     if (absl::Status joined = tap->AttachToBridge(config.bridge); !joined.ok()) {
       return absl::Status(joined.code(), absl::StrCat(prefix, joined.message()));
     }

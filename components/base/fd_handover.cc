@@ -1,0 +1,169 @@
+#include "components/base/fd_handover.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "components/base/status.h"
+#include "spdlog/spdlog.h"
+
+namespace xenkvm::base {
+namespace {
+
+constexpr int kReplyTimeoutMs = 5000;
+constexpr char kAccepted = 'y';
+
+absl::StatusOr<sockaddr_un> SocketAddress(const std::string& path) {
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof(address.sun_path)) {
+    return absl::InvalidArgumentError(absl::StrCat("handover socket \"", path, "\": empty or longer than ",
+                                                   sizeof(address.sun_path) - 1, " bytes"));
+  }
+  std::memcpy(address.sun_path, path.data(), path.size());
+  return address;
+}
+
+bool ValidToken(const std::string& token) {
+  return !token.empty() && token.size() <= kMaxHandoverTokenSize &&
+         std::all_of(token.begin(), token.end(), [](char c) { return c > ' ' && c < 127; });
+}
+
+}  // namespace
+
+std::string NewHandoverToken() {
+  std::random_device random;
+  return absl::StrFormat("%08x%08x%08x%08x", random(), random(), random(), random());
+}
+
+absl::Status HandOverFd(const std::string& socket_path, const std::string& token, int fd) {
+  if (!ValidToken(token)) return absl::InvalidArgumentError("handover token: 1 to 64 printable characters");
+  XENKVM_ASSIGN_OR_RETURN(sockaddr_un address, SocketAddress(socket_path));
+  Fd socket_fd(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  if (!socket_fd.valid()) return ErrnoStatus("handover: socket");
+  if (connect(socket_fd.get(), reinterpret_cast<const sockaddr*>(&address), sizeof(address)) != 0) {
+    return ErrnoStatus(absl::StrCat("handover: connecting to ", socket_path));
+  }
+  iovec payload{const_cast<char*>(token.data()), token.size()};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  msghdr message{};
+  message.msg_iov = &payload;
+  message.msg_iovlen = 1;
+  message.msg_control = control;
+  message.msg_controllen = sizeof(control);
+  cmsghdr* rights = CMSG_FIRSTHDR(&message);
+  rights->cmsg_level = SOL_SOCKET;
+  rights->cmsg_type = SCM_RIGHTS;
+  rights->cmsg_len = CMSG_LEN(sizeof(int));
+  std::memcpy(CMSG_DATA(rights), &fd, sizeof(int));
+  if (sendmsg(socket_fd.get(), &message, MSG_NOSIGNAL) < 0) {
+    return ErrnoStatus(absl::StrCat("handover: sending to ", socket_path));
+  }
+  pollfd ready{socket_fd.get(), POLLIN, 0};
+  if (poll(&ready, 1, kReplyTimeoutMs) != 1) {
+    return absl::DeadlineExceededError(absl::StrCat("handover: ", socket_path, " did not confirm within 5 s"));
+  }
+  char reply = 0;
+  if (recv(socket_fd.get(), &reply, 1, 0) != 1 || reply != kAccepted) {
+    return absl::FailedPreconditionError(absl::StrCat("handover: ", socket_path, " refused the file"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<FdHandoverServer>> FdHandoverServer::Start(const std::string& socket_path) {
+  XENKVM_ASSIGN_OR_RETURN(sockaddr_un address, SocketAddress(socket_path));
+  Fd listener(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  if (!listener.valid()) return ErrnoStatus("handover: socket");
+  unlink(socket_path.c_str());  // a previous run's
+  // Created 0600 (the umask covers the window before the chmod).
+  const mode_t previous = umask(0177);
+  const int bound = bind(listener.get(), reinterpret_cast<const sockaddr*>(&address), sizeof(address));
+  umask(previous);
+  if (bound != 0) return ErrnoStatus(absl::StrCat("handover: binding ", socket_path));
+  if (listen(listener.get(), 8) != 0) return ErrnoStatus(absl::StrCat("handover: listening on ", socket_path));
+  auto server = std::unique_ptr<FdHandoverServer>(new FdHandoverServer(std::move(listener), geteuid()));
+  server->thread_ = std::thread([raw = server.get()] { raw->Serve(); });
+  return server;
+}
+
+FdHandoverServer::~FdHandoverServer() {
+  shutdown(listener_.get(), SHUT_RDWR);  // wakes accept()
+  if (thread_.joinable()) thread_.join();
+}
+
+void FdHandoverServer::Serve() {
+  while (true) {
+    Fd connection(accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    if (!connection.valid()) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      return;  // shut down
+    }
+    Receive(connection);
+  }
+}
+
+void FdHandoverServer::Receive(const Fd& connection) {
+  ucred peer{};
+  socklen_t peer_size = sizeof(peer);
+  if (getsockopt(connection.get(), SOL_SOCKET, SO_PEERCRED, &peer, &peer_size) != 0 ||
+      (peer.uid != 0 && peer.uid != owner_)) {
+    spdlog::warn("handover: refused a connection from uid {}", peer.uid);
+    return;
+  }
+  pollfd ready{connection.get(), POLLIN, 0};
+  if (poll(&ready, 1, kReplyTimeoutMs) != 1) return;
+  char token[kMaxHandoverTokenSize + 1] = {};
+  iovec payload{token, kMaxHandoverTokenSize};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  msghdr message{};
+  message.msg_iov = &payload;
+  message.msg_iovlen = 1;
+  message.msg_control = control;
+  message.msg_controllen = sizeof(control);
+  const ssize_t size = recvmsg(connection.get(), &message, MSG_CMSG_CLOEXEC);
+  Fd received;
+  for (cmsghdr* header = CMSG_FIRSTHDR(&message); header != nullptr; header = CMSG_NXTHDR(&message, header)) {
+    if (header->cmsg_level == SOL_SOCKET && header->cmsg_type == SCM_RIGHTS &&
+        header->cmsg_len == CMSG_LEN(sizeof(int))) {
+      int fd = -1;
+      std::memcpy(&fd, CMSG_DATA(header), sizeof(int));
+      received.Reset(fd);
+    }
+  }
+  const std::string name(token, size > 0 ? static_cast<size_t>(size) : 0);
+  if (!received.valid() || (message.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0 || !ValidToken(name)) {
+    spdlog::warn("handover: a malformed message (one token of 1-64 characters and one file expected)");
+    return;
+  }
+  {
+    absl::MutexLock lock(&mutex_);
+    std::erase_if(pending_, [&](const auto& entry) { return entry.first == name; });
+    if (pending_.size() == kMaxPending) pending_.pop_front();  // never taken: closed
+    pending_.emplace_back(name, std::move(received));
+  }
+  (void)send(connection.get(), &kAccepted, 1, MSG_NOSIGNAL);
+}
+
+absl::StatusOr<Fd> FdHandoverServer::Take(const std::string& token) {
+  absl::MutexLock lock(&mutex_);
+  for (auto entry = pending_.begin(); entry != pending_.end(); ++entry) {
+    if (entry->first != token) continue;
+    Fd fd = std::move(entry->second);
+    pending_.erase(entry);
+    return fd;
+  }
+  return absl::NotFoundError(absl::StrCat("no file was handed over as \"", token, "\" (or it was replaced by ",
+                                          kMaxPending, " newer ones)"));
+}
+
+}  // namespace xenkvm::base
