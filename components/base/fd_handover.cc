@@ -34,6 +34,21 @@ absl::StatusOr<sockaddr_un> SocketAddress(const std::string& path) {
   return address;
 }
 
+// One message: a payload and room for one descriptor (SCM_RIGHTS), as both sides use it.
+struct OneFdMessage {
+  OneFdMessage(void* data, size_t size) : payload{data, size} {
+    header.msg_iov = &payload;
+    header.msg_iovlen = 1;
+    header.msg_control = control;
+    header.msg_controllen = sizeof(control);
+  }
+  OneFdMessage(const OneFdMessage&) = delete;
+  OneFdMessage& operator=(const OneFdMessage&) = delete;
+  iovec payload;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  msghdr header{};
+};
+
 bool ValidToken(const std::string& token) {
   return !token.empty() && token.size() <= kMaxHandoverTokenSize &&
          std::all_of(token.begin(), token.end(), [](char c) { return c > ' ' && c < 127; });
@@ -54,19 +69,13 @@ absl::Status HandOverFd(const std::string& socket_path, const std::string& token
   if (connect(socket_fd.get(), reinterpret_cast<const sockaddr*>(&address), sizeof(address)) != 0) {
     return ErrnoStatus(absl::StrCat("handover: connecting to ", socket_path));
   }
-  iovec payload{const_cast<char*>(token.data()), token.size()};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-  msghdr message{};
-  message.msg_iov = &payload;
-  message.msg_iovlen = 1;
-  message.msg_control = control;
-  message.msg_controllen = sizeof(control);
-  cmsghdr* rights = CMSG_FIRSTHDR(&message);
+  OneFdMessage message(const_cast<char*>(token.data()), token.size());
+  cmsghdr* rights = CMSG_FIRSTHDR(&message.header);
   rights->cmsg_level = SOL_SOCKET;
   rights->cmsg_type = SCM_RIGHTS;
   rights->cmsg_len = CMSG_LEN(sizeof(int));
   std::memcpy(CMSG_DATA(rights), &fd, sizeof(int));
-  if (sendmsg(socket_fd.get(), &message, MSG_NOSIGNAL) < 0) {
+  if (sendmsg(socket_fd.get(), &message.header, MSG_NOSIGNAL) < 0) {
     return ErrnoStatus(absl::StrCat("handover: sending to ", socket_path));
   }
   pollfd ready{socket_fd.get(), POLLIN, 0};
@@ -123,16 +132,11 @@ void FdHandoverServer::Receive(const Fd& connection) {
   pollfd ready{connection.get(), POLLIN, 0};
   if (poll(&ready, 1, kReplyTimeoutMs) != 1) return;
   char token[kMaxHandoverTokenSize + 1] = {};
-  iovec payload{token, kMaxHandoverTokenSize};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-  msghdr message{};
-  message.msg_iov = &payload;
-  message.msg_iovlen = 1;
-  message.msg_control = control;
-  message.msg_controllen = sizeof(control);
-  const ssize_t size = recvmsg(connection.get(), &message, MSG_CMSG_CLOEXEC);
+  OneFdMessage message(token, kMaxHandoverTokenSize);
+  const ssize_t size = recvmsg(connection.get(), &message.header, MSG_CMSG_CLOEXEC);
   Fd received;
-  for (cmsghdr* header = CMSG_FIRSTHDR(&message); header != nullptr; header = CMSG_NXTHDR(&message, header)) {
+  for (cmsghdr* header = CMSG_FIRSTHDR(&message.header); header != nullptr;
+       header = CMSG_NXTHDR(&message.header, header)) {
     if (header->cmsg_level == SOL_SOCKET && header->cmsg_type == SCM_RIGHTS &&
         header->cmsg_len == CMSG_LEN(sizeof(int))) {
       int fd = -1;
@@ -141,7 +145,7 @@ void FdHandoverServer::Receive(const Fd& connection) {
     }
   }
   const std::string name(token, size > 0 ? static_cast<size_t>(size) : 0);
-  if (!received.valid() || (message.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0 || !ValidToken(name)) {
+  if (!received.valid() || (message.header.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0 || !ValidToken(name)) {
     spdlog::warn("handover: a malformed message (one token of 1-64 characters and one file expected)");
     return;
   }
