@@ -628,20 +628,25 @@ class KvmAccelerator final : public Accelerator {
 
 // KVM_GET_SUPPORTED_CPUID less what the host cannot run for a guest (instruction_probe.h), said
 // once in the log: on KVM-PVM that is most extensions, on hardware virtualisation nothing.
-absl::StatusOr<std::vector<std::string>> HideWhatTheHostCannotRun(const kvm::Kvm& system,
-                                                                  std::vector<kvm_cpuid_entry2>& cpuid) {
-  XENKVM_ASSIGN_OR_RETURN(ProbeResult probed, ProbeInstructions(system, cpuid));
-  std::vector<std::string> hidden = HideFeatures(probed.unrunnable, cpuid);
+std::vector<std::string> HideWhatTheHostCannotRun(const kvm::Kvm& system, std::vector<kvm_cpuid_entry2>& cpuid) {
+  absl::StatusOr<ProbeResult> probed = ProbeInstructions(system, cpuid);
+  if (!probed.ok()) {
+    // Not a reason to refuse the guest: it is offered what KVM reports, as before the probes.
+    spdlog::warn("kvm: the instruction probes could not run ({}); the guest is offered all KVM reports",
+                 std::string(probed.status().message()));
+    return std::vector<std::string>();
+  }
+  std::vector<std::string> hidden = HideFeatures(probed->unrunnable, cpuid);
   static std::once_flag logged;
   std::call_once(logged, [&] {
     if (!hidden.empty()) {
       spdlog::warn("kvm: this host's KVM cannot run {} for a guest ({}); hidden from the guest's CPUID",
-                   absl::StrJoin(hidden, " "), absl::StrJoin(probed.details, "; "));
+                   absl::StrJoin(hidden, " "), absl::StrJoin(probed->details, "; "));
     }
-    if (!probed.baseline.empty()) {
+    if (!probed->baseline.empty()) {
       spdlog::warn("kvm: this host's KVM cannot run the x86-64 baseline's {} for a guest: 64-bit guests "
                    "stop at the first such instruction (run them with --accel emu)",
-                   absl::StrJoin(probed.baseline, " "));
+                   absl::StrJoin(probed->baseline, " "));
     }
   });
   return hidden;
@@ -655,7 +660,7 @@ absl::StatusOr<std::unique_ptr<Accelerator>> CreateKvmAccelerator(const memory::
   XENKVM_ASSIGN_OR_RETURN(kvm::Kvm system, kvm::Kvm::Open(device));
   XENKVM_ASSIGN_OR_RETURN(kvm::Vm vm, system.CreateVm());
   XENKVM_ASSIGN_OR_RETURN(std::vector<kvm_cpuid_entry2> cpuid, system.SupportedCpuid());
-  XENKVM_ASSIGN_OR_RETURN(std::vector<std::string> hidden, HideWhatTheHostCannotRun(system, cpuid));
+  std::vector<std::string> hidden = HideWhatTheHostCannotRun(system, cpuid);
   XENKVM_RETURN_IF_ERROR(vm.MapGuestMemory(memory));
   XENKVM_RETURN_IF_ERROR(vm.EnableSplitIrqchip());
   auto state = std::unique_ptr<KvmVmState>(
