@@ -20,7 +20,7 @@ memory::GuestAddress At(uint64_t gpa) { return memory::GuestAddress(gpa); }
 
 absl::StatusOr<std::unique_ptr<NetRing>> NetRing::Start(const memory::GuestMemory& memory, xen::GrantTable& grants,
                                                         const net::FrameDevice& device, Options options,
-                                                        std::function<void()> notify) {
+                                                        Notify notify) {
   auto ring = std::unique_ptr<NetRing>(new NetRing(memory, grants, device, options, std::move(notify)));
   absl::StatusOr<base::EventFd> wake = base::EventFd::Create();
   if (!wake.ok()) return wake.status();
@@ -47,7 +47,7 @@ absl::StatusOr<std::unique_ptr<NetRing>> NetRing::Start(const memory::GuestMemor
 }
 
 NetRing::NetRing(const memory::GuestMemory& memory, xen::GrantTable& grants, const net::FrameDevice& device, Options options,
-                 std::function<void()> notify)
+                 Notify notify)
     : memory_(memory), grants_(grants), device_(device), options_(options), notify_(std::move(notify)), frame_(kMaxFrame) {
   const absl::Time now = absl::Now();
   if (options.tx_bytes_per_second != 0) tx_bucket_.emplace(options.tx_bytes_per_second, options.tx_burst, now);
@@ -97,9 +97,9 @@ void NetRing::Run() {
       absl::MutexLock lock(&mutex_);
       if (stopping_) return;
     }
-    bool notify = false;
-    if (!broken) broken = !ServeTransmit(notify) || !ServeReceive(notify);
-    if (notify) notify_();
+    bool notify_transmit = false, notify_receive = false;
+    if (!broken) broken = !ServeTransmit(notify_transmit) || !ServeReceive(notify_receive);
+    if (notify_transmit || notify_receive) notify_(notify_transmit, notify_receive);
     // Frames from the device are read only while the guest has somewhere to put them.
     pollfd fds[2] = {{wake_->fd(), POLLIN, 0}, {device_.fd(), static_cast<short>(broken || frame_size_ ? 0 : POLLIN), 0}};
     // A direction waiting for its token bucket is looked at again when the tokens are there.

@@ -51,11 +51,13 @@ class NetRing {
     uint64_t rx_bytes_per_second = 0, rx_burst = 0;
   };
 
-  // Maps both rings (writable) and starts the thread. `notify` raises the frontend's event channel
-  // (from the thread). The memory, grant table and device must outlive it.
+  // Maps both rings (writable) and starts the thread. `notify(transmit, receive)` raises the
+  // frontend's event channel(s) for new responses on either ring (from the thread; one call per
+  // round: with a shared channel the caller raises it once). The memory, grant table and device
+  // must outlive it.
+  using Notify = std::function<void(bool transmit, bool receive)>;
   static absl::StatusOr<std::unique_ptr<NetRing>> Start(const memory::GuestMemory& memory, xen::GrantTable& grants,
-                                                        const net::FrameDevice& device, Options options,
-                                                        std::function<void()> notify);
+                                                        const net::FrameDevice& device, Options options, Notify notify);
   ~NetRing();
 
   // The frontend's event: look at both rings.
@@ -76,7 +78,7 @@ class NetRing {
   };
 
   NetRing(const memory::GuestMemory& memory, xen::GrantTable& grants, const net::FrameDevice& device, Options options,
-          std::function<void()> notify);
+          Notify notify);
   void Run();
   // Each returns false once its ring is broken (the reason recorded).
   // Whether `bytes` may go now; if not, resume_at_ says when.
@@ -95,7 +97,7 @@ class NetRing {
   xen::GrantTable& grants_;
   const net::FrameDevice& device_;
   const Options options_;
-  std::function<void()> notify_;
+  Notify notify_;
   std::optional<base::EventFd> wake_;
 
   // The thread's own.

@@ -35,7 +35,11 @@ class NetRingTest : public ::testing::Test {
     options.tx_ring_gref = front_->tx_ring_gref();
     options.rx_ring_gref = front_->rx_ring_gref();
     options.rx_scatter_gather = scatter_gather;
-    auto ring = NetRing::Start(*memory_, *grants_, device_, options, [this] { ++notifications_; });
+    auto ring = NetRing::Start(*memory_, *grants_, device_, options, [this](bool transmit, bool receive) {
+      ++notifications_;
+      transmit_notifications_ += transmit;
+      receive_notifications_ += receive;
+    });
     ASSERT_TRUE(ring.ok()) << ring.status();
     ring_ = std::move(*ring);
   }
@@ -60,6 +64,8 @@ class NetRingTest : public ::testing::Test {
   std::unique_ptr<Netfront> front_;
   std::unique_ptr<NetRing> ring_;
   std::atomic<int> notifications_{0};
+  std::atomic<int> transmit_notifications_{0};  // calls that asked for the tx ring's channel
+  std::atomic<int> receive_notifications_{0};
 };
 
 std::vector<uint8_t> Expected(size_t length, uint8_t seed) {
@@ -84,6 +90,8 @@ TEST_F(NetRingTest, TransmitsAPacketFromGrantedPages) {
   EXPECT_EQ(Statistics().tx_packets, 1u);
   EXPECT_EQ(Statistics().tx_bytes, 60u);
   EXPECT_GT(notifications_.load(), 0);
+  EXPECT_GT(transmit_notifications_.load(), 0);
+  EXPECT_EQ(receive_notifications_.load(), 0);
 }
 
 // Three slots across pages, an extra-info slot answered NULL, the first slot holding what the
@@ -168,6 +176,9 @@ TEST_F(NetRingTest, ReceivesIntoPostedPagesAndHoldsFramesUntilThereAreSome) {
   EXPECT_EQ(responses[0].flags, 0);
   EXPECT_EQ(Page(kDataGfn, 100), Expected(100, 9));
   EXPECT_EQ(Statistics().rx_packets, 1u);
+  // Only the receive ring had responses: only its channel was asked for (split channels).
+  EXPECT_GT(receive_notifications_.load(), 0);
+  EXPECT_EQ(transmit_notifications_.load(), 0);
   // A page granted read-only cannot take a frame: an error response, the page untouched.
   front_->PostRx(4, guest_grants_->Grant(kDataGfn + 1, true));
   front_->PublishRx();

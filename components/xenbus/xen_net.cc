@@ -42,7 +42,8 @@ absl::StatusOr<std::unique_ptr<XenNet>> XenNet::Create(const Environment& enviro
                                  {"feature-sg", "1"},
                                  {"feature-gso-tcpv4", "0"},
                                  {"feature-gso-tcpv6", "0"},
-                                 {"feature-ipv6-csum-offload", "0"}};
+                                 {"feature-ipv6-csum-offload", "0"},
+                                 {"feature-split-event-channels", "1"}};
   if (absl::Status announced = device->Announce(frontend, backend); !announced.ok()) return announced;
   return device;
 }
@@ -91,22 +92,35 @@ absl::Status XenNet::Connect() {
   }
   XENKVM_ASSIGN_OR_RETURN(const uint32_t tx_ref, read_number("tx-ring-ref"));
   XENKVM_ASSIGN_OR_RETURN(const uint32_t rx_ref, read_number("rx-ring-ref"));
-  XENKVM_ASSIGN_OR_RETURN(const uint32_t port, read_number("event-channel"));
+  // One event channel for both rings, or (feature-split-event-channels) one each.
+  const bool split = ReadFrontend("event-channel-tx").has_value();
+  XENKVM_ASSIGN_OR_RETURN(const uint32_t tx_port, read_number(split ? "event-channel-tx" : "event-channel"));
+  XENKVM_ASSIGN_OR_RETURN(const uint32_t rx_port, read_number(split ? "event-channel-rx" : "event-channel"));
+  if (split && tx_port == rx_port) {
+    return absl::InvalidArgumentError(absl::StrCat(prefix, "event-channel-tx and event-channel-rx are one port, ", tx_port));
+  }
   const bool scatter_gather = ReadFrontend("feature-sg").value_or("0") == "1";
 
   xen::EventChannels* events = environment_.event_channels;
-  absl::StatusOr<std::unique_ptr<NetRing>> ring =
-      NetRing::Start(*environment_.memory, *environment_.grant_table, *tap_,
-                     RingOptions(tx_ref, rx_ref, scatter_gather), [events, port] { (void)events->NotifyGuest(port); });
+  auto notify = [events, tx_port, rx_port](bool transmit, bool receive) {
+    if (transmit) (void)events->NotifyGuest(tx_port);
+    if (receive && (rx_port != tx_port || !transmit)) (void)events->NotifyGuest(rx_port);
+  };
+  absl::StatusOr<std::unique_ptr<NetRing>> ring = NetRing::Start(
+      *environment_.memory, *environment_.grant_table, *tap_, RingOptions(tx_ref, rx_ref, scatter_gather), notify);
   if (!ring.ok()) return absl::InvalidArgumentError(absl::StrCat(prefix, ring.status().message()));
   ring_ = std::move(*ring);
-  // Runs on the loop, as Disconnect does: the ring is there or not, never half gone.
-  XENKVM_RETURN_IF_ERROR(BindEventChannel(port, [this] {
-    if (ring_) ring_->Kick();
-  }));
+  // Runs on the loop, as Disconnect does: the ring is there or not, never half gone. Either
+  // channel kicks the one thread that serves both rings.
+  for (uint32_t port : split ? std::vector<uint32_t>{tx_port, rx_port} : std::vector<uint32_t>{tx_port}) {
+    XENKVM_RETURN_IF_ERROR(BindEventChannel(port, [this] {
+      if (ring_) ring_->Kick();
+    }));
+  }
   XENKVM_RETURN_IF_ERROR(PublishConnected({}));
-  spdlog::info("xen-net vif{}: connected to tap {} (mac {}{})", config_.devid, tap_->name(), net::FormatMac(config_.mac),
-               scatter_gather ? ", scatter-gather" : "");
+  spdlog::info("xen-net vif{}: connected to tap {} (mac {}{}{})", config_.devid, tap_->name(),
+               net::FormatMac(config_.mac), scatter_gather ? ", scatter-gather" : "",
+               split ? ", split event channels" : "");
   return absl::OkStatus();
 }
 

@@ -160,14 +160,13 @@ absl::Status XenbusDevice::BindEventChannel(uint32_t port, std::function<void()>
     if (alive.lock()) kick();
   });
   if (!bound.ok()) return absl::InvalidArgumentError(absl::StrCat(Prefix(), "event-channel ", port, ": ", bound.message()));
-  bound_port_ = port;
+  bound_ports_.push_back(port);
   return absl::OkStatus();
 }
 
 void XenbusDevice::UnbindEventChannel() {
-  if (!bound_port_) return;
-  (void)environment_.event_channels->UnbindBackend(*bound_port_);
-  bound_port_.reset();
+  for (uint32_t port : bound_ports_) (void)environment_.event_channels->UnbindBackend(port);
+  bound_ports_.clear();
 }
 
 absl::Status XenbusDevice::PublishConnected(const XenstoreNodes& nodes) {

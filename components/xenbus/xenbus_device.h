@@ -80,7 +80,8 @@ class XenbusDevice {
   virtual void Disconnect() = 0;
 
   // Binds the frontend's event channel `port` to `kick` (run on the loop while the device lives);
-  // errors name the port. UnbindEventChannel (idempotent) releases it.
+  // errors name the port. A device may bind several (xen-net's split channels).
+  // UnbindEventChannel (idempotent) releases them all.
   absl::Status BindEventChannel(uint32_t port, std::function<void()> kick);
   void UnbindEventChannel();
   // `nodes` and Connected in one transaction.
@@ -111,7 +112,7 @@ class XenbusDevice {
   std::function<void()> removal_done_;
   bool removing_ = false;
   bool owns_nodes_ = false;  // Announce created this device's nodes (Teardown removes them)
-  std::optional<uint32_t> bound_port_;
+  std::vector<uint32_t> bound_ports_;
   bool torn_down_ = false;
 };
 

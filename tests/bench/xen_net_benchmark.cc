@@ -61,7 +61,7 @@ struct Setup {
     front = std::make_unique<Netfront>(memory, guest_grants, kTxRingGfn, kRxRingGfn);
     for (uint32_t i = 0; i < kPages; ++i) pages.push_back(guest_grants.Grant(kDataGfn + i, false));
     ring = std::move(xenbus::NetRing::Start(memory, grants, device, {front->tx_ring_gref(), front->rx_ring_gref(), false},
-                                    [] {}).value());
+                                    [](bool, bool) {}).value());
   }
   memory::GuestMemory memory;
   xen::GrantTable grants;
