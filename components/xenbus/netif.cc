@@ -153,10 +153,19 @@ bool CompleteChecksum(std::span<uint8_t> frame) {
     sum = SumWords(f + l3 + 12, 8, 0);  // source and destination addresses
   } else if (ethertype == 0x86dd) {
     if (frame.size() < l3 + 40) return false;
-    protocol = f[l3 + 6];  // no extension headers
+    const size_t end = l3 + 40 + Be16(f + l3 + 4);
+    if (end > frame.size()) return false;
+    protocol = f[l3 + 6];
     l4 = l3 + 40;
-    l4_length = Be16(f + l3 + 4);
-    if (l4 + l4_length > frame.size()) return false;
+    // Hop-by-hop and destination options may come first; a routing or fragment header changes
+    // what is summed, so those packets are left as they are.
+    for (int skipped = 0; protocol == 0 || protocol == 60; ++skipped) {
+      if (skipped == 8 || l4 + 8 > end) return false;
+      protocol = f[l4];
+      l4 += (f[l4 + 1] + 1u) * 8;
+    }
+    if (l4 > end) return false;
+    l4_length = end - l4;
     sum = SumWords(f + l3 + 8, 32, 0);
   } else {
     return false;

@@ -186,6 +186,22 @@ TEST(NetifTest, BlankChecksumsAreFilledIn) {
     for (int i = 0; i < 32; ++i) v6[22 + i] = static_cast<uint8_t>(0xfd + i);
     ASSERT_TRUE(CompleteChecksum(v6));
     EXPECT_EQ(VerifySum(v6, 54, l4_length, &v6[22], 32, protocol), 0xffff) << int{protocol};
+
+    // Behind a hop-by-hop options header (8 bytes): summed from where TCP or UDP starts.
+    std::vector<uint8_t> options = Frame(0x86dd, 48, l4_length);
+    options[14] = 0x60;
+    options[19] = static_cast<uint8_t>(8 + l4_length);
+    options[20] = 0;  // hop-by-hop
+    options[54] = protocol;
+    options[55] = 0;  // (0 + 1) * 8 bytes
+    for (int i = 0; i < 32; ++i) options[22 + i] = static_cast<uint8_t>(0x20 + i);
+    ASSERT_TRUE(CompleteChecksum(options));
+    EXPECT_EQ(VerifySum(options, 62, l4_length, &options[22], 32, protocol), 0xffff) << int{protocol};
+    options[20] = 43;  // a routing header instead: not completed
+    EXPECT_FALSE(CompleteChecksum(options));
+    options[20] = 0;
+    options[55] = 200;  // an options header longer than the packet
+    EXPECT_FALSE(CompleteChecksum(options));
   }
   std::vector<uint8_t> arp = Frame(0x0806, 28, 0);
   EXPECT_FALSE(CompleteChecksum(arp));

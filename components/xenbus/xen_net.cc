@@ -42,7 +42,7 @@ absl::StatusOr<std::unique_ptr<XenNet>> XenNet::Create(const Environment& enviro
                                  {"feature-sg", "1"},
                                  {"feature-gso-tcpv4", "0"},
                                  {"feature-gso-tcpv6", "0"},
-                                 {"feature-ipv6-csum-offload", "0"},
+                                 {"feature-ipv6-csum-offload", "1"},
                                  {"feature-split-event-channels", "1"}};
   if (absl::Status announced = device->Announce(frontend, backend); !announced.ok()) return announced;
   return device;

@@ -164,7 +164,16 @@ if grep -q xenkvm.stay /proc/cmdline; then
   # XenStore) runs /sbin/poweroff, whose busybox signals init (SIGUSR2).
   trap 'echo "xenkvm-root: shutdown asked"; sync; poweroff -f' USR2 TERM INT
   echo "XENKVM-LINUX-WAITING"
-  while :; do sleep 1 & wait $!; done
+  # A vif plugged later gets xenkvm.net's address, as a distribution's hotplug scripts would give it.
+  while :; do
+    for dev in /sys/class/net/eth*; do
+      [ -n "$net" ] && [ -e "$dev" ] || continue
+      if ! ip -4 addr show dev "${dev##*/}" | grep -q inet; then
+        ip addr add "${net%%,*}" dev "${dev##*/}" && ip link set "${dev##*/}" up && echo "xenkvm-root: configured ${dev##*/}"
+      fi
+    done
+    sleep 1 & wait $!
+  done
 fi
 poweroff -f
 INIT

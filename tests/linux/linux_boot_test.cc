@@ -15,6 +15,7 @@
 #include <iostream>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/numbers.h"
@@ -402,13 +403,19 @@ TEST(LinuxBootTest, DebianCloudKernelThroughXenkvmdBalloonsAndShutsDownThroughXe
   ASSERT_THAT(console, HasSubstr("XENKVM-LINUX-WAITING")) << console;
   EXPECT_THAT(console, HasSubstr("xen:events: Using FIFO-based ABI")) << console;
   if (with_network) {
-    // The vif from xl.cfg's vif: connected, the guest's ping counted; then unplugged (the guest's
-    // netfront lets go) and plugged again (it connects to the new one).
+    // The vif from xl.cfg's vif: connected, the guest's ping counted; then unplugged while the host
+    // pings the guest (the guest's netfront lets go mid-traffic) and plugged again (it connects to
+    // the new one, the guest configures it, and the host's pings are answered again).
     EXPECT_THAT(console, HasSubstr("xenkvm-root: ping=ok")) << console;
     std::string vifs = ctl({"network-list", "debian"}).out;
     EXPECT_THAT(vifs, ::testing::ContainsRegex("0 +00:16:3e:00:00:42 +xkt0 +- +Connected +Connected +[1-9]")) << vifs;
+    testing::ProcessResult flowing;
+    std::thread traffic([&] { flowing = RunProcess(network.Inside({"/usr/bin/busybox", "ping", "-i", "0.2", "-w", "20", "10.0.2.2"}), absl::Seconds(40)); });
+    absl::SleepFor(absl::Seconds(3));
     // emu under load is slow: time enough for netfront to close, as xl's default 10 s may not be.
     testing::ProcessResult detached = ctl({"network-detach", "debian", "00:16:3e:00:00:42", "--timeout", "120"});
+    traffic.join();
+    EXPECT_THAT(flowing.out, HasSubstr("bytes from 10.0.2.2")) << flowing.out << flowing.err;  // flowing at the unplug
     EXPECT_EQ(detached.status, 0) << detached.err;
     EXPECT_THAT(detached.out, HasSubstr("released by the guest"));
     EXPECT_THAT(ctl({"network-list", "debian"}).out, Not(HasSubstr("xkt0")));
@@ -421,6 +428,11 @@ TEST(LinuxBootTest, DebianCloudKernelThroughXenkvmdBalloonsAndShutsDownThroughXe
       absl::SleepFor(absl::Milliseconds(500));
     }
     EXPECT_THAT(vifs, ::testing::ContainsRegex("1 +00:16:3e:[0-9a-f:]+ +xkt0 +- +Connected +Connected")) << vifs;
+    bool answered = false;
+    for (int i = 0; i < 60 && !answered; ++i) {
+      answered = RunProcess(network.Inside({"/usr/bin/busybox", "ping", "-c", "1", "-W", "2", "10.0.2.2"}), absl::Seconds(10)).status == 0;
+    }
+    EXPECT_TRUE(answered) << "the replugged vif never answered; console:\n" << ctl({"console", "debian", "--no-follow"}).out;
   } else {
     std::cout << "no vif in this boot: " << network.error() << "\n";
   }
