@@ -250,6 +250,8 @@ TEST(XenkvmdVmmUserTest, VmmsRunAsTheGivenUser) {
   EXPECT_THAT(uid_line, HasSubstr("65534\t65534\t65534"));
   EXPECT_EQ(daemon.Ctl({"evtchn", "unprivileged"}).status, 0);  // its control socket still answers
   // Started by root, the VMM is confined to an empty root of its own: every thread sees nothing.
+  // (Not in sanitizer builds, whose runtime needs /proc at exit: the VMM says it runs unconfined.)
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
   size_t tasks = 0;
   for (const auto& task : std::filesystem::directory_iterator("/proc/" + pid + "/task")) {
     ++tasks;
@@ -257,6 +259,7 @@ TEST(XenkvmdVmmUserTest, VmmsRunAsTheGivenUser) {
     EXPECT_TRUE(std::filesystem::is_empty(root)) << root;
   }
   EXPECT_GT(tasks, 2u);
+#endif
   // A root-only image, hot-plugged: the daemon opens it and hands it over; the VMM, unprivileged
   // and confined, could not have opened it itself.
   const std::string image = daemon.dir() + "/root-only.img";

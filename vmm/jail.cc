@@ -34,12 +34,15 @@ size_t ThreadCount() {
 }  // namespace
 
 absl::Status PrepareJail(const std::string& dir) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  return absl::FailedPreconditionError("built with a sanitizer, whose runtime reads /proc at exit");
+#endif
   struct stat info {};
   if (dir.empty() || dir[0] != '/' || stat(dir.c_str(), &info) != 0 || !S_ISDIR(info.st_mode)) {
     return absl::InvalidArgumentError(absl::StrCat("--jail ", dir, ": not an absolute path to an existing directory"));
   }
   if (ThreadCount() != 1) {
-    return absl::FailedPreconditionError("--jail: the mount namespace must be made before any thread starts");
+    return absl::InternalError("--jail: the mount namespace must be made before any thread starts");
   }
   if (unshare(CLONE_NEWNS) != 0) return Failed("unshare(CLONE_NEWNS)");
   // Nothing done in this namespace reaches the host's, nor the other way round.

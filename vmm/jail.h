@@ -16,8 +16,10 @@
 
 namespace xenkvm::vmm {
 
-// kInvalidArgument when `dir` is not an absolute path to an existing directory; kFailedPrecondition
-// when the process already has threads; kPermissionDenied without the privilege.
+// kInvalidArgument when `dir` is not an absolute path to an existing directory; kInternal when the
+// process already has threads; kPermissionDenied without the privilege. kFailedPrecondition in a
+// sanitizer build, whose runtime reads /proc and its own binary at exit (the leak check, the
+// symbolizer): the VMM then runs unconfined and says so, as it runs without its seccomp filter.
 absl::Status PrepareJail(const std::string& dir);
 absl::Status EnterJail(const std::string& dir);
 

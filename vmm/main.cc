@@ -185,7 +185,10 @@ int main(int argc, char** argv) {
   }
   if (absl::Status valid = ApplyFlags(flags); !valid.ok()) return Usage(std::string(valid.message()));
   if (!flags.jail.empty()) {
-    if (absl::Status prepared = xenkvm::vmm::PrepareJail(flags.jail); !prepared.ok()) {
+    if (absl::Status prepared = xenkvm::vmm::PrepareJail(flags.jail); absl::IsFailedPrecondition(prepared)) {
+      spdlog::warn("not confined to {}: {}", flags.jail, std::string(prepared.message()));
+      flags.jail.clear();
+    } else if (!prepared.ok()) {
       return Finish(kExitSetupFailed, std::string(prepared.message()));
     }
   }
