@@ -14,6 +14,7 @@
 #include "absl/strings/strip.h"
 #include "components/base/status.h"
 #include "components/net/mac_address.h"
+#include "components/block/image.h"
 #include "components/xenbus/vdev.h"
 #include "components/xenbus/vif_spec.h"
 #include "google/protobuf/util/json_util.h"
@@ -130,8 +131,14 @@ absl::StatusOr<v1::DiskConfig> ParseXlDisk(const std::string& spec, const std::s
       if (value != "raw") return Invalid(source, absl::StrCat("disk: format \"", value, "\": only raw images are supported"));
     } else if (key == "devtype") {
       if (value != "disk") return Invalid(source, absl::StrCat("disk: devtype \"", value, "\": only disk is supported"));
+    } else if (key == "cache") {  // QEMU's name; not in xl
+      if (absl::StatusOr<block::CacheMode> cache = block::ParseCacheMode(value); !cache.ok()) {
+        return Invalid(source, absl::StrCat("disk: ", cache.status().message()));
+      }
+      disk.set_cache(value);
     } else {
-      return Invalid(source, absl::StrCat("disk: unsupported key \"", key, "\" (supported: target, vdev, access, format, devtype)"));
+      return Invalid(source, absl::StrCat("disk: unsupported key \"", key,
+                                          "\" (supported: target, vdev, access, format, devtype, cache)"));
     }
   }
   // Positional: target, format, vdev, access (xl's legacy order).
@@ -340,6 +347,11 @@ absl::Status ValidateVmConfig(const v1::VmConfig& config) {
         return absl::InvalidArgumentError(absl::StrFormat("disks[%d].vdev: %s", i, devid.status().message()));
       }
     }
+    if (!disk.cache().empty()) {
+      if (absl::StatusOr<block::CacheMode> cache = block::ParseCacheMode(disk.cache()); !cache.ok()) {
+        return absl::InvalidArgumentError(absl::StrFormat("disks[%d].cache: %s", i, cache.status().message()));
+      }
+    }
     for (const std::string& feature : disk.features()) {
       if (feature != "flush" && feature != "discard" && feature != "persistent" && feature != "indirect") {
         return absl::InvalidArgumentError(absl::StrFormat(
@@ -448,6 +460,7 @@ std::vector<std::string> VmmArguments(const v1::VmConfig& config, const std::str
   for (const v1::DiskConfig& disk : config.disks()) {
     std::string spec = absl::StrCat("target=", disk.path(), ",vdev=", disk.vdev(), ",access=", disk.read_only() ? "ro" : "rw");
     if (disk.features_size() > 0) absl::StrAppend(&spec, ",features=", absl::StrJoin(disk.features(), "+"));
+    if (!disk.cache().empty()) absl::StrAppend(&spec, ",cache=", disk.cache());
     args.push_back("--disk");
     args.push_back(spec);
   }

@@ -44,7 +44,7 @@ vcpus = 4
 kernel = "/boot/vmlinux-6.1"
 ramdisk = "/boot/initrd.img-6.1"
 extra = "root=/dev/xvda ro"
-disk = [ 'target=/images/db.img,vdev=xvda,access=rw', '/images/data.img,raw,xvdb,ro' ]
+disk = [ 'target=/images/db.img,vdev=xvda,access=rw,cache=none', '/images/data.img,raw,xvdb,ro' ]
 accelerator = "emu"
 cpu_template = "x86-64-v2"
 )",
@@ -61,9 +61,13 @@ cpu_template = "x86-64-v2"
   EXPECT_EQ(config->disks(0).path(), "/images/db.img");
   EXPECT_EQ(config->disks(0).vdev(), "xvda");
   EXPECT_FALSE(config->disks(0).read_only());
+  EXPECT_EQ(config->disks(0).cache(), "none");  // QEMU's key, which xl lacks
   EXPECT_EQ(config->disks(1).vdev(), "xvdb");
   EXPECT_TRUE(config->disks(1).read_only());
+  EXPECT_EQ(config->disks(1).cache(), "");
   EXPECT_TRUE(ValidateVmConfig(*config).ok());
+  EXPECT_THAT(VmmArguments(*config, "/run/c.sock", ""),
+              ::testing::Contains("target=/images/db.img,vdev=xvda,access=rw,cache=none"));
 }
 
 TEST(ConfigTest, InitrdMustBeAnAbsolutePathAndReachesTheVmm) {
@@ -125,6 +129,8 @@ TEST(ConfigTest, XlUnsupportedKeysAreReportedNotIgnored) {
   EXPECT_THAT(ParseConfigText("name='a\n", "a.cfg").status().message(), HasSubstr("unterminated string"));
   EXPECT_THAT(ParseConfigText("disk=['/x.qcow2,qcow2,xvda,rw']\n", "a.cfg").status().message(),
               HasSubstr("only raw images"));
+  EXPECT_THAT(ParseConfigText("disk=['target=/x.img,cache=unsafe']\n", "a.cfg").status().message(),
+              HasSubstr("cache=unsafe is not writeback"));
 }
 
 // xl's vif = [...]: each spec through the one vif parser; a MAC chosen at definition when none
@@ -210,6 +216,11 @@ TEST(ConfigTest, ValidationNamesTheField) {
   c = config;
   c.add_disks()->set_path("img");
   EXPECT_THAT(error(c), HasSubstr("disks[0].path"));
+  c = config;
+  v1::DiskConfig* disk = c.add_disks();
+  disk->set_path("/img");
+  disk->set_cache("directsync");
+  EXPECT_THAT(error(c), HasSubstr("disks[0].cache: cache=directsync is not writeback"));
 }
 
 TEST(ConfigTest, XenVersions) {

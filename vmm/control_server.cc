@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "absl/strings/str_cat.h"
+#include "components/block/image.h"
 #include "components/net/mac_address.h"
 #include "proto/xenkvm/v1/vmm_control.grpc.pb.h"
 
@@ -19,6 +20,8 @@ xenbus::XenDiskConfig DiskFrom(const v1::DiskConfig& disk) {
   config.path = disk.path();
   config.vdev = disk.vdev();
   config.read_only = disk.read_only();
+  // xenkvmd validated it; an unknown name keeps the default.
+  config.cache = block::ParseCacheMode(disk.cache()).value_or(block::CacheMode::kWriteback);
   if (disk.features_size() > 0) {  // only what is listed
     auto has = [&disk](const char* feature) {
       return std::find(disk.features().begin(), disk.features().end(), feature) != disk.features().end();

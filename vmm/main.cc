@@ -102,7 +102,8 @@ void DefineFlags(CLI::App& app, Flags& flags) {
   app.add_option("--xen-max-evtchn", flags.max_evtchn, "event channels the guest may open, 64 to 131072 (FIFO; 2-level guests get at most 4096; default 4096)");
   app.add_option("--disk", flags.disks,
                  "a xen-disk: target=PATH (an image file or block device), vdev=NAME (xvda, the default; hd*, sd*, "
-                 "d<N>), access=rw|ro, features=flush+discard+persistent+indirect (what to offer; default all); "
+                 "d<N>), access=rw|ro, features=flush+discard+persistent+indirect (what to offer; default all), "
+                 "cache=writeback|none (none: O_DIRECT); "
                  "repeat for more disks")
       ->expected(1)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);

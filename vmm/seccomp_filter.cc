@@ -34,6 +34,8 @@ const std::vector<std::string>& AllowedSystemCalls() {
       // event loops
       "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait", "eventfd2", "timerfd_create", "timerfd_settime",
       "timerfd_gettime", "poll", "ppoll", "pipe2",
+      // xen-disk's I/O engine (its kernel workers are not bound by this filter, and need not be)
+      "io_uring_setup", "io_uring_enter", "io_uring_register",
       // the accelerator (KVM ioctls) and block devices (BLKGETSIZE64)
       "ioctl",
       // the control and XenStore sockets, already bound: connections come in

@@ -8,6 +8,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/strings/ascii.h"
+#include "components/block/image.h"
 #include "components/xen/version.h"
 
 namespace xenkvm::vmm {
@@ -85,6 +86,10 @@ absl::StatusOr<xenbus::XenDiskConfig> ParseDiskSpec(const std::string& spec) {
         return absl::InvalidArgumentError(absl::StrCat("disk \"", spec, "\": access=", value, " is not r, ro, w or rw"));
       }
       disk.read_only = value[0] == 'r' && value != "rw";
+    } else if (key == "cache") {
+      absl::StatusOr<block::CacheMode> cache = block::ParseCacheMode(value);
+      if (!cache.ok()) return absl::InvalidArgumentError(absl::StrCat("disk \"", spec, "\": ", cache.status().message()));
+      disk.cache = *cache;
     } else if (key == "features") {
       // What to offer, '+'-separated: flush, discard, persistent, indirect (default: all).
       disk.flush = disk.discard = disk.persistent_grants = false;
@@ -105,7 +110,7 @@ absl::StatusOr<xenbus::XenDiskConfig> ParseDiskSpec(const std::string& spec) {
       }
     } else {
       return absl::InvalidArgumentError(
-          absl::StrCat("disk \"", spec, "\": unknown key \"", key, "\" (target, vdev, access, features)"));
+          absl::StrCat("disk \"", spec, "\": unknown key \"", key, "\" (target, vdev, access, features, cache)"));
     }
   }
   if (disk.path.empty()) return absl::InvalidArgumentError(absl::StrCat("disk \"", spec, "\": no target=PATH"));

@@ -1,13 +1,13 @@
 #include "components/block/image.h"
 
 #include <fcntl.h>
-#include <linux/falloc.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -45,11 +45,52 @@ absl::StatusOr<base::Fd> ClaimBlockDevice(base::Fd fd, const std::string& path) 
   return Errno(absl::StrCat("disk image ", path, ": reopening it exclusively"), errno);
 }
 
+// cache=none: O_DIRECT on the open file (the flag may change after open), and the alignment it then
+// needs: the device's logical block size, or for a file the smallest power of two from 512 up
+// that a direct read at offset 0 accepts (a file system on 4Kn storage refuses 512).
+absl::StatusOr<uint32_t> EnableDirectIo(int fd, const std::string& path, bool block_device) {
+  const int flags = fcntl(fd, F_GETFL);
+  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_DIRECT) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("disk image ", path, ": cache=none needs O_DIRECT, which its file "
+                                                   "system refuses (", std::strerror(errno),
+                                                   "); use cache=writeback"));
+  }
+  if (block_device) {
+    int size = 0;
+    if (ioctl(fd, BLKSSZGET, &size) != 0 || size < static_cast<int>(kSectorSize) || size > 4096) {
+      return absl::InvalidArgumentError(absl::StrCat("disk image ", path, ": no usable logical block size"));
+    }
+    return static_cast<uint32_t>(size);
+  }
+  void* buffer = nullptr;
+  if (posix_memalign(&buffer, 4096, 4096) != 0) return absl::ResourceExhaustedError("no memory for a 4 KiB buffer");
+  uint32_t found = 0;
+  for (uint32_t size = kSectorSize; size <= 4096 && found == 0; size *= 2) {
+    const ssize_t n = pread(fd, buffer, size, 0);
+    if (n >= 0 || errno != EINVAL) found = size;
+  }
+  free(buffer);
+  if (found == 0) {
+    return absl::InvalidArgumentError(absl::StrCat("disk image ", path, ": direct reads fail at every alignment up to "
+                                                   "4096; use cache=writeback"));
+  }
+  return found;
+}
+
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Image>> Image::Open(const std::string& path, bool read_only) {
+absl::StatusOr<CacheMode> ParseCacheMode(std::string_view text) {
+  if (text == "writeback") return CacheMode::kWriteback;
+  if (text == "none") return CacheMode::kNone;
+  return absl::InvalidArgumentError(
+      absl::StrCat("cache=", std::string(text), " is not writeback (the host's page cache) or none (O_DIRECT)"));
+}
+
+const char* CacheModeName(CacheMode mode) { return mode == CacheMode::kNone ? "none" : "writeback"; }
+
+absl::StatusOr<std::unique_ptr<Image>> Image::Open(const std::string& path, bool read_only, CacheMode cache) {
   XENKVM_ASSIGN_OR_RETURN(base::Fd fd, OpenFile(path, read_only));
-  return Adopt(path, std::move(fd), read_only);
+  return Adopt(path, std::move(fd), read_only, cache);
 }
 
 absl::StatusOr<base::Fd> Image::OpenFile(const std::string& path, bool read_only) {
@@ -67,7 +108,8 @@ absl::StatusOr<base::Fd> Image::OpenFile(const std::string& path, bool read_only
   return fd;
 }
 
-absl::StatusOr<std::unique_ptr<Image>> Image::Adopt(const std::string& path, base::Fd fd, bool read_only) {
+absl::StatusOr<std::unique_ptr<Image>> Image::Adopt(const std::string& path, base::Fd fd, bool read_only,
+                                                     CacheMode cache) {
   const int mode = fcntl(fd.get(), F_GETFL);
   if (mode < 0) return Errno(absl::StrCat("disk image ", path, ": F_GETFL"), errno);
   if (!read_only && (mode & O_ACCMODE) == O_RDONLY) {
@@ -93,45 +135,11 @@ absl::StatusOr<std::unique_ptr<Image>> Image::Adopt(const std::string& path, bas
   }
   // Taken already when OpenFile made this file description; taking it again on it is a no-op.
   if (absl::Status locked = LockImage(fd.get(), path, /*exclusive=*/!read_only); !locked.ok()) return locked;
-  return std::unique_ptr<Image>(new Image(path, std::move(fd), size, read_only, discard));
-}
-
-absl::Status Image::Read(uint64_t offset, std::span<uint8_t> buffer) const {
-  size_t done = 0;
-  while (done < buffer.size()) {
-    ssize_t n = pread(fd_.get(), buffer.data() + done, buffer.size() - done, static_cast<off_t>(offset + done));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return Errno(absl::StrCat(path_, ": read at ", offset + done), errno);
-    if (n == 0) return absl::OutOfRangeError(absl::StrCat(path_, ": read past the end at ", offset + done));
-    done += static_cast<size_t>(n);
+  uint32_t block_size = kSectorSize;
+  if (cache == CacheMode::kNone) {
+    XENKVM_ASSIGN_OR_RETURN(block_size, EnableDirectIo(fd.get(), path, S_ISBLK(info.st_mode)));
   }
-  return absl::OkStatus();
-}
-
-absl::Status Image::Write(uint64_t offset, std::span<const uint8_t> buffer) const {
-  if (read_only_) return absl::PermissionDeniedError(absl::StrCat(path_, ": opened read-only"));
-  size_t done = 0;
-  while (done < buffer.size()) {
-    ssize_t n = pwrite(fd_.get(), buffer.data() + done, buffer.size() - done, static_cast<off_t>(offset + done));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return Errno(absl::StrCat(path_, ": write at ", offset + done), n < 0 ? errno : EIO);
-    done += static_cast<size_t>(n);
-  }
-  return absl::OkStatus();
-}
-
-absl::Status Image::Flush() const {
-  if (fdatasync(fd_.get()) != 0) return Errno(absl::StrCat(path_, ": fdatasync"), errno);
-  return absl::OkStatus();
-}
-
-absl::Status Image::Discard(uint64_t offset, uint64_t length) const {
-  if (!supports_discard_) return absl::FailedPreconditionError(absl::StrCat(path_, ": discard is not supported"));
-  if (fallocate(fd_.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
-                static_cast<off_t>(length)) != 0) {
-    return Errno(absl::StrCat(path_, ": discard of ", length, " bytes at ", offset), errno);
-  }
-  return absl::OkStatus();
+  return std::unique_ptr<Image>(new Image(path, std::move(fd), size, read_only, discard, cache, block_size));
 }
 
 }  // namespace xenkvm::block

@@ -1,8 +1,12 @@
 #include "components/xenbus/disk_ring.h"
 
-#include <algorithm>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
-#include <atomic>
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -12,51 +16,83 @@ namespace xenkvm::xenbus {
 namespace {
 
 constexpr uint64_t kRequestProducer = 0, kRequestEvent = 4, kResponseProducer = 8, kResponseEvent = 12;
-
-memory::GuestAddress At(uint64_t gpa) { return memory::GuestAddress(gpa); }
+constexpr uint64_t kPage = 4096;
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<DiskRing>> DiskRing::Start(const memory::GuestMemory& memory, xen::GrantTable& grants,
-                                                          block::Image& image, Options options,
-                                                          std::function<void()> notify) {
-  auto ring = std::unique_ptr<DiskRing>(new DiskRing(memory, grants, image, options, std::move(notify)));
-  if (int16_t status = grants.Map(options.ring_gref, /*readonly=*/false, &ring->ring_); status != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("xen-disk: the frontend's ring-ref ", options.ring_gref, " cannot be mapped (GNTST ", status, ")"));
+void DiskRingStatistics::Add(const DiskRingStatistics& other) {
+  requests += other.requests;
+  errors += other.errors;
+  unsupported += other.unsupported;
+  bytes_read += other.bytes_read;
+  bytes_written += other.bytes_written;
+  flushes += other.flushes;
+  discards += other.discards;
+  persistent_grants += other.persistent_grants;
+  notifications += other.notifications;
+  for (size_t i = 0; i < latency_counts.size(); ++i) latency_counts[i] += other.latency_counts[i];
+  latency_seconds_sum += other.latency_seconds_sum;
+  broken = broken || other.broken;
+}
+
+absl::StatusOr<std::unique_ptr<DiskRing>> DiskRing::Start(xen::GrantTable& grants, block::Image& image,
+                                                          Options options, std::function<void()> notify) {
+  const size_t pages = options.ring_grefs.size();
+  if (pages == 0 || (pages & (pages - 1)) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("xen-disk: a ring of ", pages, " pages (1, 2, 4, ... allowed)"));
   }
+  auto ring = std::unique_ptr<DiskRing>(new DiskRing(grants, image, options, std::move(notify)));
+  for (uint32_t gref : ring->options_.ring_grefs) {
+    xen::GrantTable::Mapping mapping;
+    if (int16_t status = grants.Map(gref, /*readonly=*/false, &mapping); status != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("xen-disk: the frontend's ring-ref ", gref, " cannot be mapped (GNTST ", status, ")"));
+    }
+    ring->ring_.push_back(mapping);
+  }
+  absl::StatusOr<std::unique_ptr<block::IoEngine>> engine =
+      block::NewIoEngine(image.fd(), ring->slots_, ring->options_.engine);
+  if (!engine.ok()) return absl::Status(engine.status().code(), absl::StrCat("xen-disk: ", engine.status().message()));
+  ring->engine_ = std::move(*engine);
+  ring->kick_ = base::Fd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!ring->kick_.valid()) return absl::InternalError(absl::StrCat("xen-disk: eventfd: ", std::strerror(errno)));
   // Both ends start where the responses are: requests after them are still to be answered.
-  ring->response_producer_ = memory.AtomicLoad<uint32_t>(At(ring->RingAddress(kResponseProducer))).value_or(0);
-  ring->request_consumer_ = ring->response_producer_;
+  ring->response_producer_ = ring->Index(kResponseProducer).load(std::memory_order_acquire);
+  ring->request_consumer_ = ring->published_ = ring->response_producer_;
   ring->thread_ = std::thread([raw = ring.get()] { raw->Run(); });
   ring->Kick();
   return ring;
 }
 
-DiskRing::DiskRing(const memory::GuestMemory& memory, xen::GrantTable& grants, block::Image& image, Options options,
-                   std::function<void()> notify)
-    : memory_(memory),
-      grants_(grants),
+DiskRing::DiskRing(xen::GrantTable& grants, block::Image& image, Options options, std::function<void()> notify)
+    : grants_(grants),
       image_(image),
-      options_(options),
-      limits_{image.sectors(), image.read_only(), options.discard && image.supports_discard(),
-              options.max_indirect_segments},
-      slots_(blkif::RingSlots(options.abi, 1)),
-      notify_(std::move(notify)) {}
+      options_(std::move(options)),
+      limits_{image.sectors(), image.read_only(), options_.discard && image.supports_discard(),
+              options_.max_indirect_segments},
+      slots_(blkif::RingSlots(options_.abi, static_cast<uint32_t>(options_.ring_grefs.size()))),
+      notify_(std::move(notify)),
+      in_flight_(slots_) {
+  for (uint32_t i = slots_; i > 0; --i) free_slots_.push_back(i - 1);
+}
 
 DiskRing::~DiskRing() {
-  {
-    absl::MutexLock lock(&mutex_);
-    stopping_ = true;
+  if (thread_.joinable()) {
+    stopping_.store(true);
+    Kick();
+    thread_.join();
   }
-  if (thread_.joinable()) thread_.join();
+  engine_.reset();  // nothing in flight: the thread waited for it
+  for (InFlight& slot : in_flight_) {
+    for (xen::GrantTable::Mapping& mapping : slot.transient) grants_.Unmap(mapping);
+  }
   for (auto& [gref, mapping] : persistent_) grants_.Unmap(mapping);
-  grants_.Unmap(ring_);
+  for (xen::GrantTable::Mapping& mapping : ring_) grants_.Unmap(mapping);
 }
 
 void DiskRing::Kick() {
-  absl::MutexLock lock(&mutex_);
-  kicked_ = true;
+  const uint64_t one = 1;
+  if (kick_.valid()) (void)write(kick_.get(), &one, sizeof(one));
 }
 
 DiskRingStatistics DiskRing::Statistics() const {
@@ -64,113 +100,135 @@ DiskRingStatistics DiskRing::Statistics() const {
   return statistics_;
 }
 
+std::atomic_ref<uint32_t> DiskRing::Index(uint64_t offset) const {
+  // The indexes live in the first page's header, 4-byte aligned.
+  return std::atomic_ref<uint32_t>(*reinterpret_cast<uint32_t*>(ring_[0].page.data() + offset));
+}
+
+void DiskRing::CopyFromRing(uint64_t offset, std::span<uint8_t> out) const {
+  for (size_t done = 0; done < out.size();) {
+    const uint64_t at = offset + done;
+    const size_t piece = std::min<size_t>(out.size() - done, kPage - at % kPage);
+    std::memcpy(out.data() + done, ring_[(at / kPage) % ring_.size()].page.data() + at % kPage, piece);
+    done += piece;
+  }
+}
+
+void DiskRing::CopyToRing(uint64_t offset, std::span<const uint8_t> in) const {
+  for (size_t done = 0; done < in.size();) {
+    const uint64_t at = offset + done;
+    const size_t piece = std::min<size_t>(in.size() - done, kPage - at % kPage);
+    std::memcpy(ring_[(at / kPage) % ring_.size()].page.data() + at % kPage, in.data() + done, piece);
+    done += piece;
+  }
+}
+
 void DiskRing::Run() {
+  pollfd waits[2] = {{kick_.get(), POLLIN, 0}, {engine_->completion_fd(), POLLIN, 0}};
   while (true) {
-    {
-      absl::MutexLock lock(&mutex_);
-      mutex_.Await(absl::Condition(
-          +[](DiskRing* ring) ABSL_EXCLUSIVE_LOCKS_REQUIRED(ring->mutex_) { return ring->kicked_ || ring->stopping_; },
-          this));
-      if (stopping_) return;
-      kicked_ = false;
-      if (statistics_.broken) continue;
+    const bool stopping = stopping_.load();
+    if (stopping && engine_->in_flight() == 0) return;
+    if (poll(waits, 2, -1) < 0 && errno != EINTR) {
+      spdlog::error("xen-disk {}: poll: {}; the ring stops", image_.path(), std::strerror(errno));
+      stopping_.store(true);
     }
-    if (!ProcessRing()) {
+    uint64_t ignored = 0;
+    if (waits[0].revents != 0) (void)read(kick_.get(), &ignored, sizeof(ignored));
+    completions_.clear();
+    engine_->Reap(&completions_);
+    for (const block::IoCompletion& completion : completions_) Complete(completion);
+    if (!stopping && !broken_ && !TakeRequests()) {
       spdlog::warn("xen-disk {}: the frontend broke its ring (a request index out of range); it is no longer served",
                    image_.path());
+      broken_ = true;
       absl::MutexLock lock(&mutex_);
       statistics_.broken = true;
     }
+    if (!broken_) PublishResponses();
   }
 }
 
-bool DiskRing::ProcessRing() {
+bool DiskRing::TakeRequests() {
   const size_t slot_size = blkif::RequestSize(options_.abi);
   std::vector<uint8_t> slot(slot_size);
+  bool took = false;
   while (true) {
-    absl::StatusOr<uint32_t> producer = memory_.AtomicLoad<uint32_t>(At(RingAddress(kRequestProducer)));
-    if (!producer.ok() || *producer - request_consumer_ > slots_) return false;
-    const uint32_t published = response_producer_;
-    while (request_consumer_ != *producer) {
-      // Copied once; only the copy is decoded.
-      if (!memory_.Read(At(RingAddress(blkif::kRingHeaderSize + (request_consumer_ % slots_) * slot_size)), slot).ok()) {
-        return false;
-      }
+    const uint32_t producer = Index(kRequestProducer).load(std::memory_order_acquire);
+    if (producer - request_consumer_ > slots_) return false;
+    // Requests only while their responses have room (RING_REQUEST_CONS_OVERFLOW).
+    while (request_consumer_ != producer && request_consumer_ - response_producer_ < slots_ &&
+           !free_slots_.empty()) {
+      CopyFromRing(blkif::kRingHeaderSize + (request_consumer_ % slots_) * slot_size, slot);  // copied once
       ++request_consumer_;
-      const absl::Time taken = absl::Now();
+      took = true;
       blkif::Decoded decoded = blkif::DecodeRequest(options_.abi, slot, limits_);
-      const int16_t status = decoded.status == blkif::kStatusOkay ? Handle(decoded.request) : decoded.status;
-      const double seconds = absl::ToDoubleSeconds(absl::Now() - taken);
-      {
-        absl::MutexLock lock(&mutex_);
-        ++statistics_.requests;
-        if (status == blkif::kStatusError) ++statistics_.errors;
-        if (status == blkif::kStatusNotSupported) ++statistics_.unsupported;
-        const size_t bucket = static_cast<size_t>(
-            std::lower_bound(kLatencyBounds.begin(), kLatencyBounds.end(), seconds) - kLatencyBounds.begin());
-        ++statistics_.latency_counts[bucket];
-        statistics_.latency_seconds_sum += seconds;
+      if (decoded.status != blkif::kStatusOkay) {
+        Respond(decoded.request.id, decoded.request.data_operation, decoded.status, absl::Now(), 0, false);
+      } else {
+        Begin(decoded.request, absl::Now());
       }
-      const std::vector<uint8_t> response =
-          blkif::EncodeResponse(options_.abi, decoded.request.id, decoded.request.data_operation, status);
-      if (!memory_.Write(At(RingAddress(blkif::kRingHeaderSize + (response_producer_ % slots_) * slot_size)), response)
-               .ok()) {
-        return false;
+    }
+    if (took) {
+      if (absl::Status submitted = engine_->Submit(); !submitted.ok()) {
+        spdlog::error("xen-disk {}: {}", image_.path(), std::string(submitted.message()));
       }
-      ++response_producer_;
+      took = false;
     }
-    // Publish the responses; notify only if the frontend asked to hear about these (rsp_event).
-    if (response_producer_ != published) {
-      (void)memory_.AtomicStore<uint32_t>(At(RingAddress(kResponseProducer)), response_producer_);
-      std::atomic_thread_fence(std::memory_order_seq_cst);
-      const uint32_t event = memory_.AtomicLoad<uint32_t>(At(RingAddress(kResponseEvent))).value_or(published);
-      if (response_producer_ - event < response_producer_ - published) notify_();
-    }
+    if (request_consumer_ != producer) return true;  // full: completions wake the thread again
     // Ask for an event at the next request, then look once more (the frontend may have just added one).
-    (void)memory_.AtomicStore<uint32_t>(At(RingAddress(kRequestEvent)), request_consumer_ + 1);
+    Index(kRequestEvent).store(request_consumer_ + 1, std::memory_order_seq_cst);
     std::atomic_thread_fence(std::memory_order_seq_cst);
-    absl::StatusOr<uint32_t> again = memory_.AtomicLoad<uint32_t>(At(RingAddress(kRequestProducer)));
-    if (!again.ok() || *again == request_consumer_) return true;
+    if (Index(kRequestProducer).load(std::memory_order_acquire) == request_consumer_) return true;
   }
 }
 
-int16_t DiskRing::Handle(blkif::Request& request) {
+void DiskRing::Begin(blkif::Request& request, absl::Time taken) {
+  block::IoRequest io;
+  InFlight slot{request.id, request.data_operation, taken, 0, {}};
+  int16_t status = blkif::kStatusOkay;
   switch (request.operation) {
     case blkif::kOpFlush:
-      if (!options_.flush) return blkif::kStatusNotSupported;
-      if (!image_.Flush().ok()) return blkif::kStatusError;
-      {
-        absl::MutexLock lock(&mutex_);
-        ++statistics_.flushes;
-      }
-      return blkif::kStatusOkay;
+      if (!options_.flush) status = blkif::kStatusNotSupported;
+      io.operation = block::IoOperation::kFlush;
+      break;
     case blkif::kOpDiscard:
-      if (!image_.Discard(request.sector * block::kSectorSize, request.discard_sectors * block::kSectorSize).ok()) {
-        return blkif::kStatusError;
-      }
-      {
-        absl::MutexLock lock(&mutex_);
-        ++statistics_.discards;
-      }
-      return blkif::kStatusOkay;
-    case blkif::kOpIndirect: {
-      // The segment pages: mapped read-only, copied once, released.
-      std::vector<uint8_t> pages(request.indirect_grefs.size() * 4096);
-      for (size_t i = 0; i < request.indirect_grefs.size(); ++i) {
-        xen::GrantTable::Mapping mapping;
-        if (grants_.Map(request.indirect_grefs[i], /*readonly=*/true, &mapping) != 0) return blkif::kStatusError;
-        const bool copied = memory_.Read(At(mapping.gfn << 12), std::span<uint8_t>(pages.data() + i * 4096, 4096)).ok();
-        grants_.Unmap(mapping);
-        if (!copied) return blkif::kStatusError;
-      }
-      if (int16_t status = blkif::DecodeIndirectSegments(pages, limits_, request); status != blkif::kStatusOkay) {
-        return status;
-      }
-      return Transfer(request);
-    }
-    default:
-      return Transfer(request);  // READ, WRITE
+      io.operation = block::IoOperation::kDiscard;
+      io.offset = request.sector * block::kSectorSize;
+      io.length = request.discard_sectors * block::kSectorSize;
+      break;
+    case blkif::kOpIndirect:
+      status = ReadIndirectSegments(request);
+      if (status == blkif::kStatusOkay) status = PrepareTransfer(request, slot, io);
+      break;
+    default:  // READ, WRITE
+      status = PrepareTransfer(request, slot, io);
+      break;
   }
+  if (status != blkif::kStatusOkay) {
+    Respond(request.id, request.data_operation, status, taken, 0, false);
+    return;
+  }
+  const uint32_t index = free_slots_.back();
+  io.tag = index;
+  if (absl::Status queued = engine_->Enqueue(std::move(io)); !queued.ok()) {
+    for (xen::GrantTable::Mapping& mapping : slot.transient) grants_.Unmap(mapping);
+    Respond(request.id, request.data_operation, blkif::kStatusError, taken, 0, false);
+    return;
+  }
+  free_slots_.pop_back();
+  in_flight_[index] = std::move(slot);
+}
+
+int16_t DiskRing::ReadIndirectSegments(blkif::Request& request) {
+  // The segment pages: mapped read-only, copied once, released.
+  std::vector<uint8_t> pages(request.indirect_grefs.size() * kPage);
+  for (size_t i = 0; i < request.indirect_grefs.size(); ++i) {
+    xen::GrantTable::Mapping mapping;
+    if (grants_.Map(request.indirect_grefs[i], /*readonly=*/true, &mapping) != 0) return blkif::kStatusError;
+    std::memcpy(pages.data() + i * kPage, mapping.page.data(), kPage);
+    grants_.Unmap(mapping);
+  }
+  return blkif::DecodeIndirectSegments(pages, limits_, request);
 }
 
 bool DiskRing::MapSegment(uint32_t gref, bool device_writes, xen::GrantTable::Mapping* mapping, bool* transient) {
@@ -193,50 +251,78 @@ bool DiskRing::MapSegment(uint32_t gref, bool device_writes, xen::GrantTable::Ma
   return grants_.Map(gref, /*readonly=*/!device_writes, mapping) == 0;
 }
 
-int16_t DiskRing::Transfer(const blkif::Request& request) {
+int16_t DiskRing::PrepareTransfer(const blkif::Request& request, InFlight& slot, block::IoRequest& io) {
   const bool device_writes = request.data_operation == blkif::kOpRead;  // into the guest's pages
-  std::vector<xen::GrantTable::Mapping> mappings(request.segments.size());
-  std::vector<bool> transient(request.segments.size(), false);
-  auto release = [&](size_t count) {
-    for (size_t i = 0; i < count; ++i) {
-      if (transient[i]) grants_.Unmap(mappings[i]);
-    }
-  };
-  uint64_t bytes = 0;
-  for (size_t i = 0; i < request.segments.size(); ++i) {
-    bool is_transient = false;
-    if (!MapSegment(request.segments[i].gref, device_writes, &mappings[i], &is_transient)) {
-      release(i);  // all or nothing
+  io.operation = device_writes ? block::IoOperation::kRead : block::IoOperation::kWrite;
+  io.offset = request.sector * block::kSectorSize;
+  for (const blkif::Segment& segment : request.segments) {
+    xen::GrantTable::Mapping mapping;
+    bool transient = false;
+    if (!MapSegment(segment.gref, device_writes, &mapping, &transient)) {
+      for (xen::GrantTable::Mapping& mapped : slot.transient) grants_.Unmap(mapped);  // all or nothing
+      slot.transient.clear();
       return blkif::kStatusError;
     }
-    transient[i] = is_transient;
-    bytes += uint64_t{request.segments[i].sectors()} * block::kSectorSize;
-  }
-  bounce_.resize(bytes);
-  bool ok = true;
-  const uint64_t offset = request.sector * block::kSectorSize;
-  if (device_writes) {
-    ok = image_.Read(offset, bounce_).ok();
-    for (size_t i = 0, at = 0; ok && i < request.segments.size(); ++i) {
-      const size_t length = request.segments[i].sectors() * block::kSectorSize;
-      const uint64_t gpa = (mappings[i].gfn << 12) + request.segments[i].first_sector * block::kSectorSize;
-      ok = memory_.Write(At(gpa), std::span<const uint8_t>(bounce_.data() + at, length)).ok();
-      at += length;
+    if (transient) slot.transient.push_back(mapping);
+    // Straight into or out of the granted page (decoded: first <= last < 8, within the page).
+    uint8_t* base = mapping.page.data() + segment.first_sector * block::kSectorSize;
+    const size_t length = segment.sectors() * block::kSectorSize;
+    if (!io.buffers.empty() && static_cast<uint8_t*>(io.buffers.back().iov_base) + io.buffers.back().iov_len == base) {
+      io.buffers.back().iov_len += length;  // contiguous with the previous piece
+    } else {
+      io.buffers.push_back({base, length});
     }
-  } else {
-    for (size_t i = 0, at = 0; ok && i < request.segments.size(); ++i) {
-      const size_t length = request.segments[i].sectors() * block::kSectorSize;
-      const uint64_t gpa = (mappings[i].gfn << 12) + request.segments[i].first_sector * block::kSectorSize;
-      ok = memory_.Read(At(gpa), std::span<uint8_t>(bounce_.data() + at, length)).ok();
-      at += length;
-    }
-    ok = ok && image_.Write(offset, bounce_).ok();
+    slot.bytes += length;
   }
-  release(request.segments.size());
-  if (!ok) return blkif::kStatusError;
-  absl::MutexLock lock(&mutex_);
-  (device_writes ? statistics_.bytes_read : statistics_.bytes_written) += bytes;
   return blkif::kStatusOkay;
+}
+
+void DiskRing::Complete(const block::IoCompletion& completion) {
+  if (completion.tag >= in_flight_.size()) return;
+  InFlight& slot = in_flight_[completion.tag];
+  for (xen::GrantTable::Mapping& mapping : slot.transient) grants_.Unmap(mapping);
+  slot.transient.clear();
+  free_slots_.push_back(static_cast<uint32_t>(completion.tag));
+  if (completion.error != 0) {
+    spdlog::debug("xen-disk {}: request {} failed: {}", image_.path(), slot.id, std::strerror(completion.error));
+  }
+  Respond(slot.id, slot.operation, completion.error == 0 ? blkif::kStatusOkay : blkif::kStatusError, slot.taken,
+          completion.error == 0 ? slot.bytes : 0, slot.operation == blkif::kOpRead);
+}
+
+void DiskRing::Respond(uint64_t id, uint8_t operation, int16_t status, absl::Time taken, uint64_t bytes, bool read) {
+  const double seconds = absl::ToDoubleSeconds(absl::Now() - taken);
+  {
+    absl::MutexLock lock(&mutex_);
+    ++statistics_.requests;
+    if (status == blkif::kStatusError) ++statistics_.errors;
+    if (status == blkif::kStatusNotSupported) ++statistics_.unsupported;
+    if (status == blkif::kStatusOkay && operation == blkif::kOpFlush) ++statistics_.flushes;
+    if (status == blkif::kStatusOkay && operation == blkif::kOpDiscard) ++statistics_.discards;
+    (read ? statistics_.bytes_read : statistics_.bytes_written) += bytes;
+    const size_t bucket = static_cast<size_t>(std::lower_bound(kLatencyBounds.begin(), kLatencyBounds.end(), seconds) -
+                                              kLatencyBounds.begin());
+    ++statistics_.latency_counts[bucket];
+    statistics_.latency_seconds_sum += seconds;
+  }
+  if (broken_) return;  // nothing more is written into a ring the frontend broke
+  const std::vector<uint8_t> response = blkif::EncodeResponse(options_.abi, id, operation, status);
+  CopyToRing(blkif::kRingHeaderSize + (response_producer_ % slots_) * blkif::RequestSize(options_.abi), response);
+  ++response_producer_;
+}
+
+void DiskRing::PublishResponses() {
+  if (response_producer_ == published_) return;
+  const uint32_t before = published_;
+  published_ = response_producer_;
+  Index(kResponseProducer).store(response_producer_, std::memory_order_release);
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  const uint32_t event = Index(kResponseEvent).load(std::memory_order_acquire);
+  if (response_producer_ - event < response_producer_ - before) {
+    notify_();
+    absl::MutexLock lock(&mutex_);
+    ++statistics_.notifications;
+  }
 }
 
 }  // namespace xenkvm::xenbus

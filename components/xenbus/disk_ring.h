@@ -1,29 +1,34 @@
-// The data path of one xen-disk: a blkif ring the frontend granted, served on an I/O thread of its
-// own. Each request is copied out of its slot once, decoded and checked (blkif.h), its segments
-// are mapped through the grant table (all or none: one bad grant fails the request and releases
-// the others, XSA-361/362/365), the data moves between the granted pages and the image, and a
-// response with zeroed padding goes back. A producer index more than the ring ahead stops the
-// ring (the frontend broke the protocol) without touching anything.
+// The data path of one xen-disk queue: a blkif ring the frontend granted (one page or several),
+// served on an I/O thread of its own with many requests in flight. Each request is copied out of
+// its slot once, decoded and checked (blkif.h), its segments are mapped through the grant table
+// (all or none: one bad grant fails the request and releases the others, XSA-361/362/365), and
+// the I/O goes straight between the image and the granted pages (block::IoEngine: io_uring, or a
+// thread pool where io_uring is unavailable). Responses go back as requests complete, in any
+// order, with zeroed padding; the frontend is notified once per batch, as rsp_event asks. A flush
+// waits for the writes before it. A producer index more than the ring ahead stops the ring (the
+// frontend broke the protocol) without touching anything more.
 //
 // With persistent grants the frontend reuses the same granted pages; their mappings are kept
 // (up to a bound) until the ring is torn down, saving the pin/unpin per request.
 #ifndef XENKVM_COMPONENTS_XENBUS_DISK_RING_H_
 #define XENKVM_COMPONENTS_XENBUS_DISK_RING_H_
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <string>
 #include <thread>
 #include <vector>
-
-#include <array>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "components/base/fd.h"
 #include "components/block/image.h"
-#include "components/memory/guest_memory.h"
+#include "components/block/io_engine.h"
 #include "components/xen/grant_table.h"
 #include "components/xenbus/blkif.h"
 
@@ -42,68 +47,95 @@ struct DiskRingStatistics {
   uint64_t flushes = 0;
   uint64_t discards = 0;
   uint64_t persistent_grants = 0;  // mappings kept now
+  uint64_t notifications = 0;      // events raised to the frontend
   // Service time of each request (taken off the ring to its response written), by bucket of
   // kLatencyBounds (the last: beyond 1 s), and their sum.
   std::array<uint64_t, kLatencyBounds.size() + 1> latency_counts{};
   double latency_seconds_sum = 0;
   bool broken = false;             // the frontend broke the ring; no more requests are taken
+
+  // Adds another queue's.
+  void Add(const DiskRingStatistics& other);
 };
 
 class DiskRing {
  public:
   struct Options {
     blkif::Abi abi = blkif::Abi::k64;
-    uint32_t ring_gref = 0;
+    std::vector<uint32_t> ring_grefs;  // the ring's pages, in order (1, 2, 4, ... of them)
     bool persistent_grants = false;
     uint32_t max_indirect_segments = 0;
     bool flush = true;    // offered: FLUSH_DISKCACHE requests are served, else EOPNOTSUPP
     bool discard = true;  // offered (and the image can)
     uint32_t max_persistent_grants = 1056;  // 32 slots x 11 segments x 3, as Linux blkback allows
+    block::EngineChoice engine = block::EngineChoice::kAuto;
   };
 
-  // Maps the ring's grant (writable) and starts the I/O thread. `notify` raises the frontend's
-  // event channel (from the I/O thread). The image, grant table and memory must outlive it.
-  static absl::StatusOr<std::unique_ptr<DiskRing>> Start(const memory::GuestMemory& memory, xen::GrantTable& grants,
-                                                         block::Image& image, Options options,
-                                                         std::function<void()> notify);
-  // Stops the thread, then releases every mapping (the ring's too).
+  // Maps the ring's grants (writable) and starts the I/O thread. `notify` raises the frontend's
+  // event channel (from the I/O thread). The image and grant table must outlive it.
+  static absl::StatusOr<std::unique_ptr<DiskRing>> Start(xen::GrantTable& grants, block::Image& image,
+                                                         Options options, std::function<void()> notify);
+  // Stops taking requests, waits for those in flight, then releases every mapping (the ring's too).
   ~DiskRing();
 
-  // The frontend's event: look at the ring.
+  // The frontend's event: look at the ring. Any thread.
   void Kick();
 
   DiskRingStatistics Statistics() const;
+  uint32_t slots() const { return slots_; }
+  std::string_view engine_name() const { return engine_->name(); }
 
  private:
-  DiskRing(const memory::GuestMemory& memory, xen::GrantTable& grants, block::Image& image, Options options,
-           std::function<void()> notify);
-  void Run();
-  // Takes every request in the ring; false once the ring is broken.
-  bool ProcessRing();
-  int16_t Handle(blkif::Request& request);
-  int16_t Transfer(const blkif::Request& request);
-  // Maps `gref` for the data direction; a persistent mapping when allowed.
-  bool MapSegment(uint32_t gref, bool device_writes, xen::GrantTable::Mapping* mapping, bool* transient);
-  uint64_t RingAddress(uint64_t offset) const { return (ring_.gfn << 12) + offset; }
+  // A request between its submission and its response.
+  struct InFlight {
+    uint64_t id = 0;
+    uint8_t operation = 0;  // what the response carries
+    absl::Time taken;
+    uint64_t bytes = 0;
+    std::vector<xen::GrantTable::Mapping> transient;  // released when it completes
+  };
 
-  const memory::GuestMemory& memory_;
+  DiskRing(xen::GrantTable& grants, block::Image& image, Options options, std::function<void()> notify);
+  void Run();
+  // Takes requests while the ring has some and room for their responses; false once it is broken.
+  bool TakeRequests();
+  // Starts one decoded request, or answers it at once.
+  void Begin(blkif::Request& request, absl::Time taken);
+  // Fills `slot` (mappings, iovecs) for a READ/WRITE; a status to answer with at once otherwise.
+  int16_t PrepareTransfer(const blkif::Request& request, InFlight& slot, block::IoRequest& io);
+  int16_t ReadIndirectSegments(blkif::Request& request);
+  bool MapSegment(uint32_t gref, bool device_writes, xen::GrantTable::Mapping* mapping, bool* transient);
+  void Complete(const block::IoCompletion& completion);
+  void Respond(uint64_t id, uint8_t operation, int16_t status, absl::Time taken, uint64_t bytes, bool read);
+  // Makes the responses written so far visible; notifies if the frontend asked (rsp_event).
+  void PublishResponses();
+  // The ring's bytes at `offset` from its start, across its pages.
+  void CopyFromRing(uint64_t offset, std::span<uint8_t> out) const;
+  void CopyToRing(uint64_t offset, std::span<const uint8_t> in) const;
+  std::atomic_ref<uint32_t> Index(uint64_t offset) const;
+
   xen::GrantTable& grants_;
   block::Image& image_;
   const Options options_;
   const blkif::DiskLimits limits_;
   const uint32_t slots_;
   std::function<void()> notify_;
-  xen::GrantTable::Mapping ring_;
+  std::vector<xen::GrantTable::Mapping> ring_;
+  std::unique_ptr<block::IoEngine> engine_;
+  base::Fd kick_;  // an eventfd
 
   // The I/O thread's own.
   uint32_t request_consumer_ = 0;
   uint32_t response_producer_ = 0;
+  uint32_t published_ = 0;
+  bool broken_ = false;
   absl::flat_hash_map<uint32_t, xen::GrantTable::Mapping> persistent_;
-  std::vector<uint8_t> bounce_;
+  std::vector<InFlight> in_flight_;
+  std::vector<uint32_t> free_slots_;
+  std::vector<block::IoCompletion> completions_;
 
+  std::atomic<bool> stopping_{false};
   mutable absl::Mutex mutex_;
-  bool kicked_ ABSL_GUARDED_BY(mutex_) = false;
-  bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
   DiskRingStatistics statistics_ ABSL_GUARDED_BY(mutex_);
   std::thread thread_;
 };

@@ -1,5 +1,7 @@
 #include "components/xenbus/xen_disk.h"
 
+#include <algorithm>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "components/base/status.h"
@@ -13,9 +15,9 @@ absl::StatusOr<std::unique_ptr<XenDisk>> XenDisk::Create(const Environment& envi
   absl::StatusOr<std::unique_ptr<block::Image>> image = absl::InternalError("not opened");
   if (config.opened) {
     absl::StatusOr<base::Fd> own = config.opened->Duplicate();
-    image = own.ok() ? block::Image::Adopt(config.path, std::move(*own), config.read_only) : own.status();
+    image = own.ok() ? block::Image::Adopt(config.path, std::move(*own), config.read_only, config.cache) : own.status();
   } else {
-    image = block::Image::Open(config.path, config.read_only);
+    image = block::Image::Open(config.path, config.read_only, config.cache);
   }
   if (!image.ok()) {
     return absl::Status(image.status().code(), absl::StrCat("xen-disk ", config.vdev, ": ", image.status().message()));
@@ -30,6 +32,9 @@ absl::StatusOr<std::unique_ptr<XenDisk>> XenDisk::Create(const Environment& envi
   if (c.max_indirect_segments > 0) {
     backend.emplace_back("feature-max-indirect-segments", absl::StrCat(c.max_indirect_segments));
   }
+  // Read by the frontend when it sees InitWait, as blkback writes them at probe.
+  if (c.max_queues > 1) backend.emplace_back("multi-queue-max-queues", absl::StrCat(c.max_queues));
+  if (c.max_ring_page_order > 0) backend.emplace_back("max-ring-page-order", absl::StrCat(c.max_ring_page_order));
   if (absl::Status announced = disk->Announce(frontend, backend); !announced.ok()) return announced;
   return disk;
 }
@@ -40,25 +45,26 @@ XenDisk::XenDisk(const Environment& environment, XenDiskConfig config, uint32_t 
 XenDisk::~XenDisk() { Teardown(); }
 
 std::optional<DiskRingStatistics> XenDisk::ring_statistics() const {
-  if (!ring_) return std::nullopt;
-  return ring_->Statistics();
+  if (rings_.empty()) return std::nullopt;
+  DiskRingStatistics total;
+  for (const std::unique_ptr<DiskRing>& ring : rings_) total.Add(ring->Statistics());
+  return total;
 }
 
 absl::Status XenDisk::Connect() {
   const std::string prefix = Prefix();
-  uint32_t ring_ref = 0, port = 0;
-  if (std::optional<std::string> order = ReadFrontend("ring-page-order"); order && *order != "0") {
-    return absl::InvalidArgumentError(absl::StrCat(prefix, "the frontend asks for a multi-page ring (order ", *order,
-                                                   "), which this backend does not offer"));
+  uint32_t queues = 1, order = 0;
+  if (std::optional<std::string> text = ReadFrontend("multi-queue-num-queues"); text) {
+    if (!absl::SimpleAtoi(*text, &queues) || queues == 0 || queues > std::max(config_.max_queues, 1u)) {
+      return absl::InvalidArgumentError(absl::StrCat(prefix, "the frontend asks for ", *text,
+                                                     " queues; multi-queue-max-queues is ", config_.max_queues));
+    }
   }
-  std::optional<std::string> ref_text = ReadFrontend("ring-ref");
-  if (!ref_text) ref_text = ReadFrontend("ring-ref0");
-  if (!ref_text || !absl::SimpleAtoi(*ref_text, &ring_ref)) {
-    return absl::InvalidArgumentError(absl::StrCat(prefix, "the frontend gave no valid ring-ref"));
-  }
-  std::optional<std::string> port_text = ReadFrontend("event-channel");
-  if (!port_text || !absl::SimpleAtoi(*port_text, &port)) {
-    return absl::InvalidArgumentError(absl::StrCat(prefix, "the frontend gave no valid event-channel"));
+  if (std::optional<std::string> text = ReadFrontend("ring-page-order"); text) {
+    if (!absl::SimpleAtoi(*text, &order) || order > config_.max_ring_page_order) {
+      return absl::InvalidArgumentError(absl::StrCat(prefix, "the frontend asks for a ring of page order ", *text,
+                                                     "; max-ring-page-order is ", config_.max_ring_page_order));
+    }
   }
   absl::StatusOr<blkif::Abi> abi = blkif::ParseProtocol(ReadFrontend("protocol").value_or(""));
   if (!abi.ok()) return absl::InvalidArgumentError(absl::StrCat(prefix, abi.status().message()));
@@ -66,27 +72,24 @@ absl::Status XenDisk::Connect() {
 
   DiskRing::Options options;
   options.abi = *abi;
-  options.ring_gref = ring_ref;
   options.persistent_grants = persistent;
   options.max_indirect_segments = config_.max_indirect_segments;
   options.flush = config_.flush;
   options.discard = config_.discard;
-  xen::EventChannels* events = environment_.event_channels;
-  absl::StatusOr<std::unique_ptr<DiskRing>> ring =
-      DiskRing::Start(*environment_.memory, *environment_.grant_table, *image_, options,
-                      [events, port] { (void)events->NotifyGuest(port); });
-  if (!ring.ok()) return absl::InvalidArgumentError(absl::StrCat(prefix, ring.status().message()));
-  ring_ = std::move(*ring);
-  // Runs on the loop, as Disconnect does: the ring is there or not, never half gone.
-  XENKVM_RETURN_IF_ERROR(BindEventChannel(port, [this] {
-    if (ring_) ring_->Kick();
-  }));
+  for (uint32_t queue = 0; queue < queues; ++queue) {
+    const std::string dir = queues == 1 ? "" : absl::StrCat("queue-", queue, "/");
+    if (absl::Status connected = ConnectQueue(dir, 1u << order, options); !connected.ok()) {
+      Disconnect();
+      return connected;
+    }
+  }
 
   const bool discard = config_.discard && image_->supports_discard();
+  const std::string block_size = absl::StrCat(image_->logical_block_size());
   XenstoreNodes nodes = {{"sectors", absl::StrCat(image_->sectors())},
                          {"info", config_.read_only ? "4" : "0"},  // VDISK_READONLY
-                         {"sector-size", "512"},
-                         {"physical-sector-size", "512"},
+                         {"sector-size", block_size},
+                         {"physical-sector-size", block_size},
                          {"feature-flush-cache", config_.flush ? "1" : "0"},
                          {"feature-barrier", "0"},
                          {"feature-discard", discard ? "1" : "0"}};
@@ -95,15 +98,44 @@ absl::Status XenDisk::Connect() {
   }
   nodes.emplace_back("feature-persistent", config_.persistent_grants ? "1" : "0");
   XENKVM_RETURN_IF_ERROR(PublishConnected(nodes));
-  spdlog::info("xen-disk {}: connected ({} sectors{}{}, {})", config_.vdev, image_->sectors(),
-               config_.read_only ? ", read-only" : "", persistent ? ", persistent grants" : "",
-               *abi == blkif::Abi::k64 ? "64-bit" : "32-bit");
+  spdlog::info("xen-disk {}: connected ({} sectors{}{}, {}, {} queue(s) of {} page(s), {}, cache={})", config_.vdev,
+               image_->sectors(), config_.read_only ? ", read-only" : "", persistent ? ", persistent grants" : "",
+               *abi == blkif::Abi::k64 ? "64-bit" : "32-bit", queues, 1u << order, rings_[0]->engine_name(),
+               block::CacheModeName(config_.cache));
   return absl::OkStatus();
+}
+
+absl::Status XenDisk::ConnectQueue(const std::string& dir, uint32_t pages, DiskRing::Options options) {
+  const std::string prefix = Prefix();
+  for (uint32_t page = 0; page < pages; ++page) {
+    // One page: ring-ref (ring-ref0 from some frontends); several: ring-ref0, ring-ref1, ...
+    std::optional<std::string> text = ReadFrontend(absl::StrCat(dir, "ring-ref", pages == 1 ? "" : absl::StrCat(page)));
+    if (!text && pages == 1) text = ReadFrontend(absl::StrCat(dir, "ring-ref0"));
+    uint32_t gref = 0;
+    if (!text || !absl::SimpleAtoi(*text, &gref)) {
+      return absl::InvalidArgumentError(absl::StrCat(prefix, "the frontend gave no valid ", dir, "ring-ref",
+                                                     pages == 1 ? "" : absl::StrCat(page)));
+    }
+    options.ring_grefs.push_back(gref);
+  }
+  uint32_t port = 0;
+  std::optional<std::string> port_text = ReadFrontend(dir + "event-channel");
+  if (!port_text || !absl::SimpleAtoi(*port_text, &port)) {
+    return absl::InvalidArgumentError(absl::StrCat(prefix, "the frontend gave no valid ", dir, "event-channel"));
+  }
+  xen::EventChannels* events = environment_.event_channels;
+  absl::StatusOr<std::unique_ptr<DiskRing>> ring = DiskRing::Start(*environment_.grant_table, *image_, options,
+                                                                   [events, port] { (void)events->NotifyGuest(port); });
+  if (!ring.ok()) return absl::InvalidArgumentError(absl::StrCat(prefix, ring.status().message()));
+  DiskRing* raw = ring->get();
+  rings_.push_back(std::move(*ring));
+  // Runs on the loop, as Disconnect does: the ring is there or not, never half gone.
+  return BindEventChannel(port, [raw] { raw->Kick(); });
 }
 
 void XenDisk::Disconnect() {
   UnbindEventChannel();
-  ring_.reset();
+  rings_.clear();
 }
 
 }  // namespace xenkvm::xenbus

@@ -1,7 +1,7 @@
 // xen-disk: one Xen PV block device (vbd) as the toolstack and blkback make it. Its XenBus life is
-// XenbusDevice's (xenbus_device.h); on the frontend's ring-ref, event-channel and protocol it
-// serves the ring with a DiskRing and publishes sectors, info, sector-size and the features with
-// Connected.
+// XenbusDevice's (xenbus_device.h); on the frontend's rings (one or several queues, each of one or
+// several pages), event channels and protocol it serves each queue with a DiskRing and publishes
+// sectors, info, sector-size and the features with Connected.
 //
 // Runs on the VMM's backend event loop, which owns the XenStore; the data path runs on the
 // DiskRing's own thread.
@@ -13,6 +13,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "components/block/image.h"
@@ -31,6 +32,9 @@ struct XenDiskConfig {
   bool discard = true;  // if the image can (a writable regular file)
   bool persistent_grants = true;
   uint32_t max_indirect_segments = 256;  // 0: no indirect requests
+  uint32_t max_queues = 4;               // multi-queue-max-queues: one ring, thread and io_uring each
+  uint32_t max_ring_page_order = 4;      // max-ring-page-order: rings of up to 2^order pages
+  block::CacheMode cache = block::CacheMode::kWriteback;
   // The image opened by another process (block::Image::OpenFile in xenkvmd) and handed over: used
   // instead of opening `path`, which then only names it.
   std::shared_ptr<base::Fd> opened;
@@ -45,16 +49,19 @@ class XenDisk final : public XenbusDevice {
   ~XenDisk() override;
 
   const XenDiskConfig& config() const { return config_; }
+  // All queues' together; none while the frontend is not connected.
   std::optional<DiskRingStatistics> ring_statistics() const;
 
  private:
   XenDisk(const Environment& environment, XenDiskConfig config, uint32_t devid);
   absl::Status Connect() override;
   void Disconnect() override;
+  // One queue's ring-refs and event channel, under `dir` ("" or "queue-N/").
+  absl::Status ConnectQueue(const std::string& dir, uint32_t pages, DiskRing::Options options);
 
   const XenDiskConfig config_;
   std::unique_ptr<block::Image> image_;
-  std::unique_ptr<DiskRing> ring_;
+  std::vector<std::unique_ptr<DiskRing>> rings_;
 };
 
 }  // namespace xenkvm::xenbus

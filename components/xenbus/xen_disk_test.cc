@@ -236,13 +236,63 @@ TEST_F(XenDiskTest, RefusesWhatItCannotServe) {
   EXPECT_EQ(Create({"/no/such.img", "xvda", false}).code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(Create({path_, "vda", false}).code(), absl::StatusCode::kInvalidArgument);
   ASSERT_TRUE(Create({path_, "xvda", false}).ok());
-  // A multi-page ring, which is not offered: the backend says why and closes.
-  GuestWrite("device/vbd/51712/ring-page-order", "2");
+  // A ring larger than offered (max-ring-page-order 4): the backend says why and closes.
+  GuestWrite("device/vbd/51712/ring-page-order", "5");
   GuestWrite("device/vbd/51712/ring-ref0", "8");
   GuestWrite("device/vbd/51712/event-channel", "5");
   GuestWrite("device/vbd/51712/state", "3");
   ASSERT_TRUE(WaitForBackendState("5"));
-  EXPECT_THAT(Read("/local/domain/0/backend/vbd/1/51712/error"), HasSubstr("multi-page ring"));
+  EXPECT_THAT(Read("/local/domain/0/backend/vbd/1/51712/error"), HasSubstr("max-ring-page-order is 4"));
+}
+
+TEST_F(XenDiskTest, RefusesMoreQueuesThanOffered) {
+  ASSERT_TRUE(Create({path_, "xvda", false}).ok());
+  GuestWrite("device/vbd/51712/multi-queue-num-queues", "5");
+  GuestWrite("device/vbd/51712/state", "3");
+  ASSERT_TRUE(WaitForBackendState("5"));
+  EXPECT_THAT(Read("/local/domain/0/backend/vbd/1/51712/error"), HasSubstr("multi-queue-max-queues is 4"));
+}
+
+// blkfront with two queues of two-page rings (multi-queue-num-queues, ring-page-order and
+// queue-N/ring-refM, queue-N/event-channel): each queue served on its own, through its own port.
+TEST_F(XenDiskTest, ServesSeveralQueuesOfMultiPageRings) {
+  ASSERT_TRUE(Create({path_, "xvda", false}).ok());
+  const std::string backend = "/local/domain/0/backend/vbd/1/51712/";
+  EXPECT_EQ(Read(backend + "multi-queue-max-queues"), "4");
+  EXPECT_EQ(Read(backend + "max-ring-page-order"), "4");
+  std::vector<std::unique_ptr<testing::Blkfront>> queues;
+  std::vector<uint32_t> ports;
+  const std::string dir = "device/vbd/51712/";
+  GuestWrite(dir + "multi-queue-num-queues", "2");
+  GuestWrite(dir + "ring-page-order", "1");
+  for (uint32_t q = 0; q < 2; ++q) {
+    queues.push_back(std::make_unique<testing::Blkfront>(*memory_, kTableGfn, kRingGfn + 4 * q, blkif::Abi::k64, 1,
+                                                         /*ring_pages=*/2, /*first_ref=*/8 + 100 * q));
+    ports.push_back(AllocatePortForBackend());
+    const std::string queue = dir + "queue-" + std::to_string(q) + "/";
+    GuestWrite(queue + "ring-ref0", std::to_string(queues[q]->ring_grefs()[0]));
+    GuestWrite(queue + "ring-ref1", std::to_string(queues[q]->ring_grefs()[1]));
+    GuestWrite(queue + "event-channel", std::to_string(ports[q]));
+  }
+  GuestWrite(dir + "protocol", "x86_64-abi");
+  GuestWrite(dir + "state", "3");
+  ASSERT_TRUE(WaitForBackendState("4")) << Read(backend + "error");
+  EXPECT_EQ(queues[0]->slots(), 64u);
+  // More requests than one page holds, on each queue: slots past the first page, and slots that
+  // straddle the pages, are read and answered.
+  for (uint32_t q = 0; q < 2; ++q) {
+    const uint32_t page = queues[q]->Grant(kDataGfn + q, false);
+    for (uint32_t round = 0; round < 2; ++round) {
+      for (uint64_t i = 0; i < 40; ++i) queues[q]->Put(queues[q]->ReadWrite(blkif::kOpRead, i, 100 + q, {{page, 0, 0}}));
+      queues[q]->Publish();
+      Send(ports[q]);
+      auto responses = queues[q]->Take(40);
+      ASSERT_EQ(responses.size(), 40u) << "queue " << q;
+      for (const auto& response : responses) EXPECT_EQ(response.status, blkif::kStatusOkay);
+    }
+    EXPECT_EQ(*memory_->ReadObject<uint8_t>(memory::GuestAddress((kDataGfn + q) << 12)), 100 + q);
+  }
+  EXPECT_EQ(OnLoop([&] { return disk_->ring_statistics()->requests; }), 160u);
 }
 
 TEST_F(XenDiskTest, ABadRingRefOrPortIsRefusedNotFollowed) {

@@ -72,9 +72,9 @@ double XenDiskIops(const std::string& file, bool write, uint32_t batch, int seco
   std::vector<uint32_t> refs;
   for (uint32_t i = 0; i < kBuffers; ++i) refs.push_back(front.Grant(kDataGfn + i, false));
   xenbus::DiskRing::Options options;
-  options.ring_gref = front.ring_gref();
+  options.ring_grefs = front.ring_grefs();
   options.persistent_grants = true;  // as Linux blkfront negotiates it
-  auto ring = std::move(xenbus::DiskRing::Start(memory, grants, *image, options, [] {})).value();
+  auto ring = std::move(xenbus::DiskRing::Start(grants, *image, options, [] {})).value();
   std::mt19937_64 random(42);
   const uint64_t pages = kFileBytes / 4096;
   uint64_t done = 0;

@@ -5,6 +5,7 @@
 #ifndef XENKVM_TESTS_FRONTENDS_BLKFRONT_H_
 #define XENKVM_TESTS_FRONTENDS_BLKFRONT_H_
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <span>
@@ -30,20 +31,26 @@ class Blkfront {
     int16_t status;
   };
 
-  // `table_gfn`: where the guest mapped grant-table frame 0; `ring_gfn`: the ring page;
-  // `grant_version`: the layout its entries take (1: 8 bytes; 2: 16 bytes, a 64-bit frame).
+  // `table_gfn`: where the guest mapped grant-table frame 0; `ring_gfn`: the ring's first page;
+  // `grant_version`: the layout its entries take (1: 8 bytes; 2: 16 bytes, a 64-bit frame);
+  // `ring_pages`: a multi-page ring's pages, every other frame from `ring_gfn` (as a guest's are
+  // not contiguous either); `first_ref`: its first grant reference (queues sharing a table).
   Blkfront(const memory::GuestMemory& memory, uint64_t table_gfn, uint64_t ring_gfn,
-           xenbus::blkif::Abi abi = xenbus::blkif::Abi::k64, int grant_version = 1)
-      : memory_(memory), grants_(memory, table_gfn, grant_version), ring_gfn_(ring_gfn), abi_(abi),
-        slots_(xenbus::blkif::RingSlots(abi, 1)) {
+           xenbus::blkif::Abi abi = xenbus::blkif::Abi::k64, int grant_version = 1, uint32_t ring_pages = 1,
+           uint32_t first_ref = 8)
+      : memory_(memory), grants_(memory, table_gfn, grant_version, first_ref), ring_gfn_(ring_gfn), abi_(abi),
+        slots_(xenbus::blkif::RingSlots(abi, ring_pages)) {
+    for (uint32_t i = 0; i < ring_pages; ++i) {
+      (void)memory_.Zero(memory::GuestAddress((ring_gfn + 2 * i) << 12), 4096);
+      ring_grefs_.push_back(Grant(ring_gfn + 2 * i, false));
+    }
     // SHARED_RING_INIT: indexes 0, both event indexes 1.
-    (void)memory_.Zero(memory::GuestAddress(ring_gfn << 12), 4096);
     (void)memory_.AtomicStore<uint32_t>(memory::GuestAddress((ring_gfn << 12) + 4), 1);
     (void)memory_.AtomicStore<uint32_t>(memory::GuestAddress((ring_gfn << 12) + 12), 1);
-    ring_gref_ = Grant(ring_gfn, false);
   }
 
-  uint32_t ring_gref() const { return ring_gref_; }
+  uint32_t ring_gref() const { return ring_grefs_[0]; }
+  const std::vector<uint32_t>& ring_grefs() const { return ring_grefs_; }
   uint32_t slots() const { return slots_; }
 
   // The guest's grant table (guest_grants.h).
@@ -72,9 +79,8 @@ class Blkfront {
 
   // Puts `slot` at the next free request slot; Publish() makes everything put visible.
   void Put(std::span<const uint8_t> slot) {
-    (void)memory_.Write(memory::GuestAddress((ring_gfn_ << 12) + xenbus::blkif::kRingHeaderSize +
-                                             (private_producer_ % slots_) * xenbus::blkif::RequestSize(abi_)),
-                        slot);
+    RingCopy(xenbus::blkif::kRingHeaderSize + (private_producer_ % slots_) * xenbus::blkif::RequestSize(abi_),
+             const_cast<uint8_t*>(slot.data()), slot.size(), /*to_ring=*/true);
     ++private_producer_;
   }
   void Publish() { SetRequestProducer(private_producer_); }
@@ -85,8 +91,8 @@ class Blkfront {
     return memory_.AtomicLoad<uint32_t>(memory::GuestAddress((ring_gfn_ << 12) + 8)).value_or(0);
   }
 
-  // Waits up to `timeout` for `count` new responses and takes them.
-  std::vector<Response> Take(size_t count, absl::Duration timeout = absl::Seconds(10)) {
+  // Waits up to `timeout` for `count` new responses and takes them (`all`: every one there then).
+  std::vector<Response> Take(size_t count, absl::Duration timeout = absl::Seconds(10), bool all = false) {
     const absl::Time deadline = absl::Now() + timeout;
     // Spin (yielding) first: a response usually comes within microseconds; then sleep.
     for (int spins = 0; ResponseProducer() - response_consumer_ < count && absl::Now() < deadline; ++spins) {
@@ -97,11 +103,10 @@ class Blkfront {
       }
     }
     std::vector<Response> responses;
-    while (response_consumer_ != ResponseProducer() && responses.size() < count) {
+    while (response_consumer_ != ResponseProducer() && (all || responses.size() < count)) {
       std::vector<uint8_t> bytes(xenbus::blkif::ResponseSize(abi_));
-      (void)memory_.Read(memory::GuestAddress((ring_gfn_ << 12) + xenbus::blkif::kRingHeaderSize +
-                                              (response_consumer_ % slots_) * xenbus::blkif::RequestSize(abi_)),
-                         bytes);
+      RingCopy(xenbus::blkif::kRingHeaderSize + (response_consumer_ % slots_) * xenbus::blkif::RequestSize(abi_),
+               bytes.data(), bytes.size(), /*to_ring=*/false);
       Response response;
       std::memcpy(&response.id, bytes.data(), 8);
       response.operation = bytes[8];
@@ -115,12 +120,27 @@ class Blkfront {
   }
 
  private:
+  // Bytes at `offset` in the ring, across its pages.
+  void RingCopy(uint64_t offset, uint8_t* data, size_t length, bool to_ring) {
+    for (size_t done = 0; done < length;) {
+      const uint64_t at = offset + done;
+      const size_t piece = std::min<size_t>(length - done, 4096 - at % 4096);
+      const memory::GuestAddress address(((ring_gfn_ + 2 * (at / 4096)) << 12) + at % 4096);
+      if (to_ring) {
+        (void)memory_.Write(address, std::span<const uint8_t>(data + done, piece));
+      } else {
+        (void)memory_.Read(address, std::span<uint8_t>(data + done, piece));
+      }
+      done += piece;
+    }
+  }
+
   const memory::GuestMemory& memory_;
   GuestGrants grants_;
   const uint64_t ring_gfn_;
   const xenbus::blkif::Abi abi_;
   const uint32_t slots_;
-  uint32_t ring_gref_ = 0;
+  std::vector<uint32_t> ring_grefs_;
   uint32_t private_producer_ = 0;
   uint32_t response_consumer_ = 0;
 };

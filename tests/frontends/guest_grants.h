@@ -14,11 +14,12 @@ namespace xenkvm::testing {
 class GuestGrants {
  public:
   // `table_gfn`: where the guest mapped grant-table frame 0; `version`: the layout its entries
-  // take (1: 8 bytes; 2: 16 bytes, a 64-bit frame).
-  GuestGrants(const memory::GuestMemory& memory, uint64_t table_gfn, int version = 1)
-      : memory_(memory), table_gfn_(table_gfn), version_(version) {}
+  // take (1: 8 bytes; 2: 16 bytes, a 64-bit frame); `first_ref`: the first reference handed out
+  // (0-7 are the toolstack's; frontends sharing a table start apart).
+  GuestGrants(const memory::GuestMemory& memory, uint64_t table_gfn, int version = 1, uint32_t first_ref = 8)
+      : memory_(memory), table_gfn_(table_gfn), version_(version), next_ref_(first_ref) {}
 
-  // Access for domain `domid`; references from 8 up (0-7 are the toolstack's).
+  // Access for domain `domid`; references from `first_ref` up.
   uint32_t Grant(uint64_t gfn, bool readonly, uint16_t domid = 0) {
     const uint32_t ref = next_ref_++;
     WriteEntry(ref, static_cast<uint16_t>(1 /* permit_access */ | (readonly ? 4 : 0)), domid, static_cast<uint32_t>(gfn));
@@ -46,7 +47,7 @@ class GuestGrants {
   const memory::GuestMemory& memory_;
   const uint64_t table_gfn_;
   const int version_;
-  uint32_t next_ref_ = 8;
+  uint32_t next_ref_;
 };
 
 }  // namespace xenkvm::testing

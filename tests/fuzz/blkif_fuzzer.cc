@@ -64,10 +64,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   testing::Blkfront front(*memory, kTableGfn, kRingGfn);
   for (int i = 0; i < 4; ++i) front.Grant(kDataGfn + i, (i & 1) != 0);  // refs 9..12
   xenbus::DiskRing::Options options;
-  options.ring_gref = front.ring_gref();
+  options.ring_grefs = front.ring_grefs();
   options.persistent_grants = (size & 2) != 0;
   options.max_indirect_segments = 256;
-  auto ring = std::move(xenbus::DiskRing::Start(*memory, grants, *image, options, [] {})).value();
+  auto ring = std::move(xenbus::DiskRing::Start(grants, *image, options, [] {})).value();
   const size_t slot = xenbus::blkif::RequestSize(xenbus::blkif::Abi::k64);
   size_t put = 0;
   for (size_t at = 0; at + slot <= size && put < front.slots(); at += slot, ++put) front.Put({data + at, slot});
