@@ -52,10 +52,14 @@ class IoEngine {
   virtual absl::Status Enqueue(IoRequest request) = 0;
   // Starts everything queued, in one system call where the engine can.
   virtual absl::Status Submit() = 0;
-  // Readable (poll) when completions may be waiting.
+  // An eventfd, readable (poll) when completions may be waiting. The caller drains it (reads its
+  // counter) before reaping, so a completion after the Reap signals it again.
   virtual int completion_fd() const = 0;
-  // Appends the completions ready now to `out`, without blocking; short transfers have been
-  // continued to the end first. Returns how many were appended.
+  // Whether completions are waiting, without a system call: for a caller that polls briefly
+  // before it sleeps.
+  virtual bool HasCompletions() const = 0;
+  // Appends the completions ready now to `out`, without blocking or draining completion_fd();
+  // short transfers have been continued to the end first. Returns how many were appended.
   virtual size_t Reap(std::vector<IoCompletion>* out) = 0;
   // Requests enqueued and not yet reaped.
   virtual uint32_t in_flight() const = 0;

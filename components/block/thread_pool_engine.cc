@@ -6,6 +6,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <deque>
@@ -81,13 +82,14 @@ class ThreadPoolEngine final : public IoEngine {
 
   int completion_fd() const override { return event_.get(); }
 
+  bool HasCompletions() const override { return done_count_.load(std::memory_order_acquire) > 0; }
+
   size_t Reap(std::vector<IoCompletion>* out) override {
-    uint64_t ignored = 0;
-    (void)read(event_.get(), &ignored, sizeof(ignored));
     absl::MutexLock lock(&mutex_);
     const size_t reaped = done_.size();
     out->insert(out->end(), done_.begin(), done_.end());
     done_.clear();
+    done_count_.store(0, std::memory_order_release);
     in_flight_ -= static_cast<uint32_t>(reaped);
     return reaped;
   }
@@ -126,6 +128,7 @@ class ThreadPoolEngine final : public IoEngine {
         --running_;
         if (transfer.request.operation == IoOperation::kFlush) barrier_running_ = false;
         done_.push_back({transfer.request.tag, error});
+        done_count_.store(done_.size(), std::memory_order_release);
       }
       const uint64_t one = 1;
       (void)write(event_.get(), &one, sizeof(one));
@@ -142,6 +145,7 @@ class ThreadPoolEngine final : public IoEngine {
   absl::Mutex mutex_;
   std::deque<IoTransfer> queue_ ABSL_GUARDED_BY(mutex_);
   std::vector<IoCompletion> done_ ABSL_GUARDED_BY(mutex_);
+  std::atomic<size_t> done_count_{0};  // done_.size(), for HasCompletions without the lock
   uint32_t running_ ABSL_GUARDED_BY(mutex_) = 0;
   bool barrier_running_ ABSL_GUARDED_BY(mutex_) = false;
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;

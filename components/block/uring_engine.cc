@@ -73,9 +73,9 @@ class UringEngine final : public IoEngine {
 
   int completion_fd() const override { return event_.get(); }
 
+  bool HasCompletions() const override { return io_uring_cq_ready(&ring_) > 0; }
+
   size_t Reap(std::vector<IoCompletion>* out) override {
-    uint64_t ignored = 0;
-    (void)read(event_.get(), &ignored, sizeof(ignored));  // before looking: a later completion signals again
     size_t reaped = 0;
     bool continued = false;
     io_uring_cqe* cqe = nullptr;

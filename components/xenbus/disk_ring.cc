@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cerrno>
 #include <cstring>
 
@@ -71,6 +72,9 @@ DiskRing::DiskRing(xen::GrantTable& grants, block::Image& image, Options options
       limits_{image.sectors(), image.read_only(), options_.discard && image.supports_discard(),
               options_.max_indirect_segments},
       slots_(blkif::RingSlots(options_.abi, static_cast<uint32_t>(options_.ring_grefs.size()))),
+      max_persistent_grants_(options_.max_persistent_grants != 0
+                                 ? options_.max_persistent_grants
+                                 : slots_ * std::max(blkif::kMaxSegments, options_.max_indirect_segments)),
       notify_(std::move(notify)),
       in_flight_(slots_) {
   for (uint32_t i = slots_; i > 0; --i) free_slots_.push_back(i - 1);
@@ -128,16 +132,11 @@ void DiskRing::Run() {
   while (true) {
     const bool stopping = stopping_.load();
     if (stopping && engine_->in_flight() == 0) return;
-    if (poll(waits, 2, -1) < 0 && errno != EINTR) {
-      spdlog::error("xen-disk {}: poll: {}; the ring stops", image_.path(), std::strerror(errno));
-      stopping_.store(true);
-    }
-    uint64_t ignored = 0;
-    if (waits[0].revents != 0) (void)read(kick_.get(), &ignored, sizeof(ignored));
     completions_.clear();
     engine_->Reap(&completions_);
     for (const block::IoCompletion& completion : completions_) Complete(completion);
-    if (!stopping && !broken_ && !TakeRequests()) {
+    const bool serving = !stopping && !broken_;
+    if (serving && !TakeRequests()) {
       spdlog::warn("xen-disk {}: the frontend broke its ring (a request index out of range); it is no longer served",
                    image_.path());
       broken_ = true;
@@ -145,41 +144,76 @@ void DiskRing::Run() {
       statistics_.broken = true;
     }
     if (!broken_) PublishResponses();
+    if (!completions_.empty()) continue;
+    if (PollBriefly()) continue;
+    poll_time_ /= 2;  // nothing came: poll less, leaving the CPU to the I/O (io_uring's workers)
+    // About to sleep: ask for an event at the next request, then look once more (the frontend may
+    // have just added one). While this thread polls, the frontend is spared its notifications.
+    if (!stopping_.load() && !broken_) {
+      Index(kRequestEvent).store(request_consumer_ + 1, std::memory_order_seq_cst);
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+      if (RequestsWaiting()) continue;
+    }
+    if (engine_->HasCompletions()) continue;
+    const auto slept = std::chrono::steady_clock::now();
+    if (poll(waits, 2, -1) < 0 && errno != EINTR) {
+      spdlog::error("xen-disk {}: poll: {}; the ring stops", image_.path(), std::strerror(errno));
+      stopping_.store(true);
+    }
+    uint64_t ignored = 0;
+    for (const pollfd& wait : waits) {
+      if (wait.revents != 0) (void)read(wait.fd, &ignored, sizeof(ignored));  // drained before reaping
+    }
+    // Woken soon after sleeping: polling that long would have been cheaper; poll longer again.
+    if (std::chrono::steady_clock::now() - slept < kPollTime) {
+      poll_time_ = std::min<std::chrono::nanoseconds>(kPollTime, std::max<std::chrono::nanoseconds>(2 * poll_time_, std::chrono::microseconds(4)));
+    }
+  }
+}
+
+bool DiskRing::RequestsWaiting() const {
+  return Index(kRequestProducer).load(std::memory_order_acquire) != request_consumer_ &&
+         request_consumer_ - response_producer_ < slots_ && !free_slots_.empty();
+}
+
+bool DiskRing::PollBriefly() const {
+  // As QEMU's adaptive polling: the next request or completion often follows within
+  // microseconds, sooner than a sleeping thread wakes; how long to look adapts (Run).
+  if (poll_time_.count() == 0) return false;
+  const auto deadline = std::chrono::steady_clock::now() + poll_time_;
+  for (uint32_t spins = 0;; ++spins) {
+    if (stopping_.load(std::memory_order_relaxed) || engine_->HasCompletions()) return true;
+    if (!broken_ && RequestsWaiting()) return true;
+    __builtin_ia32_pause();
+    if (spins % 64 == 63 && std::chrono::steady_clock::now() >= deadline) return false;
   }
 }
 
 bool DiskRing::TakeRequests() {
   const size_t slot_size = blkif::RequestSize(options_.abi);
   std::vector<uint8_t> slot(slot_size);
+  const uint32_t producer = Index(kRequestProducer).load(std::memory_order_acquire);
+  if (producer - request_consumer_ > slots_) return false;
   bool took = false;
-  while (true) {
-    const uint32_t producer = Index(kRequestProducer).load(std::memory_order_acquire);
-    if (producer - request_consumer_ > slots_) return false;
-    // Requests only while their responses have room (RING_REQUEST_CONS_OVERFLOW).
-    while (request_consumer_ != producer && request_consumer_ - response_producer_ < slots_ &&
-           !free_slots_.empty()) {
-      CopyFromRing(blkif::kRingHeaderSize + (request_consumer_ % slots_) * slot_size, slot);  // copied once
-      ++request_consumer_;
-      took = true;
-      blkif::Decoded decoded = blkif::DecodeRequest(options_.abi, slot, limits_);
-      if (decoded.status != blkif::kStatusOkay) {
-        Respond(decoded.request.id, decoded.request.data_operation, decoded.status, absl::Now(), 0, false);
-      } else {
-        Begin(decoded.request, absl::Now());
-      }
+  // Requests only while their responses have room (RING_REQUEST_CONS_OVERFLOW): the rest wait for
+  // completions, which wake this thread.
+  while (request_consumer_ != producer && request_consumer_ - response_producer_ < slots_ && !free_slots_.empty()) {
+    CopyFromRing(blkif::kRingHeaderSize + (request_consumer_ % slots_) * slot_size, slot);  // copied once
+    ++request_consumer_;
+    took = true;
+    blkif::Decoded decoded = blkif::DecodeRequest(options_.abi, slot, limits_);
+    if (decoded.status != blkif::kStatusOkay) {
+      Respond(decoded.request.id, decoded.request.data_operation, decoded.status, absl::Now(), 0, false);
+    } else {
+      Begin(decoded.request, absl::Now());
     }
-    if (took) {
-      if (absl::Status submitted = engine_->Submit(); !submitted.ok()) {
-        spdlog::error("xen-disk {}: {}", image_.path(), std::string(submitted.message()));
-      }
-      took = false;
-    }
-    if (request_consumer_ != producer) return true;  // full: completions wake the thread again
-    // Ask for an event at the next request, then look once more (the frontend may have just added one).
-    Index(kRequestEvent).store(request_consumer_ + 1, std::memory_order_seq_cst);
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-    if (Index(kRequestProducer).load(std::memory_order_acquire) == request_consumer_) return true;
   }
+  if (took) {
+    if (absl::Status submitted = engine_->Submit(); !submitted.ok()) {
+      spdlog::error("xen-disk {}: {}", image_.path(), std::string(submitted.message()));
+    }
+  }
+  return true;
 }
 
 void DiskRing::Begin(blkif::Request& request, absl::Time taken) {
@@ -239,7 +273,7 @@ bool DiskRing::MapSegment(uint32_t gref, bool device_writes, xen::GrantTable::Ma
       return true;
     }
     // Persistent grants are granted writable; keep it if there is room.
-    if (persistent_.size() < options_.max_persistent_grants && grants_.Map(gref, /*readonly=*/false, mapping) == 0) {
+    if (persistent_.size() < max_persistent_grants_ && grants_.Map(gref, /*readonly=*/false, mapping) == 0) {
       persistent_.emplace(gref, *mapping);
       *transient = false;
       absl::MutexLock lock(&mutex_);
