@@ -10,6 +10,10 @@ _KIT = [
     "//tests/guests:kit/xen.h",
     "//tests/guests:kit/xenstore.c",
     "//tests/guests:kit/xenstore.h",
+    "//tests/guests:kit/xenbus.c",
+    "//tests/guests:kit/xenbus.h",
+    "//tests/guests:kit/blkfront.c",
+    "//tests/guests:kit/blkfront.h",
 ]
 
 _FLAGS = " ".join([
@@ -29,7 +33,8 @@ def test_guest(name, srcs):
                "-T $(location //tests/guests:kit/kit.ld) -o $@ " +
                "$(location //tests/guests:kit/pvh_entry.S) $(location //tests/guests:kit/interrupts.S) " +
                "$(location //tests/guests:kit/kit.c) $(location //tests/guests:kit/xen.c) " +
-               "$(location //tests/guests:kit/xenstore.c) " +
+               "$(location //tests/guests:kit/xenstore.c) $(location //tests/guests:kit/xenbus.c) " +
+               "$(location //tests/guests:kit/blkfront.c) " +
                " ".join(["$(location %s)" % s for s in srcs])),
         visibility = ["//visibility:public"],
     )

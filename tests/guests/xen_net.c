@@ -4,7 +4,7 @@
  * a transaction, posts receive buffers once the backend is Connected, and then answers ARP
  * requests for its address, ICMP echo requests, and UDP datagrams to port 7 (echoed back). A
  * datagram "quit" is answered "bye", then the guest closes the device and powers off. */
-#include "kit/xenstore.h"
+#include "kit/xenbus.h"
 
 #define UPCALL_VECTOR 0xf0
 #define RING_SLOTS 256
@@ -52,20 +52,14 @@ struct rx_ring {
 _Static_assert(sizeof(union tx_slot) == 12 && sizeof(union rx_slot) == 8, "netif slot sizes");
 _Static_assert(sizeof(struct tx_ring) <= 4096 && sizeof(struct rx_ring) <= 4096, "one page per ring");
 
-struct grant_entry {
-  uint16_t flags, domid;
-  uint32_t frame;
-};
 
-static uint8_t grant_frame[4096] __attribute__((aligned(4096)));
 static uint8_t tx_page[4096] __attribute__((aligned(4096)));
 static uint8_t rx_page[4096] __attribute__((aligned(4096)));
 static uint8_t rx_buffers[RX_BUFFERS][4096] __attribute__((aligned(4096)));
 static uint8_t out_frame[4096] __attribute__((aligned(4096)));
-static struct grant_entry *grants = (struct grant_entry *)grant_frame;
 static struct tx_ring *tx = (struct tx_ring *)tx_page;
 static struct rx_ring *rx = (struct rx_ring *)rx_page;
-static uint32_t next_ref = 8, port, rx_grefs[RX_BUFFERS], out_gref;
+static uint32_t port, rx_grefs[RX_BUFFERS], out_gref;
 static uint32_t tx_producer, tx_consumer, rx_producer, rx_consumer;
 static uint8_t mac[6];
 static volatile uint32_t events;
@@ -73,26 +67,6 @@ static volatile uint32_t events;
 static void on_net_event(uint32_t p) {
   (void)p;
   events++;
-}
-
-static bool equal(const char *a, const char *b) { return kit_strlen(a) == kit_strlen(b) && kit_memcmp(a, b, kit_strlen(a)) == 0; }
-
-static uint32_t grant(void *page, bool readonly) {
-  uint32_t ref = next_ref++;
-  grants[ref].domid = 0;
-  grants[ref].frame = (uint32_t)((uintptr_t)page >> 12);
-  __atomic_store_n(&grants[ref].flags, (uint16_t)(1 | (readonly ? 4 : 0)), __ATOMIC_RELEASE);
-  return ref;
-}
-
-static bool wait_for(const char *path, const char *want) {
-  char value[32], event_path[128], token[16];
-  if (xs_watch(path, path) != 0) KIT_CHECK(equal(xs_error(), "EEXIST"));
-  for (int i = 0; i < 50; i++) {
-    if (xs_read(0, path, value, sizeof(value)) >= 0 && equal(value, want)) return true;
-    xs_wait_watch(event_path, sizeof(event_path), token, sizeof(token));
-  }
-  return false;
 }
 
 static int hex_digit(char c) {
@@ -247,7 +221,7 @@ static bool handle(const uint8_t *frame, size_t length) {
 int guest_main(const struct hvm_start_info *start_info) {
   (void)start_info;
   if (!xen_start_events(UPCALL_VECTOR) || !xs_init()) return 2;
-  KIT_CHECK(xen_gnttab_map_frame(0, grant_frame) == 0);
+  KIT_CHECK(xenbus_grants_init());
 
   char devices[64], path[128], backend[96], value[64];
   KIT_CHECK(xs_request(XS_DIRECTORY, 0, "device/vif", 11, devices, sizeof(devices)) > 0);
@@ -257,14 +231,14 @@ int guest_main(const struct hvm_start_info *start_info) {
   KIT_CHECK(xs_read(0, path, value, sizeof(value)) > 0 && parse_mac(value, mac));
   kit_printf("xen-net: vif %s, backend %s, mac %s\n", devices, backend, value);
   kit_snprintf(path, sizeof(path), "%s/state", backend);
-  KIT_CHECK(wait_for(path, "2"));
+  KIT_CHECK(xenbus_wait_for(path, "2"));
   if (kit_failures()) return 1;
 
   tx->req_event = tx->rsp_event = 1;
   rx->req_event = rx->rsp_event = 1;
-  const uint32_t tx_ref = grant(tx_page, false), rx_ref = grant(rx_page, false);
-  for (int i = 0; i < RX_BUFFERS; i++) rx_grefs[i] = grant(rx_buffers[i], false);
-  out_gref = grant(out_frame, true);
+  const uint32_t tx_ref = xenbus_grant(tx_page, false), rx_ref = xenbus_grant(rx_page, false);
+  for (int i = 0; i < RX_BUFFERS; i++) rx_grefs[i] = xenbus_grant(rx_buffers[i], false);
+  out_gref = xenbus_grant(out_frame, true);
   KIT_CHECK(xen_evtchn_alloc_unbound(0, &port) == 0);
   xen_set_event_handler(port, on_net_event);
   const struct {
@@ -281,7 +255,7 @@ int guest_main(const struct hvm_start_info *start_info) {
   }
   KIT_CHECK(xs_transaction_end(transaction, true) == 0);
   kit_snprintf(path, sizeof(path), "%s/state", backend);
-  KIT_CHECK(wait_for(path, "4"));
+  KIT_CHECK(xenbus_wait_for(path, "4"));
   if (kit_failures()) return 1;
   for (uint16_t id = 0; id < RX_BUFFERS; id++) post_rx(id);
   xen_evtchn_send(port);
@@ -310,10 +284,10 @@ int guest_main(const struct hvm_start_info *start_info) {
   kit_snprintf(path, sizeof(path), "device/vif/%s/state", devices);
   KIT_CHECK(xs_write(0, path, "5") == 0);
   kit_snprintf(path, sizeof(path), "%s/state", backend);
-  KIT_CHECK(wait_for(path, "5"));
+  KIT_CHECK(xenbus_wait_for(path, "5"));
   kit_snprintf(path, sizeof(path), "device/vif/%s/state", devices);
   KIT_CHECK(xs_write(0, path, "6") == 0);
-  KIT_CHECK(grants[rx_grefs[0]].flags == 1);  /* nothing of ours is still in use */
+  KIT_CHECK(xenbus_grant_flags(rx_grefs[0]) == 1);  /* nothing of ours is still in use */
   kit_printf("xen-net: closed after %u events\n", (unsigned)events);
   return kit_failures() ? 1 : 0;
 }
