@@ -256,7 +256,8 @@ absl::Status Vm::BuildXenBackends(const VmConfig& config) {
   absl::Status disks = absl::OkStatus();
   XENKVM_RETURN_IF_ERROR(OnBackendLoop([&] {
     xenbus::XenDisk::Environment environment{store_.get(), memory_.get(), &xen_->event_channels(),
-                                             &xen_->grant_table(), backend_loop_.get(), domid_};
+                                             &xen_->grant_table(), backend_loop_.get(), domid_,
+                                             accelerator_.get()};
     for (const xenbus::XenDiskConfig& disk : config.disks) {
       absl::StatusOr<std::unique_ptr<xenbus::XenDisk>> created = xenbus::XenDisk::Create(environment, disk);
       if (!created.ok()) {
@@ -346,7 +347,8 @@ absl::StatusOr<Vm::DiskInfo> Vm::AttachDisk(const xenbus::XenDiskConfig& config)
       return;
     }
     xenbus::XenDisk::Environment environment{store_.get(), memory_.get(), &xen_->event_channels(),
-                                             &xen_->grant_table(), backend_loop_.get(), domid_};
+                                             &xen_->grant_table(), backend_loop_.get(), domid_,
+                                             accelerator_.get()};
     absl::StatusOr<std::unique_ptr<xenbus::XenDisk>> disk = xenbus::XenDisk::Create(environment, config);
     if (!disk.ok()) {
       result = disk.status();
@@ -399,7 +401,8 @@ absl::StatusOr<Vm::NetworkInfo> Vm::AttachNetwork(xenbus::XenNetConfig config) {
   XENKVM_RETURN_IF_ERROR(OnBackendLoop([&] {
     config.devid = next_vif_index_;
     xenbus::XenNet::Environment environment{store_.get(), memory_.get(), &xen_->event_channels(),
-                                            &xen_->grant_table(), backend_loop_.get(), domid_};
+                                            &xen_->grant_table(), backend_loop_.get(), domid_,
+                                             accelerator_.get()};
     absl::StatusOr<std::unique_ptr<xenbus::XenNet>> network = xenbus::XenNet::Create(environment, config);
     if (!network.ok()) {
       result = network.status();

@@ -75,6 +75,7 @@ DiskRing::DiskRing(xen::GrantTable& grants, block::Image& image, Options options
       max_persistent_grants_(options_.max_persistent_grants != 0
                                  ? options_.max_persistent_grants
                                  : slots_ * std::max(blkif::kMaxSegments, options_.max_indirect_segments)),
+      order_(options_.accelerator),
       notify_(std::move(notify)),
       in_flight_(slots_) {
   for (uint32_t i = slots_; i > 0; --i) free_slots_.push_back(i - 1);
@@ -152,7 +153,7 @@ void DiskRing::Run() {
     if (!stopping_.load() && !broken_) {
       Index(kRequestEvent).store(request_consumer_ + 1, std::memory_order_seq_cst);
       std::atomic_thread_fence(std::memory_order_seq_cst);
-      if (RequestsWaiting()) continue;
+      if (order_.Confirm([this] { return RequestsWaiting(); })) continue;
     }
     if (engine_->HasCompletions()) continue;
     const auto slept = std::chrono::steady_clock::now();
@@ -351,8 +352,10 @@ void DiskRing::PublishResponses() {
   published_ = response_producer_;
   Index(kResponseProducer).store(response_producer_, std::memory_order_release);
   std::atomic_thread_fence(std::memory_order_seq_cst);
-  const uint32_t event = Index(kResponseEvent).load(std::memory_order_acquire);
-  if (response_producer_ - event < response_producer_ - before) {
+  if (order_.Confirm([&] {
+        const uint32_t event = Index(kResponseEvent).load(std::memory_order_acquire);
+        return response_producer_ - event < response_producer_ - before;
+      })) {
     notify_();
     absl::MutexLock lock(&mutex_);
     ++statistics_.notifications;

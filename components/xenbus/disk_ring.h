@@ -32,6 +32,7 @@
 #include "components/block/io_engine.h"
 #include "components/xen/grant_table.h"
 #include "components/xenbus/blkif.h"
+#include "components/xenbus/guest_order.h"
 
 namespace xenkvm::xenbus {
 
@@ -78,6 +79,8 @@ class DiskRing {
     // per segment while a kept one is a lookup.
     uint32_t max_persistent_grants = 0;
     block::EngineChoice engine = block::EngineChoice::kAuto;
+    // The guest's vCPUs (guest_order.h); null where no vCPU runs the frontend (tests).
+    accel::Accelerator* accelerator = nullptr;
   };
 
   // Maps the ring's grants (writable) and starts the I/O thread. `notify` raises the frontend's
@@ -133,6 +136,7 @@ class DiskRing {
   const blkif::DiskLimits limits_;
   const uint32_t slots_;
   const uint32_t max_persistent_grants_;
+  const GuestOrder order_;
   std::function<void()> notify_;
   std::vector<xen::GrantTable::Mapping> ring_;
   std::unique_ptr<block::IoEngine> engine_;

@@ -123,8 +123,10 @@ bool NetRing::PublishResponses(Ring& ring, uint32_t published) {
   if (ring.response_producer == published) return false;
   (void)memory_.AtomicStore<uint32_t>(At(ring.Address(kResponseProducer)), ring.response_producer);
   std::atomic_thread_fence(std::memory_order_seq_cst);
-  const uint32_t event = memory_.AtomicLoad<uint32_t>(At(ring.Address(kResponseEvent))).value_or(published);
-  return ring.response_producer - event < ring.response_producer - published;
+  return GuestOrder(options_.accelerator).Confirm([&] {
+    const uint32_t event = memory_.AtomicLoad<uint32_t>(At(ring.Address(kResponseEvent))).value_or(published);
+    return ring.response_producer - event < ring.response_producer - published;
+  });
 }
 
 bool NetRing::ServeTransmit(bool& notify) {
@@ -176,8 +178,14 @@ bool NetRing::ServeTransmit(bool& notify) {
     (void)memory_.AtomicStore<uint32_t>(At(tx_.Address(kRequestEvent)),
                                         (incomplete ? *producer : tx_.request_consumer) + 1);
     std::atomic_thread_fence(std::memory_order_seq_cst);
-    std::optional<uint32_t> again = Produced(tx_);
-    if (!again || *again == *producer) return true;
+    std::optional<uint32_t> again;
+    if (!GuestOrder(options_.accelerator).Confirm([&] {
+          again = Produced(tx_);
+          return !again || *again != *producer;
+        })) {
+      return true;
+    }
+    if (!again) return true;
   }
 }
 
@@ -228,8 +236,12 @@ bool NetRing::ServeReceive(bool& notify) {
       // Held: ask for an event once enough slots are posted, then look once more.
       (void)memory_.AtomicStore<uint32_t>(At(rx_.Address(kRequestEvent)), rx_.request_consumer + needed);
       std::atomic_thread_fence(std::memory_order_seq_cst);
-      std::optional<uint32_t> again = Produced(rx_);
-      if (again && *again - rx_.request_consumer >= needed) continue;
+      if (GuestOrder(options_.accelerator).Confirm([&] {
+            std::optional<uint32_t> again = Produced(rx_);
+            return again && *again - rx_.request_consumer >= needed;
+          })) {
+        continue;
+      }
       break;
     }
     if (!Admit(rx_bucket_, frame_size_)) break;  // held until its bytes are there

@@ -27,6 +27,7 @@
 #include "components/net/frame_device.h"
 #include "components/net/token_bucket.h"
 #include "components/xen/grant_table.h"
+#include "components/xenbus/guest_order.h"
 #include "components/xenbus/netif.h"
 
 namespace xenkvm::xenbus {
@@ -49,6 +50,8 @@ class NetRing {
     // ring, a frame on the device, until its bytes are there.
     uint64_t tx_bytes_per_second = 0, tx_burst = 0;
     uint64_t rx_bytes_per_second = 0, rx_burst = 0;
+    // The guest's vCPUs (guest_order.h); null where no vCPU runs the frontend (tests).
+    accel::Accelerator* accelerator = nullptr;
   };
 
   // Maps both rings (writable) and starts the thread. `notify(transmit, receive)` raises the

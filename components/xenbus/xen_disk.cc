@@ -76,6 +76,7 @@ absl::Status XenDisk::Connect() {
   options.max_indirect_segments = config_.max_indirect_segments;
   options.flush = config_.flush;
   options.discard = config_.discard;
+  options.accelerator = environment_.accelerator;
   for (uint32_t queue = 0; queue < queues; ++queue) {
     const std::string dir = queues == 1 ? "" : absl::StrCat("queue-", queue, "/");
     if (absl::Status connected = ConnectQueue(dir, 1u << order, options); !connected.ok()) {

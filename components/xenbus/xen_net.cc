@@ -61,6 +61,7 @@ std::optional<NetRingStatistics> XenNet::ring_statistics() const {
 
 NetRing::Options XenNet::RingOptions(uint32_t tx_ref, uint32_t rx_ref, bool scatter_gather) const {
   NetRing::Options options{tx_ref, rx_ref, scatter_gather};
+  options.accelerator = environment_.accelerator;
   if (config_.tx_rate) {
     options.tx_bytes_per_second = config_.tx_rate->bytes_per_second;
     options.tx_burst = config_.tx_rate->burst_bytes();

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "components/accel/accelerator.h"
 #include "components/base/event_loop.h"
 #include "components/memory/guest_memory.h"
 #include "components/xen/event_channels.h"
@@ -46,6 +47,7 @@ class XenbusDevice {
     xen::GrantTable* grant_table = nullptr;
     base::EventLoop* loop = nullptr;  // the store's thread; devices are used only there
     uint32_t domid = 1;
+    accel::Accelerator* accelerator = nullptr;  // the guest's vCPUs (guest_order.h); null in tests
   };
 
   virtual ~XenbusDevice();
