@@ -119,7 +119,9 @@ struct Capabilities {
 // kInvalidArgument for an exception vector (below 0x10), which InjectInterrupt refuses.
 absl::Status CheckExternalVector(uint8_t vector);
 
-// This host's TSC frequency, measured once against CLOCK_MONOTONIC (both backends run guests at it).
+// This host's TSC frequency (both backends run guests at it): as CPUID reports it (leaf 0x15, or
+// a hypervisor's 0x40000010), else measured once against CLOCK_MONOTONIC_RAW over the time since
+// the program loaded (waiting for what is left of 5 ms). kvm asks KVM first (KVM_GET_TSC_KHZ).
 uint64_t HostTscKhz();
 
 // Names the calling thread "vcpu<id>": each backend calls it on the thread that runs the vCPU's

@@ -19,6 +19,11 @@ absl::StatusOr<int> Vm::CheckExtension(int capability) const {
   return XENKVM_KVM_IOCTL(fd(), KVM_CHECK_EXTENSION, capability);
 }
 
+absl::StatusOr<uint32_t> Vm::GetTscKhz() const {
+  XENKVM_ASSIGN_OR_RETURN(int khz, XENKVM_KVM_IOCTL(fd(), KVM_GET_TSC_KHZ, 0));
+  return static_cast<uint32_t>(khz);
+}
+
 // ---- Memory
 
 absl::Status Vm::SetUserMemoryRegion(uint32_t slot, uint64_t guest_address, uint64_t size,

@@ -59,6 +59,8 @@ class Vm {
   int fd() const { return fd_.get(); }
   const XenCapabilities& xen_capabilities() const { return xen_; }
   absl::StatusOr<int> CheckExtension(int capability) const;
+  // KVM_GET_TSC_KHZ on the VM (KVM_CAP_VM_TSC_CONTROL, Linux 6.0): the TSC rate its vCPUs get.
+  absl::StatusOr<uint32_t> GetTscKhz() const;
 
   // ---- Memory
   // `flags`: KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY. The host range must stay mapped while set.

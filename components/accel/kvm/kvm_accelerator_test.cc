@@ -48,6 +48,13 @@ TEST_F(KvmAccelTest, StartsInThePvhEntryState) {
   EXPECT_FALSE(accelerator_->capabilities().reports_eoi);  // the LAPIC is in the kernel
 }
 
+// The guests' TSC rate is KVM's own answer where it has one (no calibration at start), and it
+// agrees with the host's TSC.
+TEST_F(KvmAccelTest, TscRateComesFromKvm) {
+  const uint64_t khz = accelerator_->tsc_khz();
+  EXPECT_NEAR(static_cast<double>(khz), static_cast<double>(HostTscKhz()), HostTscKhz() * 0.005);
+}
+
 TEST_F(KvmAccelTest, PortIoAndMmioExitsAndCompletion) {
   auto vcpu = Start(emu_test_guests::k_port_io);
   ASSERT_NE(vcpu, nullptr);
