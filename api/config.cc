@@ -339,25 +339,7 @@ absl::Status ValidateVmConfig(const v1::VmConfig& config) {
   }
   for (int i = 0; i < config.disks_size(); ++i) {
     const v1::DiskConfig& disk = config.disks(i);
-    if (disk.path().empty() || disk.path()[0] != '/') {
-      return absl::InvalidArgumentError(absl::StrFormat("disks[%d].path: \"%s\" must be an absolute path", i, disk.path()));
-    }
-    if (!disk.vdev().empty()) {
-      if (absl::StatusOr<uint32_t> devid = xenbus::ParseVirtualDevice(disk.vdev()); !devid.ok()) {
-        return absl::InvalidArgumentError(absl::StrFormat("disks[%d].vdev: %s", i, devid.status().message()));
-      }
-    }
-    if (!disk.cache().empty()) {
-      if (absl::StatusOr<block::CacheMode> cache = block::ParseCacheMode(disk.cache()); !cache.ok()) {
-        return absl::InvalidArgumentError(absl::StrFormat("disks[%d].cache: %s", i, cache.status().message()));
-      }
-    }
-    for (const std::string& feature : disk.features()) {
-      if (feature != "flush" && feature != "discard" && feature != "persistent" && feature != "indirect") {
-        return absl::InvalidArgumentError(absl::StrFormat(
-            "disks[%d].features: \"%s\" is not flush, discard, persistent or indirect", i, feature));
-      }
-    }
+    XENKVM_RETURN_IF_ERROR(ValidateDisk(disk, absl::StrFormat("disks[%d]", i)));
     for (int j = 0; j < i; ++j) {
       if (!disk.vdev().empty() && config.disks(j).vdev() == disk.vdev()) {
         return absl::InvalidArgumentError(absl::StrFormat("disks[%d].vdev: %s is given twice", i, disk.vdev()));
@@ -372,6 +354,29 @@ absl::Status ValidateVmConfig(const v1::VmConfig& config) {
   }
   if (config.networks_size() > 0 && ParseXenVersion(config.xen_version()).value_or(1) == 0) {
     return absl::InvalidArgumentError("networks: xen-net devices need the Xen interface, and xen_version is \"off\"");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateDisk(const v1::DiskConfig& disk, const std::string& field) {
+  if (disk.path().empty() || disk.path()[0] != '/') {
+    return absl::InvalidArgumentError(absl::StrFormat("%s.path: \"%s\" must be an absolute path", field, disk.path()));
+  }
+  if (!disk.vdev().empty()) {
+    if (absl::StatusOr<uint32_t> devid = xenbus::ParseVirtualDevice(disk.vdev()); !devid.ok()) {
+      return absl::InvalidArgumentError(absl::StrFormat("%s.vdev: %s", field, devid.status().message()));
+    }
+  }
+  if (!disk.cache().empty()) {
+    if (absl::StatusOr<block::CacheMode> cache = block::ParseCacheMode(disk.cache()); !cache.ok()) {
+      return absl::InvalidArgumentError(absl::StrFormat("%s.cache: %s", field, cache.status().message()));
+    }
+  }
+  for (const std::string& feature : disk.features()) {
+    if (feature != "flush" && feature != "discard" && feature != "persistent" && feature != "indirect") {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("%s.features: \"%s\" is not flush, discard, persistent or indirect", field, feature));
+    }
   }
   return absl::OkStatus();
 }

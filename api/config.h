@@ -23,6 +23,8 @@ absl::Status ValidateVmConfig(const v1::VmConfig& config);
 // The config with its zero values replaced by the documented defaults.
 v1::VmConfig WithDefaults(v1::VmConfig config);
 // One vif (a networks entry, or a hot-plugged one); `field` names it in errors.
+// One disk's fields (the VM's disks[i], or a hot-plugged one); errors start with `field`.
+absl::Status ValidateDisk(const v1::DiskConfig& disk, const std::string& field);
 absl::Status ValidateNetwork(const v1::NetworkConfig& network, const std::string& field);
 // A networks entry in xl's vif syntax, as xenkvm-vmm's --net takes it.
 std::string VifSpec(const v1::NetworkConfig& network);

@@ -119,10 +119,7 @@ grpc::Status Daemon::AttachDisk(grpc::ServerContext*, const v1::AttachDiskReques
   std::shared_ptr<v1::VmmControl::Stub> control;
   std::string handover_socket;
   if (grpc::Status running = RunningVmm(request->name(), &control, &handover_socket); !running.ok()) return running;
-  if (request->disk().path().empty() || request->disk().path()[0] != '/') {
-    return Error(grpc::StatusCode::INVALID_ARGUMENT,
-                 absl::StrCat("disk.path: \"", request->disk().path(), "\" must be an absolute path"));
-  }
+  if (absl::Status valid = ValidateDisk(request->disk(), "disk"); !valid.ok()) return FromAbsl(valid);
   if (absl::Status confined = image_dirs_.Check("disk.path", request->disk().path()); !confined.ok()) {
     return FromAbsl(confined);
   }

@@ -165,7 +165,9 @@ TEST_F(XenkvmdTest, DisksAreHotPluggedAndUnplugged) {
   watch.set_name("hp1");
   auto events = Stub()->WatchEvents(&watch_context, watch);
   absl::SleepFor(absl::Milliseconds(100));  // the watch is in place
-  ProcessResult attached = Ctl({"block-attach", "hp1", image});
+  // cache=none: the daemon opens the image, the jailed VMM makes the handed-over file O_DIRECT.
+  EXPECT_NE(Ctl({"block-attach", "hp1", image, "--cache", "unsafe"}).status, 0);
+  ProcessResult attached = Ctl({"block-attach", "hp1", image, "--cache", "none"});
   ASSERT_EQ(attached.status, 0) << attached.err;
   EXPECT_THAT(attached.out, HasSubstr("hp1: xvda attached"));
   ProcessResult listed = Ctl({"block-list", "hp1"});

@@ -394,12 +394,13 @@ int Delete(Session& session, const std::string& name) {
 }
 
 int BlockAttach(Session& session, const std::string& name, const std::string& path, const std::string& vdev,
-                bool read_only) {
+                bool read_only, const std::string& cache) {
   v1::AttachDiskRequest request;
   request.set_name(name);
   request.mutable_disk()->set_path(path);
   request.mutable_disk()->set_vdev(vdev);
   request.mutable_disk()->set_read_only(read_only);
+  request.mutable_disk()->set_cache(cache);
   v1::Device device;
   if (grpc::Status s = session.stub->AttachDisk(Context().get(), request, &device); !s.ok()) return Fail("block-attach", s);
   std::printf("%s: %s attached\n", name.c_str(), device.id().c_str());
@@ -626,7 +627,7 @@ int main(int argc, char** argv) {
   std::function<int()> action;
   auto verb = [&](const char* name, const char* help) { return app.add_subcommand(name, help); };
 
-  std::string name, path, vdev;
+  std::string name, path, vdev, cache;
   std::vector<std::string> names;
   bool flag_a = false, flag_b = false;
   uint32_t timeout = 0;
@@ -702,7 +703,9 @@ int main(int argc, char** argv) {
   attach->add_option("PATH", path, "the image (a regular file or a block device)")->required();
   attach->add_option("VDEV", vdev, "xvdX, hdX, sdX or a number");
   attach->add_flag("--ro", flag_a, "read-only");
-  attach->callback([&] { action = [&] { return BlockAttach(session, name, path, vdev, flag_a); }; });
+  attach->add_option("--cache", cache, "writeback (the host's page cache; default) or none (O_DIRECT)")
+      ->check(CLI::IsMember({"writeback", "none"}));
+  attach->callback([&] { action = [&] { return BlockAttach(session, name, path, vdev, flag_a, cache); }; });
 
   CLI::App* detach = verb("block-detach", "hot-unplug a xen-disk (the guest lets go first)");
   detach->add_option("NAME", name, "the VM")->required();
