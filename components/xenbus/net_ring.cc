@@ -1,5 +1,7 @@
 #include "components/xenbus/net_ring.h"
 
+#include <algorithm>
+
 #include <poll.h>
 
 #include <atomic>
@@ -154,7 +156,9 @@ bool NetRing::ServeTransmit(bool& notify) {
         break;
       }
       int16_t status = netif::kRspOkay;
-      if (packet.verdict == netif::TxVerdict::kDrop) {
+      if (packet.verdict == netif::TxVerdict::kControl) {
+        status = ChangeMulticast(*packet.multicast);
+      } else if (packet.verdict == netif::TxVerdict::kDrop) {
         status = netif::kRspError;
         absl::MutexLock lock(&mutex_);
         if (statistics_.tx_dropped++ == 0) spdlog::warn("xen-net {}: dropped a packet: {}", device_.name(), packet.reason);
@@ -189,6 +193,28 @@ bool NetRing::ServeTransmit(bool& notify) {
   }
 }
 
+int16_t NetRing::ChangeMulticast(const netif::ExtraInfo& extra) {
+  const std::array<uint8_t, 6>& address = extra.mcast_address;
+  if ((address[0] & 1) == 0) return netif::kRspError;  // not a multicast address
+  auto found = std::find(multicast_.begin(), multicast_.end(), address);
+  if (extra.type == netif::kExtraMcastDel) {
+    if (found != multicast_.end()) multicast_.erase(found);
+    return netif::kRspOkay;
+  }
+  if (found != multicast_.end()) return netif::kRspOkay;
+  if (multicast_.size() == kMaxMulticastAddresses) return netif::kRspError;
+  multicast_.push_back(address);
+  return netif::kRspOkay;
+}
+
+bool NetRing::Wanted() const {
+  if (!options_.multicast_control || frame_size_ < 6 || (frame_[0] & 1) == 0) return true;  // unicast
+  std::array<uint8_t, 6> destination;
+  std::copy(frame_.begin(), frame_.begin() + 6, destination.begin());
+  if (destination == std::array<uint8_t, 6>{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}) return true;
+  return std::find(multicast_.begin(), multicast_.end(), destination) != multicast_.end();
+}
+
 void NetRing::Transmit(const netif::TxPacket& packet, int16_t& status) {
   packet_.resize(packet.size);
   size_t at = 0;
@@ -219,6 +245,12 @@ bool NetRing::ServeReceive(bool& notify) {
       absl::StatusOr<size_t> got = device_.Read(frame_);
       if (!got.ok() || *got == 0) break;
       frame_size_ = *got;
+    }
+    if (!Wanted()) {
+      frame_size_ = 0;
+      absl::MutexLock lock(&mutex_);
+      ++statistics_.rx_dropped;  // a multicast address the frontend did not add
+      continue;
     }
     const uint32_t needed = static_cast<uint32_t>((frame_size_ + netif::kPageSize - 1) / netif::kPageSize);
     if (needed > 1 && !options_.rx_scatter_gather) {

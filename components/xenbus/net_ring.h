@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <array>
 #include <optional>
 #include <string>
 #include <thread>
@@ -50,9 +51,15 @@ class NetRing {
     // ring, a frame on the device, until its bytes are there.
     uint64_t tx_bytes_per_second = 0, tx_burst = 0;
     uint64_t rx_bytes_per_second = 0, rx_burst = 0;
+    // The frontend's request-multicast-control: frames to a multicast address it has not added
+    // (MCAST_ADD) are not delivered; broadcast always is.
+    bool multicast_control = false;
     // The guest's vCPUs (guest_order.h); null where no vCPU runs the frontend (tests).
     accel::Accelerator* accelerator = nullptr;
   };
+
+  // Multicast addresses a frontend may add (netback's XEN_NETBK_MCAST_MAX).
+  static constexpr size_t kMaxMulticastAddresses = 64;
 
   // Maps both rings (writable) and starts the thread. `notify(transmit, receive)` raises the
   // frontend's event channel(s) for new responses on either ring (from the thread; one call per
@@ -89,6 +96,10 @@ class NetRing {
   bool ServeTransmit(bool& notify);
   bool ServeReceive(bool& notify);
   void Transmit(const netif::TxPacket& packet, int16_t& status);
+  // MCAST_ADD/DEL: NETIF_RSP_ERROR for an add beyond kMaxMulticastAddresses or of a unicast address.
+  int16_t ChangeMulticast(const netif::ExtraInfo& extra);
+  // Whether the frame in frame_ goes to the frontend (multicast control).
+  bool Wanted() const;
   // Copies the held frame into the frontend's receive slots; false when it has too few posted.
   bool DeliverFrame();
   // Publishes the ring's responses; true when the frontend asked to hear about them (rsp_event).
@@ -106,6 +117,7 @@ class NetRing {
   // The thread's own.
   Ring tx_, rx_;
   std::vector<uint8_t> frame_;   // a frame from the tap
+  std::vector<std::array<uint8_t, 6>> multicast_;  // added by the frontend (multicast control)
   size_t frame_size_ = 0;        // non-zero: held until the frontend posts receive slots
   std::vector<uint8_t> packet_;  // a frame from the guest
   std::optional<net::TokenBucket> tx_bucket_, rx_bucket_;

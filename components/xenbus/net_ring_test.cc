@@ -1,5 +1,6 @@
 #include "components/xenbus/net_ring.h"
 
+#include <array>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -189,6 +190,59 @@ TEST_F(NetRingTest, ReceivesIntoPostedPagesAndHoldsFramesUntilThereAreSome) {
   EXPECT_EQ(responses[0].status, netif::kRspError);
   EXPECT_EQ(Page(kDataGfn + 1, 80), std::vector<uint8_t>(80, 0));
   EXPECT_EQ(Statistics().rx_errors, 1u);
+}
+
+// Multicast control (request-multicast-control): the frontend adds and removes addresses with
+// MCAST_ADD/DEL extras on a slot of no data; frames to other multicast addresses are not
+// delivered, broadcast and unicast always are.
+TEST_F(NetRingTest, MulticastControlFiltersWhatTheFrontendDidNotAdd) {
+  NetRing::Options options;
+  options.multicast_control = true;
+  Start(false, options);
+  const std::array<uint8_t, 6> group = {0x01, 0x00, 0x5e, 0x00, 0x00, 0xfb};  // mDNS's
+  auto control = [&](uint8_t type, const std::array<uint8_t, 6>& address, uint16_t id) {
+    front_->PutTx(Netfront::TxSlot(0, 0, netif::kTxExtraInfo, id, 0));
+    std::array<uint8_t, netif::kTxSlotSize> extra{};
+    extra[0] = type;
+    std::copy(address.begin(), address.end(), extra.begin() + 2);
+    front_->PutTx(extra);
+    front_->PublishTx();
+    ring_->Kick();
+    return front_->TakeTx(2);
+  };
+  std::vector<Netfront::TxResponse> responses = control(netif::kExtraMcastAdd, group, 1);
+  ASSERT_EQ(responses.size(), 2u);
+  EXPECT_EQ(responses[0].status, netif::kRspOkay);
+  EXPECT_EQ(responses[1].status, netif::kRspNull);
+  EXPECT_EQ(control(netif::kExtraMcastAdd, {0x02, 0, 0, 0, 0, 1}, 2).at(0).status, netif::kRspError);  // unicast
+  EXPECT_FALSE(device_.Receive(absl::Milliseconds(20)).has_value());  // nothing was sent
+
+  for (uint16_t id = 0; id < 8; ++id) front_->PostRx(id, guest_grants_->Grant(kDataGfn + id, false));
+  front_->PublishRx();
+  ring_->Kick();
+  auto frame_to = [](std::array<uint8_t, 6> destination, uint8_t marker) {
+    std::vector<uint8_t> frame(60, marker);
+    std::copy(destination.begin(), destination.end(), frame.begin());
+    return frame;
+  };
+  ASSERT_TRUE(device_.Send(frame_to({0x01, 0x00, 0x5e, 0x00, 0x00, 0x01}, 1)));  // not added: dropped
+  ASSERT_TRUE(device_.Send(frame_to(group, 2)));
+  ASSERT_TRUE(device_.Send(frame_to({0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, 3)));
+  ASSERT_TRUE(device_.Send(frame_to({0x00, 0x16, 0x3e, 0, 0, 1}, 4)));
+  std::vector<Netfront::RxResponse> received = front_->TakeRx(3);
+  ASSERT_EQ(received.size(), 3u);
+  EXPECT_EQ(Page(kDataGfn, 60)[59], 2);
+  EXPECT_EQ(Page(kDataGfn + 1, 60)[59], 3);
+  EXPECT_EQ(Page(kDataGfn + 2, 60)[59], 4);
+  EXPECT_EQ(Statistics().rx_dropped, 1u);
+
+  ASSERT_EQ(control(netif::kExtraMcastDel, group, 3).at(0).status, netif::kRspOkay);
+  ASSERT_TRUE(device_.Send(frame_to(group, 5)));
+  ASSERT_TRUE(device_.Send(frame_to({0x00, 0x16, 0x3e, 0, 0, 1}, 6)));
+  received = front_->TakeRx(1);
+  ASSERT_EQ(received.size(), 1u);
+  EXPECT_EQ(Page(kDataGfn + 3, 60)[59], 6);  // the group's frame no longer came
+  EXPECT_EQ(Statistics().rx_dropped, 2u);
 }
 
 // A frame over a page: dropped when the frontend takes one slot a frame, spread over slots with

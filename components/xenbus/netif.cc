@@ -1,5 +1,7 @@
 #include "components/xenbus/netif.h"
 
+#include <algorithm>
+
 #include <cstring>
 
 #include "absl/strings/str_format.h"
@@ -42,7 +44,9 @@ TxRequest DecodeTxRequest(std::span<const uint8_t, kTxSlotSize> slot) {
 
 ExtraInfo DecodeExtraInfo(std::span<const uint8_t, kTxSlotSize> slot) {
   const uint8_t* p = slot.data();
-  return ExtraInfo{p[0], p[1], Le16(p + 2), p[4]};
+  ExtraInfo extra{p[0], p[1], Le16(p + 2), p[4], {}};
+  std::copy(p + 2, p + 8, extra.mcast_address.begin());  // the union's other member
+  return extra;
 }
 
 TxPacket ParseTxPacket(const SlotReader& slot) {
@@ -65,8 +69,16 @@ TxPacket ParseTxPacket(const SlotReader& slot) {
         return Verdict(std::move(packet), TxVerdict::kFatal, absl::StrFormat("extra-info type %u", extra.type));
       }
       if (extra.type == kExtraGso) packet.gso = extra;
+      if (extra.type == kExtraMcastAdd || extra.type == kExtraMcastDel) packet.multicast = extra;
       if (!(extra.flags & kExtraFlagMore)) break;
     }
+  }
+  // As netback: a multicast-control request is its first slot and extras alone, whatever its
+  // size says; it carries no data.
+  if (packet.multicast) {
+    packet.slots = index;
+    packet.verdict = TxVerdict::kControl;
+    return packet;
   }
   std::vector<TxRequest> data = {first};
   for (uint16_t flags = first.flags; flags & kTxMoreData; flags = data.back().flags) {

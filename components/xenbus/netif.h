@@ -34,7 +34,8 @@ inline constexpr uint16_t kRxDataValidated = 1, kRxCsumBlank = 2, kRxMoreData = 
 // NETIF_RSP_*.
 inline constexpr int16_t kRspDropped = -2, kRspError = -1, kRspOkay = 0, kRspNull = 1;
 // XEN_NETIF_EXTRA_TYPE_* (GSO .. HASH are valid), XEN_NETIF_EXTRA_FLAG_MORE, XEN_NETIF_GSO_TYPE_*.
-inline constexpr uint8_t kExtraGso = 1, kExtraTypeLimit = 5, kExtraFlagMore = 1;
+inline constexpr uint8_t kExtraGso = 1, kExtraMcastAdd = 2, kExtraMcastDel = 3, kExtraTypeLimit = 5,
+                         kExtraFlagMore = 1;
 inline constexpr uint8_t kGsoTcpV4 = 1, kGsoTcpV6 = 2;
 
 // Data slots a packet may use (XEN_NETIF_NR_SLOTS_MIN, what every backend must take); up to
@@ -57,12 +58,14 @@ struct ExtraInfo {
   uint8_t flags = 0;
   uint16_t gso_size = 0;  // GSO: the segment size
   uint8_t gso_type = 0;
+  std::array<uint8_t, 6> mcast_address{};  // MCAST_ADD, MCAST_DEL: the Ethernet multicast address
 };
 ExtraInfo DecodeExtraInfo(std::span<const uint8_t, kTxSlotSize> slot);
 
 enum class TxVerdict {
   kIncomplete,  // the frontend has not produced the whole packet yet
   kSend,
+  kControl,  // a multicast-control request (MCAST_ADD/DEL extra): nothing to send, answered
   kDrop,   // answer every slot with NETIF_RSP_ERROR
   kFatal,  // stop serving the ring
 };
@@ -83,6 +86,7 @@ struct TxPacket {
   uint32_t size = 0;
   uint16_t flags = 0;  // the first request's
   std::optional<ExtraInfo> gso;
+  std::optional<ExtraInfo> multicast;  // kControl: the MCAST_ADD or MCAST_DEL extra
 };
 
 // `slot(i)`: the i-th request from the consumer index, copied once, or nullopt while not produced.

@@ -107,6 +107,25 @@ TEST(NetifTest, ChainedSlotsWithAnExtra) {
   EXPECT_EQ(packet.pieces[2].length, 800);
 }
 
+// MCAST_ADD/DEL as Xen's header lays the address out (the union's mcast.addr), on a slot that
+// carries no data: a control request, whatever its size says.
+TEST(NetifTest, MulticastControlRequests) {
+  netif_extra_info_t extra{};
+  extra.type = XEN_NETIF_EXTRA_TYPE_MCAST_ADD;
+  const uint8_t group[6] = {0x01, 0x00, 0x5e, 0x7f, 0xff, 0xfa};
+  std::memcpy(extra.u.mcast.addr, group, 6);
+  Slot extra_slot{};
+  std::memcpy(extra_slot.data(), &extra, sizeof(extra));
+  TxPacket packet = Parse({TxSlot(0, 0, kTxExtraInfo, 9, 0), extra_slot});
+  ASSERT_EQ(packet.verdict, TxVerdict::kControl) << packet.reason;
+  EXPECT_EQ(packet.slots, 2u);
+  ASSERT_TRUE(packet.multicast.has_value());
+  EXPECT_EQ(packet.multicast->type, kExtraMcastAdd);
+  EXPECT_EQ(std::memcmp(packet.multicast->mcast_address.data(), group, 6), 0);
+  EXPECT_EQ(kExtraMcastAdd, XEN_NETIF_EXTRA_TYPE_MCAST_ADD);
+  EXPECT_EQ(kExtraMcastDel, XEN_NETIF_EXTRA_TYPE_MCAST_DEL);
+}
+
 TEST(NetifTest, IncompletePacketsWait) {
   EXPECT_EQ(Parse({}).verdict, TxVerdict::kIncomplete);
   EXPECT_EQ(Parse({TxSlot(1, 0, kTxMoreData, 1, 2000)}).verdict, TxVerdict::kIncomplete);

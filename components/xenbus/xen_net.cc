@@ -43,7 +43,8 @@ absl::StatusOr<std::unique_ptr<XenNet>> XenNet::Create(const Environment& enviro
                                  {"feature-gso-tcpv4", "0"},
                                  {"feature-gso-tcpv6", "0"},
                                  {"feature-ipv6-csum-offload", "1"},
-                                 {"feature-split-event-channels", "1"}};
+                                 {"feature-split-event-channels", "1"},
+                                 {"feature-multicast-control", "1"}};
   if (absl::Status announced = device->Announce(frontend, backend); !announced.ok()) return announced;
   return device;
 }
@@ -107,8 +108,10 @@ absl::Status XenNet::Connect() {
     if (transmit) (void)events->NotifyGuest(tx_port);
     if (receive && (rx_port != tx_port || !transmit)) (void)events->NotifyGuest(rx_port);
   };
-  absl::StatusOr<std::unique_ptr<NetRing>> ring = NetRing::Start(
-      *environment_.memory, *environment_.grant_table, *tap_, RingOptions(tx_ref, rx_ref, scatter_gather), notify);
+  NetRing::Options options = RingOptions(tx_ref, rx_ref, scatter_gather);
+  options.multicast_control = ReadFrontend("request-multicast-control").value_or("0") == "1";
+  absl::StatusOr<std::unique_ptr<NetRing>> ring =
+      NetRing::Start(*environment_.memory, *environment_.grant_table, *tap_, options, notify);
   if (!ring.ok()) return absl::InvalidArgumentError(absl::StrCat(prefix, ring.status().message()));
   ring_ = std::move(*ring);
   // Runs on the loop, as Disconnect does: the ring is there or not, never half gone. Either
