@@ -180,7 +180,8 @@ bool DiskRing::RequestsWaiting() const {
 bool DiskRing::PollBriefly() const {
   // As QEMU's adaptive polling: the next request or completion often follows within
   // microseconds, sooner than a sleeping thread wakes; how long to look adapts (Run).
-  if (poll_time_.count() == 0) return false;
+  // Stopping, the thread only waits for the requests in flight: asleep, however long they take.
+  if (poll_time_.count() == 0 || stopping_.load(std::memory_order_relaxed)) return false;
   const auto deadline = std::chrono::steady_clock::now() + poll_time_;
   for (uint32_t spins = 0;; ++spins) {
     if (stopping_.load(std::memory_order_relaxed) || engine_->HasCompletions()) return true;
