@@ -110,22 +110,22 @@ std::atomic_ref<uint32_t> DiskRing::Index(uint64_t offset) const {
   return std::atomic_ref<uint32_t>(*reinterpret_cast<uint32_t*>(ring_[0].page.data() + offset));
 }
 
-void DiskRing::CopyFromRing(uint64_t offset, std::span<uint8_t> out) const {
-  for (size_t done = 0; done < out.size();) {
+template <typename Copy>
+void DiskRing::ForRingBytes(uint64_t offset, size_t length, const Copy& copy) const {
+  for (size_t done = 0; done < length;) {
     const uint64_t at = offset + done;
-    const size_t piece = std::min<size_t>(out.size() - done, kPage - at % kPage);
-    std::memcpy(out.data() + done, ring_[(at / kPage) % ring_.size()].page.data() + at % kPage, piece);
+    const size_t piece = std::min<size_t>(length - done, kPage - at % kPage);
+    copy(ring_[(at / kPage) % ring_.size()].page.data() + at % kPage, done, piece);
     done += piece;
   }
 }
 
+void DiskRing::CopyFromRing(uint64_t offset, std::span<uint8_t> out) const {
+  ForRingBytes(offset, out.size(), [&](uint8_t* ring, size_t done, size_t piece) { std::memcpy(out.data() + done, ring, piece); });
+}
+
 void DiskRing::CopyToRing(uint64_t offset, std::span<const uint8_t> in) const {
-  for (size_t done = 0; done < in.size();) {
-    const uint64_t at = offset + done;
-    const size_t piece = std::min<size_t>(in.size() - done, kPage - at % kPage);
-    std::memcpy(ring_[(at / kPage) % ring_.size()].page.data() + at % kPage, in.data() + done, piece);
-    done += piece;
-  }
+  ForRingBytes(offset, in.size(), [&](uint8_t* ring, size_t done, size_t piece) { std::memcpy(ring, in.data() + done, piece); });
 }
 
 void DiskRing::Run() {

@@ -126,6 +126,8 @@ class DiskRing {
   // Makes the responses written so far visible; notifies if the frontend asked (rsp_event).
   void PublishResponses();
   // The ring's bytes at `offset` from its start, across its pages.
+  template <typename Copy>
+  void ForRingBytes(uint64_t offset, size_t length, const Copy& copy) const;  // copy(ring bytes, done, piece)
   void CopyFromRing(uint64_t offset, std::span<uint8_t> out) const;
   void CopyToRing(uint64_t offset, std::span<const uint8_t> in) const;
   std::atomic_ref<uint32_t> Index(uint64_t offset) const;

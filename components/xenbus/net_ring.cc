@@ -50,7 +50,8 @@ absl::StatusOr<std::unique_ptr<NetRing>> NetRing::Start(const memory::GuestMemor
 
 NetRing::NetRing(const memory::GuestMemory& memory, xen::GrantTable& grants, const net::FrameDevice& device, Options options,
                  Notify notify)
-    : memory_(memory), grants_(grants), device_(device), options_(options), notify_(std::move(notify)), frame_(kMaxFrame) {
+    : memory_(memory), grants_(grants), device_(device), options_(options), notify_(std::move(notify)),
+      order_(options.accelerator), frame_(kMaxFrame) {
   const absl::Time now = absl::Now();
   if (options.tx_bytes_per_second != 0) tx_bucket_.emplace(options.tx_bytes_per_second, options.tx_burst, now);
   if (options.rx_bytes_per_second != 0) rx_bucket_.emplace(options.rx_bytes_per_second, options.rx_burst, now);
@@ -125,7 +126,7 @@ bool NetRing::PublishResponses(Ring& ring, uint32_t published) {
   if (ring.response_producer == published) return false;
   (void)memory_.AtomicStore<uint32_t>(At(ring.Address(kResponseProducer)), ring.response_producer);
   std::atomic_thread_fence(std::memory_order_seq_cst);
-  return GuestOrder(options_.accelerator).Confirm([&] {
+  return order_.Confirm([&] {
     const uint32_t event = memory_.AtomicLoad<uint32_t>(At(ring.Address(kResponseEvent))).value_or(published);
     return ring.response_producer - event < ring.response_producer - published;
   });
@@ -183,7 +184,7 @@ bool NetRing::ServeTransmit(bool& notify) {
                                         (incomplete ? *producer : tx_.request_consumer) + 1);
     std::atomic_thread_fence(std::memory_order_seq_cst);
     std::optional<uint32_t> again;
-    if (!GuestOrder(options_.accelerator).Confirm([&] {
+    if (!order_.Confirm([&] {
           again = Produced(tx_);
           return !again || *again != *producer;
         })) {
@@ -268,7 +269,7 @@ bool NetRing::ServeReceive(bool& notify) {
       // Held: ask for an event once enough slots are posted, then look once more.
       (void)memory_.AtomicStore<uint32_t>(At(rx_.Address(kRequestEvent)), rx_.request_consumer + needed);
       std::atomic_thread_fence(std::memory_order_seq_cst);
-      if (GuestOrder(options_.accelerator).Confirm([&] {
+      if (order_.Confirm([&] {
             std::optional<uint32_t> again = Produced(rx_);
             return again && *again - rx_.request_consumer >= needed;
           })) {

@@ -112,6 +112,7 @@ class NetRing {
   const net::FrameDevice& device_;
   const Options options_;
   Notify notify_;
+  const GuestOrder order_;
   std::optional<base::EventFd> wake_;
 
   // The thread's own.
