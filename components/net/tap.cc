@@ -7,12 +7,15 @@
 #include <linux/sockios.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
+#include <array>
 #include <cerrno>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "components/net/virtio_net_header.h"
 
 namespace xenkvm::net {
 namespace {
@@ -40,13 +43,16 @@ absl::StatusOr<Tap> Tap::Open(const std::string& name) {
   base::Fd fd(::open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC));
   if (!fd.valid()) return Errno("open /dev/net/tun (the tun module, and root or CAP_NET_ADMIN, are needed)");
   ifreq ifr{};
-  ifr.ifr_flags = IFF_TAP | IFF_NO_PI;
+  ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
   std::strncpy(ifr.ifr_name, name.c_str(), IFNAMSIZ - 1);
   if (::ioctl(fd.get(), TUNSETIFF, &ifr) != 0) {
     return Errno(absl::StrCat("attach to tap '", name,
                               "' (TUNSETIFF: is it a tap, not a tun, and owned by this user or group?)"));
   }
-  return Tap(std::move(fd), std::string(ifr.ifr_name, strnlen(ifr.ifr_name, IFNAMSIZ)));
+  // The header's size is the file's own setting: make it the one Read and Write use.
+  int header_size = kVirtioNetHeaderSize;
+  if (::ioctl(fd.get(), TUNSETVNETHDRSZ, &header_size) != 0) return Errno("set the tap's virtio_net_hdr size");
+  return Tap(std::move(fd), std::string(ifr.ifr_name, strnlen(ifr.ifr_name, IFNAMSIZ)), /*vnet_header=*/true);
 }
 
 absl::StatusOr<Tap> Tap::Adopt(base::Fd fd) {
@@ -60,7 +66,12 @@ absl::StatusOr<Tap> Tap::Adopt(base::Fd fd) {
   }
   const int flags = ::fcntl(fd.get(), F_GETFL);
   if (flags < 0 || ::fcntl(fd.get(), F_SETFL, flags | O_NONBLOCK) != 0) return Errno("make the tap non-blocking");
-  return Tap(std::move(fd), std::string(ifr.ifr_name, strnlen(ifr.ifr_name, IFNAMSIZ)));
+  const bool vnet_header = (ifr.ifr_flags & IFF_VNET_HDR) != 0;
+  int header_size = kVirtioNetHeaderSize;
+  if (vnet_header && ::ioctl(fd.get(), TUNSETVNETHDRSZ, &header_size) != 0) {
+    return Errno("set the tap's virtio_net_hdr size");
+  }
+  return Tap(std::move(fd), std::string(ifr.ifr_name, strnlen(ifr.ifr_name, IFNAMSIZ)), vnet_header);
 }
 
 absl::Status Tap::BringUp(uint32_t mtu) {
@@ -92,17 +103,42 @@ absl::Status Tap::AttachToBridge(const std::string& bridge) {
   return InterfaceIoctl(SIOCBRADDIF, ifr, absl::StrCat("add ", name_, " to bridge ", bridge, " (does it exist?)"));
 }
 
-absl::StatusOr<size_t> Tap::Read(std::span<uint8_t> frame) const {
-  const ssize_t got = ::read(fd_.get(), frame.data(), frame.size());
+absl::Status Tap::AcceptOffloads(bool partial_checksum, bool tcpv4, bool tcpv6) {
+  if (!vnet_header_) return absl::FailedPreconditionError(absl::StrCat("tap ", name_, " was opened without IFF_VNET_HDR"));
+  unsigned long offloads = 0;
+  if (partial_checksum) {
+    offloads = TUN_F_CSUM | (tcpv4 ? TUN_F_TSO4 : 0) | (tcpv6 ? TUN_F_TSO6 : 0);
+  }
+  if (::ioctl(fd_.get(), TUNSETOFFLOAD, offloads) != 0) return Errno(absl::StrCat("set the offloads of tap ", name_));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<size_t> Tap::Read(std::span<uint8_t> frame, FrameOffload& offload) const {
+  std::array<uint8_t, kVirtioNetHeaderSize> header{};
+  iovec parts[2] = {{header.data(), header.size()}, {frame.data(), frame.size()}};
+  const ssize_t got = vnet_header_ ? ::readv(fd_.get(), parts, 2) : ::read(fd_.get(), frame.data(), frame.size());
   if (got < 0) {
     if (errno == EAGAIN || errno == EINTR) return absl::UnavailableError("no frame waiting");
     return Errno(absl::StrCat("read from tap ", name_));
   }
-  return static_cast<size_t>(got);
+  if (!vnet_header_) {
+    offload = FrameOffload{};
+    return static_cast<size_t>(got);
+  }
+  if (static_cast<size_t>(got) < header.size()) {
+    return absl::DataLossError(absl::StrCat("tap ", name_, " gave ", got, " bytes, less than its header"));
+  }
+  offload = DecodeVirtioNetHeader(header);
+  return static_cast<size_t>(got) - header.size();
 }
 
-absl::Status Tap::Write(std::span<const uint8_t> frame) const {
-  const ssize_t put = ::write(fd_.get(), frame.data(), frame.size());
+absl::Status Tap::Write(std::span<const uint8_t> frame, const FrameOffload& offload) const {
+  if (!vnet_header_ && (offload.partial_checksum || offload.segmentation != FrameOffload::Segmentation::kNone)) {
+    return absl::InvalidArgumentError(absl::StrCat("tap ", name_, " takes whole frames only (no IFF_VNET_HDR)"));
+  }
+  std::array<uint8_t, kVirtioNetHeaderSize> header = EncodeVirtioNetHeader(offload);
+  iovec parts[2] = {{header.data(), header.size()}, {const_cast<uint8_t*>(frame.data()), frame.size()}};
+  const ssize_t put = vnet_header_ ? ::writev(fd_.get(), parts, 2) : ::write(fd_.get(), frame.data(), frame.size());
   if (put < 0) return Errno(absl::StrCat("write to tap ", name_));
   return absl::OkStatus();
 }

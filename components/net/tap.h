@@ -1,5 +1,6 @@
-// A TAP device (/dev/net/tun, IFF_TAP | IFF_NO_PI): Ethernet frames in and out of the host's
-// network stack, one frame per read or write. Either an existing tap the operator made (`ip tuntap
+// A TAP device (/dev/net/tun, IFF_TAP | IFF_NO_PI | IFF_VNET_HDR): Ethernet frames in and out of
+// the host's network stack, one frame per read or write, each behind a virtio_net_hdr that carries
+// its offload (segmentation still to do, a checksum to complete). Either an existing tap the operator made (`ip tuntap
 // add`, possibly owned by another user) or one created here, optionally brought up and enslaved
 // to a bridge, as xl's vif-bridge script does.
 #ifndef XENKVM_COMPONENTS_NET_TAP_H_
@@ -21,7 +22,8 @@ class Tap final : public FrameDevice {
   // Non-blocking, close-on-exec. Errors say what to check (root or CAP_NET_ADMIN, the name).
   static absl::StatusOr<Tap> Open(const std::string& name);
   // A tap opened elsewhere (Open in another process, handed over): its name asked of the kernel
-  // (TUNGETIFF); made non-blocking. kInvalidArgument when `fd` is not a tap.
+  // (TUNGETIFF); made non-blocking. kInvalidArgument when `fd` is not a tap. Opened without
+  // IFF_VNET_HDR, it carries frames whole (offloads() is false).
   static absl::StatusOr<Tap> Adopt(base::Fd fd);
 
   // Up, with `mtu` when non-zero.
@@ -29,15 +31,23 @@ class Tap final : public FrameDevice {
   // Enslaves the tap to the Linux bridge `bridge` (SIOCBRADDIF).
   absl::Status AttachToBridge(const std::string& bridge);
 
-  absl::StatusOr<size_t> Read(std::span<uint8_t> frame) const override;
-  absl::Status Write(std::span<const uint8_t> frame) const override;
+  // What the host may hand this reader (TUNSETOFFLOAD): frames whose checksum is partial, and
+  // TCP over IPv4 / IPv6 not yet segmented (both need partial checksums). With none, frames come
+  // whole and complete. Only with offloads().
+  absl::Status AcceptOffloads(bool partial_checksum, bool tcpv4, bool tcpv6);
+
+  bool offloads() const override { return vnet_header_; }
+  absl::StatusOr<size_t> Read(std::span<uint8_t> frame, FrameOffload& offload) const override;
+  absl::Status Write(std::span<const uint8_t> frame, const FrameOffload& offload) const override;
   const std::string& name() const override { return name_; }
   int fd() const override { return fd_.get(); }
 
  private:
-  Tap(base::Fd fd, std::string name) : fd_(std::move(fd)), name_(std::move(name)) {}
+  Tap(base::Fd fd, std::string name, bool vnet_header)
+      : fd_(std::move(fd)), name_(std::move(name)), vnet_header_(vnet_header) {}
   base::Fd fd_;
   std::string name_;
+  bool vnet_header_;
 };
 
 }  // namespace xenkvm::net

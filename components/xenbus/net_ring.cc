@@ -13,8 +13,8 @@ namespace xenkvm::xenbus {
 namespace {
 
 constexpr uint64_t kRequestProducer = 0, kRequestEvent = 4, kResponseProducer = 8, kResponseEvent = 12;
-// The largest frame a tap gives without offloads: 64 KiB covers any MTU.
-constexpr size_t kMaxFrame = 65536;
+// The largest frame a tap gives: a 64 KiB TCP segment not yet segmented, its headers and a tag.
+constexpr size_t kMaxFrame = 65536 + 256;
 
 memory::GuestAddress At(uint64_t gpa) { return memory::GuestAddress(gpa); }
 
@@ -216,23 +216,47 @@ bool NetRing::Wanted() const {
   return std::find(multicast_.begin(), multicast_.end(), destination) != multicast_.end();
 }
 
+bool NetRing::PrepareOffload(const netif::TxPacket& packet, net::FrameOffload& offload) {
+  if (!(packet.flags & netif::kTxCsumBlank) && !packet.gso) return true;
+  if (!device_.offloads()) {
+    if (packet.gso) return false;  // not offered (feature-gso-tcpv4/6 "0")
+    (void)netif::CompleteChecksum(packet_);  // a blank checksum over anything else is left as it is
+    return true;
+  }
+  // The field is rewritten with the pseudo-header's sum whatever the frontend left there (as
+  // netback's recalculation for GSO): the device completes from that.
+  std::optional<netif::ChecksumPlace> place = netif::PreparePartialChecksum(packet_);
+  if (!place) return !packet.gso;
+  offload.partial_checksum = true;
+  offload.checksum_start = static_cast<uint16_t>(place->start);
+  offload.checksum_offset = static_cast<uint16_t>(place->offset);
+  if (packet.gso) {
+    const bool v6 = packet.gso->gso_type == netif::kGsoTcpV6;
+    if (place->protocol != 6 || place->ipv6 != v6) return false;
+    offload.segmentation = v6 ? net::FrameOffload::Segmentation::kTcpV6 : net::FrameOffload::Segmentation::kTcpV4;
+    offload.segment_size = packet.gso->gso_size;
+  }
+  return true;
+}
+
 void NetRing::Transmit(const netif::TxPacket& packet, int16_t& status) {
   packet_.resize(packet.size);
   size_t at = 0;
-  bool copied = !packet.gso;  // GSO is not offered: such a packet is an error
+  bool copied = true;
   for (const netif::TxPacket::Piece& piece : packet.pieces) {
     if (!copied) break;
     copied = grants_.Copy(piece.gref, piece.offset, std::span<uint8_t>(packet_).subspan(at, piece.length),
                           /*to_guest=*/false) == 0;
     at += piece.length;
   }
-  if (copied && (packet.flags & netif::kTxCsumBlank)) netif::CompleteChecksum(packet_);
-  const bool sent = copied && device_.Write(packet_).ok();
+  net::FrameOffload offload;
+  const bool sent = copied && PrepareOffload(packet, offload) && device_.Write(packet_, offload).ok();
   status = sent ? netif::kRspOkay : netif::kRspError;
   absl::MutexLock lock(&mutex_);
   if (sent) {
     ++statistics_.tx_packets;
     statistics_.tx_bytes += packet.size;
+    if (offload.segmentation != net::FrameOffload::Segmentation::kNone) ++statistics_.tx_segmentation_offloaded;
   } else {
     ++statistics_.tx_errors;
   }
@@ -243,23 +267,21 @@ bool NetRing::ServeReceive(bool& notify) {
   bool ok = true;
   while (true) {
     if (frame_size_ == 0) {
-      absl::StatusOr<size_t> got = device_.Read(frame_);
+      absl::StatusOr<size_t> got = device_.Read(frame_, frame_offload_);
       if (!got.ok() || *got == 0) break;
       frame_size_ = *got;
     }
-    if (!Wanted()) {
+    const uint32_t data_slots = static_cast<uint32_t>((frame_size_ + netif::kPageSize - 1) / netif::kPageSize);
+    // Dropped: a multicast address the frontend did not add; larger than a page when the frontend
+    // takes one slot a frame; an offload it cannot take.
+    std::optional<uint8_t> gso_type;
+    if (!Wanted() || (data_slots > 1 && !options_.rx_scatter_gather) || !(gso_type = ReceiveOffload())) {
       frame_size_ = 0;
       absl::MutexLock lock(&mutex_);
-      ++statistics_.rx_dropped;  // a multicast address the frontend did not add
+      ++statistics_.rx_dropped;
       continue;
     }
-    const uint32_t needed = static_cast<uint32_t>((frame_size_ + netif::kPageSize - 1) / netif::kPageSize);
-    if (needed > 1 && !options_.rx_scatter_gather) {
-      frame_size_ = 0;
-      absl::MutexLock lock(&mutex_);
-      ++statistics_.rx_dropped;  // larger than a page, and the frontend takes one slot a frame
-      continue;
-    }
+    const uint32_t needed = data_slots + (*gso_type != 0 ? 1 : 0);
     std::optional<uint32_t> producer = Produced(rx_);
     if (!producer) {
       ok = Break("a receive request index out of range");
@@ -278,7 +300,7 @@ bool NetRing::ServeReceive(bool& notify) {
       break;
     }
     if (!Admit(rx_bucket_, frame_size_)) break;  // held until its bytes are there
-    if (!DeliverFrame()) {
+    if (!DeliverFrame(*gso_type)) {
       ok = Break("the receive ring cannot be written");
       break;
     }
@@ -287,35 +309,82 @@ bool NetRing::ServeReceive(bool& notify) {
   return ok;
 }
 
-bool NetRing::DeliverFrame() {
+std::optional<uint8_t> NetRing::ReceiveOffload() {
+  const net::FrameOffload& offload = frame_offload_;
+  uint8_t gso_type = 0;
+  switch (offload.segmentation) {
+    case net::FrameOffload::Segmentation::kNone:
+      break;
+    case net::FrameOffload::Segmentation::kTcpV4:
+      if (!options_.rx_gso_tcpv4 || offload.segment_size == 0) return std::nullopt;
+      gso_type = netif::kGsoTcpV4;
+      break;
+    case net::FrameOffload::Segmentation::kTcpV6:
+      if (!options_.rx_gso_tcpv6 || offload.segment_size == 0) return std::nullopt;
+      gso_type = netif::kGsoTcpV6;
+      break;
+    default:
+      return std::nullopt;
+  }
+  if (offload.partial_checksum && !options_.rx_partial_checksum &&
+      !netif::CompletePartialChecksum(std::span<uint8_t>(frame_).first(frame_size_), offload.checksum_start,
+                                      offload.checksum_offset)) {
+    return std::nullopt;
+  }
+  return gso_type;
+}
+
+bool NetRing::DeliverFrame(uint8_t gso_type) {
   const size_t size = frame_size_;
   frame_size_ = 0;
   bool copied = true;
-  std::vector<std::pair<netif::RxRequest, uint16_t>> slots;
-  for (size_t at = 0; at < size; at += netif::kPageSize) {
-    std::array<uint8_t, netif::kRxSlotSize> slot;
-    if (!memory_.Read(At(rx_.SlotAddress(rx_.request_consumer++)), slot).ok()) return false;
-    const netif::RxRequest request = netif::DecodeRxRequest(slot);
-    const uint16_t length = static_cast<uint16_t>(std::min<size_t>(netif::kPageSize, size - at));
-    if (copied) {
-      copied = grants_.Copy(request.gref, 0, std::span<uint8_t>(frame_).subspan(at, length), /*to_guest=*/true) == 0;
-    }
-    slots.emplace_back(request, length);
+  // The first data slot's flags: what the checksum is, and whether the GSO extra follows it.
+  uint16_t first_flags = gso_type != 0 ? netif::kRxExtraInfo : 0;
+  if (frame_offload_.partial_checksum && options_.rx_partial_checksum) {
+    first_flags |= netif::kRxCsumBlank | netif::kRxDataValidated;
+  } else if (frame_offload_.partial_checksum || frame_offload_.checksum_verified) {
+    first_flags |= netif::kRxDataValidated;  // completed here, or checked by the host
   }
-  for (size_t i = 0; i < slots.size(); ++i) {
-    const auto& [request, length] = slots[i];
-    const uint16_t flags = i + 1 < slots.size() && copied ? netif::kRxMoreData : 0;
-    const int16_t status = copied ? static_cast<int16_t>(length) : netif::kRspError;
-    if (!memory_.Write(At(rx_.SlotAddress(rx_.response_producer++)),
-                       netif::EncodeRxResponse(request.id, 0, flags, status))
-             .ok()) {
-      return false;
+  // Every request taken, in ring order, with the bytes copied into its page; the extra-info
+  // slot (after the first) takes a request and carries no data.
+  struct Taken {
+    netif::RxRequest request;
+    uint16_t length;
+    bool extra;
+  };
+  std::vector<Taken> taken;
+  for (size_t at = 0; at < size; at += netif::kPageSize) {
+    for (bool extra : {false, true}) {
+      if (extra && (at != 0 || gso_type == 0)) continue;
+      std::array<uint8_t, netif::kRxSlotSize> slot;
+      if (!memory_.Read(At(rx_.SlotAddress(rx_.request_consumer++)), slot).ok()) return false;
+      const netif::RxRequest request = netif::DecodeRxRequest(slot);
+      const uint16_t length = extra ? 0 : static_cast<uint16_t>(std::min<size_t>(netif::kPageSize, size - at));
+      if (copied && !extra) {
+        copied = grants_.Copy(request.gref, 0, std::span<uint8_t>(frame_).subspan(at, length), /*to_guest=*/true) == 0;
+      }
+      taken.push_back({request, length, extra});
     }
+  }
+  const size_t last_data = taken.back().extra ? taken.size() - 2 : taken.size() - 1;
+  for (size_t i = 0; i < taken.size(); ++i) {
+    const Taken& slot = taken[i];
+    // Not copied: every slot an error of its own (no flags chain them).
+    std::array<uint8_t, netif::kRxSlotSize> response = netif::EncodeRxResponse(slot.request.id, 0, 0, netif::kRspError);
+    if (copied && slot.extra) {
+      response = netif::EncodeRxGsoExtra(gso_type, frame_offload_.segment_size);
+    } else if (copied) {
+      uint16_t flags = i < last_data ? netif::kRxMoreData : 0;
+      if (i == 0) flags |= first_flags;
+      response = netif::EncodeRxResponse(slot.request.id, 0, flags, static_cast<int16_t>(slot.length));
+    }
+    if (!memory_.Write(At(rx_.SlotAddress(rx_.response_producer++)), response).ok()) return false;
   }
   absl::MutexLock lock(&mutex_);
   if (copied) {
     ++statistics_.rx_packets;
     statistics_.rx_bytes += size;
+    if (gso_type != 0) ++statistics_.rx_segmentation_offloaded;
   } else {
     ++statistics_.rx_errors;
   }

@@ -1,11 +1,13 @@
 // The data path of one xen-net device: the transmit and receive rings the frontend granted, served
 // on a thread of its own against a frame device (a TAP). Transmit: each packet's requests are
 // copied out of their slots once and checked (netif.h) before its data is copied out of the
-// granted pages with grant copy; a blank checksum (NETTXF_csum_blank) is filled in; the frame goes
-// to the device; every request is answered. Receive: a frame from the device is copied into the
-// pages the frontend posted (request-rx-copy; several slots with NETRXF_more_data only when the
-// frontend offers feature-sg), or held until it posts more; frames larger than it can take are
-// dropped and counted. Nothing but granted pages is touched; a frontend that breaks the protocol
+// granted pages with grant copy; a blank checksum (NETTXF_csum_blank) and a GSO packet's
+// segmentation are left to the device when it offloads them, the checksum filled in here when it
+// does not; the frame goes to the device; every request is answered. Receive: a frame from the
+// device is copied into the pages the frontend posted (request-rx-copy; several slots with
+// NETRXF_more_data only when the frontend offers feature-sg), its partial checksum passed on as
+// NETRXF_csum_blank and its segmentation as a GSO extra-info slot where the frontend takes them,
+// or held until it posts more; frames larger than it can take are dropped and counted. Nothing but granted pages is touched; a frontend that breaks the protocol
 // (an index more than the ring ahead, a packet netback would call fatal) stops being served, with
 // the reason kept.
 #ifndef XENKVM_COMPONENTS_XENBUS_NET_RING_H_
@@ -37,6 +39,8 @@ struct NetRingStatistics {
   // Transmit: guest to host. Receive: host to guest.
   uint64_t tx_packets = 0, tx_bytes = 0, tx_dropped = 0, tx_errors = 0;
   uint64_t rx_packets = 0, rx_bytes = 0, rx_dropped = 0, rx_errors = 0;
+  // Packets among them whose TCP segmentation was left to the other side (GSO).
+  uint64_t tx_segmentation_offloaded = 0, rx_segmentation_offloaded = 0;
   bool broken = false;  // the frontend broke a ring; it is no longer served
   std::string broken_reason;
 };
@@ -47,6 +51,11 @@ class NetRing {
     uint32_t tx_ring_gref = 0;
     uint32_t rx_ring_gref = 0;
     bool rx_scatter_gather = false;  // the frontend's feature-sg: a frame may span receive slots
+    // What the frontend takes on receive: partial checksums (NETRXF_csum_blank; without it they
+    // are completed here), and TCP not yet segmented (its feature-gso-tcpv4/-tcpv6; without it
+    // such a frame is dropped, so the device should not be asked for them).
+    bool rx_partial_checksum = false;
+    bool rx_gso_tcpv4 = false, rx_gso_tcpv6 = false;
     // Token buckets (bytes a second, at most `burst` at once; 0: unlimited): a packet waits on its
     // ring, a frame on the device, until its bytes are there.
     uint64_t tx_bytes_per_second = 0, tx_burst = 0;
@@ -96,12 +105,20 @@ class NetRing {
   bool ServeTransmit(bool& notify);
   bool ServeReceive(bool& notify);
   void Transmit(const netif::TxPacket& packet, int16_t& status);
+  // The checksum and segmentation of the packet in packet_, as the device takes them (done here
+  // when it has no offloads); false when it cannot be sent (GSO to a device without offloads, or
+  // over something other than TCP of the IP version it names).
+  bool PrepareOffload(const netif::TxPacket& packet, net::FrameOffload& offload);
+  // The GSO type a frame from the device goes to the frontend with (0: none), or nullopt when the
+  // frontend cannot take it; a partial checksum it cannot take is completed here.
+  std::optional<uint8_t> ReceiveOffload();
   // MCAST_ADD/DEL: NETIF_RSP_ERROR for an add beyond kMaxMulticastAddresses or of a unicast address.
   int16_t ChangeMulticast(const netif::ExtraInfo& extra);
   // Whether the frame in frame_ goes to the frontend (multicast control).
   bool Wanted() const;
-  // Copies the held frame into the frontend's receive slots; false when it has too few posted.
-  bool DeliverFrame();
+  // Copies the held frame into the frontend's receive slots (data, the GSO extra after the first
+  // when `gso_type` is not 0); false when the ring cannot be read or written.
+  bool DeliverFrame(uint8_t gso_type);
   // Publishes the ring's responses; true when the frontend asked to hear about them (rsp_event).
   bool PublishResponses(Ring& ring, uint32_t published);
   std::optional<uint32_t> Produced(const Ring& ring);
@@ -118,6 +135,7 @@ class NetRing {
   // The thread's own.
   Ring tx_, rx_;
   std::vector<uint8_t> frame_;   // a frame from the tap
+  net::FrameOffload frame_offload_;  // what is left to do to it
   std::vector<std::array<uint8_t, 6>> multicast_;  // added by the frontend (multicast control)
   size_t frame_size_ = 0;        // non-zero: held until the frontend posts receive slots
   std::vector<uint8_t> packet_;  // a frame from the guest

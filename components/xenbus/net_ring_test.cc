@@ -36,7 +36,7 @@ class NetRingTest : public ::testing::Test {
     options.tx_ring_gref = front_->tx_ring_gref();
     options.rx_ring_gref = front_->rx_ring_gref();
     options.rx_scatter_gather = scatter_gather;
-    auto ring = NetRing::Start(*memory_, *grants_, device_, options, [this](bool transmit, bool receive) {
+    auto ring = NetRing::Start(*memory_, *grants_, *device_, options, [this](bool transmit, bool receive) {
       ++notifications_;
       transmit_notifications_ += transmit;
       receive_notifications_ += receive;
@@ -61,7 +61,7 @@ class NetRingTest : public ::testing::Test {
   std::unique_ptr<memory::GuestMemory> memory_;
   std::unique_ptr<xen::GrantTable> grants_;
   std::unique_ptr<GuestGrants> guest_grants_;
-  SocketPairDevice device_;
+  std::unique_ptr<SocketPairDevice> device_ = std::make_unique<SocketPairDevice>();
   std::unique_ptr<Netfront> front_;
   std::unique_ptr<NetRing> ring_;
   std::atomic<int> notifications_{0};
@@ -75,6 +75,28 @@ std::vector<uint8_t> Expected(size_t length, uint8_t seed) {
   return bytes;
 }
 
+// Ethernet, IPv4 (10.0.0.1 to 10.0.0.2), TCP, then `payload` bytes; the TCP checksum blank.
+std::vector<uint8_t> TcpV4Frame(size_t payload) {
+  std::vector<uint8_t> frame(54 + payload);
+  frame[12] = 0x08;
+  frame[14] = 0x45;
+  frame[16] = static_cast<uint8_t>((40 + payload) >> 8);
+  frame[17] = static_cast<uint8_t>(40 + payload);
+  frame[22] = 64;
+  frame[23] = 6;
+  const uint8_t addresses[] = {10, 0, 0, 1, 10, 0, 0, 2};
+  std::copy(std::begin(addresses), std::end(addresses), frame.begin() + 26);
+  frame[46] = 0x50;  // a 20-byte TCP header
+  for (size_t i = 54; i < frame.size(); ++i) frame[i] = static_cast<uint8_t>(i * 3);
+  return frame;
+}
+
+// The TCP checksum of a frame as the host would complete it.
+std::pair<uint8_t, uint8_t> CompletedChecksum(std::vector<uint8_t> frame) {
+  EXPECT_TRUE(netif::CompleteChecksum(frame));
+  return {frame[50], frame[51]};
+}
+
 TEST_F(NetRingTest, TransmitsAPacketFromGrantedPages) {
   Start();
   Fill(kDataGfn, 100, 60, 7);
@@ -85,7 +107,7 @@ TEST_F(NetRingTest, TransmitsAPacketFromGrantedPages) {
   ASSERT_EQ(responses.size(), 1u);
   EXPECT_EQ(responses[0].id, 5);
   EXPECT_EQ(responses[0].status, netif::kRspOkay);
-  std::optional<std::vector<uint8_t>> frame = device_.Receive();
+  std::optional<std::vector<uint8_t>> frame = device_->Receive();
   ASSERT_TRUE(frame.has_value());
   EXPECT_EQ(*frame, Expected(60, 7));
   EXPECT_EQ(Statistics().tx_packets, 1u);
@@ -110,7 +132,7 @@ TEST_F(NetRingTest, TransmitsAPacketSpreadOverSlots) {
   std::vector<Netfront::TxResponse> responses = front_->TakeTx(3);
   ASSERT_EQ(responses.size(), 3u);
   for (const auto& response : responses) EXPECT_EQ(response.status, netif::kRspOkay);
-  std::optional<std::vector<uint8_t>> frame = device_.Receive();
+  std::optional<std::vector<uint8_t>> frame = device_->Receive();
   ASSERT_TRUE(frame.has_value());
   EXPECT_EQ(*frame, Expected(96 + 4096 + 8, 1));
 }
@@ -134,10 +156,10 @@ TEST_F(NetRingTest, BadGrantsAndMalformedPacketsAreAnsweredWithErrors) {
   EXPECT_EQ(responses[2].status, netif::kRspError);
   EXPECT_EQ(responses[3].status, netif::kRspError);
   EXPECT_EQ(responses[4].status, netif::kRspOkay);
-  std::optional<std::vector<uint8_t>> frame = device_.Receive();
+  std::optional<std::vector<uint8_t>> frame = device_->Receive();
   ASSERT_TRUE(frame.has_value());
   EXPECT_EQ(*frame, Expected(60, 3));  // only the good one
-  EXPECT_FALSE(device_.Receive(absl::Milliseconds(50)).has_value());
+  EXPECT_FALSE(device_->Receive(absl::Milliseconds(50)).has_value());
   EXPECT_EQ(Statistics().tx_errors, 2u);
   EXPECT_EQ(Statistics().tx_dropped, 1u);
   EXPECT_FALSE(Statistics().broken);
@@ -163,7 +185,7 @@ TEST_F(NetRingTest, AProtocolBreachStopsTheRing) {
 
 TEST_F(NetRingTest, ReceivesIntoPostedPagesAndHoldsFramesUntilThereAreSome) {
   Start();
-  ASSERT_TRUE(device_.Send(Expected(100, 9)));  // nothing posted yet: held
+  ASSERT_TRUE(device_->Send(Expected(100, 9)));  // nothing posted yet: held
   absl::SleepFor(absl::Milliseconds(20));
   EXPECT_EQ(Statistics().rx_packets, 0u);
   front_->PostRx(3, guest_grants_->Grant(kDataGfn, false));
@@ -184,7 +206,7 @@ TEST_F(NetRingTest, ReceivesIntoPostedPagesAndHoldsFramesUntilThereAreSome) {
   front_->PostRx(4, guest_grants_->Grant(kDataGfn + 1, true));
   front_->PublishRx();
   ring_->Kick();
-  ASSERT_TRUE(device_.Send(Expected(80, 1)));
+  ASSERT_TRUE(device_->Send(Expected(80, 1)));
   responses = front_->TakeRx(1);
   ASSERT_EQ(responses.size(), 1u);
   EXPECT_EQ(responses[0].status, netif::kRspError);
@@ -215,7 +237,7 @@ TEST_F(NetRingTest, MulticastControlFiltersWhatTheFrontendDidNotAdd) {
   EXPECT_EQ(responses[0].status, netif::kRspOkay);
   EXPECT_EQ(responses[1].status, netif::kRspNull);
   EXPECT_EQ(control(netif::kExtraMcastAdd, {0x02, 0, 0, 0, 0, 1}, 2).at(0).status, netif::kRspError);  // unicast
-  EXPECT_FALSE(device_.Receive(absl::Milliseconds(20)).has_value());  // nothing was sent
+  EXPECT_FALSE(device_->Receive(absl::Milliseconds(20)).has_value());  // nothing was sent
 
   for (uint16_t id = 0; id < 8; ++id) front_->PostRx(id, guest_grants_->Grant(kDataGfn + id, false));
   front_->PublishRx();
@@ -225,10 +247,10 @@ TEST_F(NetRingTest, MulticastControlFiltersWhatTheFrontendDidNotAdd) {
     std::copy(destination.begin(), destination.end(), frame.begin());
     return frame;
   };
-  ASSERT_TRUE(device_.Send(frame_to({0x01, 0x00, 0x5e, 0x00, 0x00, 0x01}, 1)));  // not added: dropped
-  ASSERT_TRUE(device_.Send(frame_to(group, 2)));
-  ASSERT_TRUE(device_.Send(frame_to({0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, 3)));
-  ASSERT_TRUE(device_.Send(frame_to({0x00, 0x16, 0x3e, 0, 0, 1}, 4)));
+  ASSERT_TRUE(device_->Send(frame_to({0x01, 0x00, 0x5e, 0x00, 0x00, 0x01}, 1)));  // not added: dropped
+  ASSERT_TRUE(device_->Send(frame_to(group, 2)));
+  ASSERT_TRUE(device_->Send(frame_to({0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, 3)));
+  ASSERT_TRUE(device_->Send(frame_to({0x00, 0x16, 0x3e, 0, 0, 1}, 4)));
   std::vector<Netfront::RxResponse> received = front_->TakeRx(3);
   ASSERT_EQ(received.size(), 3u);
   EXPECT_EQ(Page(kDataGfn, 60)[59], 2);
@@ -237,8 +259,8 @@ TEST_F(NetRingTest, MulticastControlFiltersWhatTheFrontendDidNotAdd) {
   EXPECT_EQ(Statistics().rx_dropped, 1u);
 
   ASSERT_EQ(control(netif::kExtraMcastDel, group, 3).at(0).status, netif::kRspOkay);
-  ASSERT_TRUE(device_.Send(frame_to(group, 5)));
-  ASSERT_TRUE(device_.Send(frame_to({0x00, 0x16, 0x3e, 0, 0, 1}, 6)));
+  ASSERT_TRUE(device_->Send(frame_to(group, 5)));
+  ASSERT_TRUE(device_->Send(frame_to({0x00, 0x16, 0x3e, 0, 0, 1}, 6)));
   received = front_->TakeRx(1);
   ASSERT_EQ(received.size(), 1u);
   EXPECT_EQ(Page(kDataGfn + 3, 60)[59], 6);  // the group's frame no longer came
@@ -253,7 +275,7 @@ TEST_F(NetRingTest, FramesOverAPageNeedScatterGather) {
   front_->PostRx(2, guest_grants_->Grant(kDataGfn + 1, false));
   front_->PublishRx();
   ring_->Kick();
-  ASSERT_TRUE(device_.Send(Expected(6000, 5)));
+  ASSERT_TRUE(device_->Send(Expected(6000, 5)));
   for (int i = 0; i < 500 && Statistics().rx_dropped == 0; ++i) absl::SleepFor(absl::Milliseconds(2));
   EXPECT_EQ(Statistics().rx_dropped, 1u);
 
@@ -263,7 +285,7 @@ TEST_F(NetRingTest, FramesOverAPageNeedScatterGather) {
   front_->PostRx(2, guest_grants_->Grant(kDataGfn + 1, false));
   front_->PublishRx();
   ring_->Kick();
-  ASSERT_TRUE(device_.Send(Expected(6000, 5)));
+  ASSERT_TRUE(device_->Send(Expected(6000, 5)));
   std::vector<Netfront::RxResponse> responses = front_->TakeRx(2);
   ASSERT_EQ(responses.size(), 2u);
   EXPECT_EQ(responses[0].status, 4096);
@@ -274,6 +296,167 @@ TEST_F(NetRingTest, FramesOverAPageNeedScatterGather) {
   const std::vector<uint8_t> rest = Page(kDataGfn + 1, 6000 - 4096);
   joined.insert(joined.end(), rest.begin(), rest.end());
   EXPECT_EQ(joined, Expected(6000, 5));
+}
+
+// With a device that offloads (a tap with IFF_VNET_HDR): a blank checksum goes to it partial (the
+// pseudo-header's sum in the field), a GSO packet with its segmentation; GSO that does not match
+// its headers is an error response.
+TEST_F(NetRingTest, TransmittedOffloadsGoToTheDevice) {
+  device_ = std::make_unique<SocketPairDevice>(/*offloads=*/true);
+  Start(/*scatter_gather=*/true);
+  const std::vector<uint8_t> small = TcpV4Frame(100);
+  ASSERT_TRUE(memory_->Write(memory::GuestAddress(kDataGfn << 12), small).ok());
+  front_->PutTx(Netfront::TxSlot(guest_grants_->Grant(kDataGfn, true), 0, netif::kTxCsumBlank, 1,
+                                 static_cast<uint16_t>(small.size())));
+  front_->PublishTx();
+  ring_->Kick();
+  ASSERT_EQ(front_->TakeTx(1).at(0).status, netif::kRspOkay);
+  net::FrameOffload offload;
+  std::optional<std::vector<uint8_t>> sent = device_->Receive(absl::Seconds(5), &offload);
+  ASSERT_TRUE(sent.has_value());
+  EXPECT_TRUE(offload.partial_checksum);
+  EXPECT_EQ(offload.checksum_start, 34);
+  EXPECT_EQ(offload.checksum_offset, 16);
+  EXPECT_EQ(offload.segmentation, net::FrameOffload::Segmentation::kNone);
+  ASSERT_TRUE(netif::CompletePartialChecksum(*sent, 34, 16));
+  EXPECT_EQ(std::make_pair((*sent)[50], (*sent)[51]), CompletedChecksum(small));
+
+  // 9000 bytes in three slots behind a GSO extra: one frame to the device, to be segmented.
+  const std::vector<uint8_t> large = TcpV4Frame(9000 - 54);
+  ASSERT_TRUE(memory_->Write(memory::GuestAddress((kDataGfn + 1) << 12), large).ok());
+  auto gso_extra = [](uint8_t type) {
+    std::array<uint8_t, netif::kTxSlotSize> extra{};
+    extra[0] = netif::kExtraGso;
+    extra[2] = 1448 & 0xff;
+    extra[3] = 1448 >> 8;
+    extra[4] = type;
+    return extra;
+  };
+  auto put_large = [&](uint16_t id, uint8_t gso_type) {
+    front_->PutTx(Netfront::TxSlot(guest_grants_->Grant(kDataGfn + 1, true), 0,
+                                   netif::kTxCsumBlank | netif::kTxExtraInfo | netif::kTxMoreData, id, 9000));
+    front_->PutTx(gso_extra(gso_type));
+    front_->PutTx(Netfront::TxSlot(guest_grants_->Grant(kDataGfn + 2, true), 0, netif::kTxMoreData, id + 1, 4096));
+    front_->PutTx(Netfront::TxSlot(guest_grants_->Grant(kDataGfn + 3, true), 0, 0, id + 2, 9000 - 8192));
+    front_->PublishTx();
+    ring_->Kick();
+    return front_->TakeTx(4);
+  };
+  std::vector<Netfront::TxResponse> responses = put_large(2, netif::kGsoTcpV4);
+  ASSERT_EQ(responses.size(), 4u);
+  EXPECT_EQ(responses[0].status, netif::kRspOkay);
+  EXPECT_EQ(responses[1].status, netif::kRspNull);
+  sent = device_->Receive(absl::Seconds(5), &offload);
+  ASSERT_TRUE(sent.has_value());
+  EXPECT_EQ(sent->size(), 9000u);
+  EXPECT_EQ(offload.segmentation, net::FrameOffload::Segmentation::kTcpV4);
+  EXPECT_EQ(offload.segment_size, 1448);
+  EXPECT_TRUE(offload.partial_checksum);
+  EXPECT_EQ(std::vector<uint8_t>(sent->begin() + 54, sent->begin() + 4096), std::vector<uint8_t>(large.begin() + 54, large.begin() + 4096));
+
+  // TCPv6 segmentation over IPv4: an error, nothing sent.
+  responses = put_large(5, netif::kGsoTcpV6);
+  ASSERT_EQ(responses.size(), 4u);
+  EXPECT_EQ(responses[0].status, netif::kRspError);
+  EXPECT_FALSE(device_->Receive(absl::Milliseconds(50)).has_value());
+  EXPECT_EQ(Statistics().tx_errors, 1u);
+  EXPECT_EQ(Statistics().tx_packets, 2u);
+  EXPECT_EQ(Statistics().tx_segmentation_offloaded, 1u);
+}
+
+// Without offloads on the device, a blank checksum is filled in here and GSO (not offered) is an
+// error.
+TEST_F(NetRingTest, WithoutDeviceOffloadsChecksumsAreCompletedAndGsoRefused) {
+  Start(/*scatter_gather=*/true);
+  const std::vector<uint8_t> small = TcpV4Frame(100);
+  ASSERT_TRUE(memory_->Write(memory::GuestAddress(kDataGfn << 12), small).ok());
+  const uint32_t page = guest_grants_->Grant(kDataGfn, true);
+  front_->PutTx(Netfront::TxSlot(page, 0, netif::kTxCsumBlank, 1, static_cast<uint16_t>(small.size())));
+  front_->PutTx(Netfront::TxSlot(page, 0, netif::kTxCsumBlank | netif::kTxExtraInfo, 2,
+                                 static_cast<uint16_t>(small.size())));
+  std::array<uint8_t, netif::kTxSlotSize> extra{netif::kExtraGso, 0, 100, 0, netif::kGsoTcpV4};
+  front_->PutTx(extra);
+  front_->PublishTx();
+  ring_->Kick();
+  std::vector<Netfront::TxResponse> responses = front_->TakeTx(3);
+  ASSERT_EQ(responses.size(), 3u);
+  EXPECT_EQ(responses[0].status, netif::kRspOkay);
+  EXPECT_EQ(responses[1].status, netif::kRspError);
+  std::optional<std::vector<uint8_t>> sent = device_->Receive();
+  ASSERT_TRUE(sent.has_value());
+  EXPECT_EQ(std::make_pair((*sent)[50], (*sent)[51]), CompletedChecksum(small));
+  EXPECT_FALSE(device_->Receive(absl::Milliseconds(50)).has_value());
+}
+
+// A segmentation-pending frame from the device (a tap that was told the frontend takes TSO):
+// NETRXF_extra_info, csum_blank and data_validated on its first response, the GSO extra in the
+// next slot (its request's page left alone), the data in the slots after. A frontend that takes
+// no GSO gets none (dropped); one that takes no partial checksums gets the checksum completed.
+TEST_F(NetRingTest, ReceivedOffloadsReachTheFrontendAsItTakesThem) {
+  device_ = std::make_unique<SocketPairDevice>(/*offloads=*/true);
+  NetRing::Options options;
+  options.rx_partial_checksum = options.rx_gso_tcpv4 = true;
+  Start(/*scatter_gather=*/true, options);
+  for (uint16_t id = 0; id < 4; ++id) front_->PostRx(id, guest_grants_->Grant(kDataGfn + id, false));
+  front_->PublishRx();
+  ring_->Kick();
+  std::vector<uint8_t> large = TcpV4Frame(10000 - 54);
+  std::vector<uint8_t> partial = large;
+  ASSERT_TRUE(netif::PreparePartialChecksum(partial).has_value());
+  net::FrameOffload offload;
+  offload.segmentation = net::FrameOffload::Segmentation::kTcpV4;
+  offload.segment_size = 1448;
+  offload.partial_checksum = true;
+  offload.checksum_start = 34;
+  offload.checksum_offset = 16;
+  ASSERT_TRUE(device_->Send(partial, offload));
+  std::vector<Netfront::RxResponse> responses = front_->TakeRx(4);
+  ASSERT_EQ(responses.size(), 4u);
+  EXPECT_EQ(responses[0].id, 0);
+  EXPECT_EQ(responses[0].status, 4096);
+  EXPECT_EQ(responses[0].flags,
+            netif::kRxExtraInfo | netif::kRxMoreData | netif::kRxCsumBlank | netif::kRxDataValidated);
+  // The extra-info slot, read as a response: type GSO, no flags; its size where the offset is,
+  // its GSO type in the flags' low byte.
+  EXPECT_EQ(responses[1].id, netif::kExtraGso);
+  EXPECT_EQ(responses[1].offset, 1448);
+  EXPECT_EQ(responses[1].flags, netif::kGsoTcpV4);
+  EXPECT_EQ(responses[2].id, 2);
+  EXPECT_EQ(responses[2].status, 4096);
+  EXPECT_EQ(responses[2].flags, netif::kRxMoreData);
+  EXPECT_EQ(responses[3].status, 10000 - 8192);
+  EXPECT_EQ(responses[3].flags, 0);
+  std::vector<uint8_t> joined = Page(kDataGfn, 4096);
+  for (uint64_t gfn : {kDataGfn + 2, kDataGfn + 3}) {
+    const std::vector<uint8_t> rest = Page(gfn, gfn == kDataGfn + 2 ? 4096 : 10000 - 8192);
+    joined.insert(joined.end(), rest.begin(), rest.end());
+  }
+  EXPECT_EQ(joined, partial);
+  EXPECT_EQ(Page(kDataGfn + 1, 16), std::vector<uint8_t>(16, 0));
+  EXPECT_EQ(Statistics().rx_segmentation_offloaded, 1u);
+
+  ring_.reset();
+  options.rx_partial_checksum = options.rx_gso_tcpv4 = false;
+  Start(/*scatter_gather=*/true, options);
+  for (uint16_t id = 0; id < 4; ++id) front_->PostRx(id, guest_grants_->Grant(kDataGfn + 4 + id, false));
+  front_->PublishRx();
+  ring_->Kick();
+  ASSERT_TRUE(device_->Send(partial, offload));  // GSO: not taken, dropped
+  offload.segmentation = net::FrameOffload::Segmentation::kNone;
+  std::vector<uint8_t> small = large;
+  small.resize(54 + 200);
+  small[16] = 0;  // the IP length of the shorter packet
+  small[17] = 240;
+  std::vector<uint8_t> small_sent = small;
+  ASSERT_TRUE(netif::PreparePartialChecksum(small_sent).has_value());
+  ASSERT_TRUE(device_->Send(small_sent, offload));
+  responses = front_->TakeRx(1);
+  ASSERT_EQ(responses.size(), 1u);
+  EXPECT_EQ(responses[0].status, 254);
+  EXPECT_EQ(responses[0].flags, netif::kRxDataValidated);  // completed here
+  const std::vector<uint8_t> delivered = Page(kDataGfn + 4, 254);
+  EXPECT_EQ(std::make_pair(delivered[50], delivered[51]), CompletedChecksum(small));
+  EXPECT_EQ(Statistics().rx_dropped, 1u);
 }
 
 // 20 KB each way at 50 KB/s with 5 KB at once: the first 5 KB at once, the rest over ~300 ms,
@@ -291,14 +474,14 @@ TEST_F(NetRingTest, RateLimitsHoldPacketsUntilTheirBytesAreThere) {
   ring_->Kick();
   EXPECT_EQ(front_->TakeTx(20).size(), 20u);
   EXPECT_GE(absl::Now() - start, absl::Milliseconds(250));
-  for (int i = 0; i < 20; ++i) ASSERT_TRUE(device_.Receive().has_value()) << i;
+  for (int i = 0; i < 20; ++i) ASSERT_TRUE(device_->Receive().has_value()) << i;
   EXPECT_EQ(Statistics().tx_packets, 20u);
 
   for (uint16_t id = 0; id < 20; ++id) front_->PostRx(id, guest_grants_->Grant(kDataGfn + 1 + id, false));
   front_->PublishRx();
   ring_->Kick();
   start = absl::Now();
-  for (int i = 0; i < 20; ++i) ASSERT_TRUE(device_.Send(Expected(1000, 2)));
+  for (int i = 0; i < 20; ++i) ASSERT_TRUE(device_->Send(Expected(1000, 2)));
   EXPECT_EQ(front_->TakeRx(20).size(), 20u);
   EXPECT_GE(absl::Now() - start, absl::Milliseconds(250));
   EXPECT_EQ(Statistics().rx_packets, 20u);

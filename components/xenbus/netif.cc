@@ -68,7 +68,14 @@ TxPacket ParseTxPacket(const SlotReader& slot) {
       if (extra.type == 0 || extra.type >= kExtraTypeLimit) {
         return Verdict(std::move(packet), TxVerdict::kFatal, absl::StrFormat("extra-info type %u", extra.type));
       }
-      if (extra.type == kExtraGso) packet.gso = extra;
+      if (extra.type == kExtraGso) {
+        // As netback: a GSO packet the backend cannot segment is a broken frontend.
+        if (extra.gso_size == 0 || (extra.gso_type != kGsoTcpV4 && extra.gso_type != kGsoTcpV6)) {
+          return Verdict(std::move(packet), TxVerdict::kFatal,
+                         absl::StrFormat("GSO type %u with segments of %u bytes", extra.gso_type, extra.gso_size));
+        }
+        packet.gso = extra;
+      }
       if (extra.type == kExtraMcastAdd || extra.type == kExtraMcastDel) packet.multicast = extra;
       if (!(extra.flags & kExtraFlagMore)) break;
     }
@@ -140,63 +147,86 @@ std::array<uint8_t, kRxSlotSize> EncodeRxResponse(uint16_t id, uint16_t offset, 
   return slot;
 }
 
-bool CompleteChecksum(std::span<uint8_t> frame) {
+std::optional<ChecksumPlace> PreparePartialChecksum(std::span<uint8_t> frame) {
   uint8_t* f = frame.data();
   size_t l3 = 14;
-  if (frame.size() < l3) return false;
+  if (frame.size() < l3) return std::nullopt;
   uint16_t ethertype = Be16(f + 12);
   if (ethertype == 0x8100) {  // one VLAN tag
     l3 = 18;
-    if (frame.size() < l3) return false;
+    if (frame.size() < l3) return std::nullopt;
     ethertype = Be16(f + 16);
   }
-  size_t l4 = 0, l4_length = 0;
+  ChecksumPlace place;
   uint8_t protocol = 0;
   uint32_t sum = 0;
   if (ethertype == 0x0800) {
-    if (frame.size() < l3 + 20 || (f[l3] >> 4) != 4) return false;
+    if (frame.size() < l3 + 20 || (f[l3] >> 4) != 4) return std::nullopt;
     const size_t header = (f[l3] & 0xf) * 4u;
     const size_t total = Be16(f + l3 + 2);
-    if (header < 20 || total < header || l3 + total > frame.size()) return false;
-    if ((Be16(f + l3 + 6) & 0x3fff) != 0) return false;  // a fragment
+    if (header < 20 || total < header || l3 + total > frame.size()) return std::nullopt;
+    if ((Be16(f + l3 + 6) & 0x3fff) != 0) return std::nullopt;  // a fragment
     protocol = f[l3 + 9];
-    l4 = l3 + header;
-    l4_length = total - header;
+    place.start = l3 + header;
+    place.end = l3 + total;
     sum = SumWords(f + l3 + 12, 8, 0);  // source and destination addresses
   } else if (ethertype == 0x86dd) {
-    if (frame.size() < l3 + 40) return false;
-    const size_t end = l3 + 40 + Be16(f + l3 + 4);
-    if (end > frame.size()) return false;
+    if (frame.size() < l3 + 40) return std::nullopt;
+    place.end = l3 + 40 + Be16(f + l3 + 4);
+    if (place.end > frame.size()) return std::nullopt;
     protocol = f[l3 + 6];
-    l4 = l3 + 40;
+    place.start = l3 + 40;
+    place.ipv6 = true;
     // Hop-by-hop and destination options may come first; a routing or fragment header changes
     // what is summed, so those packets are left as they are.
     for (int skipped = 0; protocol == 0 || protocol == 60; ++skipped) {
-      if (skipped == 8 || l4 + 8 > end) return false;
-      protocol = f[l4];
-      l4 += (f[l4 + 1] + 1u) * 8;
+      if (skipped == 8 || place.start + 8 > place.end) return std::nullopt;
+      protocol = f[place.start];
+      place.start += (f[place.start + 1] + 1u) * 8;
     }
-    if (l4 > end) return false;
-    l4_length = end - l4;
+    if (place.start > place.end) return std::nullopt;
     sum = SumWords(f + l3 + 8, 32, 0);
   } else {
-    return false;
+    return std::nullopt;
   }
-  size_t field = 0;
+  const size_t l4_length = place.end - place.start;
   if (protocol == 6 && l4_length >= 20) {
-    field = l4 + 16;
+    place.offset = 16;
   } else if (protocol == 17 && l4_length >= 8) {
-    field = l4 + 6;
+    place.offset = 6;
   } else {
-    return false;
+    return std::nullopt;
   }
+  place.protocol = protocol;
   sum += protocol + static_cast<uint32_t>(l4_length & 0xffff) + static_cast<uint32_t>(l4_length >> 16);
-  f[field] = f[field + 1] = 0;
-  uint16_t checksum = static_cast<uint16_t>(~Fold(SumWords(f + l4, l4_length, Fold(sum))));
-  if (protocol == 17 && checksum == 0) checksum = 0xffff;
-  f[field] = static_cast<uint8_t>(checksum >> 8);
-  f[field + 1] = static_cast<uint8_t>(checksum);
+  const uint16_t pseudo = Fold(sum);
+  f[place.start + place.offset] = static_cast<uint8_t>(pseudo >> 8);
+  f[place.start + place.offset + 1] = static_cast<uint8_t>(pseudo);
+  return place;
+}
+
+bool CompletePartialChecksum(std::span<uint8_t> frame, size_t start, size_t offset) {
+  if (start > frame.size() || offset + 2 > frame.size() - start) return false;
+  uint8_t* field = frame.data() + start + offset;
+  // 0 and 0xffff are the same sum; 0 in UDP means "none", so 0xffff is sent (as Linux does).
+  uint16_t checksum = static_cast<uint16_t>(~Fold(SumWords(frame.data() + start, frame.size() - start, 0)));
+  if (checksum == 0) checksum = 0xffff;
+  field[0] = static_cast<uint8_t>(checksum >> 8);
+  field[1] = static_cast<uint8_t>(checksum);
   return true;
+}
+
+bool CompleteChecksum(std::span<uint8_t> frame) {
+  std::optional<ChecksumPlace> place = PreparePartialChecksum(frame);
+  return place && CompletePartialChecksum(frame.first(place->end), place->start, place->offset);
+}
+
+std::array<uint8_t, kRxSlotSize> EncodeRxGsoExtra(uint8_t gso_type, uint16_t gso_size) {
+  std::array<uint8_t, kRxSlotSize> slot{};  // flags, pad and features zero
+  slot[0] = kExtraGso;
+  PutLe16(slot.data() + 2, gso_size);
+  slot[4] = gso_type;
+  return slot;
 }
 
 }  // namespace xenkvm::xenbus::netif

@@ -104,8 +104,28 @@ RxRequest DecodeRxRequest(std::span<const uint8_t, kRxSlotSize> slot);
 // `status`: the bytes in the slot's page, or a NETIF_RSP_* error.
 std::array<uint8_t, kRxSlotSize> EncodeRxResponse(uint16_t id, uint16_t offset, uint16_t flags, int16_t status);
 
-// Fills in a TCP or UDP checksum the frontend left blank (NETTXF_csum_blank) over IPv4 or IPv6
-// (no extension headers) in an Ethernet frame; false when the frame is none of these (left alone).
+// The extra-info slot that follows a received packet's first response (NETRXF_extra_info): its
+// GSO type (kGsoTcpV4, kGsoTcpV6) and segment size.
+std::array<uint8_t, kRxSlotSize> EncodeRxGsoExtra(uint8_t gso_type, uint16_t gso_size);
+
+// Where an Ethernet frame's TCP or UDP checksum is: over IPv4 (not a fragment) or IPv6 (behind
+// hop-by-hop and destination options at most), one VLAN tag at most.
+struct ChecksumPlace {
+  size_t start = 0;   // the TCP or UDP header
+  size_t offset = 0;  // its checksum field, from `start`
+  size_t end = 0;     // where the IP packet ends (padding may follow)
+  uint8_t protocol = 0;  // 6 (TCP) or 17 (UDP)
+  bool ipv6 = false;
+};
+// Writes the pseudo-header's sum (over the IP packet's own length) into the checksum field, as a
+// partial checksum has it, and says where it is; nullopt, the frame untouched, when it is none of
+// the above. What a frontend left in the field (blank or already partial) does not matter.
+std::optional<ChecksumPlace> PreparePartialChecksum(std::span<uint8_t> frame);
+// Completes a partial checksum: the sum from `start` to the end of `frame` into the field at
+// `start` + `offset`. False (nothing written) when the field is not inside the frame.
+bool CompletePartialChecksum(std::span<uint8_t> frame, size_t start, size_t offset);
+// Fills in a TCP or UDP checksum the frontend left blank (NETTXF_csum_blank) or partial: the two
+// above in one. False when the frame is none of those (left alone).
 bool CompleteChecksum(std::span<uint8_t> frame);
 
 }  // namespace xenkvm::xenbus::netif

@@ -160,8 +160,31 @@ TEST(NetifTest, MalformedPackets) {
   EXPECT_EQ(Parse({TxSlot(1, 0, kTxExtraInfo, 1, 100), ExtraSlot(0, 0, 0)}).verdict, TxVerdict::kFatal);
   EXPECT_EQ(Parse({TxSlot(1, 0, kTxExtraInfo, 1, 100), ExtraSlot(9, 0, 0)}).verdict, TxVerdict::kFatal);
   std::vector<Slot> endless = {TxSlot(1, 0, kTxExtraInfo, 1, 100)};
-  for (int i = 0; i < 8; ++i) endless.push_back(ExtraSlot(kExtraGso, kExtraFlagMore, 0));
+  for (int i = 0; i < 8; ++i) endless.push_back(ExtraSlot(kExtraGso, kExtraFlagMore, 1448));
   EXPECT_EQ(Parse(endless).verdict, TxVerdict::kFatal);
+  // GSO that cannot be segmented (no segment size, not TCP): fatal, as netback has it.
+  EXPECT_EQ(Parse({TxSlot(1, 0, kTxExtraInfo, 1, 100), ExtraSlot(kExtraGso, 0, 0)}).verdict, TxVerdict::kFatal);
+  Slot udp_gso = ExtraSlot(kExtraGso, 0, 1448);
+  udp_gso[4] = 3;
+  TxPacket bad_type = Parse({TxSlot(1, 0, kTxExtraInfo, 1, 100), udp_gso});
+  EXPECT_EQ(bad_type.verdict, TxVerdict::kFatal);
+  EXPECT_THAT(bad_type.reason, ::testing::HasSubstr("GSO type 3"));
+}
+
+// The GSO extra-info slot of a received packet, as Xen's header lays it out over a response.
+TEST(NetifTest, ReceiveGsoExtraIsXens) {
+  const std::array<uint8_t, kRxSlotSize> slot = EncodeRxGsoExtra(kGsoTcpV6, 1428);
+  netif_extra_info_t extra{};
+  std::memcpy(&extra, slot.data(), sizeof(extra));
+  EXPECT_EQ(extra.type, XEN_NETIF_EXTRA_TYPE_GSO);
+  EXPECT_EQ(extra.flags, 0);
+  EXPECT_EQ(extra.u.gso.size, 1428);
+  EXPECT_EQ(extra.u.gso.type, XEN_NETIF_GSO_TYPE_TCPV6);
+  EXPECT_EQ(extra.u.gso.features, 0);
+  EXPECT_EQ(kGsoTcpV4, XEN_NETIF_GSO_TYPE_TCPV4);
+  EXPECT_EQ(NETRXF_extra_info, kRxExtraInfo);
+  EXPECT_EQ(NETRXF_csum_blank, kRxCsumBlank);
+  EXPECT_EQ(NETRXF_data_validated, kRxDataValidated);
 }
 
 // The one's-complement sum over the pseudo-header and the L4 segment of a packet with a correct
@@ -230,6 +253,47 @@ TEST(NetifTest, BlankChecksumsAreFilledIn) {
   truncated[23] = 17;
   EXPECT_FALSE(CompleteChecksum(truncated));
   EXPECT_FALSE(CompleteChecksum(std::span<uint8_t>()));
+}
+
+// A partial checksum (what a tap with offloads takes): the pseudo-header's sum in the field, and
+// where the sum starts; completing it later gives what CompleteChecksum gives at once, whatever
+// the frontend had left in the field. Ethernet padding past the IP packet is not summed.
+TEST(NetifTest, PartialChecksumsArePreparedAndCompleted) {
+  for (uint8_t protocol : {6, 17}) {
+    const size_t l4_length = 33;
+    std::vector<uint8_t> frame = Frame(0x0800, 20, l4_length);
+    frame[14] = 0x45;
+    frame[17] = static_cast<uint8_t>(20 + l4_length);
+    frame[23] = protocol;
+    const uint8_t addresses[] = {192, 168, 7, 1, 192, 168, 7, 2};
+    std::memcpy(&frame[26], addresses, 8);
+    std::vector<uint8_t> whole = frame;
+    ASSERT_TRUE(CompleteChecksum(whole));
+
+    const size_t field = 34 + (protocol == 6 ? 16 : 6);
+    frame[field] = 0x12;  // whatever was there
+    frame[field + 1] = 0x34;
+    frame.resize(frame.size() + 5, 0xee);  // padding
+    std::optional<ChecksumPlace> place = PreparePartialChecksum(frame);
+    ASSERT_TRUE(place.has_value());
+    EXPECT_EQ(place->start, 34u);
+    EXPECT_EQ(place->offset, protocol == 6 ? 16u : 6u);
+    EXPECT_EQ(place->end, 34 + l4_length);
+    EXPECT_EQ(place->protocol, protocol);
+    EXPECT_FALSE(place->ipv6);
+    uint32_t pseudo = protocol + l4_length;
+    for (size_t i = 0; i < 8; i += 2) pseudo += (addresses[i] << 8) | addresses[i + 1];
+    while (pseudo >> 16) pseudo = (pseudo & 0xffff) + (pseudo >> 16);
+    EXPECT_EQ((frame[field] << 8) | frame[field + 1], pseudo);
+
+    ASSERT_TRUE(CompletePartialChecksum(std::span<uint8_t>(frame).first(place->end), place->start, place->offset));
+    EXPECT_EQ(frame[field], whole[field]);
+    EXPECT_EQ(frame[field + 1], whole[field + 1]);
+  }
+  std::vector<uint8_t> small(20);
+  EXPECT_FALSE(CompletePartialChecksum(small, 10, 9));  // the field past the end
+  EXPECT_FALSE(CompletePartialChecksum(small, 30, 0));
+  EXPECT_TRUE(CompletePartialChecksum(small, 10, 8));
 }
 
 }  // namespace

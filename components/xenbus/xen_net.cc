@@ -32,6 +32,8 @@ absl::StatusOr<std::unique_ptr<XenNet>> XenNet::Create(const Environment& enviro
   const XenNetConfig& c = device->config_;
   const std::string mac = net::FormatMac(c.mac);
   const XenstoreNodes frontend = {{"handle", absl::StrCat(c.devid)}, {"mac", mac}};
+  // GSO from the frontend only where the tap takes it on (IFF_VNET_HDR).
+  const std::string gso = device->tap_->offloads() ? "1" : "0";
   const XenstoreNodes backend = {{"handle", absl::StrCat(c.devid)},
                                  {"mac", mac},
                                  {"bridge", c.bridge},
@@ -40,8 +42,8 @@ absl::StatusOr<std::unique_ptr<XenNet>> XenNet::Create(const Environment& enviro
                                  {"feature-rx-copy", "1"},
                                  {"feature-rx-flip", "0"},
                                  {"feature-sg", "1"},
-                                 {"feature-gso-tcpv4", "0"},
-                                 {"feature-gso-tcpv6", "0"},
+                                 {"feature-gso-tcpv4", gso},
+                                 {"feature-gso-tcpv6", gso},
                                  {"feature-ipv6-csum-offload", "1"},
                                  {"feature-split-event-channels", "1"},
                                  {"feature-multicast-control", "1"}};
@@ -110,6 +112,7 @@ absl::Status XenNet::Connect() {
   };
   NetRing::Options options = RingOptions(tx_ref, rx_ref, scatter_gather);
   options.multicast_control = ReadFrontend("request-multicast-control").value_or("0") == "1";
+  XENKVM_RETURN_IF_ERROR(NegotiateReceiveOffloads(options));
   absl::StatusOr<std::unique_ptr<NetRing>> ring =
       NetRing::Start(*environment_.memory, *environment_.grant_table, *tap_, options, notify);
   if (!ring.ok()) return absl::InvalidArgumentError(absl::StrCat(prefix, ring.status().message()));
@@ -122,14 +125,35 @@ absl::Status XenNet::Connect() {
     }));
   }
   XENKVM_RETURN_IF_ERROR(PublishConnected({}));
-  spdlog::info("xen-net vif{}: connected to tap {} (mac {}{}{})", config_.devid, tap_->name(),
+  spdlog::info("xen-net vif{}: connected to tap {} (mac {}{}{}{}{}{})", config_.devid, tap_->name(),
                net::FormatMac(config_.mac), scatter_gather ? ", scatter-gather" : "",
-               split ? ", split event channels" : "");
+               split ? ", split event channels" : "", options.rx_partial_checksum ? ", rx checksum offload" : "",
+               options.rx_gso_tcpv4 ? ", rx tso4" : "", options.rx_gso_tcpv6 ? ", rx tso6" : "");
+  return absl::OkStatus();
+}
+
+absl::Status XenNet::NegotiateReceiveOffloads(NetRing::Options& options) {
+  if (!tap_->offloads()) return absl::OkStatus();  // frames come whole and complete
+  // As netback reads them: partial checksums unless feature-no-csum-offload (IPv6 ones only with
+  // feature-ipv6-csum-offload; one switch on the tap covers both), GSO where the frontend names
+  // it and can take a frame over several slots.
+  auto flag = [this](const char* key) { return ReadFrontend(key).value_or("0") == "1"; };
+  options.rx_partial_checksum = !flag("feature-no-csum-offload") && flag("feature-ipv6-csum-offload");
+  options.rx_gso_tcpv4 = options.rx_partial_checksum && options.rx_scatter_gather && flag("feature-gso-tcpv4");
+  options.rx_gso_tcpv6 = options.rx_partial_checksum && options.rx_scatter_gather && flag("feature-gso-tcpv6");
+  absl::Status set = tap_->AcceptOffloads(options.rx_partial_checksum, options.rx_gso_tcpv4, options.rx_gso_tcpv6);
+  if (!set.ok()) return absl::Status(set.code(), absl::StrCat(Prefix(), set.message()));
   return absl::OkStatus();
 }
 
 void XenNet::Disconnect() {
   UnbindEventChannel();
+  if (ring_) {
+    const NetRingStatistics moved = ring_->Statistics();
+    spdlog::info("xen-net vif{}: disconnected after tx {} packets ({} segmentation-offloaded), rx {} ({})",
+                 config_.devid, moved.tx_packets, moved.tx_segmentation_offloaded, moved.rx_packets,
+                 moved.rx_segmentation_offloaded);
+  }
   ring_.reset();
 }
 

@@ -1,8 +1,10 @@
 // xen-net: one Xen PV network device (vif) as the toolstack and netback make it, on a TAP device.
 // Its XenBus life is XenbusDevice's (xenbus_device.h): the frontend's nodes carry handle and mac,
-// the backend's the features offered (feature-rx-copy, feature-sg; no GSO, no IPv6 checksum
-// offload, one queue, one event channel); on the frontend's tx-ring-ref, rx-ring-ref,
-// event-channel, request-rx-copy and feature-sg it serves both rings with a NetRing.
+// the backend's the features offered (feature-rx-copy, feature-sg, checksum offload for IPv4 and
+// IPv6, GSO tcpv4/tcpv6 when the tap has IFF_VNET_HDR, split event channels, multicast control,
+// one queue); on the frontend's tx-ring-ref, rx-ring-ref, event-channel(s), request-rx-copy,
+// feature-sg and its receive offloads (which the tap is told with TUNSETOFFLOAD) it serves both
+// rings with a NetRing.
 //
 // Runs on the VMM's backend event loop, which owns the XenStore; the data path runs on the
 // NetRing's own thread.
@@ -38,6 +40,9 @@ class XenNet final : public XenbusDevice {
   XenNet(const Environment& environment, XenNetConfig config);
   absl::Status Connect() override;
   NetRing::Options RingOptions(uint32_t tx_ref, uint32_t rx_ref, bool scatter_gather) const;
+  // What the frontend takes on receive (its feature-no-csum-offload, feature-ipv6-csum-offload,
+  // feature-gso-tcpv4/6), into `options` and onto the tap.
+  absl::Status NegotiateReceiveOffloads(NetRing::Options& options);
   void Disconnect() override;
 
   const XenNetConfig config_;

@@ -7,7 +7,7 @@
 #                          and an /sbin/init that proves from inside the guest where it runs
 #                          (hypervisor type, CPUs, the root's driver), writes /proof, syncs, with
 #                          xenkvm.net=ADDRESS/PREFIX,PEER loads the kernel's xen-netfront, pings PEER
-#                          and sends it 512 KiB over TCP, prints the marker XENKVM-LINUX-ROOT-OK and
+#                          (with xenkvm.tcp, exchanges 512 KiB with it each way over TCP), prints the marker XENKVM-LINUX-ROOT-OK and
 #                          powers off;
 #   OUT/boot.img           the same root plus what a Xen user's image holds for pvgrub2:
 #                          /boot/vmlinuz (the kernel as shipped), /boot/initrd.img (the initramfs)
@@ -139,8 +139,10 @@ echo "xenkvm-root: root=$(awk '$2 == "/" && $1 != "rootfs" {print $1 " " $3}' /p
 echo "xenkvm-root: root-driver=$(basename "$(readlink /sys/block/xvda/device/driver)")"
 echo "written by the guest on $(uname -r)" > /proof
 sync
-# xenkvm.net=ADDRESS/PREFIX,PEER: the vif (xen-netfront) gets ADDRESS, pings PEER and sends it
-# 512 KiB of random bytes over TCP (port 5555), printing their SHA-256 for the host to compare.
+# xenkvm.net=ADDRESS/PREFIX,PEER: the vif (xen-netfront) gets ADDRESS and pings PEER. With
+# xenkvm.tcp, 512 KiB of random bytes go to PEER over HTTP from busybox's httpd on port 8080
+# (sendfile: large TCP segments, as a server's are), their SHA-256 printed for the host to
+# compare; then what PEER sends to port 5556 is taken and its size and SHA-256 printed.
 net=$(sed -n 's/.*xenkvm\.net=\([^ ]*\).*/\1/p' /proc/cmdline)
 if [ -n "$net" ]; then
   for module in $(cat /lib/modules/net-order); do insmod /lib/modules/$module.ko; done
@@ -154,9 +156,16 @@ if [ -n "$net" ]; then
   else
     echo "xenkvm-root: ping=failed: $(cat /tmp/ping)"
   fi
-  dd if=/dev/urandom of=/tmp/blob bs=1024 count=512 2>/dev/null
-  echo "xenkvm-root: blob-sha256=$(sha256sum /tmp/blob | cut -d' ' -f1)"
-  nc -w 10 "${net#*,}" 5555 < /tmp/blob && echo "xenkvm-root: blob-sent"
+fi
+if [ -n "$net" ] && grep -q xenkvm.tcp /proc/cmdline; then
+  mkdir -p /tmp/www
+  dd if=/dev/urandom of=/tmp/www/blob bs=1024 count=512 2>/dev/null
+  echo "xenkvm-root: blob-sha256=$(sha256sum /tmp/www/blob | cut -d' ' -f1)"
+  httpd -p 8080 -h /tmp/www
+  # Busybox's nc: stdin's end half-closes, the peer's ends it.
+  if timeout 120 nc -l -p 5556 < /dev/null > /tmp/in; then
+    echo "xenkvm-root: blob-received=$(wc -c < /tmp/in) $(sha256sum /tmp/in | cut -d' ' -f1)"
+  fi
 fi
 echo "XENKVM-LINUX-ROOT-OK"
 if grep -q xenkvm.stay /proc/cmdline; then

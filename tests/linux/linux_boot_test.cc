@@ -107,11 +107,13 @@ struct Boot {
   const Images* images = nullptr;
   testing::ProcessResult result;
   std::string network_skip_reason;  // why the boot had no vif
-  std::string listener_output;      // what the host's TCP listener received: "BYTES SHA256"
+  std::string fetched;  // what the host's peer fetched from the guest: "BYTES SHA256"
+  std::string sent;     // what it sent the guest: "BYTES SHA256"
   std::string Context() const {
     const std::string& out = result.out;
     return absl::StrCat("console (tail):\n", out.substr(out.size() > 8000 ? out.size() - 8000 : 0),
-                        "\nxenkvm-vmm:\n", result.err, "\nhost listener: ", listener_output);
+                        "\nxenkvm-vmm:\n", result.err, "\nhost fetched: ", fetched,
+                        "\nhost sent: ", sent);
   }
 };
 
@@ -153,18 +155,34 @@ class TestNetwork {
   bool created_ = false;
 };
 
-// The host's end of the guest's TCP transfer: takes 512 KiB on 10.0.2.1:5555 and prints their
-// byte count and SHA-256.
-constexpr char kListener[] = R"(
-import hashlib, socket
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("10.0.2.1", 5555)); s.listen(1); s.settimeout(300)
-c, _ = s.accept(); c.settimeout(60); h = hashlib.sha256(); n = 0
-while n < 524288:
-    d = c.recv(65536)
-    if not d: break
-    h.update(d); n += len(d)
-c.close(); print(n, h.hexdigest(), flush=True)
+// The host's end of the guest's TCP transfers (xenkvm.tcp): fetches the guest's 512 KiB over HTTP
+// from its busybox httpd (sent with sendfile: segments as large as the guest's TSO makes them),
+// then sends it 512 KiB of its own on port 5556, printing for each "BYTES SHA256" on a line.
+constexpr char kPeer[] = R"(
+import hashlib, os, socket, time
+deadline = time.time() + 300
+def retry(attempt):
+    while True:
+        try:
+            return attempt()
+        except OSError:
+            if time.time() > deadline: raise
+            time.sleep(0.5)
+def fetch():
+    s = socket.create_connection(("10.0.2.2", 8080), timeout=60)
+    s.sendall(b"GET /blob HTTP/1.0\r\n\r\n"); reply = b""
+    while True:
+        d = s.recv(65536)
+        if not d: break
+        reply += d
+    s.close(); return reply.split(b"\r\n\r\n", 1)[1]
+got = retry(fetch)
+print(len(got), hashlib.sha256(got).hexdigest(), flush=True)
+blob = os.urandom(524288)
+s = retry(lambda: socket.create_connection(("10.0.2.2", 5556), timeout=2))
+s.settimeout(60); s.sendall(blob); s.shutdown(socket.SHUT_WR)
+while s.recv(4096): pass
+s.close(); print(len(blob), hashlib.sha256(blob).hexdigest(), flush=True)
 )";
 
 // One boot with xenkvm-vmm directly, which the first tests read: the root on xen-disk, and a vif
@@ -180,22 +198,23 @@ const Boot& BootDebianKernel() {
                                      "--accel", "emu", "--vcpus", "2", "--memory", "512", "--cmdline",
                                      "console=hvc0 root=/dev/xvda"};
     TestNetwork network;
-    pid_t listener = -1;
-    const std::string listener_log = absl::StrCat(::testing::TempDir(), "/listener.log");
+    pid_t peer = -1;
+    const std::string peer_log = absl::StrCat(::testing::TempDir(), "/peer.log");
     if (network.error().empty()) {
-      argv.back() += absl::StrCat(" xenkvm.net=10.0.2.2/24,", TestNetwork::kHostAddress);
+      argv.back() += absl::StrCat(" xenkvm.net=10.0.2.2/24,", TestNetwork::kHostAddress, " xenkvm.tcp");
       argv.insert(argv.end(), {"--net", absl::StrCat("vifname=", TestNetwork::kTap)});
       argv = network.Inside(argv);
-      listener = testing::StartProcess(network.Inside({"/usr/bin/python3", "-c", kListener}), listener_log);
+      peer = testing::StartProcess(network.Inside({"/usr/bin/python3", "-c", kPeer}), peer_log);
     } else {
       boot->network_skip_reason = absl::StrCat("no network namespace with a tap here: ", network.error());
     }
     boot->result = RunProcess(argv, absl::Minutes(5));
-    if (listener > 0) {
-      kill(listener, SIGTERM);  // done already when the guest sent everything
-      waitpid(listener, nullptr, 0);
-      std::ifstream log(listener_log);
-      std::getline(log, boot->listener_output);
+    if (peer > 0) {
+      kill(peer, SIGTERM);  // done already when the guest took everything
+      waitpid(peer, nullptr, 0);
+      std::ifstream log(peer_log);
+      std::getline(log, boot->fetched);
+      std::getline(log, boot->sent);
     }
     return boot;
   }();
@@ -278,21 +297,32 @@ TEST(LinuxBootTest, NewerDebianCloudKernelRunsItsRootOnBothCpusOnEmu) {
   EXPECT_THAT(proof.out, HasSubstr("written by the guest on 6.")) << proof.err;
 }
 
-// The kernel's own xen-netfront on xenkvm's xen-net: the vif found in XenStore, connected, an
-// address on it, ICMP echo to the host's end of the tap, and 512 KiB over TCP that reach the host
-// whole (the host's listener computes the same SHA-256 the guest printed).
+// The kernel's own xen-netfront on xenkvm's xen-net: the vif found in XenStore, connected with
+// checksum and segmentation offloads both ways (the tap with IFF_VNET_HDR), an address on it, ICMP
+// echo to the host's end of the tap, and 512 KiB over TCP each way that arrive whole (the
+// receiver computes the same SHA-256 the sender printed).
 TEST(LinuxBootTest, DebianCloudKernelNetfrontTalksToTheHostThroughATap) {
   BOOT_OR_SKIP(boot);
   if (!boot.network_skip_reason.empty()) GTEST_SKIP() << boot.network_skip_reason;
   const std::string& out = boot.result.out;
   EXPECT_THAT(boot.result.err, HasSubstr("xen-net vif0: connected to tap xkt0")) << boot.Context();
+  EXPECT_THAT(boot.result.err, HasSubstr("rx checksum offload, rx tso4, rx tso6")) << boot.Context();
+  // Segmentation left to the host's stack one way and to the guest's the other (the counts at
+  // disconnection: neither is zero).
+  EXPECT_THAT(boot.result.err, ::testing::ContainsRegex(
+                                   "disconnected after tx [0-9]+ packets \\([1-9][0-9]* segmentation-offloaded\\), "
+                                   "rx [0-9]+ \\([1-9][0-9]*\\)"))
+      << boot.Context();
   EXPECT_THAT(out, HasSubstr("xenkvm-root: net-driver=vif")) << boot.Context();
   EXPECT_THAT(out, HasSubstr("xenkvm-root: ping=ok")) << boot.Context();
   const size_t at = out.find("xenkvm-root: blob-sha256=");
   ASSERT_NE(at, std::string::npos) << boot.Context();
   const std::string sha256 = out.substr(at + 25, 64);
-  EXPECT_EQ(boot.listener_output, absl::StrCat("524288 ", sha256)) << boot.Context();
-  EXPECT_THAT(out, HasSubstr("xenkvm-root: blob-sent")) << boot.Context();
+  EXPECT_EQ(boot.fetched, absl::StrCat("524288 ", sha256)) << boot.Context();
+  const size_t received = out.find("xenkvm-root: blob-received=");
+  ASSERT_NE(received, std::string::npos) << boot.Context();
+  ASSERT_FALSE(boot.sent.empty()) << boot.Context();
+  EXPECT_EQ(out.substr(received + 27, boot.sent.size()), boot.sent) << boot.Context();
 }
 
 // Why this host's KVM cannot run a distribution's kernel, or nothing when it can: KVM must be
