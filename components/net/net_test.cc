@@ -67,6 +67,36 @@ TEST(TapTest, AnOpenedTapIsAdoptedAndOtherFilesAreNot) {
   EXPECT_EQ(not_a_tap.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// Queues of one tap: several made multi-queue, detached and attached again; a tap that exists
+// single-queue gives one however many are asked, and a multi-queue one gives a queue to Open.
+TEST(TapTest, QueuesAreOpenedAsTheTapAllows) {
+  if (geteuid() != 0) GTEST_SKIP() << "making a tap needs root";
+  if (unshare(CLONE_NEWNET) != 0) GTEST_SKIP() << "no network namespace of its own (unshare: " << strerror(errno) << ")";
+  if (access("/dev/net/tun", F_OK) != 0) GTEST_SKIP() << "no /dev/net/tun";
+  absl::StatusOr<std::vector<Tap>> queues = Tap::OpenQueues("xkmq0", 3);
+  ASSERT_TRUE(queues.ok()) << queues.status();
+  ASSERT_EQ(queues->size(), 3u);
+  for (const Tap& queue : *queues) {
+    EXPECT_TRUE(queue.multi_queue());
+    EXPECT_EQ(queue.name(), "xkmq0");
+  }
+  EXPECT_TRUE((*queues)[2].SetQueueAttached(false).ok());
+  EXPECT_TRUE((*queues)[2].SetQueueAttached(true).ok());
+  absl::StatusOr<Tap> one_more = Tap::Open("xkmq0");
+  ASSERT_TRUE(one_more.ok()) << one_more.status();
+  EXPECT_TRUE(one_more->multi_queue());
+
+  absl::StatusOr<Tap> single = Tap::Open("xksq0");
+  ASSERT_TRUE(single.ok()) << single.status();
+  EXPECT_FALSE(single->multi_queue());
+  EXPECT_EQ(single->SetQueueAttached(false).code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_EQ(std::system("ip tuntap add dev xksq1 mode tap"), 0);  // persistent, single-queue
+  absl::StatusOr<std::vector<Tap>> fallen_back = Tap::OpenQueues("xksq1", 4);
+  ASSERT_TRUE(fallen_back.ok()) << fallen_back.status();
+  EXPECT_EQ(fallen_back->size(), 1u);
+  EXPECT_EQ(Tap::OpenQueues("xksq1", 0).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(VirtioNetHeaderTest, RoundTripsAndNamesWhatXenCannotCarry) {
   FrameOffload offload;
   offload.segmentation = FrameOffload::Segmentation::kTcpV6;

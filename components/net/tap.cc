@@ -36,23 +36,66 @@ absl::Status InterfaceIoctl(unsigned long request, ifreq& ifr, const std::string
 
 }  // namespace
 
-absl::StatusOr<Tap> Tap::Open(const std::string& name) {
-  if (name.size() >= IFNAMSIZ) {
-    return absl::InvalidArgumentError(absl::StrCat("tap name '", name, "' is longer than ", IFNAMSIZ - 1, " bytes"));
-  }
+// One descriptor attached to the tap `name` (created when missing), multi-queue or not; on failure
+// `error` is TUNSETIFF's errno (0 when opening /dev/net/tun failed).
+absl::StatusOr<Tap> Tap::Attach(const std::string& name, bool multi_queue, int& error) {
+  error = 0;
   base::Fd fd(::open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC));
   if (!fd.valid()) return Errno("open /dev/net/tun (the tun module, and root or CAP_NET_ADMIN, are needed)");
   ifreq ifr{};
-  ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+  ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | (multi_queue ? IFF_MULTI_QUEUE : 0);
   std::strncpy(ifr.ifr_name, name.c_str(), IFNAMSIZ - 1);
   if (::ioctl(fd.get(), TUNSETIFF, &ifr) != 0) {
+    error = errno;
     return Errno(absl::StrCat("attach to tap '", name,
                               "' (TUNSETIFF: is it a tap, not a tun, and owned by this user or group?)"));
   }
   // The header's size is the file's own setting: make it the one Read and Write use.
   int header_size = kVirtioNetHeaderSize;
   if (::ioctl(fd.get(), TUNSETVNETHDRSZ, &header_size) != 0) return Errno("set the tap's virtio_net_hdr size");
-  return Tap(std::move(fd), std::string(ifr.ifr_name, strnlen(ifr.ifr_name, IFNAMSIZ)), /*vnet_header=*/true);
+  return Tap(std::move(fd), std::string(ifr.ifr_name, strnlen(ifr.ifr_name, IFNAMSIZ)), /*vnet_header=*/true,
+             multi_queue);
+}
+
+absl::StatusOr<std::vector<Tap>> Tap::OpenQueues(const std::string& name, uint32_t queues) {
+  if (name.size() >= IFNAMSIZ) {
+    return absl::InvalidArgumentError(absl::StrCat("tap name '", name, "' is longer than ", IFNAMSIZ - 1, " bytes"));
+  }
+  if (queues == 0) return absl::InvalidArgumentError("a tap needs at least one queue");
+  // A tap that exists was made multi-queue or not and is attached only that way (EINVAL
+  // otherwise): the other way is tried before giving up.
+  bool multi_queue = queues > 1;
+  int error = 0;
+  absl::StatusOr<Tap> first = Attach(name, multi_queue, error);
+  if (!first.ok() && error == EINVAL) {
+    multi_queue = !multi_queue;
+    first = Attach(name, multi_queue, error);
+  }
+  if (!first.ok()) return first.status();
+  std::vector<Tap> taps;
+  taps.push_back(std::move(*first));
+  for (uint32_t queue = 1; multi_queue && queue < queues; ++queue) {
+    absl::StatusOr<Tap> more = Attach(taps.front().name(), true, error);
+    if (!more.ok()) return absl::Status(more.status().code(), absl::StrCat("queue ", queue, ": ", more.status().message()));
+    taps.push_back(std::move(*more));
+  }
+  return taps;
+}
+
+absl::StatusOr<Tap> Tap::Open(const std::string& name) {
+  absl::StatusOr<std::vector<Tap>> queues = OpenQueues(name, 1);
+  if (!queues.ok()) return queues.status();
+  return std::move(queues->front());
+}
+
+absl::Status Tap::SetQueueAttached(bool attached) {
+  if (!multi_queue_) return absl::FailedPreconditionError(absl::StrCat("tap ", name_, " has one queue"));
+  ifreq ifr{};
+  ifr.ifr_flags = attached ? IFF_ATTACH_QUEUE : IFF_DETACH_QUEUE;
+  if (::ioctl(fd_.get(), TUNSETQUEUE, &ifr) != 0) {
+    return Errno(absl::StrCat(attached ? "attach" : "detach", " a queue of tap ", name_));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<Tap> Tap::Adopt(base::Fd fd) {
@@ -71,7 +114,8 @@ absl::StatusOr<Tap> Tap::Adopt(base::Fd fd) {
   if (vnet_header && ::ioctl(fd.get(), TUNSETVNETHDRSZ, &header_size) != 0) {
     return Errno("set the tap's virtio_net_hdr size");
   }
-  return Tap(std::move(fd), std::string(ifr.ifr_name, strnlen(ifr.ifr_name, IFNAMSIZ)), vnet_header);
+  return Tap(std::move(fd), std::string(ifr.ifr_name, strnlen(ifr.ifr_name, IFNAMSIZ)), vnet_header,
+             (ifr.ifr_flags & IFF_MULTI_QUEUE) != 0);
 }
 
 absl::Status Tap::BringUp(uint32_t mtu) {

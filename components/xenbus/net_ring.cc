@@ -22,8 +22,10 @@ memory::GuestAddress At(uint64_t gpa) { return memory::GuestAddress(gpa); }
 
 absl::StatusOr<std::unique_ptr<NetRing>> NetRing::Start(const memory::GuestMemory& memory, xen::GrantTable& grants,
                                                         const net::FrameDevice& device, Options options,
-                                                        Notify notify) {
-  auto ring = std::unique_ptr<NetRing>(new NetRing(memory, grants, device, options, std::move(notify)));
+                                                        Notify notify, std::shared_ptr<Shared> shared) {
+  if (!shared) shared = std::make_shared<Shared>(options);
+  auto ring =
+      std::unique_ptr<NetRing>(new NetRing(memory, grants, device, options, std::move(notify), std::move(shared)));
   absl::StatusOr<base::EventFd> wake = base::EventFd::Create();
   if (!wake.ok()) return wake.status();
   ring->wake_.emplace(std::move(*wake));
@@ -48,16 +50,22 @@ absl::StatusOr<std::unique_ptr<NetRing>> NetRing::Start(const memory::GuestMemor
   return ring;
 }
 
-NetRing::NetRing(const memory::GuestMemory& memory, xen::GrantTable& grants, const net::FrameDevice& device, Options options,
-                 Notify notify)
-    : memory_(memory), grants_(grants), device_(device), options_(options), notify_(std::move(notify)),
-      order_(options.accelerator), frame_(kMaxFrame) {
+NetRing::Shared::Shared(const Options& options) {
   const absl::Time now = absl::Now();
-  if (options.tx_bytes_per_second != 0) tx_bucket_.emplace(options.tx_bytes_per_second, options.tx_burst, now);
-  if (options.rx_bytes_per_second != 0) rx_bucket_.emplace(options.rx_bytes_per_second, options.rx_burst, now);
+  absl::MutexLock lock(&mutex);
+  if (options.tx_bytes_per_second != 0) tx_bucket.emplace(options.tx_bytes_per_second, options.tx_burst, now);
+  if (options.rx_bytes_per_second != 0) rx_bucket.emplace(options.rx_bytes_per_second, options.rx_burst, now);
 }
 
-bool NetRing::Admit(std::optional<net::TokenBucket>& bucket, uint64_t bytes) {
+NetRing::NetRing(const memory::GuestMemory& memory, xen::GrantTable& grants, const net::FrameDevice& device, Options options,
+                 Notify notify, std::shared_ptr<Shared> shared)
+    : memory_(memory), grants_(grants), device_(device), options_(options), notify_(std::move(notify)),
+      order_(options.accelerator), shared_(std::move(shared)), frame_(kMaxFrame) {}
+
+bool NetRing::Admit(bool transmit, uint64_t bytes) {
+  if ((transmit ? options_.tx_bytes_per_second : options_.rx_bytes_per_second) == 0) return true;
+  absl::MutexLock lock(&shared_->mutex);
+  std::optional<net::TokenBucket>& bucket = transmit ? shared_->tx_bucket : shared_->rx_bucket;
   if (!bucket) return true;
   const absl::Time now = absl::Now();
   if (bucket->TryTake(bytes, now)) return true;
@@ -152,7 +160,7 @@ bool NetRing::ServeTransmit(bool& notify) {
         break;
       }
       if (packet.verdict == netif::TxVerdict::kFatal) return Break(packet.reason);
-      if (packet.verdict == netif::TxVerdict::kSend && !Admit(tx_bucket_, packet.size)) {
+      if (packet.verdict == netif::TxVerdict::kSend && !Admit(/*transmit=*/true, packet.size)) {
         throttled = true;  // stays on the ring until its bytes are there
         break;
       }
@@ -197,14 +205,16 @@ bool NetRing::ServeTransmit(bool& notify) {
 int16_t NetRing::ChangeMulticast(const netif::ExtraInfo& extra) {
   const std::array<uint8_t, 6>& address = extra.mcast_address;
   if ((address[0] & 1) == 0) return netif::kRspError;  // not a multicast address
-  auto found = std::find(multicast_.begin(), multicast_.end(), address);
+  absl::MutexLock lock(&shared_->mutex);
+  std::vector<std::array<uint8_t, 6>>& multicast = shared_->multicast;
+  auto found = std::find(multicast.begin(), multicast.end(), address);
   if (extra.type == netif::kExtraMcastDel) {
-    if (found != multicast_.end()) multicast_.erase(found);
+    if (found != multicast.end()) multicast.erase(found);
     return netif::kRspOkay;
   }
-  if (found != multicast_.end()) return netif::kRspOkay;
-  if (multicast_.size() == kMaxMulticastAddresses) return netif::kRspError;
-  multicast_.push_back(address);
+  if (found != multicast.end()) return netif::kRspOkay;
+  if (multicast.size() == kMaxMulticastAddresses) return netif::kRspError;
+  multicast.push_back(address);
   return netif::kRspOkay;
 }
 
@@ -213,7 +223,8 @@ bool NetRing::Wanted() const {
   std::array<uint8_t, 6> destination;
   std::copy(frame_.begin(), frame_.begin() + 6, destination.begin());
   if (destination == std::array<uint8_t, 6>{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}) return true;
-  return std::find(multicast_.begin(), multicast_.end(), destination) != multicast_.end();
+  absl::MutexLock lock(&shared_->mutex);
+  return std::find(shared_->multicast.begin(), shared_->multicast.end(), destination) != shared_->multicast.end();
 }
 
 bool NetRing::PrepareOffload(const netif::TxPacket& packet, net::FrameOffload& offload) {
@@ -299,7 +310,7 @@ bool NetRing::ServeReceive(bool& notify) {
       }
       break;
     }
-    if (!Admit(rx_bucket_, frame_size_)) break;  // held until its bytes are there
+    if (!Admit(/*transmit=*/false, frame_size_)) break;  // held until its bytes are there
     if (!DeliverFrame(*gso_type)) {
       ok = Break("the receive ring cannot be written");
       break;

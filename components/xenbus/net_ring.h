@@ -70,13 +70,27 @@ class NetRing {
   // Multicast addresses a frontend may add (netback's XEN_NETBK_MCAST_MAX).
   static constexpr size_t kMaxMulticastAddresses = 64;
 
+  // What the queues of one vif (a NetRing each) share: its token buckets, from the first queue's
+  // Options, and the multicast list the frontend keeps through any of them.
+  class Shared {
+   public:
+    explicit Shared(const Options& options);
+
+   private:
+    friend class NetRing;
+    absl::Mutex mutex;
+    std::optional<net::TokenBucket> tx_bucket ABSL_GUARDED_BY(mutex), rx_bucket ABSL_GUARDED_BY(mutex);
+    std::vector<std::array<uint8_t, 6>> multicast ABSL_GUARDED_BY(mutex);
+  };
+
   // Maps both rings (writable) and starts the thread. `notify(transmit, receive)` raises the
   // frontend's event channel(s) for new responses on either ring (from the thread; one call per
   // round: with a shared channel the caller raises it once). The memory, grant table and device
-  // must outlive it.
+  // must outlive it. `shared`: the vif's other queues' (a Shared of its own when null).
   using Notify = std::function<void(bool transmit, bool receive)>;
   static absl::StatusOr<std::unique_ptr<NetRing>> Start(const memory::GuestMemory& memory, xen::GrantTable& grants,
-                                                        const net::FrameDevice& device, Options options, Notify notify);
+                                                        const net::FrameDevice& device, Options options, Notify notify,
+                                                        std::shared_ptr<Shared> shared = nullptr);
   ~NetRing();
 
   // The frontend's event: look at both rings.
@@ -97,11 +111,11 @@ class NetRing {
   };
 
   NetRing(const memory::GuestMemory& memory, xen::GrantTable& grants, const net::FrameDevice& device, Options options,
-          Notify notify);
+          Notify notify, std::shared_ptr<Shared> shared);
   void Run();
   // Each returns false once its ring is broken (the reason recorded).
   // Whether `bytes` may go now; if not, resume_at_ says when.
-  bool Admit(std::optional<net::TokenBucket>& bucket, uint64_t bytes);
+  bool Admit(bool transmit, uint64_t bytes);
   bool ServeTransmit(bool& notify);
   bool ServeReceive(bool& notify);
   void Transmit(const netif::TxPacket& packet, int16_t& status);
@@ -136,10 +150,9 @@ class NetRing {
   Ring tx_, rx_;
   std::vector<uint8_t> frame_;   // a frame from the tap
   net::FrameOffload frame_offload_;  // what is left to do to it
-  std::vector<std::array<uint8_t, 6>> multicast_;  // added by the frontend (multicast control)
   size_t frame_size_ = 0;        // non-zero: held until the frontend posts receive slots
   std::vector<uint8_t> packet_;  // a frame from the guest
-  std::optional<net::TokenBucket> tx_bucket_, rx_bucket_;
+  const std::shared_ptr<Shared> shared_;
   absl::Time resume_at_ = absl::InfiniteFuture();  // a direction waits for its bucket until then
 
   mutable absl::Mutex mutex_;

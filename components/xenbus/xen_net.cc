@@ -9,44 +9,59 @@ namespace xenkvm::xenbus {
 
 absl::StatusOr<std::unique_ptr<XenNet>> XenNet::Create(const Environment& environment, XenNetConfig config) {
   const std::string prefix = absl::StrCat("xen-net vif", config.devid, ": ");
-  absl::StatusOr<net::Tap> tap = absl::InternalError("not opened");
+  absl::StatusOr<std::vector<net::Tap>> taps = absl::InternalError("not opened");
   if (config.opened_tap) {
     absl::StatusOr<base::Fd> own = config.opened_tap->Duplicate();
-    tap = own.ok() ? net::Tap::Adopt(std::move(*own)) : own.status();
+    absl::StatusOr<net::Tap> adopted = own.ok() ? net::Tap::Adopt(std::move(*own)) : own.status();
+    if (adopted.ok()) {
+      taps = std::vector<net::Tap>();
+      taps->push_back(std::move(*adopted));
+    } else {
+      taps = adopted.status();
+    }
   } else {
-    tap = net::Tap::Open(config.tap);
+    taps = net::Tap::OpenQueues(config.tap, kMaxQueues);
   }
-  if (!tap.ok()) return absl::Status(tap.status().code(), absl::StrCat(prefix, tap.status().message()));
+  if (!taps.ok()) return absl::Status(taps.status().code(), absl::StrCat(prefix, taps.status().message()));
+  net::Tap& tap = taps->front();
   if (config.opened_tap) {
-    config.tap = tap->name();  // set up by whoever opened it
-  } else if (absl::Status up = tap->BringUp(config.mtu); !up.ok()) {
+    config.tap = tap.name();  // set up by whoever opened it
+  } else if (absl::Status up = tap.BringUp(config.mtu); !up.ok()) {
     return absl::Status(up.code(), absl::StrCat(prefix, up.message()));
   }
   if (!config.opened_tap && !config.bridge.empty()) {
-    if (absl::Status joined = tap->AttachToBridge(config.bridge); !joined.ok()) {
+    if (absl::Status joined = tap.AttachToBridge(config.bridge); !joined.ok()) {
       return absl::Status(joined.code(), absl::StrCat(prefix, joined.message()));
     }
   }
+  // The first queue stays attached; the others only while a frontend's queue serves them, so
+  // the kernel does not steer frames to a queue nobody reads.
+  for (size_t queue = 1; queue < taps->size(); ++queue) {
+    if (absl::Status detached = (*taps)[queue].SetQueueAttached(false); !detached.ok()) {
+      return absl::Status(detached.code(), absl::StrCat(prefix, detached.message()));
+    }
+  }
   auto device = std::unique_ptr<XenNet>(new XenNet(environment, std::move(config)));
-  device->tap_ = std::move(*tap);
+  device->taps_ = std::move(*taps);
   const XenNetConfig& c = device->config_;
   const std::string mac = net::FormatMac(c.mac);
   const XenstoreNodes frontend = {{"handle", absl::StrCat(c.devid)}, {"mac", mac}};
   // GSO from the frontend only where the tap takes it on (IFF_VNET_HDR).
-  const std::string gso = device->tap_->offloads() ? "1" : "0";
-  const XenstoreNodes backend = {{"handle", absl::StrCat(c.devid)},
-                                 {"mac", mac},
-                                 {"bridge", c.bridge},
-                                 {"type", "vif"},
-                                 {"vifname", device->tap_->name()},
-                                 {"feature-rx-copy", "1"},
-                                 {"feature-rx-flip", "0"},
-                                 {"feature-sg", "1"},
-                                 {"feature-gso-tcpv4", gso},
-                                 {"feature-gso-tcpv6", gso},
-                                 {"feature-ipv6-csum-offload", "1"},
-                                 {"feature-split-event-channels", "1"},
-                                 {"feature-multicast-control", "1"}};
+  const std::string gso = device->taps_.front().offloads() ? "1" : "0";
+  XenstoreNodes backend = {{"handle", absl::StrCat(c.devid)},
+                           {"mac", mac},
+                           {"bridge", c.bridge},
+                           {"type", "vif"},
+                           {"vifname", device->tap_name()},
+                           {"feature-rx-copy", "1"},
+                           {"feature-rx-flip", "0"},
+                           {"feature-sg", "1"},
+                           {"feature-gso-tcpv4", gso},
+                           {"feature-gso-tcpv6", gso},
+                           {"feature-ipv6-csum-offload", "1"},
+                           {"feature-split-event-channels", "1"},
+                           {"feature-multicast-control", "1"}};
+  if (device->taps_.size() > 1) backend.emplace_back("multi-queue-max-queues", absl::StrCat(device->taps_.size()));
   if (absl::Status announced = device->Announce(frontend, backend); !announced.ok()) return announced;
   return device;
 }
@@ -58,12 +73,31 @@ XenNet::XenNet(const Environment& environment, XenNetConfig config)
 XenNet::~XenNet() { Teardown(); }
 
 std::optional<NetRingStatistics> XenNet::ring_statistics() const {
-  if (!ring_) return std::nullopt;
-  return ring_->Statistics();
+  if (rings_.empty()) return std::nullopt;
+  NetRingStatistics sum;
+  for (const std::unique_ptr<NetRing>& ring : rings_) {
+    const NetRingStatistics queue = ring->Statistics();
+    sum.tx_packets += queue.tx_packets;
+    sum.tx_bytes += queue.tx_bytes;
+    sum.tx_dropped += queue.tx_dropped;
+    sum.tx_errors += queue.tx_errors;
+    sum.tx_segmentation_offloaded += queue.tx_segmentation_offloaded;
+    sum.rx_packets += queue.rx_packets;
+    sum.rx_bytes += queue.rx_bytes;
+    sum.rx_dropped += queue.rx_dropped;
+    sum.rx_errors += queue.rx_errors;
+    sum.rx_segmentation_offloaded += queue.rx_segmentation_offloaded;
+    if (queue.broken && !sum.broken) {
+      sum.broken = true;
+      sum.broken_reason = queue.broken_reason;
+    }
+  }
+  return sum;
 }
 
-NetRing::Options XenNet::RingOptions(uint32_t tx_ref, uint32_t rx_ref, bool scatter_gather) const {
-  NetRing::Options options{tx_ref, rx_ref, scatter_gather};
+NetRing::Options XenNet::RingOptions(bool scatter_gather) const {
+  NetRing::Options options;
+  options.rx_scatter_gather = scatter_gather;
   options.accelerator = environment_.accelerator;
   if (config_.tx_rate) {
     options.tx_bytes_per_second = config_.tx_rate->bytes_per_second;
@@ -76,64 +110,81 @@ NetRing::Options XenNet::RingOptions(uint32_t tx_ref, uint32_t rx_ref, bool scat
   return options;
 }
 
+absl::StatusOr<uint32_t> XenNet::ReadFrontendNumber(const std::string& key) const {
+  uint32_t value = 0;
+  std::optional<std::string> text = ReadFrontend(key);
+  if (!text || !absl::SimpleAtoi(*text, &value)) {
+    return absl::InvalidArgumentError(absl::StrCat(Prefix(), "the frontend gave no valid ", key));
+  }
+  return value;
+}
+
 absl::Status XenNet::Connect() {
   const std::string prefix = Prefix();
-  auto read_number = [&](const char* key) -> absl::StatusOr<uint32_t> {
-    uint32_t value = 0;
-    std::optional<std::string> text = ReadFrontend(key);
-    if (!text || !absl::SimpleAtoi(*text, &value)) {
-      return absl::InvalidArgumentError(absl::StrCat(prefix, "the frontend gave no valid ", key));
-    }
-    return value;
-  };
-  if (std::optional<std::string> queues = ReadFrontend("multi-queue-num-queues"); queues && *queues != "1") {
-    return absl::InvalidArgumentError(
-        absl::StrCat(prefix, "the frontend asks for ", *queues, " queues; this backend offers one"));
+  uint32_t queues = 1;
+  if (ReadFrontend("multi-queue-num-queues")) {
+    XENKVM_ASSIGN_OR_RETURN(queues, ReadFrontendNumber("multi-queue-num-queues"));
+  }
+  if (queues == 0 || queues > taps_.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(prefix, "the frontend asks for ", queues,
+                                                   " queues; multi-queue-max-queues is ", taps_.size()));
   }
   if (ReadFrontend("request-rx-copy").value_or("0") != "1") {
     return absl::InvalidArgumentError(
         absl::StrCat(prefix, "the frontend does not ask for request-rx-copy (page flipping is not offered)"));
   }
-  XENKVM_ASSIGN_OR_RETURN(const uint32_t tx_ref, read_number("tx-ring-ref"));
-  XENKVM_ASSIGN_OR_RETURN(const uint32_t rx_ref, read_number("rx-ring-ref"));
-  // One event channel for both rings, or (feature-split-event-channels) one each.
-  const bool split = ReadFrontend("event-channel-tx").has_value();
-  XENKVM_ASSIGN_OR_RETURN(const uint32_t tx_port, read_number(split ? "event-channel-tx" : "event-channel"));
-  XENKVM_ASSIGN_OR_RETURN(const uint32_t rx_port, read_number(split ? "event-channel-rx" : "event-channel"));
-  if (split && tx_port == rx_port) {
-    return absl::InvalidArgumentError(absl::StrCat(prefix, "event-channel-tx and event-channel-rx are one port, ", tx_port));
-  }
-  const bool scatter_gather = ReadFrontend("feature-sg").value_or("0") == "1";
-
-  xen::EventChannels* events = environment_.event_channels;
-  auto notify = [events, tx_port, rx_port](bool transmit, bool receive) {
-    if (transmit) (void)events->NotifyGuest(tx_port);
-    if (receive && (rx_port != tx_port || !transmit)) (void)events->NotifyGuest(rx_port);
-  };
-  NetRing::Options options = RingOptions(tx_ref, rx_ref, scatter_gather);
+  NetRing::Options options = RingOptions(ReadFrontend("feature-sg").value_or("0") == "1");
   options.multicast_control = ReadFrontend("request-multicast-control").value_or("0") == "1";
   XENKVM_RETURN_IF_ERROR(NegotiateReceiveOffloads(options));
-  absl::StatusOr<std::unique_ptr<NetRing>> ring =
-      NetRing::Start(*environment_.memory, *environment_.grant_table, *tap_, options, notify);
-  if (!ring.ok()) return absl::InvalidArgumentError(absl::StrCat(prefix, ring.status().message()));
-  ring_ = std::move(*ring);
-  // Runs on the loop, as Disconnect does: the ring is there or not, never half gone. Either
-  // channel kicks the one thread that serves both rings.
-  for (uint32_t port : split ? std::vector<uint32_t>{tx_port, rx_port} : std::vector<uint32_t>{tx_port}) {
-    XENKVM_RETURN_IF_ERROR(BindEventChannel(port, [this] {
-      if (ring_) ring_->Kick();
-    }));
+  auto shared = std::make_shared<NetRing::Shared>(options);
+  bool split = false;
+  for (uint32_t queue = 0; queue < queues; ++queue) {
+    XENKVM_RETURN_IF_ERROR(ConnectQueue(queue, queues == 1 ? "" : absl::StrCat("queue-", queue, "/"), options,
+                                        shared, split));
   }
   XENKVM_RETURN_IF_ERROR(PublishConnected({}));
-  spdlog::info("xen-net vif{}: connected to tap {} (mac {}{}{}{}{}{})", config_.devid, tap_->name(),
-               net::FormatMac(config_.mac), scatter_gather ? ", scatter-gather" : "",
+  spdlog::info("xen-net vif{}: connected to tap {} (mac {}, {} queue(s){}{}{}{}{})", config_.devid, tap_name(),
+               net::FormatMac(config_.mac), queues, options.rx_scatter_gather ? ", scatter-gather" : "",
                split ? ", split event channels" : "", options.rx_partial_checksum ? ", rx checksum offload" : "",
                options.rx_gso_tcpv4 ? ", rx tso4" : "", options.rx_gso_tcpv6 ? ", rx tso6" : "");
   return absl::OkStatus();
 }
 
+absl::Status XenNet::ConnectQueue(uint32_t queue, const std::string& dir, NetRing::Options options,
+                                  std::shared_ptr<NetRing::Shared> shared, bool& split) {
+  XENKVM_ASSIGN_OR_RETURN(options.tx_ring_gref, ReadFrontendNumber(dir + "tx-ring-ref"));
+  XENKVM_ASSIGN_OR_RETURN(options.rx_ring_gref, ReadFrontendNumber(dir + "rx-ring-ref"));
+  // One event channel for both rings, or (feature-split-event-channels) one each.
+  split = ReadFrontend(dir + "event-channel-tx").has_value();
+  XENKVM_ASSIGN_OR_RETURN(const uint32_t tx_port, ReadFrontendNumber(dir + (split ? "event-channel-tx" : "event-channel")));
+  XENKVM_ASSIGN_OR_RETURN(const uint32_t rx_port, ReadFrontendNumber(dir + (split ? "event-channel-rx" : "event-channel")));
+  if (split && tx_port == rx_port) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(Prefix(), dir, "event-channel-tx and event-channel-rx are one port, ", tx_port));
+  }
+  net::Tap& tap = taps_[queue];
+  if (queue > 0) XENKVM_RETURN_IF_ERROR(tap.SetQueueAttached(true));
+  xen::EventChannels* events = environment_.event_channels;
+  auto notify = [events, tx_port, rx_port](bool transmit, bool receive) {
+    if (transmit) (void)events->NotifyGuest(tx_port);
+    if (receive && (rx_port != tx_port || !transmit)) (void)events->NotifyGuest(rx_port);
+  };
+  absl::StatusOr<std::unique_ptr<NetRing>> ring = NetRing::Start(
+      *environment_.memory, *environment_.grant_table, tap, options, notify, std::move(shared));
+  if (!ring.ok()) return absl::InvalidArgumentError(absl::StrCat(Prefix(), dir, ring.status().message()));
+  NetRing* raw = ring->get();
+  rings_.push_back(std::move(*ring));
+  // Runs on the loop, as Disconnect does: the ring is there or not, never half gone. Either
+  // channel kicks the one thread that serves both rings.
+  for (uint32_t port : split ? std::vector<uint32_t>{tx_port, rx_port} : std::vector<uint32_t>{tx_port}) {
+    XENKVM_RETURN_IF_ERROR(BindEventChannel(port, [raw] { raw->Kick(); }));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status XenNet::NegotiateReceiveOffloads(NetRing::Options& options) {
-  if (!tap_->offloads()) return absl::OkStatus();  // frames come whole and complete
+  net::Tap& tap = taps_.front();
+  if (!tap.offloads()) return absl::OkStatus();  // frames come whole and complete
   // As netback reads them: partial checksums unless feature-no-csum-offload (IPv6 ones only with
   // feature-ipv6-csum-offload; one switch on the tap covers both), GSO where the frontend names
   // it and can take a frame over several slots.
@@ -141,20 +192,20 @@ absl::Status XenNet::NegotiateReceiveOffloads(NetRing::Options& options) {
   options.rx_partial_checksum = !flag("feature-no-csum-offload") && flag("feature-ipv6-csum-offload");
   options.rx_gso_tcpv4 = options.rx_partial_checksum && options.rx_scatter_gather && flag("feature-gso-tcpv4");
   options.rx_gso_tcpv6 = options.rx_partial_checksum && options.rx_scatter_gather && flag("feature-gso-tcpv6");
-  absl::Status set = tap_->AcceptOffloads(options.rx_partial_checksum, options.rx_gso_tcpv4, options.rx_gso_tcpv6);
+  absl::Status set = tap.AcceptOffloads(options.rx_partial_checksum, options.rx_gso_tcpv4, options.rx_gso_tcpv6);
   if (!set.ok()) return absl::Status(set.code(), absl::StrCat(Prefix(), set.message()));
   return absl::OkStatus();
 }
 
 void XenNet::Disconnect() {
   UnbindEventChannel();
-  if (ring_) {
-    const NetRingStatistics moved = ring_->Statistics();
+  if (std::optional<NetRingStatistics> moved = ring_statistics()) {
     spdlog::info("xen-net vif{}: disconnected after tx {} packets ({} segmentation-offloaded), rx {} ({})",
-                 config_.devid, moved.tx_packets, moved.tx_segmentation_offloaded, moved.rx_packets,
-                 moved.rx_segmentation_offloaded);
+                 config_.devid, moved->tx_packets, moved->tx_segmentation_offloaded, moved->rx_packets,
+                 moved->rx_segmentation_offloaded);
   }
-  ring_.reset();
+  rings_.clear();
+  for (size_t queue = 1; queue < taps_.size(); ++queue) (void)taps_[queue].SetQueueAttached(false);
 }
 
 }  // namespace xenkvm::xenbus

@@ -2,9 +2,11 @@
 // Its XenBus life is XenbusDevice's (xenbus_device.h): the frontend's nodes carry handle and mac,
 // the backend's the features offered (feature-rx-copy, feature-sg, checksum offload for IPv4 and
 // IPv6, GSO tcpv4/tcpv6 when the tap has IFF_VNET_HDR, split event channels, multicast control,
-// one queue); on the frontend's tx-ring-ref, rx-ring-ref, event-channel(s), request-rx-copy,
-// feature-sg and its receive offloads (which the tap is told with TUNSETOFFLOAD) it serves both
-// rings with a NetRing.
+// multi-queue-max-queues when the tap has several queues); on the frontend's
+// multi-queue-num-queues, each queue's tx-ring-ref, rx-ring-ref and event-channel(s) (flat for one
+// queue, under queue-N/ for several), request-rx-copy, feature-sg and its receive offloads (which
+// the tap is told with TUNSETOFFLOAD) it serves each queue's rings with a NetRing on a tap queue
+// of its own.
 //
 // Runs on the VMM's backend event loop, which owns the XenStore; the data path runs on the
 // NetRing's own thread.
@@ -15,6 +17,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "components/net/mac_address.h"
@@ -33,21 +36,29 @@ class XenNet final : public XenbusDevice {
   ~XenNet() override;
 
   const XenNetConfig& config() const { return config_; }
-  const std::string& tap_name() const { return tap_->name(); }
+  const std::string& tap_name() const { return taps_.front().name(); }
   std::optional<NetRingStatistics> ring_statistics() const;
 
  private:
   XenNet(const Environment& environment, XenNetConfig config);
   absl::Status Connect() override;
-  NetRing::Options RingOptions(uint32_t tx_ref, uint32_t rx_ref, bool scatter_gather) const;
+  // Queues offered when the VMM opens the tap itself (a tap handed over has one).
+  static constexpr uint32_t kMaxQueues = 4;
+
+  NetRing::Options RingOptions(bool scatter_gather) const;
+  absl::StatusOr<uint32_t> ReadFrontendNumber(const std::string& key) const;
+  // One queue's rings (its keys under `dir`) on tap queue `queue`; `split` says whether its
+  // frontend chose split event channels.
+  absl::Status ConnectQueue(uint32_t queue, const std::string& dir, NetRing::Options options,
+                            std::shared_ptr<NetRing::Shared> shared, bool& split);
   // What the frontend takes on receive (its feature-no-csum-offload, feature-ipv6-csum-offload,
   // feature-gso-tcpv4/6), into `options` and onto the tap.
   absl::Status NegotiateReceiveOffloads(NetRing::Options& options);
   void Disconnect() override;
 
   const XenNetConfig config_;
-  std::optional<net::Tap> tap_;
-  std::unique_ptr<NetRing> ring_;
+  std::vector<net::Tap> taps_;  // one a queue; the first always attached
+  std::vector<std::unique_ptr<NetRing>> rings_;  // one a connected queue
 };
 
 }  // namespace xenkvm::xenbus

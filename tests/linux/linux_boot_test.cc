@@ -117,8 +117,8 @@ struct Boot {
   }
 };
 
-// A network namespace of the test's own with a tap at 10.0.2.1/24: the guest's vif and the host's
-// end of it see only each other. Removed (with the tap) when it goes.
+// A network namespace of the test's own with a tap at 10.0.2.1/24 (multi-queue, so a vif may have
+// several queues on it): the guest's vif and the host's end of it see only each other. Removed (with the tap) when it goes.
 class TestNetwork {
  public:
   static constexpr char kTap[] = "xkt0";
@@ -126,7 +126,7 @@ class TestNetwork {
   TestNetwork() : name_(absl::StrCat("xenkvm-test-", getpid())) {
     for (const std::vector<std::string>& step :
          {std::vector<std::string>{"netns", "add", name_},
-          {"-n", name_, "tuntap", "add", "dev", kTap, "mode", "tap"},
+          {"-n", name_, "tuntap", "add", "dev", kTap, "mode", "tap", "multi_queue"},
           {"-n", name_, "addr", "add", absl::StrCat(kHostAddress, "/24"), "dev", kTap},
           {"-n", name_, "link", "set", kTap, "up"}}) {
       std::vector<std::string> argv = {"/bin/ip"};
@@ -306,6 +306,8 @@ TEST(LinuxBootTest, DebianCloudKernelNetfrontTalksToTheHostThroughATap) {
   if (!boot.network_skip_reason.empty()) GTEST_SKIP() << boot.network_skip_reason;
   const std::string& out = boot.result.out;
   EXPECT_THAT(boot.result.err, HasSubstr("xen-net vif0: connected to tap xkt0")) << boot.Context();
+  // A queue for each of the guest's two vCPUs, each on a queue of the (multi-queue) tap.
+  EXPECT_THAT(boot.result.err, HasSubstr("2 queue(s)")) << boot.Context();
   EXPECT_THAT(boot.result.err, HasSubstr("rx checksum offload, rx tso4, rx tso6")) << boot.Context();
   // Segmentation left to the host's stack one way and to the guest's the other (the counts at
   // disconnection: neither is zero).
