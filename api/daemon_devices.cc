@@ -26,6 +26,7 @@
 #include "components/net/mac_address.h"
 #include "components/net/tap.h"
 #include "components/xenbus/vdev.h"
+#include "components/xenbus/vif_spec.h"
 #include "api/daemon_internal.h"
 #include "grpcpp/grpcpp.h"
 #include "spdlog/spdlog.h"
@@ -93,11 +94,26 @@ grpc::Status ChooseFreeVdev(v1::VmmControl::Stub& control, v1::DiskConfig& disk)
   return grpc::Status::OK;
 }
 
-absl::StatusOr<base::Fd> OpenTap(const v1::NetworkConfig& network) {
-  XENKVM_ASSIGN_OR_RETURN(net::Tap tap, net::Tap::Open(network.tap()));
-  XENKVM_RETURN_IF_ERROR(tap.BringUp(network.mtu()));
-  if (!network.bridge().empty()) XENKVM_RETURN_IF_ERROR(tap.AttachToBridge(network.bridge()));
-  return base::Fd(dup(tap.fd()));
+// The tap up and bridged, a descriptor for each of its queues (one when it is single-queue).
+absl::StatusOr<std::vector<base::Fd>> OpenTapQueues(const v1::NetworkConfig& network) {
+  XENKVM_ASSIGN_OR_RETURN(std::vector<net::Tap> queues, net::Tap::OpenQueues(network.tap(), xenbus::kMaxVifQueues));
+  XENKVM_RETURN_IF_ERROR(queues.front().BringUp(network.mtu()));
+  if (!network.bridge().empty()) XENKVM_RETURN_IF_ERROR(queues.front().AttachToBridge(network.bridge()));
+  std::vector<base::Fd> fds;
+  for (const net::Tap& queue : queues) fds.emplace_back(dup(queue.fd()));
+  return fds;
+}
+
+// The tap's queues handed over: the first under the request's token, the rest under their own.
+absl::Status HandOverTap(const std::string& socket, const v1::NetworkConfig& network,
+                         v1::VmmAttachNetworkRequest& attach) {
+  if (access(socket.c_str(), F_OK) != 0) return absl::OkStatus();  // an older VMM opens it itself
+  XENKVM_ASSIGN_OR_RETURN(std::vector<base::Fd> queues, OpenTapQueues(network));
+  for (size_t queue = 0; queue < queues.size(); ++queue) {
+    std::string* token = queue == 0 ? attach.mutable_handover_token() : attach.add_queue_handover_tokens();
+    XENKVM_RETURN_IF_ERROR(HandOver(socket, std::move(queues[queue]), token));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -174,8 +190,7 @@ grpc::Status Daemon::AttachNetwork(grpc::ServerContext*, const v1::AttachNetwork
   std::shared_ptr<v1::VmmControl::Stub> control;
   std::string handover_socket;
   if (grpc::Status running = RunningVmm(request->name(), &control, &handover_socket); !running.ok()) return running;
-  if (absl::Status handed = HandOver(handover_socket, OpenTap(attach.network()), attach.mutable_handover_token());
-      !handed.ok()) {
+  if (absl::Status handed = HandOverTap(handover_socket, attach.network(), attach); !handed.ok()) {
     return Error(FromAbsl(handed).error_code(), absl::StrCat("VM \"", request->name(), "\": xen-net: ", handed.message()));
   }
   grpc::Status attached = CallRunningVmm(request->name(), &v1::VmmControl::Stub::AttachNetwork, attach, reply);

@@ -216,9 +216,13 @@ class ControlServer::Service final : public v1::VmmControl::Service {
     absl::StatusOr<xenbus::XenNetConfig> config = NetworkFrom(request->network());
     if (!config.ok()) return GrpcError(config.status());
     if (!request->handover_token().empty()) {
-      absl::StatusOr<std::shared_ptr<base::Fd>> opened = TakeHandedOver(request->handover_token());
-      if (!opened.ok()) return GrpcError(opened.status());
-      config->opened_tap = std::move(*opened);
+      std::vector<std::string> tokens = {request->handover_token()};
+      tokens.insert(tokens.end(), request->queue_handover_tokens().begin(), request->queue_handover_tokens().end());
+      for (const std::string& token : tokens) {
+        absl::StatusOr<std::shared_ptr<base::Fd>> opened = TakeHandedOver(token);
+        if (!opened.ok()) return GrpcError(opened.status());
+        config->opened_tap.push_back(std::move(*opened));
+      }
     }
     absl::StatusOr<Vm::NetworkInfo> network = vm_.AttachNetwork(*config);
     if (!network.ok()) return GrpcError(network.status());

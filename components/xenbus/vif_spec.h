@@ -9,6 +9,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -24,6 +25,9 @@ struct RateLimit {
   uint64_t burst_bytes() const;
 };
 
+// Queues a vif offers when its tap is multi-queue (Linux's netfront takes one a vCPU, up to it).
+inline constexpr uint32_t kMaxVifQueues = 4;
+
 struct XenNetConfig {
   uint32_t devid = 0;          // the vif's index in the guest (vif/<devid>; Linux's eth<devid> on its own)
   std::string tap;             // the host's tap: attached to, created when missing (empty: named by the kernel)
@@ -32,9 +36,9 @@ struct XenNetConfig {
   uint32_t mtu = 0;            // the tap's MTU; 0 leaves it
   std::optional<RateLimit> tx_rate;  // what the guest sends (xl's rate)
   std::optional<RateLimit> rx_rate;  // what it receives
-  // The tap opened (and brought up, bridged) by another process (xenkvmd) and handed over: used
-  // as it is instead of `tap`, `mtu` and `bridge`.
-  std::shared_ptr<base::Fd> opened_tap;
+  // The tap opened (and brought up, bridged) by another process (xenkvmd) and handed over, a
+  // descriptor a queue: used as it is instead of `tap`, `mtu` and `bridge`.
+  std::vector<std::shared_ptr<base::Fd>> opened_tap;
 };
 
 // The MAC generated in Xen's OUI when absent, the tap named by the kernel when vifname is, no

@@ -6,30 +6,39 @@
 #include "spdlog/spdlog.h"
 
 namespace xenkvm::xenbus {
+namespace {
+
+// The queues of a tap opened elsewhere, each descriptor copied (the caller keeps its own).
+absl::StatusOr<std::vector<net::Tap>> AdoptQueues(const std::vector<std::shared_ptr<base::Fd>>& opened) {
+  std::vector<net::Tap> taps;
+  for (const std::shared_ptr<base::Fd>& fd : opened) {
+    absl::StatusOr<base::Fd> own = fd->Duplicate();
+    absl::StatusOr<net::Tap> adopted = own.ok() ? net::Tap::Adopt(std::move(*own)) : own.status();
+    if (!adopted.ok()) return adopted.status();
+    if (!taps.empty() && adopted->name() != taps.front().name()) {
+      return absl::InvalidArgumentError(absl::StrCat("the queues handed over are of taps ", taps.front().name(),
+                                                     " and ", adopted->name()));
+    }
+    taps.push_back(std::move(*adopted));
+  }
+  if (taps.size() > kMaxVifQueues) taps.erase(taps.begin() + kMaxVifQueues, taps.end());
+  return taps;
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<XenNet>> XenNet::Create(const Environment& environment, XenNetConfig config) {
   const std::string prefix = absl::StrCat("xen-net vif", config.devid, ": ");
-  absl::StatusOr<std::vector<net::Tap>> taps = absl::InternalError("not opened");
-  if (config.opened_tap) {
-    absl::StatusOr<base::Fd> own = config.opened_tap->Duplicate();
-    absl::StatusOr<net::Tap> adopted = own.ok() ? net::Tap::Adopt(std::move(*own)) : own.status();
-    if (adopted.ok()) {
-      taps = std::vector<net::Tap>();
-      taps->push_back(std::move(*adopted));
-    } else {
-      taps = adopted.status();
-    }
-  } else {
-    taps = net::Tap::OpenQueues(config.tap, kMaxQueues);
-  }
+  absl::StatusOr<std::vector<net::Tap>> taps =
+      config.opened_tap.empty() ? net::Tap::OpenQueues(config.tap, kMaxVifQueues) : AdoptQueues(config.opened_tap);
   if (!taps.ok()) return absl::Status(taps.status().code(), absl::StrCat(prefix, taps.status().message()));
   net::Tap& tap = taps->front();
-  if (config.opened_tap) {
+  if (!config.opened_tap.empty()) {
     config.tap = tap.name();  // set up by whoever opened it
   } else if (absl::Status up = tap.BringUp(config.mtu); !up.ok()) {
     return absl::Status(up.code(), absl::StrCat(prefix, up.message()));
   }
-  if (!config.opened_tap && !config.bridge.empty()) {
+  if (config.opened_tap.empty() && !config.bridge.empty()) {
     if (absl::Status joined = tap.AttachToBridge(config.bridge); !joined.ok()) {
       return absl::Status(joined.code(), absl::StrCat(prefix, joined.message()));
     }

@@ -42,9 +42,6 @@ class XenNet final : public XenbusDevice {
  private:
   XenNet(const Environment& environment, XenNetConfig config);
   absl::Status Connect() override;
-  // Queues offered when the VMM opens the tap itself (a tap handed over has one).
-  static constexpr uint32_t kMaxQueues = 4;
-
   NetRing::Options RingOptions(bool scatter_gather) const;
   absl::StatusOr<uint32_t> ReadFrontendNumber(const std::string& key) const;
   // One queue's rings (its keys under `dir`) on tap queue `queue`; `split` says whether its
