@@ -142,6 +142,12 @@ absl::Status XenNet::Connect() {
     return absl::InvalidArgumentError(
         absl::StrCat(prefix, "the frontend does not ask for request-rx-copy (page flipping is not offered)"));
   }
+  // As netback: a held frame waits for the frontend's notification that it posted receive slots,
+  // which only a frontend with feature-rx-notify sends.
+  if (ReadFrontend("feature-rx-notify").value_or("0") != "1") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        prefix, "the frontend does not offer feature-rx-notify, which this backend requires (as netback does)"));
+  }
   NetRing::Options options = RingOptions(ReadFrontend("feature-sg").value_or("0") == "1");
   options.multicast_control = ReadFrontend("request-multicast-control").value_or("0") == "1";
   XENKVM_RETURN_IF_ERROR(NegotiateReceiveOffloads(options));
