@@ -167,6 +167,17 @@ if [ -n "$net" ] && grep -q xenkvm.tcp /proc/cmdline; then
     echo "xenkvm-root: blob-received=$(wc -c < /tmp/in) $(sha256sum /tmp/in | cut -d' ' -f1)"
   fi
 fi
+# xenkvm.serve=MIB (tests/bench/xen_net_guest_benchmark.py): MIB MiB of zeros served over HTTP on
+# port 8080, whatever comes to port 5557 taken and dropped, port 5558 echoed, until powered off.
+serve=$(sed -n 's/.*xenkvm\.serve=\([0-9]*\).*/\1/p' /proc/cmdline)
+if [ -n "$net" ] && [ -n "$serve" ]; then
+  mkdir -p /srv && mount -t tmpfs -o size=$((serve + 8))m tmpfs /srv
+  dd if=/dev/zero of=/srv/blob bs=1M count="$serve" 2>/dev/null
+  httpd -p 8080 -h /srv
+  (while :; do nc -l -p 5557 < /dev/null > /dev/null; done) &
+  (while :; do nc -l -p 5558 -e cat; done) &
+  echo "xenkvm-root: serving ${serve} MiB"
+fi
 echo "XENKVM-LINUX-ROOT-OK"
 if grep -q xenkvm.stay /proc/cmdline; then
   # Stay up until asked to power off: the kernel's Xen shutdown watcher (control/shutdown in
