@@ -11,7 +11,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev libabsl-dev libprotobuf-dev protobuf-compiler
   libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libspdlog-dev libfmt-dev liburing-dev
   libxen-dev zlib1g-dev liblzma-dev libzstd-dev liblz4-dev libbz2-dev libcli11-dev
-  nlohmann-json3-dev prometheus-cpp-dev libseccomp-dev
+  nlohmann-json3-dev prometheus-cpp-dev libseccomp-dev libboost-context-dev
   # tests and tools
   python3 python3-grpcio python3-protobuf xenstore-utils fio
   # real-guest tests (tests/linux): the initramfs and root image built at test time

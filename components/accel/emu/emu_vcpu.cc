@@ -56,7 +56,6 @@ absl::StatusOr<std::unique_ptr<EmuVcpu>> EmuVcpu::Create(uint32_t id, EmuVmState
     if (vm.vcpus.contains(id)) return absl::AlreadyExistsError(absl::StrFormat("emu: vCPU %u exists", id));
     vm.vcpus[id] = vcpu.get();
   }
-  vcpu->thread_ = std::thread([raw = vcpu.get()] { raw->EmulationLoop(); });
   return vcpu;
 }
 
@@ -71,20 +70,26 @@ EmuVcpu::~EmuVcpu() {
   }
   exit_requested_.store(true);
   stop_wanted_.store(true);
-  if (thread_.joinable()) thread_.join();
+  // Suspended in an exit: let the emulation unwind (every hand-off now returns at once) so
+  // nothing on its stack is left behind.
+  if (emulation_.started() && !emulation_.finished()) emulation_.Resume();
   if (timer_thread_.joinable()) timer_thread_.join();
   if (uc_ != nullptr) uc_close(uc_);
 }
 
 absl::StatusOr<Exit> EmuVcpu::Run() {
-  absl::MutexLock lock(&mutex_);
-  if (awaiting_value_ && !value_.has_value()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "emu vCPU ", id_, ": the last exit asks for a value; answer it with Complete() first"));
+  {
+    absl::MutexLock lock(&mutex_);
+    if (awaiting_value_ && !value_.has_value()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "emu vCPU ", id_, ": the last exit asks for a value; answer it with Complete() first"));
+    }
   }
-  caller_turn_ = false;
-  mutex_.Await(absl::Condition(
-      +[](EmuVcpu* self) ABSL_EXCLUSIVE_LOCKS_REQUIRED(self->mutex_) { return self->caller_turn_; }, this));
+  // The guest runs on this thread, on the emulation's own stack, until its next exit.
+  if (!std::exchange(thread_named_, true)) NameVcpuThread(id_);
+  emulation_.Resume();
+  absl::MutexLock lock(&mutex_);
+  if (!exit_) return absl::InternalError(absl::StrCat("emu vCPU ", id_, ": the emulation ended without an exit"));
   Exit exit = std::move(*exit_);
   exit_.reset();
   return exit;
@@ -382,22 +387,13 @@ absl::Status EmuVcpu::InstallHooks() {
   return absl::OkStatus();
 }
 
-// ---- The emulation thread
+// ---- The emulation: the run loop, in a coroutine that Run() enters
 
 void EmuVcpu::Fatal(std::string reason) {
   if (!fatal_error_) fatal_error_ = std::move(reason);
 }
 
 void EmuVcpu::EmulationLoop() {
-  NameVcpuThread(id_);  // the guest's instructions run on this thread
-  {
-    absl::MutexLock lock(&mutex_);
-    mutex_.Await(absl::Condition(
-        +[](EmuVcpu* self) ABSL_EXCLUSIVE_LOCKS_REQUIRED(self->mutex_) {
-          return !self->caller_turn_ || self->exiting_;
-        },
-        this));
-  }
   while (true) {
     // Wait, if the vCPU is not started or is halted with interrupts enabled, for what ends it.
     std::optional<StartRequest> start;
@@ -566,16 +562,18 @@ uint64_t EmuVcpu::Deliver(Exit exit, bool wants_value) {
 }
 
 uint64_t EmuVcpu::HandOff(Exit exit, bool wants_value) {
+  {
+    absl::MutexLock lock(&mutex_);
+    if (exiting_) {  // the vCPU is going: no caller takes exits any more
+      stop_wanted_.store(true);
+      return 0;
+    }
+    exit_ = std::move(exit);
+    awaiting_value_ = wants_value;
+    value_.reset();
+  }
+  emulation_.Yield();  // to Run()'s caller, until it calls Run() again
   absl::MutexLock lock(&mutex_);
-  exit_ = std::move(exit);
-  awaiting_value_ = wants_value;
-  value_.reset();
-  caller_turn_ = true;
-  mutex_.Await(absl::Condition(
-      +[](EmuVcpu* self) ABSL_EXCLUSIVE_LOCKS_REQUIRED(self->mutex_) {
-        return !self->caller_turn_ || self->exiting_;
-      },
-      this));
   uint64_t value = value_.value_or(0);
   awaiting_value_ = false;
   value_.reset();

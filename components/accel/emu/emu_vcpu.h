@@ -1,4 +1,5 @@
-// One emu vCPU: a Unicorn engine on its own emulation thread. Split by concept across
+// One emu vCPU: a Unicorn engine whose run loop is a coroutine (coroutine.h) that Run() enters on
+// its caller's thread and that switches back at each exit. Split by concept across
 // emu_vcpu.cc (engine setup, the run loop and the hand-off to Run()), emu_hooks.cc (Unicorn's
 // hooks), emu_delivery.cc
 // (interrupts, exceptions and fast system calls as the architecture delivers them) and
@@ -23,6 +24,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "components/accel/accelerator.h"
+#include "components/accel/emu/coroutine.h"
 #include "components/accel/emu/exception_record.h"
 #include "components/accel/emu/local_apic.h"
 #include "components/accel/emu/msr_intercept.h"
@@ -244,10 +246,11 @@ class EmuVcpu final : public Vcpu, private MsrHandler {
   uint64_t cr2_ = 0;  // the architectural CR2 (see RestoreCr2)
   std::map<uint64_t, uint8_t*> extra_shown_;  // what this engine maps, and at which generation
   uint64_t extra_generation_ = 0;
-  std::thread thread_;
+  // The run loop (EmulationLoop), on a stack of its own; Run() resumes it, HandOff yields.
+  Coroutine emulation_{[this] { EmulationLoop(); }};
+  bool thread_named_ = false;  // Run()'s thread carries the vCPU's name
 
   absl::Mutex mutex_;
-  bool caller_turn_ ABSL_GUARDED_BY(mutex_) = true;
   bool exiting_ ABSL_GUARDED_BY(mutex_) = false;
   bool kick_ ABSL_GUARDED_BY(mutex_) = false;
   std::optional<Exit> exit_ ABSL_GUARDED_BY(mutex_);
@@ -277,8 +280,8 @@ class EmuVcpu final : public Vcpu, private MsrHandler {
   std::atomic<bool> exit_requested_{false};  // the destructor's stop, which OnBlock never defers
   // An interrupt waits for RFLAGS.IF: OnBlock stops the engine once the guest sets it.
   std::atomic<bool> interrupt_window_wanted_{false};
-  // Emulation thread only (read by the Await conditions, which run under mutex_ on any thread, only
-  // while the emulation thread itself waits).
+  // The emulation's only (read by the Await conditions, which run under mutex_ on any thread, only
+  // while the emulation itself waits).
   bool halted_ = false;
   bool engine_used_ = false;  // the engine left its reset state (StartFrom replaces it)
   bool holds_run_token_ = false;  // the engine runs guest code (RunGuest), save while in Deliver
