@@ -139,7 +139,8 @@ class Vcpu {
 
   // Runs until the next exit. Not reentrant: one run-loop thread per vCPU.
   virtual absl::StatusOr<Exit> Run() = 0;
-  // Answers the last exit (IN, MMIO load, hypercall). kFailedPrecondition if it asked for nothing.
+  // Answers the last exit (IN, MMIO load, hypercall), on the run-loop thread, before the next
+  // Run(). kFailedPrecondition if it asked for nothing.
   virtual absl::Status Complete(uint64_t value) = 0;
 
   virtual absl::StatusOr<Registers> GetRegisters() = 0;

@@ -78,17 +78,13 @@ EmuVcpu::~EmuVcpu() {
 }
 
 absl::StatusOr<Exit> EmuVcpu::Run() {
-  {
-    absl::MutexLock lock(&mutex_);
-    if (awaiting_value_ && !value_.has_value()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "emu vCPU ", id_, ": the last exit asks for a value; answer it with Complete() first"));
-    }
+  if (awaiting_value_ && !value_.has_value()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "emu vCPU ", id_, ": the last exit asks for a value; answer it with Complete() first"));
   }
   // The guest runs on this thread, on the emulation's own stack, until its next exit.
   if (!std::exchange(thread_named_, true)) NameVcpuThread(id_);
   emulation_.Resume();
-  absl::MutexLock lock(&mutex_);
   if (!exit_) return absl::InternalError(absl::StrCat("emu vCPU ", id_, ": the emulation ended without an exit"));
   Exit exit = std::move(*exit_);
   exit_.reset();
@@ -96,7 +92,6 @@ absl::StatusOr<Exit> EmuVcpu::Run() {
 }
 
 absl::Status EmuVcpu::Complete(uint64_t value) {
-  absl::MutexLock lock(&mutex_);
   if (!awaiting_value_) {
     return absl::FailedPreconditionError(
         absl::StrCat("emu vCPU ", id_, ": Complete() but the last exit asked for no value"));
@@ -562,22 +557,18 @@ uint64_t EmuVcpu::Deliver(Exit exit, bool wants_value) {
 }
 
 uint64_t EmuVcpu::HandOff(Exit exit, bool wants_value) {
-  {
-    absl::MutexLock lock(&mutex_);
-    if (exiting_) {  // the vCPU is going: no caller takes exits any more
-      stop_wanted_.store(true);
-      return 0;
-    }
+  // exit_requested_ is the destructor's (set with exiting_): the vCPU is going, no caller takes
+  // exits any more.
+  if (!exit_requested_.load()) {
     exit_ = std::move(exit);
     awaiting_value_ = wants_value;
     value_.reset();
+    emulation_.Yield();  // to Run()'s caller, until it calls Run() again
   }
-  emulation_.Yield();  // to Run()'s caller, until it calls Run() again
-  absl::MutexLock lock(&mutex_);
-  uint64_t value = value_.value_or(0);
+  const uint64_t value = value_.value_or(0);
   awaiting_value_ = false;
   value_.reset();
-  if (exiting_) stop_wanted_.store(true);
+  if (exit_requested_.load()) stop_wanted_.store(true);
   return value;
 }
 

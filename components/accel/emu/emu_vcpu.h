@@ -249,13 +249,16 @@ class EmuVcpu final : public Vcpu, private MsrHandler {
   // The run loop (EmulationLoop), on a stack of its own; Run() resumes it, HandOff yields.
   Coroutine emulation_{[this] { EmulationLoop(); }};
   bool thread_named_ = false;  // Run()'s thread carries the vCPU's name
+  // The exit being handed to Run()'s caller and its answer: only ever touched by the thread in
+  // Run() or Complete() (the Vcpu's one user at a time) and the emulation it resumes, so unlocked.
+  std::optional<Exit> exit_;
+  bool awaiting_value_ = false;
+  std::optional<uint64_t> value_;
 
   absl::Mutex mutex_;
   bool exiting_ ABSL_GUARDED_BY(mutex_) = false;
   bool kick_ ABSL_GUARDED_BY(mutex_) = false;
-  std::optional<Exit> exit_ ABSL_GUARDED_BY(mutex_);
-  bool awaiting_value_ ABSL_GUARDED_BY(mutex_) = false;
-  std::optional<uint64_t> value_ ABSL_GUARDED_BY(mutex_);
+
   LocalApic lapic_ ABSL_GUARDED_BY(mutex_);
   std::bitset<256> xen_callbacks_ ABSL_GUARDED_BY(mutex_);  // InjectXenCallback: beside the LAPIC
   bool nmi_pending_ ABSL_GUARDED_BY(mutex_) = false;

@@ -568,14 +568,16 @@ lapic_timer:
 3:      hlt
         cmpl    $4, handled
         jb      3b
-        movl    $0, 0xfee00380                  /* stopped */
         cli
         mov     handled, %eax
         out     %eax, $0x12
         hlt
 timer32:
         incl    handled
-        movl    $0, 0xfee000b0
+        cmpl    $4, handled                     /* the fourth tick stops the timer, before its EOI: */
+        jb      1f                              /* no fifth can come in after the guest wakes slowly */
+        movl    $0, 0xfee00380
+1:      movl    $0, 0xfee000b0
         iret
 
 /* ---- INIT and start-up IPIs: vCPU 0 copies a real-mode payload to 0x8000 and starts vCPU 1 there
