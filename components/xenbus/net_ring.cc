@@ -277,22 +277,26 @@ bool NetRing::ServeReceive(bool& notify) {
   const uint32_t published = rx_.response_producer;
   bool ok = true;
   while (true) {
+    const auto data_slots = [this] {
+      return static_cast<uint32_t>((frame_size_ + netif::kPageSize - 1) / netif::kPageSize);
+    };
     if (frame_size_ == 0) {
       absl::StatusOr<size_t> got = device_.Read(frame_, frame_offload_);
       if (!got.ok() || *got == 0) break;
       frame_size_ = *got;
+      // Decided once a frame, however long it is held (a checksum completed twice is spoiled).
+      // Dropped: a multicast address the frontend did not add; larger than a page when the
+      // frontend takes one slot a frame; an offload it cannot take.
+      std::optional<uint8_t> gso_type;
+      if (!Wanted() || (data_slots() > 1 && !options_.rx_scatter_gather) || !(gso_type = ReceiveOffload())) {
+        frame_size_ = 0;
+        absl::MutexLock lock(&mutex_);
+        ++statistics_.rx_dropped;
+        continue;
+      }
+      frame_gso_type_ = *gso_type;
     }
-    const uint32_t data_slots = static_cast<uint32_t>((frame_size_ + netif::kPageSize - 1) / netif::kPageSize);
-    // Dropped: a multicast address the frontend did not add; larger than a page when the frontend
-    // takes one slot a frame; an offload it cannot take.
-    std::optional<uint8_t> gso_type;
-    if (!Wanted() || (data_slots > 1 && !options_.rx_scatter_gather) || !(gso_type = ReceiveOffload())) {
-      frame_size_ = 0;
-      absl::MutexLock lock(&mutex_);
-      ++statistics_.rx_dropped;
-      continue;
-    }
-    const uint32_t needed = data_slots + (*gso_type != 0 ? 1 : 0);
+    const uint32_t needed = data_slots() + (frame_gso_type_ != 0 ? 1 : 0);
     std::optional<uint32_t> producer = Produced(rx_);
     if (!producer) {
       ok = Break("a receive request index out of range");
@@ -311,7 +315,7 @@ bool NetRing::ServeReceive(bool& notify) {
       break;
     }
     if (!Admit(/*transmit=*/false, frame_size_)) break;  // held until its bytes are there
-    if (!DeliverFrame(*gso_type)) {
+    if (!DeliverFrame(frame_gso_type_)) {
       ok = Break("the receive ring cannot be written");
       break;
     }

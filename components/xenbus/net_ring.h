@@ -150,6 +150,7 @@ class NetRing {
   Ring tx_, rx_;
   std::vector<uint8_t> frame_;   // a frame from the tap
   net::FrameOffload frame_offload_;  // what is left to do to it
+  uint8_t frame_gso_type_ = 0;       // the GSO type it goes to the frontend with (0: none)
   size_t frame_size_ = 0;        // non-zero: held until the frontend posts receive slots
   std::vector<uint8_t> packet_;  // a frame from the guest
   const std::shared_ptr<Shared> shared_;
