@@ -88,6 +88,23 @@ void NetRing::Kick() {
   if (wake_) (void)wake_->Write();
 }
 
+void NetRingStatistics::Add(const NetRingStatistics& other) {
+  tx_packets += other.tx_packets;
+  tx_bytes += other.tx_bytes;
+  tx_dropped += other.tx_dropped;
+  tx_errors += other.tx_errors;
+  tx_segmentation_offloaded += other.tx_segmentation_offloaded;
+  rx_packets += other.rx_packets;
+  rx_bytes += other.rx_bytes;
+  rx_dropped += other.rx_dropped;
+  rx_errors += other.rx_errors;
+  rx_segmentation_offloaded += other.rx_segmentation_offloaded;
+  if (other.broken && !broken) {
+    broken = true;
+    broken_reason = other.broken_reason;
+  }
+}
+
 NetRingStatistics NetRing::Statistics() const {
   absl::MutexLock lock(&mutex_);
   return statistics_;

@@ -43,6 +43,9 @@ struct NetRingStatistics {
   uint64_t tx_segmentation_offloaded = 0, rx_segmentation_offloaded = 0;
   bool broken = false;  // the frontend broke a ring; it is no longer served
   std::string broken_reason;
+
+  // Adds another queue's; the first broken queue's reason is kept.
+  void Add(const NetRingStatistics& other);
 };
 
 class NetRing {

@@ -84,23 +84,7 @@ XenNet::~XenNet() { Teardown(); }
 std::optional<NetRingStatistics> XenNet::ring_statistics() const {
   if (rings_.empty()) return std::nullopt;
   NetRingStatistics sum;
-  for (const std::unique_ptr<NetRing>& ring : rings_) {
-    const NetRingStatistics queue = ring->Statistics();
-    sum.tx_packets += queue.tx_packets;
-    sum.tx_bytes += queue.tx_bytes;
-    sum.tx_dropped += queue.tx_dropped;
-    sum.tx_errors += queue.tx_errors;
-    sum.tx_segmentation_offloaded += queue.tx_segmentation_offloaded;
-    sum.rx_packets += queue.rx_packets;
-    sum.rx_bytes += queue.rx_bytes;
-    sum.rx_dropped += queue.rx_dropped;
-    sum.rx_errors += queue.rx_errors;
-    sum.rx_segmentation_offloaded += queue.rx_segmentation_offloaded;
-    if (queue.broken && !sum.broken) {
-      sum.broken = true;
-      sum.broken_reason = queue.broken_reason;
-    }
-  }
+  for (const std::unique_ptr<NetRing>& ring : rings_) sum.Add(ring->Statistics());
   return sum;
 }
 
