@@ -14,7 +14,6 @@
 #include "components/accel/kvm/kvm_accelerator.h"
 #include "components/base/status.h"
 #include "components/devices/legacy.h"
-#include "components/kvm/kvm.h"
 #include "components/loader/kernel_image.h"
 #include "components/loader/layout.h"
 #include "components/loader/pvh_loader.h"
@@ -55,22 +54,18 @@ absl::StatusOr<std::unique_ptr<accel::Accelerator>> ChooseAccelerator(Accelerato
     *why = "accelerator: emu (as asked)";
     return accel::CreateEmuAccelerator(memory);
   }
-  absl::Status usable = kvm::KvmUsable();
+  // Creating the accelerator is the test of KVM: no throwaway VM first.
+  absl::StatusOr<std::unique_ptr<accel::Accelerator>> kvm = accel::CreateKvmAccelerator(memory);
   if (kind == AcceleratorKind::kKvm) {
-    if (!usable.ok()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("accelerator: kvm asked for but not usable: ", usable.message(), "; use --accel emu"));
+    if (!kvm.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat("accelerator: kvm asked for but not usable: ",
+                                                        kvm.status().message(), "; use --accel emu"));
     }
     *why = "accelerator: kvm (as asked)";
-    return accel::CreateKvmAccelerator(memory);
+    return kvm;
   }
-  if (!usable.ok()) {
-    *why = absl::StrCat("accelerator: emu (auto: KVM not usable: ", usable.message(), ")");
-    return accel::CreateEmuAccelerator(memory);
-  }
-  absl::StatusOr<std::unique_ptr<accel::Accelerator>> kvm = accel::CreateKvmAccelerator(memory);
   if (!kvm.ok()) {
-    *why = absl::StrCat("accelerator: emu (auto: creating a KVM VM failed: ", kvm.status().message(), ")");
+    *why = absl::StrCat("accelerator: emu (auto: KVM not usable: ", kvm.status().message(), ")");
     return accel::CreateEmuAccelerator(memory);
   }
   *why = "accelerator: kvm (auto: /dev/kvm is usable)";
