@@ -11,6 +11,8 @@
 #include <set>
 #include <thread>
 #include <mutex>
+#include <optional>
+#include <span>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
@@ -18,6 +20,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "components/accel/kvm/instruction_probe.h"
+#include "components/accel/kvm/probe_cache.h"
 #include "components/accel/page_walk.h"
 #include "components/base/status.h"
 #include "components/kvm/kvm.h"
@@ -634,8 +637,25 @@ class KvmAccelerator final : public Accelerator {
 
 // KVM_GET_SUPPORTED_CPUID less what the host cannot run for a guest (instruction_probe.h), said
 // once in the log: on KVM-PVM that is most extensions, on hardware virtualisation nothing.
-std::vector<std::string> HideWhatTheHostCannotRun(const kvm::Kvm& system, std::vector<kvm_cpuid_entry2>& cpuid) {
+// The probes' result for `cpuid`: from the cache (probe_cache.h) when an earlier VMM on this host
+// boot ran them, else run now and stored for the next one.
+absl::StatusOr<ProbeResult> ProbeOrRecall(const kvm::Kvm& system, std::span<const kvm_cpuid_entry2> cpuid) {
+  const std::optional<std::string> path = DefaultProbeCachePath();
+  const std::string key = ProbeCacheKey(cpuid);
+  if (path) {
+    if (std::optional<ProbeResult> recalled = LoadProbeResult(*path, key)) return *recalled;
+  }
   absl::StatusOr<ProbeResult> probed = ProbeInstructions(system, cpuid);
+  if (probed.ok() && path) {
+    if (absl::Status stored = StoreProbeResult(*path, key, *probed); !stored.ok()) {
+      spdlog::debug("kvm: instruction probe results not kept: {}", std::string(stored.message()));
+    }
+  }
+  return probed;
+}
+
+std::vector<std::string> HideWhatTheHostCannotRun(const kvm::Kvm& system, std::vector<kvm_cpuid_entry2>& cpuid) {
+  absl::StatusOr<ProbeResult> probed = ProbeOrRecall(system, cpuid);
   if (!probed.ok()) {
     // Not a reason to refuse the guest: it is offered what KVM reports, as before the probes.
     spdlog::warn("kvm: the instruction probes could not run ({}); the guest is offered all KVM reports",
