@@ -31,6 +31,10 @@ absl::StatusOr<size_t> LocateRecord() {
   if (uc_err err = uc_open(UC_ARCH_X86, UC_MODE_64, &uc); err != UC_ERR_OK) {
     return absl::InternalError(absl::StrCat("unicorn uc_open: ", uc_strerror(err)));
   }
+  // Two instructions need no 1 GiB translation buffer (Unicorn's default, whose first huge page
+  // alone is 2 MiB to zero): this engine costs the VMM's start little.
+  constexpr uint32_t kTranslationBufferBytes = 1 << 20;
+  uc_ctl_set_tcg_buffer_size(uc, kTranslationBufferBytes);
   constexpr uint64_t kCode = 0x1000;
   uc_context* context = nullptr;
   std::vector<std::vector<uint8_t>> snapshots;
