@@ -3,16 +3,7 @@
  * marks the guest's start; then it waits in HLT (interrupts on, none coming) for the benchmark to
  * stop the VMM, so the VMM is measured alive. Entered by the PVH note in 32-bit protected mode;
  * touches no memory. */
-        .set    XEN_ELFNOTE_PHYS32_ENTRY, 18
-
-        .pushsection .note.Xen, "a", @note
-        .balign 4
-        .long   4                       /* name size: "Xen\0" */
-        .long   4                       /* value size */
-        .long   XEN_ELFNOTE_PHYS32_ENTRY
-        .asciz  "Xen"
-        .long   pvh_start32
-        .popsection
+#include "kit/pvh_note.inc"
 
         .section .text.entry, "ax"
         .code32

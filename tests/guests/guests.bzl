@@ -2,6 +2,7 @@
 
 _KIT = [
     "//tests/guests:kit/pvh_entry.S",
+    "//tests/guests:kit/pvh_note.inc",
     "//tests/guests:kit/interrupts.S",
     "//tests/guests:kit/kit.c",
     "//tests/guests:kit/kit.h",

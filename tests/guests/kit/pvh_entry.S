@@ -1,16 +1,7 @@
 /* The test-guest kit's entry: a Xen PVH note naming pvh_start32, which the loader jumps to in 32-bit
  * protected mode with paging off and EBX = hvm_start_info. It builds page tables identity-mapping
  * the first 4 GiB with 2 MiB pages, enters long mode, and calls kit_start(start_info). */
-        .set    XEN_ELFNOTE_PHYS32_ENTRY, 18
-
-        .pushsection .note.Xen, "a", @note
-        .balign 4
-        .long   4                       /* name size: "Xen\0" */
-        .long   4                       /* value size */
-        .long   XEN_ELFNOTE_PHYS32_ENTRY
-        .asciz  "Xen"
-        .long   pvh_start32
-        .popsection
+#include "pvh_note.inc"
 
 /* Loads the kit's GDT and flat 32-bit segments (PVH leaves GDTR and the selectors undefined). */
         .macro LOAD_FLAT_SEGMENTS
