@@ -640,14 +640,15 @@ class KvmAccelerator final : public Accelerator {
 // The probes' result for `cpuid`: from the cache (probe_cache.h) when an earlier VMM on this host
 // boot ran them, else run now and stored for the next one.
 absl::StatusOr<ProbeResult> ProbeOrRecall(const kvm::Kvm& system, std::span<const kvm_cpuid_entry2> cpuid) {
-  const std::optional<std::string> path = DefaultProbeCachePath();
-  const std::string key = ProbeCacheKey(cpuid);
+  std::optional<std::string> path = DefaultProbeCachePath();
+  const std::optional<std::string> key = ProbeCacheKey(cpuid);
+  if (!key) path.reset();
   if (path) {
-    if (std::optional<ProbeResult> recalled = LoadProbeResult(*path, key)) return *recalled;
+    if (std::optional<ProbeResult> recalled = LoadProbeResult(*path, *key)) return *recalled;
   }
   absl::StatusOr<ProbeResult> probed = ProbeInstructions(system, cpuid);
   if (probed.ok() && path) {
-    if (absl::Status stored = StoreProbeResult(*path, key, *probed); !stored.ok()) {
+    if (absl::Status stored = StoreProbeResult(*path, *key, *probed); !stored.ok()) {
       spdlog::debug("kvm: instruction probe results not kept: {}", std::string(stored.message()));
     }
   }

@@ -51,16 +51,22 @@ std::optional<std::string> DefaultProbeCachePath() {
   return absl::StrCat(runtime, "/xenkvm-kvm-instruction-probes");
 }
 
-std::string ProbeCacheKey(std::span<const kvm_cpuid_entry2> offered) {
+std::optional<std::string> ProbeCacheKey(std::span<const kvm_cpuid_entry2> offered) {
+  const std::string boot = FirstLine("/proc/sys/kernel/random/boot_id");
+  if (boot.empty()) return std::nullopt;  // no boot to tie the result to: not kept
   std::string modules;
   for (const char* module : {"kvm", "kvm_intel", "kvm_amd", "kvm_pvm"}) {
     struct stat info;
     if (stat(absl::StrCat("/sys/module/", module).c_str(), &info) == 0) absl::StrAppend(&modules, module, ",");
   }
-  return absl::StrFormat("%s %s %016x", FirstLine("/proc/sys/kernel/random/boot_id"), modules, Fingerprint(offered));
+  return absl::StrFormat("%s %s %016x", boot, modules, Fingerprint(offered));
 }
 
 std::optional<ProbeResult> LoadProbeResult(const std::string& path, const std::string& key) {
+  struct stat info;
+  if (stat(path.c_str(), &info) != 0 || !S_ISREG(info.st_mode) || static_cast<uint64_t>(info.st_size) > kMaxFileBytes) {
+    return std::nullopt;
+  }
   std::ifstream file(path);
   if (!file) return std::nullopt;
   std::string header, stored_key;

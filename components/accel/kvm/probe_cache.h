@@ -20,8 +20,8 @@ namespace xenkvm::accel {
 // Where the cache lives: /run/xenkvm/ for root, $XDG_RUNTIME_DIR otherwise; nullopt without either.
 std::optional<std::string> DefaultProbeCachePath();
 
-// This host boot's key for probes run against `offered`.
-std::string ProbeCacheKey(std::span<const kvm_cpuid_entry2> offered);
+// This host boot's key for probes run against `offered`; nullopt where the boot ID is unreadable.
+std::optional<std::string> ProbeCacheKey(std::span<const kvm_cpuid_entry2> offered);
 
 // The result stored at `path` under `key`, if that is what the file holds.
 std::optional<ProbeResult> LoadProbeResult(const std::string& path, const std::string& key);

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -78,7 +79,8 @@ TEST_F(ProbeCacheTest, AFileCutShortOrMalformedIsAMiss) {
   Write("xenkvm kvm instruction probes 1\nkey k\nunrunnable \nend ok\n");
   EXPECT_FALSE(LoadProbeResult(path_, "k").has_value());
   Write("xenkvm kvm instruction probes 1\nkey k\n" + std::string(70000, 'x') + "\nend ok\n");
-  EXPECT_FALSE(LoadProbeResult(path_, "k").has_value());
+  EXPECT_FALSE(LoadProbeResult(path_, "k").has_value());  // larger than any result: not read
+  EXPECT_FALSE(LoadProbeResult(directory_, "k").has_value());  // not a regular file
 }
 
 TEST_F(ProbeCacheTest, AMultiLineEntryIsNotStored) {
@@ -92,7 +94,8 @@ TEST(ProbeCacheKeyTest, TheKeyFollowsTheOfferedCpuid) {
   std::vector<kvm_cpuid_entry2> cpuid(2);
   cpuid[0].function = 1;
   cpuid[0].ecx = 1u << 13;  // cx16
-  const std::string key = ProbeCacheKey(cpuid);
+  const std::optional<std::string> key = ProbeCacheKey(cpuid);
+  ASSERT_TRUE(key.has_value());  // Linux always has a boot ID
   EXPECT_EQ(ProbeCacheKey(cpuid), key);
   cpuid[0].ebx = 1u << 24;  // another APIC ID: the same probes run
   EXPECT_EQ(ProbeCacheKey(cpuid), key);
