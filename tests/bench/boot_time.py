@@ -61,6 +61,10 @@ def one_run(vmm, kernel, accel):
         process.kill()
         raise RuntimeError(f"no console output from the {accel} guest within 30 s")
     wall_ms = (time.perf_counter() - start) * 1000
+    if not os.read(process.stdout.fileno(), 1):  # readable at EOF too: the VMM ended first
+        process.wait()
+        raise RuntimeError(f"xenkvm-vmm --accel {accel} exited ({process.returncode}) before the guest's "
+                           f"first byte: {process.stderr.read().decode(errors='replace').strip()}")
     cpu_ms = cpu_ns(process.pid) / 1e6
     rss_kib = rss_beyond_guest_kib(process.pid)
     # The default guest waits in HLT; another kernel may still be running: either way it is stopped.
