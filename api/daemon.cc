@@ -149,10 +149,8 @@ void Daemon::Recover(Record& record) {
   if (std::optional<pid_t> pid = FindRunningVmm(record.files)) {
     Watch(record, *pid);
     // Paused or running, and on which accelerator: the VMM knows.
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + kVmmCallTimeout);
     v1::VmmStatus status;
-    if (record.control->Status(&context, v1::VmmStatusRequest(), &status).ok()) {
+    if (record.control->Status(v1::VmmStatusRequest(), &status, kVmmCallTimeout).ok()) {
       record.vm.set_accelerator(status.accelerator());
       if (status.paused()) record.vm.set_state(v1::VM_STATE_PAUSED);
     }
@@ -286,22 +284,20 @@ grpc::Status Daemon::SetPaused(const std::string& name, bool pause, v1::Vm* repl
     return Error(grpc::StatusCode::FAILED_PRECONDITION, absl::StrCat("VM \"", name, "\" is ", VmStateName(record->vm.state()),
                                                                      pause ? ", not running" : ", not paused"));
   }
-  const std::shared_ptr<v1::VmmControl::Stub> control = record->control;
+  const std::shared_ptr<vmm::VmmControlClient> control = record->control;
   const uint64_t run = record->run;
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + kVmmCallTimeout);
   v1::VmmReply ignored;
   mutex_.Unlock();  // a VMM that does not answer must not stall the other VMs
-  grpc::Status done = pause ? control->Pause(&context, v1::VmmPauseRequest(), &ignored)
-                            : control->Resume(&context, v1::VmmResumeRequest(), &ignored);
+  absl::Status done = pause ? control->Pause(v1::VmmPauseRequest(), &ignored, kVmmCallTimeout)
+                            : control->Resume(v1::VmmResumeRequest(), &ignored, kVmmCallTimeout);
   mutex_.Lock();
   if (record->run != run || record->vm.state() != from) {
     return Error(grpc::StatusCode::ABORTED, absl::StrCat("VM \"", name, "\" became ", VmStateName(record->vm.state()),
                                                          " meanwhile"));
   }
   if (!done.ok()) {
-    return Error(done.error_code(),
-                 absl::StrCat("the VMM did not ", pause ? "pause" : "resume", ": ", done.error_message()));
+    return Error(static_cast<grpc::StatusCode>(done.code()),
+                 absl::StrCat("the VMM did not ", pause ? "pause" : "resume", ": ", done.message()));
   }
   record->vm.set_state(pause ? v1::VM_STATE_PAUSED : v1::VM_STATE_RUNNING);
   Emit(pause ? v1::VmEvent::PAUSED : v1::VmEvent::RESUMED, name, "");

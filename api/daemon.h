@@ -24,7 +24,7 @@
 #include "api/metrics.h"
 #include "api/vmm_process.h"
 #include "proto/xenkvm/v1/vm.grpc.pb.h"
-#include "proto/xenkvm/v1/vmm_control.grpc.pb.h"
+#include "vmm/control_protocol.h"
 
 namespace xenkvm::api {
 
@@ -93,7 +93,7 @@ class Daemon final : public v1::VmService::Service {
     uint64_t run = 0;  // bumped per start, so waiters know which run ended
     RestartBudget restarts;  // the on_* policies' restarts
     std::shared_ptr<ConsoleBuffer> console = std::make_shared<ConsoleBuffer>();
-    std::shared_ptr<v1::VmmControl::Stub> control;  // shared: a long call runs without the daemon lock
+    std::shared_ptr<vmm::VmmControlClient> control;  // shared: a long call runs without the daemon lock
   };
 
   explicit Daemon(const Options& options) : options_(options) {}
@@ -122,14 +122,14 @@ class Daemon final : public v1::VmService::Service {
   grpc::Status Shutdown(Record& record, const std::string& reason, absl::Duration timeout)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   grpc::Status AskShutdown(Record& record, const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
-  // The running VMM's stub, and the socket it takes hot-plugged files on (when asked).
-  grpc::Status RunningVmm(const std::string& name, std::shared_ptr<v1::VmmControl::Stub>* control,
+  // The running VMM's control client, and the socket it takes hot-plugged files on (when asked).
+  grpc::Status RunningVmm(const std::string& name, std::shared_ptr<vmm::VmmControlClient>* control,
                           std::string* handover_socket = nullptr) ABSL_LOCKS_EXCLUDED(mutex_);
   // Calls the running VMM `name` (deadline kVmmCallTimeout, without the daemon lock); its errors
   // name the VM.
   template <typename Request, typename Reply>
   grpc::Status CallRunningVmm(const std::string& name,
-                              grpc::Status (v1::VmmControl::Stub::*call)(grpc::ClientContext*, const Request&, Reply*),
+                              absl::Status (vmm::VmmControlClient::*call)(const Request&, Reply*, absl::Duration) const,
                               const Request& request, Reply* reply);
   // After asking: destroys the run if it has not ended, with an end reason saying why.
   void FinishShutdown(Record& record, uint64_t run, const grpc::Status& asked) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);

@@ -35,8 +35,8 @@ namespace xenkvm::api {
 
 using namespace daemon_internal;  // NOLINT: the daemon's own helpers
 
-// The VMM of a running VM, for a call that may take a while: the stub is shared, the lock released.
-grpc::Status Daemon::RunningVmm(const std::string& name, std::shared_ptr<v1::VmmControl::Stub>* control,
+// The VMM of a running VM, for a call that may take a while: the client is shared, the lock released.
+grpc::Status Daemon::RunningVmm(const std::string& name, std::shared_ptr<vmm::VmmControlClient>* control,
                                 std::string* handover_socket) {
   absl::MutexLock lock(&mutex_);
   std::shared_ptr<Record> record;
@@ -66,11 +66,9 @@ absl::Status HandOver(const std::string& socket, const absl::StatusOr<base::Fd>&
 // The vdev checked (a name the guest understands, not attached already) before the image is
 // opened for it, or the next free xvdX as xl picks it. The VMM checks again, on its backend loop:
 // of concurrent attaches of one vdev exactly one wins there.
-grpc::Status ChooseFreeVdev(v1::VmmControl::Stub& control, v1::DiskConfig& disk) {
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + kVmmCallTimeout);
+absl::Status ChooseFreeVdev(const vmm::VmmControlClient& control, v1::DiskConfig& disk) {
   v1::ListDevicesResponse devices;
-  if (grpc::Status listed = control.Devices(&context, v1::VmmDevicesRequest(), &devices); !listed.ok()) return listed;
+  XENKVM_RETURN_IF_ERROR(control.Devices(v1::VmmDevicesRequest(), &devices, kVmmCallTimeout));
   std::map<uint32_t, const v1::Device*> used;
   for (const v1::Device& device : devices.devices()) {
     if (device.kind() != "xen-disk") continue;
@@ -81,17 +79,16 @@ grpc::Status ChooseFreeVdev(v1::VmmControl::Stub& control, v1::DiskConfig& disk)
       const std::string name = std::string("xvd") + letter;
       if (!used.contains(*xenbus::ParseVirtualDevice(name))) disk.set_vdev(name);
     }
-    if (disk.vdev().empty()) return Error(grpc::StatusCode::RESOURCE_EXHAUSTED, "xvda to xvdz are all attached");
-    return grpc::Status::OK;
+    if (disk.vdev().empty()) return absl::ResourceExhaustedError("xvda to xvdz are all attached");
+    return absl::OkStatus();
   }
-  absl::StatusOr<uint32_t> devid = xenbus::ParseVirtualDevice(disk.vdev());
-  if (!devid.ok()) return FromAbsl(devid.status());
-  if (auto holder = used.find(*devid); holder != used.end()) {
-    return Error(grpc::StatusCode::ALREADY_EXISTS,
-                 absl::StrCat("xen-disk ", disk.vdev(), ": device ", *devid, " is attached already (", holder->second->id(),
-                              ", ", holder->second->disk().path(), "): detach it first"));
+  XENKVM_ASSIGN_OR_RETURN(uint32_t devid, xenbus::ParseVirtualDevice(disk.vdev()));
+  if (auto holder = used.find(devid); holder != used.end()) {
+    return absl::AlreadyExistsError(absl::StrCat("xen-disk ", disk.vdev(), ": device ", devid, " is attached already (",
+                                                 holder->second->id(), ", ", holder->second->disk().path(),
+                                                 "): detach it first"));
   }
-  return grpc::Status::OK;
+  return absl::OkStatus();
 }
 
 // The tap up and bridged, a descriptor for each of its queues (one when it is single-queue).
@@ -120,19 +117,16 @@ absl::Status HandOverTap(const std::string& socket, const v1::NetworkConfig& net
 
 template <typename Request, typename Reply>
 grpc::Status Daemon::CallRunningVmm(const std::string& name,
-                                    grpc::Status (v1::VmmControl::Stub::*call)(grpc::ClientContext*, const Request&, Reply*),
+                                    absl::Status (vmm::VmmControlClient::*call)(const Request&, Reply*, absl::Duration) const,
                                     const Request& request, Reply* reply) {
-  std::shared_ptr<v1::VmmControl::Stub> control;
+  std::shared_ptr<vmm::VmmControlClient> control;
   if (grpc::Status running = RunningVmm(name, &control); !running.ok()) return running;
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + kVmmCallTimeout);
-  grpc::Status called = ((*control).*call)(&context, request, reply);
-  if (!called.ok()) return Error(called.error_code(), absl::StrCat("VM \"", name, "\": ", called.error_message()));
+  if (absl::Status called = ((*control).*call)(request, reply, kVmmCallTimeout); !called.ok()) return VmError(name, called);
   return grpc::Status::OK;
 }
 
 grpc::Status Daemon::AttachDisk(grpc::ServerContext*, const v1::AttachDiskRequest* request, v1::Device* reply) {
-  std::shared_ptr<v1::VmmControl::Stub> control;
+  std::shared_ptr<vmm::VmmControlClient> control;
   std::string handover_socket;
   if (grpc::Status running = RunningVmm(request->name(), &control, &handover_socket); !running.ok()) return running;
   if (absl::Status valid = ValidateDisk(request->disk(), "disk"); !valid.ok()) return FromAbsl(valid);
@@ -141,8 +135,8 @@ grpc::Status Daemon::AttachDisk(grpc::ServerContext*, const v1::AttachDiskReques
   }
   v1::VmmAttachDiskRequest attach;
   *attach.mutable_disk() = request->disk();
-  if (grpc::Status chosen = ChooseFreeVdev(*control, *attach.mutable_disk()); !chosen.ok()) {
-    return Error(chosen.error_code(), absl::StrCat("VM \"", request->name(), "\": ", chosen.error_message()));
+  if (absl::Status chosen = ChooseFreeVdev(*control, *attach.mutable_disk()); !chosen.ok()) {
+    return VmError(request->name(), chosen);
   }
   if (absl::Status handed = HandOver(handover_socket, block::Image::OpenFile(attach.disk().path(), attach.disk().read_only()),
                                      attach.mutable_handover_token());
@@ -150,11 +144,8 @@ grpc::Status Daemon::AttachDisk(grpc::ServerContext*, const v1::AttachDiskReques
     return Error(FromAbsl(handed).error_code(),
                  absl::StrCat("VM \"", request->name(), "\": xen-disk ", attach.disk().vdev(), ": ", handed.message()));
   }
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  grpc::Status attached = control->AttachDisk(&context, attach, reply);
-  if (!attached.ok()) {
-    return Error(attached.error_code(), absl::StrCat("VM \"", request->name(), "\": ", attached.error_message()));
+  if (absl::Status attached = control->AttachDisk(attach, reply, absl::Seconds(10)); !attached.ok()) {
+    return VmError(request->name(), attached);
   }
   absl::MutexLock lock(&mutex_);
   Emit(v1::VmEvent::DISK_ATTACHED, request->name(), absl::StrCat(reply->id(), " ", reply->disk().path()));
@@ -162,18 +153,16 @@ grpc::Status Daemon::AttachDisk(grpc::ServerContext*, const v1::AttachDiskReques
 }
 
 grpc::Status Daemon::DetachDisk(grpc::ServerContext*, const v1::DetachDiskRequest* request, v1::DetachDiskResponse*) {
-  std::shared_ptr<v1::VmmControl::Stub> control;
+  std::shared_ptr<vmm::VmmControlClient> control;
   if (grpc::Status running = RunningVmm(request->name(), &control); !running.ok()) return running;
   v1::VmmDetachDiskRequest detach;
   detach.set_vdev(request->vdev());
   detach.set_force(request->force());
   detach.set_timeout_seconds(request->timeout_seconds() ? request->timeout_seconds() : 10);
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(detach.timeout_seconds() + 10));
   v1::VmmDetachDiskReply reply;
-  grpc::Status detached = control->DetachDisk(&context, detach, &reply);
-  if (!detached.ok()) {
-    return Error(detached.error_code(), absl::StrCat("VM \"", request->name(), "\": ", detached.error_message()));
+  if (absl::Status detached = control->DetachDisk(detach, &reply, absl::Seconds(detach.timeout_seconds() + 10));
+      !detached.ok()) {
+    return VmError(request->name(), detached);
   }
   absl::MutexLock lock(&mutex_);
   Emit(v1::VmEvent::DISK_DETACHED, request->name(),
@@ -187,13 +176,13 @@ grpc::Status Daemon::AttachNetwork(grpc::ServerContext*, const v1::AttachNetwork
   v1::VmmAttachNetworkRequest attach;
   *attach.mutable_network() = request->network();
   if (attach.network().mac().empty()) attach.mutable_network()->set_mac(net::FormatMac(net::GenerateXenMac()));
-  std::shared_ptr<v1::VmmControl::Stub> control;
+  std::shared_ptr<vmm::VmmControlClient> control;
   std::string handover_socket;
   if (grpc::Status running = RunningVmm(request->name(), &control, &handover_socket); !running.ok()) return running;
   if (absl::Status handed = HandOverTap(handover_socket, attach.network(), attach); !handed.ok()) {
     return Error(FromAbsl(handed).error_code(), absl::StrCat("VM \"", request->name(), "\": xen-net: ", handed.message()));
   }
-  grpc::Status attached = CallRunningVmm(request->name(), &v1::VmmControl::Stub::AttachNetwork, attach, reply);
+  grpc::Status attached = CallRunningVmm(request->name(), &vmm::VmmControlClient::AttachNetwork, attach, reply);
   if (!attached.ok()) return attached;
   absl::MutexLock lock(&mutex_);
   Emit(v1::VmEvent::NETWORK_ATTACHED, request->name(),
@@ -203,17 +192,15 @@ grpc::Status Daemon::AttachNetwork(grpc::ServerContext*, const v1::AttachNetwork
 
 grpc::Status Daemon::DetachNetwork(grpc::ServerContext*, const v1::DetachNetworkRequest* request,
                                    v1::DetachNetworkResponse* response) {
-  std::shared_ptr<v1::VmmControl::Stub> control;
+  std::shared_ptr<vmm::VmmControlClient> control;
   if (grpc::Status running = RunningVmm(request->name(), &control); !running.ok()) return running;
   // xl network-detach takes the index or the MAC.
   v1::VmmDetachNetworkRequest detach;
   uint32_t devid = 0;
   if (!absl::SimpleAtoi(request->device(), &devid)) {
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + kVmmCallTimeout);
     v1::ListDevicesResponse devices;
-    if (grpc::Status listed = control->Devices(&context, v1::VmmDevicesRequest(), &devices); !listed.ok()) {
-      return Error(listed.error_code(), listed.error_message());
+    if (absl::Status listed = control->Devices(v1::VmmDevicesRequest(), &devices, kVmmCallTimeout); !listed.ok()) {
+      return VmError(request->name(), listed);
     }
     auto vif = std::find_if(devices.devices().begin(), devices.devices().end(), [&](const v1::Device& device) {
       return device.kind() == "xen-net" && absl::EqualsIgnoreCase(device.network().mac(), request->device());
@@ -226,12 +213,10 @@ grpc::Status Daemon::DetachNetwork(grpc::ServerContext*, const v1::DetachNetwork
   detach.set_devid(devid);
   detach.set_force(request->force());
   detach.set_timeout_seconds(request->timeout_seconds() ? request->timeout_seconds() : 10);
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(detach.timeout_seconds() + 10));
   v1::VmmDetachDiskReply reply;
-  grpc::Status detached = control->DetachNetwork(&context, detach, &reply);
-  if (!detached.ok()) {
-    return Error(detached.error_code(), absl::StrCat("VM \"", request->name(), "\": ", detached.error_message()));
+  if (absl::Status detached = control->DetachNetwork(detach, &reply, absl::Seconds(detach.timeout_seconds() + 10));
+      !detached.ok()) {
+    return VmError(request->name(), detached);
   }
   response->set_forced(reply.forced());
   absl::MutexLock lock(&mutex_);
@@ -241,7 +226,7 @@ grpc::Status Daemon::DetachNetwork(grpc::ServerContext*, const v1::DetachNetwork
 }
 
 grpc::Status Daemon::ListDevices(grpc::ServerContext*, const v1::VmRef* request, v1::ListDevicesResponse* reply) {
-  std::shared_ptr<v1::VmmControl::Stub> control;
+  std::shared_ptr<vmm::VmmControlClient> control;
   v1::VmConfig config;
   {
     absl::MutexLock lock(&mutex_);
@@ -262,11 +247,9 @@ grpc::Status Daemon::ListDevices(grpc::ServerContext*, const v1::VmRef* request,
   if (ParseXenVersion(config.xen_version()).value_or(1) != 0) add("xen-console", "0");
   // Disks: as the running VMM has them (with their XenBus states), else as configured.
   if (control) {
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + kVmmCallTimeout);
     v1::ListDevicesResponse disks;
-    if (grpc::Status listed = control->Devices(&context, v1::VmmDevicesRequest(), &disks); !listed.ok()) {
-      return Error(listed.error_code(), absl::StrCat("VM \"", request->name(), "\": ", listed.error_message()));
+    if (absl::Status listed = control->Devices(v1::VmmDevicesRequest(), &disks, kVmmCallTimeout); !listed.ok()) {
+      return VmError(request->name(), listed);
     }
     for (const v1::Device& disk : disks.devices()) *reply->add_devices() = disk;
   } else {
@@ -287,27 +270,27 @@ grpc::Status Daemon::ListDevices(grpc::ServerContext*, const v1::VmRef* request,
 }
 
 grpc::Status Daemon::ListEventChannels(grpc::ServerContext*, const v1::VmRef* request, v1::EventChannelList* reply) {
-  return CallRunningVmm(request->name(), &v1::VmmControl::Stub::EventChannels, v1::VmmEventChannelsRequest(), reply);
+  return CallRunningVmm(request->name(), &vmm::VmmControlClient::EventChannels, v1::VmmEventChannelsRequest(), reply);
 }
 
 grpc::Status Daemon::SetMemoryTarget(grpc::ServerContext*, const v1::SetMemoryTargetRequest* request,
                                      v1::MemoryStatus* reply) {
   v1::VmmMemoryTargetRequest target;
   target.set_target_kib(request->target_kib());
-  grpc::Status set = CallRunningVmm(request->name(), &v1::VmmControl::Stub::SetMemoryTarget, target, reply);
+  grpc::Status set = CallRunningVmm(request->name(), &vmm::VmmControlClient::SetMemoryTarget, target, reply);
   if (set.ok()) Emit(v1::VmEvent::MEMORY_TARGET, request->name(), absl::StrCat(request->target_kib(), " KiB"));
   return set;
 }
 
 grpc::Status Daemon::GetMemory(grpc::ServerContext*, const v1::VmRef* request, v1::MemoryStatus* reply) {
-  return CallRunningVmm(request->name(), &v1::VmmControl::Stub::Memory, v1::VmmMemoryRequest(), reply);
+  return CallRunningVmm(request->name(), &vmm::VmmControlClient::Memory, v1::VmmMemoryRequest(), reply);
 }
 
 grpc::Status Daemon::ReadHypervisorLog(grpc::ServerContext*, const v1::ReadHypervisorLogRequest* request,
                                        v1::HypervisorLog* reply) {
   v1::VmmHypervisorLogRequest read;
   read.set_clear(request->clear());
-  return CallRunningVmm(request->name(), &v1::VmmControl::Stub::ReadHypervisorLog, read, reply);
+  return CallRunningVmm(request->name(), &vmm::VmmControlClient::ReadHypervisorLog, read, reply);
 }
 
 grpc::Status Daemon::FollowConsole(grpc::ServerContext* context, const std::string& name, bool replay, bool follow,
@@ -357,19 +340,17 @@ grpc::Status Daemon::Console(grpc::ServerContext* context,
                              grpc::ServerReaderWriter<v1::ConsoleChunk, v1::ConsoleInput>* stream) {
   v1::ConsoleInput first;
   if (!stream->Read(&first)) return Error(grpc::StatusCode::INVALID_ARGUMENT, "the first message must name the VM");
-  std::shared_ptr<v1::VmmControl::Stub> control;
+  std::shared_ptr<vmm::VmmControlClient> control;
   if (grpc::Status running = RunningVmm(first.name(), &control); !running.ok()) return running;
   std::atomic<bool> input_ended{false};
   std::thread input([&] {
     v1::ConsoleInput message = first;
     do {
       if (message.data().empty()) continue;
-      grpc::ClientContext call;
-      call.set_deadline(std::chrono::system_clock::now() + kVmmCallTimeout);
       v1::VmmConsoleInput keys;
       keys.set_data(message.data());
       v1::VmmConsoleInputReply accepted;
-      if (!control->WriteConsole(&call, keys, &accepted).ok()) break;  // the VMM went away
+      if (!control->WriteConsole(keys, &accepted, kVmmCallTimeout).ok()) break;  // the VMM went away
     } while (stream->Read(&message));
     input_ended.store(true);  // the client closed its side (or the VMM went): output goes on
   });
@@ -418,7 +399,7 @@ grpc::Status Daemon::WatchEvents(grpc::ServerContext* context, const v1::WatchEv
 }
 
 std::vector<VmSample> Daemon::SampleVms() {
-  std::vector<std::pair<VmSample, std::shared_ptr<v1::VmmControl::Stub>>> samples;
+  std::vector<std::pair<VmSample, std::shared_ptr<vmm::VmmControlClient>>> samples;
   {
     absl::MutexLock lock(&mutex_);
     for (const auto& [name, record] : vms_) {
@@ -429,16 +410,12 @@ std::vector<VmSample> Daemon::SampleVms() {
   for (auto& [sample, control] : samples) {
     AddUsage(sample.vm);
     if (control != nullptr) {
-      grpc::ClientContext devices_call;
-      devices_call.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
       v1::ListDevicesResponse devices;
-      if (control->Devices(&devices_call, v1::VmmDevicesRequest(), &devices).ok()) {
+      if (control->Devices(v1::VmmDevicesRequest(), &devices, absl::Seconds(1)).ok()) {
         sample.devices.assign(devices.devices().begin(), devices.devices().end());
       }
-      grpc::ClientContext channels_call;
-      channels_call.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
       v1::EventChannelList channels;
-      if (control->EventChannels(&channels_call, v1::VmmEventChannelsRequest(), &channels).ok()) {
+      if (control->EventChannels(v1::VmmEventChannelsRequest(), &channels, absl::Seconds(1)).ok()) {
         sample.event_channels = std::move(channels);
       }
     }

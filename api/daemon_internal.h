@@ -20,7 +20,7 @@ inline constexpr absl::Duration kVmmStartTimeout = absl::Seconds(10);
 inline constexpr absl::Duration kKillGrace = absl::Seconds(3);
 // Every call to a VMM ends by then: a VMM that does not answer (stopped, hung) fails only its own
 // VM's calls, with DEADLINE_EXCEEDED, and never while the daemon-wide lock is held.
-inline constexpr std::chrono::seconds kVmmCallTimeout{5};
+inline constexpr absl::Duration kVmmCallTimeout = absl::Seconds(5);
 inline constexpr size_t kEventHistory = 1000;
 
 inline int64_t NowMs() { return absl::ToUnixMillis(absl::Now()); }
@@ -29,6 +29,12 @@ inline grpc::Status Error(grpc::StatusCode code, const std::string& message) { r
 
 inline grpc::Status FromAbsl(const absl::Status& status) {
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+}
+
+// A VMM call's failure as the API reports it: its code, its message under the VM's name.
+inline grpc::Status VmError(const std::string& name, const absl::Status& status) {
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
+                      absl::StrCat("VM \"", name, "\": ", status.message()));
 }
 
 inline bool Running(const v1::Vm& vm) {

@@ -57,20 +57,18 @@ grpc::Status Daemon::Start(Record& record) {
   Watch(record, pid);
   const uint64_t run = record.run;
 
-  // Wait (without the lock) until the VMM answers on its control socket, or ends. Connecting
-  // before the socket exists costs a reconnect backoff, so first wait for the file.
-  const std::shared_ptr<v1::VmmControl::Stub> control = record.control;  // Supervise may reset the record's
+  // Wait (without the lock) until the VMM answers on its control socket, or ends: first for the
+  // file, then for an answer (a refusal comes at once, before the VMM listens: retried shortly).
+  const std::shared_ptr<vmm::VmmControlClient> control = record.control;  // Supervise may reset the record's
   const absl::Time deadline = absl::Now() + kVmmStartTimeout;
   while (absl::Now() < deadline) {
     mutex_.Unlock();
     for (int i = 0; i < 100 && access(record.files.control_socket.c_str(), F_OK) != 0; ++i) {
       absl::SleepFor(absl::Milliseconds(1));
     }
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(50));
-    context.set_wait_for_ready(true);
     v1::VmmStatus status;
-    grpc::Status answered = control->Status(&context, v1::VmmStatusRequest(), &status);
+    absl::Status answered = control->Status(v1::VmmStatusRequest(), &status, absl::Milliseconds(50));
+    if (!answered.ok()) absl::SleepFor(absl::Milliseconds(2));
     mutex_.Lock();
     if (record.run != run || !Running(record.vm)) break;  // it ended meanwhile
     if (answered.ok()) {
@@ -100,14 +98,7 @@ void Daemon::Watch(Record& record, pid_t pid) {
   record.vm.set_pid(pid);
   record.vm.set_xenstore_socket(
       ParseXenVersion(record.vm.config().xen_version()).value_or(1) != 0 ? record.files.xenstore_socket : "");
-  // The VMM creates its socket a few milliseconds from now: retry connecting quickly, not with
-  // gRPC's default one-second backoff.
-  grpc::ChannelArguments channel_args;
-  channel_args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 5);
-  channel_args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 5);
-  channel_args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 100);
-  record.control = v1::VmmControl::NewStub(grpc::CreateCustomChannel(
-      absl::StrCat("unix:", record.files.control_socket), grpc::InsecureChannelCredentials(), channel_args));
+  record.control = std::make_shared<vmm::VmmControlClient>(record.files.control_socket);
   // Join the supervisors of earlier runs that have finished, then add this run's.
   std::erase_if(supervisors_, [](Supervisor& old) {
     if (!old.done->load()) return false;
@@ -190,15 +181,13 @@ void Daemon::Kill(Record& record, const std::string& why) {
 }
 
 grpc::Status Daemon::AskShutdown(Record& record, const std::string& reason) {
-  const std::shared_ptr<v1::VmmControl::Stub> control = record.control;
+  const std::shared_ptr<vmm::VmmControlClient> control = record.control;
   if (!control) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the VMM has no control channel");
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + kVmmCallTimeout);
   v1::VmmShutdownRequest request;
   request.set_reason(reason);
   v1::VmmShutdownReply reply;
   mutex_.Unlock();  // a VMM that does not answer must not stall the other VMs
-  grpc::Status asked = control->RequestShutdown(&context, request, &reply);
+  grpc::Status asked = FromAbsl(control->RequestShutdown(request, &reply, kVmmCallTimeout));
   mutex_.Lock();
   if (asked.ok()) record.guest_advertised_shutdown = reply.guest_advertises();
   return asked;

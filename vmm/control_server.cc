@@ -2,15 +2,14 @@
 
 #include "components/base/status.h"
 
-#include <grpcpp/grpcpp.h>
 #include <algorithm>
-#include <sys/stat.h>
-#include <unistd.h>
+#include <functional>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "components/block/image.h"
 #include "components/net/mac_address.h"
-#include "proto/xenkvm/v1/vmm_control.grpc.pb.h"
+#include "proto/xenkvm/v1/vmm_control.pb.h"
 
 namespace xenkvm::vmm {
 namespace {
@@ -114,19 +113,6 @@ v1::Device DeviceFrom(const Vm::DiskInfo& disk) {
   return device;
 }
 
-grpc::Status GrpcError(const absl::Status& status) {
-  grpc::StatusCode code = grpc::StatusCode::INTERNAL;
-  switch (status.code()) {
-    case absl::StatusCode::kInvalidArgument: code = grpc::StatusCode::INVALID_ARGUMENT; break;
-    case absl::StatusCode::kNotFound: code = grpc::StatusCode::NOT_FOUND; break;
-    case absl::StatusCode::kAlreadyExists: code = grpc::StatusCode::ALREADY_EXISTS; break;
-    case absl::StatusCode::kPermissionDenied: code = grpc::StatusCode::PERMISSION_DENIED; break;
-    case absl::StatusCode::kFailedPrecondition: code = grpc::StatusCode::FAILED_PRECONDITION; break;
-    default: break;
-  }
-  return grpc::Status(code, std::string(status.message()));
-}
-
 }  // namespace
 
 v1::EventChannelList EventChannelListFrom(const xen::ShimStatistics& statistics) {
@@ -159,117 +145,155 @@ v1::EventChannelList EventChannelListFrom(const xen::ShimStatistics& statistics)
   return list;
 }
 
-class ControlServer::Service final : public v1::VmmControl::Service {
+class ControlServer::Service {
  public:
-  Service(Vm& vm, base::FdHandoverServer* handover) : vm_(vm), handover_(handover) {}
-
-  grpc::Status Status(grpc::ServerContext*, const v1::VmmStatusRequest*, v1::VmmStatus* reply) override {
-    reply->set_paused(vm_.paused());
-    reply->set_accelerator(vm_.accelerator().capabilities().name);
-    return grpc::Status::OK;
-  }
-  grpc::Status Pause(grpc::ServerContext*, const v1::VmmPauseRequest*, v1::VmmReply*) override {
-    vm_.Pause();
-    return grpc::Status::OK;
-  }
-  grpc::Status Resume(grpc::ServerContext*, const v1::VmmResumeRequest*, v1::VmmReply*) override {
-    vm_.Resume();
-    return grpc::Status::OK;
-  }
-  grpc::Status RequestShutdown(grpc::ServerContext*, const v1::VmmShutdownRequest* request,
-                               v1::VmmShutdownReply* reply) override {
-    absl::StatusOr<bool> advertised = vm_.RequestShutdown(request->reason().empty() ? "poweroff" : request->reason());
-    if (!advertised.ok()) return GrpcError(advertised.status());
-    reply->set_guest_advertises(*advertised);
-    return grpc::Status::OK;
-  }
-  grpc::Status EventChannels(grpc::ServerContext*, const v1::VmmEventChannelsRequest*,
-                             v1::EventChannelList* reply) override {
-    if (vm_.xen() == nullptr) {
-      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "this VM runs without the Xen interface");
-    }
-    *reply = EventChannelListFrom(vm_.xen()->Statistics());
-    return grpc::Status::OK;
-  }
-  grpc::Status AttachDisk(grpc::ServerContext*, const v1::VmmAttachDiskRequest* request, v1::Device* reply) override {
-    xenbus::XenDiskConfig config = DiskFrom(request->disk());
-    if (!request->handover_token().empty()) {
-      absl::StatusOr<std::shared_ptr<base::Fd>> opened = TakeHandedOver(request->handover_token());
-      if (!opened.ok()) return GrpcError(opened.status());
-      config.opened = std::move(*opened);
-    }
-    absl::StatusOr<Vm::DiskInfo> disk = vm_.AttachDisk(config);
-    if (!disk.ok()) return GrpcError(disk.status());
-    *reply = DeviceFrom(*disk);
-    return grpc::Status::OK;
-  }
-  grpc::Status DetachDisk(grpc::ServerContext*, const v1::VmmDetachDiskRequest* request,
-                          v1::VmmDetachDiskReply* reply) override {
-    absl::StatusOr<bool> forced = vm_.DetachDisk(request->vdev(), request->force(),
-                                                 absl::Seconds(request->timeout_seconds() ? request->timeout_seconds() : 10));
-    if (!forced.ok()) return GrpcError(forced.status());
-    reply->set_forced(*forced);
-    return grpc::Status::OK;
-  }
-  grpc::Status AttachNetwork(grpc::ServerContext*, const v1::VmmAttachNetworkRequest* request,
-                             v1::Device* reply) override {
-    absl::StatusOr<xenbus::XenNetConfig> config = NetworkFrom(request->network());
-    if (!config.ok()) return GrpcError(config.status());
-    if (!request->handover_token().empty()) {
-      std::vector<std::string> tokens = {request->handover_token()};
-      tokens.insert(tokens.end(), request->queue_handover_tokens().begin(), request->queue_handover_tokens().end());
-      for (const std::string& token : tokens) {
-        absl::StatusOr<std::shared_ptr<base::Fd>> opened = TakeHandedOver(token);
-        if (!opened.ok()) return GrpcError(opened.status());
-        config->opened_tap.push_back(std::move(*opened));
+  Service(Vm& vm, base::FdHandoverServer* handover) : vm_(vm), handover_(handover) {
+    Register("Status", &Service::Status);
+    Register("Pause", &Service::Pause);
+    Register("Resume", &Service::Resume);
+    Register("RequestShutdown", &Service::RequestShutdown);
+    Register("EventChannels", &Service::EventChannels);
+    Register("AttachDisk", &Service::AttachDisk);
+    Register("DetachDisk", &Service::DetachDisk);
+    Register("AttachNetwork", &Service::AttachNetwork);
+    Register("DetachNetwork", &Service::DetachNetwork);
+    Register("Devices", &Service::Devices);
+    Register("WriteConsole", &Service::WriteConsole);
+    Register("SetMemoryTarget", &Service::SetMemoryTarget);
+    Register("Memory", &Service::Memory);
+    Register("ReadHypervisorLog", &Service::ReadHypervisorLog);
+    const google::protobuf::ServiceDescriptor* declared = ControlService();
+    for (int i = 0; i < declared->method_count() && consistent_.ok(); ++i) {
+      if (!methods_.contains(declared->method(i)->name())) {
+        consistent_ = absl::InternalError(absl::StrCat("control: VmmControl's ", declared->method(i)->name(), " is not served"));
       }
     }
-    absl::StatusOr<Vm::NetworkInfo> network = vm_.AttachNetwork(*config);
-    if (!network.ok()) return GrpcError(network.status());
-    *reply = DeviceFrom(*network);
-    return grpc::Status::OK;
   }
-  grpc::Status DetachNetwork(grpc::ServerContext*, const v1::VmmDetachNetworkRequest* request,
-                             v1::VmmDetachDiskReply* reply) override {
-    absl::StatusOr<bool> forced = vm_.DetachNetwork(
-        request->devid(), request->force(), absl::Seconds(request->timeout_seconds() ? request->timeout_seconds() : 10));
-    if (!forced.ok()) return GrpcError(forced.status());
-    reply->set_forced(*forced);
-    return grpc::Status::OK;
-  }
-  grpc::Status WriteConsole(grpc::ServerContext*, const v1::VmmConsoleInput* request,
-                            v1::VmmConsoleInputReply* reply) override {
-    reply->set_accepted(vm_.SendConsoleInput(request->data()));
-    return grpc::Status::OK;
-  }
-  grpc::Status SetMemoryTarget(grpc::ServerContext*, const v1::VmmMemoryTargetRequest* request,
-                               v1::MemoryStatus* reply) override {
-    return MemoryReply(vm_.SetMemoryTarget(request->target_kib()), reply);
-  }
-  grpc::Status Memory(grpc::ServerContext*, const v1::VmmMemoryRequest*, v1::MemoryStatus* reply) override {
-    return MemoryReply(vm_.Memory(), reply);
-  }
-  grpc::Status ReadHypervisorLog(grpc::ServerContext*, const v1::VmmHypervisorLogRequest* request,
-                             v1::HypervisorLog* reply) override {
-    absl::StatusOr<HypervisorLog::Contents> log = vm_.ReadHypervisorLog(request->clear());
-    if (!log.ok()) return GrpcError(log.status());
-    reply->set_text(log->text);
-    reply->set_dropped_bytes(log->dropped_bytes);
-    return grpc::Status::OK;
-  }
-  grpc::Status Devices(grpc::ServerContext*, const v1::VmmDevicesRequest*, v1::ListDevicesResponse* reply) override {
-    for (const Vm::DiskInfo& disk : vm_.Disks()) *reply->add_devices() = DeviceFrom(disk);
-    for (const Vm::NetworkInfo& network : vm_.Networks()) *reply->add_devices() = DeviceFrom(network);
-    return grpc::Status::OK;
+
+  // Whether the calls served are exactly vmm_control.proto's (a build that disagrees with its own
+  // proto serves none).
+  const absl::Status& consistent() const { return consistent_; }
+
+  absl::Status Answer(const std::string& method, const std::string& request, std::string* reply) const {
+    auto found = methods_.find(method);
+    if (found == methods_.end()) {
+      return absl::UnimplementedError(absl::StrCat("this VMM has no control call \"", method, "\""));
+    }
+    return found->second(request, reply);
   }
 
  private:
-  static grpc::Status MemoryReply(const absl::StatusOr<Vm::MemoryStatus>& memory, v1::MemoryStatus* reply) {
-    if (!memory.ok()) return GrpcError(memory.status());
+  using Method = std::function<absl::Status(const std::string& request, std::string* reply)>;
+
+  // `name` answered by `handler`: the request parsed from its bytes, the reply serialized. The
+  // name and both types must be the VmmControl rpc's own (vmm_control.proto).
+  template <typename Request, typename Reply>
+  void Register(const std::string& name, absl::Status (Service::*handler)(const Request&, Reply*)) {
+    const google::protobuf::MethodDescriptor* declared = ControlService()->FindMethodByName(name);
+    if (declared == nullptr || declared->input_type() != Request::descriptor() ||
+        declared->output_type() != Reply::descriptor()) {
+      consistent_ = absl::InternalError(absl::StrCat("control: ", name, " is not VmmControl's rpc of that name and types"));
+      return;
+    }
+    methods_[name] = [this, handler, name](const std::string& bytes, std::string* out) {
+      Request request;
+      if (!request.ParseFromString(bytes)) {
+        return absl::InvalidArgumentError(absl::StrCat("control: a malformed ", name, " request"));
+      }
+      Reply reply;
+      XENKVM_RETURN_IF_ERROR((this->*handler)(request, &reply));
+      if (!reply.SerializeToString(out)) return absl::InternalError("control: a reply could not be serialized");
+      return absl::OkStatus();
+    };
+  }
+
+  absl::Status Status(const v1::VmmStatusRequest&, v1::VmmStatus* reply) {
+    reply->set_paused(vm_.paused());
+    reply->set_accelerator(vm_.accelerator().capabilities().name);
+    return absl::OkStatus();
+  }
+  absl::Status Pause(const v1::VmmPauseRequest&, v1::VmmReply*) {
+    vm_.Pause();
+    return absl::OkStatus();
+  }
+  absl::Status Resume(const v1::VmmResumeRequest&, v1::VmmReply*) {
+    vm_.Resume();
+    return absl::OkStatus();
+  }
+  absl::Status RequestShutdown(const v1::VmmShutdownRequest& request, v1::VmmShutdownReply* reply) {
+    XENKVM_ASSIGN_OR_RETURN(bool advertised, vm_.RequestShutdown(request.reason().empty() ? "poweroff" : request.reason()));
+    reply->set_guest_advertises(advertised);
+    return absl::OkStatus();
+  }
+  absl::Status EventChannels(const v1::VmmEventChannelsRequest&, v1::EventChannelList* reply) {
+    if (vm_.xen() == nullptr) return absl::FailedPreconditionError("this VM runs without the Xen interface");
+    *reply = EventChannelListFrom(vm_.xen()->Statistics());
+    return absl::OkStatus();
+  }
+  absl::Status AttachDisk(const v1::VmmAttachDiskRequest& request, v1::Device* reply) {
+    xenbus::XenDiskConfig config = DiskFrom(request.disk());
+    if (!request.handover_token().empty()) {
+      XENKVM_ASSIGN_OR_RETURN(config.opened, TakeHandedOver(request.handover_token()));
+    }
+    XENKVM_ASSIGN_OR_RETURN(Vm::DiskInfo disk, vm_.AttachDisk(config));
+    *reply = DeviceFrom(disk);
+    return absl::OkStatus();
+  }
+  absl::Status DetachDisk(const v1::VmmDetachDiskRequest& request, v1::VmmDetachDiskReply* reply) {
+    XENKVM_ASSIGN_OR_RETURN(bool forced, vm_.DetachDisk(request.vdev(), request.force(), DetachTimeout(request.timeout_seconds())));
+    reply->set_forced(forced);
+    return absl::OkStatus();
+  }
+  absl::Status AttachNetwork(const v1::VmmAttachNetworkRequest& request, v1::Device* reply) {
+    XENKVM_ASSIGN_OR_RETURN(xenbus::XenNetConfig config, NetworkFrom(request.network()));
+    if (!request.handover_token().empty()) {
+      std::vector<std::string> tokens = {request.handover_token()};
+      tokens.insert(tokens.end(), request.queue_handover_tokens().begin(), request.queue_handover_tokens().end());
+      for (const std::string& token : tokens) {
+        XENKVM_ASSIGN_OR_RETURN(std::shared_ptr<base::Fd> opened, TakeHandedOver(token));
+        config.opened_tap.push_back(std::move(opened));
+      }
+    }
+    XENKVM_ASSIGN_OR_RETURN(Vm::NetworkInfo network, vm_.AttachNetwork(config));
+    *reply = DeviceFrom(network);
+    return absl::OkStatus();
+  }
+  absl::Status DetachNetwork(const v1::VmmDetachNetworkRequest& request, v1::VmmDetachDiskReply* reply) {
+    XENKVM_ASSIGN_OR_RETURN(bool forced,
+                            vm_.DetachNetwork(request.devid(), request.force(), DetachTimeout(request.timeout_seconds())));
+    reply->set_forced(forced);
+    return absl::OkStatus();
+  }
+  absl::Status WriteConsole(const v1::VmmConsoleInput& request, v1::VmmConsoleInputReply* reply) {
+    reply->set_accepted(vm_.SendConsoleInput(request.data()));
+    return absl::OkStatus();
+  }
+  absl::Status SetMemoryTarget(const v1::VmmMemoryTargetRequest& request, v1::MemoryStatus* reply) {
+    return MemoryReply(vm_.SetMemoryTarget(request.target_kib()), reply);
+  }
+  absl::Status Memory(const v1::VmmMemoryRequest&, v1::MemoryStatus* reply) { return MemoryReply(vm_.Memory(), reply); }
+  absl::Status ReadHypervisorLog(const v1::VmmHypervisorLogRequest& request, v1::HypervisorLog* reply) {
+    XENKVM_ASSIGN_OR_RETURN(HypervisorLog::Contents log, vm_.ReadHypervisorLog(request.clear()));
+    reply->set_text(log.text);
+    reply->set_dropped_bytes(log.dropped_bytes);
+    return absl::OkStatus();
+  }
+  absl::Status Devices(const v1::VmmDevicesRequest&, v1::ListDevicesResponse* reply) {
+    for (const Vm::DiskInfo& disk : vm_.Disks()) *reply->add_devices() = DeviceFrom(disk);
+    for (const Vm::NetworkInfo& network : vm_.Networks()) *reply->add_devices() = DeviceFrom(network);
+    return absl::OkStatus();
+  }
+
+  static const google::protobuf::ServiceDescriptor* ControlService() {
+    return v1::VmmCall::descriptor()->file()->FindServiceByName("VmmControl");
+  }
+  static absl::Duration DetachTimeout(uint32_t seconds) { return absl::Seconds(seconds != 0 ? seconds : 10); }
+  static absl::Status MemoryReply(const absl::StatusOr<Vm::MemoryStatus>& memory, v1::MemoryStatus* reply) {
+    if (!memory.ok()) return memory.status();
     reply->set_target_kib(memory->target_kib);
     reply->set_current_kib(memory->current_kib);
     reply->set_max_kib(memory->max_kib);
-    return grpc::Status::OK;
+    return absl::OkStatus();
   }
   absl::StatusOr<std::shared_ptr<base::Fd>> TakeHandedOver(const std::string& token) {
     if (handover_ == nullptr) {
@@ -281,28 +305,23 @@ class ControlServer::Service final : public v1::VmmControl::Service {
 
   Vm& vm_;
   base::FdHandoverServer* const handover_;
+  absl::flat_hash_map<std::string, Method> methods_;  // filled by the constructor only
+  absl::Status consistent_;
 };
 
 absl::StatusOr<std::unique_ptr<ControlServer>> ControlServer::Start(const std::string& socket_path, Vm& vm,
                                                                     base::FdHandoverServer* handover) {
   auto server = std::unique_ptr<ControlServer>(new ControlServer());
   server->service_ = std::make_unique<Service>(vm, handover);
-  server->socket_path_ = socket_path;
-  unlink(socket_path.c_str());
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort(absl::StrCat("unix:", socket_path), grpc::InsecureServerCredentials());
-  builder.RegisterService(server->service_.get());
-  server->server_ = builder.BuildAndStart();
-  if (server->server_ == nullptr) {
-    return absl::UnavailableError(absl::StrCat("control socket: cannot listen on ", socket_path));
-  }
-  chmod(socket_path.c_str(), 0600);
+  XENKVM_RETURN_IF_ERROR(server->service_->consistent());
+  XENKVM_ASSIGN_OR_RETURN(server->socket_, ControlSocketServer::Start(socket_path, [service = server->service_.get()](
+                                                                          const std::string& method, const std::string& request,
+                                                                          std::string* reply) {
+                            return service->Answer(method, request, reply);
+                          }));
   return server;
 }
 
-ControlServer::~ControlServer() {
-  if (server_) server_->Shutdown();
-  if (!socket_path_.empty()) unlink(socket_path_.c_str());
-}
+ControlServer::~ControlServer() = default;
 
 }  // namespace xenkvm::vmm

@@ -1,5 +1,5 @@
 // The VMM's private control service (proto/xenkvm/v1/vmm_control.proto), served to xenkvmd on a
-// Unix socket only the VMM's owner can open.
+// Unix socket only the VMM's owner can open, over vmm/control_protocol.h's frames.
 #ifndef XENKVM_VMM_CONTROL_SERVER_H_
 #define XENKVM_VMM_CONTROL_SERVER_H_
 
@@ -9,11 +9,8 @@
 #include "absl/status/statusor.h"
 #include "components/base/fd_handover.h"
 #include "proto/xenkvm/v1/vm.pb.h"
+#include "vmm/control_protocol.h"
 #include "vmm/vm.h"
-
-namespace grpc {
-class Server;
-}
 
 namespace xenkvm::vmm {
 
@@ -33,8 +30,7 @@ class ControlServer {
   class Service;
   ControlServer() = default;
   std::unique_ptr<Service> service_;
-  std::unique_ptr<grpc::Server> server_;
-  std::string socket_path_;
+  std::unique_ptr<ControlSocketServer> socket_;  // destroyed first: its calls use the service
 };
 
 }  // namespace xenkvm::vmm

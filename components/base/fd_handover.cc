@@ -1,10 +1,7 @@
 #include "components/base/fd_handover.h"
 
-#include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -15,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "components/base/status.h"
+#include "components/base/unix_socket.h"
 #include "spdlog/spdlog.h"
 
 namespace xenkvm::base {
@@ -22,17 +20,6 @@ namespace {
 
 constexpr int kReplyTimeoutMs = 5000;
 constexpr char kAccepted = 'y';
-
-absl::StatusOr<sockaddr_un> SocketAddress(const std::string& path) {
-  sockaddr_un address{};
-  address.sun_family = AF_UNIX;
-  if (path.empty() || path.size() >= sizeof(address.sun_path)) {
-    return absl::InvalidArgumentError(absl::StrCat("handover socket \"", path, "\": empty or longer than ",
-                                                   sizeof(address.sun_path) - 1, " bytes"));
-  }
-  std::memcpy(address.sun_path, path.data(), path.size());
-  return address;
-}
 
 // One message: a payload and room for one descriptor (SCM_RIGHTS), as both sides use it.
 struct OneFdMessage {
@@ -63,12 +50,7 @@ std::string NewHandoverToken() {
 
 absl::Status HandOverFd(const std::string& socket_path, const std::string& token, int fd) {
   if (!ValidToken(token)) return absl::InvalidArgumentError("handover token: 1 to 64 printable characters");
-  XENKVM_ASSIGN_OR_RETURN(sockaddr_un address, SocketAddress(socket_path));
-  Fd socket_fd(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
-  if (!socket_fd.valid()) return ErrnoStatus("handover: socket");
-  if (connect(socket_fd.get(), reinterpret_cast<const sockaddr*>(&address), sizeof(address)) != 0) {
-    return ErrnoStatus(absl::StrCat("handover: connecting to ", socket_path));
-  }
+  XENKVM_ASSIGN_OR_RETURN(Fd socket_fd, ConnectUnix(socket_path, SOCK_SEQPACKET, "handover"));
   OneFdMessage message(const_cast<char*>(token.data()), token.size());
   cmsghdr* rights = CMSG_FIRSTHDR(&message.header);
   rights->cmsg_level = SOL_SOCKET;
@@ -90,16 +72,7 @@ absl::Status HandOverFd(const std::string& socket_path, const std::string& token
 }
 
 absl::StatusOr<std::unique_ptr<FdHandoverServer>> FdHandoverServer::Start(const std::string& socket_path) {
-  XENKVM_ASSIGN_OR_RETURN(sockaddr_un address, SocketAddress(socket_path));
-  Fd listener(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
-  if (!listener.valid()) return ErrnoStatus("handover: socket");
-  unlink(socket_path.c_str());  // a previous run's
-  // Created 0600 (the umask covers the window before the chmod).
-  const mode_t previous = umask(0177);
-  const int bound = bind(listener.get(), reinterpret_cast<const sockaddr*>(&address), sizeof(address));
-  umask(previous);
-  if (bound != 0) return ErrnoStatus(absl::StrCat("handover: binding ", socket_path));
-  if (listen(listener.get(), 8) != 0) return ErrnoStatus(absl::StrCat("handover: listening on ", socket_path));
+  XENKVM_ASSIGN_OR_RETURN(Fd listener, ListenUnix(socket_path, SOCK_SEQPACKET, 8, "handover"));
   auto server = std::unique_ptr<FdHandoverServer>(new FdHandoverServer(std::move(listener), geteuid()));
   server->thread_ = std::thread([raw = server.get()] { raw->Serve(); });
   return server;
@@ -122,11 +95,8 @@ void FdHandoverServer::Serve() {
 }
 
 void FdHandoverServer::Receive(const Fd& connection) {
-  ucred peer{};
-  socklen_t peer_size = sizeof(peer);
-  if (getsockopt(connection.get(), SOL_SOCKET, SO_PEERCRED, &peer, &peer_size) != 0 ||
-      (peer.uid != 0 && peer.uid != owner_)) {
-    spdlog::warn("handover: refused a connection from uid {}", peer.uid);
+  if (!PeerIsRootOr(connection, owner_)) {
+    spdlog::warn("handover: refused a connection from another user");
     return;
   }
   pollfd ready{connection.get(), POLLIN, 0};

@@ -1,0 +1,148 @@
+// The VMM's private control protocol (proto/xenkvm/v1/vmm_control.proto) between xenkvmd and one
+// xenkvm-vmm, on a Unix stream socket only their user (or root) can open. Each call is a VmmCall
+// frame answered by a VmmCallResult frame; a frame is a 4-byte little-endian length and then that
+// many bytes of one serialized message. Not gRPC on purpose: the VMM then links no HTTP/2 stack,
+// whose start-up work (hundreds of static constructors, pages across a 39 MiB binary) was most of
+// the VMM's own cost before its guest ran.
+#ifndef XENKVM_VMM_CONTROL_PROTOCOL_H_
+#define XENKVM_VMM_CONTROL_PROTOCOL_H_
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <functional>
+#include <list>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "components/base/fd.h"
+#include "google/protobuf/message_lite.h"
+#include "proto/xenkvm/v1/vmm_control.pb.h"
+
+namespace xenkvm::vmm {
+
+// Larger frames are refused (the largest real one, a hypervisor log, is well under 1 MiB).
+inline constexpr size_t kMaxControlFrame = 16 << 20;
+
+// Writes `message` as one frame; fails (kDeadlineExceeded) if the peer takes none of it by `deadline`.
+absl::Status WriteControlFrame(int fd, const google::protobuf::MessageLite& message, absl::Time deadline);
+
+// Reads one frame into `message`. kOutOfRange at a clean end of the stream before a frame,
+// kDeadlineExceeded past `deadline`, kInvalidArgument for an oversized or malformed frame.
+absl::Status ReadControlFrame(int fd, google::protobuf::MessageLite& message, absl::Time deadline);
+
+// xenkvmd's side: one connection per call, so calls to one VMM run side by side (a disk's detach
+// waits for its frontend while status calls go on). Thread-safe; holds no connection.
+class VmmControlClient {
+ public:
+  explicit VmmControlClient(std::string socket_path) : socket_path_(std::move(socket_path)) {}
+
+  // Calls `method` (an rpc of VmmControl, by name) and waits up to `timeout` for its answer: the
+  // VMM's own status, or kUnavailable when it cannot be reached, kDeadlineExceeded when it did not
+  // answer in time.
+  absl::Status Call(const std::string& method, const google::protobuf::MessageLite& request,
+                    google::protobuf::MessageLite* reply, absl::Duration timeout) const;
+
+  // The calls, typed as vmm_control.proto declares them.
+  absl::Status Status(const v1::VmmStatusRequest& request, v1::VmmStatus* reply, absl::Duration timeout) const {
+    return Call("Status", request, reply, timeout);
+  }
+  absl::Status Pause(const v1::VmmPauseRequest& request, v1::VmmReply* reply, absl::Duration timeout) const {
+    return Call("Pause", request, reply, timeout);
+  }
+  absl::Status Resume(const v1::VmmResumeRequest& request, v1::VmmReply* reply, absl::Duration timeout) const {
+    return Call("Resume", request, reply, timeout);
+  }
+  absl::Status RequestShutdown(const v1::VmmShutdownRequest& request, v1::VmmShutdownReply* reply,
+                               absl::Duration timeout) const {
+    return Call("RequestShutdown", request, reply, timeout);
+  }
+  absl::Status EventChannels(const v1::VmmEventChannelsRequest& request, v1::EventChannelList* reply,
+                             absl::Duration timeout) const {
+    return Call("EventChannels", request, reply, timeout);
+  }
+  absl::Status AttachDisk(const v1::VmmAttachDiskRequest& request, v1::Device* reply, absl::Duration timeout) const {
+    return Call("AttachDisk", request, reply, timeout);
+  }
+  absl::Status DetachDisk(const v1::VmmDetachDiskRequest& request, v1::VmmDetachDiskReply* reply,
+                          absl::Duration timeout) const {
+    return Call("DetachDisk", request, reply, timeout);
+  }
+  absl::Status AttachNetwork(const v1::VmmAttachNetworkRequest& request, v1::Device* reply,
+                             absl::Duration timeout) const {
+    return Call("AttachNetwork", request, reply, timeout);
+  }
+  absl::Status DetachNetwork(const v1::VmmDetachNetworkRequest& request, v1::VmmDetachDiskReply* reply,
+                             absl::Duration timeout) const {
+    return Call("DetachNetwork", request, reply, timeout);
+  }
+  absl::Status Devices(const v1::VmmDevicesRequest& request, v1::ListDevicesResponse* reply,
+                       absl::Duration timeout) const {
+    return Call("Devices", request, reply, timeout);
+  }
+  absl::Status WriteConsole(const v1::VmmConsoleInput& request, v1::VmmConsoleInputReply* reply,
+                            absl::Duration timeout) const {
+    return Call("WriteConsole", request, reply, timeout);
+  }
+  absl::Status SetMemoryTarget(const v1::VmmMemoryTargetRequest& request, v1::MemoryStatus* reply,
+                               absl::Duration timeout) const {
+    return Call("SetMemoryTarget", request, reply, timeout);
+  }
+  absl::Status Memory(const v1::VmmMemoryRequest& request, v1::MemoryStatus* reply, absl::Duration timeout) const {
+    return Call("Memory", request, reply, timeout);
+  }
+  absl::Status ReadHypervisorLog(const v1::VmmHypervisorLogRequest& request, v1::HypervisorLog* reply,
+                                 absl::Duration timeout) const {
+    return Call("ReadHypervisorLog", request, reply, timeout);
+  }
+
+ private:
+  std::string socket_path_;
+};
+
+// The VMM's side: accepts connections from root or its own user and answers each call through
+// `handler` on the connection's own thread (at most kMaxConnections at once; more are answered
+// kResourceExhausted and closed).
+class ControlSocketServer {
+ public:
+  // Answers `method` with `request` (serialized); fills `reply` (serialized) when OK.
+  using Handler = std::function<absl::Status(const std::string& method, const std::string& request, std::string* reply)>;
+  static constexpr size_t kMaxConnections = 16;
+
+  // Listens on `socket_path` (a stale socket file is replaced), mode 0600.
+  static absl::StatusOr<std::unique_ptr<ControlSocketServer>> Start(const std::string& socket_path, Handler handler);
+  // Stops accepting, ends the connections, waits for the calls in progress, removes the socket file.
+  ~ControlSocketServer();
+  ControlSocketServer(const ControlSocketServer&) = delete;
+  ControlSocketServer& operator=(const ControlSocketServer&) = delete;
+
+ private:
+  struct Connection {
+    base::Fd fd;
+    std::thread thread;
+    bool finished = false;
+  };
+  ControlSocketServer(std::string socket_path, base::Fd listener, uid_t owner, Handler handler)
+      : socket_path_(std::move(socket_path)), listener_(std::move(listener)), owner_(owner), handler_(std::move(handler)) {}
+  void Accept();
+  void Serve(Connection& connection);
+  void JoinFinished() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+
+  const std::string socket_path_;
+  base::Fd listener_;
+  const uid_t owner_;  // besides root, the only user who may connect
+  const Handler handler_;
+  std::thread acceptor_;
+  absl::Mutex mutex_;
+  bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
+  std::list<Connection> connections_ ABSL_GUARDED_BY(mutex_);
+};
+
+}  // namespace xenkvm::vmm
+
+#endif  // XENKVM_VMM_CONTROL_PROTOCOL_H_
