@@ -48,58 +48,26 @@ class VmmControlClient {
   absl::Status Call(const std::string& method, const google::protobuf::MessageLite& request,
                     google::protobuf::MessageLite* reply, absl::Duration timeout) const;
 
-  // The calls, typed as vmm_control.proto declares them.
-  absl::Status Status(const v1::VmmStatusRequest& request, v1::VmmStatus* reply, absl::Duration timeout) const {
-    return Call("Status", request, reply, timeout);
+  // The calls, typed as vmm_control.proto declares them; each sends its own name.
+#define XENKVM_VMM_CONTROL_CALL(Name, Request, Reply)                                         \
+  absl::Status Name(const v1::Request& request, v1::Reply* reply, absl::Duration timeout) const { \
+    return Call(#Name, request, reply, timeout);                                               \
   }
-  absl::Status Pause(const v1::VmmPauseRequest& request, v1::VmmReply* reply, absl::Duration timeout) const {
-    return Call("Pause", request, reply, timeout);
-  }
-  absl::Status Resume(const v1::VmmResumeRequest& request, v1::VmmReply* reply, absl::Duration timeout) const {
-    return Call("Resume", request, reply, timeout);
-  }
-  absl::Status RequestShutdown(const v1::VmmShutdownRequest& request, v1::VmmShutdownReply* reply,
-                               absl::Duration timeout) const {
-    return Call("RequestShutdown", request, reply, timeout);
-  }
-  absl::Status EventChannels(const v1::VmmEventChannelsRequest& request, v1::EventChannelList* reply,
-                             absl::Duration timeout) const {
-    return Call("EventChannels", request, reply, timeout);
-  }
-  absl::Status AttachDisk(const v1::VmmAttachDiskRequest& request, v1::Device* reply, absl::Duration timeout) const {
-    return Call("AttachDisk", request, reply, timeout);
-  }
-  absl::Status DetachDisk(const v1::VmmDetachDiskRequest& request, v1::VmmDetachDiskReply* reply,
-                          absl::Duration timeout) const {
-    return Call("DetachDisk", request, reply, timeout);
-  }
-  absl::Status AttachNetwork(const v1::VmmAttachNetworkRequest& request, v1::Device* reply,
-                             absl::Duration timeout) const {
-    return Call("AttachNetwork", request, reply, timeout);
-  }
-  absl::Status DetachNetwork(const v1::VmmDetachNetworkRequest& request, v1::VmmDetachDiskReply* reply,
-                             absl::Duration timeout) const {
-    return Call("DetachNetwork", request, reply, timeout);
-  }
-  absl::Status Devices(const v1::VmmDevicesRequest& request, v1::ListDevicesResponse* reply,
-                       absl::Duration timeout) const {
-    return Call("Devices", request, reply, timeout);
-  }
-  absl::Status WriteConsole(const v1::VmmConsoleInput& request, v1::VmmConsoleInputReply* reply,
-                            absl::Duration timeout) const {
-    return Call("WriteConsole", request, reply, timeout);
-  }
-  absl::Status SetMemoryTarget(const v1::VmmMemoryTargetRequest& request, v1::MemoryStatus* reply,
-                               absl::Duration timeout) const {
-    return Call("SetMemoryTarget", request, reply, timeout);
-  }
-  absl::Status Memory(const v1::VmmMemoryRequest& request, v1::MemoryStatus* reply, absl::Duration timeout) const {
-    return Call("Memory", request, reply, timeout);
-  }
-  absl::Status ReadHypervisorLog(const v1::VmmHypervisorLogRequest& request, v1::HypervisorLog* reply,
-                                 absl::Duration timeout) const {
-    return Call("ReadHypervisorLog", request, reply, timeout);
-  }
+  XENKVM_VMM_CONTROL_CALL(Status, VmmStatusRequest, VmmStatus)
+  XENKVM_VMM_CONTROL_CALL(Pause, VmmPauseRequest, VmmReply)
+  XENKVM_VMM_CONTROL_CALL(Resume, VmmResumeRequest, VmmReply)
+  XENKVM_VMM_CONTROL_CALL(RequestShutdown, VmmShutdownRequest, VmmShutdownReply)
+  XENKVM_VMM_CONTROL_CALL(EventChannels, VmmEventChannelsRequest, EventChannelList)
+  XENKVM_VMM_CONTROL_CALL(AttachDisk, VmmAttachDiskRequest, Device)
+  XENKVM_VMM_CONTROL_CALL(DetachDisk, VmmDetachDiskRequest, VmmDetachDiskReply)
+  XENKVM_VMM_CONTROL_CALL(AttachNetwork, VmmAttachNetworkRequest, Device)
+  XENKVM_VMM_CONTROL_CALL(DetachNetwork, VmmDetachNetworkRequest, VmmDetachDiskReply)
+  XENKVM_VMM_CONTROL_CALL(Devices, VmmDevicesRequest, ListDevicesResponse)
+  XENKVM_VMM_CONTROL_CALL(WriteConsole, VmmConsoleInput, VmmConsoleInputReply)
+  XENKVM_VMM_CONTROL_CALL(SetMemoryTarget, VmmMemoryTargetRequest, MemoryStatus)
+  XENKVM_VMM_CONTROL_CALL(Memory, VmmMemoryRequest, MemoryStatus)
+  XENKVM_VMM_CONTROL_CALL(ReadHypervisorLog, VmmHypervisorLogRequest, HypervisorLog)
+#undef XENKVM_VMM_CONTROL_CALL
 
  private:
   std::string socket_path_;
