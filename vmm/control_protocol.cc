@@ -30,7 +30,8 @@ absl::Status WaitReady(int fd, short events, absl::Time deadline) {
     if (deadline != absl::InfiniteFuture()) {
       const absl::Duration left = deadline - absl::Now();
       if (left <= absl::ZeroDuration()) return absl::DeadlineExceededError("the peer did not keep up in time");
-      timeout_ms = static_cast<int>(std::min<int64_t>(absl::ToInt64Milliseconds(absl::Ceil(left, absl::Milliseconds(1))), INT_MAX));
+      timeout_ms = static_cast<int>(
+          std::min<int64_t>(absl::ToInt64Milliseconds(absl::Ceil(left, absl::Milliseconds(1))), INT_MAX));
     }
     pollfd ready{fd, events, 0};
     const int polled = poll(&ready, 1, timeout_ms);
@@ -83,7 +84,8 @@ absl::StatusCode KnownCode(int32_t code) {
 absl::Status WriteControlFrame(int fd, const google::protobuf::MessageLite& message, absl::Time deadline) {
   const size_t size = message.ByteSizeLong();
   if (size > kMaxControlFrame) {
-    return absl::InvalidArgumentError(absl::StrCat("control: a message of ", size, " bytes (at most ", kMaxControlFrame, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("control: a message of ", size, " bytes (at most ", kMaxControlFrame, ")"));
   }
   std::string frame(kFrameHeaderSize, '\0');
   for (size_t i = 0; i < kFrameHeaderSize; ++i) frame[i] = static_cast<char>((size >> (8 * i)) & 0xff);
@@ -97,11 +99,13 @@ absl::Status ReadControlFrame(int fd, google::protobuf::MessageLite& message, ab
   size_t size = 0;
   for (size_t i = 0; i < kFrameHeaderSize; ++i) size |= static_cast<size_t>(header[i]) << (8 * i);
   if (size > kMaxControlFrame) {
-    return absl::InvalidArgumentError(absl::StrCat("control: a frame of ", size, " bytes (at most ", kMaxControlFrame, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("control: a frame of ", size, " bytes (at most ", kMaxControlFrame, ")"));
   }
   std::string payload(size, '\0');
   absl::Status received = ReceiveAll(fd, payload.data(), size, deadline);
-  if (received.code() == absl::StatusCode::kOutOfRange) return absl::UnavailableError("the connection was closed within a message");
+  if (received.code() == absl::StatusCode::kOutOfRange)
+    return absl::UnavailableError("the connection was closed within a message");
   XENKVM_RETURN_IF_ERROR(received);
   if (!message.ParseFromString(payload)) return absl::InvalidArgumentError("control: a malformed message");
   return absl::OkStatus();
@@ -122,7 +126,8 @@ absl::Status VmmControlClient::Call(const std::string& method, const google::pro
   if (!connection.ok()) return failed(connection.status());
   v1::VmmCall call;
   call.set_method(method);
-  if (!request.SerializeToString(call.mutable_request())) return absl::InternalError("control: a request could not be serialized");
+  if (!request.SerializeToString(call.mutable_request()))
+    return absl::InternalError("control: a request could not be serialized");
   if (absl::Status sent = WriteControlFrame(connection->get(), call, deadline); !sent.ok()) return failed(sent);
   v1::VmmCallResult result;
   if (absl::Status read = ReadControlFrame(connection->get(), result, deadline); !read.ok()) {
@@ -202,7 +207,8 @@ void ControlSocketServer::Serve(Connection& connection) {
     v1::VmmCall call;
     absl::Status read = ReadControlFrame(fd, call, absl::InfiniteFuture());
     if (!read.ok()) {
-      if (read.code() != absl::StatusCode::kOutOfRange) spdlog::warn("{}; connection closed", std::string(read.message()));
+      if (read.code() != absl::StatusCode::kOutOfRange)
+        spdlog::warn("{}; connection closed", std::string(read.message()));
       break;
     }
     std::string reply;

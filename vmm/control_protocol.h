@@ -49,9 +49,9 @@ class VmmControlClient {
                     google::protobuf::MessageLite* reply, absl::Duration timeout) const;
 
   // The calls, typed as vmm_control.proto declares them; each sends its own name.
-#define XENKVM_VMM_CONTROL_CALL(Name, Request, Reply)                                         \
+#define XENKVM_VMM_CONTROL_CALL(Name, Request, Reply)                                             \
   absl::Status Name(const v1::Request& request, v1::Reply* reply, absl::Duration timeout) const { \
-    return Call(#Name, request, reply, timeout);                                               \
+    return Call(#Name, request, reply, timeout);                                                  \
   }
   XENKVM_VMM_CONTROL_CALL(Status, VmmStatusRequest, VmmStatus)
   XENKVM_VMM_CONTROL_CALL(Pause, VmmPauseRequest, VmmReply)
@@ -79,7 +79,8 @@ class VmmControlClient {
 class ControlSocketServer {
  public:
   // Answers `method` with `request` (serialized); fills `reply` (serialized) when OK.
-  using Handler = std::function<absl::Status(const std::string& method, const std::string& request, std::string* reply)>;
+  using Handler =
+      std::function<absl::Status(const std::string& method, const std::string& request, std::string* reply)>;
   static constexpr size_t kMaxConnections = 16;
 
   // Listens on `socket_path` (a stale socket file is replaced), mode 0600.
@@ -96,7 +97,10 @@ class ControlSocketServer {
     bool finished = false;
   };
   ControlSocketServer(std::string socket_path, base::Fd listener, uid_t owner, Handler handler)
-      : socket_path_(std::move(socket_path)), listener_(std::move(listener)), owner_(owner), handler_(std::move(handler)) {}
+      : socket_path_(std::move(socket_path)),
+        listener_(std::move(listener)),
+        owner_(owner),
+        handler_(std::move(handler)) {}
   void Accept();
   void Serve(Connection& connection);
   void JoinFinished() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);

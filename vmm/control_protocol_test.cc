@@ -174,7 +174,8 @@ TEST(ControlFrameTest, FramesCrossAStreamAndItsEndsAreTold) {
   base::Fd writer(ends[0]), reader(ends[1]);
   v1::VmmConsoleInput input;
   input.set_data(std::string(300000, 'x'));  // beyond the socket's buffer: sent in pieces
-  std::thread send_thread([&] { EXPECT_TRUE(WriteControlFrame(writer.get(), input, absl::Now() + absl::Seconds(10)).ok()); });
+  std::thread send_thread(
+      [&] { EXPECT_TRUE(WriteControlFrame(writer.get(), input, absl::Now() + absl::Seconds(10)).ok()); });
   v1::VmmConsoleInput received;
   ASSERT_TRUE(ReadControlFrame(reader.get(), received, absl::Now() + absl::Seconds(10)).ok());
   send_thread.join();

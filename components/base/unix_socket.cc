@@ -17,8 +17,8 @@ absl::StatusOr<sockaddr_un> SocketAddress(const std::string& path, const std::st
   sockaddr_un address{};
   address.sun_family = AF_UNIX;
   if (path.empty() || path.size() >= sizeof(address.sun_path)) {
-    return absl::InvalidArgumentError(absl::StrCat(what, " socket \"", path, "\": empty or longer than ",
-                                                   sizeof(address.sun_path) - 1, " bytes"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " socket \"", path, "\": empty or longer than ", sizeof(address.sun_path) - 1, " bytes"));
   }
   std::memcpy(address.sun_path, path.data(), path.size());
   return address;
