@@ -185,19 +185,22 @@ void ControlSocketServer::Accept() {
       spdlog::warn("control: refused a connection from another user");
       continue;
     }
-    absl::MutexLock lock(&mutex_);
-    if (stopping_) return;
-    JoinFinished();
-    if (connections_.size() >= kMaxConnections) {
-      v1::VmmCallResult busy;
-      busy.set_code(static_cast<int>(absl::StatusCode::kResourceExhausted));
-      busy.set_message(absl::StrCat("the VMM is already serving ", kMaxConnections, " control connections"));
-      (void)WriteControlFrame(fd.get(), busy, absl::Now() + absl::Milliseconds(100));
-      continue;
+    {
+      absl::MutexLock lock(&mutex_);
+      if (stopping_) return;
+      JoinFinished();
+      if (connections_.size() < kMaxConnections) {
+        Connection& connection = connections_.emplace_back();
+        connection.fd = std::move(fd);
+        connection.thread = std::thread([this, &connection] { Serve(connection); });
+        continue;
+      }
     }
-    Connection& connection = connections_.emplace_back();
-    connection.fd = std::move(fd);
-    connection.thread = std::thread([this, &connection] { Serve(connection); });
+    // Refused without the lock held: a slow peer must not keep finishing connections waiting.
+    v1::VmmCallResult busy;
+    busy.set_code(static_cast<int>(absl::StatusCode::kResourceExhausted));
+    busy.set_message(absl::StrCat("the VMM is already serving ", kMaxConnections, " control connections"));
+    (void)WriteControlFrame(fd.get(), busy, absl::Now() + absl::Milliseconds(100));
   }
 }
 
