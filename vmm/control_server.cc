@@ -148,20 +148,22 @@ v1::EventChannelList EventChannelListFrom(const xen::ShimStatistics& statistics)
 class ControlServer::Service {
  public:
   Service(Vm& vm, base::FdHandoverServer* handover) : vm_(vm), handover_(handover) {
-    Register("Status", &Service::Status);
-    Register("Pause", &Service::Pause);
-    Register("Resume", &Service::Resume);
-    Register("RequestShutdown", &Service::RequestShutdown);
-    Register("EventChannels", &Service::EventChannels);
-    Register("AttachDisk", &Service::AttachDisk);
-    Register("DetachDisk", &Service::DetachDisk);
-    Register("AttachNetwork", &Service::AttachNetwork);
-    Register("DetachNetwork", &Service::DetachNetwork);
-    Register("Devices", &Service::Devices);
-    Register("WriteConsole", &Service::WriteConsole);
-    Register("SetMemoryTarget", &Service::SetMemoryTarget);
-    Register("Memory", &Service::Memory);
-    Register("ReadHypervisorLog", &Service::ReadHypervisorLog);
+#define XENKVM_REGISTER(Name) Register(#Name, &Service::Name)
+    XENKVM_REGISTER(Status);
+    XENKVM_REGISTER(Pause);
+    XENKVM_REGISTER(Resume);
+    XENKVM_REGISTER(RequestShutdown);
+    XENKVM_REGISTER(EventChannels);
+    XENKVM_REGISTER(AttachDisk);
+    XENKVM_REGISTER(DetachDisk);
+    XENKVM_REGISTER(AttachNetwork);
+    XENKVM_REGISTER(DetachNetwork);
+    XENKVM_REGISTER(Devices);
+    XENKVM_REGISTER(WriteConsole);
+    XENKVM_REGISTER(SetMemoryTarget);
+    XENKVM_REGISTER(Memory);
+    XENKVM_REGISTER(ReadHypervisorLog);
+#undef XENKVM_REGISTER
     const google::protobuf::ServiceDescriptor* declared = ControlService();
     for (int i = 0; i < declared->method_count() && consistent_.ok(); ++i) {
       if (!methods_.contains(declared->method(i)->name())) {
