@@ -19,32 +19,41 @@ class EmuAccelerator final : public Accelerator {
     return absl::OkStatus();
   }
 
+  // Each engine maps the change before its next run; a run in progress is stopped for it.
   absl::Status ShowExtraPage(uint64_t address, uint8_t* host) override {
-    absl::MutexLock lock(&vm_.extra_mutex);
-    vm_.extra_pages[address] = host;
-    vm_.extra_generation.fetch_add(1, std::memory_order_release);
+    {
+      absl::MutexLock lock(&vm_.extra_mutex);
+      vm_.extra_pages[address] = host;
+      vm_.extra_generation.fetch_add(1, std::memory_order_release);
+    }
+    vm_.StopEngines();
     return absl::OkStatus();
   }
 
   absl::Status HideExtraPage(uint64_t address) override {
-    absl::MutexLock lock(&vm_.extra_mutex);
-    if (vm_.extra_pages.erase(address) == 0) {
-      return absl::NotFoundError(absl::StrFormat("emu: no page shown at %#x", address));
+    {
+      absl::MutexLock lock(&vm_.extra_mutex);
+      if (vm_.extra_pages.erase(address) == 0) {
+        return absl::NotFoundError(absl::StrFormat("emu: no page shown at %#x", address));
+      }
+      vm_.extra_generation.fetch_add(1, std::memory_order_release);
     }
-    vm_.extra_generation.fetch_add(1, std::memory_order_release);
+    vm_.StopEngines();
     return absl::OkStatus();
   }
 
   std::unique_ptr<GuestAtomicsExclusion> ExcludeGuestAtomics() override {
     class Held final : public GuestAtomicsExclusion {
      public:
-      explicit Held(emu::RunToken& token) : token_(token) { token_.Acquire(/*urgent=*/true); }
+      explicit Held(emu::EmuVmState& vm) : token_(vm.run_token) {
+        token_.Acquire(/*urgent=*/true, [&vm] { vm.StopEngines(); });
+      }
       ~Held() override { token_.Release(); }
 
      private:
       emu::RunToken& token_;
     };
-    return std::make_unique<Held>(vm_.run_token);
+    return std::make_unique<Held>(vm_);
   }
 
   absl::Status RestrictCpuid(CpuTemplate cpu_template) override {

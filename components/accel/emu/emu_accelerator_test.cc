@@ -384,7 +384,7 @@ TEST_F(EmuTest, Cmpxchg16bLeavesNoStaleBitsInRflagsAndFaultsAtItsOwnRip) {
   Next<HaltExit>(*vcpu);
 }
 
-// Unicorn reads IA32_APIC_BASE as 0 by itself; the backend answers it (msr_intercept.h).
+// Unicorn reads IA32_APIC_BASE as 0 by itself; the backend answers it (instruction_intercept.h).
 TEST_F(EmuTest, ApicBaseMsrMarksTheBootVcpuAndKeepsTheEnableFlag) {
   auto vcpu = Start(emu_test_guests::k_apic_base);
   ASSERT_NE(vcpu, nullptr);
@@ -483,6 +483,55 @@ TEST_F(EmuTest, StringPortIoBecomesOneExitPerItem) {
   auto vcpu = Start(emu_test_guests::k_string_io);
   ASSERT_NE(vcpu, nullptr);
   ExpectStringPortIo(*vcpu);
+}
+
+// A waiting interrupt is taken as soon as the guest sets IF (not at some later poll): a guest that
+// checks a flag with interrupts on and then runs STI; HLT relies on it.
+TEST_F(EmuTest, AWaitingInterruptIsTakenRightAfterStiAndPopf) {
+  auto vcpu = Start(emu_test_guests::k_interrupt_window);
+  ASSERT_NE(vcpu, nullptr);
+  for (uint32_t round = 1; round <= 2; ++round) {
+    EXPECT_EQ(Next<PortIoExit>(*vcpu).port, 0x10);
+    ASSERT_TRUE(vcpu->InjectInterrupt(0x30).ok());
+    PortIoExit seen = Next<PortIoExit>(*vcpu);
+    EXPECT_EQ(seen.port, 0x11);
+    EXPECT_EQ(seen.value, round);
+  }
+  Next<HaltExit>(*vcpu);
+}
+
+// A stop sent from another thread while a block runs makes Unicorn skip its own hooks for the
+// rest of that block (instruction_intercept.h): under a stream of kicks, every CPUID hypercall must
+// still reach the VMM, whose answer the guest then sends out.
+TEST_F(EmuTest, KicksNeverLetTheCpuModelAnswerAHypercall) {
+  auto vcpu = Start(emu_test_guests::k_hypercall_stress_loop);
+  ASSERT_NE(vcpu, nullptr);
+  std::atomic<bool> done{false};
+  std::thread kicker([&] {
+    while (!done) {
+      vcpu->Kick();
+      absl::SleepFor(absl::Microseconds(23));
+    }
+  });
+  uint32_t answer = 0;
+  int kicks = 0;
+  for (int i = 0; i < 40000; ++i) {
+    absl::StatusOr<Exit> exit = vcpu->Run();
+    ASSERT_TRUE(exit.ok());
+    if (std::holds_alternative<KickedExit>(*exit)) {
+      ++kicks;
+      continue;
+    }
+    if (std::holds_alternative<HypercallExit>(*exit)) {
+      ASSERT_TRUE(vcpu->Complete(++answer).ok());
+      continue;
+    }
+    ASSERT_TRUE(std::holds_alternative<PortIoExit>(*exit));
+    ASSERT_EQ(std::get<PortIoExit>(*exit).value, answer) << "after " << kicks << " kicks";
+  }
+  done = true;
+  kicker.join();
+  EXPECT_GT(kicks, 0);
 }
 
 // Unicorn resumes at a stale RIP when stopped the wrong way (see README): under a stream of

@@ -1,6 +1,7 @@
-// The emu vCPU's Unicorn hooks: port I/O, CPUID (and the hypercall CPUID), RDMSR/WRMSR (through
-// msr_intercept.h), SYSCALL/SYSENTER, the block hook (every stop of the engine), exceptions, MMIO (the local
-// APIC's page is the vCPU's own). They run on the emulation thread, inside uc_emu_start.
+// The emu vCPU's Unicorn hooks and intercepted instructions: port I/O; CPUID (and the hypercall
+// CPUID), RDMSR/WRMSR and SYSCALL/SYSENTER (through instruction_intercept.h); the block hook (see
+// emu_stops.cc); exceptions; MMIO (the local APIC's page is the vCPU's own). They run on the
+// emulation thread, inside uc_emu_start.
 #include "absl/strings/str_format.h"
 #include "components/accel/emu/emu_accelerator.h"
 #include "components/accel/emu/emu_vcpu.h"
@@ -26,49 +27,48 @@ void EmuVcpu::OnOut(uc_engine*, uint32_t port, int size, uint32_t value, void* u
   self->Deliver(PortIoExit{true, static_cast<uint16_t>(port), static_cast<uint8_t>(size), value}, false);
 }
 
-int EmuVcpu::OnCpuid(uc_engine* uc, void* user) {
-  auto* self = static_cast<EmuVcpu*>(user);
-  uint32_t function = static_cast<uint32_t>(self->ReadRegister(UC_X86_REG_EAX));
+bool EmuVcpu::OnCpuid() {
+  uint32_t function = static_cast<uint32_t>(ReadRegister(UC_X86_REG_EAX));
   if ((function & 0xffff0000) == kEmuHypercallCpuidMagic) {
-    HypercallExit call = self->HypercallFromRegisters(function & 0xffff);
+    HypercallExit call = HypercallFromRegisters(function & 0xffff);
     bool long_mode = call.long_mode;
-    uint64_t result = self->Deliver(call, true);
-    self->WriteHypercallResult(result, long_mode);
+    uint64_t result = Deliver(call, true);
+    WriteHypercallResult(result, long_mode);
     // The instructions after CPUID in this block run before any stop could: a page the call
     // placed (add_to_physmap) is mapped now, for them.
-    if (absl::Status synced = self->SyncExtraPages(); !synced.ok()) {
-      self->Fatal(absl::StrFormat("emu vCPU %u: %s", self->id_, synced.message()));
-      uc_emu_stop(uc);
+    if (absl::Status synced = SyncExtraPages(); !synced.ok()) {
+      Fatal(absl::StrFormat("emu vCPU %u: %s", id_, synced.message()));
+      uc_emu_stop(uc_);
     }
-    return 1;
+    return true;
   }
-  uint32_t index = static_cast<uint32_t>(self->ReadRegister(UC_X86_REG_ECX));
-  absl::MutexLock lock(&self->cpuid_mutex_);
-  auto answer = [self](const CpuidLeaf& leaf) {
-    self->WriteRegister(UC_X86_REG_RAX, leaf.eax);
-    self->WriteRegister(UC_X86_REG_RBX, leaf.ebx);
-    self->WriteRegister(UC_X86_REG_RCX, leaf.ecx);
-    self->WriteRegister(UC_X86_REG_RDX, leaf.edx);
+  uint32_t index = static_cast<uint32_t>(ReadRegister(UC_X86_REG_ECX));
+  absl::MutexLock lock(&cpuid_mutex_);
+  auto answer = [this](const CpuidLeaf& leaf) {
+    WriteRegister(UC_X86_REG_RAX, leaf.eax);
+    WriteRegister(UC_X86_REG_RBX, leaf.ebx);
+    WriteRegister(UC_X86_REG_RCX, leaf.ecx);
+    WriteRegister(UC_X86_REG_RDX, leaf.edx);
   };
-  for (const CpuidLeaf& leaf : self->cpuid_) {
+  for (const CpuidLeaf& leaf : cpuid_) {
     if (leaf.function == function && (!leaf.index || *leaf.index == index)) {
       answer(leaf);
-      return 1;
+      return true;
     }
   }
   if (function == 1) {
-    answer(self->model_leaf1_);
-    return 1;
+    answer(model_leaf1_);
+    return true;
   }
   if (function == 7 && index == 0) {
-    answer(self->model_leaf7_);
-    return 1;
+    answer(model_leaf7_);
+    return true;
   }
   if (function == 0x80000001) {
-    answer(self->model_ext1_);
-    return 1;
+    answer(model_ext1_);
+    return true;
   }
-  return 0;  // the CPU model answers
+  return false;  // the CPU model answers
 }
 
 namespace {
@@ -111,32 +111,31 @@ bool EmuVcpu::OnWrmsr(uint32_t index, uint64_t value) {
   return true;
 }
 
-// Unicorn calls these instead of carrying the instruction out, then skips it; the run loop does
-// what the CPU would (the instruction ends its block, so the stop lands right after it).
-void EmuVcpu::OnSyscall(uc_engine* uc, void* user) {
-  static_cast<EmuVcpu*>(user)->pending_fast_call_ = FastSystemCall::kSyscall;
-  uc_emu_stop(uc);
+// Unicorn moves RIP past these instead of carrying them out; the run loop does what the CPU would
+// (the instruction ends its block, so the stop lands right after it).
+void EmuVcpu::OnSyscall() {
+  pending_fast_call_ = FastSystemCall::kSyscall;
+  uc_emu_stop(uc_);
 }
 
-void EmuVcpu::OnSysenter(uc_engine* uc, void* user) {
-  static_cast<EmuVcpu*>(user)->pending_fast_call_ = FastSystemCall::kSysenter;
-  uc_emu_stop(uc);
+void EmuVcpu::OnSysenter() {
+  pending_fast_call_ = FastSystemCall::kSysenter;
+  uc_emu_stop(uc_);
 }
 
-// At the start of every translation block: the one place where stopping the engine is exact.
-// Unicorn mishandles a uc_emu_stop that lands while a hook (IN, OUT, CPUID, MMIO) runs: it
-// resumes at a stale RIP, re-executing or skipping instructions. So other threads (Kick,
-// InjectInterrupt) only set stop_wanted_, and this hook stops the engine between blocks.
+// At the start of every translation block when the VM has more than one vCPU (InstallBlockHook):
+// the run token's time slices and spin-waits, and an interrupt waiting for RFLAGS.IF. With one
+// vCPU only the private window's blocks come here (the runaway check). Stops from other threads
+// need no hook (RequestStop).
 void EmuVcpu::OnBlock(uc_engine* uc, uint64_t address, uint32_t, void* user) {
   auto* self = static_cast<EmuVcpu*>(user);
   if (self->private_blocks_ != 0) {
     if (++self->private_blocks_ > kMaxPrivateBlocks) uc_emu_stop(uc);
     return;
   }
-  bool stop = self->stop_wanted_.load(std::memory_order_relaxed) && self->stop_wanted_.exchange(false);
   // A page was added or removed (add_to_physmap, on any vCPU, often in the hypercall this run
   // just returned from): the engine maps it before the guest's next block can touch it.
-  stop = stop || self->vm_.extra_generation.load(std::memory_order_relaxed) != self->extra_generation_;
+  bool stop = self->vm_.extra_generation.load(std::memory_order_relaxed) != self->extra_generation_;
   if (!stop && self->interrupt_window_wanted_.load(std::memory_order_relaxed)) {
     stop = (self->ReadRegister(UC_X86_REG_RFLAGS) & kRflagsIf) != 0;  // the guest opened the window
   }
@@ -156,12 +155,9 @@ void EmuVcpu::OnBlock(uc_engine* uc, uint64_t address, uint32_t, void* user) {
   // RepairBlockStop needs the block's offset in CS; where CS's base cannot be known (real mode and
   // the switches in and out of it, a few instructions in practice) the stop waits for a later block.
   std::optional<uint64_t> base = self->CodeSegmentBase();
-  if (!base && !self->exit_requested_.load()) {
-    self->stop_wanted_.store(true);
-    return;
-  }
+  if (!base) return;
   self->stop_requested_ = true;
-  self->block_stop_ = BlockStop{address - base.value_or(0), self->ReadRegister(UC_X86_REG_RSP)};
+  self->block_stop_ = BlockStop{address - *base, self->ReadRegister(UC_X86_REG_RSP)};
   uc_emu_stop(uc);
 }
 

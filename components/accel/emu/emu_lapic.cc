@@ -25,7 +25,7 @@ absl::Status EmuVcpu::InjectXenCallback(uint8_t vector) {
     absl::MutexLock lock(&mutex_);
     xen_callbacks_.set(vector);
   }
-  stop_wanted_.store(true);
+  RequestStop();
   return absl::OkStatus();
 }
 
@@ -38,7 +38,7 @@ absl::Status EmuVcpu::AcceptInterrupt(uint8_t vector, bool level_triggered) {
           "emu vCPU %u: interrupt %#x not accepted: the guest has not enabled its local APIC", id_, vector));
     }
   }
-  stop_wanted_.store(true);
+  RequestStop();
   return absl::OkStatus();
 }
 
@@ -54,7 +54,7 @@ void EmuVcpu::ApicWrite(uint64_t offset, unsigned size, uint64_t value) {
     effects = lapic_.Write(offset, size, value, absl::Now());
     if (effects.timer_changed) ++timer_generation_;
     // An EOI or a lower TPR may let a waiting interrupt through: stop at the next block to take it.
-    if (lapic_.Deliverable()) stop_wanted_.store(true);
+    if (lapic_.Deliverable()) RequestStop();
   }
   if (effects.timer_changed && !timer_thread_.joinable()) timer_thread_ = std::thread([this] { TimerLoop(); });
   if (effects.ipi) SendIpi(*effects.ipi);
@@ -110,7 +110,7 @@ bool EmuVcpu::ReceiveIpi(const IpiRequest& ipi, uint8_t sender) {
                    static_cast<int>(ipi.mode));
       return true;
   }
-  stop_wanted_.store(true);
+  RequestStop();
   return true;
 }
 
@@ -124,7 +124,7 @@ void EmuVcpu::TimerLoop() {
     mutex_.AwaitWithDeadline(absl::Condition(&reprogrammed), lapic_.TimerDeadline().value_or(absl::InfiniteFuture()));
     if (exiting_) return;
     lapic_.ExpireTimer(absl::Now());
-    if (lapic_.Deliverable()) stop_wanted_.store(true);
+    if (lapic_.Deliverable()) RequestStop();
   }
 }
 

@@ -43,6 +43,7 @@ absl::StatusOr<std::unique_ptr<EmuVcpu>> EmuVcpu::Create(uint32_t id, EmuVmState
   if (id > 0xfe) {
     return absl::InvalidArgumentError(absl::StrFormat("emu: vCPU id %u has no xAPIC ID (at most 254)", id));
   }
+  vm.vcpus_created.fetch_add(1);
   auto vcpu = std::unique_ptr<EmuVcpu>(new EmuVcpu(id, vm));
   XENKVM_RETURN_IF_ERROR(vcpu->ResetEngine());
   if (boot) {
@@ -69,10 +70,14 @@ EmuVcpu::~EmuVcpu() {
     exiting_ = true;
   }
   exit_requested_.store(true);
-  stop_wanted_.store(true);
-  // Suspended in an exit: let the emulation unwind (every hand-off now returns at once) so
-  // nothing on its stack is left behind.
+  // Suspended in an exit: let the emulation unwind (every hand-off now returns at once, and stops
+  // the engine) so nothing on its stack is left behind.
   if (emulation_.started() && !emulation_.finished()) emulation_.Resume();
+  {
+    absl::MutexLock lock(&engine_mutex_);
+    watchdog_exit_ = true;
+  }
+  if (watchdog_thread_.joinable()) watchdog_thread_.join();
   if (timer_thread_.joinable()) timer_thread_.join();
   if (uc_ != nullptr) uc_close(uc_);
 }
@@ -159,7 +164,7 @@ void EmuVcpu::Kick() {
     absl::MutexLock lock(&mutex_);
     kick_ = true;
   }
-  stop_wanted_.store(true);
+  RequestStop();
 }
 
 // ---- Setup
@@ -317,6 +322,7 @@ absl::Status EmuVcpu::ResetEngine() {
   window_mmio_mapped_ = false;
   extra_shown_.clear();
   extra_generation_ = 0;
+  block_hook_ = 0;  // went with the engine
   exception_record_.reset();
   flush_translations_ = false;
   cr2_ = 0;
@@ -363,13 +369,9 @@ absl::Status EmuVcpu::InstallHooks() {
   const HookSpec hooks[] = {
       {UC_HOOK_INSN, reinterpret_cast<void*>(&EmuVcpu::OnIn), UC_X86_INS_IN, "IN"},
       {UC_HOOK_INSN, reinterpret_cast<void*>(&EmuVcpu::OnOut), UC_X86_INS_OUT, "OUT"},
-      {UC_HOOK_INSN, reinterpret_cast<void*>(&EmuVcpu::OnCpuid), UC_X86_INS_CPUID, "CPUID"},
-      {UC_HOOK_INSN, reinterpret_cast<void*>(&EmuVcpu::OnSyscall), UC_X86_INS_SYSCALL, "SYSCALL"},
-      {UC_HOOK_INSN, reinterpret_cast<void*>(&EmuVcpu::OnSysenter), UC_X86_INS_SYSENTER, "SYSENTER"},
       // #UD reaches this hook before the interrupt hook; catching it lets the interrupt hook see it.
       {UC_HOOK_INSN_INVALID, reinterpret_cast<void*>(+[](uc_engine*, void*) { return true; }), 0, "INSN_INVALID"},
       {UC_HOOK_INTR, reinterpret_cast<void*>(&EmuVcpu::OnInterrupt), 0, "INTR"},
-      {UC_HOOK_BLOCK, reinterpret_cast<void*>(&EmuVcpu::OnBlock), 0, "BLOCK"},
       {UC_HOOK_MEM_UNMAPPED, reinterpret_cast<void*>(&EmuVcpu::OnUnmapped), 0, "MEM_UNMAPPED"},
   };
   for (const HookSpec& spec : hooks) {
@@ -379,7 +381,7 @@ absl::Status EmuVcpu::InstallHooks() {
                      : uc_hook_add(uc_, &hook, spec.type, spec.callback, this, 1, 0);
     if (err != UC_ERR_OK) return UcError(err, absl::StrCat("uc_hook_add(", spec.name, ")"));
   }
-  return absl::OkStatus();
+  return InstallBlockHook();
 }
 
 // ---- The emulation: the run loop, in a coroutine that Run() enters
@@ -461,7 +463,11 @@ bool EmuVcpu::DeliverPendingWork() {
 
 void EmuVcpu::RunGuest(bool interrupt_waiting) {
   stop_requested_ = false;
-  interrupt_window_wanted_.store(interrupt_waiting);
+  // A second vCPU was created since this engine's hook went in: the hook goes on every block.
+  if (absl::Status hooked = InstallBlockHook(); !hooked.ok()) {
+    Fatal(absl::StrFormat("emu vCPU %u: %s", id_, hooked.message()));
+    return;
+  }
   const uint64_t rip = ReadRegister(UC_X86_REG_RIP);
   // No instruction count (it installs a per-instruction hook for the engine's life), no timeout
   // (Unicorn's timer stops the engine from another thread: see OnBlock).
@@ -486,10 +492,16 @@ void EmuVcpu::RunGuest(bool interrupt_waiting) {
     return;
   }
   TakeRunToken();
-  uc_err err;
-  {
-    ScopedMsrHandler msrs(this);
-    err = uc_emu_start(uc_, rip, kNeverReached, 0, 0);
+  uc_err err = UC_ERR_OK;
+  bool stopped_from_outside = false;
+  if (BeginGuestRun(interrupt_waiting)) {
+    {
+      ScopedInstructionHandler intercepts(this);
+      err = uc_emu_start(uc_, rip, kNeverReached, 0, 0);
+    }
+    stopped_from_outside = EndGuestRun();
+  } else {
+    stopped_from_outside = true;  // not started: the loop looks at what the stop was for
   }
   holds_run_token_ = false;
   vm_.run_token.Release();
@@ -511,6 +523,9 @@ void EmuVcpu::RunGuest(bool interrupt_waiting) {
     RepairBlockStop();
     return;
   }
+  // A stop from another thread (RequestStop). If the guest executed HLT in the same instant, it
+  // resumes after it: a spurious wake-up, which every guest's idle loop tolerates.
+  if (stopped_from_outside) return;
   // Nothing else ends an unbounded uc_emu_start without an error: the guest executed HLT.
   if ((ReadRegister(UC_X86_REG_RFLAGS) & kRflagsIf) != 0) {
     halted_ = true;  // wait for an interrupt inside Run(), as an in-kernel LAPIC does
@@ -568,7 +583,7 @@ uint64_t EmuVcpu::HandOff(Exit exit, bool wants_value) {
   const uint64_t value = value_.value_or(0);
   awaiting_value_ = false;
   value_.reset();
-  if (exit_requested_.load()) stop_wanted_.store(true);
+  if (exit_requested_.load()) RequestStop();
   return value;
 }
 

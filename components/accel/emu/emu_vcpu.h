@@ -27,7 +27,7 @@
 #include "components/accel/emu/coroutine.h"
 #include "components/accel/emu/exception_record.h"
 #include "components/accel/emu/local_apic.h"
-#include "components/accel/emu/msr_intercept.h"
+#include "components/accel/emu/instruction_intercept.h"
 #include "components/accel/emu/run_token.h"
 #include "components/accel/emu/trampolines.h"
 #include "components/accel/page_walk.h"
@@ -37,13 +37,19 @@ namespace xenkvm::accel::emu {
 
 class EmuVcpu;
 
-// Shared by emu_vcpu.cc and emu_hooks.cc.
+// Shared by emu_vcpu.cc, emu_stops.cc and emu_hooks.cc.
 // The most blocks a private run (boot or ring-change trampoline) may take: they take a few.
 inline constexpr uint32_t kMaxPrivateBlocks = 1000;
 // How long a vCPU runs on while another waits for the run token.
 inline constexpr absl::Duration kRunSlice = absl::Milliseconds(1);
 // A block entered this many times in a row while another vCPU waits is a spin-wait loop.
 inline constexpr uint32_t kSpinRepeats = 64;
+// How long a run may outlive a stop sent to it before the stop is sent again (uc_emu_start drops
+// a stop that lands in its first instructions), and how often a one-vCPU guest is stopped to look
+// at RFLAGS.IF while an interrupt waits for it (a fallback: STI, POPF, IRET, SYSRET and SYSEXIT
+// stop it at once).
+inline constexpr absl::Duration kStopRetry = absl::Microseconds(200);
+inline constexpr absl::Duration kStopRetryLongest = absl::Milliseconds(100);
 
 // What every vCPU of one emu VM shares.
 struct EmuVmState {
@@ -61,6 +67,12 @@ struct EmuVmState {
   absl::Mutex extra_mutex;
   std::map<uint64_t, uint8_t*> extra_pages ABSL_GUARDED_BY(extra_mutex);
   std::atomic<uint64_t> extra_generation{0};
+  // vCPUs created so far: with more than one, each engine runs its block hook on every block
+  // (slices and spin-waits, emu_stops.cc); with one, only in the private window.
+  std::atomic<uint32_t> vcpus_created{0};
+
+  // Stops every vCPU's guest run at its next block (emu_stops.cc); any thread.
+  void StopEngines();
 };
 
 // A Unicorn call's failure as a Status naming the call.
@@ -100,7 +112,7 @@ struct StartRequest {
   uint8_t sipi_vector = 0;
 };
 
-class EmuVcpu final : public Vcpu, private MsrHandler {
+class EmuVcpu final : public Vcpu, private InstructionHandler {
  public:
   static absl::StatusOr<std::unique_ptr<EmuVcpu>> Create(uint32_t id, EmuVmState& vm,
                                                          std::optional<PvhEntry> boot);
@@ -120,6 +132,12 @@ class EmuVcpu final : public Vcpu, private MsrHandler {
   absl::Status InjectLevelInterrupt(uint8_t vector) override;
   absl::Status InjectXenCallback(uint8_t vector) override;
   void Kick() override;
+
+  // ---- Stops (emu_stops.cc)
+  // Ends the current guest run at its next block, from any thread, and has the run loop look
+  // again before it starts the next (private runs are left alone). Exact: Unicorn only stops at a
+  // block's start (third_party/unicorn/block_exits.cc).
+  void RequestStop();
 
  private:
   EmuVcpu(uint32_t id, EmuVmState& vm)
@@ -150,6 +168,19 @@ class EmuVcpu final : public Vcpu, private MsrHandler {
   // Runs private code in the window from `start` until it reaches linear address `until` (kicks may stop it
   // between blocks: it carries on). kInternal if it ends anywhere else.
   absl::Status RunPrivate(uint64_t start, uint64_t until, absl::string_view what);
+
+  // ---- Stops (emu_stops.cc)
+  // A guest run, bracketed so that other threads can stop it: false if a stop was asked for
+  // after the run loop last looked (the run must not start).
+  bool BeginGuestRun(bool interrupt_waiting);
+  // True if a stop was sent to the run that just ended (it, not HLT, may have ended the run).
+  bool EndGuestRun();
+  void StopWatchdogLoop();
+  // RFLAGS.IF may have just been set (STI, POPF, IRET, SYSRET, SYSEXIT; instruction_intercept.h):
+  // an interrupt waiting for it is taken before the next block.
+  void OnInterruptFlagWrite() override;
+  // The block hook on every block (more than one vCPU) or on the private window's only.
+  absl::Status InstallBlockHook();
 
   // ---- The emulation thread (emu_vcpu.cc)
   void EmulationLoop();
@@ -204,9 +235,6 @@ class EmuVcpu final : public Vcpu, private MsrHandler {
   // ---- Hooks (emu_hooks.cc; on the emulation thread)
   static uint32_t OnIn(uc_engine*, uint32_t port, int size, void* user);
   static void OnOut(uc_engine*, uint32_t port, int size, uint32_t value, void* user);
-  static int OnCpuid(uc_engine* uc, void* user);
-  static void OnSyscall(uc_engine* uc, void* user);
-  static void OnSysenter(uc_engine* uc, void* user);
   static void OnBlock(uc_engine* uc, uint64_t address, uint32_t, void* user);
   static void OnInterrupt(uc_engine* uc, uint32_t vector, void* user);
   static bool OnUnmapped(uc_engine*, uc_mem_type type, uint64_t address, int size, int64_t, void* user);
@@ -214,9 +242,13 @@ class EmuVcpu final : public Vcpu, private MsrHandler {
   static void OnMmioWrite(uc_engine*, uint64_t offset, unsigned size, uint64_t value, void* user);
   bool HandleInlineHypercall();
   bool HandleSerialize();
-  // RDMSR and WRMSR (msr_intercept.h): IA32_APIC_BASE, and the hypercall MSR filling the page.
+  // RDMSR and WRMSR (instruction_intercept.h): IA32_APIC_BASE, and the hypercall MSR filling the page.
+  // RDMSR, WRMSR, CPUID (and the hypercall CPUID), SYSCALL and SYSENTER (instruction_intercept.h).
   std::optional<uint64_t> OnRdmsr(uint32_t index) override;
   bool OnWrmsr(uint32_t index, uint64_t value) override;
+  bool OnCpuid() override;
+  void OnSyscall() override;
+  void OnSysenter() override;
 
   // ---- Registers and guest-linear memory
   uint64_t ReadRegister(int reg);
@@ -278,11 +310,21 @@ class EmuVcpu final : public Vcpu, private MsrHandler {
   absl::Time last_flush_ = absl::InfinitePast();
   std::vector<CpuidLeaf> cpuid_ ABSL_GUARDED_BY(cpuid_mutex_);
 
-  // Other threads ask for a stop; OnBlock carries it out between translation blocks.
+  // A stop was asked for since the run loop last looked (RequestStop).
   std::atomic<bool> stop_wanted_{false};
-  std::atomic<bool> exit_requested_{false};  // the destructor's stop, which OnBlock never defers
-  // An interrupt waits for RFLAGS.IF: OnBlock stops the engine once the guest sets it.
+  std::atomic<bool> exit_requested_{false};  // the destructor's
+  // An interrupt waits for RFLAGS.IF: the engine stops once the guest sets it (emu_stops.cc).
   std::atomic<bool> interrupt_window_wanted_{false};
+  // What other threads need to stop the engine (RequestStop) and the watchdog that repeats a stop.
+  absl::Mutex engine_mutex_;
+  bool guest_running_ ABSL_GUARDED_BY(engine_mutex_) = false;  // inside RunGuest's uc_emu_start
+  uint64_t run_serial_ ABSL_GUARDED_BY(engine_mutex_) = 0;     // guest runs begun
+  uint64_t stopped_serial_ ABSL_GUARDED_BY(engine_mutex_) = 0; // the last run a stop was sent to
+  bool poll_window_ ABSL_GUARDED_BY(engine_mutex_) = false;    // the watchdog looks at RFLAGS.IF
+  bool watchdog_exit_ ABSL_GUARDED_BY(engine_mutex_) = false;
+  std::thread watchdog_thread_;  // started by the first stop or polled window (under engine_mutex_)
+  uc_hook block_hook_ = 0;
+  bool block_hook_everywhere_ = false;
   // The emulation's only (read by the Await conditions, which run under mutex_ on any thread, only
   // while the emulation itself waits).
   bool halted_ = false;

@@ -13,6 +13,7 @@
 #include <cstdint>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/functional/function_ref.h"
 #include "absl/synchronization/mutex.h"
 
 namespace xenkvm::accel::emu {
@@ -20,13 +21,19 @@ namespace xenkvm::accel::emu {
 class RunToken {
  public:
   // Waits for the token; holders come in the order they asked. `urgent`: the holder stops at its
-  // next block rather than at the end of its slice (a host thread that must write guest memory).
-  void Acquire(bool urgent = false) {
+  // next block rather than at the end of its slice (a host thread that must write guest memory);
+  // `stop_holder`, called once this caller is in the queue, makes it stop there.
+  void Acquire(bool urgent = false, absl::FunctionRef<void()> stop_holder = [] {}) {
     if (urgent) urgent_.fetch_add(1, std::memory_order_relaxed);
     waiters_.fetch_add(1, std::memory_order_relaxed);
     absl::MutexLock lock(&mutex_);
     const uint64_t ticket = next_ticket_++;
     auto my_turn = [this, ticket]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) { return serving_ == ticket; };
+    if (!my_turn()) {
+      mutex_.Unlock();  // the holder's stop must not wait for this lock (Release takes it)
+      stop_holder();
+      mutex_.Lock();
+    }
     mutex_.Await(absl::Condition(&my_turn));
     waiters_.fetch_sub(1, std::memory_order_relaxed);
     if (urgent) urgent_.fetch_sub(1, std::memory_order_relaxed);

@@ -689,6 +689,47 @@ stress_handler:
         movl    $0, 0xfee000b0
         iret
 
+/* Hypercalls through the CPUID stub, each result sent out: every OUT must carry the value the
+ * VMM answered the hypercall before it with (none may be answered by the CPU model). */
+        .globl hypercall_stress_loop
+hypercall_stress_loop:
+1:      mov     $0x7a5e0001, %eax
+        cpuid
+        out     %eax, $0x10
+        jmp     1b
+
+/* An interrupt injected while IF = 0 is taken as soon as STI, and then POPF, set IF: the
+ * counter its handler bumps is read two instructions later. */
+        .globl interrupt_window
+interrupt_window:
+        FLAT32_WITH_LAPIC
+        GATE32  0x30, window_handler
+        lidt    idt32_descriptor
+        cli
+        out     %al, $0x10              /* the test injects vector 0x30 here */
+        mov     $100, %ecx
+1:      loop    1b                      /* the injection's stop lands here, IF still 0 */
+        sti
+        nop
+        mov     window_seen, %eax
+        out     %eax, $0x11             /* 1 */
+        cli
+        out     %al, $0x10              /* and again */
+        mov     $100, %ecx
+1:      loop    1b
+        pushf
+        orl     $0x200, (%esp)
+        popf
+        nop
+        mov     window_seen, %eax
+        out     %eax, $0x11             /* 2 */
+        cli
+        hlt
+window_handler:
+        incl    window_seen
+        movl    $0, 0xfee000b0
+        iret
+
 /* ---- Loops for the exits-per-second benchmark. */
         .globl pio_loop
 pio_loop:
@@ -730,6 +771,7 @@ vmcall_loop:
 /* ---- Data (guest RAM is writable, so it lives in .text with the code). */
         .balign 8
 handled:        .long 0
+window_seen:    .long 0
         .globl guest_options
 guest_options:  .long 0                 /* OPTION_* bits, set by a test before the vCPU starts */
 string_out:     .byte 1, 2, 3, 0

@@ -1,0 +1,121 @@
+#include "components/accel/emu/instruction_intercept.h"
+
+namespace xenkvm::accel::emu {
+namespace {
+
+thread_local InstructionHandler* current_handler = nullptr;
+
+// Unicorn's CPUX86State (qemu/target/i386/cpu.h) opens with the 16 general registers of the
+// x86_64 target, in the architecture's order; RDMSR and WRMSR use EAX, ECX and EDX.
+struct CpuStateHead {
+  uint64_t regs[16];
+};
+constexpr int kRax = 0;
+constexpr int kRcx = 1;
+constexpr int kRdx = 2;
+
+}  // namespace
+
+ScopedInstructionHandler::ScopedInstructionHandler(InstructionHandler* handler) : previous_(current_handler) {
+  current_handler = handler;
+}
+
+ScopedInstructionHandler::~ScopedInstructionHandler() { current_handler = previous_; }
+
+}  // namespace xenkvm::accel::emu
+
+// Unicorn's helpers (libunicorn.a's misc_helper.c and seg_helper.c, x86_64 target). Without the link's --wrap the
+// __real_ symbols do not resolve, so a build that lost the wraps fails to link.
+extern "C" void __real_helper_rdmsr_x86_64(void* env);
+extern "C" void __real_helper_wrmsr_x86_64(void* env);
+
+extern "C" void __wrap_helper_rdmsr_x86_64(void* env) {
+  using namespace xenkvm::accel::emu;
+  auto* state = static_cast<CpuStateHead*>(env);
+  std::optional<uint64_t> value;
+  if (current_handler != nullptr) value = current_handler->OnRdmsr(static_cast<uint32_t>(state->regs[kRcx]));
+  if (!value) {
+    __real_helper_rdmsr_x86_64(env);
+    return;
+  }
+  state->regs[kRax] = static_cast<uint32_t>(*value);
+  state->regs[kRdx] = *value >> 32;
+}
+
+extern "C" void __wrap_helper_wrmsr_x86_64(void* env) {
+  using namespace xenkvm::accel::emu;
+  auto* state = static_cast<CpuStateHead*>(env);
+  uint64_t value = (state->regs[kRdx] << 32) | static_cast<uint32_t>(state->regs[kRax]);
+  if (current_handler != nullptr && current_handler->OnWrmsr(static_cast<uint32_t>(state->regs[kRcx]), value)) {
+    return;
+  }
+  __real_helper_wrmsr_x86_64(env);
+}
+
+extern "C" void __real_helper_cpuid_x86_64(void* env);
+extern "C" void __real_helper_syscall_x86_64(void* env, int next_eip_addend);
+extern "C" void __real_helper_sysenter_x86_64(void* env, int next_eip_addend);
+
+extern "C" void __wrap_helper_cpuid_x86_64(void* env) {
+  using namespace xenkvm::accel::emu;
+  if (current_handler != nullptr && current_handler->OnCpuid()) return;
+  __real_helper_cpuid_x86_64(env);
+}
+
+extern "C" void __wrap_helper_syscall_x86_64(void* env, int next_eip_addend) {
+  using namespace xenkvm::accel::emu;
+  if (current_handler != nullptr) current_handler->OnSyscall();
+  __real_helper_syscall_x86_64(env, next_eip_addend);
+}
+
+extern "C" void __wrap_helper_sysenter_x86_64(void* env, int next_eip_addend) {
+  using namespace xenkvm::accel::emu;
+  if (current_handler != nullptr) current_handler->OnSysenter();
+  __real_helper_sysenter_x86_64(env, next_eip_addend);
+}
+
+// The instructions that can set RFLAGS.IF. Each ends its translation block, so a stop asked for
+// from the handler takes effect before the next instruction.
+extern "C" void __real_helper_sti_x86_64(void* env);
+extern "C" void __real_helper_write_eflags_x86_64(void* env, uint64_t value, uint32_t update_mask);
+extern "C" void __real_helper_iret_real_x86_64(void* env, int shift);
+extern "C" void __real_helper_iret_protected_x86_64(void* env, int shift, int next_eip);
+extern "C" void __real_helper_sysret_x86_64(void* env, int dflag);
+extern "C" void __real_helper_sysexit_x86_64(void* env, int dflag);
+
+namespace {
+void InterruptFlagWritten() {
+  if (xenkvm::accel::emu::current_handler != nullptr) xenkvm::accel::emu::current_handler->OnInterruptFlagWrite();
+}
+constexpr uint32_t kRflagsIf = 1 << 9;
+}  // namespace
+
+extern "C" void __wrap_helper_sti_x86_64(void* env) {
+  __real_helper_sti_x86_64(env);
+  InterruptFlagWritten();
+}
+
+extern "C" void __wrap_helper_write_eflags_x86_64(void* env, uint64_t value, uint32_t update_mask) {
+  __real_helper_write_eflags_x86_64(env, value, update_mask);
+  if (update_mask & kRflagsIf) InterruptFlagWritten();  // POPF below IOPL leaves IF alone
+}
+
+extern "C" void __wrap_helper_iret_real_x86_64(void* env, int shift) {
+  __real_helper_iret_real_x86_64(env, shift);
+  InterruptFlagWritten();
+}
+
+extern "C" void __wrap_helper_iret_protected_x86_64(void* env, int shift, int next_eip) {
+  __real_helper_iret_protected_x86_64(env, shift, next_eip);
+  InterruptFlagWritten();
+}
+
+extern "C" void __wrap_helper_sysret_x86_64(void* env, int dflag) {
+  __real_helper_sysret_x86_64(env, dflag);
+  InterruptFlagWritten();
+}
+
+extern "C" void __wrap_helper_sysexit_x86_64(void* env, int dflag) {
+  __real_helper_sysexit_x86_64(env, dflag);
+  InterruptFlagWritten();
+}
