@@ -11,10 +11,14 @@ run() {
   local label=$1
   shift
   echo "== bazel test $* //... ($label)"
-  local status=0
-  bazel test "$@" //... || status=$?
+  local status=0 output
+  output=$(mktemp)
+  bazel test "$@" //... 2>&1 | tee "$output" || status=$?
   local line
-  line=$(/usr/bin/python3 tools/test_summary.py "$label" "$(bazel info "$@" bazel-testlogs 2>/dev/null)") || status=1
+  # Bazel's own verdict per target goes along: a test whose cases all passed can still fail (a
+  # LeakSanitizer report or a crash at exit), which its gtest report does not show.
+  line=$(/usr/bin/python3 tools/test_summary.py "$label" "$(bazel info "$@" bazel-testlogs 2>/dev/null)" "$output") || status=1
+  rm -f "$output"
   echo "$line"
   summaries+=("$(echo "$line" | tail -n 1)")
   return $status
