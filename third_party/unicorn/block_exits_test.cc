@@ -34,8 +34,7 @@ TEST(UnicornBlockExits, StopsFromAnotherThreadLandBetweenBlocks) {
   std::atomic<bool> done{false};
   std::thread stopper([&] {
     for (uint32_t x = 1; !done; x = x * 1103515245 + 12345) {
-      for (volatile uint32_t i = 0; i < x % 2000; i = i + 1) {
-      }
+      for (uint32_t i = 0; i < x % 2000; ++i) __asm__ volatile("" ::: "memory");  // a varying delay
       uc_emu_stop(uc);
     }
   });
