@@ -297,6 +297,27 @@ TEST(LinuxBootTest, NewerDebianCloudKernelRunsItsRootOnBothCpusOnEmu) {
   EXPECT_THAT(proof.out, HasSubstr("written by the guest on 6.")) << proof.err;
 }
 
+// One vCPU: the emu then runs the guest's blocks with no hook at all (components/accel/README.md,
+// "Stops are exact from any thread"), so the kernel's timer, event-channel upcalls, disk
+// completions and interrupt windows all arrive by stops sent from other threads and by the
+// instructions that set IF.
+TEST(LinuxBootTest, DebianCloudKernelRunsItsRootOnOneCpuOnEmu) {
+  IMAGES_OR_SKIP(images);
+  const std::string root = absl::StrCat(::testing::TempDir(), "/one-cpu-root.img");
+  std::filesystem::copy_file(images.root_image, root, std::filesystem::copy_options::overwrite_existing);
+  Boot boot;
+  boot.result = RunProcess({Runfile("vmm/xenkvm-vmm"), "--kernel", images.vmlinuz, "--initrd", images.initramfs,
+                            "--disk", absl::StrCat("target=", root, ",vdev=xvda"), "--accel", "emu", "--vcpus", "1",
+                            "--memory", "512", "--cmdline", "console=hvc0 root=/dev/xvda"},
+                           absl::Minutes(5));
+  const std::string& out = boot.result.out;
+  EXPECT_THAT(out, Not(HasSubstr("Oops"))) << boot.Context();
+  EXPECT_THAT(out, HasSubstr("xenkvm-root: cpus=1 online=0")) << boot.Context();
+  EXPECT_THAT(out, HasSubstr("xenkvm-root: root-driver=vbd")) << boot.Context();
+  EXPECT_THAT(out, HasSubstr("XENKVM-LINUX-ROOT-OK")) << boot.Context();
+  EXPECT_EQ(boot.result.status, 0) << boot.Context();
+}
+
 // The kernel's own xen-netfront on xenkvm's xen-net: the vif found in XenStore, connected with
 // checksum and segmentation offloads both ways (the tap with IFF_VNET_HDR), an address on it, ICMP
 // echo to the host's end of the tap, and 512 KiB over TCP each way that arrive whole (the

@@ -7,7 +7,7 @@
 // request on the way in), so a watchdog sends the stop again while the same run goes on; and an
 // interrupt waiting for RFLAGS.IF must be taken as soon as the guest sets IF: the instructions
 // that can (STI, POPF, IRET, SYSRET, SYSEXIT) stop the run right after them
-// (OnInterruptFlagWrite, through instruction_intercept.h), the block hook looks at every block
+// (BeforeInterruptFlagWrite, through instruction_intercept.h), the block hook looks at every block
 // when the VM has more than one vCPU (it also ends time slices and spin-waits there), and the
 // watchdog looks every kStopRetry as a fallback for anything else that sets IF. A one-vCPU guest's
 // blocks thus run without any call out of the translated code, which is most of Unicorn's compute
@@ -49,18 +49,17 @@ bool EmuVcpu::BeginGuestRun(bool interrupt_waiting) {
   return false;
 }
 
-bool EmuVcpu::EndGuestRun() {
-  bool stopped;
+void EmuVcpu::EndGuestRun() {
   {
     absl::MutexLock lock(&engine_mutex_);
     guest_running_ = false;
     poll_window_ = false;
-    stopped = stopped_serial_ == run_serial_;
   }
   // The run loop looks at everything a stop is asked for (kicks, interrupts) before the next run.
   stop_wanted_.store(false);
-  return stopped;
 }
+
+void EmuVcpu::BeforeHalt() { halt_executed_ = true; }
 
 void EmuVcpu::StopWatchdogLoop() {
   absl::MutexLock lock(&engine_mutex_);
@@ -84,11 +83,11 @@ void EmuVcpu::StopWatchdogLoop() {
   }
 }
 
-void EmuVcpu::OnInterruptFlagWrite() {
+void EmuVcpu::BeforeInterruptFlagWrite() {
   if (!interrupt_window_wanted_.load(std::memory_order_relaxed)) return;
-  if ((ReadRegister(UC_X86_REG_RFLAGS) & (1 << 9)) == 0) return;
-  // The instruction ended its block: the stop lands before the next one, where the run loop
-  // delivers the interrupt (past a HLT that follows an STI, as the CPU wakes from it).
+  // The instruction ends its block: the stop lands before the next one, where the run loop
+  // delivers the interrupt if IF is now set (past a HLT that follows an STI, as the CPU wakes
+  // from it) and runs on otherwise.
   stop_requested_ = true;
   uc_emu_stop(uc_);
 }

@@ -493,15 +493,13 @@ void EmuVcpu::RunGuest(bool interrupt_waiting) {
   }
   TakeRunToken();
   uc_err err = UC_ERR_OK;
-  bool stopped_from_outside = false;
+  halt_executed_ = false;
   if (BeginGuestRun(interrupt_waiting)) {
     {
       ScopedInstructionHandler intercepts(this);
       err = uc_emu_start(uc_, rip, kNeverReached, 0, 0);
     }
-    stopped_from_outside = EndGuestRun();
-  } else {
-    stopped_from_outside = true;  // not started: the loop looks at what the stop was for
+    EndGuestRun();
   }
   holds_run_token_ = false;
   vm_.run_token.Release();
@@ -523,10 +521,9 @@ void EmuVcpu::RunGuest(bool interrupt_waiting) {
     RepairBlockStop();
     return;
   }
-  // A stop from another thread (RequestStop). If the guest executed HLT in the same instant, it
-  // resumes after it: a spurious wake-up, which every guest's idle loop tolerates.
-  if (stopped_from_outside) return;
-  // Nothing else ends an unbounded uc_emu_start without an error: the guest executed HLT.
+  // Unless the guest executed HLT (BeforeHalt), the run was stopped on purpose, from another thread
+  // (RequestStop) or by the watchdog's look at IF, or it did not start: the loop looks at why.
+  if (!halt_executed_) return;
   if ((ReadRegister(UC_X86_REG_RFLAGS) & kRflagsIf) != 0) {
     halted_ = true;  // wait for an interrupt inside Run(), as an in-kernel LAPIC does
   } else {
@@ -578,7 +575,11 @@ uint64_t EmuVcpu::HandOff(Exit exit, bool wants_value) {
     exit_ = std::move(exit);
     awaiting_value_ = wants_value;
     value_.reset();
+    // The next Run() may come from another thread: the instruction handler goes with the
+    // emulation, not with the thread it leaves.
+    InstructionHandler* const handler = ExchangeInstructionHandler(nullptr);
     emulation_.Yield();  // to Run()'s caller, until it calls Run() again
+    ExchangeInstructionHandler(handler);
   }
   const uint64_t value = value_.value_or(0);
   awaiting_value_ = false;

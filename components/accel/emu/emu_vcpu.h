@@ -173,12 +173,13 @@ class EmuVcpu final : public Vcpu, private InstructionHandler {
   // A guest run, bracketed so that other threads can stop it: false if a stop was asked for
   // after the run loop last looked (the run must not start).
   bool BeginGuestRun(bool interrupt_waiting);
-  // True if a stop was sent to the run that just ended (it, not HLT, may have ended the run).
-  bool EndGuestRun();
+  void EndGuestRun();
   void StopWatchdogLoop();
-  // RFLAGS.IF may have just been set (STI, POPF, IRET, SYSRET, SYSEXIT; instruction_intercept.h):
-  // an interrupt waiting for it is taken before the next block.
-  void OnInterruptFlagWrite() override;
+  // STI, POPF, IRET, SYSRET or SYSEXIT is about to run (instruction_intercept.h): with an interrupt
+  // waiting for RFLAGS.IF, the run stops right after it and the loop looks at IF.
+  void BeforeInterruptFlagWrite() override;
+  // HLT (or MWAIT) is about to end the run: it, not a stop, ends it (both can land together).
+  void BeforeHalt() override;
   // The block hook on every block (more than one vCPU) or on the private window's only.
   absl::Status InstallBlockHook();
 
@@ -338,7 +339,8 @@ class EmuVcpu final : public Vcpu, private InstructionHandler {
     uint64_t rsp;
   };
   std::optional<BlockStop> block_stop_;  // the block hook's stop, for RepairBlockStop
-  bool stop_requested_ = false;  // the engine was stopped on purpose (not by HLT)
+  bool stop_requested_ = false;  // the block hook or an IF write stopped the engine
+  bool halt_executed_ = false;   // the current guest run executed HLT (BeforeHalt)
   uint32_t private_blocks_ = 0;  // blocks run by the current private run, plus one; 0: none
   bool dead_ = false;            // a triple fault or fatal error: the vCPU never runs again
   std::optional<std::string> fatal_error_;

@@ -1,5 +1,7 @@
 #include "components/accel/emu/instruction_intercept.h"
 
+#include <utility>
+
 namespace xenkvm::accel::emu {
 namespace {
 
@@ -15,6 +17,10 @@ constexpr int kRcx = 1;
 constexpr int kRdx = 2;
 
 }  // namespace
+
+InstructionHandler* ExchangeInstructionHandler(InstructionHandler* handler) {
+  return std::exchange(current_handler, handler);
+}
 
 ScopedInstructionHandler::ScopedInstructionHandler(InstructionHandler* handler) : previous_(current_handler) {
   current_handler = handler;
@@ -74,48 +80,42 @@ extern "C" void __wrap_helper_sysenter_x86_64(void* env, int next_eip_addend) {
   __real_helper_sysenter_x86_64(env, next_eip_addend);
 }
 
-// The instructions that can set RFLAGS.IF. Each ends its translation block, so a stop asked for
-// from the handler takes effect before the next instruction.
-extern "C" void __real_helper_sti_x86_64(void* env);
-extern "C" void __real_helper_write_eflags_x86_64(void* env, uint64_t value, uint32_t update_mask);
-extern "C" void __real_helper_iret_real_x86_64(void* env, int shift);
-extern "C" void __real_helper_iret_protected_x86_64(void* env, int shift, int next_eip);
-extern "C" void __real_helper_sysret_x86_64(void* env, int dflag);
-extern "C" void __real_helper_sysexit_x86_64(void* env, int dflag);
-
-namespace {
-void InterruptFlagWritten() {
-  if (xenkvm::accel::emu::current_handler != nullptr) xenkvm::accel::emu::current_handler->OnInterruptFlagWrite();
-}
-constexpr uint32_t kRflagsIf = 1 << 9;
-}  // namespace
-
-extern "C" void __wrap_helper_sti_x86_64(void* env) {
-  __real_helper_sti_x86_64(env);
-  InterruptFlagWritten();
+// The instructions that can set RFLAGS.IF, and HLT and MWAIT. The handler hears of each before
+// Unicorn's helper runs; the wrap then jumps to the helper, so the helper's return address is
+// still the translated code's and a fault inside it (IRET's and SYSRET's) restores the
+// instruction's RIP from the translation, as without the wrap.
+extern "C" void xenkvm_emu_before_interrupt_flag_write() {
+  if (xenkvm::accel::emu::current_handler != nullptr) {
+    xenkvm::accel::emu::current_handler->BeforeInterruptFlagWrite();
+  }
 }
 
-extern "C" void __wrap_helper_write_eflags_x86_64(void* env, uint64_t value, uint32_t update_mask) {
-  __real_helper_write_eflags_x86_64(env, value, update_mask);
-  if (update_mask & kRflagsIf) InterruptFlagWritten();  // POPF below IOPL leaves IF alone
+extern "C" void xenkvm_emu_before_halt() {
+  if (xenkvm::accel::emu::current_handler != nullptr) xenkvm::accel::emu::current_handler->BeforeHalt();
 }
 
-extern "C" void __wrap_helper_iret_real_x86_64(void* env, int shift) {
-  __real_helper_iret_real_x86_64(env, shift);
-  InterruptFlagWritten();
-}
+// Saves the helper's arguments (at most three: env and two ints), calls `before`, restores them,
+// jumps on. The stack is 16-byte aligned at the call (entry rsp = 8 mod 16, three pushes).
+#define XENKVM_WRAP_HELPER_WITH_PROLOGUE(name, before) \
+  asm(".text\n"                                     \
+      ".globl __wrap_" #name "\n"                   \
+      ".type __wrap_" #name ", @function\n"         \
+      "__wrap_" #name ":\n"                         \
+      "  push %rdi\n"                               \
+      "  push %rsi\n"                               \
+      "  push %rdx\n"                               \
+      "  call " #before "\n"                        \
+      "  pop %rdx\n"                                \
+      "  pop %rsi\n"                                \
+      "  pop %rdi\n"                                \
+      "  jmp __real_" #name "\n"                    \
+      ".size __wrap_" #name ", . - __wrap_" #name "\n");
 
-extern "C" void __wrap_helper_iret_protected_x86_64(void* env, int shift, int next_eip) {
-  __real_helper_iret_protected_x86_64(env, shift, next_eip);
-  InterruptFlagWritten();
-}
-
-extern "C" void __wrap_helper_sysret_x86_64(void* env, int dflag) {
-  __real_helper_sysret_x86_64(env, dflag);
-  InterruptFlagWritten();
-}
-
-extern "C" void __wrap_helper_sysexit_x86_64(void* env, int dflag) {
-  __real_helper_sysexit_x86_64(env, dflag);
-  InterruptFlagWritten();
-}
+XENKVM_WRAP_HELPER_WITH_PROLOGUE(helper_sti_x86_64, xenkvm_emu_before_interrupt_flag_write)
+XENKVM_WRAP_HELPER_WITH_PROLOGUE(helper_write_eflags_x86_64, xenkvm_emu_before_interrupt_flag_write)
+XENKVM_WRAP_HELPER_WITH_PROLOGUE(helper_iret_real_x86_64, xenkvm_emu_before_interrupt_flag_write)
+XENKVM_WRAP_HELPER_WITH_PROLOGUE(helper_iret_protected_x86_64, xenkvm_emu_before_interrupt_flag_write)
+XENKVM_WRAP_HELPER_WITH_PROLOGUE(helper_sysret_x86_64, xenkvm_emu_before_interrupt_flag_write)
+XENKVM_WRAP_HELPER_WITH_PROLOGUE(helper_sysexit_x86_64, xenkvm_emu_before_interrupt_flag_write)
+XENKVM_WRAP_HELPER_WITH_PROLOGUE(helper_hlt_x86_64, xenkvm_emu_before_halt)
+XENKVM_WRAP_HELPER_WITH_PROLOGUE(helper_mwait_x86_64, xenkvm_emu_before_halt)

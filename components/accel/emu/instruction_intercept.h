@@ -7,8 +7,11 @@
 //   hook in the list once a stop is pending (`stop_request`), before reaching the one for the
 //   instruction: a stop sent from another thread that lands earlier in the same block made the CPU
 //   model answer a CPUID hypercall and skipped a SYSCALL, silently.
-// - STI, POPF, IRET, SYSRET and SYSEXIT, which can set RFLAGS.IF: told after they ran, so an
-//   interrupt waiting for IF is taken at once, as a CPU takes it (Unicorn has no hook for them).
+// - STI, POPF, IRET, SYSRET and SYSEXIT, which can set RFLAGS.IF: told before they run (each ends
+//   its translation block), so an interrupt waiting for IF can be taken right after, as a CPU
+//   takes it (Unicorn has no hook for them).
+// - HLT and MWAIT: told before they end the run, which a stop from another thread can also end
+//   at the same instant (the run loop must know which happened).
 #ifndef XENKVM_COMPONENTS_ACCEL_EMU_INSTRUCTION_INTERCEPT_H_
 #define XENKVM_COMPONENTS_ACCEL_EMU_INSTRUCTION_INTERCEPT_H_
 
@@ -31,9 +34,16 @@ class InstructionHandler {
   // Unicorn never carries SYSCALL and SYSENTER out: it moves RIP past them after these return.
   virtual void OnSyscall() = 0;
   virtual void OnSysenter() = 0;
-  // After an instruction that can set RFLAGS.IF ran (it ends its translation block).
-  virtual void OnInterruptFlagWrite() = 0;
+  // Before an instruction that can set RFLAGS.IF runs (it ends its translation block).
+  virtual void BeforeInterruptFlagWrite() = 0;
+  // Before HLT (or MWAIT) ends the run.
+  virtual void BeforeHalt() = 0;
 };
+
+// Installs `handler` for the calling thread and returns the one it replaces. For code that moves
+// between threads while a handler is installed (the emu's run loop yields at each exit, and the
+// next Run() may come from another thread).
+InstructionHandler* ExchangeInstructionHandler(InstructionHandler* handler);
 
 // Installs `handler` for the current thread while it lives; scopes nest.
 class ScopedInstructionHandler {

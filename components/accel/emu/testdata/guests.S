@@ -564,7 +564,7 @@ lapic_timer:
         mov     0xfee00390, %eax
         out     %eax, $0x11
         movl    $0x20040, 0xfee00320            /* periodic */
-        movl    $500000, 0xfee00380
+        movl    $5000000, 0xfee00380        /* 5 ms: a loaded host can delay a handler past 0.5 ms */
 3:      hlt
         cmpl    $4, handled
         jb      3b
