@@ -17,6 +17,8 @@
 // left alone; software reads only ZF after these instructions.
 #include <cstdint>
 
+#include "components/accel/emu/helper_wrap.h"
+
 namespace {
 
 // The head of Unicorn's CPUX86State (qemu/target/i386/cpu.h, x86_64 target).
@@ -52,24 +54,7 @@ extern "C" void xenkvm_emu_repair_stale_cc_op(void* env) {
   }
 }
 
-// Each wrap: save the helper's two arguments (env, address), repair, restore, tail-jump. The
-// stack is 16-byte aligned at the call (entry rsp = 8 mod 16, then three 8-byte adjustments).
-#define XENKVM_WRAP_CMPXCHG_HELPER(name)                         \
-  asm(".text\n"                                                  \
-      ".globl __wrap_" #name "\n"                                \
-      ".type __wrap_" #name ", @function\n"                      \
-      "__wrap_" #name ":\n"                                      \
-      "  push %rdi\n"                                            \
-      "  push %rsi\n"                                            \
-      "  sub $8, %rsp\n"                                         \
-      "  call xenkvm_emu_repair_stale_cc_op\n"                   \
-      "  add $8, %rsp\n"                                         \
-      "  pop %rsi\n"                                             \
-      "  pop %rdi\n"                                             \
-      "  jmp __real_" #name "\n"                                 \
-      ".size __wrap_" #name ", . - __wrap_" #name "\n");
-
-XENKVM_WRAP_CMPXCHG_HELPER(helper_cmpxchg8b_x86_64)
-XENKVM_WRAP_CMPXCHG_HELPER(helper_cmpxchg8b_unlocked_x86_64)
-XENKVM_WRAP_CMPXCHG_HELPER(helper_cmpxchg16b_x86_64)
-XENKVM_WRAP_CMPXCHG_HELPER(helper_cmpxchg16b_unlocked_x86_64)
+XENKVM_WRAP_HELPER_WITH_PROLOGUE(helper_cmpxchg8b_x86_64, xenkvm_emu_repair_stale_cc_op)
+XENKVM_WRAP_HELPER_WITH_PROLOGUE(helper_cmpxchg8b_unlocked_x86_64, xenkvm_emu_repair_stale_cc_op)
+XENKVM_WRAP_HELPER_WITH_PROLOGUE(helper_cmpxchg16b_x86_64, xenkvm_emu_repair_stale_cc_op)
+XENKVM_WRAP_HELPER_WITH_PROLOGUE(helper_cmpxchg16b_unlocked_x86_64, xenkvm_emu_repair_stale_cc_op)

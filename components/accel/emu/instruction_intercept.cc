@@ -2,6 +2,8 @@
 
 #include <utility>
 
+#include "components/accel/emu/helper_wrap.h"
+
 namespace xenkvm::accel::emu {
 namespace {
 
@@ -93,23 +95,6 @@ extern "C" void xenkvm_emu_before_interrupt_flag_write() {
 extern "C" void xenkvm_emu_before_halt() {
   if (xenkvm::accel::emu::current_handler != nullptr) xenkvm::accel::emu::current_handler->BeforeHalt();
 }
-
-// Saves the helper's arguments (at most three: env and two ints), calls `before`, restores them,
-// jumps on. The stack is 16-byte aligned at the call (entry rsp = 8 mod 16, three pushes).
-#define XENKVM_WRAP_HELPER_WITH_PROLOGUE(name, before) \
-  asm(".text\n"                                     \
-      ".globl __wrap_" #name "\n"                   \
-      ".type __wrap_" #name ", @function\n"         \
-      "__wrap_" #name ":\n"                         \
-      "  push %rdi\n"                               \
-      "  push %rsi\n"                               \
-      "  push %rdx\n"                               \
-      "  call " #before "\n"                        \
-      "  pop %rdx\n"                                \
-      "  pop %rsi\n"                                \
-      "  pop %rdi\n"                                \
-      "  jmp __real_" #name "\n"                    \
-      ".size __wrap_" #name ", . - __wrap_" #name "\n");
 
 XENKVM_WRAP_HELPER_WITH_PROLOGUE(helper_sti_x86_64, xenkvm_emu_before_interrupt_flag_write)
 XENKVM_WRAP_HELPER_WITH_PROLOGUE(helper_write_eflags_x86_64, xenkvm_emu_before_interrupt_flag_write)
