@@ -470,7 +470,7 @@ void EmuVcpu::RunGuest(bool interrupt_waiting) {
   }
   const uint64_t rip = ReadRegister(UC_X86_REG_RIP);
   // No instruction count (it installs a per-instruction hook for the engine's life), no timeout
-  // (Unicorn's timer stops the engine from another thread: see OnBlock).
+  // (a timer thread for every start; stops come from RequestStop and its watchdog).
   // Every start begins with no exception in flight, as after a delivery on a real CPU (the record
   // also goes stale without any exception the hooks saw; about 1 us per start).
   if (absl::Status cleared = exception_record_->Clear(uc_); !cleared.ok()) {
