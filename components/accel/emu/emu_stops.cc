@@ -12,7 +12,6 @@
 // watchdog looks every kStopRetry as a fallback for anything else that sets IF. A one-vCPU guest's
 // blocks thus run without any call out of the translated code, which is most of Unicorn's compute
 // speed (components/accel/README.md).
-#include "absl/strings/str_cat.h"
 #include "components/accel/emu/emu_vcpu.h"
 #include "components/accel/emu/trampolines.h"
 
@@ -29,7 +28,7 @@ void EmuVcpu::RequestStop() {
   if (!guest_running_) return;
   uc_emu_stop(uc_);
   stopped_serial_ = run_serial_;
-  if (!watchdog_thread_.joinable()) watchdog_thread_ = std::thread([this] { StopWatchdogLoop(); });
+  StartWatchdogLocked();
 }
 
 bool EmuVcpu::BeginGuestRun(bool interrupt_waiting) {
@@ -39,9 +38,7 @@ bool EmuVcpu::BeginGuestRun(bool interrupt_waiting) {
     guest_running_ = true;
     ++run_serial_;
     poll_window_ = interrupt_waiting && !block_hook_everywhere_;
-    if (poll_window_ && !watchdog_thread_.joinable()) {
-      watchdog_thread_ = std::thread([this] { StopWatchdogLoop(); });
-    }
+    if (poll_window_) StartWatchdogLocked();
   }
   // A stop asked for before guest_running_ was set found no run to stop: the loop looks first.
   if (!stop_wanted_.exchange(false)) return true;
@@ -60,6 +57,11 @@ void EmuVcpu::EndGuestRun() {
 }
 
 void EmuVcpu::BeforeHalt() { halt_executed_ = true; }
+
+// Started by the first stop or polled window; joined by the destructor.
+void EmuVcpu::StartWatchdogLocked() {
+  if (!watchdog_thread_.joinable()) watchdog_thread_ = std::thread([this] { StopWatchdogLoop(); });
+}
 
 void EmuVcpu::StopWatchdogLoop() {
   absl::MutexLock lock(&engine_mutex_);

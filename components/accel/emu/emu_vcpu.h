@@ -174,6 +174,7 @@ class EmuVcpu final : public Vcpu, private InstructionHandler {
   // after the run loop last looked (the run must not start).
   bool BeginGuestRun(bool interrupt_waiting);
   void EndGuestRun();
+  void StartWatchdogLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(engine_mutex_);
   void StopWatchdogLoop();
   // STI, POPF, IRET, SYSRET or SYSEXIT is about to run (instruction_intercept.h): with an interrupt
   // waiting for RFLAGS.IF, the run stops right after it and the loop looks at IF.
@@ -243,8 +244,8 @@ class EmuVcpu final : public Vcpu, private InstructionHandler {
   static void OnMmioWrite(uc_engine*, uint64_t offset, unsigned size, uint64_t value, void* user);
   bool HandleInlineHypercall();
   bool HandleSerialize();
-  // RDMSR and WRMSR (instruction_intercept.h): IA32_APIC_BASE, and the hypercall MSR filling the page.
-  // RDMSR, WRMSR, CPUID (and the hypercall CPUID), SYSCALL and SYSENTER (instruction_intercept.h).
+  // RDMSR and WRMSR (IA32_APIC_BASE, and the hypercall MSR filling the page), CPUID (and the
+  // hypercall CPUID), SYSCALL and SYSENTER, reached through instruction_intercept.h.
   std::optional<uint64_t> OnRdmsr(uint32_t index) override;
   bool OnWrmsr(uint32_t index, uint64_t value) override;
   bool OnCpuid() override;
