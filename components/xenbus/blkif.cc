@@ -128,12 +128,13 @@ int16_t DecodeIndirectSegments(std::span<const uint8_t> pages, const DiskLimits&
   return CheckData(limits, request);
 }
 
-std::vector<uint8_t> EncodeResponse(Abi abi, uint64_t id, uint8_t operation, int16_t status) {
-  std::vector<uint8_t> bytes(ResponseSize(abi), 0);
-  std::memcpy(bytes.data(), &id, sizeof(id));
-  bytes[8] = operation;
-  std::memcpy(bytes.data() + 10, &status, sizeof(status));
-  return bytes;
+ResponseSlot EncodeResponse(Abi abi, uint64_t id, uint8_t operation, int16_t status) {
+  ResponseSlot slot;
+  slot.size = ResponseSize(abi);
+  std::memcpy(slot.bytes.data(), &id, sizeof(id));
+  slot.bytes[8] = operation;
+  std::memcpy(slot.bytes.data() + 10, &status, sizeof(status));
+  return slot;
 }
 
 }  // namespace xenkvm::xenbus::blkif

@@ -8,6 +8,7 @@
 #ifndef XENKVM_COMPONENTS_XENBUS_BLKIF_H_
 #define XENKVM_COMPONENTS_XENBUS_BLKIF_H_
 
+#include <array>
 #include <cstdint>
 #include <span>
 #include <string_view>
@@ -33,6 +34,7 @@ inline constexpr uint32_t kSectorsPerPage = 8;             // 512-byte sectors i
 inline constexpr uint64_t kRingHeaderSize = 64;            // {req_prod, req_event, rsp_prod, rsp_event, pad}
 
 size_t RequestSize(Abi abi);   // 112 / 108
+inline constexpr size_t kMaxRequestSize = 112;
 size_t ResponseSize(Abi abi);  // 16 / 12
 // Slots in a ring of `pages` pages: the largest power of two that fits (32 for one page).
 uint32_t RingSlots(Abi abi, uint32_t pages);
@@ -78,8 +80,13 @@ Decoded DecodeRequest(Abi abi, std::span<const uint8_t> slot, const DiskLimits& 
 // request's extent; BLKIF_RSP_* as DecodeRequest.
 int16_t DecodeIndirectSegments(std::span<const uint8_t> pages, const DiskLimits& limits, Request& request);
 
-// The response slot's bytes, padding zeroed (XSA-216).
-std::vector<uint8_t> EncodeResponse(Abi abi, uint64_t id, uint8_t operation, int16_t status);
+// A response slot's bytes: the first ResponseSize(abi) of `bytes`, padding zeroed (XSA-216).
+struct ResponseSlot {
+  std::array<uint8_t, 16> bytes{};
+  size_t size = 0;
+  std::span<const uint8_t> span() const { return {bytes.data(), size}; }
+};
+ResponseSlot EncodeResponse(Abi abi, uint64_t id, uint8_t operation, int16_t status);
 
 }  // namespace xenkvm::xenbus::blkif
 

@@ -140,8 +140,9 @@ TEST(BlkifTest, DiscardAndIndirect) {
 }
 
 TEST(BlkifTest, ResponsesHaveTheirPaddingZeroed) {  // XSA-216
-  std::vector<uint8_t> bytes = EncodeResponse(Abi::k64, 0xabcdef, kOpRead, kStatusError);
-  ASSERT_EQ(bytes.size(), sizeof(blkif_response));
+  const ResponseSlot slot = EncodeResponse(Abi::k64, 0xabcdef, kOpRead, kStatusError);
+  ASSERT_EQ(slot.size, sizeof(blkif_response));
+  const std::array<uint8_t, 16>& bytes = slot.bytes;
   blkif_response response;
   std::memcpy(&response, bytes.data(), sizeof(response));
   EXPECT_EQ(response.id, 0xabcdefu);
@@ -149,7 +150,7 @@ TEST(BlkifTest, ResponsesHaveTheirPaddingZeroed) {  // XSA-216
   EXPECT_EQ(response.status, kStatusError);
   EXPECT_EQ(bytes[9], 0);
   EXPECT_EQ(bytes[12] | bytes[13] | bytes[14] | bytes[15], 0);
-  EXPECT_EQ(EncodeResponse(Abi::k32, 1, kOpWrite, kStatusOkay).size(), 12u);
+  EXPECT_EQ(EncodeResponse(Abi::k32, 1, kOpWrite, kStatusOkay).size, 12u);
 }
 
 }  // namespace

@@ -133,9 +133,7 @@ void DiskRing::Run() {
   while (true) {
     const bool stopping = stopping_.load();
     if (stopping && engine_->in_flight() == 0) return;
-    completions_.clear();
-    engine_->Reap(&completions_);
-    for (const block::IoCompletion& completion : completions_) Complete(completion);
+    now_ = absl::Now();
     const bool serving = !stopping && !broken_;
     if (serving && !TakeRequests()) {
       spdlog::warn("xen-disk {}: the frontend broke its ring (a request index out of range); it is no longer served",
@@ -144,6 +142,13 @@ void DiskRing::Run() {
       absl::MutexLock lock(&mutex_);
       statistics_.broken = true;
     }
+    // After taking: what the engine finished within its submission is answered in this pass.
+    completions_.clear();
+    if (engine_->Reap(&completions_) > 0) {
+      now_ = absl::Now();
+      for (const block::IoCompletion& completion : completions_) Complete(completion);
+    }
+    PublishStatistics();
     if (!broken_) PublishResponses();
     if (!completions_.empty()) continue;
     if (PollBriefly()) continue;
@@ -193,7 +198,7 @@ bool DiskRing::PollBriefly() const {
 
 bool DiskRing::TakeRequests() {
   const size_t slot_size = blkif::RequestSize(options_.abi);
-  std::vector<uint8_t> slot(slot_size);
+  std::span<uint8_t> slot(request_slot_.data(), slot_size);
   const uint32_t producer = Index(kRequestProducer).load(std::memory_order_acquire);
   if (producer - request_consumer_ > slots_) return false;
   bool took = false;
@@ -205,9 +210,9 @@ bool DiskRing::TakeRequests() {
     took = true;
     blkif::Decoded decoded = blkif::DecodeRequest(options_.abi, slot, limits_);
     if (decoded.status != blkif::kStatusOkay) {
-      Respond(decoded.request.id, decoded.request.data_operation, decoded.status, absl::Now(), 0, false);
+      Respond(decoded.request.id, decoded.request.data_operation, decoded.status, now_, 0, false);
     } else {
-      Begin(decoded.request, absl::Now());
+      Begin(decoded.request, now_);
     }
   }
   if (took) {
@@ -278,8 +283,7 @@ bool DiskRing::MapSegment(uint32_t gref, bool device_writes, xen::GrantTable::Ma
     if (persistent_.size() < max_persistent_grants_ && grants_.Map(gref, /*readonly=*/false, mapping) == 0) {
       persistent_.emplace(gref, *mapping);
       *transient = false;
-      absl::MutexLock lock(&mutex_);
-      statistics_.persistent_grants = persistent_.size();
+      statistics_changed_ = true;
       return true;
     }
   }
@@ -327,24 +331,32 @@ void DiskRing::Complete(const block::IoCompletion& completion) {
 }
 
 void DiskRing::Respond(uint64_t id, uint8_t operation, int16_t status, absl::Time taken, uint64_t bytes, bool read) {
-  const double seconds = absl::ToDoubleSeconds(absl::Now() - taken);
-  {
-    absl::MutexLock lock(&mutex_);
-    ++statistics_.requests;
-    if (status == blkif::kStatusError) ++statistics_.errors;
-    if (status == blkif::kStatusNotSupported) ++statistics_.unsupported;
-    if (status == blkif::kStatusOkay && operation == blkif::kOpFlush) ++statistics_.flushes;
-    if (status == blkif::kStatusOkay && operation == blkif::kOpDiscard) ++statistics_.discards;
-    (read ? statistics_.bytes_read : statistics_.bytes_written) += bytes;
-    const size_t bucket = static_cast<size_t>(std::lower_bound(kLatencyBounds.begin(), kLatencyBounds.end(), seconds) -
-                                              kLatencyBounds.begin());
-    ++statistics_.latency_counts[bucket];
-    statistics_.latency_seconds_sum += seconds;
-  }
+  const double seconds = absl::ToDoubleSeconds(now_ - taken);
+  DiskRingStatistics& counts = unpublished_;
+  ++counts.requests;
+  if (status == blkif::kStatusError) ++counts.errors;
+  if (status == blkif::kStatusNotSupported) ++counts.unsupported;
+  if (status == blkif::kStatusOkay && operation == blkif::kOpFlush) ++counts.flushes;
+  if (status == blkif::kStatusOkay && operation == blkif::kOpDiscard) ++counts.discards;
+  (read ? counts.bytes_read : counts.bytes_written) += bytes;
+  const size_t bucket = static_cast<size_t>(std::lower_bound(kLatencyBounds.begin(), kLatencyBounds.end(), seconds) -
+                                            kLatencyBounds.begin());
+  ++counts.latency_counts[bucket];
+  counts.latency_seconds_sum += seconds;
+  statistics_changed_ = true;
   if (broken_) return;  // nothing more is written into a ring the frontend broke
-  const std::vector<uint8_t> response = blkif::EncodeResponse(options_.abi, id, operation, status);
-  CopyToRing(blkif::kRingHeaderSize + (response_producer_ % slots_) * blkif::RequestSize(options_.abi), response);
+  const blkif::ResponseSlot response = blkif::EncodeResponse(options_.abi, id, operation, status);
+  CopyToRing(blkif::kRingHeaderSize + (response_producer_ % slots_) * blkif::RequestSize(options_.abi), response.span());
   ++response_producer_;
+}
+
+void DiskRing::PublishStatistics() {
+  if (!statistics_changed_) return;
+  statistics_changed_ = false;
+  absl::MutexLock lock(&mutex_);
+  statistics_.Add(unpublished_);
+  statistics_.persistent_grants = persistent_.size();
+  unpublished_ = {};
 }
 
 void DiskRing::PublishResponses() {

@@ -123,6 +123,9 @@ class DiskRing {
   bool MapSegment(uint32_t gref, bool device_writes, xen::GrantTable::Mapping* mapping, bool* transient);
   void Complete(const block::IoCompletion& completion);
   void Respond(uint64_t id, uint8_t operation, int16_t status, absl::Time taken, uint64_t bytes, bool read);
+  // Adds what was counted since the last time to Statistics(): once a pass, before the
+  // responses it counted are published (a frontend that saw them sees them counted).
+  void PublishStatistics();
   // Makes the responses written so far visible; notifies if the frontend asked (rsp_event).
   void PublishResponses();
   // The ring's bytes at `offset` from its start, across its pages.
@@ -150,6 +153,10 @@ class DiskRing {
   uint32_t published_ = 0;
   bool broken_ = false;
   std::chrono::nanoseconds poll_time_ = kPollTime;
+  absl::Time now_;  // read once a pass: when its requests were taken, or its completions reaped
+  std::array<uint8_t, blkif::kMaxRequestSize> request_slot_{};  // the slot being decoded
+  DiskRingStatistics unpublished_;  // counted since the last PublishStatistics
+  bool statistics_changed_ = false;
   absl::flat_hash_map<uint32_t, xen::GrantTable::Mapping> persistent_;
   std::vector<InFlight> in_flight_;
   std::vector<uint32_t> free_slots_;
