@@ -217,11 +217,23 @@ class KvmVcpu final : public Vcpu {
   }
 
   absl::StatusOr<int64_t> TscOffset() override {
+    // The guest's TSC was read at some moment between `before` and `after`: the smallest offset
+    // it allows never puts a pvclock's tsc_timestamp ahead of the guest's own TSC (a guest's
+    // delta from it is unsigned: ahead, its clock would leap by centuries), at the price of a
+    // clock up to the window ahead. The narrowest of a few windows is kept.
     constexpr uint32_t kMsrTsc = 0x10;
-    const uint64_t before = __rdtsc();
-    XENKVM_ASSIGN_OR_RETURN(std::vector<kvm_msr_entry> tsc, vcpu_.GetMsrs(std::span(&kMsrTsc, 1)));
-    const uint64_t after = __rdtsc();
-    return static_cast<int64_t>(tsc[0].data - (before + (after - before) / 2));
+    int64_t offset = 0;
+    uint64_t narrowest = UINT64_MAX;
+    for (int attempt = 0; attempt < 3; ++attempt) {
+      const uint64_t before = __rdtsc();
+      XENKVM_ASSIGN_OR_RETURN(std::vector<kvm_msr_entry> tsc, vcpu_.GetMsrs(std::span(&kMsrTsc, 1)));
+      const uint64_t after = __rdtsc();
+      if (after - before < narrowest) {
+        narrowest = after - before;
+        offset = static_cast<int64_t>(tsc[0].data - after);
+      }
+    }
+    return offset;
   }
 
   // The host's CPUID with the caller's leaves in place of the host's (and of KVM's own hypervisor
