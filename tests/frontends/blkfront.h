@@ -5,10 +5,17 @@
 #ifndef XENKVM_TESTS_FRONTENDS_BLKFRONT_H_
 #define XENKVM_TESTS_FRONTENDS_BLKFRONT_H_
 
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <array>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <span>
 #include <thread>
 #include <vector>
@@ -40,7 +47,8 @@ class Blkfront {
            xenbus::blkif::Abi abi = xenbus::blkif::Abi::k64, int grant_version = 1, uint32_t ring_pages = 1,
            uint32_t first_ref = 8)
       : memory_(memory), grants_(memory, table_gfn, grant_version, first_ref), ring_gfn_(ring_gfn), abi_(abi),
-        slots_(xenbus::blkif::RingSlots(abi, ring_pages)) {
+        slots_(xenbus::blkif::RingSlots(abi, ring_pages)),
+        ring_header_(memory.HostAddress(memory::GuestAddress(ring_gfn << 12), 4096).value()) {
     for (uint32_t i = 0; i < ring_pages; ++i) {
       (void)memory_.Zero(memory::GuestAddress((ring_gfn + 2 * i) << 12), 4096);
       ring_grefs_.push_back(Grant(ring_gfn + 2 * i, false));
@@ -48,6 +56,12 @@ class Blkfront {
     // SHARED_RING_INIT: indexes 0, both event indexes 1.
     (void)memory_.AtomicStore<uint32_t>(memory::GuestAddress((ring_gfn << 12) + 4), 1);
     (void)memory_.AtomicStore<uint32_t>(memory::GuestAddress((ring_gfn << 12) + 12), 1);
+  }
+
+  Blkfront(const Blkfront&) = delete;
+  Blkfront& operator=(const Blkfront&) = delete;
+  ~Blkfront() {
+    if (event_ >= 0) close(event_);
   }
 
   uint32_t ring_gref() const { return ring_grefs_[0]; }
@@ -114,35 +128,34 @@ class Blkfront {
     published_ = private_producer_;
     SetRequestProducer(private_producer_);
     std::atomic_thread_fence(std::memory_order_seq_cst);
-    const uint32_t event = memory_.AtomicLoad<uint32_t>(memory::GuestAddress((ring_gfn_ << 12) + 4)).value_or(old + 1);
+    const uint32_t event = Header(4).load(std::memory_order_acquire);
     return private_producer_ - event < private_producer_ - old;
   }
   void SetRequestProducer(uint32_t value) {
-    (void)memory_.AtomicStore<uint32_t>(memory::GuestAddress(ring_gfn_ << 12), value);
+    Header(0).store(value, std::memory_order_release);
   }
   uint32_t ResponseProducer() const {
-    return memory_.AtomicLoad<uint32_t>(memory::GuestAddress((ring_gfn_ << 12) + 8)).value_or(0);
+    return Header(8).load(std::memory_order_acquire);
+  }
+
+  // The backend's `notify` (the frontend's event channel, in process): it wakes a Take that
+  // stopped polling. Without one, a waiting Take yields and naps instead of sleeping.
+  std::function<void()> EventNotifier() {
+    if (event_ < 0) event_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    return [fd = event_] {
+      const uint64_t one = 1;
+      (void)!write(fd, &one, sizeof(one));
+    };
   }
 
   // Waits up to `timeout` for `count` new responses and takes them (`all`: every one there then).
   std::vector<Response> Take(size_t count, absl::Duration timeout = absl::Seconds(10), bool all = false) {
-    const absl::Time deadline = absl::Now() + timeout;
-    // Spin first (without a system call for the first thousands of looks): a response usually
-    // comes within microseconds; then sleep.
-    for (int spins = 0; ResponseProducer() - response_consumer_ < count && absl::Now() < deadline; ++spins) {
-      if (spins < 20000) {
-        __builtin_ia32_pause();
-      } else if (spins < 40000) {
-        std::this_thread::yield();
-      } else {
-        std::this_thread::sleep_for(std::chrono::microseconds(50));
-      }
-    }
+    WaitForResponses(count, absl::Now() + timeout);
     std::vector<Response> responses;
     while (response_consumer_ != ResponseProducer() && (all || responses.size() < count)) {
-      std::vector<uint8_t> bytes(xenbus::blkif::ResponseSize(abi_));
+      std::array<uint8_t, 16> bytes{};
       RingCopy(xenbus::blkif::kRingHeaderSize + (response_consumer_ % slots_) * xenbus::blkif::RequestSize(abi_),
-               bytes.data(), bytes.size(), /*to_ring=*/false);
+               bytes.data(), xenbus::blkif::ResponseSize(abi_), /*to_ring=*/false);
       Response response;
       std::memcpy(&response.id, bytes.data(), 8);
       response.operation = bytes[8];
@@ -150,12 +163,27 @@ class Blkfront {
       responses.push_back(response);
       ++response_consumer_;
     }
-    // Ask for an event at the next response, as RING_FINAL_CHECK_FOR_RESPONSES does.
-    (void)memory_.AtomicStore<uint32_t>(memory::GuestAddress((ring_gfn_ << 12) + 12), response_consumer_ + 1);
+    // Without an event, ask for one at the next response after every Take, as Linux's blkfront
+    // does in its interrupt handler (RING_FINAL_CHECK_FOR_RESPONSES). With one, the frontend
+    // polls, and asks only before it sleeps (WaitForResponses): the backend is spared a
+    // notification per response while the frontend is busy taking them anyway.
+    if (event_ < 0) {
+      Header(12).store(response_consumer_ + 1, std::memory_order_release);
+    }
     return responses;
   }
 
+  // How long a waiting Take polls the ring before it sleeps on its event adapts as KVM's halt
+  // polling does for a vCPU (its defaults): from 10 us, doubled when a sleep ended within the
+  // longest window (polling would have caught it), reset when it did not.
+  static constexpr std::chrono::microseconds kPollStart{10}, kPollMax{200};
+
  private:
+  // An index in the ring's header (the host address looked up once: the waits poll them).
+  std::atomic_ref<uint32_t> Header(size_t offset) const {
+    return std::atomic_ref<uint32_t>(*reinterpret_cast<uint32_t*>(ring_header_ + offset));
+  }
+
   // Bytes at `offset` in the ring, across its pages.
   void RingCopy(uint64_t offset, uint8_t* data, size_t length, bool to_ring) {
     for (size_t done = 0; done < length;) {
@@ -171,15 +199,52 @@ class Blkfront {
     }
   }
 
+  uint32_t Waiting() const { return ResponseProducer() - response_consumer_; }
+
+  void WaitForResponses(size_t count, absl::Time deadline) {
+    // Poll first (the clock read every 64 looks).
+    const auto poll_end = std::chrono::steady_clock::now() + poll_time_;
+    for (uint32_t looks = 1; Waiting() < count; ++looks) {
+      __builtin_ia32_pause();
+      if (looks % 64 == 0 && std::chrono::steady_clock::now() >= poll_end) break;
+    }
+    for (int naps = 0; Waiting() < count && absl::Now() < deadline; ++naps) {
+      if (event_ < 0) {
+        if (naps < 1000) {
+          std::this_thread::yield();
+        } else {
+          std::this_thread::sleep_for(std::chrono::microseconds(50));
+        }
+        continue;
+      }
+      // Ask for an event at the next response, then look once more before sleeping.
+      Header(12).store(response_consumer_ + 1, std::memory_order_release);
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+      if (Waiting() >= count) break;
+      const auto slept = std::chrono::steady_clock::now();
+      pollfd wait = {event_, POLLIN, 0};
+      const int64_t milliseconds = absl::ToInt64Milliseconds(deadline - absl::Now()) + 1;
+      (void)poll(&wait, 1, static_cast<int>(std::min<int64_t>(milliseconds, 1000)));
+      uint64_t ignored = 0;
+      (void)!read(event_, &ignored, sizeof(ignored));
+      poll_time_ = std::chrono::steady_clock::now() - slept <= kPollMax
+                       ? std::min<std::chrono::nanoseconds>(2 * poll_time_, kPollMax)
+                       : std::chrono::nanoseconds(kPollStart);
+    }
+  }
+
   const memory::GuestMemory& memory_;
   GuestGrants grants_;
   const uint64_t ring_gfn_;
   const xenbus::blkif::Abi abi_;
   const uint32_t slots_;
+  uint8_t* const ring_header_;  // the ring's first page, in the host
   std::vector<uint32_t> ring_grefs_;
   uint32_t private_producer_ = 0;
   uint32_t published_ = 0;
   uint32_t response_consumer_ = 0;
+  int event_ = -1;  // an eventfd, once EventNotifier was asked for
+  std::chrono::nanoseconds poll_time_ = kPollStart;
 };
 
 }  // namespace xenkvm::testing
