@@ -22,12 +22,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/numbers.h"
@@ -155,6 +157,27 @@ double XenDiskIops(const Options& options, const Workload& workload, uint32_t de
   return static_cast<double>(done) / seconds;
 }
 
+// The floor under any backend on a thread of its own: the round trip of a hand-off between two
+// spinning threads (a store one way, a store back), in nanoseconds.
+double HandOffRoundTripNs() {
+  std::atomic<uint64_t> ping{0}, pong{0};
+  constexpr uint64_t kTrips = 200000;
+  std::thread echo([&] {
+    for (uint64_t seen = 1; seen <= kTrips; ++seen) {
+      while (ping.load(std::memory_order_acquire) != seen) __builtin_ia32_pause();
+      pong.store(seen, std::memory_order_release);
+    }
+  });
+  const absl::Time start = absl::Now();
+  for (uint64_t trip = 1; trip <= kTrips; ++trip) {
+    ping.store(trip, std::memory_order_release);
+    while (pong.load(std::memory_order_acquire) != trip) __builtin_ia32_pause();
+  }
+  const double ns = absl::ToDoubleNanoseconds(absl::Now() - start) / kTrips;
+  echo.join();
+  return ns;
+}
+
 double Median(std::vector<double> values) {
   std::sort(values.begin(), values.end());
   return values.empty() ? -1 : values[values.size() / 2];
@@ -197,6 +220,8 @@ int main(int argc, char** argv) {
   std::printf("xen-disk vs fio (io_uring, 1 job, shared-memory buffers) on %s (%llu MiB), cache=%s, %d s per run, median of %d alternated runs\n",
               options.file.c_str(), static_cast<unsigned long long>(kFileBytes >> 20),
               block::CacheModeName(options.cache), options.seconds, options.runs);
+  std::printf("hand-off round trip between two threads here: %.0f ns (in every xen-disk request: the frontend's and the ring's)\n",
+              HandOffRoundTripNs());
   const Workload workloads[] = {{"randread", 4096}, {"randwrite", 4096}, {"read", 1 << 20}, {"write", 1 << 20}};
   for (const Workload& workload : workloads) {
     if (std::find(options.workloads.begin(), options.workloads.end(), workload.fio_rw) == options.workloads.end()) continue;
