@@ -214,8 +214,8 @@ class UringEngine final : public IoEngine {
   std::vector<uint32_t> free_;
   uint32_t in_flight_ = 0;
   uint32_t unsubmitted_ = 0;
-  uint32_t flushes_ = 0;                     // queued or in flight
-  std::vector<uint32_t> inline_;             // writes Submit does inline
+  uint32_t flushes_ = 0;                   // queued or in flight
+  std::vector<uint32_t> inline_;           // writes Submit does inline
   std::vector<IoCompletion> done_inline_;  // for the next Reap
   std::chrono::steady_clock::time_point inline_paused_until_{};
 };
