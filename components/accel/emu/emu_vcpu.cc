@@ -176,10 +176,10 @@ absl::Status EmuVcpu::Open() {
   }
   // Unicorn zeroes the whole translation buffer at every flush (QEMU does not), and this backend
   // flushes after a guest's SERIALIZE (HandleSerialize): with Unicorn's default 1 GiB, Debian's
-  // kernel spent 60% of its boot zeroing (and the VMM held 1 GiB of it). On that boot 32 MiB was
-  // fastest, 64 MiB 5% slower, 16-24 MiB slowed its userspace (flushes of a full buffer); 64 MiB
-  // leaves a larger userspace room.
-  constexpr uint32_t kTranslationBufferBytes = 64u << 20;
+  // kernel spent 60% of its boot zeroing (and the VMM held 1 GiB of it). On that boot, with one
+  // vCPU and with two, 32 MiB (QEMU's default for years) was fastest: 64 MiB 4-8% slower, 16-24
+  // MiB slower in its userspace (flushes of a full buffer).
+  constexpr uint32_t kTranslationBufferBytes = 32u << 20;
   if (uc_err err = uc_ctl_set_tcg_buffer_size(uc_, kTranslationBufferBytes); err != UC_ERR_OK) {
     return UcError(err, "uc_ctl_set_tcg_buffer_size");
   }
