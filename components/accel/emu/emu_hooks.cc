@@ -141,8 +141,8 @@ void EmuVcpu::OnBlock(uc_engine* uc, uint64_t address, uint32_t, void* user) {
   }
   if (!stop && self->vm_.run_token.contended()) {
     // Another vCPU's turn after the slice, or at once when this one spins: the same block again
-    // and again is a wait loop (PAUSE, which QEMU's round-robin TCG yields at, has no hook), most
-    // often for the vCPU that waits for the token.
+    // and again is a wait loop (one without PAUSE, which gives the turn up itself: BeforePause),
+    // most often for the vCPU that waits for the token.
     if (address == self->last_block_) {
       stop = ++self->block_repeats_ >= kSpinRepeats;
     } else {

@@ -58,6 +58,15 @@ void EmuVcpu::EndGuestRun() {
 
 void EmuVcpu::BeforeHalt() { halt_executed_ = true; }
 
+void EmuVcpu::BeforePause() {
+  // PAUSE is a spin-wait's hint (Linux's cpu_relax): with another vCPU waiting for the run token,
+  // this one gives its turn up here, as QEMU's round-robin TCG does at PAUSE. A wait loop of many
+  // blocks (stop_machine's) escapes the block hook's spin detection, and spun its whole slice.
+  if (!vm_.run_token.contended()) return;
+  stop_requested_ = true;
+  uc_emu_stop(uc_);
+}
+
 // Started by the first stop or polled window; joined by the destructor.
 void EmuVcpu::StartWatchdogLocked() {
   if (!watchdog_thread_.joinable()) watchdog_thread_ = std::thread([this] { StopWatchdogLoop(); });

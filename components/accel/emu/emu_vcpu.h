@@ -184,6 +184,7 @@ class EmuVcpu final : public Vcpu, private InstructionHandler {
   void BeforeInterruptFlagWrite() override;
   // HLT (or MWAIT) is about to end the run: it, not a stop, ends it (both can land together).
   void BeforeHalt() override;
+  void BeforePause() override;
   // The block hook on every block (more than one vCPU) or on the private window's only.
   absl::Status InstallBlockHook();
 

@@ -82,7 +82,7 @@ extern "C" void __wrap_helper_sysenter_x86_64(void* env, int next_eip_addend) {
   __real_helper_sysenter_x86_64(env, next_eip_addend);
 }
 
-// The instructions that can set RFLAGS.IF, and HLT and MWAIT. The handler hears of each before
+// The instructions that can set RFLAGS.IF, HLT, MWAIT and PAUSE. The handler hears of each before
 // Unicorn's helper runs; the wrap then jumps to the helper, so the helper's return address is
 // still the translated code's and a fault inside it (IRET's and SYSRET's) restores the
 // instruction's RIP from the translation, as without the wrap.
@@ -96,6 +96,10 @@ extern "C" void xenkvm_emu_before_halt() {
   if (xenkvm::accel::emu::current_handler != nullptr) xenkvm::accel::emu::current_handler->BeforeHalt();
 }
 
+extern "C" void xenkvm_emu_before_pause() {
+  if (xenkvm::accel::emu::current_handler != nullptr) xenkvm::accel::emu::current_handler->BeforePause();
+}
+
 XENKVM_WRAP_HELPER_WITH_PROLOGUE(helper_sti_x86_64, xenkvm_emu_before_interrupt_flag_write)
 XENKVM_WRAP_HELPER_WITH_PROLOGUE(helper_write_eflags_x86_64, xenkvm_emu_before_interrupt_flag_write)
 XENKVM_WRAP_HELPER_WITH_PROLOGUE(helper_iret_real_x86_64, xenkvm_emu_before_interrupt_flag_write)
@@ -104,3 +108,4 @@ XENKVM_WRAP_HELPER_WITH_PROLOGUE(helper_sysret_x86_64, xenkvm_emu_before_interru
 XENKVM_WRAP_HELPER_WITH_PROLOGUE(helper_sysexit_x86_64, xenkvm_emu_before_interrupt_flag_write)
 XENKVM_WRAP_HELPER_WITH_PROLOGUE(helper_hlt_x86_64, xenkvm_emu_before_halt)
 XENKVM_WRAP_HELPER_WITH_PROLOGUE(helper_mwait_x86_64, xenkvm_emu_before_halt)
+XENKVM_WRAP_HELPER_WITH_PROLOGUE(helper_pause_x86_64, xenkvm_emu_before_pause)

@@ -38,6 +38,8 @@ class InstructionHandler {
   virtual void BeforeInterruptFlagWrite() = 0;
   // Before HLT (or MWAIT) ends the run.
   virtual void BeforeHalt() = 0;
+  // Before PAUSE (a spin-wait's hint) leaves the engine's loop, RIP past it.
+  virtual void BeforePause() = 0;
 };
 
 // Installs `handler` for the calling thread and returns the one it replaces. For code that moves
