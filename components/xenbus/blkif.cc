@@ -50,7 +50,7 @@ absl::StatusOr<Abi> ParseProtocol(std::string_view protocol) {
       absl::StrCat("blkif: the frontend's protocol \"", std::string(protocol), "\" is not x86_64-abi or x86_32-abi"));
 }
 
-size_t RequestSize(Abi abi) { return abi == Abi::k64 ? 112 : 108; }
+size_t RequestSize(Abi abi) { return abi == Abi::k64 ? kMaxRequestSize : 108; }
 size_t ResponseSize(Abi abi) { return abi == Abi::k64 ? 16 : 12; }
 
 uint32_t RingSlots(Abi abi, uint32_t pages) {

@@ -33,8 +33,8 @@ inline constexpr uint32_t kSegmentsPerIndirectPage = 512;  // 8-byte segments in
 inline constexpr uint32_t kSectorsPerPage = 8;             // 512-byte sectors in a 4 KiB page
 inline constexpr uint64_t kRingHeaderSize = 64;            // {req_prod, req_event, rsp_prod, rsp_event, pad}
 
-size_t RequestSize(Abi abi);   // 112 / 108
-inline constexpr size_t kMaxRequestSize = 112;
+inline constexpr size_t kMaxRequestSize = 112;  // the 64-bit ABI's slot
+size_t RequestSize(Abi abi);                      // 112 / 108
 size_t ResponseSize(Abi abi);  // 16 / 12
 // Slots in a ring of `pages` pages: the largest power of two that fits (32 for one page).
 uint32_t RingSlots(Abi abi, uint32_t pages);

@@ -8,9 +8,9 @@
 // is driven by the in-process blkfront through its real data path (ring in guest memory, grant
 // mapping, the DiskRing's thread and I/O engine, the image), keeping QD requests in flight (a
 // closed loop: each response is replaced by a new request). It kicks only when the backend asked
-// (req_event), as Linux's blkfront does, and waits for responses as a vCPU does: it polls for
-// 10 us, then sleeps until the backend's notification (an eventfd) when it asked for one
-// (rsp_event). Its kicks are direct calls and its notifications eventfd writes (no event
+// (req_event), as Linux's blkfront does, and waits for responses as a vCPU does: it polls (KVM's
+// halt-polling rule, 10 to 200 us: blkfront.h), then asks for a notification (rsp_event) and
+// sleeps until the backend's (an eventfd). Its kicks are direct calls and its notifications eventfd writes (no event
 // channel, interrupt or VM exit). 1 MiB requests are INDIRECT (256 segments), as Linux's blkfront
 // sends them.
 //

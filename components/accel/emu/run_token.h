@@ -13,7 +13,6 @@
 #include <chrono>
 #include <cstdint>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/functional/function_ref.h"
 #include "absl/synchronization/mutex.h"
 
