@@ -143,14 +143,7 @@ void DiskRing::Run() {
       statistics_.broken = true;
     }
     // After taking: what the engine finished within its submission is answered in this pass.
-    completions_.clear();
-    if (engine_->Reap(&completions_) > 0) {
-      now_ = absl::Now();
-      for (const block::IoCompletion& completion : completions_) Complete(completion);
-    }
-    PublishStatistics();
-    if (!broken_) PublishResponses();
-    if (!completions_.empty()) continue;
+    if (AnswerCompletions()) continue;
     if (PollBriefly()) continue;
     poll_time_ /= 2;  // nothing came: poll less, leaving the CPU to the I/O (io_uring's workers)
     // About to sleep: ask for an event at the next request, then look once more (the frontend may
@@ -175,6 +168,17 @@ void DiskRing::Run() {
       poll_time_ = std::min<std::chrono::nanoseconds>(kPollTime, std::max<std::chrono::nanoseconds>(2 * poll_time_, std::chrono::microseconds(4)));
     }
   }
+}
+
+bool DiskRing::AnswerCompletions() {
+  completions_.clear();
+  if (engine_->Reap(&completions_) > 0) {
+    now_ = absl::Now();
+    for (const block::IoCompletion& completion : completions_) Complete(completion);
+  }
+  PublishStatistics();
+  if (!broken_) PublishResponses();
+  return !completions_.empty();
 }
 
 bool DiskRing::RequestsWaiting() const {
@@ -202,6 +206,7 @@ bool DiskRing::TakeRequests() {
   const uint32_t producer = Index(kRequestProducer).load(std::memory_order_acquire);
   if (producer - request_consumer_ > slots_) return false;
   bool took = false;
+  uint64_t unsubmitted_bytes = 0;
   // Requests only while their responses have room (RING_REQUEST_CONS_OVERFLOW): the rest wait for
   // completions, which wake this thread.
   while (request_consumer_ != producer && request_consumer_ - response_producer_ < slots_ && !free_slots_.empty()) {
@@ -211,19 +216,27 @@ bool DiskRing::TakeRequests() {
     blkif::Decoded decoded = blkif::DecodeRequest(options_.abi, slot, limits_);
     if (decoded.status != blkif::kStatusOkay) {
       Respond(decoded.request.id, decoded.request.data_operation, decoded.status, now_, 0, false);
-    } else {
-      Begin(decoded.request, now_);
+      continue;
+    }
+    unsubmitted_bytes += Begin(decoded.request, now_);
+    if (unsubmitted_bytes >= kEarlySubmitBytes) {  // large transfers: one by one
+      Submit();
+      unsubmitted_bytes = 0;
+      took = false;
+      AnswerCompletions();
     }
   }
-  if (took) {
-    if (absl::Status submitted = engine_->Submit(); !submitted.ok()) {
-      spdlog::error("xen-disk {}: {}", image_.path(), std::string(submitted.message()));
-    }
-  }
+  if (took) Submit();
   return true;
 }
 
-void DiskRing::Begin(blkif::Request& request, absl::Time taken) {
+void DiskRing::Submit() {
+  if (absl::Status submitted = engine_->Submit(); !submitted.ok()) {
+    spdlog::error("xen-disk {}: {}", image_.path(), std::string(submitted.message()));
+  }
+}
+
+uint64_t DiskRing::Begin(blkif::Request& request, absl::Time taken) {
   block::IoRequest io;
   InFlight slot{request.id, request.data_operation, taken, 0, {}};
   int16_t status = blkif::kStatusOkay;
@@ -247,17 +260,19 @@ void DiskRing::Begin(blkif::Request& request, absl::Time taken) {
   }
   if (status != blkif::kStatusOkay) {
     Respond(request.id, request.data_operation, status, taken, 0, false);
-    return;
+    return 0;
   }
   const uint32_t index = free_slots_.back();
   io.tag = index;
   if (absl::Status queued = engine_->Enqueue(std::move(io)); !queued.ok()) {
     for (xen::GrantTable::Mapping& mapping : slot.transient) grants_.Unmap(mapping);
     Respond(request.id, request.data_operation, blkif::kStatusError, taken, 0, false);
-    return;
+    return 0;
   }
   free_slots_.pop_back();
+  const uint64_t bytes = slot.bytes;
   in_flight_[index] = std::move(slot);
+  return bytes;
 }
 
 int16_t DiskRing::ReadIndirectSegments(blkif::Request& request) {

@@ -4,9 +4,10 @@
 // (all or none: one bad grant fails the request and releases the others, XSA-361/362/365), and
 // the I/O goes straight between the image and the granted pages (block::IoEngine: io_uring, or a
 // thread pool where io_uring is unavailable). Responses go back as requests complete, in any
-// order, with zeroed padding; the frontend is notified once per batch, as rsp_event asks. A flush
-// waits for the writes before it. A producer index more than the ring ahead stops the ring (the
-// frontend broke the protocol) without touching anything more.
+// order, with zeroed padding; the frontend is notified once per batch, as rsp_event asks (large
+// transfers are submitted and answered one by one: see kEarlySubmitBytes). A flush waits for the
+// writes before it. A producer index more than the ring ahead stops the ring (the frontend broke
+// the protocol) without touching anything more.
 //
 // With persistent grants the frontend reuses the same granted pages; their mappings are kept
 // (up to a bound) until the ring is torn down, saving the pin/unpin per request.
@@ -65,6 +66,11 @@ class DiskRing {
   // The longest the I/O thread polls for more work before it sleeps (QEMU's poll-max-ns is 32 us):
   // halved each time nothing came, doubled (from 4 us) each time a sleep ended sooner.
   static constexpr std::chrono::microseconds kPollTime{50};
+  // Requests taken are submitted to the engine together up to this many bytes of transfer; then
+  // submitted, and what completed answered, before more are taken. The engine does a page-cache
+  // transfer within its submission, so a batch of large ones would hold every response back
+  // until the last copy while the frontend idles.
+  static constexpr uint64_t kEarlySubmitBytes = 256 * 1024;
 
   struct Options {
     blkif::Abi abi = blkif::Abi::k64;
@@ -115,8 +121,12 @@ class DiskRing {
   bool RequestsWaiting() const;
   // Spins up to poll_time_ for a request or a completion; true when one came.
   bool PollBriefly() const;
-  // Starts one decoded request, or answers it at once.
-  void Begin(blkif::Request& request, absl::Time taken);
+  // Submits what was enqueued.
+  void Submit();
+  // Answers what the engine completed, then publishes statistics and responses; true if any.
+  bool AnswerCompletions();
+  // Starts one decoded request (returns its bytes of transfer), or answers it at once (0).
+  uint64_t Begin(blkif::Request& request, absl::Time taken);
   // Fills `slot` (mappings, iovecs) for a READ/WRITE; a status to answer with at once otherwise.
   int16_t PrepareTransfer(const blkif::Request& request, InFlight& slot, block::IoRequest& io);
   int16_t ReadIndirectSegments(blkif::Request& request);

@@ -14,11 +14,13 @@
 // channel, interrupt or VM exit). 1 MiB requests are INDIRECT (256 segments), as Linux's blkfront
 // sends them.
 //
-// Prints IOPS and MB/s of each (medians of --runs) and the ratio xen-disk / fio.
+// The file's dirty pages are written back before every run of either. Prints IOPS and MB/s of
+// each (medians of --runs) and the ratio xen-disk / fio.
 //
 //   bazel run -c opt //tests/bench:xen_disk_benchmark -- [--seconds N] [--runs N] [--file PATH]
 //       [--cache writeback|none] [--depths 1,8,32] [--engine auto|uring|threads]
 //       [--workloads randread,randwrite,read,write]
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -178,6 +180,15 @@ double HandOffRoundTripNs() {
   return ns;
 }
 
+// Writes the file's dirty pages back before a run, so no run pays for the previous one's
+// writeback (the kernel's flusher threads take a CPU from whichever run comes next).
+void WriteBack(const std::string& file) {
+  const int fd = open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  (void)fdatasync(fd);
+  close(fd);
+}
+
 double Median(std::vector<double> values) {
   std::sort(values.begin(), values.end());
   return values.empty() ? -1 : values[values.size() / 2];
@@ -228,7 +239,9 @@ int main(int argc, char** argv) {
     for (uint32_t depth : options.depths) {
       std::vector<double> fio, xen;
       for (int run = 0; run < options.runs; ++run) {
+        WriteBack(options.file);
         fio.push_back(FioIops(options, workload, depth));
+        WriteBack(options.file);
         xen.push_back(XenDiskIops(options, workload, depth));
       }
       const double reference = Median(fio), ours = Median(xen);

@@ -174,8 +174,9 @@ class Blkfront {
   }
 
   // How long a waiting Take polls the ring before it sleeps on its event adapts as KVM's halt
-  // polling does for a vCPU (its defaults): from 10 us, doubled when a sleep ended within the
-  // longest window (polling would have caught it), reset when it did not.
+  // polling does for a vCPU (its defaults, Documentation/virt/kvm/halt-polling.rst): a wait
+  // that slept but ended within the longest window doubles it (from 10 us; polling would have
+  // caught it), one that ended beyond it halves it (below 10 us: no polling).
   static constexpr std::chrono::microseconds kPollStart{10}, kPollMax{200};
 
  private:
@@ -203,8 +204,9 @@ class Blkfront {
 
   void WaitForResponses(size_t count, absl::Time deadline) {
     // Poll first (the clock read every 64 looks).
-    const auto poll_end = std::chrono::steady_clock::now() + poll_time_;
-    for (uint32_t looks = 1; Waiting() < count; ++looks) {
+    const auto blocked = std::chrono::steady_clock::now();
+    const auto poll_end = blocked + poll_time_;
+    for (uint32_t looks = 1; Waiting() < count && poll_time_.count() > 0; ++looks) {
       __builtin_ia32_pause();
       if (looks % 64 == 0 && std::chrono::steady_clock::now() >= poll_end) break;
     }
@@ -221,15 +223,17 @@ class Blkfront {
       Header(12).store(response_consumer_ + 1, std::memory_order_release);
       std::atomic_thread_fence(std::memory_order_seq_cst);
       if (Waiting() >= count) break;
-      const auto slept = std::chrono::steady_clock::now();
       pollfd wait = {event_, POLLIN, 0};
       const int64_t milliseconds = absl::ToInt64Milliseconds(deadline - absl::Now()) + 1;
       (void)poll(&wait, 1, static_cast<int>(std::min<int64_t>(milliseconds, 1000)));
       uint64_t ignored = 0;
       (void)!read(event_, &ignored, sizeof(ignored));
-      poll_time_ = std::chrono::steady_clock::now() - slept <= kPollMax
-                       ? std::min<std::chrono::nanoseconds>(2 * poll_time_, kPollMax)
-                       : std::chrono::nanoseconds(kPollStart);
+      if (std::chrono::steady_clock::now() - blocked <= kPollMax) {
+        poll_time_ = std::clamp<std::chrono::nanoseconds>(2 * poll_time_, kPollStart, kPollMax);
+      } else {
+        poll_time_ /= 2;
+        if (poll_time_ < kPollStart) poll_time_ = {};
+      }
     }
   }
 
