@@ -18,6 +18,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "api/daemon.h"
+#include "components/base/lock_checks.h"
 #include "components/base/log.h"
 #include "components/base/version.h"
 #include "spdlog/spdlog.h"
@@ -60,6 +61,7 @@ std::string DefaultVmmPath() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  xenkvm::base::DisableLockOrderChecks();
   xenkvm::api::Daemon::Options options;
   options.state_dir = kDefaultStateDir;
   std::string socket = kDefaultSocket;

@@ -13,6 +13,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "components/base/fd_handover.h"
+#include "components/base/lock_checks.h"
 #include "components/base/log.h"
 #include "components/base/status.h"
 #include "components/base/version.h"
@@ -170,6 +171,7 @@ absl::Status ApplyFlags(Flags& flags) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  xenkvm::base::DisableLockOrderChecks();
   Flags flags;
   CLI::App app(kDescription, "xenkvm-vmm");
   app.set_version_flag("--version", std::string("xenkvm-vmm ") + xenkvm::base::kVersion);

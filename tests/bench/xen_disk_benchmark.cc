@@ -38,6 +38,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "components/base/lock_checks.h"
 #include "components/block/image.h"
 #include "components/memory/guest_memory.h"
 #include "components/xen/grant_table.h"
@@ -222,6 +223,7 @@ Options ParseOptions(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  base::DisableLockOrderChecks();  // as in xenkvm-vmm
   const Options options = ParseOptions(argc, argv);
   {
     std::ofstream image(options.file, std::ios::binary);

@@ -33,6 +33,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/time/clock.h"
+#include "components/base/lock_checks.h"
 #include "components/memory/guest_memory.h"
 #include "components/net/tap.h"
 #include "components/xen/grant_table.h"
@@ -224,6 +225,7 @@ bool EnterBenchNamespace(std::string* error) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  base::DisableLockOrderChecks();  // as in xenkvm-vmm
   uint64_t frames = 500000;
   std::string host = "pair";
   for (int i = 1; i + 1 < argc; i += 2) {
