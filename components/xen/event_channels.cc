@@ -131,9 +131,10 @@ void EventChannels::FinishFifoRaiseLocked(uint32_t port, const FifoEvents::Raise
   CountLocked(port, outcome);
 }
 
-void EventChannels::RunBackendHandler(const std::shared_ptr<EventHandler>& handler) {
+void EventChannels::RunBackendHandler(const Port& port) {
+  const std::shared_ptr<EventHandler>& handler = port.handler;
   if (!handler) return;
-  if (backend_loop_ == nullptr) {
+  if (backend_loop_ == nullptr || port.handler_thread == HandlerThread::kSender) {
     (*handler)();
     return;
   }
@@ -146,7 +147,7 @@ int64_t EventChannels::SendLocked(uint32_t port) {
     case PortType::kInterdomain:
       ++p.counters.sends;
       if (p.backend) {
-        RunBackendHandler(p.handler);
+        RunBackendHandler(p);
       } else {
         RaiseLocked(p.remote_port);
       }
@@ -506,7 +507,7 @@ absl::StatusOr<uint32_t> EventChannels::AllocateBackendPort(EventHandler handler
   return *port;
 }
 
-absl::Status EventChannels::BindBackend(uint32_t guest_port, EventHandler handler) {
+absl::Status EventChannels::BindBackend(uint32_t guest_port, EventHandler handler, HandlerThread thread) {
   absl::MutexLock lock(&mutex_);
   if (!ValidPortLocked(guest_port) || ports_[guest_port].type != PortType::kUnbound ||
       ports_[guest_port].remote_domain != kBackendDomain) {
@@ -517,6 +518,7 @@ absl::Status EventChannels::BindBackend(uint32_t guest_port, EventHandler handle
   p.type = PortType::kInterdomain;
   p.backend = true;
   p.handler = std::make_shared<EventHandler>(std::move(handler));
+  p.handler_thread = thread;
   return absl::OkStatus();
 }
 
@@ -529,6 +531,7 @@ absl::Status EventChannels::UnbindBackend(uint32_t guest_port) {
   p.type = PortType::kUnbound;
   p.backend = false;
   p.handler.reset();
+  p.handler_thread = HandlerThread::kBackendLoop;
   return absl::OkStatus();
 }
 

@@ -85,8 +85,18 @@ class EventChannels {
   // A new guest port bound to a backend (as a toolstack makes the XenStore and console ports);
   // guest sends on it run `handler`.
   absl::StatusOr<uint32_t> AllocateBackendPort(EventHandler handler);
-  // Binds a port the guest allocated with EVTCHNOP_alloc_unbound(remote_dom = 0).
-  absl::Status BindBackend(uint32_t guest_port, EventHandler handler);
+  // Where a backend's handler runs.
+  enum class HandlerThread {
+    kBackendLoop,  // posted to the backend loop (any work)
+    // At once on the sending vCPU's thread, under this object's lock: for a handler that only
+    // wakes its backend's own thread (an eventfd write), saving the loop's wake-up on every
+    // kick. It must not block nor call back into EventChannels.
+    kSender,
+  };
+  // Binds a port the guest allocated with EVTCHNOP_alloc_unbound(remote_dom = 0). Once
+  // UnbindBackend returned, `handler` is not running and never runs again.
+  absl::Status BindBackend(uint32_t guest_port, EventHandler handler,
+                           HandlerThread thread = HandlerThread::kBackendLoop);
   // The backend closes its end: the guest port becomes unbound again (remote domain 0).
   absl::Status UnbindBackend(uint32_t guest_port);
   // Raises `guest_port` in the guest.
@@ -107,6 +117,7 @@ class EventChannels {
     bool backend = false;        // interdomain with a VMM backend
     uint32_t virq = 0;
     std::shared_ptr<EventHandler> handler;
+    HandlerThread handler_thread = HandlerThread::kBackendLoop;
     PortCounters counters;
   };
 
@@ -141,7 +152,7 @@ class EventChannels {
   void ClosePortLocked(uint32_t port) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // Lets the kernel handle the guest's sends on `port` (IPIs and loopback), or takes them back.
   void RouteLocked(uint32_t port) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
-  void RunBackendHandler(const std::shared_ptr<EventHandler>& handler);
+  void RunBackendHandler(const Port& port);
 
   const XenConfig& config_;
   const SystemClock& clock_;

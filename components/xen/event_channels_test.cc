@@ -1,4 +1,9 @@
 // Event channels: EVTCHNOP_* against guest memory, limits, the backends' side, injection.
+#include <optional>
+#include <thread>
+
+#include "absl/synchronization/mutex.h"
+#include "components/base/event_loop.h"
 #include "components/xen/shim_test_fixture.h"
 
 namespace xenkvm::xen {
@@ -153,6 +158,63 @@ TEST_F(ShimTest, BackendsBindNotifyAndHear) {
   EXPECT_EQ(Get<xen_hvm_param_t>().value, *store);
   ASSERT_EQ(PortOp(EVTCHNOP_send, *store), 0);
   EXPECT_EQ(heard, 11);
+}
+
+// With a backend loop, handlers are posted to it, except those bound to run on the sender's
+// thread (a backend's kick: an eventfd write, no loop wake-up in between).
+TEST_F(ShimTest, BackendHandlersRunOnTheLoopOrOnTheSendersThread) {
+  auto loop = base::EventLoop::Create();
+  ASSERT_TRUE(loop.ok());
+  ASSERT_TRUE((*loop)->Start().ok());
+  Build(XenConfig{}, loop->get());
+  MapSharedInfo();
+  const int64_t posted = AllocUnbound(/*remote=*/0), direct = AllocUnbound(/*remote=*/0);
+  ASSERT_GT(posted, 0);
+  ASSERT_GT(direct, 0);
+  absl::Mutex mutex;
+  std::optional<std::thread::id> posted_on, direct_on;
+  ASSERT_TRUE(shim_->event_channels()
+                  .BindBackend(posted, [&] {
+                    absl::MutexLock lock(&mutex);
+                    posted_on = std::this_thread::get_id();
+                  })
+                  .ok());
+  ASSERT_TRUE(shim_->event_channels()
+                  .BindBackend(
+                      direct,
+                      [&] {
+                        absl::MutexLock lock(&mutex);
+                        direct_on = std::this_thread::get_id();
+                      },
+                      EventChannels::HandlerThread::kSender)
+                  .ok());
+  ASSERT_EQ(PortOp(EVTCHNOP_send, direct), 0);
+  {
+    absl::MutexLock lock(&mutex);
+    EXPECT_EQ(direct_on, std::this_thread::get_id());  // already run, here
+  }
+  ASSERT_EQ(PortOp(EVTCHNOP_send, posted), 0);
+  {
+    absl::MutexLock lock(&mutex);
+    ASSERT_TRUE(mutex.AwaitWithTimeout(absl::Condition(+[](std::optional<std::thread::id>* on) { return on->has_value(); }, &posted_on),
+                                       absl::Seconds(10)));
+    EXPECT_NE(posted_on, std::this_thread::get_id());
+  }
+  // Unbound, even a sender-thread handler is gone for good.
+  ASSERT_TRUE(shim_->event_channels().UnbindBackend(direct).ok());
+  {
+    absl::MutexLock lock(&mutex);
+    direct_on.reset();
+  }
+  (void)PortOp(EVTCHNOP_send, direct);
+  {
+    absl::MutexLock lock(&mutex);
+    EXPECT_FALSE(direct_on.has_value());
+  }
+  (*loop)->Stop();
+  (*loop)->Join();
+  vcpus_.clear();
+  shim_.reset();  // before the loop it was given
 }
 
 TEST_F(ShimTest, InjectEventRefusesBadPorts) {

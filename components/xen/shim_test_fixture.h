@@ -26,7 +26,8 @@ inline constexpr int64_t E(xen_errno error) { return -static_cast<int64_t>(error
 
 class ShimTest : public ::testing::Test {
  protected:
-  void Build(XenConfig config) {
+  // `backend_loop`: where backend handlers are posted (null: they run at once).
+  void Build(XenConfig config, base::EventLoop* backend_loop = nullptr) {
     auto memory = memory::GuestMemory::Create({{GuestAddress(0), 16 << 20}});
     ASSERT_TRUE(memory.ok());
     memory_ = std::make_unique<memory::GuestMemory>(std::move(memory).value());
@@ -36,7 +37,7 @@ class ShimTest : public ::testing::Test {
     Shim::Callbacks callbacks;
     callbacks.console = [this](uint8_t byte) { console_ += static_cast<char>(byte); };
     callbacks.shutdown = [this](ShutdownReason reason) { shutdowns_.push_back(reason); };
-    auto shim = Shim::Create(config, *memory_, *accelerator_, callbacks);
+    auto shim = Shim::Create(config, *memory_, *accelerator_, callbacks, backend_loop);
     ASSERT_TRUE(shim.ok()) << shim.status();
     shim_ = std::move(shim).value();
     for (uint32_t id = 0; id < config.vcpus; ++id) {

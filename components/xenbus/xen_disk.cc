@@ -130,7 +130,7 @@ absl::Status XenDisk::ConnectQueue(const std::string& dir, uint32_t pages, DiskR
   if (!ring.ok()) return absl::InvalidArgumentError(absl::StrCat(prefix, ring.status().message()));
   DiskRing* raw = ring->get();
   rings_.push_back(std::move(*ring));
-  // Runs on the loop, as Disconnect does: the ring is there or not, never half gone.
+  // Kicks run on the guest's vCPU threads until Disconnect unbinds them, before the rings go.
   return BindEventChannel(port, [raw] { raw->Kick(); });
 }
 

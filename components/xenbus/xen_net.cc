@@ -173,8 +173,8 @@ absl::Status XenNet::ConnectQueue(uint32_t queue, const std::string& dir, NetRin
   if (!ring.ok()) return absl::InvalidArgumentError(absl::StrCat(Prefix(), dir, ring.status().message()));
   NetRing* raw = ring->get();
   rings_.push_back(std::move(*ring));
-  // Runs on the loop, as Disconnect does: the ring is there or not, never half gone. Either
-  // channel kicks the one thread that serves both rings.
+  // Kicks run on the guest's vCPU threads until Disconnect unbinds them, before the rings go.
+  // Either channel kicks the one thread that serves both rings.
   for (uint32_t port : split ? std::vector<uint32_t>{tx_port, rx_port} : std::vector<uint32_t>{tx_port}) {
     XENKVM_RETURN_IF_ERROR(BindEventChannel(port, [raw] { raw->Kick(); }));
   }

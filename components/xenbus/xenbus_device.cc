@@ -156,9 +156,12 @@ void XenbusDevice::FrontendChanged() {
 
 absl::Status XenbusDevice::BindEventChannel(uint32_t port, std::function<void()> kick) {
   std::weak_ptr<bool> alive = alive_;
-  absl::Status bound = environment_.event_channels->BindBackend(port, [alive, kick = std::move(kick)] {
-    if (alive.lock()) kick();
-  });
+  absl::Status bound = environment_.event_channels->BindBackend(
+      port,
+      [alive, kick = std::move(kick)] {
+        if (alive.lock()) kick();
+      },
+      xen::EventChannels::HandlerThread::kSender);
   if (!bound.ok()) return absl::InvalidArgumentError(absl::StrCat(Prefix(), "event-channel ", port, ": ", bound.message()));
   bound_ports_.push_back(port);
   return absl::OkStatus();

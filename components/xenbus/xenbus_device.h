@@ -81,9 +81,10 @@ class XenbusDevice {
   // Stops the data path; idempotent.
   virtual void Disconnect() = 0;
 
-  // Binds the frontend's event channel `port` to `kick` (run on the loop while the device lives);
-  // errors name the port. A device may bind several (xen-net's split channels).
-  // UnbindEventChannel (idempotent) releases them all.
+  // Binds the frontend's event channel `port` to `kick`, run on the guest's sending vCPU thread
+  // (EventChannels::HandlerThread::kSender): it must only wake the data path's own thread (an
+  // eventfd write). Errors name the port. A device may bind several (xen-net's split channels).
+  // UnbindEventChannel (idempotent) releases them all; no kick runs once it returned.
   absl::Status BindEventChannel(uint32_t port, std::function<void()> kick);
   void UnbindEventChannel();
   // `nodes` and Connected in one transaction.
