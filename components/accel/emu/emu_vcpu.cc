@@ -399,20 +399,39 @@ void EmuVcpu::Fatal(std::string reason) {
   if (!fatal_error_) fatal_error_ = std::move(reason);
 }
 
+bool EmuVcpu::ReadyToRunLocked() const {
+  if (exiting_ || kick_ || fatal_error_ || shutdown_reason_) return true;
+  if (init_pending_) return true;
+  if (!started_) return start_request_.has_value();
+  return !halted_ || InterruptReadyLocked();
+}
+
+bool EmuVcpu::PollWhileHalted() {
+  if (halt_poll_.window() == absl::ZeroDuration()) return false;
+  const absl::Time end = absl::Now() + halt_poll_.window();
+  for (uint32_t looks = 1;; ++looks) {
+    // TryLock: a thread delivering the interrupt is never held up by the poller.
+    if (mutex_.TryLock()) {
+      const bool ready = ReadyToRunLocked();
+      mutex_.Unlock();
+      if (ready) return true;
+    }
+    for (int i = 0; i < 16; ++i) __builtin_ia32_pause();
+    if (looks % 16 == 0 && absl::Now() >= end) return false;
+  }
+}
+
 void EmuVcpu::EmulationLoop() {
   while (true) {
     // Wait, if the vCPU is not started or is halted with interrupts enabled, for what ends it.
     std::optional<StartRequest> start;
+    const bool halted = halted_;
+    const absl::Time halt_began = halted ? absl::Now() : absl::InfinitePast();
+    if (halted) (void)PollWhileHalted();
     {
       absl::MutexLock lock(&mutex_);
       mutex_.Await(absl::Condition(
-          +[](EmuVcpu* self) ABSL_EXCLUSIVE_LOCKS_REQUIRED(self->mutex_) {
-            if (self->exiting_ || self->kick_ || self->fatal_error_ || self->shutdown_reason_) return true;
-            if (self->init_pending_) return true;
-            if (!self->started_) return self->start_request_.has_value();
-            return !self->halted_ || self->InterruptReadyLocked();
-          },
-          this));
+          +[](EmuVcpu* self) ABSL_EXCLUSIVE_LOCKS_REQUIRED(self->mutex_) { return self->ReadyToRunLocked(); }, this));
       if (exiting_) return;
       if (init_pending_) {
         CarryOutInitLocked();
@@ -423,6 +442,7 @@ void EmuVcpu::EmulationLoop() {
       }
       start = std::exchange(start_request_, std::nullopt);
     }
+    if (halted) halt_poll_.Update(absl::Now() - halt_began);
     if (start) {
       if (absl::Status booted = StartFrom(*start); !booted.ok()) {
         Fatal(absl::StrCat("emu vCPU ", id_, ": start failed: ", booted.message()));
