@@ -26,8 +26,11 @@ inline constexpr int64_t E(xen_errno error) { return -static_cast<int64_t>(error
 
 class ShimTest : public ::testing::Test {
  protected:
-  // `backend_loop`: where backend handlers are posted (null: they run at once).
+  // `backend_loop`: where backend handlers are posted (null: they run at once). Replaces what an
+  // earlier Build made, vCPUs and shim first (they refer to the accelerator and the memory).
   void Build(XenConfig config, base::EventLoop* backend_loop = nullptr) {
+    vcpus_.clear();
+    shim_.reset();
     auto memory = memory::GuestMemory::Create({{GuestAddress(0), 16 << 20}});
     ASSERT_TRUE(memory.ok());
     memory_ = std::make_unique<memory::GuestMemory>(std::move(memory).value());
