@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "components/base/spin_wait.h"
 #include "spdlog/spdlog.h"
 
 namespace xenkvm::xenbus {
@@ -191,13 +192,9 @@ bool DiskRing::PollBriefly() const {
   // microseconds, sooner than a sleeping thread wakes; how long to look adapts (Run).
   // Stopping, the thread only waits for the requests in flight: asleep, however long they take.
   if (poll_time_.count() == 0 || stopping_.load(std::memory_order_relaxed)) return false;
-  const auto deadline = std::chrono::steady_clock::now() + poll_time_;
-  for (uint32_t spins = 0;; ++spins) {
-    if (stopping_.load(std::memory_order_relaxed) || engine_->HasCompletions()) return true;
-    if (!broken_ && RequestsWaiting()) return true;
-    __builtin_ia32_pause();
-    if (spins % 64 == 63 && std::chrono::steady_clock::now() >= deadline) return false;
-  }
+  return base::SpinFor(poll_time_, [this] {
+    return stopping_.load(std::memory_order_relaxed) || engine_->HasCompletions() || (!broken_ && RequestsWaiting());
+  });
 }
 
 bool DiskRing::TakeRequests() {

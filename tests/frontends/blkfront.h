@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "absl/time/clock.h"
+#include "components/base/spin_wait.h"
 #include "components/memory/guest_memory.h"
 #include "components/xenbus/blkif.h"
 #include "tests/frontends/guest_grants.h"
@@ -203,13 +204,9 @@ class Blkfront {
   uint32_t Waiting() const { return ResponseProducer() - response_consumer_; }
 
   void WaitForResponses(size_t count, absl::Time deadline) {
-    // Poll first (the clock read every 64 looks).
+    // Poll first.
     const auto blocked = std::chrono::steady_clock::now();
-    const auto poll_end = blocked + poll_time_;
-    for (uint32_t looks = 1; Waiting() < count && poll_time_.count() > 0; ++looks) {
-      __builtin_ia32_pause();
-      if (looks % 64 == 0 && std::chrono::steady_clock::now() >= poll_end) break;
-    }
+    if (poll_time_.count() > 0) base::SpinFor(poll_time_, [&] { return Waiting() >= count; });
     for (int naps = 0; Waiting() < count && absl::Now() < deadline; ++naps) {
       if (event_ < 0) {
         if (naps < 1000) {

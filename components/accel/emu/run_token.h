@@ -15,6 +15,7 @@
 
 #include "absl/functional/function_ref.h"
 #include "absl/synchronization/mutex.h"
+#include "components/base/spin_wait.h"
 
 namespace xenkvm::accel::emu {
 
@@ -35,7 +36,7 @@ class RunToken {
     const uint64_t ticket = next_ticket_.fetch_add(1, std::memory_order_relaxed);
     if (!MyTurn(ticket)) {
       stop_holder();
-      if (!PollForTurn(ticket)) {
+      if (!base::SpinFor(kPollTime, [&] { return MyTurn(ticket); })) {
         absl::MutexLock lock(&mutex_);
         // Release looks at sleepers_ after it moves serving_ on, this looks at serving_ after
         // counting itself (both sequentially consistent): one of the two sees the other.
@@ -60,14 +61,6 @@ class RunToken {
 
  private:
   bool MyTurn(uint64_t ticket) const { return serving_.load(std::memory_order_seq_cst) == ticket; }
-  bool PollForTurn(uint64_t ticket) const {
-    const auto deadline = std::chrono::steady_clock::now() + kPollTime;
-    for (uint32_t looks = 1; !MyTurn(ticket); ++looks) {
-      __builtin_ia32_pause();
-      if (looks % 64 == 0 && std::chrono::steady_clock::now() >= deadline) return false;
-    }
-    return true;
-  }
 
   absl::Mutex mutex_;  // only for sleeping
   std::atomic<uint64_t> next_ticket_{0};
