@@ -10,9 +10,9 @@
 // closed loop: each response is replaced by a new request). It kicks only when the backend asked
 // (req_event), as Linux's blkfront does, and waits for responses as a vCPU does: it polls (KVM's
 // halt-polling rule, 10 to 200 us: blkfront.h), then asks for a notification (rsp_event) and
-// sleeps until the backend's (an eventfd). Its kicks are direct calls and its notifications eventfd writes (no event
-// channel, interrupt or VM exit). 1 MiB requests are INDIRECT (256 segments), as Linux's blkfront
-// sends them.
+// sleeps until the backend's (an eventfd). Its kicks are direct calls and its notifications
+// eventfd writes (no event channel, interrupt or VM exit). 1 MiB requests are INDIRECT (256
+// segments), as Linux's blkfront sends them.
 //
 // The file's dirty pages are written back before every run of either. Prints IOPS and MB/s of
 // each (medians of --runs) and the ratio xen-disk / fio.
