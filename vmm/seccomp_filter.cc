@@ -27,8 +27,8 @@ const std::vector<std::string>& AllowedSystemCalls() {
       // signals (SIGTERM ends the VM; kicks reach vCPU threads)
       "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "rt_sigtimedwait", "sigaltstack",
       // files: images (hot-plug, locks, the holder's name from /proc), the status file, logs
-      "openat", "close", "read", "write", "readv", "writev", "pread64", "pwrite64", "preadv", "pwritev", "lseek",
-      "fcntl", "fstat", "newfstatat", "statx", "getdents64", "readlink", "readlinkat", "fdatasync", "fsync",
+      "openat", "close", "read", "write", "readv", "writev", "pread64", "pwrite64", "preadv", "preadv2", "pwritev",
+      "lseek", "fcntl", "fstat", "newfstatat", "statx", "getdents64", "readlink", "readlinkat", "fdatasync", "fsync",
       "fallocate", "rename", "renameat", "renameat2", "unlink", "unlinkat", "access", "faccessat", "faccessat2", "dup",
       "dup2", "dup3",
       // event loops

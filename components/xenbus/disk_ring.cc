@@ -11,7 +11,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "components/base/spin_wait.h"
 #include "spdlog/spdlog.h"
 
 namespace xenkvm::xenbus {
@@ -145,8 +144,8 @@ void DiskRing::Run() {
     }
     // After taking: what the engine finished within its submission is answered in this pass.
     if (AnswerCompletions()) continue;
+    const auto waiting_since = std::chrono::steady_clock::now();
     if (PollBriefly()) continue;
-    poll_time_ /= 2;  // nothing came: poll less, leaving the CPU to the I/O (io_uring's workers)
     // About to sleep: ask for an event at the next request, then look once more (the frontend may
     // have just added one). While this thread polls, the frontend is spared its notifications.
     if (!stopping_.load() && !broken_) {
@@ -155,7 +154,6 @@ void DiskRing::Run() {
       if (order_.Confirm([this] { return RequestsWaiting(); })) continue;
     }
     if (engine_->HasCompletions()) continue;
-    const auto slept = std::chrono::steady_clock::now();
     if (poll(waits, 2, -1) < 0 && errno != EINTR) {
       spdlog::error("xen-disk {}: poll: {}; the ring stops", image_.path(), std::strerror(errno));
       stopping_.store(true);
@@ -164,10 +162,7 @@ void DiskRing::Run() {
     for (const pollfd& wait : waits) {
       if (wait.revents != 0) (void)read(wait.fd, &ignored, sizeof(ignored));  // drained before reaping
     }
-    // Woken soon after sleeping: polling that long would have been cheaper; poll longer again.
-    if (std::chrono::steady_clock::now() - slept < kPollTime) {
-      poll_time_ = std::min<std::chrono::nanoseconds>(kPollTime, std::max<std::chrono::nanoseconds>(2 * poll_time_, std::chrono::microseconds(4)));
-    }
+    poll_window_.Update(std::chrono::steady_clock::now() - waiting_since);
   }
 }
 
@@ -189,10 +184,10 @@ bool DiskRing::RequestsWaiting() const {
 
 bool DiskRing::PollBriefly() const {
   // As QEMU's adaptive polling: the next request or completion often follows within
-  // microseconds, sooner than a sleeping thread wakes; how long to look adapts (Run).
+  // microseconds, sooner than a sleeping thread wakes; how long to look adapts (poll_window_).
   // Stopping, the thread only waits for the requests in flight: asleep, however long they take.
-  if (poll_time_.count() == 0 || stopping_.load(std::memory_order_relaxed)) return false;
-  return base::SpinFor(poll_time_, [this] {
+  if (poll_window_.window().count() == 0 || stopping_.load(std::memory_order_relaxed)) return false;
+  return base::SpinFor(poll_window_.window(), [this] {
     return stopping_.load(std::memory_order_relaxed) || engine_->HasCompletions() || (!broken_ && RequestsWaiting());
   });
 }

@@ -29,6 +29,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "components/base/fd.h"
+#include "components/base/spin_wait.h"
 #include "components/block/image.h"
 #include "components/block/io_engine.h"
 #include "components/xen/grant_table.h"
@@ -63,9 +64,6 @@ struct DiskRingStatistics {
 
 class DiskRing {
  public:
-  // The longest the I/O thread polls for more work before it sleeps (QEMU's poll-max-ns is 32 us):
-  // halved each time nothing came, doubled (from 4 us) each time a sleep ended sooner.
-  static constexpr std::chrono::microseconds kPollTime{50};
   // Requests taken are submitted to the engine together up to this many bytes of transfer; then
   // submitted, and what completed answered, before more are taken. The engine does a page-cache
   // transfer within its submission, so a batch of large ones would hold every response back
@@ -119,7 +117,7 @@ class DiskRing {
   bool TakeRequests();
   // Requests in the ring that could be taken now.
   bool RequestsWaiting() const;
-  // Spins up to poll_time_ for a request or a completion; true when one came.
+  // Spins up to poll_window_'s window for a request or a completion; true when one came.
   bool PollBriefly() const;
   // Submits what was enqueued.
   void Submit();
@@ -162,7 +160,10 @@ class DiskRing {
   uint32_t response_producer_ = 0;
   uint32_t published_ = 0;
   bool broken_ = false;
-  std::chrono::nanoseconds poll_time_ = kPollTime;
+  // How long the thread polls for more work before it sleeps: KVM's halt-polling rule, as the
+  // frontend's vCPU waits. A rule that shrank the window whenever a poll missed (as this ring's
+  // did) let it collapse for good once the frontend slept: each wait then cost both a wake-up.
+  base::PollWindow poll_window_;
   absl::Time now_;  // read once a pass: when its requests were taken, or its completions reaped
   std::array<uint8_t, blkif::kMaxRequestSize> request_slot_{};  // the slot being decoded
   DiskRingStatistics unpublished_;  // counted since the last PublishStatistics

@@ -174,11 +174,6 @@ class Blkfront {
     return responses;
   }
 
-  // How long a waiting Take polls the ring before it sleeps on its event adapts as KVM's halt
-  // polling does for a vCPU (its defaults, Documentation/virt/kvm/halt-polling.rst): a wait
-  // that slept but ended within the longest window doubles it (from 10 us; polling would have
-  // caught it), one that ended beyond it halves it (below 10 us: no polling).
-  static constexpr std::chrono::microseconds kPollStart{10}, kPollMax{200};
 
  private:
   // An index in the ring's header (the host address looked up once: the waits poll them).
@@ -206,7 +201,7 @@ class Blkfront {
   void WaitForResponses(size_t count, absl::Time deadline) {
     // Poll first.
     const auto blocked = std::chrono::steady_clock::now();
-    if (poll_time_.count() > 0) base::SpinFor(poll_time_, [&] { return Waiting() >= count; });
+    if (poll_window_.window().count() > 0) base::SpinFor(poll_window_.window(), [&] { return Waiting() >= count; });
     for (int naps = 0; Waiting() < count && absl::Now() < deadline; ++naps) {
       if (event_ < 0) {
         if (naps < 1000) {
@@ -225,13 +220,8 @@ class Blkfront {
       (void)poll(&wait, 1, static_cast<int>(std::min<int64_t>(milliseconds, 1000)));
       uint64_t ignored = 0;
       (void)!read(event_, &ignored, sizeof(ignored));
-      if (std::chrono::steady_clock::now() - blocked <= kPollMax) {
-        poll_time_ = std::clamp<std::chrono::nanoseconds>(2 * poll_time_, kPollStart, kPollMax);
-      } else {
-        poll_time_ /= 2;
-        if (poll_time_ < kPollStart) poll_time_ = {};
-      }
     }
+    poll_window_.Update(std::chrono::steady_clock::now() - blocked);
   }
 
   const memory::GuestMemory& memory_;
@@ -245,7 +235,9 @@ class Blkfront {
   uint32_t published_ = 0;
   uint32_t response_consumer_ = 0;
   int event_ = -1;  // an eventfd, once EventNotifier was asked for
-  std::chrono::nanoseconds poll_time_ = kPollStart;
+  // How long a waiting Take polls the ring before it sleeps on its event: as KVM's halt polling
+  // for a vCPU.
+  base::PollWindow poll_window_;
 };
 
 }  // namespace xenkvm::testing

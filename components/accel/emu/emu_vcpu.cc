@@ -407,11 +407,11 @@ bool EmuVcpu::ReadyToRunLocked() const {
 }
 
 bool EmuVcpu::PollWhileHalted() {
-  if (halt_poll_.window() == absl::ZeroDuration()) return false;
+  if (halt_poll_.window() == std::chrono::nanoseconds::zero()) return false;
   // Not base::SpinFor: each look takes the lock the interrupt's sender needs, so looks are 16
   // PAUSEs apart (one apart, the guest disk benchmark's reads at depth 1 fell from ~90 k/s to
   // 20-40 k/s).
-  const absl::Time end = absl::Now() + halt_poll_.window();
+  const auto end = std::chrono::steady_clock::now() + halt_poll_.window();
   for (uint32_t looks = 1;; ++looks) {
     // TryLock: a thread delivering the interrupt is never held up by the poller.
     if (mutex_.TryLock()) {
@@ -420,7 +420,7 @@ bool EmuVcpu::PollWhileHalted() {
       if (ready) return true;
     }
     for (int i = 0; i < 16; ++i) __builtin_ia32_pause();
-    if (looks % 16 == 0 && absl::Now() >= end) return false;
+    if (looks % 16 == 0 && std::chrono::steady_clock::now() >= end) return false;
   }
 }
 
@@ -429,7 +429,7 @@ void EmuVcpu::EmulationLoop() {
     // Wait, if the vCPU is not started or is halted with interrupts enabled, for what ends it.
     std::optional<StartRequest> start;
     const bool halted = halted_;
-    const absl::Time halt_began = halted ? absl::Now() : absl::InfinitePast();
+    const auto halt_began = std::chrono::steady_clock::now();
     if (halted) (void)PollWhileHalted();
     {
       absl::MutexLock lock(&mutex_);
@@ -445,7 +445,7 @@ void EmuVcpu::EmulationLoop() {
       }
       start = std::exchange(start_request_, std::nullopt);
     }
-    if (halted) halt_poll_.Update(absl::Now() - halt_began);
+    if (halted) halt_poll_.Update(std::chrono::steady_clock::now() - halt_began);
     if (start) {
       if (absl::Status booted = StartFrom(*start); !booted.ok()) {
         Fatal(absl::StrCat("emu vCPU ", id_, ": start failed: ", booted.message()));

@@ -26,12 +26,12 @@
 #include "components/accel/accelerator.h"
 #include "components/accel/emu/coroutine.h"
 #include "components/accel/emu/exception_record.h"
-#include "components/accel/emu/halt_poll.h"
 #include "components/accel/emu/local_apic.h"
 #include "components/accel/emu/instruction_intercept.h"
 #include "components/accel/emu/run_token.h"
 #include "components/accel/emu/trampolines.h"
 #include "components/accel/page_walk.h"
+#include "components/base/spin_wait.h"
 #include "components/memory/guest_memory.h"
 
 namespace xenkvm::accel::emu {
@@ -193,7 +193,7 @@ class EmuVcpu final : public Vcpu, private InstructionHandler {
   void EmulationLoop();
   // What ends the loop's wait: a start, an interrupt for a halted vCPU, a kick, an exit.
   bool ReadyToRunLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
-  // Halted: polls for ReadyToRunLocked up to halt_poll_'s window (halt_poll.h) before the
+  // Halted: polls for ReadyToRunLocked up to halt_poll_'s window (base::PollWindow) before the
   // loop sleeps; true if it came.
   bool PollWhileHalted();
   void RunGuest(bool interrupt_waiting);
@@ -340,7 +340,7 @@ class EmuVcpu final : public Vcpu, private InstructionHandler {
   // The emulation's only (read by the Await conditions, which run under mutex_ on any thread, only
   // while the emulation itself waits).
   bool halted_ = false;
-  HaltPollWindow halt_poll_;
+  base::PollWindow halt_poll_;  // KVM's halt-polling rule
   bool engine_used_ = false;  // the engine left its reset state (StartFrom replaces it)
   bool holds_run_token_ = false;  // the engine runs guest code (RunGuest), save while in Deliver
   absl::Time slice_start_;        // when it last took the token
