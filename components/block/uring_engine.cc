@@ -11,7 +11,7 @@
 //   moments to io_uring again, so the caller's reads and completions do not wait behind them.
 // - Reads, as far as the page cache holds them (preadv2 with RWF_NOWAIT); io_uring reads the
 //   rest. io_uring would copy cached data within its submission on this thread too; a read system
-//   call does the same for a fifth less than a submission and its completion entry.
+//   call does the same for ~15% less than a submission and its completion entry.
 // Nothing is done inline while a flush is queued or in flight (the flush's barrier).
 #include <fcntl.h>
 #include <liburing.h>
