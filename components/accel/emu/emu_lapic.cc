@@ -23,7 +23,7 @@ absl::Status EmuVcpu::InjectXenCallback(uint8_t vector) {
   XENKVM_RETURN_IF_ERROR(CheckExternalVector(vector));
   {
     absl::MutexLock lock(&mutex_);
-    xen_callbacks_.set(vector);
+    xen_callbacks_.Set(vector);
   }
   RequestStop();
   return absl::OkStatus();
@@ -93,7 +93,7 @@ bool EmuVcpu::ReceiveIpi(const IpiRequest& ipi, uint8_t sender) {
       awaiting_sipi_ = true;
       start_request_.reset();
       lapic_.Reset();
-      xen_callbacks_.reset();
+      xen_callbacks_.ClearAll();
       nmi_pending_ = false;
       ++timer_generation_;  // the timer stopped
       break;
@@ -131,16 +131,13 @@ void EmuVcpu::TimerLoop() {
 std::optional<PendingEvent> EmuVcpu::TakeInterrupt(bool interrupts_enabled, bool& waiting) {
   absl::MutexLock lock(&mutex_);
   if (std::exchange(nmi_pending_, false)) return PendingEvent{.vector = kVectorNmi, .external = true};
-  std::optional<uint8_t> callback;
-  for (int v = 255; v >= 0 && !callback; --v) {
-    if (xen_callbacks_.test(v)) callback = static_cast<uint8_t>(v);
-  }
+  const std::optional<uint8_t> callback = xen_callbacks_.Highest();
   const std::optional<uint8_t> lapic = lapic_.Deliverable();
   waiting = callback.has_value() || lapic.has_value();
   if (!interrupts_enabled) return std::nullopt;
   // Xen checks its callback vector before the LAPIC (hvm_vcpu_has_pending_irq).
   if (callback) {
-    xen_callbacks_.reset(*callback);
+    xen_callbacks_.Clear(*callback);
     return PendingEvent{.vector = *callback, .external = true};
   }
   if (lapic) {
@@ -151,7 +148,7 @@ std::optional<PendingEvent> EmuVcpu::TakeInterrupt(bool interrupts_enabled, bool
 }
 
 bool EmuVcpu::InterruptReadyLocked() const {
-  return nmi_pending_ || xen_callbacks_.any() || lapic_.Deliverable().has_value();
+  return nmi_pending_ || xen_callbacks_.Any() || lapic_.Deliverable().has_value();
 }
 
 void EmuVcpu::CarryOutInitLocked() {

@@ -10,7 +10,6 @@
 #include <unicorn/unicorn.h>
 
 #include <atomic>
-#include <bitset>
 #include <map>
 #include <optional>
 #include <span>
@@ -304,7 +303,7 @@ class EmuVcpu final : public Vcpu, private InstructionHandler {
   bool kick_ ABSL_GUARDED_BY(mutex_) = false;
 
   LocalApic lapic_ ABSL_GUARDED_BY(mutex_);
-  std::bitset<256> xen_callbacks_ ABSL_GUARDED_BY(mutex_);  // InjectXenCallback: beside the LAPIC
+  VectorBits xen_callbacks_ ABSL_GUARDED_BY(mutex_);  // InjectXenCallback: beside the LAPIC
   bool nmi_pending_ ABSL_GUARDED_BY(mutex_) = false;
   bool init_pending_ ABSL_GUARDED_BY(mutex_) = false;
   bool awaiting_sipi_ ABSL_GUARDED_BY(mutex_) = false;  // a start-up IPI would start it

@@ -59,19 +59,6 @@ uint32_t LvtWritableBits(uint32_t index) {
   }
 }
 
-uint32_t WordOf(const std::bitset<256>& bits, uint32_t word) {
-  uint32_t value = 0;
-  for (uint32_t bit = 0; bit < 32; ++bit) value |= static_cast<uint32_t>(bits[word * 32 + bit]) << bit;
-  return value;
-}
-
-std::optional<uint8_t> Highest(const std::bitset<256>& bits) {
-  for (int v = 255; v >= 0; --v) {
-    if (bits[v]) return static_cast<uint8_t>(v);
-  }
-  return std::nullopt;
-}
-
 }  // namespace
 
 LocalApic::LocalApic(uint8_t id) : id_(uint32_t{id} << 24) { Reset(); }
@@ -87,9 +74,9 @@ void LocalApic::Reset() {
   timer_initial_ = timer_divide_ = 0;
   timer_start_.reset();
   timer_deadline_.reset();
-  irr_.reset();
-  isr_.reset();
-  tmr_.reset();
+  irr_.ClearAll();
+  isr_.ClearAll();
+  tmr_.ClearAll();
 }
 
 uint64_t LocalApic::Read(uint64_t offset, unsigned size, absl::Time now) {
@@ -151,9 +138,9 @@ uint32_t LocalApic::RegisterValue(uint32_t index, absl::Time now) const {
     default:
       break;
   }
-  if (index >= kIsr && index < kIsr + 8) return WordOf(isr_, index - kIsr);
-  if (index >= kTmr && index < kTmr + 8) return WordOf(tmr_, index - kTmr);
-  if (index >= kIrr && index < kIrr + 8) return WordOf(irr_, index - kIrr);
+  if (index >= kIsr && index < kIsr + 8) return isr_.Word32(index - kIsr);
+  if (index >= kTmr && index < kTmr + 8) return tmr_.Word32(index - kTmr);
+  if (index >= kIrr && index < kIrr + 8) return irr_.Word32(index - kIrr);
   if (index >= kLvtFirst && index < kLvtFirst + kLvtCount) return lvt_[index - kLvtFirst];
   return 0;
 }
@@ -169,8 +156,8 @@ LocalApic::WriteEffects LocalApic::WriteRegister(uint32_t index, uint32_t value,
       return effects;
     case kEoi:
       if (std::optional<uint8_t> vector = HighestInService()) {
-        isr_.reset(*vector);
-        effects.ended = EndedInterrupt{*vector, tmr_[*vector]};
+        isr_.Clear(*vector);
+        effects.ended = EndedInterrupt{*vector, tmr_.Test(*vector)};
       }
       return effects;
     case kLdr:
@@ -248,20 +235,20 @@ bool LocalApic::Accept(uint8_t vector, bool level_triggered) {
     return true;  // taken, and dropped: the error is the APIC's answer
   }
   if (!software_enabled()) return false;
-  irr_.set(vector);
-  tmr_[vector] = level_triggered;
+  irr_.Set(vector);
+  tmr_.Assign(vector, level_triggered);
   return true;
 }
 
 std::optional<uint8_t> LocalApic::Deliverable() const {
-  std::optional<uint8_t> vector = Highest(irr_);
+  std::optional<uint8_t> vector = irr_.Highest();
   if (!vector || (*vector & 0xf0) <= (ProcessorPriority() & 0xf0)) return std::nullopt;
   return vector;
 }
 
 void LocalApic::Acknowledge(uint8_t vector) {
-  irr_.reset(vector);
-  isr_.set(vector);
+  irr_.Clear(vector);
+  isr_.Set(vector);
 }
 
 bool LocalApic::IsDestination(const IpiRequest& request, uint8_t sender) const {
@@ -301,7 +288,7 @@ uint32_t LocalApic::ProcessorPriority() const {
   return (tpr_ & 0xf0) >= (in_service & 0xf0) ? tpr_ : (in_service & 0xf0);
 }
 
-std::optional<uint8_t> LocalApic::HighestInService() const { return Highest(isr_); }
+std::optional<uint8_t> LocalApic::HighestInService() const { return isr_.Highest(); }
 
 void LocalApic::StartTimer(absl::Time now) {
   if (timer_initial_ == 0) {
@@ -330,8 +317,8 @@ void LocalApic::RaiseError(uint32_t bits) {
   const uint32_t lvt = Lvt(kLvtError);
   const uint8_t vector = static_cast<uint8_t>(lvt & 0xff);
   if (!(lvt & kLvtMasked) && vector >= 16 && software_enabled()) {
-    irr_.set(vector);
-    tmr_.reset(vector);
+    irr_.Set(vector);
+    tmr_.Clear(vector);
   }
 }
 

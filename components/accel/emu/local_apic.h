@@ -11,7 +11,8 @@
 #ifndef XENKVM_COMPONENTS_ACCEL_EMU_LOCAL_APIC_H_
 #define XENKVM_COMPONENTS_ACCEL_EMU_LOCAL_APIC_H_
 
-#include <bitset>
+#include <array>
+#include <bit>
 #include <cstdint>
 #include <optional>
 
@@ -23,6 +24,31 @@ inline constexpr uint64_t kLocalApicBase = 0xfee00000;
 inline constexpr uint64_t kLocalApicSize = 0x1000;
 // Timer clock ticks per nanosecond before the divide configuration (KVM's choice: 1 GHz).
 inline constexpr uint64_t kApicTimerHz = 1'000'000'000;
+
+// One bit per interrupt vector (the IRR, ISR and TMR), kept in 64-bit words so the highest set
+// bit is found with a word scan: a halted vCPU's poll asks for it on every look, holding the lock
+// an interrupt's sender needs (a bit-by-bit scan of std::bitset took ~0.5 us there).
+class VectorBits {
+ public:
+  void Set(uint8_t vector) { words_[vector / 64] |= Bit(vector); }
+  void Clear(uint8_t vector) { words_[vector / 64] &= ~Bit(vector); }
+  void Assign(uint8_t vector, bool value) { value ? Set(vector) : Clear(vector); }
+  bool Test(uint8_t vector) const { return (words_[vector / 64] & Bit(vector)) != 0; }
+  void ClearAll() { words_ = {}; }
+  bool Any() const { return (words_[0] | words_[1] | words_[2] | words_[3]) != 0; }
+  // Vectors 32*index .. 32*index+31, as the APIC's register at that index shows them.
+  uint32_t Word32(uint32_t index) const { return static_cast<uint32_t>(words_[index / 2] >> (32 * (index % 2))); }
+  std::optional<uint8_t> Highest() const {
+    for (int word = 3; word >= 0; --word) {
+      if (words_[word] != 0) return static_cast<uint8_t>(64 * word + 63 - std::countl_zero(words_[word]));
+    }
+    return std::nullopt;
+  }
+
+ private:
+  static uint64_t Bit(uint8_t vector) { return uint64_t{1} << (vector % 64); }
+  std::array<uint64_t, 4> words_{};
+};
 
 // ICR delivery modes (bits 10:8).
 enum class DeliveryMode : uint8_t {
@@ -121,7 +147,7 @@ class LocalApic {
   uint32_t timer_divide_ = 0;  // the register's bits 0, 1 and 3
   std::optional<absl::Time> timer_start_;     // when the current count last equalled the initial
   std::optional<absl::Time> timer_deadline_;  // the next expiry while counting
-  std::bitset<256> irr_, isr_, tmr_;
+  VectorBits irr_, isr_, tmr_;
 };
 
 }  // namespace xenkvm::accel::emu

@@ -19,6 +19,33 @@ LocalApic Enabled(uint8_t id) {
   return apic;
 }
 
+TEST(VectorBitsTest, HighestAcrossWordsAndTheRegisterWords) {
+  VectorBits bits;
+  EXPECT_FALSE(bits.Any());
+  EXPECT_EQ(bits.Highest(), std::nullopt);
+  for (uint8_t vector : {0, 31, 32, 63, 64, 100, 127, 128, 200, 255}) {
+    bits.Set(vector);
+    EXPECT_EQ(bits.Highest(), vector);
+    EXPECT_TRUE(bits.Test(vector));
+  }
+  EXPECT_EQ(bits.Word32(0), 0x80000001u);  // vectors 0 and 31
+  EXPECT_EQ(bits.Word32(1), 0x80000001u);  // 32 and 63
+  EXPECT_EQ(bits.Word32(2), 0x1u);         // 64
+  EXPECT_EQ(bits.Word32(3), 0x80000010u);  // 100 and 127
+  EXPECT_EQ(bits.Word32(4), 0x1u);         // 128
+  EXPECT_EQ(bits.Word32(5), 0u);
+  EXPECT_EQ(bits.Word32(6), 0x100u);       // 200
+  EXPECT_EQ(bits.Word32(7), 0x80000000u);  // 255
+  bits.Clear(255);
+  EXPECT_EQ(bits.Highest(), 200);
+  bits.Assign(200, false);
+  bits.Assign(129, true);
+  EXPECT_EQ(bits.Highest(), 129);
+  EXPECT_FALSE(bits.Test(130));
+  bits.ClearAll();
+  EXPECT_FALSE(bits.Any());
+}
+
 TEST(LocalApicTest, ResetStateAsTheSdmGivesIt) {
   LocalApic apic(3);
   EXPECT_EQ(Read(apic, 0x20), 3u << 24);
