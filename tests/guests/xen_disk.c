@@ -18,7 +18,7 @@ int guest_main(const struct hvm_start_info *start_info) {
   (void)start_info;
   if (!xen_start_events(UPCALL_VECTOR) || !xs_init() || !xenbus_grants_init()) return 2;
   struct blkfront front;
-  KIT_CHECK(blkfront_connect(&front, on_disk_event));
+  KIT_CHECK(blkfront_connect(&front, on_disk_event, false));
   if (kit_failures()) return 1;
   kit_printf("xen-disk: connected, %s sectors, discard %s%s\n", front.sectors, front.discard,
              front.read_only ? ", read-only" : "");

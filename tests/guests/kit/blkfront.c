@@ -14,7 +14,7 @@ static void read_backend(const struct blkfront *front, const char *key, char *va
   xs_read(0, path, value, size);
 }
 
-bool blkfront_connect(struct blkfront *front, xen_event_handler handler) {
+bool blkfront_connect(struct blkfront *front, xen_event_handler handler, bool persistent) {
   char path[160], value[32];
   *front = (struct blkfront){0};
   front->ring = (struct blkif_ring *)ring_page;
@@ -40,7 +40,7 @@ bool blkfront_connect(struct blkfront *front, xen_event_handler handler) {
   bool written = write_node(tx, front, "ring-ref", value);
   kit_snprintf(value, sizeof(value), "%u", front->port);
   written = written && write_node(tx, front, "event-channel", value) && write_node(tx, front, "protocol", "x86_64-abi") &&
-            write_node(tx, front, "state", "3");
+            write_node(tx, front, "feature-persistent", persistent ? "1" : "0") && write_node(tx, front, "state", "3");
   if (xs_transaction_end(tx, written) != 0 || !written) return false;
   kit_snprintf(path, sizeof(path), "%s/state", front->backend);
   if (!xenbus_wait_for(path, "4")) return false;

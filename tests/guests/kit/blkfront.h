@@ -50,8 +50,10 @@ struct blkfront {
   uint32_t request_producer, response_consumer;
 };
 
-/* Connects to the first vbd; `handler` gets its port's events. False (having said why) on failure. */
-bool blkfront_connect(struct blkfront *front, xen_event_handler handler);
+/* Connects to the first vbd; `handler` gets its port's events. False (having said why) on failure.
+ * `persistent`: offers feature-persistent, as Linux's blkfront does; the caller then keeps every
+ * page it grants for requests granted (the backend may keep them mapped until it disconnects). */
+bool blkfront_connect(struct blkfront *front, xen_event_handler handler, bool persistent);
 /* One request at a time: puts it, notifies, waits for its response; the response's status. */
 int16_t blkfront_submit(struct blkfront *front, const struct blkif_request *request);
 /* For several in flight: puts a request (not yet visible). */
