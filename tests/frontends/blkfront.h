@@ -174,7 +174,6 @@ class Blkfront {
     return responses;
   }
 
-
  private:
   // An index in the ring's header (the host address looked up once: the waits poll them).
   std::atomic_ref<uint32_t> Header(size_t offset) const {
