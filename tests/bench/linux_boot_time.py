@@ -101,6 +101,9 @@ def main():
                                          "--cmdline", "console=hvc0 root=/dev/xvda"], markers + ["exits: "], 300)
             if exit_share(text):
                 shares.append(exit_share(text))
+            if markers[-1] not in seen:  # say why, rather than only count fewer runs
+                tail = "\n".join(text.splitlines()[-25:])
+                print(f"linux_boot_time: a boot did not reach {markers[-1]!r}; its last lines:\n{tail}", file=sys.stderr)
             for marker in markers:
                 if marker in seen:
                     xenkvm[marker].append(seen[marker])
