@@ -91,7 +91,7 @@ DiskRing::~DiskRing() {
   for (InFlight& slot : in_flight_) {
     for (xen::GrantTable::Mapping& mapping : slot.transient) grants_.Unmap(mapping);
   }
-  for (auto& [gref, mapping] : persistent_) grants_.Unmap(mapping);
+  for (xen::GrantTable::Mapping& mapping : persistent_) grants_.Unmap(mapping);
   for (xen::GrantTable::Mapping& mapping : ring_) grants_.Unmap(mapping);
 }
 
@@ -268,27 +268,35 @@ uint64_t DiskRing::Begin(blkif::Request& request, absl::Time taken) {
 }
 
 int16_t DiskRing::ReadIndirectSegments(blkif::Request& request) {
-  // The segment pages: mapped read-only, copied once, released.
-  std::vector<uint8_t> pages(request.indirect_grefs.size() * kPage);
+  // The segment pages, copied once (the guest may change them meanwhile). Kept mapped as
+  // persistent grants where the frontend's are (as blkback keeps them); read-only and released
+  // otherwise.
+  indirect_pages_.resize(request.indirect_grefs.size() * kPage);
   for (size_t i = 0; i < request.indirect_grefs.size(); ++i) {
     xen::GrantTable::Mapping mapping;
-    if (grants_.Map(request.indirect_grefs[i], /*readonly=*/true, &mapping) != 0) return blkif::kStatusError;
-    std::memcpy(pages.data() + i * kPage, mapping.page.data(), kPage);
-    grants_.Unmap(mapping);
+    bool transient = false;
+    if (!MapSegment(request.indirect_grefs[i], /*device_writes=*/false, &mapping, &transient)) {
+      return blkif::kStatusError;
+    }
+    std::memcpy(indirect_pages_.data() + i * kPage, mapping.page.data(), kPage);
+    if (transient) grants_.Unmap(mapping);
   }
-  return blkif::DecodeIndirectSegments(pages, limits_, request);
+  return blkif::DecodeIndirectSegments(indirect_pages_, limits_, request);
 }
 
 bool DiskRing::MapSegment(uint32_t gref, bool device_writes, xen::GrantTable::Mapping* mapping, bool* transient) {
   if (options_.persistent_grants) {
-    if (auto found = persistent_.find(gref); found != persistent_.end()) {
-      *mapping = found->second;
+    if (gref < persistent_by_ref_.size() && persistent_by_ref_[gref] != 0) {
+      *mapping = persistent_[persistent_by_ref_[gref] - 1];
       *transient = false;
       return true;
     }
-    // Persistent grants are granted writable; keep it if there is room.
+    // Persistent grants are granted writable; keep it if there is room. A reference Map takes is
+    // within the guest's grant table, which bounds the index.
     if (persistent_.size() < max_persistent_grants_ && grants_.Map(gref, /*readonly=*/false, mapping) == 0) {
-      persistent_.emplace(gref, *mapping);
+      if (gref >= persistent_by_ref_.size()) persistent_by_ref_.resize(gref + 1, 0);
+      persistent_.push_back(*mapping);
+      persistent_by_ref_[gref] = static_cast<uint32_t>(persistent_.size());
       *transient = false;
       statistics_changed_ = true;
       return true;

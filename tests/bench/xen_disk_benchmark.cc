@@ -113,7 +113,7 @@ double XenDiskIops(const Options& options, const Workload& workload, uint32_t de
     for (uint32_t page = 0; page < pages_per_request; ++page) {
       segments[slot].push_back({front.Grant(kDataGfn + slot * pages_per_request + page, false), 0, 7});
     }
-    indirect_grefs[slot] = front.Grant(kIndirectGfn + slot, true);
+    indirect_grefs[slot] = front.Grant(kIndirectGfn + slot, false);  // writable and kept, as Linux's blkfront
   }
   xenbus::DiskRing::Options ring_options;
   ring_options.ring_grefs = front.ring_grefs();
