@@ -47,19 +47,18 @@ class IoEngine {
  public:
   virtual ~IoEngine() = default;
 
-  // Queues `request` for Submit(), or does it at once where that needs no waiting (io_uring's
-  // engine: page-cache reads and writes; HasCompletions() then says so). kResourceExhausted when
-  // depth() requests are queued or in flight already (a caller bounds itself by depth()).
+  // Queues `request`; nothing starts before Submit(). kResourceExhausted when depth() requests are
+  // queued or in flight already (a caller bounds itself by depth()).
   virtual absl::Status Enqueue(IoRequest request) = 0;
   // Starts everything queued, in one system call where the engine can.
   virtual absl::Status Submit() = 0;
   // An eventfd, readable (poll) when completions may be waiting. The caller drains it (reads its
-  // counter) before reaping, so a completion after the Reap signals it again. What Enqueue
+  // counter) before reaping, so a completion after the Reap signals it again. What Submit
   // completed itself (io_uring's page-cache reads and writes) is not signalled: a caller looks
   // with HasCompletions() before it sleeps on this.
   virtual int completion_fd() const = 0;
   // Whether completions are waiting, without a system call: for a caller that polls briefly
-  // before it sleeps, and the only sign of completions Enqueue made.
+  // before it sleeps, and the only sign of completions Submit made.
   virtual bool HasCompletions() const = 0;
   // Appends the completions ready now to `out`, without blocking or draining completion_fd();
   // short transfers have been continued to the end first. Returns how many were appended.

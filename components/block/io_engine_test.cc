@@ -174,7 +174,7 @@ TEST_P(IoEngineTest, WritesAfterAFlushWaitForIt) {
 
 // io_uring hands ext4's page-cache writes to kernel workers one at a time; the engine does them
 // inside Submit instead, and page-cache reads too, seen by HasCompletions (not signalled).
-TEST(UringEngineTest, PageCacheWritesAndCachedReadsAreDoneByEnqueue) {
+TEST(UringEngineTest, PageCacheWritesAndCachedReadsAreDoneBySubmit) {
   const std::string path = std::string(std::getenv("TEST_TMPDIR")) + "/inline";
   base::Fd fd(open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
   ASSERT_TRUE(fd.valid());
@@ -184,8 +184,8 @@ TEST(UringEngineTest, PageCacheWritesAndCachedReadsAreDoneByEnqueue) {
   std::vector<uint8_t> back(8192);
   for (auto [operation, buffer] : {std::pair{IoOperation::kWrite, &data}, {IoOperation::kRead, &back}}) {
     ASSERT_TRUE((*engine)->Enqueue(IoRequest{operation, 4096, 0, {iovec{buffer->data(), buffer->size()}}, 9}).ok());
-    EXPECT_TRUE((*engine)->HasCompletions());  // before any Submit
     ASSERT_TRUE((*engine)->Submit().ok());
+    EXPECT_TRUE((*engine)->HasCompletions());
     pollfd ready{(*engine)->completion_fd(), POLLIN, 0};
     EXPECT_EQ(poll(&ready, 1, 0), 0);
     std::vector<IoCompletion> done;

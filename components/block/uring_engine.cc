@@ -1,11 +1,9 @@
 // The io_uring engine: one ring per engine, its completions signalled on an eventfd registered with
 // it. A request's slot index is its user_data; a short transfer is continued from the same slot.
 //
-// With the page cache (a file opened without O_DIRECT), Enqueue does at once, on the caller's
-// thread, what needs no waiting, and does not signal completion_fd for it (the caller looks with
-// HasCompletions before it sleeps; the eventfd write would be a third of a 4 KiB read's cost). At
-// once, not at Submit: a caller can answer each as it is done (a frontend then refills its queue
-// while the rest of the batch is read, instead of waiting for all of it):
+// With the page cache (a file opened without O_DIRECT), Submit does on the caller's thread what
+// needs no waiting, and does not signal completion_fd for it (the caller looks with
+// HasCompletions before it sleeps; the eventfd write would be a third of a 4 KiB read's cost):
 // - Writes: io_uring cannot start a buffered write without blocking on ext4 (it refuses
 //   RWF_NOWAIT), so it would hand each one to a kernel worker, one at a time per file (its workers
 //   serialize buffered writes to one inode), and the worker's wake-up costs more than the copy.
@@ -68,13 +66,13 @@ class UringEngine final : public IoEngine {
   }
 
   absl::Status Enqueue(IoRequest request) override {
-    if (in_flight() >= depth_) return absl::ResourceExhaustedError(absl::StrCat("io_uring: ", depth_, " requests in flight"));
+    if (free_.empty()) return absl::ResourceExhaustedError(absl::StrCat("io_uring: ", depth_, " requests in flight"));
     const uint32_t slot = free_.back();
     free_.pop_back();
     slots_[slot] = IoTransfer{std::move(request), 0};
     ++in_flight_;
     if (DoneInline(slots_[slot].request.operation)) {
-      DoInline(slot);
+      inline_.push_back(slot);
     } else {
       Prepare(slot);
     }
@@ -82,6 +80,7 @@ class UringEngine final : public IoEngine {
   }
 
   absl::Status Submit() override {
+    if (!inline_.empty()) DoQueuedInline();
     while (unsubmitted_ > 0) {
       const int submitted = io_uring_submit(&ring_);
       if (submitted == -EINTR || submitted == -EAGAIN) continue;
@@ -128,7 +127,7 @@ class UringEngine final : public IoEngine {
     return reaped;
   }
 
-  uint32_t in_flight() const override { return in_flight_ + static_cast<uint32_t>(done_inline_.size()); }
+  uint32_t in_flight() const override { return in_flight_; }
   uint32_t depth() const override { return depth_; }
   std::string_view name() const override { return "io_uring"; }
 
@@ -151,19 +150,22 @@ class UringEngine final : public IoEngine {
             std::chrono::steady_clock::now() >= inline_paused_until_);
   }
 
-  void DoInline(uint32_t slot) {
-    IoTransfer& transfer = slots_[slot];
-    int error = 0;
-    if (transfer.request.operation == IoOperation::kRead) {
-      if (!ReadInline(transfer, &error)) {
-        Prepare(slot);  // not all of it cached: io_uring does the rest
-        return;
+  void DoQueuedInline() {
+    for (uint32_t slot : inline_) {
+      IoTransfer& transfer = slots_[slot];
+      int error = 0;
+      if (transfer.request.operation == IoOperation::kRead) {
+        if (!ReadInline(transfer, &error)) {
+          Prepare(slot);  // not all of it cached: io_uring does the rest
+          continue;
+        }
+      } else {
+        error = WriteInline(transfer);
       }
-    } else {
-      error = WriteInline(transfer);
+      done_inline_.push_back({transfer.request.tag, error});
+      Release(slot);
     }
-    done_inline_.push_back({transfer.request.tag, error});
-    Release(slot);
+    inline_.clear();
   }
 
   // Reads what the page cache holds without waiting (RWF_NOWAIT). True when the read is over
@@ -245,10 +247,11 @@ class UringEngine final : public IoEngine {
   base::Fd event_;
   std::vector<IoTransfer> slots_;
   std::vector<uint32_t> free_;
-  uint32_t in_flight_ = 0;  // in slots (done inline: released, in done_inline_ until reaped)
+  uint32_t in_flight_ = 0;
   uint32_t unsubmitted_ = 0;
   uint32_t flushes_ = 0;                   // queued or in flight
-  std::vector<IoCompletion> done_inline_;  // done by Enqueue, for the next Reap
+  std::vector<uint32_t> inline_;           // reads and writes Submit does inline
+  std::vector<IoCompletion> done_inline_;  // for the next Reap
   std::chrono::steady_clock::time_point inline_paused_until_{};
 };
 

@@ -198,7 +198,7 @@ bool DiskRing::TakeRequests() {
   const uint32_t producer = Index(kRequestProducer).load(std::memory_order_acquire);
   if (producer - request_consumer_ > slots_) return false;
   bool took = false;
-  uint64_t bytes = 0;  // of the transfers taken since the last submission
+  uint64_t unsubmitted_bytes = 0;
   // Requests only while their responses have room (RING_REQUEST_CONS_OVERFLOW): the rest wait for
   // completions, which wake this thread.
   while (request_consumer_ != producer && request_consumer_ - response_producer_ < slots_ && !free_slots_.empty()) {
@@ -210,27 +210,16 @@ bool DiskRing::TakeRequests() {
       Respond(decoded.request.id, decoded.request.data_operation, decoded.status, now_, 0, false);
       continue;
     }
-    bytes += Begin(decoded.request, now_);
-    if (bytes >= kEarlySubmitBytes) {  // large transfers: one by one
+    unsubmitted_bytes += Begin(decoded.request, now_);
+    if (unsubmitted_bytes >= kEarlySubmitBytes) {  // large transfers: one by one
       Submit();
-      bytes = 0;
+      unsubmitted_bytes = 0;
       took = false;
       AnswerCompletions();
-    } else if (engine_->HasCompletions()) {
-      AnswerUnchecked();
     }
   }
   if (took) Submit();
   return true;
-}
-
-void DiskRing::AnswerUnchecked() {
-  completions_.clear();
-  if (engine_->Reap(&completions_) == 0) return;
-  now_ = absl::Now();
-  for (const block::IoCompletion& completion : completions_) Complete(completion);
-  PublishStatistics();
-  if (!broken_) Index(kResponseProducer).store(response_producer_, std::memory_order_release);
 }
 
 void DiskRing::Submit() {

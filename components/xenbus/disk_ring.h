@@ -64,11 +64,9 @@ struct DiskRingStatistics {
 class DiskRing {
  public:
   // Requests taken are submitted to the engine together up to this many bytes of transfer; then
-  // submitted, and what completed answered and published with the check for a notification,
-  // before more are taken. What the engine did at once (page-cache transfers) is answered and
-  // made visible as it is done, so the frontend refills its queue while the rest are read; the
-  // check (a full barrier) waits for the end of the pass or this many bytes, so a frontend that
-  // went to sleep meanwhile is woken within about one such transfer.
+  // submitted, and what completed answered, before more are taken. The engine does a page-cache
+  // transfer within its submission, so a batch of large ones would hold every response back
+  // until the last copy while the frontend idles.
   static constexpr uint64_t kEarlySubmitBytes = 256 * 1024;
 
   struct Options {
@@ -124,9 +122,6 @@ class DiskRing {
   void Submit();
   // Answers what the engine completed, then publishes statistics and responses; true if any.
   bool AnswerCompletions();
-  // Answers what the engine completed and makes the responses visible, without the barrier and
-  // rsp_event check of PublishResponses (the pass's next PublishResponses covers them).
-  void AnswerUnchecked();
   // Starts one decoded request (returns its bytes of transfer), or answers it at once (0).
   uint64_t Begin(blkif::Request& request, absl::Time taken);
   // Fills `slot` (mappings, iovecs) for a READ/WRITE; a status to answer with at once otherwise.
