@@ -91,7 +91,7 @@ DiskRing::~DiskRing() {
   for (InFlight& slot : in_flight_) {
     for (xen::GrantTable::Mapping& mapping : slot.transient) grants_.Unmap(mapping);
   }
-  for (xen::GrantTable::Mapping& mapping : persistent_) grants_.Unmap(mapping);
+  for (const xen::GrantTable::Mapping& mapping : persistent_.mappings()) grants_.Unmap(mapping);
   for (xen::GrantTable::Mapping& mapping : ring_) grants_.Unmap(mapping);
 }
 
@@ -286,17 +286,14 @@ int16_t DiskRing::ReadIndirectSegments(blkif::Request& request) {
 
 bool DiskRing::MapSegment(uint32_t gref, bool device_writes, xen::GrantTable::Mapping* mapping, bool* transient) {
   if (options_.persistent_grants) {
-    if (gref < persistent_by_ref_.size() && persistent_by_ref_[gref] != 0) {
-      *mapping = persistent_[persistent_by_ref_[gref] - 1];
+    if (const xen::GrantTable::Mapping* kept = persistent_.Find(gref); kept != nullptr) {
+      *mapping = *kept;
       *transient = false;
       return true;
     }
-    // Persistent grants are granted writable; keep it if there is room. A reference Map takes is
-    // within the guest's grant table, which bounds the index.
+    // Persistent grants are granted writable; keep it if there is room.
     if (persistent_.size() < max_persistent_grants_ && grants_.Map(gref, /*readonly=*/false, mapping) == 0) {
-      if (gref >= persistent_by_ref_.size()) persistent_by_ref_.resize(gref + 1, 0);
-      persistent_.push_back(*mapping);
-      persistent_by_ref_[gref] = static_cast<uint32_t>(persistent_.size());
+      persistent_.Add(*mapping);
       *transient = false;
       statistics_changed_ = true;
       return true;

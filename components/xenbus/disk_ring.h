@@ -34,6 +34,7 @@
 #include "components/xen/grant_table.h"
 #include "components/xenbus/blkif.h"
 #include "components/xenbus/guest_order.h"
+#include "components/xenbus/persistent_grants.h"
 
 namespace xenkvm::xenbus {
 
@@ -168,10 +169,7 @@ class DiskRing {
   std::vector<uint8_t> indirect_pages_;  // the indirect pages of the request being decoded
   DiskRingStatistics unpublished_;  // counted since the last PublishStatistics
   bool statistics_changed_ = false;
-  // Persistent grants, found by reference through an index: references are below the grant
-  // table's size, and a 1 MiB request looks up 256 of them (hashing them was 2% of its time).
-  std::vector<xen::GrantTable::Mapping> persistent_;
-  std::vector<uint32_t> persistent_by_ref_;  // 1 + the place in persistent_; 0: not kept
+  PersistentGrants persistent_;
   std::vector<InFlight> in_flight_;
   std::vector<uint32_t> free_slots_;
   std::vector<block::IoCompletion> completions_;
