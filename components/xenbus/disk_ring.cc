@@ -72,9 +72,12 @@ DiskRing::DiskRing(xen::GrantTable& grants, block::Image& image, Options options
       limits_{image.sectors(), image.read_only(), options_.discard && image.supports_discard(),
               options_.max_indirect_segments},
       slots_(blkif::RingSlots(options_.abi, static_cast<uint32_t>(options_.ring_grefs.size()))),
-      max_persistent_grants_(options_.max_persistent_grants != 0
-                                 ? options_.max_persistent_grants
-                                 : slots_ * std::max(blkif::kMaxSegments, options_.max_indirect_segments)),
+      max_persistent_grants_(
+          options_.max_persistent_grants != 0
+              ? options_.max_persistent_grants
+              : slots_ * (std::max(blkif::kMaxSegments, options_.max_indirect_segments) +
+                          (options_.max_indirect_segments + blkif::kSegmentsPerIndirectPage - 1) /
+                              blkif::kSegmentsPerIndirectPage)),
       order_(options_.accelerator),
       notify_(std::move(notify)),
       in_flight_(slots_) {

@@ -77,8 +77,8 @@ class DiskRing {
     uint32_t max_indirect_segments = 0;
     bool flush = true;    // offered: FLUSH_DISKCACHE requests are served, else EOPNOTSUPP
     bool discard = true;  // offered (and the image can)
-    // 0: every page the frontend can have in flight (slots x segments per request, and the
-    // indirect pages' grants are never kept), which a persistent-grant frontend reuses; Linux's
+    // 0: every page the frontend can have in flight (slots x the segments and indirect pages of
+    // a request), which a persistent-grant frontend reuses; Linux's
     // blkback keeps 1056 and remaps the rest per request, which here costs a grant check and pin
     // per segment while a kept one is a lookup.
     uint32_t max_persistent_grants = 0;
