@@ -1,8 +1,9 @@
 // The grant mappings a disk ring keeps for a frontend that offered feature-persistent, found by
 // grant reference. A 1 MiB request looks up 256 of them (hashing each was 2% of its time), so
-// they are indexed: references are small, below the guest's grant table size, and the index is
-// built in 512-reference pieces as references are kept, so a table configured large (up to 4096
-// frames: 2 M references) costs only the pieces a frontend uses.
+// they are indexed: references are below the guest's grant table size, and the index is built in
+// 64-reference pieces (256 bytes) as references are kept. A table configured large (up to 4096
+// frames: 2 M references) costs a pointer per piece and the pieces used: at most one per kept
+// reference, which the ring's budget bounds, even for a frontend that spreads them on purpose.
 #ifndef XENKVM_COMPONENTS_XENBUS_PERSISTENT_GRANTS_H_
 #define XENKVM_COMPONENTS_XENBUS_PERSISTENT_GRANTS_H_
 
@@ -38,7 +39,7 @@ class PersistentGrants {
   const std::vector<xen::GrantTable::Mapping>& mappings() const { return mappings_; }
 
  private:
-  static constexpr size_t kPiece = 512;
+  static constexpr size_t kPiece = 64;
   using Piece = std::array<uint32_t, kPiece>;  // 1 + the place in mappings_; 0: not kept
 
   std::vector<xen::GrantTable::Mapping> mappings_;
