@@ -185,7 +185,17 @@ if grep -q xenkvm.stay /proc/cmdline; then
   trap 'echo "xenkvm-root: shutdown asked"; sync; poweroff -f' USR2 TERM INT
   echo "XENKVM-LINUX-WAITING"
   # A vif plugged later gets xenkvm.net's address, as a distribution's hotplug scripts would give it.
+  # Each vif the kernel's xenbus finds is reported once bound to its driver (or not yet), so a
+  # test that waits for a replugged vif can tell a probe that never came from one that failed.
+  reported=""
   while :; do
+    for device in /sys/bus/xen/devices/vif-*; do
+      [ -e "$device" ] || continue
+      driver=$(basename "$(readlink "$device/driver" 2>/dev/null)" 2>/dev/null)
+      case " $reported " in *" ${device##*/}:${driver:-none} "*) continue ;; esac
+      reported="$reported ${device##*/}:${driver:-none}"
+      echo "xenkvm-root: xenbus ${device##*/} driver=${driver:-none}"
+    done
     for dev in /sys/class/net/eth*; do
       [ -n "$net" ] && [ -e "$dev" ] || continue
       if ! ip -4 addr show dev "${dev##*/}" | grep -q inet; then
