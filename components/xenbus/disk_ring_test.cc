@@ -75,7 +75,9 @@ class DiskRingTest : public ::testing::Test {
   std::unique_ptr<DiskRing> ring_;
   std::atomic<int> notifications_{0};
   std::function<void()> on_notify_;  // on the ring's thread, at each notification
-  std::vector<uint32_t> published_;  // what on_notify_ saw (LargeTransfersAreAnsweredOneByOne)
+  // What on_notify_ saw (LargeTransfersAreAnsweredOneByOne): a member, so a test that returns
+  // early still stops the ring (TearDown) before this goes.
+  std::vector<uint32_t> published_;
 };
 
 TEST_F(DiskRingTest, ReadsAndWritesThroughGrantedPages) {
@@ -286,7 +288,6 @@ TEST_F(DiskRingTest, LargeTransfersAreAnsweredOneByOne) {
   options.max_indirect_segments = 256;
   Start(false, options);
   const memory::GuestAddress response_event((kRingGfn << 12) + 12);
-  std::vector<uint32_t>& published = published_;  // by the ring's thread, read after it stopped
   on_notify_ = [this, response_event] {
     published_.push_back(front_->ResponseProducer());
     ASSERT_TRUE(memory_->AtomicStore<uint32_t>(response_event, published_.back() + 1).ok());
@@ -303,11 +304,11 @@ TEST_F(DiskRingTest, LargeTransfersAreAnsweredOneByOne) {
   std::vector<Blkfront::Response> responses = front_->Take(batch);
   ASSERT_EQ(responses.size(), batch);
   for (const Blkfront::Response& response : responses) ASSERT_EQ(response.status, kStatusOkay);
-  ring_.reset();  // its thread joined: `published` is complete
-  ASSERT_FALSE(published.empty());
-  EXPECT_GT(published.size(), 1u) << "the responses were published at once: " << published.front();
-  EXPECT_TRUE(std::is_sorted(published.begin(), published.end()));
-  EXPECT_EQ(published.back(), batch);
+  ring_.reset();  // its thread joined: published_ is complete
+  ASSERT_FALSE(published_.empty());
+  EXPECT_GT(published_.size(), 1u) << "the responses were published at once: " << published_.front();
+  EXPECT_TRUE(std::is_sorted(published_.begin(), published_.end()));
+  EXPECT_EQ(published_.back(), batch);
   EXPECT_EQ(PageByte(kFirstDataGfn + 255, 4095), 2047 % 251);  // the image's last byte
 }
 
