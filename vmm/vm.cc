@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -552,7 +553,8 @@ void Vm::HandleBusAccess(accel::Vcpu& vcpu, const devices::Bus& bus, uint64_t ad
 void Vm::VcpuLoop(accel::Vcpu& vcpu) {
   while (!ending_.load()) {
     absl::StatusOr<accel::Exit> exit = vcpu.Run();
-    const absl::Time exit_start = absl::Now();
+    // Durations on the monotonic clock (absl::Now() is the wall clock, which can step).
+    const auto exit_start = std::chrono::steady_clock::now();
     if (!exit.ok()) {
       End({VmEnd::Kind::kCrashed, 0, absl::StrCat("vCPU ", vcpu.id(), ": ", exit.status().message())});
       return;
@@ -572,7 +574,8 @@ void Vm::VcpuLoop(accel::Vcpu& vcpu) {
     }
     if (handled) {
       exits_.fetch_add(1, std::memory_order_relaxed);
-      exit_ns_.fetch_add(absl::ToInt64Nanoseconds(absl::Now() - exit_start), std::memory_order_relaxed);
+      const auto took = std::chrono::steady_clock::now() - exit_start;
+      exit_ns_.fetch_add(std::chrono::duration_cast<std::chrono::nanoseconds>(took).count(), std::memory_order_relaxed);
     } else if (std::holds_alternative<accel::HaltExit>(*exit)) {
       bool all_halted;
       {

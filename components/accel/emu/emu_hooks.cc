@@ -150,7 +150,8 @@ void EmuVcpu::OnBlock(uc_engine* uc, uint64_t address, uint32_t, void* user) {
       self->block_repeats_ = 0;
     }
     stop = stop || self->vm_.run_token.urgently_wanted() ||
-           (++self->contended_blocks_ % kBlocksPerClockRead == 0 && absl::Now() - self->slice_start_ >= kRunSlice);
+           (++self->contended_blocks_ % kBlocksPerClockRead == 0 &&
+            std::chrono::steady_clock::now() - self->slice_start_ >= kRunSlice);
   }
   if (!stop) return;
   // RepairBlockStop needs the block's offset in CS; where CS's base cannot be known (real mode and

@@ -513,11 +513,13 @@ void EmuVcpu::RunGuest(bool interrupt_waiting) {
   // At most one flush a millisecond: Linux serializes after each of its ~50,000 boot-time patches.
   // A deferred flush still comes before the patched code matters (the patches keep behaviour
   // until freed init code is reached, seconds later), at the first start a millisecond on.
-  if (stale_code_at_ || (flush_translations_ && absl::Now() - last_flush_ >= absl::Milliseconds(1))) {
+  const bool flush_due =
+      flush_translations_ && std::chrono::steady_clock::now() - last_flush_ >= std::chrono::milliseconds(1);
+  if (stale_code_at_ || flush_due) {
     uc_ctl_flush_tb(uc_);
     flush_translations_ = false;
     stale_code_at_.reset();
-    last_flush_ = absl::Now();
+    last_flush_ = std::chrono::steady_clock::now();
   }
   RestoreCr2();
   if (absl::Status synced = SyncExtraPages(); !synced.ok()) {
@@ -589,7 +591,7 @@ bool EmuVcpu::TakeKick() {
 void EmuVcpu::TakeRunToken() {
   vm_.run_token.Acquire();
   holds_run_token_ = true;
-  slice_start_ = absl::Now();
+  slice_start_ = std::chrono::steady_clock::now();
 }
 
 uint64_t EmuVcpu::Deliver(Exit exit, bool wants_value) {
