@@ -47,10 +47,11 @@ class IoEngine {
  public:
   virtual ~IoEngine() = default;
 
-  // Queues `request`; nothing starts before Submit(). kResourceExhausted when depth() requests are
-  // queued or in flight already (a caller bounds itself by depth()).
+  // Queues `request`; it may start at once (io_uring with O_DIRECT), and has started once Submit()
+  // returns. kResourceExhausted when depth() requests are queued or in flight already (a caller
+  // bounds itself by depth()).
   virtual absl::Status Enqueue(IoRequest request) = 0;
-  // Starts everything queued, in one system call where the engine can.
+  // Starts everything queued and not started, in one system call where the engine can.
   virtual absl::Status Submit() = 0;
   // An eventfd, readable (poll) when completions may be waiting. The caller drains it (reads its
   // counter) before reaping, so a completion after the Reap signals it again. What Submit

@@ -4,7 +4,10 @@
 #include <poll.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -227,6 +230,54 @@ TEST(UringEngineTest, AReadPartlyInThePageCacheGivesAllOfIt) {
   EXPECT_EQ(done[0].error, 0);
   pieces[0].insert(pieces[0].end(), pieces[1].begin(), pieces[1].end());
   EXPECT_EQ(pieces[0], data);
+}
+
+// O_DIRECT: each request starts as it is queued (no Submit needed for it to complete), and a
+// flush still completes after the writes queued before it and before the reads queued after it.
+TEST(UringEngineTest, DirectRequestsStartAsTheyAreQueuedAndAFlushStillOrdersThem) {
+  const std::string path = std::string(std::getenv("TEST_TMPDIR")) + "/direct";
+  base::Fd fd(open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_DIRECT, 0600));
+  if (!fd.valid() && errno == EINVAL) GTEST_SKIP() << "no O_DIRECT on the file system of " << path;
+  ASSERT_TRUE(fd.valid());
+  ASSERT_EQ(ftruncate(fd.get(), 1 << 20), 0);
+  absl::StatusOr<std::unique_ptr<IoEngine>> engine = NewUringEngine(fd.get(), 32);
+  if (!engine.ok()) GTEST_SKIP() << "no io_uring here: " << engine.status();
+  constexpr size_t kBlock = 4096;
+  void* memory = nullptr;
+  ASSERT_EQ(posix_memalign(&memory, kBlock, 16 * kBlock), 0);
+  std::unique_ptr<uint8_t, decltype(&std::free)> buffers(static_cast<uint8_t*>(memory), &std::free);
+  for (size_t i = 0; i < 8; ++i) std::memset(buffers.get() + i * kBlock, static_cast<int>(i + 1), kBlock);
+  std::memset(buffers.get() + 8 * kBlock, 0, 8 * kBlock);
+  auto transfer = [&](IoOperation operation, size_t block, uint64_t tag) {
+    return IoRequest{operation, (block % 8) * kBlock, 0, {iovec{buffers.get() + block * kBlock, kBlock}}, tag};
+  };
+  for (size_t i = 0; i < 8; ++i) ASSERT_TRUE((*engine)->Enqueue(transfer(IoOperation::kWrite, i, i)).ok());
+  // Started without Submit: their completions come.
+  std::vector<IoCompletion> done;
+  for (int wait = 0; wait < 10000 && done.size() < 8; ++wait) {
+    if ((*engine)->Reap(&done) == 0) usleep(1000);
+  }
+  ASSERT_EQ(done.size(), 8u);
+  for (size_t i = 0; i < 8; ++i) ASSERT_TRUE((*engine)->Enqueue(transfer(IoOperation::kWrite, i, 10 + i)).ok());
+  ASSERT_TRUE((*engine)->Enqueue(IoRequest{IoOperation::kFlush, 0, 0, {}, 1000}).ok());
+  for (size_t i = 8; i < 16; ++i) ASSERT_TRUE((*engine)->Enqueue(transfer(IoOperation::kRead, i, 100 + i)).ok());
+  ASSERT_TRUE((*engine)->Submit().ok());
+  done.clear();
+  for (int wait = 0; wait < 10000 && done.size() < 17; ++wait) {
+    if ((*engine)->Reap(&done) == 0) usleep(1000);
+  }
+  ASSERT_EQ(done.size(), 17u);
+  size_t flush_at = 0;
+  for (size_t i = 0; i < done.size(); ++i) {
+    EXPECT_EQ(done[i].error, 0) << done[i].tag;
+    if (done[i].tag == 1000) flush_at = i;
+  }
+  EXPECT_EQ(flush_at, 8u);
+  for (size_t i = 0; i < flush_at; ++i) EXPECT_LT(done[i].tag, 100u);
+  for (size_t i = 0; i < 8; ++i) {
+    EXPECT_EQ(buffers.get()[(8 + i) * kBlock], i + 1) << "block " << i;
+    EXPECT_EQ(buffers.get()[(8 + i) * kBlock + kBlock - 1], i + 1) << "block " << i;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Engines, IoEngineTest, ::testing::Values(EngineChoice::kUring, EngineChoice::kThreads),

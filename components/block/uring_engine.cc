@@ -13,6 +13,7 @@
 //   rest. io_uring would copy cached data within its submission on this thread too; a read system
 //   call does the same for ~15% less than a submission and its completion entry.
 // Nothing is done inline while a flush is queued or in flight (the flush's barrier).
+// With O_DIRECT, a request is submitted as it is enqueued (Enqueue says why).
 #include <fcntl.h>
 #include <liburing.h>
 #include <linux/falloc.h>
@@ -75,6 +76,12 @@ class UringEngine final : public IoEngine {
       inline_.push_back(slot);
     } else {
       Prepare(slot);
+      // O_DIRECT: the device starts on it now, as fio does by default (one submission an I/O).
+      // Submitted together, a batch waits in the block layer's plug until its last request is
+      // prepared and reaches the device with one notification: this machine's virtio disk then
+      // served 4 KiB random reads at depth 32 at 0.82-0.86x fio instead of 0.88-0.97x. A failed
+      // submission is left to Submit, which reports it.
+      if (!page_cache_) (void)SubmitPrepared();
     }
     return absl::OkStatus();
   }
@@ -82,10 +89,9 @@ class UringEngine final : public IoEngine {
   absl::Status Submit() override {
     if (!inline_.empty()) DoQueuedInline();
     while (unsubmitted_ > 0) {
-      const int submitted = io_uring_submit(&ring_);
+      const int submitted = SubmitPrepared();
       if (submitted == -EINTR || submitted == -EAGAIN) continue;
       if (submitted < 0) return absl::InternalError(absl::StrCat("io_uring_enter: ", std::strerror(-submitted)));
-      unsubmitted_ -= std::min<uint32_t>(unsubmitted_, static_cast<uint32_t>(submitted));
     }
     return absl::OkStatus();
   }
@@ -204,6 +210,13 @@ class UringEngine final : public IoEngine {
     const auto end = std::chrono::steady_clock::now();
     if (end - start > kSlowWrite) inline_paused_until_ = end + kInlinePause;
     return error;
+  }
+
+  // Submits what Prepare put in the SQ: how many went, or -errno.
+  int SubmitPrepared() {
+    const int submitted = io_uring_submit(&ring_);
+    if (submitted > 0) unsubmitted_ -= std::min<uint32_t>(unsubmitted_, static_cast<uint32_t>(submitted));
+    return submitted;
   }
 
   void Release(uint32_t slot) {
