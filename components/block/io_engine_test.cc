@@ -21,6 +21,24 @@ namespace {
 
 constexpr uint64_t kFileBytes = 1 << 20;
 
+// Reaps into `done` until it holds `count` completions (gives up after ~10 s), without waiting on
+// completion_fd().
+void ReapUntil(IoEngine& engine, size_t count, std::vector<IoCompletion>& done) {
+  for (int wait = 0; wait < 10000 && done.size() < count; ++wait) {
+    if (engine.Reap(&done) == 0) usleep(1000);
+  }
+}
+
+// Where the completion tagged `flush_tag` came among `done`; every completion should be a success.
+size_t FlushPosition(const std::vector<IoCompletion>& done, uint64_t flush_tag) {
+  size_t flush_at = 0;
+  for (size_t i = 0; i < done.size(); ++i) {
+    EXPECT_EQ(done[i].error, 0) << done[i].tag;
+    if (done[i].tag == flush_tag) flush_at = i;
+  }
+  return flush_at;
+}
+
 class IoEngineTest : public ::testing::TestWithParam<EngineChoice> {
  protected:
   void SetUp() override {
@@ -114,11 +132,7 @@ TEST_P(IoEngineTest, FlushCompletesAfterEverythingBeforeItAndBeforeEverythingAft
   ASSERT_TRUE(engine_->Submit().ok());
   std::vector<IoCompletion> done = Wait(17);
   ASSERT_EQ(done.size(), 17u);
-  size_t flush_at = 0;
-  for (size_t i = 0; i < done.size(); ++i) {
-    EXPECT_EQ(done[i].error, 0) << done[i].tag;
-    if (done[i].tag == 1000) flush_at = i;
-  }
+  const size_t flush_at = FlushPosition(done, 1000);
   EXPECT_EQ(flush_at, 8u);
   for (size_t i = 0; i < flush_at; ++i) EXPECT_LT(done[i].tag, 8u);
 }
@@ -223,9 +237,7 @@ TEST(UringEngineTest, AReadPartlyInThePageCacheGivesAllOfIt) {
   ASSERT_TRUE((*engine)->Enqueue(std::move(read)).ok());
   ASSERT_TRUE((*engine)->Submit().ok());
   std::vector<IoCompletion> done;
-  for (int wait = 0; wait < 10000 && done.empty(); ++wait) {
-    if ((*engine)->Reap(&done) == 0) usleep(1000);
-  }
+  ReapUntil(**engine, 1, done);
   ASSERT_EQ(done.size(), 1u);
   EXPECT_EQ(done[0].error, 0);
   pieces[0].insert(pieces[0].end(), pieces[1].begin(), pieces[1].end());
@@ -254,24 +266,16 @@ TEST(UringEngineTest, DirectRequestsStartAsTheyAreQueuedAndAFlushStillOrdersThem
   for (size_t i = 0; i < 8; ++i) ASSERT_TRUE((*engine)->Enqueue(transfer(IoOperation::kWrite, i, i)).ok());
   // Started without Submit: their completions come.
   std::vector<IoCompletion> done;
-  for (int wait = 0; wait < 10000 && done.size() < 8; ++wait) {
-    if ((*engine)->Reap(&done) == 0) usleep(1000);
-  }
+  ReapUntil(**engine, 8, done);
   ASSERT_EQ(done.size(), 8u);
   for (size_t i = 0; i < 8; ++i) ASSERT_TRUE((*engine)->Enqueue(transfer(IoOperation::kWrite, i, 10 + i)).ok());
   ASSERT_TRUE((*engine)->Enqueue(IoRequest{IoOperation::kFlush, 0, 0, {}, 1000}).ok());
   for (size_t i = 8; i < 16; ++i) ASSERT_TRUE((*engine)->Enqueue(transfer(IoOperation::kRead, i, 100 + i)).ok());
   ASSERT_TRUE((*engine)->Submit().ok());
   done.clear();
-  for (int wait = 0; wait < 10000 && done.size() < 17; ++wait) {
-    if ((*engine)->Reap(&done) == 0) usleep(1000);
-  }
+  ReapUntil(**engine, 17, done);
   ASSERT_EQ(done.size(), 17u);
-  size_t flush_at = 0;
-  for (size_t i = 0; i < done.size(); ++i) {
-    EXPECT_EQ(done[i].error, 0) << done[i].tag;
-    if (done[i].tag == 1000) flush_at = i;
-  }
+  const size_t flush_at = FlushPosition(done, 1000);
   EXPECT_EQ(flush_at, 8u);
   for (size_t i = 0; i < flush_at; ++i) EXPECT_LT(done[i].tag, 100u);
   for (size_t i = 0; i < 8; ++i) {
