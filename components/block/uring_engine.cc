@@ -79,7 +79,7 @@ class UringEngine final : public IoEngine {
       // O_DIRECT: the device starts on it now, as fio does by default (one submission an I/O).
       // Submitted together, a batch waits in the block layer's plug until its last request is
       // prepared and reaches the device with one notification: this machine's virtio disk then
-      // served 4 KiB random reads at depth 32 at 0.82-0.86x fio instead of 0.88-0.97x. A failed
+      // served 4 KiB random reads at depth 32 at 0.82-0.92x fio instead of 0.88-0.97x. A failed
       // submission is left to Submit, which reports it.
       if (!page_cache_) (void)SubmitPrepared();
     }
