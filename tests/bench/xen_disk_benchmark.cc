@@ -15,12 +15,15 @@
 // segments), as Linux's blkfront sends them.
 //
 // The file's dirty pages are written back before every run of either. Prints IOPS and MB/s of
-// each (medians of --runs) and the ratio xen-disk / fio.
+// each (medians of --runs) and the ratio xen-disk / fio. The 1 GiB file is created for the run
+// (--file must not exist: nothing of the user's is overwritten) and removed after it, on an
+// interrupt too.
 //
 //   bazel run -c opt //tests/bench:xen_disk_benchmark -- [--seconds N] [--runs N] [--file PATH]
 //       [--cache writeback|none] [--depths 1,8,32] [--engine auto|uring|threads]
-//       [--workloads randread,randwrite,read,write]
+//       [--workloads randread,randwrite,read,write]   (--help: the flags)
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -28,12 +31,13 @@
 #include <cstring>
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
 #include <random>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "CLI/CLI.hpp"
+#include "absl/status/statusor.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -59,18 +63,20 @@ struct Workload {
   bool random() const { return std::string(fio_rw).rfind("rand", 0) == 0; }
 };
 
+constexpr Workload kWorkloads[] = {{"randread", 4096}, {"randwrite", 4096}, {"read", 1 << 20}, {"write", 1 << 20}};
+
 struct Options {
   int seconds = 3;
   int runs = 3;
-  std::string file = "/tmp/xenkvm-bench-disk.img";
+  std::string file;  // default: under /var/tmp (a disk, not tmpfs), named after the process
   block::CacheMode cache = block::CacheMode::kWriteback;
   std::vector<uint32_t> depths = {1, 8, 32};
   block::EngineChoice engine = block::EngineChoice::kAuto;
   std::vector<std::string> workloads = {"randread", "randwrite", "read", "write"};
 };
 
-// fio's IOPS, or -1 with a message.
-double FioIops(const Options& options, const Workload& workload, uint32_t depth) {
+// fio's IOPS, or why there are none.
+absl::StatusOr<double> FioIops(const Options& options, const Workload& workload, uint32_t depth) {
   const std::string command = absl::StrCat(
       "fio --name=reference --filename=", options.file, " --rw=", workload.fio_rw, " --bs=", workload.block_bytes,
       " --ioengine=io_uring --iodepth=", depth, " --iodepth_batch_complete_max=", depth,
@@ -84,27 +90,30 @@ double FioIops(const Options& options, const Workload& workload, uint32_t depth)
   while (size_t n = fread(buffer, 1, sizeof(buffer), pipe)) output.append(buffer, n);
   pclose(pipe);
   size_t start = output.find("3;fio-");
-  if (start == std::string::npos) {
-    std::fprintf(stderr, "fio failed: %s\n", output.c_str());
-    return -1;
-  }
+  if (start == std::string::npos) return absl::UnavailableError(absl::StrCat("fio failed: ", output));
   // Terse v3: field 8 is read IOPS, field 49 write IOPS (1-based, ';'-separated).
   std::vector<std::string> fields = absl::StrSplit(output.substr(start), ';');
   const size_t index = workload.write() ? 48 : 7;
   double iops = -1;
-  if (fields.size() > index) (void)absl::SimpleAtod(fields[index], &iops);
+  if (fields.size() <= index || !absl::SimpleAtod(fields[index], &iops)) {
+    return absl::UnavailableError(absl::StrCat("fio's terse output has no IOPS: ", output));
+  }
   return iops;
 }
 
-double XenDiskIops(const Options& options, const Workload& workload, uint32_t depth) {
+// xen-disk's IOPS, or why there are none.
+absl::StatusOr<double> XenDiskIops(const Options& options, const Workload& workload, uint32_t depth) {
   const uint32_t pages_per_request = workload.block_bytes / 4096;
   const uint64_t guest_bytes = (kDataGfn + uint64_t{depth} * pages_per_request + 16) << 12;
-  auto memory = std::move(memory::GuestMemory::Create({{memory::GuestAddress(0), guest_bytes}})).value();
+  absl::StatusOr<memory::GuestMemory> created = memory::GuestMemory::Create({{memory::GuestAddress(0), guest_bytes}});
+  if (!created.ok()) return created.status();
+  memory::GuestMemory memory = std::move(*created);
   xen::GrantTable grants(memory, kTableFrames);
   for (uint32_t frame = 0; frame < kTableFrames; ++frame) {
-    if (grants.MapFrame(frame, kTableGfn + frame) != 0) return -1;
+    if (grants.MapFrame(frame, kTableGfn + frame) != 0) return absl::InternalError("the grant table's frames");
   }
-  auto image = std::move(block::Image::Open(options.file, false, options.cache)).value();
+  absl::StatusOr<std::unique_ptr<block::Image>> image = block::Image::Open(options.file, false, options.cache);
+  if (!image.ok()) return image.status();
   testing::Blkfront front(memory, kTableGfn, kRingGfn);
   // Each slot of the closed loop has its own pages (and an indirect page for large requests).
   std::vector<std::vector<testing::Blkfront::Segment>> segments(depth);
@@ -120,7 +129,9 @@ double XenDiskIops(const Options& options, const Workload& workload, uint32_t de
   ring_options.persistent_grants = true;  // as Linux blkfront negotiates it
   ring_options.max_indirect_segments = 256;
   ring_options.engine = options.engine;
-  auto ring = std::move(xenbus::DiskRing::Start(grants, *image, ring_options, front.EventNotifier())).value();
+  absl::StatusOr<std::unique_ptr<xenbus::DiskRing>> ring =
+      xenbus::DiskRing::Start(grants, **image, ring_options, front.EventNotifier());
+  if (!ring.ok()) return ring.status();
 
   // Each slot's request is built once (its indirect page written once); only the sector changes.
   const uint8_t operation = workload.write() ? xenbus::blkif::kOpWrite : xenbus::blkif::kOpRead;
@@ -141,18 +152,21 @@ double XenDiskIops(const Options& options, const Workload& workload, uint32_t de
   };
   for (uint32_t slot = 0; slot < depth; ++slot) put(slot);
   front.Publish();
-  ring->Kick();
+  (*ring)->Kick();
   uint64_t done = 0;
   const absl::Time start = absl::Now();
   const absl::Time end = start + absl::Seconds(options.seconds);
   while (absl::Now() < end) {
     std::vector<testing::Blkfront::Response> responses = front.Take(1, absl::Seconds(10), /*all=*/true);
-    if (responses.empty()) return -1;
+    if (responses.empty()) return absl::DeadlineExceededError("xen-disk answered nothing for 10 s");
     for (const auto& response : responses) {
-      if (response.status != 0) return -1;
+      if (response.status != 0) {
+        return absl::InternalError(absl::StrCat("xen-disk answered request ", response.id, " with status ",
+                                                response.status, " (-1: the I/O on the file failed)"));
+      }
       put(static_cast<uint32_t>(response.id));
     }
-    if (front.PublishAndCheckNotify()) ring->Kick();  // as blkfront: only when the backend sleeps
+    if (front.PublishAndCheckNotify()) (*ring)->Kick();  // as blkfront: only when the backend sleeps
     done += responses.size();
   }
   const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
@@ -195,56 +209,119 @@ double Median(std::vector<double> values) {
   return values.empty() ? -1 : values[values.size() / 2];
 }
 
-Options ParseOptions(int argc, char** argv) {
-  Options options;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    const std::string flag = argv[i], value = argv[i + 1];
-    if (flag == "--seconds") (void)absl::SimpleAtoi(value, &options.seconds);
-    if (flag == "--runs") (void)absl::SimpleAtoi(value, &options.runs);
-    if (flag == "--file") options.file = value;
-    if (flag == "--cache") options.cache = block::ParseCacheMode(value).value_or(block::CacheMode::kWriteback);
-    if (flag == "--engine") {
-      options.engine = value == "uring" ? block::EngineChoice::kUring
-                       : value == "threads" ? block::EngineChoice::kThreads
-                                            : block::EngineChoice::kAuto;
-    }
-    if (flag == "--workloads") options.workloads = absl::StrSplit(value, ',');
-    if (flag == "--depths") {
-      options.depths.clear();
-      for (absl::string_view depth : absl::StrSplit(value, ',')) {
-        uint32_t parsed = 0;
-        if (absl::SimpleAtoi(depth, &parsed) && parsed >= 1 && parsed <= 32) options.depths.push_back(parsed);
-      }
-    }
+// The benchmark's file, removed on SIGINT and SIGTERM too (unlink is async-signal-safe).
+char created_file[4096] = {};
+
+void RemoveFileAndExit(int signal) {
+  if (created_file[0] != 0) unlink(created_file);
+  _exit(128 + signal);
+}
+
+// Creates `path` (which must not exist) holding kFileBytes.
+absl::Status CreateFile(const std::string& path) {
+  if (path.size() >= sizeof(created_file)) return absl::InvalidArgumentError(absl::StrCat("--file: ", path, " is too long"));
+  const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0 && errno == EEXIST) {
+    return absl::AlreadyExistsError(absl::StrCat("--file ", path,
+                                                 " exists: the benchmark writes 1 GiB into a file of its own and removes "
+                                                 "it afterwards; name a path that does not exist"));
   }
-  return options;
+  if (fd < 0) return absl::InvalidArgumentError(absl::StrCat("--file ", path, ": ", std::strerror(errno)));
+  std::memcpy(created_file, path.c_str(), path.size() + 1);
+  struct sigaction action = {};
+  action.sa_handler = RemoveFileAndExit;
+  sigaction(SIGINT, &action, nullptr);
+  sigaction(SIGTERM, &action, nullptr);
+  const std::string chunk(1 << 20, 'x');
+  for (uint64_t written = 0; written < kFileBytes;) {
+    const ssize_t n = write(fd, chunk.data(), std::min<uint64_t>(chunk.size(), kFileBytes - written));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const int error = n < 0 ? errno : ENOSPC;
+      close(fd);
+      return absl::ResourceExhaustedError(
+          absl::StrCat("writing 1 GiB into ", path, ": ", std::strerror(error), " (--file elsewhere?)"));
+    }
+    written += static_cast<uint64_t>(n);
+  }
+  close(fd);
+  return absl::OkStatus();
+}
+
+// Parses the flags into *options; a non-negative return is the exit status (--help, or an error).
+int ParseOptions(int argc, char** argv, Options* options) {
+  CLI::App app("xen-disk (in-process blkfront, DiskRing, I/O engine) against fio with io_uring on the same 1 GiB file",
+               "xen_disk_benchmark");
+  std::string cache = "writeback", engine = "auto";
+  app.add_option("--seconds", options->seconds, "seconds a run (default 3)")->check(CLI::Range(1, 3600));
+  app.add_option("--runs", options->runs, "runs of each, alternated; the median is printed (default 3)")
+      ->check(CLI::Range(1, 100));
+  app.add_option("--file", options->file,
+                 "the file to create for the run and remove after it; must not exist (default "
+                 "/var/tmp/xenkvm-bench-disk-PID.img)");
+  app.add_option("--cache", cache, "writeback (the page cache) or none (O_DIRECT), for both (default writeback)")
+      ->check(CLI::IsMember({"writeback", "none"}));
+  app.add_option("--depths", options->depths, "queue depths, 1 to 32 (default 1,8,32)")
+      ->delimiter(',')
+      ->check(CLI::Range(1, 32));
+  app.add_option("--engine", engine, "xen-disk's I/O engine: auto, uring or threads (default auto)")
+      ->check(CLI::IsMember({"auto", "uring", "threads"}));
+  app.add_option("--workloads", options->workloads,
+                 "of randread, randwrite (4 KiB), read, write (1 MiB sequential) (default all four)")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"randread", "randwrite", "read", "write"}));
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& error) {
+    const int status = app.exit(error);  // prints --help, or what was wrong with the flags
+    return status == 0 ? 0 : 2;
+  }
+  options->cache = block::ParseCacheMode(cache).value();  // checked above
+  options->engine = engine == "uring"     ? block::EngineChoice::kUring
+                    : engine == "threads" ? block::EngineChoice::kThreads
+                                          : block::EngineChoice::kAuto;
+  if (options->file.empty()) options->file = absl::StrCat("/var/tmp/xenkvm-bench-disk-", getpid(), ".img");
+  return -1;
+}
+
+int Fail(const absl::Status& status) {
+  std::fprintf(stderr, "xen_disk_benchmark: %s\n", std::string(status.message()).c_str());
+  if (created_file[0] != 0) unlink(created_file);
+  return 1;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   base::DisableLockOrderChecks();  // as in xenkvm-vmm
-  const Options options = ParseOptions(argc, argv);
-  {
-    std::ofstream image(options.file, std::ios::binary);
-    std::string chunk(1 << 20, 'x');
-    for (uint64_t i = 0; i < kFileBytes >> 20; ++i) image << chunk;
+  Options options;
+  if (int status = ParseOptions(argc, argv, &options); status >= 0) return status;
+  if (std::system("fio --version > /dev/null 2>&1") != 0) {
+    return Fail(absl::FailedPreconditionError("fio, the reference, is not installed (apt-get install fio)"));
   }
+  if (absl::Status created = CreateFile(options.file); !created.ok()) return Fail(created);
   std::printf("xen-disk vs fio (io_uring, 1 job, shared-memory buffers) on %s (%llu MiB), cache=%s, %d s per run, median of %d alternated runs\n",
               options.file.c_str(), static_cast<unsigned long long>(kFileBytes >> 20),
               block::CacheModeName(options.cache), options.seconds, options.runs);
   std::printf("hand-off round trip between two threads here: %.0f ns (in every xen-disk request: the frontend's and the ring's)\n",
               HandOffRoundTripNs());
-  const Workload workloads[] = {{"randread", 4096}, {"randwrite", 4096}, {"read", 1 << 20}, {"write", 1 << 20}};
-  for (const Workload& workload : workloads) {
+  for (const Workload& workload : kWorkloads) {
     if (std::find(options.workloads.begin(), options.workloads.end(), workload.fio_rw) == options.workloads.end()) continue;
     for (uint32_t depth : options.depths) {
       std::vector<double> fio, xen;
       for (int run = 0; run < options.runs; ++run) {
         WriteBack(options.file);
-        fio.push_back(FioIops(options, workload, depth));
+        absl::StatusOr<double> reference = FioIops(options, workload, depth);
+        if (!reference.ok()) return Fail(reference.status());
+        fio.push_back(*reference);
         WriteBack(options.file);
-        xen.push_back(XenDiskIops(options, workload, depth));
+        absl::StatusOr<double> ours = XenDiskIops(options, workload, depth);
+        if (!ours.ok()) {
+          return Fail(absl::Status(ours.status().code(), absl::StrCat(workload.fio_rw, " QD", depth, ", cache=",
+                                                                       block::CacheModeName(options.cache), ": ",
+                                                                       ours.status().message())));
+        }
+        xen.push_back(*ours);
       }
       const double reference = Median(fio), ours = Median(xen);
       const double mb = workload.block_bytes / 1e6;

@@ -11,7 +11,7 @@
 // (a socket's, the tap's, the backlog's) are counted, not waited for. Not measured: a guest's
 // own driver and the VM exits of its kicks (tests/linux runs Linux's xen-netfront over a tap).
 //
-//   bazel run -c opt //tests/bench:xen_net_benchmark -- [--frames N] [--host pair|tap]
+//   bazel run -c opt //tests/bench:xen_net_benchmark -- [--frames N] [--host pair|tap]   (--help: the flags)
 #include <arpa/inet.h>
 #include <linux/if_ether.h>
 #include <linux/if_packet.h>
@@ -31,7 +31,7 @@
 #include <thread>
 #include <vector>
 
-#include "absl/strings/numbers.h"
+#include "CLI/CLI.hpp"
 #include "absl/time/clock.h"
 #include "components/base/lock_checks.h"
 #include "components/memory/guest_memory.h"
@@ -228,16 +228,17 @@ int main(int argc, char** argv) {
   base::DisableLockOrderChecks();  // as in xenkvm-vmm
   uint64_t frames = 500000;
   std::string host = "pair";
-  for (int i = 1; i + 1 < argc; i += 2) {
-    if (std::strcmp(argv[i], "--frames") == 0 && !absl::SimpleAtoi(argv[i + 1], &frames)) {
-      std::fprintf(stderr, "--frames: %s is not a number\n", argv[i + 1]);
-      return 2;
-    }
-    if (std::strcmp(argv[i], "--host") == 0) host = argv[i + 1];
-  }
-  if (host != "pair" && host != "tap") {
-    std::fprintf(stderr, "--host: pair or tap, not %s\n", host.c_str());
-    return 2;
+  CLI::App app("xen-net's data path (in-process netfront, NetRing) against the host path it serves", "xen_net_benchmark");
+  app.add_option("--frames", frames, "frames each way, each size (default 500000)")->check(CLI::Range(1000, 100000000));
+  app.add_option("--host", host,
+                 "pair: a SOCK_SEQPACKET pair; tap: a tap in a network namespace of the benchmark's own (root) "
+                 "(default pair)")
+      ->check(CLI::IsMember({"pair", "tap"}));
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& error) {
+    const int status = app.exit(error);  // prints --help, or what was wrong with the flags
+    return status == 0 ? 0 : 2;
   }
   setvbuf(stdout, nullptr, _IOLBF, 0);
   HostPath path;
