@@ -75,10 +75,24 @@ struct Options {
   std::vector<std::string> workloads = {"randread", "randwrite", "read", "write"};
 };
 
+// `path` as fio's --filename value (':' separates files there) quoted for the shell.
+std::string FioFilenameArgument(const std::string& path) {
+  std::string quoted = "'";
+  for (char c : path) {
+    if (c == '\'') {
+      quoted += "'\\''";
+    } else {
+      if (c == ':') quoted += '\\';
+      quoted += c;
+    }
+  }
+  return quoted + "'";
+}
+
 // fio's IOPS, or why there are none.
 absl::StatusOr<double> FioIops(const Options& options, const Workload& workload, uint32_t depth) {
   const std::string command = absl::StrCat(
-      "fio --name=reference --filename=", options.file, " --rw=", workload.fio_rw, " --bs=", workload.block_bytes,
+      "fio --name=reference --filename=", FioFilenameArgument(options.file), " --rw=", workload.fio_rw, " --bs=", workload.block_bytes,
       " --ioengine=io_uring --iodepth=", depth, " --iodepth_batch_complete_max=", depth,
       " --direct=", options.cache == block::CacheMode::kNone ? 1 : 0,
       " --invalidate=0 --numjobs=1 --iomem=mmapshared --time_based --runtime=", options.seconds, " --size=", kFileBytes,
