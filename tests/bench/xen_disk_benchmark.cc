@@ -31,6 +31,7 @@
 #include <cstring>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <random>
 #include <string>
 #include <thread>
@@ -274,12 +275,17 @@ int ParseOptions(int argc, char** argv, Options* options) {
                  "the file to create for the run and remove after it; must not exist (default "
                  "/var/tmp/xenkvm-bench-disk-PID.img)");
   app.add_option("--cache", cache, "writeback (the page cache) or none (O_DIRECT), for both (default writeback)")
-      ->check(CLI::IsMember({"writeback", "none"}));
+      ->check([](const std::string& value) {  // block's one parser of cache modes decides
+        absl::StatusOr<block::CacheMode> mode = block::ParseCacheMode(value);
+        return mode.ok() ? std::string() : std::string(mode.status().message());
+      });
   app.add_option("--depths", options->depths, "queue depths, 1 to 32 (default 1,8,32)")
       ->delimiter(',')
       ->check(CLI::Range(1, 32));
+  const std::map<std::string, block::EngineChoice> engines = {
+      {"auto", block::EngineChoice::kAuto}, {"uring", block::EngineChoice::kUring}, {"threads", block::EngineChoice::kThreads}};
   app.add_option("--engine", engine, "xen-disk's I/O engine: auto, uring or threads (default auto)")
-      ->check(CLI::IsMember({"auto", "uring", "threads"}));
+      ->check(CLI::IsMember(engines));
   app.add_option("--workloads", options->workloads,
                  "of randread, randwrite (4 KiB), read, write (1 MiB sequential) (default all four)")
       ->delimiter(',')
@@ -290,10 +296,8 @@ int ParseOptions(int argc, char** argv, Options* options) {
     const int status = app.exit(error);  // prints --help, or what was wrong with the flags
     return status == 0 ? 0 : 2;
   }
-  options->cache = block::ParseCacheMode(cache).value();  // checked above
-  options->engine = engine == "uring"     ? block::EngineChoice::kUring
-                    : engine == "threads" ? block::EngineChoice::kThreads
-                                          : block::EngineChoice::kAuto;
+  options->cache = *block::ParseCacheMode(cache);  // both checked above
+  options->engine = engines.at(engine);
   if (options->file.empty()) options->file = absl::StrCat("/var/tmp/xenkvm-bench-disk-", getpid(), ".img");
   return -1;
 }
