@@ -6,7 +6,8 @@
 // operations needed, else a small thread pool doing the same with preadv/pwritev/fdatasync/
 // fallocate. NewIoEngine picks, and says why it fell back.
 //
-// Not thread-safe: one thread enqueues, submits and reaps (a disk ring's own thread).
+// Not thread-safe: one thread at a time enqueues, submits and reaps (a disk ring's serving
+// thread: its own, or a kicker while it sleeps, under the ring's lock).
 #ifndef XENKVM_COMPONENTS_BLOCK_IO_ENGINE_H_
 #define XENKVM_COMPONENTS_BLOCK_IO_ENGINE_H_
 
@@ -64,6 +65,9 @@ class IoEngine {
   // Appends the completions ready now to `out`, without blocking or draining completion_fd();
   // short transfers have been continued to the end first. Returns how many were appended.
   virtual size_t Reap(std::vector<IoCompletion>* out) = 0;
+  // Whether Submit itself does the reads the page cache holds (io_uring without O_DIRECT): they
+  // have completed when it returns, so a caller may do them on a thread it must not stall long.
+  virtual bool ReadsCachedDataInline() const = 0;
   // Requests enqueued and not yet reaped.
   virtual uint32_t in_flight() const = 0;
   virtual uint32_t depth() const = 0;

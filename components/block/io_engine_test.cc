@@ -197,6 +197,10 @@ TEST(UringEngineTest, PageCacheWritesAndCachedReadsAreDoneBySubmit) {
   ASSERT_TRUE(fd.valid());
   absl::StatusOr<std::unique_ptr<IoEngine>> engine = NewUringEngine(fd.get(), 4);
   if (!engine.ok()) GTEST_SKIP() << "no io_uring here: " << engine.status();
+  EXPECT_TRUE((*engine)->ReadsCachedDataInline());
+  absl::StatusOr<std::unique_ptr<IoEngine>> pool = NewThreadPoolEngine(fd.get(), 4, 1);
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  EXPECT_FALSE((*pool)->ReadsCachedDataInline());  // its workers do every transfer
   std::vector<uint8_t> data(8192, 0x77);
   std::vector<uint8_t> back(8192);
   for (auto [operation, buffer] : {std::pair{IoOperation::kWrite, &data}, {IoOperation::kRead, &back}}) {
@@ -254,6 +258,7 @@ TEST(UringEngineTest, DirectRequestsStartAsTheyAreQueuedAndAFlushStillOrdersThem
   ASSERT_EQ(ftruncate(fd.get(), 1 << 20), 0);
   absl::StatusOr<std::unique_ptr<IoEngine>> engine = NewUringEngine(fd.get(), 32);
   if (!engine.ok()) GTEST_SKIP() << "no io_uring here: " << engine.status();
+  EXPECT_FALSE((*engine)->ReadsCachedDataInline());  // no page cache
   constexpr size_t kBlock = 4096;
   void* memory = nullptr;
   ASSERT_EQ(posix_memalign(&memory, kBlock, 16 * kBlock), 0);

@@ -94,6 +94,7 @@ class ThreadPoolEngine final : public IoEngine {
     return reaped;
   }
 
+  bool ReadsCachedDataInline() const override { return false; }  // the workers do every transfer
   uint32_t in_flight() const override { return in_flight_; }
   uint32_t depth() const override { return depth_; }
   std::string_view name() const override { return "threads"; }

@@ -133,6 +133,7 @@ class UringEngine final : public IoEngine {
     return reaped;
   }
 
+  bool ReadsCachedDataInline() const override { return page_cache_ && reads_inline_; }
   uint32_t in_flight() const override { return in_flight_; }
   uint32_t depth() const override { return depth_; }
   std::string_view name() const override { return "io_uring"; }

@@ -131,23 +131,44 @@ void EventChannels::FinishFifoRaiseLocked(uint32_t port, const FifoEvents::Raise
   CountLocked(port, outcome);
 }
 
-void EventChannels::RunBackendHandler(const Port& port) {
-  const std::shared_ptr<EventHandler>& handler = port.handler;
+void EventChannels::RunBackendHandlerLocked(const Port& port, std::shared_ptr<BackendHandler>* run_here) {
+  const std::shared_ptr<BackendHandler>& handler = port.handler;
   if (!handler) return;
-  if (backend_loop_ == nullptr || port.handler_thread == HandlerThread::kSender) {
-    (*handler)();
+  if (backend_loop_ == nullptr || handler->thread == HandlerThread::kSender) {
+    ++handler->sender_runs;  // UnbindBackend waits for it
+    *run_here = handler;
     return;
   }
-  (void)backend_loop_->Post([handler] { (*handler)(); });
+  (void)backend_loop_->Post([handler] {
+    if (handler->bound.load(std::memory_order_acquire)) handler->run();
+  });
 }
 
-int64_t EventChannels::SendLocked(uint32_t port) {
+int64_t EventChannels::Send(uint32_t port) {
+  std::shared_ptr<BackendHandler> run_here;
+  int64_t result = 0;
+  {
+    absl::MutexLock lock(&mutex_);
+    if (!ValidPortLocked(port)) return XenError(XEN_EINVAL);
+    result = SendLocked(port, &run_here);
+  }
+  if (run_here) {
+    // Outside the lock: the handler may notify the guest, and other vCPUs' event channel
+    // operations need not wait for it.
+    run_here->run();
+    absl::MutexLock lock(&mutex_);  // an UnbindBackend waiting on the count looks again
+    --run_here->sender_runs;
+  }
+  return result;
+}
+
+int64_t EventChannels::SendLocked(uint32_t port, std::shared_ptr<BackendHandler>* run_here) {
   Port& p = ports_[port];
   switch (p.type) {
     case PortType::kInterdomain:
       ++p.counters.sends;
       if (p.backend) {
-        RunBackendHandler(p);
+        RunBackendHandlerLocked(p, run_here);
       } else {
         RaiseLocked(p.remote_port);
       }
@@ -339,6 +360,7 @@ int64_t EventChannels::PortOnlyOp(HypercallCaller& caller, uint64_t command, uin
   static_assert(sizeof(evtchn_close_t) == 4 && sizeof(evtchn_send_t) == 4 && sizeof(evtchn_unmask_t) == 4);
   std::optional<uint32_t> port = caller.access.ReadObject<uint32_t>(arg);
   if (!port) return XenError(XEN_EFAULT);
+  if (command == EVTCHNOP_send) return Send(*port);
   absl::MutexLock lock(&mutex_);
   if (!ValidPortLocked(*port)) return XenError(XEN_EINVAL);
   switch (command) {
@@ -346,8 +368,6 @@ int64_t EventChannels::PortOnlyOp(HypercallCaller& caller, uint64_t command, uin
       if (ports_[*port].type == PortType::kClosed) return XenError(XEN_EINVAL);
       ClosePortLocked(*port);
       return 0;
-    case EVTCHNOP_send:
-      return SendLocked(*port);
     default:  // EVTCHNOP_unmask: an event that arrived while masked is delivered now
       if (fifo_.active()) {
         ++event_generation_;
@@ -503,7 +523,7 @@ absl::StatusOr<uint32_t> EventChannels::AllocateBackendPort(EventHandler handler
   ports_[*port].type = PortType::kInterdomain;
   ports_[*port].backend = true;
   ports_[*port].remote_domain = kBackendDomain;
-  ports_[*port].handler = std::make_shared<EventHandler>(std::move(handler));
+  ports_[*port].handler = std::make_shared<BackendHandler>(std::move(handler), HandlerThread::kBackendLoop);
   return *port;
 }
 
@@ -517,21 +537,32 @@ absl::Status EventChannels::BindBackend(uint32_t guest_port, EventHandler handle
   Port& p = ports_[guest_port];
   p.type = PortType::kInterdomain;
   p.backend = true;
-  p.handler = std::make_shared<EventHandler>(std::move(handler));
-  p.handler_thread = thread;
+  p.handler = std::make_shared<BackendHandler>(std::move(handler), thread);
+  bindings_[guest_port] = p.handler;
   return absl::OkStatus();
 }
 
 absl::Status EventChannels::UnbindBackend(uint32_t guest_port) {
   absl::MutexLock lock(&mutex_);
-  if (!ValidPortLocked(guest_port) || !ports_[guest_port].backend) {
+  const bool bound_now = ValidPortLocked(guest_port) && ports_[guest_port].backend;
+  auto binding = bindings_.extract(guest_port);  // there even if the guest closed the port
+  if (!bound_now && binding.empty()) {
     return absl::NotFoundError(absl::StrFormat("Xen shim: guest port %u is not bound to a backend", guest_port));
   }
-  Port& p = ports_[guest_port];
-  p.type = PortType::kUnbound;
-  p.backend = false;
-  p.handler.reset();
-  p.handler_thread = HandlerThread::kBackendLoop;
+  std::shared_ptr<BackendHandler> handler = binding.empty() ? ports_[guest_port].handler : binding.mapped();
+  if (bound_now) {
+    Port& p = ports_[guest_port];
+    p.type = PortType::kUnbound;
+    p.backend = false;
+    p.handler.reset();
+  }
+  if (handler) {
+    handler->bound.store(false, std::memory_order_release);
+    // A run on a sender's thread started before: waited for (Await lets the lock go meanwhile,
+    // which the run may need to notify the guest).
+    mutex_.Await(absl::Condition(
+        +[](BackendHandler* waited) { return waited->sender_runs == 0; }, handler.get()));
+  }
   return absl::OkStatus();
 }
 

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "components/base/event_loop.h"
@@ -88,13 +89,16 @@ class EventChannels {
   // Where a backend's handler runs.
   enum class HandlerThread {
     kBackendLoop,  // posted to the backend loop (any work)
-    // At once on the sending vCPU's thread, under this object's lock: for a handler that only
-    // wakes its backend's own thread (an eventfd write), saving the loop's wake-up on every
-    // kick. It must not block nor call back into EventChannels.
+    // At once on the sending vCPU's thread, after this object's lock is released: for a handler
+    // that wakes its backend's own thread (an eventfd write) or does a little of its work there
+    // (xen-disk's small cached reads), saving the loop's wake-up on every kick. It may notify
+    // the guest (NotifyGuest); the vCPU waits for it, so it must not block for long, nor unbind
+    // its own port.
     kSender,
   };
   // Binds a port the guest allocated with EVTCHNOP_alloc_unbound(remote_dom = 0). Once
-  // UnbindBackend returned, `handler` is not running and never runs again.
+  // UnbindBackend returned, `handler` is not running and never runs again (it waits for a run
+  // on a sender's thread in progress, even if the guest closed the port meanwhile).
   absl::Status BindBackend(uint32_t guest_port, EventHandler handler,
                            HandlerThread thread = HandlerThread::kBackendLoop);
   // The backend closes its end: the guest port becomes unbound again (remote domain 0).
@@ -109,6 +113,15 @@ class EventChannels {
   absl::Status InjectEvent(uint32_t port);
 
  private:
+  // A backend's handler, shared by its port and the runs in progress.
+  struct BackendHandler {
+    BackendHandler(EventHandler run, HandlerThread thread) : run(std::move(run)), thread(thread) {}
+    const EventHandler run;
+    const HandlerThread thread;
+    uint32_t sender_runs = 0;       // runs on senders' threads in progress (under mutex_)
+    std::atomic<bool> bound{true};  // false once unbound: a run posted before is dropped
+  };
+
   struct Port {
     PortType type = PortType::kClosed;
     uint32_t vcpu = 0;
@@ -116,8 +129,7 @@ class EventChannels {
     uint32_t remote_port = 0;    // interdomain loopback: the peer port
     bool backend = false;        // interdomain with a VMM backend
     uint32_t virq = 0;
-    std::shared_ptr<EventHandler> handler;
-    HandlerThread handler_thread = HandlerThread::kBackendLoop;
+    std::shared_ptr<BackendHandler> handler;
     PortCounters counters;
   };
 
@@ -148,11 +160,16 @@ class EventChannels {
   // Closes the ports the ABI in use cannot hold (a 32-bit layout, or back from FIFO).
   void CloseBeyondLimitLocked(bool backends_too) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void CountLocked(uint32_t port, const RaiseOutcome& outcome) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
-  int64_t SendLocked(uint32_t port) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // EVTCHNOP_send: a handler to run on this thread once the lock is released comes back in
+  // `run_here` (counted in its sender_runs).
+  int64_t Send(uint32_t port);
+  int64_t SendLocked(uint32_t port, std::shared_ptr<BackendHandler>* run_here) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void ClosePortLocked(uint32_t port) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // Lets the kernel handle the guest's sends on `port` (IPIs and loopback), or takes them back.
   void RouteLocked(uint32_t port) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
-  void RunBackendHandler(const Port& port);
+  // Posts a kBackendLoop handler's run to the loop, or hands a sender's run back (SendLocked).
+  void RunBackendHandlerLocked(const Port& port, std::shared_ptr<BackendHandler>* run_here)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
 
   const XenConfig& config_;
   const SystemClock& clock_;
@@ -164,6 +181,9 @@ class EventChannels {
 
   mutable absl::Mutex mutex_;
   std::vector<Port> ports_ ABSL_GUARDED_BY(mutex_);
+  // BindBackend's handlers by port until UnbindBackend, kept when the guest closes the port, so
+  // that UnbindBackend still waits for a run in progress.
+  absl::flat_hash_map<uint32_t, std::shared_ptr<BackendHandler>> bindings_ ABSL_GUARDED_BY(mutex_);
   std::vector<std::array<uint32_t, 24>> virq_ports_ ABSL_GUARDED_BY(mutex_);  // by vCPU; NR_VIRQS
   FifoEvents fifo_ ABSL_GUARDED_BY(mutex_);
   // The layout, as latched into SharedPages (kept here too: every port check needs it).

@@ -1,8 +1,10 @@
 // Event channels: EVTCHNOP_* against guest memory, limits, the backends' side, injection.
+#include <atomic>
 #include <optional>
 #include <thread>
 
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "components/base/event_loop.h"
 #include "components/xen/shim_test_fixture.h"
 
@@ -215,6 +217,60 @@ TEST_F(ShimTest, BackendHandlersRunOnTheLoopOrOnTheSendersThread) {
   (*loop)->Join();
   vcpus_.clear();
   shim_.reset();  // before the loop it was given
+}
+
+// A handler on the sender's thread runs after the event channels' lock is released: it may
+// notify the guest (xen-disk answers small reads there), which would deadlock under the lock.
+TEST_F(ShimTest, ASendersHandlerMayNotifyTheGuest) {
+  MapSharedInfo();
+  const int64_t port = AllocUnbound(/*remote=*/0);
+  ASSERT_GT(port, 0);
+  absl::Status notified = absl::UnknownError("not run");
+  ASSERT_TRUE(shim_->event_channels()
+                  .BindBackend(
+                      port, [&] { notified = shim_->event_channels().NotifyGuest(port); },
+                      EventChannels::HandlerThread::kSender)
+                  .ok());
+  ASSERT_EQ(PortOp(EVTCHNOP_send, port), 0);
+  EXPECT_TRUE(notified.ok()) << notified;
+  EXPECT_TRUE(Port(port)->pending);
+  EXPECT_EQ(Port(port)->counters.sends, 2u);  // the guest's and the backend's
+}
+
+// UnbindBackend returns only once a handler running on a sender's thread has finished, even when
+// the guest closed the port meanwhile (the handler uses its backend, which goes after the unbind).
+TEST_F(ShimTest, UnbindWaitsForASendersHandlerInProgress) {
+  MapSharedInfo();
+  const int64_t port = AllocUnbound(/*remote=*/0);
+  ASSERT_GT(port, 0);
+  absl::Notification started, release;
+  std::atomic<bool> finished{false};
+  ASSERT_TRUE(shim_->event_channels()
+                  .BindBackend(
+                      port,
+                      [&] {
+                        started.Notify();
+                        release.WaitForNotification();
+                        finished = true;
+                      },
+                      EventChannels::HandlerThread::kSender)
+                  .ok());
+  std::thread sender([&] { EXPECT_EQ(PortOp(EVTCHNOP_send, port), 0); });
+  started.WaitForNotification();
+  EXPECT_EQ(PortOp(EVTCHNOP_close, port), 0);  // other operations do not wait for the handler
+  std::atomic<bool> unbound{false};
+  std::thread unbinder([&] {
+    EXPECT_TRUE(shim_->event_channels().UnbindBackend(port).ok());
+    unbound = true;
+    EXPECT_TRUE(finished.load());
+  });
+  absl::SleepFor(absl::Milliseconds(50));
+  EXPECT_FALSE(unbound.load());
+  release.Notify();
+  sender.join();
+  unbinder.join();
+  EXPECT_TRUE(unbound.load());
+  EXPECT_EQ(shim_->event_channels().UnbindBackend(port).code(), absl::StatusCode::kNotFound);  // once
 }
 
 TEST_F(ShimTest, InjectEventRefusesBadPorts) {

@@ -61,7 +61,6 @@ absl::StatusOr<std::unique_ptr<DiskRing>> DiskRing::Start(xen::GrantTable& grant
   ring->response_producer_ = ring->Index(kResponseProducer).load(std::memory_order_acquire);
   ring->request_consumer_ = ring->published_ = ring->response_producer_;
   ring->thread_ = std::thread([raw = ring.get()] { raw->Run(); });
-  ring->Kick();
   return ring;
 }
 
@@ -87,7 +86,7 @@ DiskRing::DiskRing(xen::GrantTable& grants, block::Image& image, Options options
 DiskRing::~DiskRing() {
   if (thread_.joinable()) {
     stopping_.store(true);
-    Kick();
+    WakeThread();
     thread_.join();
   }
   engine_.reset();  // nothing in flight: the thread waited for it
@@ -99,8 +98,50 @@ DiskRing::~DiskRing() {
 }
 
 void DiskRing::Kick() {
+  // Awake, the ring's thread holds serving_: a kick that finds it held writes the eventfd, which
+  // the thread polls before it sleeps. Asleep, it has let serving_ go.
+  // Served here only for a frontend the thread saw waiting for each response (frontend_waits_);
+  // one that goes on meanwhile is faster with the thread working beside it.
+  if (serving_.TryLock()) {
+    bool served = false;
+    if (frontend_waits_ && !stopping_.load() && !broken_) {
+      served = ServeSmallReads();
+      if (!served) {
+        handed_over_ = true;
+        frontend_waits_ = false;  // until the thread has looked afresh
+        waits_seen_ = {};
+      }
+    }
+    serving_.Unlock();
+    if (served) return;
+  }
+  WakeThread();
+}
+
+void DiskRing::WakeThread() {
   const uint64_t one = 1;
   if (kick_.valid()) (void)write(kick_.get(), &one, sizeof(one));
+}
+
+bool DiskRing::ServeSmallReads() {
+  // Now and then the thread looks again whether the frontend keeps several requests in flight
+  // (Run: then it stays awake while they come, sharing the work with the frontend).
+  if (++inline_kicks_ % kProbeKicks == 0) return false;
+  // Several at once: the thread serves them, while the frontend goes on.
+  if (Index(kRequestProducer).load(std::memory_order_acquire) - request_consumer_ > kInlineRequests) return false;
+  uint32_t budget = kInlineRequests;
+  while (true) {
+    now_ = absl::Now();
+    const Taken taken = TakeRequests(&budget);
+    if (taken == Taken::kBroken) {
+      MarkBroken();
+      return true;  // nothing more to take; what is in flight wakes the thread
+    }
+    AnswerCompletions();
+    if (taken == Taken::kLeftForThread) return false;
+    // As the thread does before it sleeps, so that the next request kicks again.
+    if (!ArmRequestEvent()) return true;
+  }
 }
 
 DiskRingStatistics DiskRing::Statistics() const {
@@ -131,41 +172,55 @@ void DiskRing::CopyToRing(uint64_t offset, std::span<const uint8_t> in) const {
   ForRingBytes(offset, in.size(), [&](uint8_t* ring, size_t done, size_t piece) { std::memcpy(ring, in.data() + done, piece); });
 }
 
+void DiskRing::MarkBroken() {
+  spdlog::warn("xen-disk {}: the frontend broke its ring (a request index out of range); it is no longer served",
+               image_.path());
+  broken_ = true;
+  absl::MutexLock lock(&mutex_);
+  statistics_.broken = true;
+}
+
+bool DiskRing::ArmRequestEvent() {
+  Index(kRequestEvent).store(request_consumer_ + 1, std::memory_order_seq_cst);
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  return order_.Confirm([this] { return RequestsWaiting(); });
+}
+
 void DiskRing::Run() {
   pollfd waits[2] = {{kick_.get(), POLLIN, 0}, {engine_->completion_fd(), POLLIN, 0}};
+  absl::MutexLock serving(&serving_);
   while (true) {
     const bool stopping = stopping_.load();
     if (stopping && engine_->in_flight() == 0) return;
     now_ = absl::Now();
-    const bool serving = !stopping && !broken_;
-    if (serving && !TakeRequests()) {
-      spdlog::warn("xen-disk {}: the frontend broke its ring (a request index out of range); it is no longer served",
-                   image_.path());
-      broken_ = true;
-      absl::MutexLock lock(&mutex_);
-      statistics_.broken = true;
-    }
+    if (!stopping && !broken_ && TakeRequests(/*inline_budget=*/nullptr) == Taken::kBroken) MarkBroken();
     // After taking: what the engine finished within its submission is answered in this pass.
     if (AnswerCompletions()) continue;
     const auto waiting_since = std::chrono::steady_clock::now();
-    if (PollBriefly()) continue;
+    // A frontend with one request at a time is served faster by its own kicks (Kick) than by
+    // this thread's polling: only completions are polled for then.
+    if ((!frontend_waits_ || engine_->in_flight() > 0) && PollBriefly()) continue;
+    handed_over_ = false;
     // About to sleep: ask for an event at the next request, then look once more (the frontend may
     // have just added one). While this thread polls, the frontend is spared its notifications.
-    if (!stopping_.load() && !broken_) {
-      Index(kRequestEvent).store(request_consumer_ + 1, std::memory_order_seq_cst);
-      std::atomic_thread_fence(std::memory_order_seq_cst);
-      if (order_.Confirm([this] { return RequestsWaiting(); })) continue;
-    }
+    if (!stopping_.load() && !broken_ && ArmRequestEvent()) continue;
     if (engine_->HasCompletions()) continue;
-    if (poll(waits, 2, -1) < 0 && errno != EINTR) {
-      spdlog::error("xen-disk {}: poll: {}; the ring stops", image_.path(), std::strerror(errno));
+    // Asleep, the ring is the kickers' to serve (Kick); a kick that finds it held wakes this.
+    const uint32_t inline_kicks_before = inline_kicks_;
+    serving_.Unlock();
+    const int polled = poll(waits, 2, -1);
+    const int poll_error = polled < 0 ? errno : 0;
+    serving_.Lock();
+    if (poll_error != 0 && poll_error != EINTR) {
+      spdlog::error("xen-disk {}: poll: {}; the ring stops", image_.path(), std::strerror(poll_error));
       stopping_.store(true);
     }
     uint64_t ignored = 0;
     for (const pollfd& wait : waits) {
       if (wait.revents != 0) (void)read(wait.fd, &ignored, sizeof(ignored));  // drained before reaping
     }
-    poll_window_.Update(std::chrono::steady_clock::now() - waiting_since);
+    // A sleep while kickers served the ring says nothing of how soon its work comes.
+    if (inline_kicks_ == inline_kicks_before) poll_window_.Update(std::chrono::steady_clock::now() - waiting_since);
   }
 }
 
@@ -189,26 +244,38 @@ bool DiskRing::PollBriefly() const {
   // As QEMU's adaptive polling: the next request or completion often follows within
   // microseconds, sooner than a sleeping thread wakes; how long to look adapts (poll_window_).
   // Stopping, the thread only waits for the requests in flight: asleep, however long they take.
-  if (poll_window_.window().count() == 0 || stopping_.load(std::memory_order_relaxed)) return false;
-  return base::SpinFor(poll_window_.window(), [this] {
+  // Handed the ring by a kicker, the thread has not been asleep for lack of work: it polls
+  // long enough to see whether the frontend keeps it busy.
+  const std::chrono::nanoseconds window = handed_over_ ? base::PollWindow::kMax : poll_window_.window();
+  if (window.count() == 0 || stopping_.load(std::memory_order_relaxed)) return false;
+  return base::SpinFor(window, [this] {
     return stopping_.load(std::memory_order_relaxed) || engine_->HasCompletions() || (!broken_ && RequestsWaiting());
   });
 }
 
-bool DiskRing::TakeRequests() {
+DiskRing::Taken DiskRing::TakeRequests(uint32_t* inline_budget) {
   const size_t slot_size = blkif::RequestSize(options_.abi);
   std::span<uint8_t> slot(request_slot_.data(), slot_size);
   const uint32_t producer = Index(kRequestProducer).load(std::memory_order_acquire);
-  if (producer - request_consumer_ > slots_) return false;
+  if (producer - request_consumer_ > slots_) return Taken::kBroken;
+  if (inline_budget == nullptr && producer != request_consumer_) ObserveFrontend(producer);
   bool took = false;
   uint64_t unsubmitted_bytes = 0;
+  Taken taken = Taken::kAll;
   // Requests only while their responses have room (RING_REQUEST_CONS_OVERFLOW): the rest wait for
   // completions, which wake this thread.
   while (request_consumer_ != producer && request_consumer_ - response_producer_ < slots_ && !free_slots_.empty()) {
     CopyFromRing(blkif::kRingHeaderSize + (request_consumer_ % slots_) * slot_size, slot);  // copied once
+    blkif::Decoded decoded = blkif::DecodeRequest(options_.abi, slot, limits_);
+    if (inline_budget != nullptr && (*inline_budget == 0 || (decoded.status == blkif::kStatusOkay &&
+                                                              decoded.request.operation != blkif::kOpRead))) {
+      taken = Taken::kLeftForThread;  // taken afresh (copied and checked again) by the thread
+      break;
+    }
     ++request_consumer_;
     took = true;
-    blkif::Decoded decoded = blkif::DecodeRequest(options_.abi, slot, limits_);
+    if (inline_budget != nullptr) --*inline_budget;
+    if (decoded.request.operation != blkif::kOpRead) waits_seen_.other_requests = true;
     if (decoded.status != blkif::kStatusOkay) {
       Respond(decoded.request.id, decoded.request.data_operation, decoded.status, now_, 0, false);
       continue;
@@ -222,7 +289,21 @@ bool DiskRing::TakeRequests() {
     }
   }
   if (took) Submit();
-  return true;
+  return taken;
+}
+
+void DiskRing::ObserveFrontend(uint32_t producer) {
+  // A frontend waiting for each response has no other request unanswered, and has taken every
+  // response with an event asked for the next (rsp_event, set by a frontend about to wait; one
+  // that looks first finds a quick response without setting it, hence a share, not all).
+  WaitsSeen& seen = waits_seen_;
+  ++seen.takes;
+  seen.several_out = seen.several_out || producer - response_producer_ > 1;
+  seen.event_asked += Index(kResponseEvent).load(std::memory_order_relaxed) == published_ + 1;
+  if (seen.takes < kWaitsWindow) return;
+  frontend_waits_ = engine_->ReadsCachedDataInline() && !seen.several_out && !seen.other_requests &&
+                    seen.event_asked >= kWaitsWindow * 3 / 4;
+  seen = {};
 }
 
 void DiskRing::Submit() {

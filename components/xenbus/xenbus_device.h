@@ -82,8 +82,9 @@ class XenbusDevice {
   virtual void Disconnect() = 0;
 
   // Binds the frontend's event channel `port` to `kick`, run on the guest's sending vCPU thread
-  // (EventChannels::HandlerThread::kSender): it must only wake the data path's own thread (an
-  // eventfd write). Errors name the port. A device may bind several (xen-net's split channels).
+  // (EventChannels::HandlerThread::kSender): it wakes the data path's own thread (an eventfd
+  // write) or does a little of its work there (xen-disk's small reads; the vCPU waits for it).
+  // Errors name the port. A device may bind several (xen-net's split channels).
   // UnbindEventChannel (idempotent) releases them all; no kick runs once it returned.
   absl::Status BindEventChannel(uint32_t port, std::function<void()> kick);
   void UnbindEventChannel();

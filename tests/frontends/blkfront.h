@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <span>
 #include <thread>
 #include <vector>
@@ -140,10 +141,15 @@ class Blkfront {
   }
 
   // The backend's `notify` (the frontend's event channel, in process): it wakes a Take that
-  // stopped polling. Without one, a waiting Take yields and naps instead of sleeping.
+  // stopped polling. Without one, a waiting Take yields and naps instead of sleeping. As an
+  // event to a running vCPU is a pending bit and to a halted one a wake-up, it writes the
+  // eventfd only while the frontend sleeps on it.
   std::function<void()> EventNotifier() {
     if (event_ < 0) event_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    return [fd = event_] {
+    return [fd = event_, sleeping = sleeping_] {
+      // The backend stored its response producer and fenced before this look (and the
+      // frontend stores `sleeping` before its last look at the ring).
+      if (!sleeping->load(std::memory_order_seq_cst)) return;
       const uint64_t one = 1;
       (void)!write(fd, &one, sizeof(one));
     };
@@ -151,7 +157,7 @@ class Blkfront {
 
   // Waits up to `timeout` for `count` new responses and takes them (`all`: every one there then).
   std::vector<Response> Take(size_t count, absl::Duration timeout = absl::Seconds(10), bool all = false) {
-    WaitForResponses(count, absl::Now() + timeout);
+    if (Waiting() < count) WaitForResponses(count, absl::Now() + timeout);  // a vCPU with them there does not halt
     std::vector<Response> responses;
     while (response_consumer_ != ResponseProducer() && (all || responses.size() < count)) {
       std::array<uint8_t, 16> bytes{};
@@ -164,13 +170,11 @@ class Blkfront {
       responses.push_back(response);
       ++response_consumer_;
     }
-    // Without an event, ask for one at the next response after every Take, as Linux's blkfront
-    // does in its interrupt handler (RING_FINAL_CHECK_FOR_RESPONSES). With one, the frontend
-    // polls, and asks only before it sleeps (WaitForResponses): the backend is spared a
-    // notification per response while the frontend is busy taking them anyway.
-    if (event_ < 0) {
-      Header(12).store(response_consumer_ + 1, std::memory_order_release);
-    }
+    // Ask for an event at the next response after every Take, as Linux's blkfront does in its
+    // interrupt handler (RING_FINAL_CHECK_FOR_RESPONSES): a guest's vCPU halts with it asked for
+    // (the polling in WaitForResponses is the host's, KVM's halt polling). The backend sees by it
+    // that the frontend has taken every response (disk_ring.h: whom a kick's reads are served by).
+    Header(12).store(response_consumer_ + 1, std::memory_order_release);
     return responses;
   }
 
@@ -212,11 +216,16 @@ class Blkfront {
       }
       // Ask for an event at the next response, then look once more before sleeping.
       Header(12).store(response_consumer_ + 1, std::memory_order_release);
+      sleeping_->store(true, std::memory_order_seq_cst);
       std::atomic_thread_fence(std::memory_order_seq_cst);
-      if (Waiting() >= count) break;
+      if (Waiting() >= count) {
+        sleeping_->store(false, std::memory_order_relaxed);
+        break;
+      }
       pollfd wait = {event_, POLLIN, 0};
       const int64_t milliseconds = absl::ToInt64Milliseconds(deadline - absl::Now()) + 1;
       (void)poll(&wait, 1, static_cast<int>(std::min<int64_t>(milliseconds, 1000)));
+      sleeping_->store(false, std::memory_order_relaxed);
       uint64_t ignored = 0;
       (void)!read(event_, &ignored, sizeof(ignored));
     }
@@ -234,6 +243,8 @@ class Blkfront {
   uint32_t published_ = 0;
   uint32_t response_consumer_ = 0;
   int event_ = -1;  // an eventfd, once EventNotifier was asked for
+  // Set while a Take sleeps on event_ (shared with the notifier, which may outlive this).
+  std::shared_ptr<std::atomic<bool>> sleeping_ = std::make_shared<std::atomic<bool>>(false);
   // How long a waiting Take polls the ring before it sleeps on its event: as KVM's halt polling
   // for a vCPU.
   base::PollWindow poll_window_;
