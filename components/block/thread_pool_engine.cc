@@ -132,7 +132,7 @@ class ThreadPoolEngine final : public IoEngine {
         done_count_.store(done_.size(), std::memory_order_release);
       }
       const uint64_t one = 1;
-      (void)write(event_.get(), &one, sizeof(one));
+      (void)!write(event_.get(), &one, sizeof(one));
     }
   }
 

@@ -99,9 +99,9 @@ DiskRing::~DiskRing() {
 
 void DiskRing::Kick() {
   // Awake, the ring's thread holds serving_: a kick that finds it held writes the eventfd, which
-  // the thread polls before it sleeps. Asleep, it has let serving_ go.
-  // Served here only for a frontend the thread saw waiting for each response (frontend_waits_);
-  // one that goes on meanwhile is faster with the thread working beside it.
+  // the thread polls before it sleeps. Asleep, it has let serving_ go, and the ring is served
+  // here if the thread saw the frontend waiting for each response (frontend_waits_); one that
+  // goes on meanwhile is faster with the thread working beside it.
   if (serving_.TryLock()) {
     bool served = false;
     if (frontend_waits_ && !stopping_.load() && !broken_) {
@@ -120,7 +120,7 @@ void DiskRing::Kick() {
 
 void DiskRing::WakeThread() {
   const uint64_t one = 1;
-  if (kick_.valid()) (void)write(kick_.get(), &one, sizeof(one));
+  if (kick_.valid()) (void)!write(kick_.get(), &one, sizeof(one));
 }
 
 bool DiskRing::ServeSmallReads() {
@@ -217,7 +217,7 @@ void DiskRing::Run() {
     }
     uint64_t ignored = 0;
     for (const pollfd& wait : waits) {
-      if (wait.revents != 0) (void)read(wait.fd, &ignored, sizeof(ignored));  // drained before reaping
+      if (wait.revents != 0) (void)!read(wait.fd, &ignored, sizeof(ignored));  // drained before reaping
     }
     // A sleep while kickers served the ring says nothing of how soon its work comes.
     if (inline_kicks_ == inline_kicks_before) poll_window_.Update(std::chrono::steady_clock::now() - waiting_since);

@@ -60,7 +60,7 @@ NetRing::Shared::Shared(const Options& options) {
 NetRing::NetRing(const memory::GuestMemory& memory, xen::GrantTable& grants, const net::FrameDevice& device, Options options,
                  Notify notify, std::shared_ptr<Shared> shared)
     : memory_(memory), grants_(grants), device_(device), options_(options), notify_(std::move(notify)),
-      order_(options.accelerator), shared_(std::move(shared)), frame_(kMaxFrame) {}
+      order_(options.accelerator), frame_(kMaxFrame), shared_(std::move(shared)) {}
 
 bool NetRing::Admit(bool transmit, uint64_t bytes) {
   if ((transmit ? options_.tx_bytes_per_second : options_.rx_bytes_per_second) == 0) return true;
