@@ -8,10 +8,12 @@
 // is driven by the in-process blkfront through its real data path (ring in guest memory, grant
 // mapping, the DiskRing's thread and I/O engine, the image), keeping QD requests in flight (a
 // closed loop: each response is replaced by a new request). It kicks only when the backend asked
-// (req_event), as Linux's blkfront does, and waits for responses as a vCPU does: it polls (KVM's
-// halt-polling rule, 10 to 200 us: blkfront.h), then asks for a notification (rsp_event) and
-// sleeps until the backend's (an eventfd). Its kicks are direct calls and its notifications
-// eventfd writes (no event channel, interrupt or VM exit). 1 MiB requests are INDIRECT (256
+// (req_event), as Linux's blkfront does, asks for an event after each take (rsp_event, as
+// blkfront's interrupt handler does), and waits for responses as a vCPU does: it polls (KVM's
+// halt-polling rule, 10 to 200 us: blkfront.h), then sleeps until the backend's notification (an
+// eventfd, written only while it sleeps). Its kicks are direct calls of DiskRing::Kick, on its
+// thread as a vCPU's EVTCHNOP_send would be (small reads may be served there: disk_ring.h), and
+// its notifications eventfd writes (no event channel, interrupt or VM exit). 1 MiB requests are INDIRECT (256
 // segments), as Linux's blkfront sends them.
 //
 // The file's dirty pages are written back before every run of either. Prints IOPS and MB/s of
@@ -289,7 +291,11 @@ int ParseOptions(int argc, char** argv, Options* options) {
   app.add_option("--workloads", options->workloads,
                  "of randread, randwrite (4 KiB), read, write (1 MiB sequential) (default all four)")
       ->delimiter(',')
-      ->check(CLI::IsMember({"randread", "randwrite", "read", "write"}));
+      ->check(CLI::IsMember([] {
+        std::vector<std::string> names;
+        for (const Workload& workload : kWorkloads) names.push_back(workload.fio_rw);
+        return names;
+      }()));
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& error) {
@@ -321,7 +327,7 @@ int main(int argc, char** argv) {
   std::printf("xen-disk vs fio (io_uring, 1 job, shared-memory buffers) on %s (%llu MiB), cache=%s, %d s per run, median of %d alternated runs\n",
               options.file.c_str(), static_cast<unsigned long long>(kFileBytes >> 20),
               block::CacheModeName(options.cache), options.seconds, options.runs);
-  std::printf("hand-off round trip between two threads here: %.0f ns (in every xen-disk request: the frontend's and the ring's)\n",
+  std::printf("hand-off round trip between two threads here: %.0f ns (in every request the ring's thread serves: the frontend's and the ring's)\n",
               HandOffRoundTripNs());
   for (const Workload& workload : kWorkloads) {
     if (std::find(options.workloads.begin(), options.workloads.end(), workload.fio_rw) == options.workloads.end()) continue;
