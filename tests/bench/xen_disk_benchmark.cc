@@ -17,7 +17,8 @@
 // segments), as Linux's blkfront sends them.
 //
 // The file's dirty pages are written back before every run of either. Prints IOPS and MB/s of
-// each (medians of --runs) and the ratio xen-disk / fio. The 1 GiB file is created for the run
+// each (medians of --runs), the ratio xen-disk / fio, and how often the frontend slept (each
+// time woken by a notification, whose cost on this machine is measured first). The 1 GiB file is created for the run
 // (--file must not exist: nothing of the user's is overwritten) and removed after it, on an
 // interrupt too.
 //
@@ -25,11 +26,15 @@
 //       [--cache writeback|none] [--depths 1,8,32] [--engine auto|uring|threads]
 //       [--workloads randread,randwrite,read,write]   (--help: the flags)
 #include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
 #include <signal.h>
+#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <cstdio>
 #include <cstdlib>
@@ -45,6 +50,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "components/base/fd.h"
 #include "components/base/lock_checks.h"
 #include "components/block/image.h"
 #include "components/memory/guest_memory.h"
@@ -118,8 +124,13 @@ absl::StatusOr<double> FioIops(const Options& options, const Workload& workload,
   return iops;
 }
 
-// xen-disk's IOPS, or why there are none.
-absl::StatusOr<double> XenDiskIops(const Options& options, const Workload& workload, uint32_t depth) {
+struct XenDiskRun {
+  double iops = 0;
+  double frontend_sleeps_per_second = 0;  // each a wake-up the backend's notification pays
+};
+
+// xen-disk's IOPS and how often its frontend slept, or why there are none.
+absl::StatusOr<XenDiskRun> RunXenDisk(const Options& options, const Workload& workload, uint32_t depth) {
   const uint32_t pages_per_request = workload.block_bytes / 4096;
   const uint64_t guest_bytes = (kDataGfn + uint64_t{depth} * pages_per_request + 16) << 12;
   absl::StatusOr<memory::GuestMemory> created = memory::GuestMemory::Create({{memory::GuestAddress(0), guest_bytes}});
@@ -187,8 +198,14 @@ absl::StatusOr<double> XenDiskIops(const Options& options, const Workload& workl
     done += responses.size();
   }
   const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  const uint64_t sleeps = front.sleeps();
   (void)front.Take(depth);  // the last ones in flight
-  return static_cast<double>(done) / seconds;
+  return XenDiskRun{static_cast<double>(done) / seconds, static_cast<double>(sleeps) / seconds};
+}
+
+double Median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  return values.empty() ? -1 : values[values.size() / 2];
 }
 
 // The floor under any backend on a thread of its own: the round trip of a hand-off between two
@@ -212,6 +229,58 @@ double HandOffRoundTripNs() {
   return ns;
 }
 
+// What waking a thread asleep on another CPU costs here, from the eventfd write to the sleeper
+// running, in microseconds (median of 200): what the backend's notification costs a frontend
+// that slept. Each sleeper waits 1 ms first, so its CPU idles as a halted vCPU's does.
+double SleepingWakeUpUs() {
+  constexpr int kWakeUps = 200;
+  cpu_set_t allowed;
+  CPU_ZERO(&allowed);
+  const bool two_cpus = sched_getaffinity(0, sizeof(allowed), &allowed) == 0 && CPU_COUNT(&allowed) >= 2;
+  auto pin_to_nth = [&](int nth) {  // the nth allowed CPU, so the wake-up crosses CPUs
+    if (!two_cpus) return;
+    for (int cpu = 0, seen = 0; cpu < CPU_SETSIZE; ++cpu) {
+      if (!CPU_ISSET(cpu, &allowed) || seen++ != nth) continue;
+      cpu_set_t one;
+      CPU_ZERO(&one);
+      CPU_SET(cpu, &one);
+      (void)pthread_setaffinity_np(pthread_self(), sizeof(one), &one);
+      return;
+    }
+  };
+  base::Fd event(eventfd(0, EFD_CLOEXEC));
+  if (!event.valid()) return -1;
+  std::atomic<int64_t> woken_ns{0};
+  std::atomic<bool> done{false};
+  std::thread sleeper([&] {
+    pin_to_nth(1);
+    uint64_t count = 0;
+    while (read(event.get(), &count, sizeof(count)) == sizeof(count) && !done.load()) {
+      woken_ns.store(std::chrono::steady_clock::now().time_since_epoch().count(), std::memory_order_release);
+    }
+  });
+  std::vector<double> samples;
+  std::thread waker([&] {
+    pin_to_nth(0);
+    for (int i = 0; i < kWakeUps; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      woken_ns.store(0, std::memory_order_relaxed);
+      const int64_t written_ns = std::chrono::steady_clock::now().time_since_epoch().count();
+      const uint64_t one = 1;
+      if (write(event.get(), &one, sizeof(one)) != sizeof(one)) break;
+      int64_t woken = 0;
+      while ((woken = woken_ns.load(std::memory_order_acquire)) == 0) __builtin_ia32_pause();
+      samples.push_back(static_cast<double>(woken - written_ns) / 1000);
+    }
+  });
+  waker.join();
+  done.store(true);
+  const uint64_t one = 1;
+  (void)!write(event.get(), &one, sizeof(one));
+  sleeper.join();
+  return Median(samples);
+}
+
 // Writes the file's dirty pages back before a run, so no run pays for the previous one's
 // writeback (the kernel's flusher threads take a CPU from whichever run comes next).
 void WriteBack(const std::string& file) {
@@ -219,11 +288,6 @@ void WriteBack(const std::string& file) {
   if (fd < 0) return;
   (void)fdatasync(fd);
   close(fd);
-}
-
-double Median(std::vector<double> values) {
-  std::sort(values.begin(), values.end());
-  return values.empty() ? -1 : values[values.size() / 2];
 }
 
 // The benchmark's file, removed on SIGINT and SIGTERM too (unlink is async-signal-safe).
@@ -329,29 +393,37 @@ int main(int argc, char** argv) {
               block::CacheModeName(options.cache), options.seconds, options.runs);
   std::printf("hand-off round trip between two threads here: %.0f ns (in every request the ring's thread serves: the frontend's and the ring's)\n",
               HandOffRoundTripNs());
+  const double wake_up_us = SleepingWakeUpUs();
+  std::printf("wake-up of a thread asleep on another CPU here: %.1f us (the notification of a frontend that slept: one "
+              "whose wait outlasted its polling, 200 us at most; fio's one thread is woken by the disk's interrupt)\n",
+              wake_up_us);
   for (const Workload& workload : kWorkloads) {
     if (std::find(options.workloads.begin(), options.workloads.end(), workload.fio_rw) == options.workloads.end()) continue;
     for (uint32_t depth : options.depths) {
-      std::vector<double> fio, xen;
+      std::vector<double> fio, xen, sleeps;
       for (int run = 0; run < options.runs; ++run) {
         WriteBack(options.file);
         absl::StatusOr<double> reference = FioIops(options, workload, depth);
         if (!reference.ok()) return Fail(reference.status());
         fio.push_back(*reference);
         WriteBack(options.file);
-        absl::StatusOr<double> ours = XenDiskIops(options, workload, depth);
+        absl::StatusOr<XenDiskRun> ours = RunXenDisk(options, workload, depth);
         if (!ours.ok()) {
           return Fail(absl::Status(ours.status().code(), absl::StrCat(workload.fio_rw, " QD", depth, ", cache=",
                                                                        block::CacheModeName(options.cache), ": ",
                                                                        ours.status().message())));
         }
-        xen.push_back(*ours);
+        xen.push_back(ours->iops);
+        sleeps.push_back(ours->frontend_sleeps_per_second);
       }
-      const double reference = Median(fio), ours = Median(xen);
+      const double reference = Median(fio), ours = Median(xen), slept = Median(sleeps);
       const double mb = workload.block_bytes / 1e6;
-      std::printf("%-9s %4u KiB QD%-2u  fio %9.0f IOPS %7.0f MB/s | xen-disk %9.0f IOPS %7.0f MB/s | ratio %.2f\n",
+      // The share of the run spent waking the frontend: its next requests wait meanwhile, and a
+      // disk that had answered all it had idles (fio's one thread has no such hand-off).
+      std::printf("%-9s %4u KiB QD%-2u  fio %9.0f IOPS %7.0f MB/s | xen-disk %9.0f IOPS %7.0f MB/s | ratio %.2f"
+                  " | frontend woken %.0f/s (wake-ups %.0f%% of the run)\n",
                   workload.fio_rw, workload.block_bytes / 1024, depth, reference, reference * mb, ours, ours * mb,
-                  reference > 0 ? ours / reference : 0);
+                  reference > 0 ? ours / reference : 0, slept, wake_up_us > 0 ? slept * wake_up_us / 1e4 : 0);
       std::fflush(stdout);
     }
   }

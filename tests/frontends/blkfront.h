@@ -155,6 +155,9 @@ class Blkfront {
     };
   }
 
+  // How often a Take has slept on its event (a vCPU halted until the backend's notification).
+  uint64_t sleeps() const { return sleeps_; }
+
   // Waits up to `timeout` for `count` new responses and takes them (`all`: every one there then).
   std::vector<Response> Take(size_t count, absl::Duration timeout = absl::Seconds(10), bool all = false) {
     if (Waiting() < count) WaitForResponses(count, absl::Now() + timeout);  // a vCPU with them there does not halt
@@ -222,6 +225,7 @@ class Blkfront {
         sleeping_->store(false, std::memory_order_relaxed);
         break;
       }
+      ++sleeps_;
       pollfd wait = {event_, POLLIN, 0};
       const int64_t milliseconds = absl::ToInt64Milliseconds(deadline - absl::Now()) + 1;
       (void)poll(&wait, 1, static_cast<int>(std::min<int64_t>(milliseconds, 1000)));
@@ -243,6 +247,7 @@ class Blkfront {
   uint32_t published_ = 0;
   uint32_t response_consumer_ = 0;
   int event_ = -1;  // an eventfd, once EventNotifier was asked for
+  uint64_t sleeps_ = 0;
   // Set while a Take sleeps on event_ (shared with the notifier, which may outlive this).
   std::shared_ptr<std::atomic<bool>> sleeping_ = std::make_shared<std::atomic<bool>>(false);
   // How long a waiting Take polls the ring before it sleeps on its event: as KVM's halt polling
