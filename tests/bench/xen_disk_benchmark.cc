@@ -18,9 +18,9 @@
 //
 // The file's dirty pages are written back before every run of either. Prints IOPS and MB/s of
 // each (medians of --runs), the ratio xen-disk / fio, and how often the frontend slept (each
-// time woken by a notification, whose cost on this machine is measured first). The 1 GiB file is created for the run
-// (--file must not exist: nothing of the user's is overwritten) and removed after it, on an
-// interrupt too.
+// time woken by a notification, whose cost on this machine is measured first). The 1 GiB file
+// is created for the run (--file must not exist: nothing of the user's is overwritten) and
+// removed after it, on an interrupt too.
 //
 //   bazel run -c opt //tests/bench:xen_disk_benchmark -- [--seconds N] [--runs N] [--file PATH]
 //       [--cache writeback|none] [--depths 1,8,32] [--engine auto|uring|threads]
@@ -229,10 +229,15 @@ double HandOffRoundTripNs() {
   return ns;
 }
 
-// What waking a thread asleep on another CPU costs here, from the eventfd write to the sleeper
-// running, in microseconds (median of 200): what the backend's notification costs a frontend
-// that slept. Each sleeper waits 1 ms first, so its CPU idles as a halted vCPU's does.
-double SleepingWakeUpUs() {
+struct WakeUpCost {
+  double us = -1;
+  bool across_cpus = false;  // the waker and the sleeper on two CPUs, as the ring's and the frontend's
+};
+
+// What waking a sleeping thread costs here, from the eventfd write to the sleeper running
+// (median of 200): what the backend's notification costs a frontend that slept. Each sleeper
+// waits 1 ms first, so its CPU idles as a halted vCPU's does.
+WakeUpCost MeasureWakeUp() {
   constexpr int kWakeUps = 200;
   cpu_set_t allowed;
   CPU_ZERO(&allowed);
@@ -249,7 +254,7 @@ double SleepingWakeUpUs() {
     }
   };
   base::Fd event(eventfd(0, EFD_CLOEXEC));
-  if (!event.valid()) return -1;
+  if (!event.valid()) return {};
   std::atomic<int64_t> woken_ns{0};
   std::atomic<bool> done{false};
   std::thread sleeper([&] {
@@ -278,7 +283,7 @@ double SleepingWakeUpUs() {
   const uint64_t one = 1;
   (void)!write(event.get(), &one, sizeof(one));
   sleeper.join();
-  return Median(samples);
+  return {Median(samples), two_cpus};
 }
 
 // Writes the file's dirty pages back before a run, so no run pays for the previous one's
@@ -393,10 +398,10 @@ int main(int argc, char** argv) {
               block::CacheModeName(options.cache), options.seconds, options.runs);
   std::printf("hand-off round trip between two threads here: %.0f ns (in every request the ring's thread serves: the frontend's and the ring's)\n",
               HandOffRoundTripNs());
-  const double wake_up_us = SleepingWakeUpUs();
-  std::printf("wake-up of a thread asleep on another CPU here: %.1f us (the notification of a frontend that slept: one "
+  const WakeUpCost wake_up = MeasureWakeUp();
+  std::printf("wake-up of a thread asleep on %s CPU here: %.1f us (the notification of a frontend that slept: one "
               "whose wait outlasted its polling, 200 us at most; fio's one thread is woken by the disk's interrupt)\n",
-              wake_up_us);
+              wake_up.across_cpus ? "another" : "the same", wake_up.us);
   for (const Workload& workload : kWorkloads) {
     if (std::find(options.workloads.begin(), options.workloads.end(), workload.fio_rw) == options.workloads.end()) continue;
     for (uint32_t depth : options.depths) {
@@ -423,7 +428,7 @@ int main(int argc, char** argv) {
       std::printf("%-9s %4u KiB QD%-2u  fio %9.0f IOPS %7.0f MB/s | xen-disk %9.0f IOPS %7.0f MB/s | ratio %.2f"
                   " | frontend woken %.0f/s (wake-ups %.0f%% of the run)\n",
                   workload.fio_rw, workload.block_bytes / 1024, depth, reference, reference * mb, ours, ours * mb,
-                  reference > 0 ? ours / reference : 0, slept, wake_up_us > 0 ? slept * wake_up_us / 1e4 : 0);
+                  reference > 0 ? ours / reference : 0, slept, wake_up.us > 0 ? slept * wake_up.us / 1e4 : 0);
       std::fflush(stdout);
     }
   }
