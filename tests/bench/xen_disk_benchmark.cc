@@ -34,6 +34,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <cstdio>
@@ -260,7 +261,10 @@ WakeUpCost MeasureWakeUp() {
   std::thread sleeper([&] {
     pin_to_nth(1);
     uint64_t count = 0;
-    while (read(event.get(), &count, sizeof(count)) == sizeof(count) && !done.load()) {
+    while (!done.load()) {
+      const ssize_t n = read(event.get(), &count, sizeof(count));
+      if (n < 0 && errno == EINTR) continue;
+      if (n != sizeof(count)) return;
       woken_ns.store(std::chrono::steady_clock::now().time_since_epoch().count(), std::memory_order_release);
     }
   });
@@ -274,7 +278,11 @@ WakeUpCost MeasureWakeUp() {
       const uint64_t one = 1;
       if (write(event.get(), &one, sizeof(one)) != sizeof(one)) break;
       int64_t woken = 0;
-      while ((woken = woken_ns.load(std::memory_order_acquire)) == 0) __builtin_ia32_pause();
+      const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(1);  // the sleeper is gone
+      while ((woken = woken_ns.load(std::memory_order_acquire)) == 0 && std::chrono::steady_clock::now() < give_up) {
+        __builtin_ia32_pause();
+      }
+      if (woken == 0) break;
       samples.push_back(static_cast<double>(woken - written_ns) / 1000);
     }
   });
