@@ -209,9 +209,20 @@ double Median(std::vector<double> values) {
   return values.empty() ? -1 : values[values.size() / 2];
 }
 
+// The CPUs this process may run on (none when the kernel will not say).
+cpu_set_t AllowedCpus() {
+  cpu_set_t allowed;
+  CPU_ZERO(&allowed);
+  if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0) CPU_ZERO(&allowed);
+  return allowed;
+}
+
 // The floor under any backend on a thread of its own: the round trip of a hand-off between two
-// spinning threads (a store one way, a store back), in nanoseconds.
+// spinning threads (a store one way, a store back), in nanoseconds; -1 with one CPU, where two
+// spinning threads take turns a time slice each.
 double HandOffRoundTripNs() {
+  const cpu_set_t allowed = AllowedCpus();
+  if (CPU_COUNT(&allowed) < 2) return -1;
   std::atomic<uint64_t> ping{0}, pong{0};
   constexpr uint64_t kTrips = 200000;
   std::thread echo([&] {
@@ -240,9 +251,8 @@ struct WakeUpCost {
 // waits 1 ms first, so its CPU idles as a halted vCPU's does.
 WakeUpCost MeasureWakeUp() {
   constexpr int kWakeUps = 200;
-  cpu_set_t allowed;
-  CPU_ZERO(&allowed);
-  const bool two_cpus = sched_getaffinity(0, sizeof(allowed), &allowed) == 0 && CPU_COUNT(&allowed) >= 2;
+  const cpu_set_t allowed = AllowedCpus();
+  const bool two_cpus = CPU_COUNT(&allowed) >= 2;
   auto pin_to_nth = [&](int nth) {  // the nth allowed CPU, so the wake-up crosses CPUs
     if (!two_cpus) return;
     for (int cpu = 0, seen = 0; cpu < CPU_SETSIZE; ++cpu) {
@@ -404,8 +414,12 @@ int main(int argc, char** argv) {
   std::printf("xen-disk vs fio (io_uring, 1 job, shared-memory buffers) on %s (%llu MiB), cache=%s, %d s per run, median of %d alternated runs\n",
               options.file.c_str(), static_cast<unsigned long long>(kFileBytes >> 20),
               block::CacheModeName(options.cache), options.seconds, options.runs);
-  std::printf("hand-off round trip between two threads here: %.0f ns (in every request the ring's thread serves: the frontend's and the ring's)\n",
-              HandOffRoundTripNs());
+  if (const double hand_off_ns = HandOffRoundTripNs(); hand_off_ns > 0) {
+    std::printf("hand-off round trip between two threads here: %.0f ns (in every request the ring's thread serves: the frontend's and the ring's)\n",
+                hand_off_ns);
+  } else {
+    std::printf("hand-off round trip between two threads: not measured, one CPU here (the frontend and the ring's thread take turns on it)\n");
+  }
   const WakeUpCost wake_up = MeasureWakeUp();
   std::printf("wake-up of a thread asleep on %s CPU here: %.1f us (the notification of a frontend that slept: one "
               "whose wait outlasted its polling, 200 us at most; fio's one thread is woken by the disk's interrupt)\n",
