@@ -194,8 +194,11 @@ absl::StatusOr<XenDiskRun> RunXenDisk(const Options& options, const Workload& wo
                                                 response.status, " (-1: the I/O on the file failed)"));
       }
       put(static_cast<uint32_t>(response.id));
+      // Each request published as it is put, as Linux's blkfront does (flush_requests in every
+      // blkif_queue_rq), so the backend starts on it while the rest are built; a kick only when
+      // the backend asked for one (it sleeps).
+      if (front.PublishAndCheckNotify()) (*ring)->Kick();
     }
-    if (front.PublishAndCheckNotify()) (*ring)->Kick();  // as blkfront: only when the backend sleeps
     done += responses.size();
   }
   const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
