@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstdio>
 #include <cstring>
 
 #include "absl/base/thread_annotations.h"
@@ -18,10 +20,68 @@ namespace xenkvm::memory {
 
 std::string GuestAddress::ToString() const { return absl::StrFormat("%#x", value_); }
 
+absl::StatusOr<RamPages> ParseHugePages(const std::string& name) {
+  if (name == "none") return RamPages::k4KiB;
+  if (name == "2M") return RamPages::k2MiB;
+  return absl::InvalidArgumentError(absl::StrCat("huge-pages: unknown page size \"", name, "\"; use none or 2M"));
+}
+
+const char* HugePagesName(RamPages pages) { return pages == RamPages::k2MiB ? "2M" : "none"; }
+
 namespace {
 
 std::string RangeText(GuestAddress address, uint64_t length) {
   return absl::StrFormat("guest range [%#x, +%#x)", address.value(), length);
+}
+
+// The pool's 2 MiB pages that nobody uses or has reserved (HugePages_Free - HugePages_Rsvd in
+// /proc/meminfo), or -1.
+int64_t AvailableHugePages() {
+  FILE* meminfo = std::fopen("/proc/meminfo", "re");
+  if (meminfo == nullptr) return -1;
+  long long free_pages = -1, reserved = -1;
+  char line[256];
+  while (std::fgets(line, sizeof(line), meminfo) != nullptr) {
+    (void)std::sscanf(line, "HugePages_Free: %lld", &free_pages);
+    (void)std::sscanf(line, "HugePages_Rsvd: %lld", &reserved);
+  }
+  std::fclose(meminfo);
+  return free_pages < 0 || reserved < 0 ? -1 : free_pages - reserved;
+}
+
+struct MappedRegion {
+  base::Fd memfd;
+  uint8_t* host = nullptr;
+};
+
+// One region's memfd and mapping. On huge pages the mapping reserves its pages from the pool at
+// once (no MAP_NORESERVE): a shortage is an error now, not a SIGBUS when the guest touches them.
+// `huge_pages_needed`: by all the memory's regions on huge pages, for the error.
+absl::StatusOr<MappedRegion> MapRegion(const RegionSpec& spec, bool huge_pages, uint64_t huge_pages_needed) {
+  constexpr unsigned kMfdHuge2MiB = 21u << 26;  // MFD_HUGE_2MB: log2(2 MiB) << MFD_HUGE_SHIFT (linux/memfd.h)
+  const unsigned flags = MFD_CLOEXEC | (huge_pages ? MFD_HUGETLB | kMfdHuge2MiB : 0);
+  int raw = ::memfd_create("xenkvm-guest-ram", flags);
+  if (raw < 0 && huge_pages) {
+    return base::ErrnoStatus("memfd_create(MFD_HUGETLB): this host's kernel offers no 2 MiB huge pages");
+  }
+  if (raw < 0) return base::ErrnoStatus("memfd_create");
+  base::Fd memfd(raw);
+  if (::ftruncate(memfd.get(), static_cast<off_t>(spec.size)) < 0) {
+    return base::ErrnoStatus(absl::StrCat("ftruncate(guest RAM memfd, ", spec.size, " bytes)"));
+  }
+  // MAP_NORESERVE on small pages: guest RAM is touched lazily; a guest rarely uses all of it.
+  void* host = ::mmap(nullptr, spec.size, PROT_READ | PROT_WRITE, MAP_SHARED | (huge_pages ? 0 : MAP_NORESERVE),
+                      memfd.get(), 0);
+  if (host == MAP_FAILED && huge_pages && errno == ENOMEM) {
+    const int64_t available = AvailableHugePages();
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "GuestMemory: guest RAM on 2 MiB huge pages needs ", huge_pages_needed, " of them free in the host's pool, which has ",
+        available < 0 ? std::string("an unknown number") : absl::StrCat(available),
+        " (HugePages_Free less HugePages_Rsvd in /proc/meminfo); reserve more with `echo N > /proc/sys/vm/nr_hugepages` "
+        "as root, or run without huge pages"));
+  }
+  if (host == MAP_FAILED) return base::ErrnoStatus(absl::StrCat("mmap(guest RAM, ", spec.size, " bytes)"));
+  return MappedRegion{std::move(memfd), static_cast<uint8_t*>(host)};
 }
 
 }  // namespace
@@ -45,7 +105,11 @@ GuestMemory& GuestMemory::operator=(GuestMemory&&) = default;
 GuestMemory::~GuestMemory() = default;
 
 GuestRegion::GuestRegion(GuestRegion&& other) noexcept
-    : start_(other.start_), size_(other.size_), memfd_(std::move(other.memfd_)), host_(other.host_) {
+    : start_(other.start_),
+      size_(other.size_),
+      memfd_(std::move(other.memfd_)),
+      host_(other.host_),
+      huge_pages_(other.huge_pages_) {
   other.host_ = nullptr;
   other.size_ = 0;
 }
@@ -54,7 +118,7 @@ GuestRegion::~GuestRegion() {
   if (host_ != nullptr) ::munmap(host_, size_);
 }
 
-absl::StatusOr<GuestMemory> GuestMemory::Create(const std::vector<RegionSpec>& specs) {
+absl::StatusOr<GuestMemory> GuestMemory::Create(const std::vector<RegionSpec>& specs, RamPages pages) {
   if (specs.empty()) return absl::InvalidArgumentError("GuestMemory: no regions given");
   std::vector<RegionSpec> sorted = specs;
   std::sort(sorted.begin(), sorted.end(),
@@ -81,20 +145,16 @@ absl::StatusOr<GuestMemory> GuestMemory::Create(const std::vector<RegionSpec>& s
 
   std::vector<GuestRegion> regions;
   regions.reserve(sorted.size());
+  auto on_huge_pages = [pages](const RegionSpec& spec) {
+    return pages == RamPages::k2MiB && spec.start.value() % kHugePageSize == 0 && spec.size % kHugePageSize == 0;
+  };
+  uint64_t huge_pages_needed = 0;
+  for (const RegionSpec& spec : sorted) huge_pages_needed += on_huge_pages(spec) ? spec.size / kHugePageSize : 0;
   for (const RegionSpec& spec : sorted) {
-    int raw = ::memfd_create("xenkvm-guest-ram", MFD_CLOEXEC);
-    if (raw < 0) return base::ErrnoStatus("memfd_create");
-    base::Fd memfd(raw);
-    if (::ftruncate(memfd.get(), static_cast<off_t>(spec.size)) < 0) {
-      return base::ErrnoStatus(absl::StrCat("ftruncate(guest RAM memfd, ", spec.size, " bytes)"));
-    }
-    // MAP_NORESERVE: guest RAM is touched lazily; a guest rarely uses all of it.
-    void* host = ::mmap(nullptr, spec.size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE,
-                        memfd.get(), 0);
-    if (host == MAP_FAILED) {
-      return base::ErrnoStatus(absl::StrCat("mmap(guest RAM, ", spec.size, " bytes)"));
-    }
-    regions.push_back(GuestRegion(spec.start, spec.size, std::move(memfd), static_cast<uint8_t*>(host)));
+    const bool huge = on_huge_pages(spec);
+    absl::StatusOr<MappedRegion> mapped = MapRegion(spec, huge, huge_pages_needed);
+    if (!mapped.ok()) return mapped.status();
+    regions.push_back(GuestRegion(spec.start, spec.size, std::move(mapped->memfd), mapped->host, huge));
   }
   auto extra = std::make_unique<ExtraPages>();
   extra->memfd = base::Fd(::memfd_create("xenkvm-extra-pages", MFD_CLOEXEC));
@@ -250,6 +310,12 @@ absl::Status GuestMemory::Discard(GuestAddress address, uint64_t length) const {
   const GuestRegion* region = FindRegion(address);
   if (region == nullptr || !IsValidRange(address, length)) {
     return absl::InvalidArgumentError(absl::StrCat("discard at ", address.ToString(), ": not inside one RAM region"));
+  }
+  if (region->huge_pages()) {
+    // Kept: a huge page given back to the pool could be taken by then when the guest repopulates
+    // it, and the guest's next touch would be a SIGBUS.
+    std::memset(region->host_address() + (address.value() - region->start().value()), 0, length);
+    return absl::OkStatus();
   }
   const uint64_t offset = address.value() - region->start().value();
   if (::fallocate(region->memfd(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),

@@ -29,6 +29,18 @@
 
 namespace xenkvm::memory {
 
+// The host pages under guest RAM. k2MiB: hugetlb pages (as Firecracker's huge_pages "2M" and
+// QEMU's hugetlb memory backends): the guest's TLB reach, and physically contiguous 2 MiB for
+// I/O (a disk's large direct transfers reach the device as a few segments, not one a page). They
+// come from the host's pool (/proc/sys/vm/nr_hugepages), reserved when the memory is created.
+enum class RamPages { k4KiB, k2MiB };
+inline constexpr uint64_t kHugePageSize = uint64_t{2} << 20;
+
+// The huge-pages setting's values (xenkvm-vmm --huge-pages, the API's huge_pages): "none"
+// (4 KiB pages) or "2M" (Firecracker's name); anything else is an error that lists them.
+absl::StatusOr<RamPages> ParseHugePages(const std::string& name);
+const char* HugePagesName(RamPages pages);
+
 // What a caller asks for: `size` bytes of RAM at `start`; both page-aligned, size > 0.
 struct RegionSpec {
   GuestAddress start;
@@ -50,18 +62,21 @@ class GuestRegion {
   uint8_t* host_address() const { return host_; }
   // The memfd holding this region's bytes, from offset 0; for sharing with another process.
   int memfd() const { return memfd_.get(); }
+  // Whether the region is on 2 MiB huge pages.
+  bool huge_pages() const { return huge_pages_; }
 
   bool Contains(GuestAddress address) const { return address >= start_ && address <= last(); }
 
  private:
   friend class GuestMemory;
-  GuestRegion(GuestAddress start, uint64_t size, base::Fd memfd, uint8_t* host)
-      : start_(start), size_(size), memfd_(std::move(memfd)), host_(host) {}
+  GuestRegion(GuestAddress start, uint64_t size, base::Fd memfd, uint8_t* host, bool huge_pages)
+      : start_(start), size_(size), memfd_(std::move(memfd)), host_(host), huge_pages_(huge_pages) {}
 
   GuestAddress start_;
   uint64_t size_;
   base::Fd memfd_;
   uint8_t* host_;
+  bool huge_pages_;
 };
 
 // Integer types the atomic accessors take.
@@ -72,8 +87,12 @@ concept GuestAtomic = std::is_same_v<T, uint16_t> || std::is_same_v<T, uint32_t>
 class GuestMemory {
  public:
   // Regions may be given in any order; they are kept sorted by address. Refuses empty lists,
-  // unaligned or zero sizes, wrapping ends and overlaps, naming the offending region.
-  static absl::StatusOr<GuestMemory> Create(const std::vector<RegionSpec>& regions);
+  // unaligned or zero sizes, wrapping ends and overlaps, naming the offending region. With
+  // RamPages::k2MiB every region whose start and size are multiples of 2 MiB is on huge pages
+  // (smaller ones, such as the few reserved Xen pages, stay on 4 KiB pages); too few free huge
+  // pages in the host's pool is kResourceExhausted saying how many more to reserve.
+  static absl::StatusOr<GuestMemory> Create(const std::vector<RegionSpec>& regions,
+                                            RamPages pages = RamPages::k4KiB);
 
   GuestMemory(GuestMemory&&);
   GuestMemory& operator=(GuestMemory&&);
@@ -98,7 +117,8 @@ class GuestMemory {
   absl::Status Zero(GuestAddress address, uint64_t length) const;
   // Gives the pages of [address, address + length) (page-aligned, inside one region) back to the
   // host: the memfd's hole is punched, the VMM's resident memory drops, and the range reads as
-  // zeros (faulted in afresh) when next touched, by the guest or the host.
+  // zeros (faulted in afresh) when next touched, by the guest or the host. On huge pages the
+  // range is zeroed and its pages stay the guest's (reserved from the pool until the memory goes).
   absl::Status Discard(GuestAddress address, uint64_t length) const;
 
   // Extra pages: single pages given backing at run time where no region is, as Xen gives a

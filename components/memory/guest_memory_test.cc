@@ -3,11 +3,13 @@
 #include <sys/mman.h>
 
 #include <array>
+#include <cstring>
 #include <thread>
 #include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testing/huge_pages.h"
 
 namespace xenkvm::memory {
 namespace {
@@ -312,6 +314,52 @@ TEST(GuestMemoryExtraPagesTest, ThePoolIsBounded) {
   EXPECT_EQ(one_more.status().code(), absl::StatusCode::kResourceExhausted);
   ASSERT_TRUE(memory->UnmapExtraPage(GuestAddress(base)).ok());
   EXPECT_TRUE(memory->MapExtraPage(GuestAddress(base + GuestMemory::kMaxExtraPages * kPageSize)).ok());
+}
+
+TEST(GuestMemoryHugePagesTest, AlignedRegionsGoOnHugePagesReservedAtCreation) {
+  testing::ScopedHugePages pool(2);
+  if (!pool.unavailable().empty()) GTEST_SKIP() << pool.unavailable();
+  const int64_t before = testing::ScopedHugePages::Available();
+  absl::StatusOr<GuestMemory> memory =
+      GuestMemory::Create({{GuestAddress(0), 4 * kMiB}, {GuestAddress(0xfeff8000), 4 * kPageSize}}, RamPages::k2MiB);
+  ASSERT_TRUE(memory.ok()) << memory.status();
+  EXPECT_TRUE(memory->regions()[0].huge_pages());
+  EXPECT_FALSE(memory->regions()[1].huge_pages());  // 16 KiB: stays on small pages
+  EXPECT_EQ(testing::ScopedHugePages::Available(), before - 2);  // reserved before any touch
+  ASSERT_TRUE(memory->WriteObject<uint64_t>(GuestAddress(3 * kMiB), 0x1122334455667788).ok());
+  EXPECT_EQ(*memory->ReadObject<uint64_t>(GuestAddress(3 * kMiB)), 0x1122334455667788u);
+  ASSERT_TRUE(memory->WriteObject<uint32_t>(GuestAddress(0xfeff8000), 7).ok());
+  EXPECT_EQ(*memory->ReadObject<uint32_t>(GuestAddress(0xfeff8000)), 7u);
+}
+
+TEST(GuestMemoryHugePagesTest, DiscardZeroesAndKeepsThePages) {
+  testing::ScopedHugePages pool(2);
+  if (!pool.unavailable().empty()) GTEST_SKIP() << pool.unavailable();
+  absl::StatusOr<GuestMemory> memory = GuestMemory::Create({{GuestAddress(0), 4 * kMiB}}, RamPages::k2MiB);
+  ASSERT_TRUE(memory.ok()) << memory.status();
+  std::memset(*memory->HostAddress(GuestAddress(0), 4 * kMiB), 0xff, 4 * kMiB);
+  const int64_t before = testing::ScopedHugePages::Available();
+  ASSERT_TRUE(memory->Discard(GuestAddress(kPageSize), 2 * kPageSize).ok());
+  ASSERT_TRUE(memory->Discard(GuestAddress(2 * kMiB), 2 * kMiB).ok());
+  EXPECT_EQ(*memory->ReadObject<uint32_t>(GuestAddress(kPageSize - 4)), 0xffffffffu);
+  EXPECT_EQ(*memory->ReadObject<uint64_t>(GuestAddress(kPageSize)), 0u);
+  EXPECT_EQ(*memory->ReadObject<uint64_t>(GuestAddress(3 * kPageSize - 8)), 0u);
+  EXPECT_EQ(*memory->ReadObject<uint32_t>(GuestAddress(3 * kPageSize)), 0xffffffffu);
+  EXPECT_EQ(*memory->ReadObject<uint64_t>(GuestAddress(3 * kMiB)), 0u);
+  EXPECT_EQ(testing::ScopedHugePages::Available(), before);  // nothing went back to the pool
+}
+
+TEST(GuestMemoryHugePagesTest, TooFewInThePoolSaysHowToReserveThem) {
+  // 64 GiB: more than this pool holds on any test machine, so refused at creation.
+  absl::StatusOr<GuestMemory> memory = GuestMemory::Create({{GuestAddress(0), 64ull << 30}}, RamPages::k2MiB);
+  ASSERT_FALSE(memory.ok());
+  if (memory.status().code() == absl::StatusCode::kUnavailable ||
+      Message(memory.status()).find("offers no 2 MiB huge pages") != std::string::npos) {
+    GTEST_SKIP() << memory.status();
+  }
+  EXPECT_EQ(memory.status().code(), absl::StatusCode::kResourceExhausted) << memory.status();
+  EXPECT_THAT(Message(memory.status()), HasSubstr("needs 32768 of them free"));
+  EXPECT_THAT(Message(memory.status()), HasSubstr("/proc/sys/vm/nr_hugepages"));
 }
 
 }  // namespace

@@ -1,0 +1,70 @@
+#include "tests/testing/huge_pages.h"
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+
+namespace xenkvm::testing {
+namespace {
+
+constexpr char kPoolSize[] = "/proc/sys/vm/nr_hugepages";
+
+int64_t MeminfoValue(const std::string& key) {
+  std::ifstream meminfo("/proc/meminfo");
+  std::string line;
+  while (std::getline(meminfo, line)) {
+    if (line.rfind(key + ":", 0) == 0) return std::stoll(line.substr(key.size() + 1));
+  }
+  return -1;
+}
+
+int64_t PoolSize() {
+  std::ifstream file(kPoolSize);
+  int64_t value = -1;
+  file >> value;
+  return file ? value : -1;
+}
+
+bool SetPoolSize(int64_t value) {
+  std::ofstream file(kPoolSize);
+  file << value << "\n";
+  file.flush();
+  return static_cast<bool>(file);
+}
+
+}  // namespace
+
+int64_t ScopedHugePages::Available() {
+  const int64_t free_pages = MeminfoValue("HugePages_Free"), reserved = MeminfoValue("HugePages_Rsvd");
+  return free_pages < 0 || reserved < 0 ? -1 : free_pages - reserved;
+}
+
+ScopedHugePages::ScopedHugePages(uint64_t count) {
+  const int64_t wanted = static_cast<int64_t>(count);
+  const int64_t available = Available();
+  if (available < 0) {
+    unavailable_ = "this kernel reports no huge pages (no HugePages_Free in /proc/meminfo)";
+    return;
+  }
+  if (available >= wanted) return;
+  const int64_t pool = PoolSize();
+  if (pool < 0 || !SetPoolSize(pool + (wanted - available))) {
+    unavailable_ = absl::StrCat("the host's pool has ", available, " free 2 MiB huge pages, ", wanted,
+                                " are needed, and ", kPoolSize, " cannot be raised here (not root?)");
+    return;
+  }
+  original_ = pool;
+  raised_to_ = pool + (wanted - available);
+  if (Available() < wanted) {
+    unavailable_ = absl::StrCat("the host's pool has ", Available(), " free 2 MiB huge pages after raising ", kPoolSize,
+                                " to ", raised_to_, "; ", wanted, " are needed (memory too fragmented?)");
+  }
+}
+
+ScopedHugePages::~ScopedHugePages() {
+  if (original_ >= 0 && PoolSize() == raised_to_) (void)SetPoolSize(original_);
+}
+
+}  // namespace xenkvm::testing
