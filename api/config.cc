@@ -15,6 +15,7 @@
 #include "components/base/status.h"
 #include "components/net/mac_address.h"
 #include "components/block/image.h"
+#include "components/memory/guest_memory.h"
 #include "components/xenbus/vdev.h"
 #include "components/xenbus/vif_spec.h"
 #include "google/protobuf/util/json_util.h"
@@ -204,6 +205,8 @@ absl::StatusOr<v1::VmConfig> FromXl(const std::string& text, const std::string& 
       config.set_accelerator(first);
     } else if (key == "cpu_template") {
       config.set_cpu_template(first);
+    } else if (key == "huge_pages") {
+      config.set_huge_pages(first);
     } else if (key == "disk") {
       for (const std::string& spec : value.items) {
         absl::StatusOr<v1::DiskConfig> disk = ParseXlDisk(spec, source);
@@ -230,7 +233,7 @@ absl::StatusOr<v1::VmConfig> FromXl(const std::string& text, const std::string& 
   if (!unsupported.empty()) {
     return Invalid(source, absl::StrCat("unsupported xl.cfg keys: ", absl::StrJoin(unsupported, ", "),
                                         " (xenkvm takes name, memory, vcpus, kernel, ramdisk, extra, cmdline, type, disk, on_poweroff, on_reboot, "
-                                        "on_crash, and its own accelerator, cpu_template)"));
+                                        "on_crash, and its own accelerator, cpu_template, huge_pages)"));
   }
   return config;
 }
@@ -280,6 +283,14 @@ absl::Status ValidateVmConfig(const v1::VmConfig& config) {
   }
   if (config.memory_mib() != 0 && (config.memory_mib() < 2 || config.memory_mib() > 1024 * 1024)) {
     return absl::InvalidArgumentError(absl::StrFormat("memory_mib: %u is out of range (2 to 1048576)", config.memory_mib()));
+  }
+  if (!config.huge_pages().empty()) {
+    absl::StatusOr<memory::RamPages> pages = memory::ParseHugePages(config.huge_pages());
+    if (!pages.ok()) return absl::InvalidArgumentError(absl::StrCat("huge_pages: ", pages.status().message()));
+    if (*pages == memory::RamPages::k2MiB && config.memory_mib() % 2 != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("memory_mib: %u is not a whole number of 2 MiB huge pages (huge_pages \"2M\")", config.memory_mib()));
+    }
   }
   if (config.vcpus() > 32) {
     return absl::InvalidArgumentError(absl::StrFormat("vcpus: %u is out of range (1 to 32)", config.vcpus()));
@@ -407,6 +418,7 @@ v1::VmConfig WithDefaults(v1::VmConfig config) {
   if (config.memory_mib() == 0) config.set_memory_mib(256);
   if (config.vcpus() == 0) config.set_vcpus(1);
   if (config.accelerator().empty()) config.set_accelerator("auto");
+  if (config.huge_pages().empty()) config.set_huge_pages("none");
   if (config.xen_version().empty()) config.set_xen_version("4.17");
   if (config.xen_max_event_channels() == 0) config.set_xen_max_event_channels(4096);
   if (config.xen_gnttab_max_frames() == 0) config.set_xen_gnttab_max_frames(64);
@@ -453,6 +465,7 @@ std::vector<std::string> VmmArguments(const v1::VmConfig& config, const std::str
       "--name", config.name(),
       "--kernel", config.kernel(),
       "--memory", absl::StrCat(config.memory_mib()),
+      "--huge-pages", config.huge_pages().empty() ? std::string("none") : config.huge_pages(),
       "--vcpus", absl::StrCat(config.vcpus()),
       "--cmdline", config.cmdline(),
       "--initrd", config.initrd(),

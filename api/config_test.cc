@@ -21,6 +21,7 @@ TEST(ConfigTest, JsonConfigWithDefaults) {
   EXPECT_TRUE(ValidateVmConfig(*config).ok());
   v1::VmConfig full = WithDefaults(*config);
   EXPECT_EQ(full.accelerator(), "auto");
+  EXPECT_EQ(full.huge_pages(), "none");
   EXPECT_EQ(full.xen_max_event_channels(), 4096u);
   ASSERT_EQ(full.consoles_size(), 1);
   EXPECT_EQ(full.consoles(0).kind(), "serial");
@@ -47,6 +48,7 @@ extra = "root=/dev/xvda ro"
 disk = [ 'target=/images/db.img,vdev=xvda,access=rw,cache=none', '/images/data.img,raw,xvdb,ro' ]
 accelerator = "emu"
 cpu_template = "x86-64-v2"
+huge_pages = "2M"
 )",
                                                          "db.cfg");
   ASSERT_TRUE(config.ok()) << config.status();
@@ -57,6 +59,7 @@ cpu_template = "x86-64-v2"
   EXPECT_EQ(config->initrd(), "/boot/initrd.img-6.1");
   EXPECT_EQ(config->accelerator(), "emu");  // xenkvm's own keys
   EXPECT_EQ(config->cpu_template(), "x86-64-v2");
+  EXPECT_EQ(config->huge_pages(), "2M");
   ASSERT_EQ(config->disks_size(), 2);
   EXPECT_EQ(config->disks(0).path(), "/images/db.img");
   EXPECT_EQ(config->disks(0).vdev(), "xvda");
@@ -68,6 +71,11 @@ cpu_template = "x86-64-v2"
   EXPECT_TRUE(ValidateVmConfig(*config).ok());
   EXPECT_THAT(VmmArguments(*config, "/run/c.sock", ""),
               ::testing::Contains("target=/images/db.img,vdev=xvda,access=rw,cache=none"));
+  const std::vector<std::string> db_args = VmmArguments(*config, "/run/c.sock", "");
+  auto huge_pages = std::find(db_args.begin(), db_args.end(), "--huge-pages");
+  ASSERT_NE(huge_pages, db_args.end());
+  ASSERT_NE(huge_pages + 1, db_args.end());
+  EXPECT_EQ(*(huge_pages + 1), "2M");
 }
 
 TEST(ConfigTest, InitrdMustBeAnAbsolutePathAndReachesTheVmm) {
@@ -198,6 +206,14 @@ TEST(ConfigTest, ValidationNamesTheField) {
   c.set_cpu_template("skylake");
   EXPECT_THAT(error(c), HasSubstr("cpu_template: cpu template \"skylake\" is unknown"));
   c.set_cpu_template("x86-64-v2");
+  EXPECT_TRUE(ValidateVmConfig(c).ok());
+  c = config;
+  c.set_huge_pages("1G");
+  EXPECT_THAT(error(c), HasSubstr("huge_pages: huge-pages: unknown page size \"1G\"; use none or 2M"));
+  c.set_huge_pages("2M");
+  c.set_memory_mib(255);
+  EXPECT_THAT(error(c), HasSubstr("memory_mib: 255 is not a whole number of 2 MiB huge pages"));
+  c.set_memory_mib(256);
   EXPECT_TRUE(ValidateVmConfig(c).ok());
   c = config;
   c.set_xen_version("four");

@@ -121,7 +121,7 @@ void PrintTable(const std::vector<std::vector<std::string>>& rows) {
 // `memory`: what a running Xen guest holds now (its balloon), if known.
 void PrintVm(const v1::Vm& vm, const std::optional<v1::MemoryStatus>& memory) {
   const v1::VmConfig& c = vm.config();
-  std::string memory_line = absl::StrCat(c.memory_mib(), " MiB");
+  std::string memory_line = absl::StrCat(c.memory_mib(), " MiB", c.huge_pages() == "2M" ? " on 2 MiB huge pages" : "");
   if (memory) {
     absl::StrAppend(&memory_line, " (the guest holds ", memory->current_kib(), " KiB; target ", memory->target_kib(),
                     " KiB)");

@@ -76,7 +76,7 @@ int Usage(const std::string& error) {
 // The flags, as CLI11 reads them; values are checked by the same parsers as the daemon's config.
 struct Flags {
   xenkvm::vmm::VmConfig config;
-  std::string memory, vcpus, max_evtchn, accel, cpu_template, xen_version, log_level, control_socket;
+  std::string memory, huge_pages, vcpus, max_evtchn, accel, cpu_template, xen_version, log_level, control_socket;
   std::vector<std::string> disks;
   std::vector<std::string> networks;
   bool seccomp = true;
@@ -92,6 +92,9 @@ void DefineFlags(CLI::App& app, Flags& flags) {
   app.add_option("--initrd", flags.config.initrd, "an initial ramdisk (initramfs), the kernel's first module");
   app.add_option("--name", flags.config.name, "the domain's name in XenStore (default guest)");
   app.add_option("--memory", flags.memory, "guest RAM, whole MiB (default 256, at least 2)");
+  app.add_option("--huge-pages", flags.huge_pages,
+                 "none (default) or 2M: guest RAM on the host's 2 MiB huge pages, reserved from its pool at start "
+                 "(/proc/sys/vm/nr_hugepages); --memory must then be even");
   app.add_option("--vcpus", flags.vcpus, "virtual CPUs, 1 to 32 (default 1)");
   app.add_option("--cmdline", flags.config.cmdline, "kernel command line (default empty)");
   app.add_option("--accel", flags.accel, "kvm, emu (software CPU) or auto: kvm when /dev/kvm is usable (default)");
@@ -135,6 +138,11 @@ absl::Status ApplyFlags(Flags& flags) {
   xenkvm::vmm::VmConfig& config = flags.config;
   if (!flags.memory.empty() && !absl::SimpleAtoi(flags.memory, &config.memory_mib)) {
     return absl::InvalidArgumentError(absl::StrCat("--memory: \"", flags.memory, "\" is not a number of MiB"));
+  }
+  if (!flags.huge_pages.empty()) {
+    absl::StatusOr<xenkvm::memory::RamPages> pages = xenkvm::memory::ParseHugePages(flags.huge_pages);
+    if (!pages.ok()) return absl::InvalidArgumentError(absl::StrCat("--", pages.status().message()));
+    config.ram_pages = *pages;
   }
   if (!flags.vcpus.empty() && !absl::SimpleAtoi(flags.vcpus, &config.vcpus)) {
     return absl::InvalidArgumentError(absl::StrCat("--vcpus: \"", flags.vcpus, "\" is not a number"));

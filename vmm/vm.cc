@@ -94,7 +94,7 @@ absl::StatusOr<Vm::BootPlan> Vm::LoadGuest(const VmConfig& config) {
   }
   XENKVM_ASSIGN_OR_RETURN(std::vector<memory::RegionSpec> regions,
                           loader::RamRegions(config.memory_mib * loader::kMiB));
-  XENKVM_ASSIGN_OR_RETURN(memory::GuestMemory memory, memory::GuestMemory::Create(regions));
+  XENKVM_ASSIGN_OR_RETURN(memory::GuestMemory memory, memory::GuestMemory::Create(regions, config.ram_pages));
   memory_ = std::make_unique<memory::GuestMemory>(std::move(memory));
 
   std::vector<loader::ReservedRange> reserved = loader::ReservedRanges();
@@ -201,8 +201,8 @@ absl::Status Vm::Build(const VmConfig& config) {
     if (xen_) XENKVM_RETURN_IF_ERROR(xen_->AttachVcpu(*vcpu));
     vcpus_.push_back(std::move(vcpu));
   }
-  spdlog::info("VM built: {} MiB, {} vCPU(s), kernel {} ({}, entry {:#x}){}, Xen {}", config.memory_mib,
-               config.vcpus, config.kernel, boot.description, boot.entry.entry,
+  spdlog::info("VM built: {} MiB{}, {} vCPU(s), kernel {} ({}, entry {:#x}){}, Xen {}", config.memory_mib,
+               config.ram_pages == memory::RamPages::k2MiB ? " on 2 MiB huge pages" : "", config.vcpus, config.kernel, boot.description, boot.entry.entry,
                config.initrd.empty() ? "" : absl::StrCat(", initrd ", config.initrd),
                config.xen_version ? absl::StrFormat("%u.%u", config.xen_version >> 16, config.xen_version & 0xffff)
                                   : std::string("off"));

@@ -39,6 +39,11 @@ absl::Status Validate(const VmConfig& config) {
     return absl::InvalidArgumentError(
         absl::StrFormat("memory: %u MiB is out of range (2 MiB to 1 TiB)", config.memory_mib));
   }
+  if (config.ram_pages == memory::RamPages::k2MiB && config.memory_mib % 2 != 0) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "memory: %u MiB is not a whole number of 2 MiB huge pages (--huge-pages 2M); use %u", config.memory_mib,
+        config.memory_mib + 1));
+  }
   if (config.vcpus < 1 || config.vcpus > kMaxVcpus) {
     return absl::InvalidArgumentError(
         absl::StrFormat("vcpus: %u is out of range (1 to %u)", config.vcpus, kMaxVcpus));

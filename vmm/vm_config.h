@@ -8,6 +8,7 @@
 
 #include "absl/status/statusor.h"
 #include "components/accel/cpu_template.h"
+#include "components/memory/guest_memory.h"
 #include "components/xenbus/xen_disk.h"
 #include "components/xenbus/xen_net.h"
 
@@ -24,6 +25,7 @@ inline constexpr uint32_t kMaxVcpus = 32;  // the vcpu_info slots in Xen's share
 struct VmConfig {
   std::string name = "guest";  // the domain's name in XenStore
   uint64_t memory_mib = 256;
+  memory::RamPages ram_pages = memory::RamPages::k4KiB;  // k2MiB: guest RAM on the host's huge pages
   uint32_t vcpus = 1;
   std::string kernel;  // path to a kernel with a PVH note: an ELF or a bzImage
   std::string initrd;  // path to an initial ramdisk, the first boot module; empty: none
@@ -42,7 +44,8 @@ struct VmConfig {
   std::vector<xenbus::XenNetConfig> networks;
 };
 
-// Checks the values (not the files): memory and vCPU count in range, a kernel named, disks only
+// Checks the values (not the files): memory and vCPU count in range (whole huge pages of memory
+// on huge pages), a kernel named, disks only
 // with the Xen interface and on distinct vdevs.
 absl::Status Validate(const VmConfig& config);
 

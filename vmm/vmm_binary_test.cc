@@ -19,6 +19,7 @@
 #include "components/kvm/kvm.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testing/huge_pages.h"
 #include "tests/testing/subprocess.h"
 
 namespace xenkvm::vmm {
@@ -85,6 +86,20 @@ TEST_P(VmmTest, TwoVcpusAndMoreMemory) {
   EXPECT_EQ(result.status, 0) << result.err;
   EXPECT_THAT(result.out, HasSubstr("Hello from a xenkvm guest!"));
   EXPECT_THAT(result.out, HasSubstr("MiB of RAM"));
+}
+
+TEST_P(VmmTest, GuestRamOnHugePages) {
+  testing::ScopedHugePages pool(64);  // the balloon guest's 128 MiB
+  if (!pool.unavailable().empty()) GTEST_SKIP() << pool.unavailable();
+  Result hello = Run({"--kernel", HelloKernel(), "--memory", "64", "--huge-pages", "2M"});
+  EXPECT_EQ(hello.status, 0) << hello.err;
+  EXPECT_THAT(hello.out, HasSubstr("Hello from a xenkvm guest!"));
+  EXPECT_THAT(hello.err, HasSubstr("VM built: 64 MiB on 2 MiB huge pages"));
+  // Ballooned out and back in: the pages are zeroed and stay the guest's (no RSS to compare).
+  Result balloon = Run({"--kernel", Runfile("tests/guests/xen_balloon.elf"), "--memory", "128", "--huge-pages", "2M"});
+  EXPECT_EQ(balloon.status, 0) << balloon.err;
+  EXPECT_THAT(balloon.out, HasSubstr("balloon: refilled 32 MiB"));
+  EXPECT_THAT(balloon.out, HasSubstr("PASS"));
 }
 
 TEST_P(VmmTest, CpuidGuestSeesXenOrNot) {
@@ -588,6 +603,15 @@ TEST(VmmRefusalTest, BadOptions) {
   EXPECT_THAT(RunVmm({"--kernel", HelloKernel(), "--accel", "xen"}).err, HasSubstr("use kvm, emu or auto"));
   EXPECT_THAT(RunVmm({"--kernel", HelloKernel(), "--vcpus", "64"}).err, HasSubstr("vcpus: 64 is out of range"));
   EXPECT_THAT(RunVmm({"--kernel", HelloKernel(), "--memory", "lots"}).err, HasSubstr("not a number of MiB"));
+  EXPECT_THAT(RunVmm({"--kernel", HelloKernel(), "--huge-pages", "1G"}).err,
+              HasSubstr("--huge-pages: unknown page size \"1G\"; use none or 2M"));
+  EXPECT_THAT(RunVmm({"--kernel", HelloKernel(), "--memory", "63", "--huge-pages", "2M"}).err,
+              HasSubstr("memory: 63 MiB is not a whole number of 2 MiB huge pages (--huge-pages 2M); use 64"));
+  // 64 GiB of huge pages: more than any test machine's pool, refused before the guest runs.
+  Result short_pool = RunVmm({"--kernel", HelloKernel(), "--memory", "65536", "--huge-pages", "2M", "--accel", "emu"});
+  EXPECT_EQ(short_pool.status, 2);
+  EXPECT_THAT(short_pool.err, HasSubstr("needs 32768 of them free in the host's pool"));
+  EXPECT_THAT(short_pool.err, HasSubstr("/proc/sys/vm/nr_hugepages"));
   EXPECT_THAT(RunVmm({"--kernel", HelloKernel(), "--bogus", "1"}).err, HasSubstr("--bogus"));
   EXPECT_THAT(RunVmm({"--version"}).out, HasSubstr("xenkvm-vmm "));
   EXPECT_THAT(RunVmm({"--kernel", HelloKernel(), "--cpu-template", "skylake"}).err,
