@@ -4,7 +4,10 @@
 // (one) as the xen-disk run: what a host process doing the same I/O to the image achieves. Its
 // buffers are shared memory (--iomem=mmapshared), as a guest's RAM is (a memfd): copies into
 // shared memory's 4 KiB pages are ~9% slower here than into malloc's transparent huge pages, a
-// cost of where the data goes, not of the backend. xen-disk
+// cost of where the data goes, not of the backend. With --huge-pages both are on 2 MiB huge
+// pages (the guest's RAM as xenkvm-vmm --huge-pages 2M has it, fio's buffers --iomem=shmhuge):
+// direct I/O into 4 KiB pages reaches the device as a segment a page (a 1 MiB transfer as
+// 1016 KiB + 8 KiB on a disk taking 254 segments a request), into huge pages as one. xen-disk
 // is driven by the in-process blkfront through its real data path (ring in guest memory, grant
 // mapping, the DiskRing's thread and I/O engine, the image), keeping QD requests in flight (a
 // closed loop: each response is replaced by a new request). It kicks only when the backend asked
@@ -24,7 +27,7 @@
 //
 //   bazel run -c opt //tests/bench:xen_disk_benchmark -- [--seconds N] [--runs N] [--file PATH]
 //       [--cache writeback|none] [--depths 1,8,32] [--engine auto|uring|threads]
-//       [--workloads randread,randwrite,read,write]   (--help: the flags)
+//       [--workloads randread,randwrite,read,write] [--huge-pages]   (--help: the flags)
 #include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
@@ -83,6 +86,7 @@ struct Options {
   std::vector<uint32_t> depths = {1, 8, 32};
   block::EngineChoice engine = block::EngineChoice::kAuto;
   std::vector<std::string> workloads = {"randread", "randwrite", "read", "write"};
+  bool huge_pages = false;  // guest RAM and fio's buffers on 2 MiB huge pages
 };
 
 // `path` as fio's --filename value (':' separates files there) quoted for the shell.
@@ -105,7 +109,7 @@ absl::StatusOr<double> FioIops(const Options& options, const Workload& workload,
       "fio --name=reference --filename=", FioFilenameArgument(options.file), " --rw=", workload.fio_rw, " --bs=", workload.block_bytes,
       " --ioengine=io_uring --iodepth=", depth, " --iodepth_batch_complete_max=", depth,
       " --direct=", options.cache == block::CacheMode::kNone ? 1 : 0,
-      " --invalidate=0 --numjobs=1 --iomem=mmapshared --time_based --runtime=", options.seconds, " --size=", kFileBytes,
+      " --invalidate=0 --numjobs=1 --iomem=", options.huge_pages ? "shmhuge" : "mmapshared", " --time_based --runtime=", options.seconds, " --size=", kFileBytes,
       " --randrepeat=0 --output-format=terse --terse-version=3 2>&1");
   FILE* pipe = popen(command.c_str(), "r");
   if (pipe == nullptr) return -1;
@@ -133,8 +137,10 @@ struct XenDiskRun {
 // xen-disk's IOPS and how often its frontend slept, or why there are none.
 absl::StatusOr<XenDiskRun> RunXenDisk(const Options& options, const Workload& workload, uint32_t depth) {
   const uint32_t pages_per_request = workload.block_bytes / 4096;
-  const uint64_t guest_bytes = (kDataGfn + uint64_t{depth} * pages_per_request + 16) << 12;
-  absl::StatusOr<memory::GuestMemory> created = memory::GuestMemory::Create({{memory::GuestAddress(0), guest_bytes}});
+  uint64_t guest_bytes = (kDataGfn + uint64_t{depth} * pages_per_request + 16) << 12;
+  if (options.huge_pages) guest_bytes = (guest_bytes + memory::kHugePageSize - 1) / memory::kHugePageSize * memory::kHugePageSize;
+  absl::StatusOr<memory::GuestMemory> created = memory::GuestMemory::Create(
+      {{memory::GuestAddress(0), guest_bytes}}, options.huge_pages ? memory::RamPages::k2MiB : memory::RamPages::k4KiB);
   if (!created.ok()) return created.status();
   memory::GuestMemory memory = std::move(*created);
   xen::GrantTable grants(memory, kTableFrames);
@@ -386,6 +392,9 @@ int ParseOptions(int argc, char** argv, Options* options) {
         for (const Workload& workload : kWorkloads) names.push_back(workload.fio_rw);
         return names;
       }()));
+  app.add_flag("--huge-pages", options->huge_pages,
+               "guest RAM on 2 MiB huge pages (as xenkvm-vmm --huge-pages 2M) and fio's buffers too "
+               "(--iomem=shmhuge); needs about 20 free in the host's pool (/proc/sys/vm/nr_hugepages)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& error) {
@@ -414,8 +423,8 @@ int main(int argc, char** argv) {
     return Fail(absl::FailedPreconditionError("fio, the reference, is not installed (apt-get install fio)"));
   }
   if (absl::Status created = CreateFile(options.file); !created.ok()) return Fail(created);
-  std::printf("xen-disk vs fio (io_uring, 1 job, shared-memory buffers) on %s (%llu MiB), cache=%s, %d s per run, median of %d alternated runs\n",
-              options.file.c_str(), static_cast<unsigned long long>(kFileBytes >> 20),
+  std::printf("xen-disk vs fio (io_uring, 1 job, shared-memory buffers on %s) on %s (%llu MiB), cache=%s, %d s per run, median of %d alternated runs\n",
+              options.huge_pages ? "2 MiB huge pages" : "4 KiB pages", options.file.c_str(), static_cast<unsigned long long>(kFileBytes >> 20),
               block::CacheModeName(options.cache), options.seconds, options.runs);
   if (const double hand_off_ns = HandOffRoundTripNs(); hand_off_ns > 0) {
     std::printf("hand-off round trip between two threads here: %.0f ns (in every request the ring's thread serves: the frontend's and the ring's)\n",
