@@ -1,5 +1,6 @@
 #include "tests/testing/huge_pages.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -43,28 +44,21 @@ int64_t ScopedHugePages::Available() {
 
 ScopedHugePages::ScopedHugePages(uint64_t count) {
   const int64_t wanted = static_cast<int64_t>(count);
-  const int64_t available = Available();
-  if (available < 0) {
+  if (Available() < 0) {
     unavailable_ = "this kernel reports no huge pages (no HugePages_Free in /proc/meminfo)";
     return;
   }
-  if (available >= wanted) return;
-  const int64_t pool = PoolSize();
-  if (pool < 0 || !SetPoolSize(pool + (wanted - available))) {
-    unavailable_ = absl::StrCat("the host's pool has ", available, " free 2 MiB huge pages, ", wanted,
-                                " are needed, and ", kPoolSize, " cannot be raised here (not root?)");
-    return;
-  }
-  original_ = pool;
-  raised_to_ = pool + (wanted - available);
+  if (const int64_t pool = PoolSize(); pool >= 0 && SetPoolSize(pool + wanted)) added_ = wanted;
   if (Available() < wanted) {
-    unavailable_ = absl::StrCat("the host's pool has ", Available(), " free 2 MiB huge pages after raising ", kPoolSize,
-                                " to ", raised_to_, "; ", wanted, " are needed (memory too fragmented?)");
+    unavailable_ = absl::StrCat("the host's pool has ", Available(), " free 2 MiB huge pages and ", wanted,
+                                " are needed", added_ > 0 ? " (after growing it: memory too fragmented?)"
+                                                          : absl::StrCat(" (", kPoolSize, " cannot be grown: not root?)"));
   }
 }
 
 ScopedHugePages::~ScopedHugePages() {
-  if (original_ >= 0 && PoolSize() == raised_to_) (void)SetPoolSize(original_);
+  // Pages still in use by others become surplus and go when released.
+  if (const int64_t pool = PoolSize(); added_ > 0 && pool >= 0) (void)SetPoolSize(std::max<int64_t>(0, pool - added_));
 }
 
 }  // namespace xenkvm::testing

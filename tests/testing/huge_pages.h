@@ -7,9 +7,10 @@
 
 namespace xenkvm::testing {
 
-// Makes `count` huge pages available (free and unreserved) when the pool has fewer, by raising
-// /proc/sys/vm/nr_hugepages (root only), and puts the pool back as it found it when destroyed
-// (unless someone changed it meanwhile). A machine's pool is usually empty.
+// Makes `count` huge pages available (free and unreserved): as root it grows the pool
+// (/proc/sys/vm/nr_hugepages) by `count` and shrinks it by as much when destroyed, so tests
+// running at once each add their own; otherwise it takes what the pool has free. A machine's
+// pool is usually empty.
 class ScopedHugePages {
  public:
   explicit ScopedHugePages(uint64_t count);
@@ -24,8 +25,7 @@ class ScopedHugePages {
   static int64_t Available();
 
  private:
-  int64_t original_ = -1;  // nr_hugepages before, when this raised it
-  int64_t raised_to_ = -1;
+  int64_t added_ = 0;  // to nr_hugepages
   std::string unavailable_;
 };
 
