@@ -26,8 +26,6 @@ absl::StatusOr<RamPages> ParseHugePages(const std::string& name) {
   return absl::InvalidArgumentError(absl::StrCat("huge-pages: unknown page size \"", name, "\"; use none or 2M"));
 }
 
-const char* HugePagesName(RamPages pages) { return pages == RamPages::k2MiB ? "2M" : "none"; }
-
 namespace {
 
 std::string RangeText(GuestAddress address, uint64_t length) {

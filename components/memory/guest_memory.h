@@ -39,7 +39,6 @@ inline constexpr uint64_t kHugePageSize = uint64_t{2} << 20;
 // The huge-pages setting's values (xenkvm-vmm --huge-pages, the API's huge_pages): "none"
 // (4 KiB pages) or "2M" (Firecracker's name); anything else is an error that lists them.
 absl::StatusOr<RamPages> ParseHugePages(const std::string& name);
-const char* HugePagesName(RamPages pages);
 
 // What a caller asks for: `size` bytes of RAM at `start`; both page-aligned, size > 0.
 struct RegionSpec {
