@@ -1,9 +1,8 @@
 #include "tests/testing/huge_pages.h"
 
 #include <algorithm>
-#include <cstdio>
 #include <fstream>
-#include <sstream>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 
@@ -48,7 +47,8 @@ ScopedHugePages::ScopedHugePages(uint64_t count) {
     unavailable_ = "this kernel reports no huge pages (no HugePages_Free in /proc/meminfo)";
     return;
   }
-  if (const int64_t pool = PoolSize(); pool >= 0 && SetPoolSize(pool + wanted)) added_ = wanted;
+  // The kernel may find fewer free 2 MiB blocks than asked: what it added is what goes later.
+  if (const int64_t pool = PoolSize(); pool >= 0 && SetPoolSize(pool + wanted)) added_ = std::max<int64_t>(0, PoolSize() - pool);
   if (Available() < wanted) {
     unavailable_ = absl::StrCat("the host's pool has ", Available(), " free 2 MiB huge pages and ", wanted,
                                 " are needed", added_ > 0 ? " (after growing it: memory too fragmented?)"
