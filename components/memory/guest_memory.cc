@@ -26,14 +26,6 @@ absl::StatusOr<RamPages> ParseHugePages(const std::string& name) {
   return absl::InvalidArgumentError(absl::StrCat("huge-pages: unknown page size \"", name, "\"; use none or 2M"));
 }
 
-namespace {
-
-std::string RangeText(GuestAddress address, uint64_t length) {
-  return absl::StrFormat("guest range [%#x, +%#x)", address.value(), length);
-}
-
-// The pool's 2 MiB pages that nobody uses or has reserved (HugePages_Free - HugePages_Rsvd in
-// /proc/meminfo), or -1.
 int64_t AvailableHugePages() {
   FILE* meminfo = std::fopen("/proc/meminfo", "re");
   if (meminfo == nullptr) return -1;
@@ -45,6 +37,12 @@ int64_t AvailableHugePages() {
   }
   std::fclose(meminfo);
   return free_pages < 0 || reserved < 0 ? -1 : free_pages - reserved;
+}
+
+namespace {
+
+std::string RangeText(GuestAddress address, uint64_t length) {
+  return absl::StrFormat("guest range [%#x, +%#x)", address.value(), length);
 }
 
 struct MappedRegion {

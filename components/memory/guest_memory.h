@@ -40,6 +40,10 @@ inline constexpr uint64_t kHugePageSize = uint64_t{2} << 20;
 // (4 KiB pages) or "2M" (Firecracker's name); anything else is an error that lists them.
 absl::StatusOr<RamPages> ParseHugePages(const std::string& name);
 
+// The host pool's 2 MiB pages that nobody uses or has reserved (HugePages_Free less
+// HugePages_Rsvd in /proc/meminfo), or -1 when the kernel does not say.
+int64_t AvailableHugePages();
+
 // What a caller asks for: `size` bytes of RAM at `start`; both page-aligned, size > 0.
 struct RegionSpec {
   GuestAddress start;

@@ -320,13 +320,13 @@ TEST(GuestMemoryExtraPagesTest, ThePoolIsBounded) {
 TEST(GuestMemoryHugePagesTest, AlignedRegionsGoOnHugePagesReservedAtCreation) {
   testing::ScopedHugePages pool(2);
   if (!pool.unavailable().empty()) GTEST_SKIP() << pool.unavailable();
-  const int64_t before = testing::ScopedHugePages::Available();
+  const int64_t before = AvailableHugePages();
   absl::StatusOr<GuestMemory> memory =
       GuestMemory::Create({{GuestAddress(0), 4 * kMiB}, {GuestAddress(0xfeff8000), 4 * kPageSize}}, RamPages::k2MiB);
   ASSERT_TRUE(memory.ok()) << memory.status();
   EXPECT_TRUE(memory->regions()[0].huge_pages());
   EXPECT_FALSE(memory->regions()[1].huge_pages());  // 16 KiB: stays on small pages
-  EXPECT_EQ(testing::ScopedHugePages::Available(), before - 2);  // reserved before any touch
+  EXPECT_EQ(AvailableHugePages(), before - 2);  // reserved before any touch
   ASSERT_TRUE(memory->WriteObject<uint64_t>(GuestAddress(3 * kMiB), 0x1122334455667788).ok());
   EXPECT_EQ(*memory->ReadObject<uint64_t>(GuestAddress(3 * kMiB)), 0x1122334455667788u);
   ASSERT_TRUE(memory->WriteObject<uint32_t>(GuestAddress(0xfeff8000), 7).ok());

@@ -5,20 +5,12 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "components/memory/guest_memory.h"
 
 namespace xenkvm::testing {
 namespace {
 
 constexpr char kPoolSize[] = "/proc/sys/vm/nr_hugepages";
-
-int64_t MeminfoValue(const std::string& key) {
-  std::ifstream meminfo("/proc/meminfo");
-  std::string line;
-  while (std::getline(meminfo, line)) {
-    if (line.rfind(key + ":", 0) == 0) return std::stoll(line.substr(key.size() + 1));
-  }
-  return -1;
-}
 
 int64_t PoolSize() {
   std::ifstream file(kPoolSize);
@@ -36,21 +28,16 @@ bool SetPoolSize(int64_t value) {
 
 }  // namespace
 
-int64_t ScopedHugePages::Available() {
-  const int64_t free_pages = MeminfoValue("HugePages_Free"), reserved = MeminfoValue("HugePages_Rsvd");
-  return free_pages < 0 || reserved < 0 ? -1 : free_pages - reserved;
-}
-
 ScopedHugePages::ScopedHugePages(uint64_t count) {
   const int64_t wanted = static_cast<int64_t>(count);
-  if (Available() < 0) {
+  if (memory::AvailableHugePages() < 0) {
     unavailable_ = "this kernel reports no huge pages (no HugePages_Free in /proc/meminfo)";
     return;
   }
   // The kernel may find fewer free 2 MiB blocks than asked: what it added is what goes later.
   if (const int64_t pool = PoolSize(); pool >= 0 && SetPoolSize(pool + wanted)) added_ = std::max<int64_t>(0, PoolSize() - pool);
-  if (Available() < wanted) {
-    unavailable_ = absl::StrCat("the host's pool has ", Available(), " free 2 MiB huge pages and ", wanted,
+  if (memory::AvailableHugePages() < wanted) {
+    unavailable_ = absl::StrCat("the host's pool has ", memory::AvailableHugePages(), " free 2 MiB huge pages and ", wanted,
                                 " are needed", added_ > 0 ? " (after growing it: memory too fragmented?)"
                                                           : absl::StrCat(" (", kPoolSize, " cannot be grown: not root?)"));
   }

@@ -21,9 +21,6 @@ class ScopedHugePages {
   // Empty when the pages are there; otherwise why not, for GTEST_SKIP.
   const std::string& unavailable() const { return unavailable_; }
 
-  // Free and not reserved huge pages in the pool now (HugePages_Free - HugePages_Rsvd), or -1.
-  static int64_t Available();
-
  private:
   int64_t added_ = 0;  // to nr_hugepages
   std::string unavailable_;
