@@ -12,6 +12,7 @@
 #include <boost/context/stack_context.hpp>
 
 #if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #endif
 
@@ -42,7 +43,7 @@ Coroutine::Coroutine(std::function<void()> body, size_t stack_size) : body_(std:
   own_ = boost::context::fiber(std::allocator_arg, allocator, [this](boost::context::fiber&& caller) {
     caller_ = std::move(caller);
     AfterSwitch(/*in_body=*/true);
-    body_();
+    if (!cancelled_) body_();
     finished_ = true;
     BeforeSwitch(/*from_body=*/true, caller_bottom_, caller_size_, /*leaving_for_good=*/true);
     return std::move(caller_);
@@ -51,8 +52,23 @@ Coroutine::Coroutine(std::function<void()> body, size_t stack_size) : body_(std:
 
 Coroutine::~Coroutine() {
   if (started_ && !finished_) std::abort();  // its stack's objects would be lost: a bug in the owner
-  own_ = boost::context::fiber();  // a finished or unstarted fiber: nothing to unwind
+  if (!started_) {
+    // Entered once to return at once, through Resume()'s switch that AddressSanitizer is told
+    // of. Dropping the unstarted fiber instead makes Boost throw its unwinding exception on this
+    // stack unannounced.
+    cancelled_ = true;
+    Resume();
+  }
+  ForgetStack();
   munmap(mapping_, mapping_size_);
+}
+
+void Coroutine::ForgetStack() {
+#if defined(__SANITIZE_ADDRESS__)
+  // Boost's entry frame never returns (the fiber leaves it by a jump), so its redzones stay
+  // poisoned; memory mapped at this address later would report stack overflows.
+  __asan_unpoison_memory_region(stack_, stack_size_);
+#endif
 }
 
 void Coroutine::BeforeSwitch(bool from_body, const void* to_bottom, size_t to_size, bool leaving_for_good) {

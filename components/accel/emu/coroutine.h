@@ -18,7 +18,7 @@ class Coroutine {
   // `body` runs on the first Resume(). The stack is reserved, not committed: only what the body
   // touches takes memory. A guard page below it faults instead of overrunning.
   explicit Coroutine(std::function<void()> body, size_t stack_size = size_t{8} << 20);
-  // The body must have finished, or never started.
+  // The body must have finished, or never started (then it never runs).
   ~Coroutine();
   Coroutine(const Coroutine&) = delete;
   Coroutine& operator=(const Coroutine&) = delete;
@@ -35,6 +35,8 @@ class Coroutine {
   // after, in the body, the stack it came from (the caller's, to go back to).
   void BeforeSwitch(bool from_body, const void* to_bottom, size_t to_size, bool leaving_for_good);
   void AfterSwitch(bool in_body);
+  // AddressSanitizer's view of the stack cleared before it is unmapped (nothing without it).
+  void ForgetStack();
 
   std::function<void()> body_;
   void* mapping_ = nullptr;  // the stack and its guard page
@@ -49,6 +51,7 @@ class Coroutine {
   void* caller_fake_stack_ = nullptr;
   void* body_fake_stack_ = nullptr;
   bool started_ = false, finished_ = false;
+  bool cancelled_ = false;  // destroyed before it started: the body is skipped
 };
 
 }  // namespace xenkvm::accel::emu
