@@ -14,8 +14,7 @@ Firecracker's published bounds are printed beside them as the reference: <= 8 CP
 VMM and <= 5 MiB of VMM memory overhead.
 
 Run: bazel build -c opt //vmm:xenkvm-vmm //tests/guests:first_byte &&
-     /usr/bin/python3 tests/bench/boot_time.py --vmm $(bazel info -c opt bazel-bin)/vmm/xenkvm-vmm \
-       --kernel $(bazel info -c opt bazel-bin)/tests/guests/first_byte.elf
+     /usr/bin/python3 tests/bench/boot_time.py [--runs 20] [--vmm PATH] [--kernel PATH]
 """
 import argparse
 import os
@@ -24,6 +23,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+from linux_boot_time import opt_bazel_bin
 
 FIRECRACKER_CPU_MS = 8.0
 FIRECRACKER_OVERHEAD_MIB = 5.0
@@ -78,11 +79,17 @@ def one_run(vmm, kernel, accel):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--vmm", default="bazel-bin/vmm/xenkvm-vmm")
-    parser.add_argument("--kernel", default="bazel-bin/tests/guests/first_byte.elf")
+    parser.add_argument("--vmm", help="xenkvm-vmm (default: the -c opt build's)")
+    parser.add_argument("--kernel", help="the guest (default: the -c opt build's first_byte.elf)")
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--accel", action="append", help="emu, kvm (default: both, kvm if usable)")
     args = parser.parse_args()
+    tree = None if args.vmm and args.kernel else opt_bazel_bin()
+    args.vmm = args.vmm or os.path.join(tree, "vmm/xenkvm-vmm")
+    args.kernel = args.kernel or os.path.join(tree, "tests/guests/first_byte.elf")
+    for path in (args.vmm, args.kernel):
+        if not os.path.exists(path):
+            sys.exit(f"boot_time: {path} missing: bazel build -c opt //vmm:xenkvm-vmm //tests/guests:first_byte")
     accels = args.accel or (["emu", "kvm"] if os.access("/dev/kvm", os.R_OK | os.W_OK) else ["emu"])
     print(f"{'accel':6} {'wall ms':>9} {'CPU ms':>9} {'ref CPU ms':>10} {'ratio':>6} "
           f"{'RSS-guest MiB':>13} {'ref MiB':>8} {'ratio':>6} {'peak RSS MiB':>12}")

@@ -16,10 +16,9 @@ import os
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 
-from linux_boot_time import REPO, run_to_markers
+from linux_boot_time import opt_bazel_bin, run_to_markers
 
 MARKERS = ["compute: start", "compute: done", "PASS"]
 RESULT = re.compile(r"compute: done (crc \w+ primes \d+ fibonacci \d+ sum \w+)")
@@ -42,8 +41,7 @@ def main():
     parser.add_argument("--bin", default=None, help="Bazel's output tree (default: bazel info -c opt bazel-bin)")
     parser.add_argument("--timeout", type=int, default=600)
     args = parser.parse_args()
-    tree = args.bin or subprocess.run(["bazel", "info", "-c", "opt", "bazel-bin"], cwd=REPO, capture_output=True,
-                                      text=True).stdout.strip()
+    tree = args.bin or opt_bazel_bin()
     vmm, guest = os.path.join(tree, "vmm/xenkvm-vmm"), os.path.join(tree, "tests/guests/compute.elf")
     for path in (vmm, guest):
         if not os.path.exists(path):

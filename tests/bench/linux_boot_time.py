@@ -29,6 +29,13 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def opt_bazel_bin():
+    """Bazel's -c opt output tree, where the benchmarks' Run: lines build (not the bazel-bin
+    symlink, which follows whichever configuration was built last)."""
+    return subprocess.run(["bazel", "info", "-c", "opt", "bazel-bin"], cwd=REPO, capture_output=True,
+                          text=True).stdout.strip()
+
+
 def cpu_seconds(pid):
     """The process's user and system CPU, its ended threads' included (in clock ticks)."""
     try:
@@ -73,11 +80,11 @@ def exit_share(text):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--vmm", default=None, help="xenkvm-vmm (default: bazel-bin's)")
+    parser.add_argument("--vmm", default=None, help="xenkvm-vmm (default: the -c opt build's)")
     args = parser.parse_args()
-    vmm = args.vmm or os.path.join(
-        subprocess.run(["bazel", "info", "bazel-bin"], cwd=REPO, capture_output=True, text=True).stdout.strip(),
-        "vmm/xenkvm-vmm")
+    vmm = args.vmm or os.path.join(opt_bazel_bin(), "vmm/xenkvm-vmm")
+    if not os.path.exists(vmm):
+        sys.exit(f"linux_boot_time: {vmm} missing: bazel build -c opt //vmm:xenkvm-vmm")
     fetched = subprocess.run([os.path.join(REPO, "tests/linux/fetch_debian_kernel.sh")], capture_output=True, text=True)
     if fetched.returncode != 0:
         sys.exit(f"linux_boot_time: the kernel could not be fetched: {fetched.stderr.strip()}")
