@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from xenkvm_stubs import generate_stubs  # noqa: E402
 
 import grpc  # noqa: E402
+from linux_boot_time import opt_bazel_bin  # noqa: E402
 
 FIRECRACKER_START_CPU_MS = 8.0
 FIRECRACKER_OVERHEAD_MIB = 5.0
@@ -46,10 +47,15 @@ def rss_beyond_guest_mib(pid):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bin", default="bazel-bin", help="Bazel's output tree")
+    parser.add_argument("--bin", help="Bazel's output tree (default: bazel info -c opt bazel-bin)")
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--accel", action="append")
     args = parser.parse_args()
+    args.bin = args.bin or opt_bazel_bin()
+    for binary in ("api/xenkvmd", "vmm/xenkvm-vmm", "tests/guests/xen_ticker.elf"):
+        if not os.path.exists(os.path.join(args.bin, binary)):
+            sys.exit(f"api_latency: {binary} missing in {args.bin}: "
+                     "bazel build -c opt //api:xenkvmd //vmm:xenkvm-vmm //tests/guests:xen_ticker")
     accels = args.accel or (["emu", "kvm"] if os.access("/dev/kvm", os.R_OK | os.W_OK) else ["emu"])
     workdir = tempfile.mkdtemp(prefix="xkbench-", dir="/tmp")
     generate_stubs(workdir)
