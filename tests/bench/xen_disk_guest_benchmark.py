@@ -20,6 +20,8 @@ import subprocess
 import sys
 import tempfile
 
+from linux_boot_time import opt_bazel_bin
+
 DEPTHS = (1, 8, 32)
 
 
@@ -58,8 +60,7 @@ def main():
     parser.add_argument("--cache", default="writeback", choices=("writeback", "none"))
     parser.add_argument("--write", action="store_true")
     parser.add_argument("--fio-seconds", type=int, default=2)
-    bin_dir = subprocess.run(["bazel", "info", "-c", "opt", "bazel-bin"], capture_output=True, text=True,
-                             check=True).stdout.strip()
+    bin_dir = opt_bazel_bin()
     parser.add_argument("--vmm", default=os.path.join(bin_dir, "vmm/xenkvm-vmm"))
     parser.add_argument("--guest", default=os.path.join(bin_dir, "tests/guests/xen_disk_bench.elf"))
     args = parser.parse_args()
